@@ -1,0 +1,257 @@
+"""Mesh file → `Mesh` model plus the cluster manifests, with every problem positioned.
+
+Loading never stops at the first problem: schema errors from pydantic, manifest
+errors and (later) semantic rules are all collected so a user fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from crossmesh.errors import Problem
+from crossmesh.load.yamlpos import Document, PathKey, dotted, parse_documents, read_text
+from crossmesh.model import k8s
+from crossmesh.model.mesh import Mesh
+
+
+@dataclass(slots=True)
+class LoadedMesh:
+    path: Path
+    doc: Document
+    mesh: Mesh
+    manifests: dict[str, list[k8s.Manifest]] = field(default_factory=dict)  # cluster name → objects
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc` (for suggestions)."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None:
+            return None
+        if isinstance(part, int):
+            continue
+        hit = None
+        for name, info in current.model_fields.items():
+            if part in (name, info.alias):
+                hit = info.annotation
+                break
+        current = _inner_model(hit)
+    return current
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (list, typing.Union, types.UnionType) or origin is typing.Annotated:
+        for arg in typing.get_args(annotation):
+            found = _inner_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return sorted(info.alias or name for name, info in model.model_fields.items())
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def pydantic_problems(
+    err: ValidationError, doc: Document, model: type[BaseModel], *, base: PathKey = ()
+) -> list[Problem]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # Union members and validators appear as loc parts that are not data keys; keep data keys only.
+        path = (*base, *_data_path(doc.data, base, loc))
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            owner = _model_at(model, loc[:-1])
+            known = _field_names(owner) if owner else []
+            near = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else "remove it"
+            msg = f"unknown field {loc[-1]!r} — {hint}" + (f" (known: {', '.join(known)})" if known else "")
+        elif kind == "missing":
+            msg = f"required field {loc[-1]!r} is missing — add it"
+        elif kind == "literal_error":
+            msg = f"found {_brief(e.get('input'))}; {e['msg'].lower()}"
+        elif kind in ("list_type", "dict_type", "model_type", "model_attributes_type"):
+            expected = {"list_type": "a list", "dict_type": "a mapping", }.get(kind, "a mapping")
+            msg = f"found {_brief(e.get('input'))}, expected {expected}"
+        else:
+            text = e["msg"]
+            if text.startswith("Value error, "):
+                text = text[len("Value error, "):]
+            msg = f"{text} (found {_brief(e.get('input'))})"
+        problems.append(doc.problem(path, msg))
+    return problems
+
+
+def _data_path(data: Any, base: PathKey, loc: tuple[Any, ...]) -> PathKey:
+    """Drop loc parts that pydantic adds for union branches (`int`, `str`, tagged names)."""
+    node = data
+    for part in base:
+        node = node[part] if isinstance(node, dict | list) and _has(node, part) else None
+    out: list[str | int] = []
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str):
+            out.append(part)  # a missing or unknown key: still the field the user should look at
+            node = None
+    return tuple(out)
+
+
+def _has(node: Any, part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(part, int) and 0 <= part < len(node)
+
+
+def parse_mesh_document(path: Path) -> tuple[Document | None, list[Problem]]:
+    shown = shown_path(path)
+    text, problem = read_text(path, shown)
+    if problem is not None or text is None:
+        return None, [problem] if problem else []
+    docs, problems = parse_documents(text, shown)
+    if problems:
+        return None, problems
+    docs = [d for d in docs if d.data is not None]
+    if not docs:
+        return None, [Problem(shown, 1, 1, "", "empty file — a mesh file starts with apiVersion: crossmesh.io/v1alpha1, kind: Mesh")]
+    if len(docs) > 1:
+        return None, [Problem(shown, docs[1].start_line, 1, "", "a mesh file holds one YAML document; found several — keep one, move manifests to the manifests: paths")]
+    if not isinstance(docs[0].data, dict):
+        return None, [docs[0].problem((), f"found {type(docs[0].data).__name__}, expected a mapping with apiVersion, kind, metadata, spec")]
+    return docs[0], []
+
+
+def load_mesh_model(path: Path) -> tuple[Document | None, Mesh | None, list[Problem]]:
+    doc, problems = parse_mesh_document(path)
+    if doc is None:
+        return None, None, problems
+    try:
+        return doc, Mesh.model_validate(doc.data), []
+    except ValidationError as err:
+        return doc, None, pydantic_problems(err, doc, Mesh)
+
+
+# --- manifests -------------------------------------------------------------------------------
+
+YAML_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def manifest_files(base: Path, entry: str) -> list[Path] | None:
+    target = (base / entry).resolve() if not Path(entry).is_absolute() else Path(entry)
+    if target.is_dir():
+        return sorted(p for p in target.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES)
+    if target.is_file():
+        return [target]
+    return None
+
+
+def load_manifest_file(path: Path) -> tuple[list[k8s.Manifest], list[Problem]]:
+    shown = shown_path(path)
+    text, problem = read_text(path, shown)
+    if problem is not None or text is None:
+        return [], [problem] if problem else []
+    docs, problems = parse_documents(text, shown)
+    out: list[k8s.Manifest] = []
+    for doc in docs:
+        if doc.data is None:
+            continue
+        if not isinstance(doc.data, dict):
+            problems.append(doc.problem((), "a Kubernetes object must be a mapping with apiVersion and kind"))
+            continue
+        items = [(doc, ())]
+        if doc.data.get("kind") == "List" and isinstance(doc.data.get("items"), list):
+            items = [(doc, ("items", i)) for i in range(len(doc.data["items"]))]
+        for d, base in items:
+            obj_data = d.data
+            for part in base:
+                obj_data = obj_data[part]
+            m, probs = _typed_manifest(d, base, obj_data)
+            problems.extend(probs)
+            if m is not None:
+                out.append(m)
+    return out, problems
+
+
+def _typed_manifest(doc: Document, base: PathKey, data: Any) -> tuple[k8s.Manifest | None, list[Problem]]:
+    if not isinstance(data, dict):
+        return None, [doc.problem(base, "a Kubernetes object must be a mapping with apiVersion and kind")]
+    kind = data.get("kind")
+    missing = [f for f in ("apiVersion", "kind", "metadata") if f not in data]
+    if missing:
+        return None, [doc.problem(base, f"Kubernetes object lacks {', '.join(missing)} — add them")]
+    meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    name = str(meta.get("name", ""))
+    namespace = str(meta.get("namespace") or "default")
+    line = doc.where(base)[0]
+    model = k8s.MODELS.get(str(kind))
+    if model is None:
+        warning = doc.problem(
+            (*base, "kind"),
+            f"kind {kind!r} is not modelled by crossmesh; it is rendered through unchanged",
+            severity="warning",
+        )
+        return k8s.Manifest(doc.file, line, str(kind), name, namespace, data, None), [warning]
+    try:
+        obj = model.model_validate(data)
+    except ValidationError as err:
+        return None, pydantic_problems(err, doc, model, base=base)
+    if kind == "CiliumClusterwideNetworkPolicy" or kind == "Namespace":
+        namespace = ""
+    return k8s.Manifest(doc.file, line, str(kind), name, namespace, data, obj), []
+
+
+def load_manifests(base: Path, doc: Document, mesh: Mesh) -> tuple[dict[str, list[k8s.Manifest]], list[Problem]]:
+    problems: list[Problem] = []
+    cache: dict[Path, list[k8s.Manifest]] = {}
+
+    def read_entries(entries: list[str], path: PathKey) -> list[k8s.Manifest]:
+        got: list[k8s.Manifest] = []
+        for i, entry in enumerate(entries):
+            files = manifest_files(base, entry)
+            if files is None:
+                problems.append(doc.problem((*path, i), f"manifest path {entry!r} does not exist (relative to {shown_path(base)}) — fix the path or remove it"))
+                continue
+            for f in files:
+                if f not in cache:
+                    cache[f], probs = load_manifest_file(f)
+                    problems.extend(probs)
+                got.extend(cache[f])
+        return got
+
+    common = read_entries(mesh.spec.manifests, ("spec", "manifests"))
+    out: dict[str, list[k8s.Manifest]] = {}
+    for ci, cluster in enumerate(mesh.spec.clusters):
+        out[cluster.name] = common + read_entries(cluster.manifests, ("spec", "clusters", ci, "manifests"))
+    return out, problems
+
+
+def dotted_path(path: PathKey) -> str:
+    return dotted(path)

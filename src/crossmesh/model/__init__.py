@@ -1,0 +1,1 @@
+"""Typed data: the mesh file (pydantic, user input) and the plan (frozen dataclasses)."""

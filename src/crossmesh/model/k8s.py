@@ -1,0 +1,239 @@
+"""Kubernetes objects that crossmesh reads from a cluster's manifests.
+
+Only the parts crossmesh acts on are typed (workload labels, replicas, container
+ports, services and their Cilium annotations, policies); everything else in an
+object is kept as it was written so that `render` passes it through unchanged.
+Small leaf objects (ports) reject unknown fields as `kubectl apply` with strict
+field validation would; large ones (pod specs) allow fields crossmesh does not model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+ANNOTATION_GLOBAL = "service.cilium.io/global"
+ANNOTATION_SHARED = "service.cilium.io/shared"
+ANNOTATION_AFFINITY = "service.cilium.io/affinity"
+
+
+def _subdomain(value: str) -> str:
+    if len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
+        raise ValueError(f"{value!r} is not a valid Kubernetes name (DNS-1123 subdomain: lower-case, digits, '-', '.')")
+    return value
+
+
+K8sName = Annotated[str, AfterValidator(_subdomain)]
+
+
+class Protocol(StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+
+class ObjectMeta(_Open):
+    name: K8sName
+    namespace: K8sName | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ContainerPort(_Strict):
+    container_port: int = Field(alias="containerPort", ge=1, le=65535)
+    protocol: Protocol = Protocol.TCP
+    name: str | None = None
+    host_port: int | None = Field(default=None, alias="hostPort", ge=1, le=65535)
+    host_ip: str | None = Field(default=None, alias="hostIP")
+
+    @field_validator("name")
+    @classmethod
+    def _port_name(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 15 or not IANA_SVC_NAME.match(value)):
+            raise ValueError(f"port name {value!r} must be an IANA service name: ≤15 lower-case letters, digits, '-'")
+        return value
+
+
+class Container(_Open):
+    name: str
+    image: str | None = None
+    ports: list[ContainerPort] = Field(default_factory=list)
+
+
+class PodSpec(_Open):
+    containers: list[Container] = Field(min_length=1)
+    service_account_name: str | None = Field(default=None, alias="serviceAccountName")
+
+
+class PodTemplateMeta(_Open):
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class PodTemplate(_Open):
+    metadata: PodTemplateMeta = Field(default_factory=PodTemplateMeta)
+    spec: PodSpec
+
+
+class LabelSelector(_Open):
+    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
+    match_expressions: list[dict[str, Any]] = Field(default_factory=list, alias="matchExpressions")
+
+
+class WorkloadSpec(_Open):
+    replicas: int = Field(default=1, ge=0, le=1000)
+    selector: LabelSelector | None = None
+    template: PodTemplate
+
+
+class Namespace(_Open):
+    api_version: Literal["v1"] = Field(alias="apiVersion")
+    kind: Literal["Namespace"]
+    metadata: ObjectMeta
+
+
+class Workload(_Open):
+    """Deployment or StatefulSet."""
+
+    api_version: Literal["apps/v1"] = Field(alias="apiVersion")
+    kind: Literal["Deployment", "StatefulSet"]
+    metadata: ObjectMeta
+    spec: WorkloadSpec
+
+
+class Pod(_Open):
+    api_version: Literal["v1"] = Field(alias="apiVersion")
+    kind: Literal["Pod"]
+    metadata: ObjectMeta
+    spec: PodSpec
+
+
+class ServicePort(_Strict):
+    port: int = Field(ge=1, le=65535)
+    target_port: int | str | None = Field(default=None, alias="targetPort")
+    protocol: Protocol = Protocol.TCP
+    name: str | None = None
+    node_port: int | None = Field(default=None, alias="nodePort", ge=1, le=65535)
+    app_protocol: str | None = Field(default=None, alias="appProtocol")
+
+
+class ServiceSpec(_Open):
+    selector: dict[str, str] = Field(default_factory=dict)
+    ports: list[ServicePort] = Field(min_length=1)
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"] = "ClusterIP"
+    cluster_ip: str | None = Field(default=None, alias="clusterIP")
+
+
+class Service(_Open):
+    api_version: Literal["v1"] = Field(alias="apiVersion")
+    kind: Literal["Service"]
+    metadata: ObjectMeta
+    spec: ServiceSpec
+
+    @field_validator("metadata")
+    @classmethod
+    def _annotations(cls, meta: ObjectMeta) -> ObjectMeta:
+        ann = meta.annotations
+        for key in (ANNOTATION_GLOBAL, ANNOTATION_SHARED):
+            if key in ann and ann[key] not in ("true", "false"):
+                raise ValueError(f'annotation {key} is {ann[key]!r}; use "true" or "false"')
+        if ANNOTATION_AFFINITY in ann and ann[ANNOTATION_AFFINITY] not in ("local", "remote", "none"):
+            raise ValueError(
+                f"annotation {ANNOTATION_AFFINITY} is {ann[ANNOTATION_AFFINITY]!r}; use local, remote or none"
+            )
+        return meta
+
+    @property
+    def is_global(self) -> bool:
+        return self.metadata.annotations.get(ANNOTATION_GLOBAL) == "true"
+
+    @property
+    def is_shared(self) -> bool:
+        return self.metadata.annotations.get(ANNOTATION_SHARED, "true") == "true"
+
+    @property
+    def affinity(self) -> str:
+        return self.metadata.annotations.get(ANNOTATION_AFFINITY, "none")
+
+
+class NetworkPolicy(_Open):
+    api_version: Literal["networking.k8s.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["NetworkPolicy"]
+    metadata: ObjectMeta
+    spec: dict[str, Any]
+
+
+class CiliumNetworkPolicy(_Open):
+    api_version: Literal["cilium.io/v2"] = Field(alias="apiVersion")
+    kind: Literal["CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"]
+    metadata: ObjectMeta
+    spec: dict[str, Any] | None = None
+    specs: list[dict[str, Any]] | None = None
+
+
+MODELS: dict[str, type[_Open]] = {
+    "Namespace": Namespace,
+    "Deployment": Workload,
+    "StatefulSet": Workload,
+    "Pod": Pod,
+    "Service": Service,
+    "NetworkPolicy": NetworkPolicy,
+    "CiliumNetworkPolicy": CiliumNetworkPolicy,
+    "CiliumClusterwideNetworkPolicy": CiliumNetworkPolicy,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """One object from a manifest file, typed when crossmesh models its kind."""
+
+    file: str
+    line: int
+    kind: str
+    name: str
+    namespace: str
+    raw: dict[str, Any]
+    obj: BaseModel | None
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    port: int
+    protocol: Protocol
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PodInstance:
+    """A pod as crossmesh runs it: expanded from its workload, placed on a node."""
+
+    cluster: str
+    namespace: str
+    name: str
+    workload: str
+    labels: tuple[tuple[str, str], ...]
+    service_account: str
+    ports: tuple[PortSpec, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.cluster}/{self.namespace}/{self.name}"
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)

@@ -1,0 +1,131 @@
+"""The mesh file as pydantic models.
+
+Unknown fields are rejected everywhere (`extra="forbid"`): a typo in a mesh file
+must be an error with a position, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _dns1123(value: str) -> str:
+    if len(value) > 63 or not DNS1123.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label: use lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_dns1123)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
+
+
+class Topology(StrEnum):
+    FULL_MESH = "full-mesh"
+    GATEWAYS = "gateways"
+
+
+class Provider(StrEnum):
+    AWS = "aws"
+    AZURE = "azure"
+    GCP = "gcp"
+    OPENSTACK = "openstack"
+    BAREMETAL = "baremetal"
+
+
+class Distribution(StrEnum):
+    TALOS = "talos"
+    K3S = "k3s"
+    KUBEADM = "kubeadm"
+    EKS = "eks"
+    AKS = "aks"
+    GKE = "gke"
+
+
+class Cni(StrEnum):
+    CILIUM = "cilium"
+    FLANNEL = "flannel"
+    CALICO = "calico"
+
+
+class Metadata(_Model):
+    name: Name
+
+
+class WireGuard(_Model):
+    topology: Topology = Topology.FULL_MESH
+    listen_port: int = Field(default=51820, ge=1, le=65535)
+    persistent_keepalive: int = Field(default=25, ge=0, le=65535)
+
+
+class Ipam(_Model):
+    pod_pool: IPv4Network = IPv4Network("10.240.0.0/12")
+    cluster_prefix: int = Field(default=16, ge=8, le=28)
+    node_prefix: int = Field(default=24, ge=16, le=30)
+    tunnel_pool: IPv4Network = IPv4Network("100.64.0.0/16")
+
+
+class Site(_Model):
+    name: Name
+    provider: Provider
+    region: str = ""
+    network: IPv4Network
+    mtu: int = Field(default=1500, ge=1280, le=9216)
+
+
+class Node(_Model):
+    name: Name
+    site: Name
+    address: IPv4Address
+    public_address: IPv4Address | None = None
+    gateway: bool = False
+    pod_cidr: IPv4Network | None = Field(default=None, alias="podCIDR")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Cluster(_Model):
+    name: Name
+    id: int | None = Field(default=None, ge=1, le=255)
+    distribution: Distribution = Distribution.KUBEADM
+    cni: Cni = Cni.CILIUM
+    pod_cidr: IPv4Network | None = Field(default=None, alias="podCIDR")
+    service_cidr: IPv4Network = Field(default=IPv4Network("10.96.0.0/16"), alias="serviceCIDR")
+    nodes: list[Node] = Field(min_length=1)
+    manifests: list[str] = Field(default_factory=list)
+
+
+class MeshSpec(_Model):
+    trust_domain: str = "cluster.local"
+    wireguard: WireGuard = Field(default_factory=WireGuard)
+    ipam: Ipam = Field(default_factory=Ipam)
+    sites: list[Site] = Field(min_length=1)
+    clusters: list[Cluster] = Field(min_length=1)
+    manifests: list[str] = Field(default_factory=list)
+
+
+class Mesh(_Model):
+    api_version: Literal["crossmesh.io/v1alpha1"]
+    kind: Literal["Mesh"]
+    metadata: Metadata
+    spec: MeshSpec
+
+    def site(self, name: str) -> Site:
+        return next(s for s in self.spec.sites if s.name == name)

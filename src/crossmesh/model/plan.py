@@ -1,0 +1,186 @@
+"""The desired network as frozen data: what every driver applies and every renderer prints.
+
+Peers are shared objects: in a full mesh of n nodes every node lists ~n peers, but
+a peer entry for node M is the same on every node that keeps (or does not keep)
+a keepalive, so the plan holds O(n) `Peer` objects and O(n²) references to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network
+
+WIREGUARD_OVERHEAD = 80  # IPv6 outer header 40 + UDP 8 + WireGuard 32: safe whatever the underlay family
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+VXLAN_PORT = 8472  # Linux/Flannel/Cilium default, not IANA's 4789
+VXLAN_VNI = 1  # Flannel's VNI in K3s
+TUNNEL_INTERFACE = "wg-crossmesh"
+
+
+class RouteVia(StrEnum):
+    WIREGUARD = "wireguard"  # into the node's tunnel interface
+    VXLAN = "vxlan"  # the cluster overlay inside a site
+    SITE = "site"  # plain routing on the site network, via another node
+    GATEWAY = "gateway"  # to the site's WireGuard gateway (topology: gateways)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    node: str
+    site: str
+    public_key: str
+    endpoint: tuple[IPv4Address, int] | None
+    allowed_ips: tuple[IPv4Network, ...]
+    persistent_keepalive: int  # 0 = off
+    standby: bool = False  # a second gateway of its site: carries its own addresses only
+
+    @property
+    def endpoint_text(self) -> str | None:
+        return None if self.endpoint is None else f"{self.endpoint[0]}:{self.endpoint[1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Mtu:
+    value: int
+    arithmetic: str  # how it was computed, shown by `plan`
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    interface: str
+    address: IPv4Address
+    listen_port: int
+    mtu: Mtu
+    peers: tuple[Peer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanNeighbour:
+    node: str
+    address: IPv4Address  # remote VTEP (node address on the site network)
+    pod_cidr: IPv4Network
+    mac: str
+
+
+@dataclass(frozen=True, slots=True)
+class Vxlan:
+    vni: int
+    port: int
+    mtu: Mtu
+    local_mac: str
+    neighbours: tuple[VxlanNeighbour, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    dst: IPv4Network
+    via: RouteVia
+    gateway: IPv4Address | None  # next hop, when routed over the site network or VXLAN
+    peer: str  # the node this route leads to (or through)
+
+
+@dataclass(frozen=True, slots=True)
+class PodPlan:
+    cluster: str
+    namespace: str
+    name: str
+    node: str
+    address: IPv4Address
+    labels: tuple[tuple[str, str], ...]
+    ports: tuple[tuple[int, str, str], ...]  # (port, protocol, name)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.cluster}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePlan:
+    cluster: str
+    namespace: str
+    name: str
+    cluster_ip: IPv4Address
+    ports: tuple[tuple[int, str, str, str], ...]  # (port, protocol, targetPort, name)
+    backends: tuple[str, ...]  # pod refs
+    is_global: bool
+    shared: bool
+    affinity: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.cluster}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    name: str
+    cluster: str
+    site: str
+    address: IPv4Address
+    public_address: IPv4Address | None
+    gateway: bool
+    pod_cidr: IPv4Network
+    tunnel: Tunnel | None
+    vxlan: Vxlan | None
+    routes: tuple[Route, ...]
+    pod_mtu: Mtu
+
+    @property
+    def natted(self) -> bool:
+        return self.public_address is None
+
+
+@dataclass(frozen=True, slots=True)
+class SitePlan:
+    name: str
+    provider: str
+    region: str
+    network: IPv4Network
+    mtu: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPlan:
+    name: str
+    id: int
+    distribution: str
+    cni: str
+    pod_cidr: IPv4Network
+    service_cidr: IPv4Network
+    nodes: tuple[str, ...]
+    sites: tuple[str, ...]
+    pods: tuple[PodPlan, ...]
+    services: tuple[ServicePlan, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    mesh: str
+    topology: str
+    trust_domain: str
+    listen_port: int
+    sites: tuple[SitePlan, ...]
+    clusters: tuple[ClusterPlan, ...]
+    nodes: tuple[NodePlan, ...]
+
+    def node(self, name: str) -> NodePlan:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def cluster(self, name: str) -> ClusterPlan:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def site(self, name: str) -> SitePlan:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def pods(self) -> tuple[PodPlan, ...]:
+        return tuple(p for c in self.clusters for p in c.pods)

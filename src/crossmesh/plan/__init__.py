@@ -1,0 +1,1 @@
+"""Pure planning: mesh model + allocations + public keys → the desired network (`model.plan.Plan`)."""

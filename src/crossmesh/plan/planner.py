@@ -1,0 +1,281 @@
+"""Mesh + allocations + public keys → `Plan`. No I/O, no clock, no randomness.
+
+Topologies:
+- full-mesh: every node peers with every node of every other site. A peer with a
+  publicAddress gets it as endpoint; a NATed peer gets none and dials out itself,
+  with persistent keepalive so that its NAT mapping stays open.
+- gateways: per site, the gateway nodes peer with the gateways of the other sites.
+  With two gateways in a site the first (public address first, then name) is
+  *active* and carries the site's prefixes; the others are *standby*: they keep a
+  handshake with every remote gateway (allowed IPs = their tunnel address only)
+  so that failover — moving the prefixes, done by the control plane — does not
+  wait for a handshake. WireGuard cannot give one prefix to two peers of a
+  device, which is why this is active/standby and not ECMP.
+
+Inside a site, nodes of the same cluster use the VXLAN overlay (Flannel/Cilium
+tunnel mode, UDP 8472); nodes of other clusters are reached by plain routes via
+their site address.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from ipaddress import IPv4Address, IPv4Network, collapse_addresses
+
+from crossmesh.ipam.allocate import Allocations
+from crossmesh.model import k8s
+from crossmesh.model.mesh import Mesh, Node, Topology
+from crossmesh.model.plan import (
+    TUNNEL_INTERFACE,
+    VXLAN_OVERHEAD,
+    VXLAN_PORT,
+    VXLAN_VNI,
+    WIREGUARD_OVERHEAD,
+    ClusterPlan,
+    Mtu,
+    NodePlan,
+    Peer,
+    Plan,
+    Route,
+    RouteVia,
+    SitePlan,
+    Tunnel,
+    Vxlan,
+    VxlanNeighbour,
+)
+from crossmesh.plan import workloads
+
+
+def vtep_mac(address: IPv4Address) -> str:
+    """A stable, locally administered MAC for a node's VXLAN device."""
+    b = address.packed
+    return f"0e:{b[0]:02x}:{b[1]:02x}:{b[2]:02x}:{b[3]:02x}:01"
+
+
+def _host(addr: IPv4Address) -> IPv4Network:
+    return IPv4Network((addr, 32))
+
+
+class _Planner:
+    def __init__(self, mesh: Mesh, alloc: Allocations, public_keys: dict[str, str]) -> None:
+        self.mesh = mesh
+        self.alloc = alloc
+        self.keys = public_keys
+        self.spec = mesh.spec
+        self.port = self.spec.wireguard.listen_port
+        self.keepalive = self.spec.wireguard.persistent_keepalive
+        self.site_mtu = {s.name: s.mtu for s in self.spec.sites}
+        self.site_net = {s.name: s.network for s in self.spec.sites}
+        self.nodes: list[tuple[Node, str]] = sorted(
+            ((n, c.name) for c in self.spec.clusters for n in c.nodes), key=lambda t: t[0].name
+        )
+        self.by_site: dict[str, list[tuple[Node, str]]] = defaultdict(list)
+        for n, c in self.nodes:
+            self.by_site[n.site].append((n, c))
+        self._peer_cache: dict[tuple[str, bool, bool], Peer] = {}
+        self._route_cache: dict[tuple[IPv4Network, RouteVia, IPv4Address | None, str], Route] = {}
+
+    # shared building blocks -------------------------------------------------------------
+    def pod_cidr(self, node: str) -> IPv4Network:
+        return self.alloc.nodes[node].pod_cidr
+
+    def tunnel_addr(self, node: str) -> IPv4Address:
+        return self.alloc.nodes[node].tunnel_address
+
+    def route(self, dst: IPv4Network, via: RouteVia, gateway: IPv4Address | None, peer: str) -> Route:
+        key = (dst, via, gateway, peer)
+        r = self._route_cache.get(key)
+        if r is None:
+            r = self._route_cache[key] = Route(dst, via, gateway, peer)
+        return r
+
+    def peer(self, node: Node, allowed: tuple[IPv4Network, ...], *, keepalive: bool, standby: bool) -> Peer:
+        key = (node.name, keepalive, standby)
+        p = self._peer_cache.get(key)
+        if p is None:
+            p = self._peer_cache[key] = Peer(
+                node=node.name,
+                site=node.site,
+                public_key=self.keys[node.name],
+                endpoint=(node.public_address, self.port) if node.public_address is not None else None,
+                allowed_ips=allowed,
+                persistent_keepalive=self.keepalive if keepalive else 0,
+                standby=standby,
+            )
+        return p
+
+    def tunnel_mtu(self, node: Node, peers: tuple[Peer, ...]) -> Mtu:
+        sites = sorted({p.site for p in peers} | {node.site})
+        low = min(self.site_mtu[s] for s in sites)
+        terms = ", ".join(f"{self.site_mtu[s]} {s}" for s in sites)
+        head = f"min({terms})" if len(sites) > 1 else f"{low} {node.site}"
+        return Mtu(low - WIREGUARD_OVERHEAD, f"{head} − {WIREGUARD_OVERHEAD} WireGuard = {low - WIREGUARD_OVERHEAD}")
+
+    def local_part(self, node: Node, cluster: str) -> tuple[Vxlan | None, list[Route]]:
+        """VXLAN neighbours (same cluster) and site routes (other clusters) inside the node's site."""
+        neighbours = []
+        routes = []
+        for other, other_cluster in self.by_site[node.site]:
+            if other.name == node.name:
+                continue
+            cidr = self.pod_cidr(other.name)
+            if other_cluster == cluster:
+                neighbours.append(VxlanNeighbour(other.name, other.address, cidr, vtep_mac(other.address)))
+                routes.append(self.route(cidr, RouteVia.VXLAN, cidr.network_address, other.name))
+            else:
+                routes.append(self.route(cidr, RouteVia.SITE, other.address, other.name))
+        vxlan = None
+        if neighbours:
+            mtu = self.site_mtu[node.site]
+            vxlan = Vxlan(
+                vni=VXLAN_VNI, port=VXLAN_PORT,
+                mtu=Mtu(mtu - VXLAN_OVERHEAD, f"{mtu} {node.site} − {VXLAN_OVERHEAD} VXLAN = {mtu - VXLAN_OVERHEAD}"),
+                local_mac=vtep_mac(node.address), neighbours=tuple(neighbours),
+            )
+        return vxlan, routes
+
+    def pod_mtu(self, node: Node, tunnel_mtu: Mtu | None, vxlan: Vxlan | None) -> Mtu:
+        options = [m for m in (vxlan.mtu if vxlan else None, tunnel_mtu) if m is not None]
+        if not options:
+            mtu = self.site_mtu[node.site]
+            return Mtu(mtu, f"{mtu} {node.site} (no encapsulation)")
+        best = min(options, key=lambda m: m.value)
+        if len(options) == 1:
+            return best
+        return Mtu(best.value, f"min({', '.join(str(m.value) for m in options)}) = {best.value}")
+
+    # topologies ---------------------------------------------------------------------------
+    def full_mesh(self) -> list[NodePlan]:
+        allowed: dict[str, tuple[IPv4Network, ...]] = {
+            n.name: (_host(self.tunnel_addr(n.name)), _host(n.address), self.pod_cidr(n.name)) for n, _ in self.nodes
+        }
+        out = []
+        for node, cluster in self.nodes:
+            natted = node.public_address is None
+            peers = tuple(
+                self.peer(other, allowed[other.name], keepalive=natted, standby=False)
+                for other, _ in self.nodes
+                if other.site != node.site and not (natted and other.public_address is None)
+            )
+            routes: list[Route] = []
+            for p in peers:
+                routes.extend(self.route(a, RouteVia.WIREGUARD, None, p.node) for a in p.allowed_ips)
+            out.append(self.node_plan(node, cluster, peers, routes))
+        return out
+
+    def gateways(self) -> list[NodePlan]:
+        active: dict[str, Node] = {}
+        standby: dict[str, list[Node]] = {}
+        for site, members in self.by_site.items():
+            gws = sorted((n for n, _ in members if n.gateway), key=lambda n: (n.public_address is None, n.name))
+            active[site] = gws[0]
+            standby[site] = gws[1:]
+        prefixes: dict[str, tuple[IPv4Network, ...]] = {}
+        for site, members in self.by_site.items():
+            nets = [self.site_net[site]] + [self.pod_cidr(n.name) for n, _ in members]
+            prefixes[site] = tuple(collapse_addresses(nets))
+        out = []
+        for node, cluster in self.nodes:
+            site = node.site
+            is_active = active[site].name == node.name
+            is_standby = any(s.name == node.name for s in standby[site])
+            routes: list[Route] = []
+            peers: tuple[Peer, ...] = ()
+            if is_active or is_standby:
+                natted = node.public_address is None
+                plist = []
+                for other_site in sorted(self.by_site):
+                    if other_site == site:
+                        continue
+                    remote = active[other_site]
+                    carries = is_active
+                    allowed = (_host(self.tunnel_addr(remote.name)),) + (prefixes[other_site] if carries else ())
+                    if not (natted and remote.public_address is None):
+                        key_keep = natted
+                        plist.append(self._gateway_peer(remote, allowed, keepalive=key_keep, carries=carries))
+                    for sb in standby[other_site]:
+                        if natted and sb.public_address is None:
+                            continue
+                        plist.append(self._gateway_peer(sb, (_host(self.tunnel_addr(sb.name)),),
+                                                         keepalive=natted, carries=False))
+                peers = tuple(plist)
+                for p in peers:
+                    routes.extend(self.route(a, RouteVia.WIREGUARD, None, p.node) for a in p.allowed_ips)
+            if not is_active:
+                gw = active[site]
+                for other_site in sorted(self.by_site):
+                    if other_site != site:
+                        routes.extend(self.route(pfx, RouteVia.GATEWAY, gw.address, gw.name)
+                                      for pfx in prefixes[other_site])
+            out.append(self.node_plan(node, cluster, peers, routes))
+        return out
+
+    def _gateway_peer(self, node: Node, allowed: tuple[IPv4Network, ...], *, keepalive: bool, carries: bool) -> Peer:
+        key = (node.name + ("" if carries else "#standby"), keepalive, not carries)
+        p = self._peer_cache.get(key)
+        if p is None:
+            p = self._peer_cache[key] = Peer(
+                node=node.name, site=node.site, public_key=self.keys[node.name],
+                endpoint=(node.public_address, self.port) if node.public_address is not None else None,
+                allowed_ips=allowed, persistent_keepalive=self.keepalive if keepalive else 0,
+                standby=not carries,
+            )
+        return p
+
+    def node_plan(self, node: Node, cluster: str, peers: tuple[Peer, ...], routes: list[Route]) -> NodePlan:
+        vxlan, local_routes = self.local_part(node, cluster)
+        tunnel = None
+        if peers:
+            tunnel = Tunnel(
+                interface=TUNNEL_INTERFACE, address=self.tunnel_addr(node.name), listen_port=self.port,
+                mtu=self.tunnel_mtu(node, peers), peers=peers,
+            )
+        # A node routing cross-site traffic through its gateway is bound by the gateway's tunnel MTU.
+        cross_site_mtu = tunnel.mtu if tunnel else self._via_gateway_mtu(node, routes)
+        return NodePlan(
+            name=node.name, cluster=cluster, site=node.site, address=node.address,
+            public_address=node.public_address, gateway=node.gateway, pod_cidr=self.pod_cidr(node.name),
+            tunnel=tunnel, vxlan=vxlan,
+            routes=tuple(local_routes + routes),  # already in a stable order: site, then peers by name
+            pod_mtu=self.pod_mtu(node, cross_site_mtu, vxlan),
+        )
+
+    def _via_gateway_mtu(self, node: Node, routes: list[Route]) -> Mtu | None:
+        if not any(r.via is RouteVia.GATEWAY for r in routes):
+            return None
+        low = min(self.site_mtu.values())
+        return Mtu(low - WIREGUARD_OVERHEAD,
+                   f"min(site MTUs) {low} − {WIREGUARD_OVERHEAD} WireGuard at the gateway = {low - WIREGUARD_OVERHEAD}")
+
+
+def build_plan(
+    mesh: Mesh,
+    alloc: Allocations,
+    public_keys: dict[str, str],
+    manifests: dict[str, list[k8s.Manifest]] | None = None,
+) -> Plan:
+    planner = _Planner(mesh, alloc, public_keys)
+    node_plans = planner.gateways() if mesh.spec.wireguard.topology is Topology.GATEWAYS else planner.full_mesh()
+    clusters = []
+    for c in sorted(mesh.spec.clusters, key=lambda c: c.name):
+        names = [n.name for n in c.nodes]
+        cluster_manifests = (manifests or {}).get(c.name, [])
+        expanded = workloads.expand_pods(c.name, cluster_manifests, names)
+        pods = workloads.place_pods(c.name, expanded, {n: alloc.nodes[n].pod_cidr for n in names})
+        services = workloads.plan_services(c.name, cluster_manifests, pods, c.service_cidr)
+        clusters.append(ClusterPlan(
+            name=c.name, id=alloc.clusters[c.name].id, distribution=c.distribution.value, cni=c.cni.value,
+            pod_cidr=alloc.clusters[c.name].pod_cidr, service_cidr=c.service_cidr,
+            nodes=tuple(sorted(names)), sites=tuple(sorted({n.site for n in c.nodes})),
+            pods=pods, services=services,
+        ))
+    return Plan(
+        mesh=mesh.metadata.name,
+        topology=mesh.spec.wireguard.topology.value,
+        trust_domain=mesh.spec.trust_domain,
+        listen_port=mesh.spec.wireguard.listen_port,
+        sites=tuple(SitePlan(s.name, s.provider.value, s.region, s.network, s.mtu)
+                    for s in sorted(mesh.spec.sites, key=lambda s: s.name)),
+        clusters=tuple(clusters),
+        nodes=tuple(node_plans),
+    )

@@ -1,0 +1,114 @@
+"""Pods and services from a cluster's manifests: expansion, placement, addresses.
+
+Replica i of workload `web` is pod `web-i`. Placement is round-robin over the
+cluster's nodes (sorted by name), starting at an offset derived from the
+workload's name, so replicas spread and a workload's placement does not depend on
+which other workloads exist. `spec.nodeName` pins a pod to a node.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from ipaddress import IPv4Address, IPv4Network
+
+from crossmesh.model import k8s
+from crossmesh.model.plan import PodPlan, ServicePlan
+
+RESERVED_SERVICE_IPS = 16  # .1 is the kubernetes service, .10 the DNS service in most clusters
+
+
+def _stable_hash(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+def expand_pods(cluster: str, manifests: list[k8s.Manifest], nodes: list[str]) -> list[tuple[k8s.PodInstance, str]]:
+    """Every pod of the cluster with the node it runs on."""
+    ordered = sorted(nodes)
+    out: list[tuple[k8s.PodInstance, str]] = []
+    for m in manifests:
+        obj = m.obj
+        if isinstance(obj, k8s.Workload):
+            spec = obj.spec.template.spec
+            labels = tuple(sorted(obj.spec.template.metadata.labels.items()))
+            pinned = getattr(spec, "nodeName", None)
+            start = _stable_hash(f"{m.namespace}/{m.name}")
+            for i in range(obj.spec.replicas):
+                node = pinned if pinned in ordered else ordered[(start + i) % len(ordered)]
+                out.append((_instance(cluster, m.namespace, f"{m.name}-{i}", m.name, labels, spec), node))
+        elif isinstance(obj, k8s.Pod):
+            pinned = getattr(obj.spec, "nodeName", None)
+            node = pinned if pinned in ordered else ordered[_stable_hash(f"{m.namespace}/{m.name}") % len(ordered)]
+            labels = tuple(sorted(obj.metadata.labels.items()))
+            out.append((_instance(cluster, m.namespace, m.name, m.name, labels, obj.spec), node))
+    out.sort(key=lambda t: (t[0].namespace, t[0].name))
+    return out
+
+
+def _instance(cluster: str, namespace: str, name: str, workload: str,
+              labels: tuple[tuple[str, str], ...], spec: k8s.PodSpec) -> k8s.PodInstance:
+    ports = tuple(
+        k8s.PortSpec(p.container_port, p.protocol, p.name)
+        for c in spec.containers for p in c.ports
+    )
+    return k8s.PodInstance(
+        cluster=cluster, namespace=namespace, name=name, workload=workload, labels=labels,
+        service_account=spec.service_account_name or "default", ports=ports,
+    )
+
+
+def place_pods(cluster: str, expanded: list[tuple[k8s.PodInstance, str]],
+               node_cidrs: dict[str, IPv4Network]) -> tuple[PodPlan, ...]:
+    """Addresses from each node's pod CIDR: .1 is the node's side, pods from .2 in name order."""
+    counters: dict[str, int] = defaultdict(int)
+    pods = []
+    for pod, node in expanded:
+        cidr = node_cidrs[node]
+        counters[node] += 1
+        index = 1 + counters[node]
+        if index >= cidr.num_addresses - 1:
+            raise ValueError(f"node {node}'s pod CIDR {cidr} has no address left for pod {pod.ref}")
+        pods.append(PodPlan(
+            cluster=cluster, namespace=pod.namespace, name=pod.name, node=node,
+            address=cidr.network_address + index, labels=pod.labels,
+            ports=tuple((p.port, p.protocol.value, p.name or "") for p in pod.ports),
+        ))
+    return tuple(pods)
+
+
+def plan_services(cluster: str, manifests: list[k8s.Manifest], pods: tuple[PodPlan, ...],
+                  service_cidr: IPv4Network) -> tuple[ServicePlan, ...]:
+    services = sorted(
+        ((m, m.obj) for m in manifests if isinstance(m.obj, k8s.Service)),
+        key=lambda t: (t[0].namespace, t[0].name),
+    )
+    used: set[IPv4Address] = set()
+    for _, svc in services:
+        if svc.spec.cluster_ip and svc.spec.cluster_ip != "None":
+            used.add(IPv4Address(svc.spec.cluster_ip))
+    size = service_cidr.num_addresses - RESERVED_SERVICE_IPS - 1
+    out = []
+    for m, svc in services:
+        if svc.spec.cluster_ip and svc.spec.cluster_ip != "None":
+            ip = IPv4Address(svc.spec.cluster_ip)
+        else:
+            # Hash, then probe: a service keeps its address when others are added.
+            offset = _stable_hash(f"{m.namespace}/{m.name}") % size
+            while service_cidr.network_address + RESERVED_SERVICE_IPS + offset in used:
+                offset = (offset + 1) % size
+            ip = service_cidr.network_address + RESERVED_SERVICE_IPS + offset
+            used.add(ip)
+        selector = svc.spec.selector
+        backends = tuple(
+            p.ref for p in pods
+            if p.namespace == m.namespace and selector and all(dict(p.labels).get(k) == v for k, v in selector.items())
+        )
+        ports = tuple(
+            (p.port, p.protocol.value, str(p.target_port if p.target_port is not None else p.port), p.name or "")
+            for p in svc.spec.ports
+        )
+        out.append(ServicePlan(
+            cluster=cluster, namespace=m.namespace, name=m.name, cluster_ip=ip, ports=ports,
+            backends=backends, is_global=svc.is_global, shared=svc.is_shared, affinity=svc.affinity,
+        ))
+    return tuple(out)

@@ -1,0 +1,1 @@
+"""Semantic rules over a loaded mesh → positioned problems (SPEC §1)."""

@@ -1,0 +1,206 @@
+"""The rules of SPEC §1 that a schema cannot express: uniqueness, overlaps, reachability.
+
+Each rule is a small function returning problems; `check` runs them all so that
+every problem is reported at once. Overlap checks sort networks by start address
+and compare neighbours' spans, so a 1,000-node mesh is checked in O(n log n).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+from crossmesh.errors import Problem
+from crossmesh.load.yamlpos import Document, PathKey, dotted
+from crossmesh.model.mesh import Mesh, Topology
+
+MAX_PAIR_REPORTS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A network range someone declared, for overlap checks."""
+
+    net: IPv4Network
+    owner: str  # human words: "cluster aws pod CIDR"
+    path: PathKey
+
+
+def check(mesh: Mesh, doc: Document) -> list[Problem]:
+    problems: list[Problem] = []
+    for rule in (_unique_names, _sites_exist, _addresses, _cidrs, _reachability):
+        problems.extend(rule(mesh, doc))
+    return problems
+
+
+def _dupes(doc: Document, items: Iterable[tuple[object, PathKey]], what: str, fix: str) -> list[Problem]:
+    seen: dict[object, PathKey] = {}
+    out = []
+    for value, path in items:
+        if value in seen:
+            line = doc.where(seen[value])[0]
+            out.append(doc.problem(path, f"duplicate {what} {value} (first at line {line}) — {fix}"))
+        else:
+            seen[value] = path
+    return out
+
+
+def _unique_names(mesh: Mesh, doc: Document) -> list[Problem]:
+    spec = mesh.spec
+    out = _dupes(doc, ((s.name, ("spec", "sites", i, "name")) for i, s in enumerate(spec.sites)),
+                 "site name", "give each site its own name")
+    out += _dupes(doc, ((c.name, ("spec", "clusters", i, "name")) for i, c in enumerate(spec.clusters)),
+                  "cluster name", "give each cluster its own name")
+    out += _dupes(doc, ((c.id, ("spec", "clusters", i, "id")) for i, c in enumerate(spec.clusters) if c.id is not None),
+                  "cluster id", "choose another id in 1..255 or omit it to allocate one")
+    out += _dupes(doc, ((n.name, ("spec", "clusters", ci, "nodes", ni, "name"))
+                        for ci, c in enumerate(spec.clusters) for ni, n in enumerate(c.nodes)),
+                  "node name", "node names must be unique across the mesh")
+    return out
+
+
+def _sites_exist(mesh: Mesh, doc: Document) -> list[Problem]:
+    names = {s.name for s in mesh.spec.sites}
+    out = []
+    for ci, c in enumerate(mesh.spec.clusters):
+        for ni, n in enumerate(c.nodes):
+            if n.site not in names:
+                out.append(doc.problem(("spec", "clusters", ci, "nodes", ni, "site"),
+                                       f"site {n.site!r} is not declared — use one of: {', '.join(sorted(names))}"))
+    return out
+
+
+def _addresses(mesh: Mesh, doc: Document) -> list[Problem]:
+    sites = {s.name: s for s in mesh.spec.sites}
+    out = []
+    per_site: list[tuple[object, PathKey]] = []
+    public: list[tuple[object, PathKey]] = []
+    for ci, c in enumerate(mesh.spec.clusters):
+        for ni, n in enumerate(c.nodes):
+            base = ("spec", "clusters", ci, "nodes", ni)
+            site = sites.get(n.site)
+            per_site.append(((n.site, str(n.address)), (*base, "address")))
+            if n.public_address is not None:
+                public.append((str(n.public_address), (*base, "publicAddress")))
+            if site is None:
+                continue
+            if n.address not in site.network:
+                out.append(doc.problem((*base, "address"),
+                                       f"{n.address} is outside site {site.name}'s network {site.network} — "
+                                       f"use an address in {site.network}"))
+            elif n.address in (site.network.network_address, site.network.broadcast_address):
+                out.append(doc.problem((*base, "address"),
+                                       f"{n.address} is the network or broadcast address of {site.network} — use a host address"))
+    for p in _dupes(doc, per_site, "node address (site, address)", "each node in a site needs its own address"):
+        out.append(p)
+    out += _dupes(doc, public, "public address", "each node needs its own public address")
+    return out
+
+
+def _claims(mesh: Mesh) -> list[Claim]:
+    claims = [Claim(s.network, f"site {s.name} network", ("spec", "sites", i, "network"))
+              for i, s in enumerate(mesh.spec.sites)]
+    for ci, c in enumerate(mesh.spec.clusters):
+        if c.pod_cidr is not None:
+            claims.append(Claim(c.pod_cidr, f"cluster {c.name} pod CIDR", ("spec", "clusters", ci, "podCIDR")))
+    claims.append(Claim(mesh.spec.ipam.tunnel_pool, "the tunnel address pool", ("spec", "ipam", "tunnelPool")))
+    return claims
+
+
+def _overlaps(claims: list[Claim]) -> list[tuple[Claim, Claim]]:
+    ordered = sorted(claims, key=lambda c: (int(c.net.network_address), -c.net.prefixlen))
+    pairs = []
+    open_claims: list[Claim] = []
+    for claim in ordered:
+        start = int(claim.net.network_address)
+        open_claims = [o for o in open_claims if int(o.net.broadcast_address) >= start]
+        pairs.extend((o, claim) for o in open_claims)
+        open_claims.append(claim)
+    return pairs
+
+
+def _cidrs(mesh: Mesh, doc: Document) -> list[Problem]:
+    out = []
+    for first, second in _overlaps(_claims(mesh)):
+        out.append(doc.problem(second.path,
+                               f"{second.net} ({second.owner}) overlaps {first.owner} ({first.net}) — "
+                               "choose another range" + (" or omit it to allocate one" if "pod CIDR" in second.owner else "")))
+    # pod CIDRs must not collide with any cluster's service CIDR: ClusterIPs are routed locally.
+    for ci, c in enumerate(mesh.spec.clusters):
+        if c.pod_cidr is None:
+            continue
+        for other in mesh.spec.clusters:
+            if c.pod_cidr.overlaps(other.service_cidr):
+                out.append(doc.problem(("spec", "clusters", ci, "podCIDR"),
+                                       f"{c.pod_cidr} (cluster {c.name} pod CIDR) overlaps cluster {other.name}'s "
+                                       f"service CIDR {other.service_cidr} — choose another range"))
+    for ci, c in enumerate(mesh.spec.clusters):
+        for site in mesh.spec.sites:
+            if c.service_cidr.overlaps(site.network):
+                out.append(doc.problem(("spec", "clusters", ci, "serviceCIDR"),
+                                       f"{c.service_cidr} (cluster {c.name} service CIDR) overlaps site {site.name}'s "
+                                       f"network {site.network} — choose another range"))
+        node_claims: list[Claim] = []
+        for ni, n in enumerate(c.nodes):
+            if n.pod_cidr is None:
+                continue
+            path = ("spec", "clusters", ci, "nodes", ni, "podCIDR")
+            node_claims.append(Claim(n.pod_cidr, f"node {n.name} pod CIDR", path))
+            if c.pod_cidr is None:
+                out.append(doc.problem(path, f"node pod CIDR {n.pod_cidr} is set but cluster {c.name} has no podCIDR — "
+                                             "set the cluster's podCIDR too, or omit the node's"))
+            elif not n.pod_cidr.subnet_of(c.pod_cidr):
+                out.append(doc.problem(path, f"{n.pod_cidr} is outside cluster {c.name}'s pod CIDR {c.pod_cidr} — "
+                                             f"use a /{mesh.spec.ipam.node_prefix} inside it or omit it"))
+        for first, second in _overlaps(node_claims):
+            out.append(doc.problem(second.path, f"{second.net} ({second.owner}) overlaps {first.owner} ({first.net}) — "
+                                                "choose another range or omit it to allocate one"))
+    return out
+
+
+def _reachability(mesh: Mesh, doc: Document) -> list[Problem]:
+    """A tunnel is dialled by whichever end has a public address; with none on either end it never comes up."""
+    nodes_by_site: dict[str, list[tuple[str, bool, PathKey]]] = defaultdict(list)
+    gateways: dict[str, list[tuple[str, bool, PathKey]]] = defaultdict(list)
+    for ci, c in enumerate(mesh.spec.clusters):
+        for ni, n in enumerate(c.nodes):
+            entry = (n.name, n.public_address is not None, ("spec", "clusters", ci, "nodes", ni))
+            nodes_by_site[n.site].append(entry)
+            if n.gateway:
+                gateways[n.site].append(entry)
+    out: list[Problem] = []
+    sites = sorted(nodes_by_site)
+    if mesh.spec.wireguard.topology is Topology.GATEWAYS:
+        for site in sites:
+            if not gateways[site]:
+                first = nodes_by_site[site][0]
+                out.append(doc.problem(first[2], f"site {site} has no gateway node but topology is gateways — "
+                                                 "set gateway: true on one node of the site (two give active/standby)"))
+        tunnel_ends = {s: [sorted(gateways[s], key=lambda g: (not g[1], g[0]))[0]] for s in sites if gateways[s]}
+        advice = "give one of them a publicAddress"
+    else:
+        tunnel_ends = {s: nodes_by_site[s] for s in sites}
+        advice = "give one of them a publicAddress, or use topology: gateways with a public gateway per site"
+    natted = {s: [e for e in ends if not e[1]] for s, ends in tunnel_ends.items()}
+    reported = 0
+    hidden = 0
+    for i, a in enumerate(sites):
+        for b in sites[i + 1:]:
+            for na in natted.get(a, []):
+                for nb in natted.get(b, []):
+                    if reported >= MAX_PAIR_REPORTS:
+                        hidden += 1
+                        continue
+                    reported += 1
+                    out.append(doc.problem(
+                        nb[2],
+                        f"nodes {na[0]} (site {a}) and {nb[0]} (site {b}) both lack a publicAddress: "
+                        f"the tunnel between them can never be dialled — {advice}",
+                        label=f"{dotted(nb[2])}.publicAddress",
+                    ))
+    if hidden:
+        out.append(doc.problem(("spec", "wireguard", "topology"),
+                               f"{hidden} more node pairs cannot dial each other (both behind NAT)"))
+    return out

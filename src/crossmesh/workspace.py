@@ -1,0 +1,66 @@
+"""A mesh file with its state directory: load → validate → allocate → keys → plan.
+
+This is the one place that strings the pure stages together with the state store,
+so every command (validate, plan, render, lab) sees the same result. `validate`
+runs without touching the state; the others persist allocations and keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from crossmesh.errors import Problem, SpecError
+from crossmesh.ipam.allocate import Allocations, allocate
+from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
+from crossmesh.model.plan import Plan
+from crossmesh.plan.planner import build_plan
+from crossmesh.state.store import StateStore
+from crossmesh.validate import rules
+
+
+@dataclass(slots=True)
+class Compiled:
+    loaded: LoadedMesh
+    allocations: Allocations
+    plan: Plan
+    store: StateStore
+
+
+def check(path: Path, store: StateStore | None = None) -> tuple[LoadedMesh | None, list[Problem]]:
+    """Everything `validate` reports: schema, manifests, rules, allocation. Writes nothing."""
+    doc, mesh, problems = load_mesh_model(path)
+    if doc is None or mesh is None:
+        return None, problems
+    base = path.resolve().parent
+    manifests, manifest_problems = load_manifests(base, doc, mesh)
+    problems = manifest_problems + rules.check(mesh, doc)
+    loaded = LoadedMesh(path=path, doc=doc, mesh=mesh, manifests=manifests)
+    errors = [p for p in problems if p.severity == "error"]
+    if not errors:
+        previous = (store or StateStore.beside(path)).load_allocations()
+        _, alloc_problems = allocate(mesh, previous, doc)
+        problems += alloc_problems
+    loaded.warnings = [p for p in problems if p.severity != "error"]
+    return loaded, problems
+
+
+def compile_mesh(path: Path, state_dir: Path | None = None, *, persist: bool = True) -> Compiled:
+    """Validated plan of the mesh; raises SpecError with every problem when the file is wrong."""
+    store = StateStore.beside(path, state_dir)
+    loaded, problems = check(path, store)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or loaded is None:
+        raise SpecError(errors)
+    alloc, _ = allocate(loaded.mesh, store.load_allocations(), loaded.doc)
+    nodes = [n.name for c in loaded.mesh.spec.clusters for n in c.nodes]
+    if persist:
+        store.save_allocations(alloc)
+        keys = store.ensure_keys(nodes)
+    else:
+        keys = store.public_keys(nodes)
+    try:
+        plan = build_plan(loaded.mesh, alloc, keys, loaded.manifests)
+    except ValueError as err:
+        raise SpecError([loaded.doc.problem(("spec",), str(err))]) from err
+    return Compiled(loaded=loaded, allocations=alloc, plan=plan, store=store)
