@@ -1,0 +1,1 @@
+"""The `crossmesh` command line (typer): rich tables for people, `-o json` for tools."""

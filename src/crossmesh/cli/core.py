@@ -1,0 +1,177 @@
+"""validate, plan, render, schema."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
+from crossmesh.model.mesh import Mesh
+from crossmesh.plan import serialize
+from crossmesh.render.tree import render as render_tree
+from crossmesh.state.store import atomic_write
+from crossmesh.workspace import check, compile_mesh
+
+MESH_ARG = typer.Argument(..., help="the mesh file (apiVersion: crossmesh.io/v1alpha1, kind: Mesh)", show_default=False)
+STATE_OPTION = typer.Option(None, "--state", help="state directory (default: .crossmesh/ beside the mesh file)")
+RENDER_INDEX = ".crossmesh-rendered"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(validate)
+    app.command()(plan)
+    app.command()(render)
+    app.command()(schema)
+
+
+@friendly
+def validate(mesh: Path = MESH_ARG, output: Output = OUTPUT_OPTION, state: Path | None = STATE_OPTION) -> None:
+    """Check the mesh file and its manifests against every rule; report all problems at once (exit 0 / 2).
+
+    Writes nothing: not the state directory, not keys.
+    """
+    from crossmesh.state.store import StateStore
+
+    loaded, problems = check(mesh, StateStore.beside(mesh, state))
+    errors = [p for p in problems if p.severity == "error"]
+    if output is Output.JSON:
+        emit_json({"valid": not errors, "problems": [p.as_json() for p in problems]})
+    else:
+        for p in problems:
+            (err if p.severity == "error" else err).print(str(p), markup=False)
+        if not errors and loaded is not None:
+            m = loaded.mesh
+            nodes = sum(len(c.nodes) for c in m.spec.clusters)
+            out.print(f"[green]valid[/green]: {mesh} — {len(m.spec.sites)} sites, {len(m.spec.clusters)} clusters, "
+                      f"{nodes} nodes" + (f", {len(problems)} warnings" if problems else ""))
+        else:
+            err.print(f"[red]{len(errors)} problem{'s' if len(errors) != 1 else ''}[/red]")
+    if errors:
+        raise typer.Exit(2)
+
+
+@friendly
+def plan(
+    mesh: Path = MESH_ARG,
+    output: Output = OUTPUT_OPTION,
+    state: Path | None = STATE_OPTION,
+    node: list[str] = typer.Option([], "--node", help="show only these nodes (repeatable)"),
+) -> None:
+    """Show allocations and the desired network (tunnels, peers, routes, MTU) and what changed since the
+    last `render` or `lab up`.
+
+    Allocations and keys are created in the state directory on first use, so that
+    the plan shown is the plan that will be applied.
+    """
+    compiled = compile_mesh(mesh, state)
+    data = serialize.plan_json(compiled.plan)
+    change = serialize.diff(compiled.store.load_applied_plan(), data)
+    if output is Output.JSON:
+        emit_json({"plan": data, "diff": change})
+        return
+    _print_plan(data, change, set(node))
+
+
+def _table(title: str, *cols: str) -> Table:
+    t = Table(title=title, title_justify="left", title_style="bold")
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    return t
+
+
+def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) -> None:
+    nodes = [n for n in data["nodes"] if not only or n["name"] in only]
+    t = _table("Clusters", "cluster", "id", "distribution", "cni", "pod CIDR", "service CIDR", "pods", "services")
+    for c in data["clusters"]:
+        t.add_row(c["name"], str(c["id"]), c["distribution"], c["cni"], c["podCIDR"], c["serviceCIDR"],
+                  str(len(c["pods"])), str(len(c["services"])))
+    out.print(t)
+    t = _table("Nodes", "node", "cluster", "site", "address", "public", "pod CIDR", "tunnel address")
+    for n in nodes:
+        t.add_row(n["name"], n["cluster"], n["site"], n["address"], n["publicAddress"] or "(NAT)", n["podCIDR"],
+                  n["tunnel"]["address"] if n["tunnel"] else "-")
+    out.print(t)
+    t = _table("MTU", "node", "path", "MTU", "arithmetic")
+    for n in nodes:
+        if n["tunnel"]:
+            t.add_row(n["name"], "WireGuard", str(n["tunnel"]["mtu"]["value"]), n["tunnel"]["mtu"]["arithmetic"])
+        if n["vxlan"]:
+            t.add_row(n["name"], "VXLAN", str(n["vxlan"]["mtu"]["value"]), n["vxlan"]["mtu"]["arithmetic"])
+        t.add_row(n["name"], "pods", str(n["podMTU"]["value"]), n["podMTU"]["arithmetic"])
+    out.print(t)
+    t = _table("Peers", "node", "peer", "endpoint", "allowed IPs", "keepalive")
+    for n in nodes:
+        for p in (n["tunnel"] or {}).get("peers", []):
+            t.add_row(n["name"], p["node"] + (" (standby)" if p["standby"] else ""),
+                      p["endpoint"] or "(none: peer behind NAT dials in)", ", ".join(p["allowedIPs"]),
+                      f"{p['persistentKeepalive']}s" if p["persistentKeepalive"] else "-")
+    out.print(t)
+    t = _table("Routes", "node", "destination", "via", "next hop", "towards")
+    for n in nodes:
+        for r in n["routes"]:
+            t.add_row(n["name"], r["dst"], r["via"], r["gateway"] or "-", r["peer"])
+    out.print(t)
+    if change["empty"]:
+        out.print("[bold]Difference from last applied state:[/bold] none")
+        return
+    out.print("[bold]Difference from last applied state:[/bold]")
+    for name in change["nodesAdded"]:
+        out.print(f"  [green]+ node {name}[/green]")
+    for name in change["nodesRemoved"]:
+        out.print(f"  [red]- node {name}[/red]")
+    for name, c in change["nodes"].items():
+        if c.get("removed") or name in change["nodesAdded"]:
+            continue
+        for p in c["peersAdded"]:
+            out.print(f"  {name}: [green]+ peer {p}[/green]")
+        for p in c["peersRemoved"]:
+            out.print(f"  {name}: [red]- peer {p}[/red]")
+        for p, fields in c["peersChanged"].items():
+            out.print(f"  {name}: [yellow]~ peer {p} ({', '.join(fields)})[/yellow]")
+        for r in c["routesAdded"]:
+            out.print(f"  {name}: [green]+ route {r}[/green]")
+        for r in c["routesRemoved"]:
+            out.print(f"  {name}: [red]- route {r}[/red]")
+        for r in c["routesChanged"]:
+            out.print(f"  {name}: [yellow]~ route {r}[/yellow]")
+
+
+@friendly
+def render(
+    mesh: Path = MESH_ARG,
+    output_dir: Path = typer.Option(..., "-o", "--output-dir", help="directory to write into"),
+    state: Path | None = STATE_OPTION,
+) -> None:
+    """Write deployable files: per node a wg-quick file (and Talos documents), per cluster Cilium Helm
+    values and the manifests as they would be applied.
+
+    Files holding a private key are written 0600. Rendering twice gives identical bytes;
+    files this command wrote before and no longer produces are removed.
+    """
+    compiled = compile_mesh(mesh, state)
+    files = render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    index = output_dir / RENDER_INDEX
+    previous = set(index.read_text().split()) if index.exists() else set()
+    for rel, f in sorted(files.items()):
+        atomic_write(output_dir / rel, f.content, mode=f.mode)
+    for stale in sorted(previous - set(files)):
+        (output_dir / stale).unlink(missing_ok=True)
+    atomic_write(index, "".join(f"{rel}\n" for rel in sorted(files)))
+    compiled.store.save_applied_plan(serialize.plan_json(compiled.plan))
+    secrets = sum(1 for f in files.values() if f.secret)
+    out.print(f"wrote {len(files)} files to {output_dir} ({secrets} hold a private key, mode 0600)")
+
+
+@friendly
+def schema() -> None:
+    """Print the JSON Schema of the mesh file."""
+    doc = Mesh.model_json_schema(by_alias=True)
+    doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    doc["title"] = "crossmesh Mesh (crossmesh.io/v1alpha1)"
+    os.sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,34 @@
+"""Entry point: `crossmesh <command>`."""
+
+from __future__ import annotations
+
+import typer
+
+from crossmesh import __version__
+from crossmesh.cli import core
+
+app = typer.Typer(
+    name="crossmesh",
+    help="Connect Kubernetes clusters across clouds: validate a mesh file, plan and render WireGuard, "
+    "Cilium and Talos files, and build the whole mesh for real on this Linux host (the lab).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+core.register(app)
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: bool = typer.Option(False, "--version", help="print the version and exit")) -> None:
+    if version:
+        typer.echo(f"crossmesh {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

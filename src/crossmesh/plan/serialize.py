@@ -1,0 +1,111 @@
+"""The plan as JSON-ready data (`plan -o json`, the applied-plan snapshot) and its difference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crossmesh.model.plan import NodePlan, Peer, Plan, Route
+
+
+def peer_json(p: Peer) -> dict[str, Any]:
+    return {
+        "node": p.node,
+        "site": p.site,
+        "publicKey": p.public_key,
+        "endpoint": p.endpoint_text,
+        "allowedIPs": [str(a) for a in p.allowed_ips],
+        "persistentKeepalive": p.persistent_keepalive,
+        "standby": p.standby,
+    }
+
+
+def route_json(r: Route) -> dict[str, Any]:
+    return {"dst": str(r.dst), "via": r.via.value, "gateway": str(r.gateway) if r.gateway else None, "peer": r.peer}
+
+
+def node_json(n: NodePlan) -> dict[str, Any]:
+    return {
+        "name": n.name,
+        "cluster": n.cluster,
+        "site": n.site,
+        "address": str(n.address),
+        "publicAddress": str(n.public_address) if n.public_address else None,
+        "gateway": n.gateway,
+        "podCIDR": str(n.pod_cidr),
+        "podMTU": {"value": n.pod_mtu.value, "arithmetic": n.pod_mtu.arithmetic},
+        "tunnel": None if n.tunnel is None else {
+            "interface": n.tunnel.interface,
+            "address": str(n.tunnel.address),
+            "listenPort": n.tunnel.listen_port,
+            "mtu": {"value": n.tunnel.mtu.value, "arithmetic": n.tunnel.mtu.arithmetic},
+            "peers": [peer_json(p) for p in n.tunnel.peers],
+        },
+        "vxlan": None if n.vxlan is None else {
+            "vni": n.vxlan.vni,
+            "port": n.vxlan.port,
+            "mtu": {"value": n.vxlan.mtu.value, "arithmetic": n.vxlan.mtu.arithmetic},
+            "mac": n.vxlan.local_mac,
+            "neighbours": [{"node": v.node, "address": str(v.address), "podCIDR": str(v.pod_cidr), "mac": v.mac}
+                           for v in n.vxlan.neighbours],
+        },
+        "routes": [route_json(r) for r in n.routes],
+    }
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "mesh": plan.mesh,
+        "topology": plan.topology,
+        "trustDomain": plan.trust_domain,
+        "sites": [{"name": s.name, "provider": s.provider, "region": s.region, "network": str(s.network), "mtu": s.mtu}
+                  for s in plan.sites],
+        "clusters": [
+            {
+                "name": c.name, "id": c.id, "distribution": c.distribution, "cni": c.cni,
+                "podCIDR": str(c.pod_cidr), "serviceCIDR": str(c.service_cidr), "nodes": list(c.nodes),
+                "pods": [{"ref": p.ref, "node": p.node, "address": str(p.address),
+                          "labels": dict(p.labels), "ports": [f"{port}/{proto}" for port, proto, _ in p.ports]}
+                         for p in c.pods],
+                "services": [{"ref": s.ref, "clusterIP": str(s.cluster_ip),
+                              "ports": [f"{port}/{proto}" for port, proto, _, _ in s.ports],
+                              "backends": list(s.backends), "global": s.is_global, "shared": s.shared,
+                              "affinity": s.affinity}
+                             for s in c.services],
+            }
+            for c in plan.clusters
+        ],
+        "nodes": [node_json(n) for n in plan.nodes],
+    }
+
+
+def diff(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
+    """Peers and routes added, removed or changed per node since the last applied plan."""
+    prev_nodes = {n["name"]: n for n in (previous or {}).get("nodes", [])}
+    cur_nodes = {n["name"]: n for n in current.get("nodes", [])}
+    out: dict[str, Any] = {
+        "nodesAdded": sorted(set(cur_nodes) - set(prev_nodes)),
+        "nodesRemoved": sorted(set(prev_nodes) - set(cur_nodes)),
+        "nodes": {},
+    }
+    for name in sorted(cur_nodes):
+        before, after = prev_nodes.get(name), cur_nodes[name]
+        peers_b = {p["node"]: p for p in ((before or {}).get("tunnel") or {}).get("peers", [])}
+        peers_a = {p["node"]: p for p in (after.get("tunnel") or {}).get("peers", [])}
+        routes_b = {r["dst"]: r for r in (before or {}).get("routes", [])}
+        routes_a = {r["dst"]: r for r in after.get("routes", [])}
+        change = {
+            "peersAdded": sorted(set(peers_a) - set(peers_b)),
+            "peersRemoved": sorted(set(peers_b) - set(peers_a)),
+            "peersChanged": sorted(
+                {k: [f for f in peers_a[k] if peers_a[k][f] != peers_b[k].get(f)]
+                 for k in set(peers_a) & set(peers_b) if peers_a[k] != peers_b[k]}.items()),
+            "routesAdded": sorted(set(routes_a) - set(routes_b)),
+            "routesRemoved": sorted(set(routes_b) - set(routes_a)),
+            "routesChanged": sorted(k for k in set(routes_a) & set(routes_b) if routes_a[k] != routes_b[k]),
+        }
+        if any(change.values()):
+            out["nodes"][name] = {k: (dict(v) if k == "peersChanged" else v) for k, v in change.items()}
+    for name in out["nodesRemoved"]:
+        out["nodes"][name] = {"removed": True}
+    out["empty"] = not (out["nodesAdded"] or out["nodesRemoved"] or out["nodes"])
+    return out

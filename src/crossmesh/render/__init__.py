@@ -1,0 +1,1 @@
+"""Pure renderers: plan → files as data, serialised canonically (sorted, stable bytes)."""

@@ -1,0 +1,49 @@
+"""Cilium Helm values per cluster (validated against Cilium's values.schema.json in tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crossmesh.model.plan import ClusterPlan, Plan
+
+CLUSTERMESH_NODEPORT = 32379  # clustermesh-apiserver's default NodePort
+
+
+def values(plan: Plan, cluster: ClusterPlan) -> dict[str, Any]:
+    nodes = [plan.node(n) for n in cluster.nodes]
+    # The underlying network Cilium sees: our tunnel for cross-site paths, else the site.
+    underlay = min(
+        (n.tunnel.mtu.value if n.tunnel else plan.site(n.site).mtu) for n in nodes
+    )
+    node_prefix = min(n.pod_cidr.prefixlen for n in nodes)
+    peers = []
+    for other in plan.clusters:
+        if other.name == cluster.name:
+            continue
+        peers.append({
+            "name": other.name,
+            "port": CLUSTERMESH_NODEPORT,
+            "ips": [str(plan.node(n).address) for n in other.nodes],
+        })
+    return {
+        "cluster": {"name": cluster.name, "id": cluster.id},
+        "ipam": {
+            "mode": "cluster-pool",
+            "operator": {
+                "clusterPoolIPv4PodCIDRList": [str(cluster.pod_cidr)],
+                "clusterPoolIPv4MaskSize": node_prefix,
+            },
+        },
+        "routingMode": "tunnel",
+        "tunnelProtocol": "vxlan",
+        "tunnelPort": 8472,
+        "encryption": {"enabled": True, "type": "wireguard"},
+        "kubeProxyReplacement": True,
+        "MTU": underlay,
+        "clustermesh": {
+            "useAPIServer": True,
+            "apiserver": {"service": {"type": "NodePort", "nodePort": CLUSTERMESH_NODEPORT}},
+            "config": {"enabled": True, "clusters": peers},
+        },
+        "hubble": {"enabled": True, "relay": {"enabled": True}, "ui": {"enabled": True}},
+    }

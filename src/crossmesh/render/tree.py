@@ -1,0 +1,48 @@
+"""The whole rendered tree for a plan.
+
+    clusters/<cluster>/cilium-values.yaml   (cni: cilium)
+    clusters/<cluster>/manifests.yaml       the cluster's objects as they would be applied
+    nodes/<node>/wg-crossmesh.conf          wg-quick file (0600: holds the node's private key)
+    nodes/<node>/talos.yaml                 Talos patch + WireguardConfig (0600), distribution: talos
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from crossmesh.model.k8s import Manifest
+from crossmesh.model.plan import Plan
+from crossmesh.render import cilium, talos, wireguard
+from crossmesh.render.files import RenderedFile, yaml_dump
+
+KIND_ORDER = {"Namespace": 0, "ServiceAccount": 1, "ConfigMap": 2, "Secret": 2, "Service": 3,
+              "Deployment": 4, "StatefulSet": 4, "Pod": 5}
+
+
+def render(plan: Plan, manifests: dict[str, list[Manifest]], private_key: Callable[[str], str]) -> dict[str, RenderedFile]:
+    out: dict[str, RenderedFile] = {}
+    cache: dict[int, str] = {}
+    for cluster in plan.clusters:
+        base = f"clusters/{cluster.name}"
+        if cluster.cni == "cilium":
+            out[f"{base}/cilium-values.yaml"] = RenderedFile(yaml_dump(cilium.values(plan, cluster)))
+        objects = sorted(
+            manifests.get(cluster.name, []),
+            key=lambda m: (KIND_ORDER.get(m.kind, 9), m.kind, m.namespace, m.name),
+        )
+        if objects:
+            out[f"{base}/manifests.yaml"] = RenderedFile(yaml_dump(*[m.raw for m in objects]))
+    for node in plan.nodes:
+        base = f"nodes/{node.name}"
+        cluster = plan.cluster(node.cluster)
+        key = private_key(node.name) if node.tunnel is not None else ""
+        conf = wireguard.wg_quick(plan, node, key, cache)
+        if conf is not None:
+            out[f"{base}/{node.tunnel.interface if node.tunnel else 'wg'}.conf"] = RenderedFile(conf, 0o600, True)
+        if cluster.distribution == "talos":
+            docs = [talos.machine_patch(cluster, node)]
+            wg_doc = talos.wireguard_document(node, key)
+            if wg_doc is not None:
+                docs.append(wg_doc)
+            out[f"{base}/talos.yaml"] = RenderedFile(yaml_dump(*docs), 0o600, wg_doc is not None)
+    return out
