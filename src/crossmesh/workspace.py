@@ -34,7 +34,7 @@ def check(path: Path, store: StateStore | None = None) -> tuple[LoadedMesh | Non
         return None, problems
     base = path.resolve().parent
     manifests, manifest_problems = load_manifests(base, doc, mesh)
-    problems = manifest_problems + rules.check(mesh, doc)
+    problems = problems + manifest_problems + rules.check(mesh, doc)
     loaded = LoadedMesh(path=path, doc=doc, mesh=mesh, manifests=manifests)
     errors = [p for p in problems if p.severity == "error"]
     if not errors:

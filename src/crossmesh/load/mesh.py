@@ -6,6 +6,7 @@ errors and (later) semantic rules are all collected so a user fixes a file in on
 
 from __future__ import annotations
 
+import copy
 import difflib
 import types
 import typing
@@ -113,10 +114,7 @@ def _data_path(data: Any, base: PathKey, loc: tuple[Any, ...]) -> PathKey:
         node = node[part] if isinstance(node, dict | list) and _has(node, part) else None
     out: list[str | int] = []
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and part < len(node):
             out.append(part)
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str):
@@ -156,7 +154,29 @@ def load_mesh_model(path: Path) -> tuple[Document | None, Mesh | None, list[Prob
     try:
         return doc, Mesh.model_validate(doc.data), []
     except ValidationError as err:
-        return doc, None, pydantic_problems(err, doc, Mesh)
+        problems = pydantic_problems(err, doc, Mesh)
+        # Unknown fields alone do not stop the semantic rules: drop them and go on, so
+        # that a typo does not hide an overlap further down the file.
+        if all(e["type"] == "extra_forbidden" for e in err.errors()):
+            data = copy.deepcopy(doc.data)
+            for e in err.errors():
+                _drop(data, e["loc"])
+            try:
+                return doc, Mesh.model_validate(data), problems
+            except ValidationError:
+                pass
+        return doc, None, problems
+
+
+def _drop(data: Any, loc: tuple[Any, ...]) -> None:
+    node = data
+    for part in loc[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return
+    if isinstance(node, dict):
+        node.pop(loc[-1], None)
 
 
 # --- manifests -------------------------------------------------------------------------------
