@@ -1,9 +1,9 @@
 """One exception tree for crossmesh, so the command line can map each to an exit code.
 
-    CrossmeshError
-    ├── SpecError        the mesh file (or a manifest) is wrong: exit 2, lists every problem
-    ├── StateError       the state directory is unreadable or inconsistent: exit 2
-    └── EnvironmentProblem  this host cannot do what was asked (not root, missing package): exit 2
+CrossmeshError
+├── SpecError        the mesh file (or a manifest) is wrong: exit 2, lists every problem
+├── StateError       the state directory is unreadable or inconsistent: exit 2
+└── EnvironmentProblem  this host cannot do what was asked (not root, missing package): exit 2
 """
 
 from __future__ import annotations

@@ -62,8 +62,11 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
         except Exception as e:  # a bug: say so plainly, keep the traceback for whoever asks
             if os.environ.get("CROSSMESH_DEBUG"):
                 traceback.print_exc()
-            err.print(f"[red]internal error:[/red] {type(e).__name__}: {e} "
-                      "(a crossmesh bug; CROSSMESH_DEBUG=1 shows the traceback)", markup=True)
+            err.print(
+                f"[red]internal error:[/red] {type(e).__name__}: {e} "
+                "(a crossmesh bug; CROSSMESH_DEBUG=1 shows the traceback)",
+                markup=True,
+            )
             raise typer.Exit(70) from None
 
     return wrapper

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,10 @@ def validate(mesh: Path = MESH_ARG, output: Output = OUTPUT_OPTION, state: Path 
         if not errors and loaded is not None:
             m = loaded.mesh
             nodes = sum(len(c.nodes) for c in m.spec.clusters)
-            out.print(f"[green]valid[/green]: {mesh} — {len(m.spec.sites)} sites, {len(m.spec.clusters)} clusters, "
-                      f"{nodes} nodes" + (f", {len(problems)} warnings" if problems else ""))
+            out.print(
+                f"[green]valid[/green]: {mesh} — {len(m.spec.sites)} sites, {len(m.spec.clusters)} clusters, "
+                f"{nodes} nodes" + (f", {len(problems)} warnings" if problems else "")
+            )
         else:
             err.print(f"[red]{len(errors)} problem{'s' if len(errors) != 1 else ''}[/red]")
     if errors:
@@ -88,13 +90,28 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
     nodes = [n for n in data["nodes"] if not only or n["name"] in only]
     t = _table("Clusters", "cluster", "id", "distribution", "cni", "pod CIDR", "service CIDR", "pods", "services")
     for c in data["clusters"]:
-        t.add_row(c["name"], str(c["id"]), c["distribution"], c["cni"], c["podCIDR"], c["serviceCIDR"],
-                  str(len(c["pods"])), str(len(c["services"])))
+        t.add_row(
+            c["name"],
+            str(c["id"]),
+            c["distribution"],
+            c["cni"],
+            c["podCIDR"],
+            c["serviceCIDR"],
+            str(len(c["pods"])),
+            str(len(c["services"])),
+        )
     out.print(t)
     t = _table("Nodes", "node", "cluster", "site", "address", "public", "pod CIDR", "tunnel address")
     for n in nodes:
-        t.add_row(n["name"], n["cluster"], n["site"], n["address"], n["publicAddress"] or "(NAT)", n["podCIDR"],
-                  n["tunnel"]["address"] if n["tunnel"] else "-")
+        t.add_row(
+            n["name"],
+            n["cluster"],
+            n["site"],
+            n["address"],
+            n["publicAddress"] or "(NAT)",
+            n["podCIDR"],
+            n["tunnel"]["address"] if n["tunnel"] else "-",
+        )
     out.print(t)
     t = _table("MTU", "node", "path", "MTU", "arithmetic")
     for n in nodes:
@@ -107,9 +124,13 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
     t = _table("Peers", "node", "peer", "endpoint", "allowed IPs", "keepalive")
     for n in nodes:
         for p in (n["tunnel"] or {}).get("peers", []):
-            t.add_row(n["name"], p["node"] + (" (standby)" if p["standby"] else ""),
-                      p["endpoint"] or "(none: peer behind NAT dials in)", ", ".join(p["allowedIPs"]),
-                      f"{p['persistentKeepalive']}s" if p["persistentKeepalive"] else "-")
+            t.add_row(
+                n["name"],
+                p["node"] + (" (standby)" if p["standby"] else ""),
+                p["endpoint"] or "(none: peer behind NAT dials in)",
+                ", ".join(p["allowedIPs"]),
+                f"{p['persistentKeepalive']}s" if p["persistentKeepalive"] else "-",
+            )
     out.print(t)
     t = _table("Routes", "node", "destination", "via", "next hop", "towards")
     for n in nodes:
@@ -174,4 +195,4 @@ def schema() -> None:
     doc = Mesh.model_json_schema(by_alias=True)
     doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     doc["title"] = "crossmesh Mesh (crossmesh.io/v1alpha1)"
-    os.sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")

@@ -48,10 +48,14 @@ class Allocations:
     @classmethod
     def from_json(cls, data: dict[str, dict[str, dict[str, object]]]) -> Allocations:
         return cls(
-            clusters={k: ClusterAllocation(int(str(v["id"])), IPv4Network(str(v["podCIDR"])))
-                      for k, v in data.get("clusters", {}).items()},
-            nodes={k: NodeAllocation(IPv4Network(str(v["podCIDR"])), IPv4Address(str(v["tunnelAddress"])))
-                   for k, v in data.get("nodes", {}).items()},
+            clusters={
+                k: ClusterAllocation(int(str(v["id"])), IPv4Network(str(v["podCIDR"])))
+                for k, v in data.get("clusters", {}).items()
+            },
+            nodes={
+                k: NodeAllocation(IPv4Network(str(v["podCIDR"])), IPv4Address(str(v["tunnelAddress"])))
+                for k, v in data.get("nodes", {}).items()
+            },
         )
 
 
@@ -112,12 +116,12 @@ def allocate(mesh: Mesh, previous: Allocations, doc: Document | None = None) -> 
     for c in sorted(spec.clusters, key=lambda c: c.name):
         if c.name in ids:
             continue
-        free = next((i for i in range(1, 256) if i not in used_ids), None)
-        if free is None:
+        free_id = next((i for i in range(1, 256) if i not in used_ids), None)
+        if free_id is None:
             fail(("spec", "clusters"), "more than 255 clusters: Cilium cluster ids run 1..255 — split the mesh")
             continue
-        ids[c.name] = free
-        used_ids.add(free)
+        ids[c.name] = free_id
+        used_ids.add(free_id)
 
     # Cluster pod CIDRs. Everything stated anywhere is taken before anything is allocated.
     taken = [s.network for s in spec.sites] + [c.service_cidr for c in spec.clusters] + [spec.ipam.tunnel_pool]
@@ -126,18 +130,24 @@ def allocate(mesh: Mesh, previous: Allocations, doc: Document | None = None) -> 
     cluster_cidrs: dict[str, IPv4Network] = {c.name: c.pod_cidr for c in spec.clusters if c.pod_cidr is not None}
     for c in sorted(spec.clusters, key=lambda c: c.name):
         prev = previous.clusters.get(c.name)
-        if c.name not in cluster_cidrs and prev is not None and prev.pod_cidr.subnet_of(spec.ipam.pod_pool) \
-                and not free.conflicts(prev.pod_cidr):
+        if (
+            c.name not in cluster_cidrs
+            and prev is not None
+            and prev.pod_cidr.subnet_of(spec.ipam.pod_pool)
+            and not free.conflicts(prev.pod_cidr)
+        ):
             cluster_cidrs[c.name] = prev.pod_cidr
             free.take(prev.pod_cidr)
-    for ci, c in sorted(enumerate(spec.clusters), key=lambda t: t[1].name):
+    for c in sorted(spec.clusters, key=lambda c: c.name):
         if c.name in cluster_cidrs:
             continue
         net = free.first(spec.ipam.pod_pool, spec.ipam.cluster_prefix)
         if net is None:
-            fail(("spec", "ipam", "podPool"),
-                 f"pod pool {spec.ipam.pod_pool} has no free /{spec.ipam.cluster_prefix} left for cluster {c.name} — "
-                 "widen ipam.podPool, raise ipam.clusterPrefix, or set the cluster's podCIDR")
+            fail(
+                ("spec", "ipam", "podPool"),
+                f"pod pool {spec.ipam.pod_pool} has no free /{spec.ipam.cluster_prefix} left for cluster {c.name} — "
+                "widen ipam.podPool, raise ipam.clusterPrefix, or set the cluster's podCIDR",
+            )
             continue
         cluster_cidrs[c.name] = net
         free.take(net)
@@ -154,8 +164,13 @@ def allocate(mesh: Mesh, previous: Allocations, doc: Document | None = None) -> 
                 node_cidrs[n.name] = n.pod_cidr
         for n in sorted(c.nodes, key=lambda n: n.name):
             prev_node = previous.nodes.get(n.name)
-            if n.name not in node_cidrs and prev_node is not None and prev_node.pod_cidr.subnet_of(cidr) \
-                    and prev_node.pod_cidr.prefixlen == spec.ipam.node_prefix and not inner.conflicts(prev_node.pod_cidr):
+            if (
+                n.name not in node_cidrs
+                and prev_node is not None
+                and prev_node.pod_cidr.subnet_of(cidr)
+                and prev_node.pod_cidr.prefixlen == spec.ipam.node_prefix
+                and not inner.conflicts(prev_node.pod_cidr)
+            ):
                 node_cidrs[n.name] = prev_node.pod_cidr
                 inner.take(prev_node.pod_cidr)
         for n in sorted(c.nodes, key=lambda n: n.name):
@@ -163,9 +178,11 @@ def allocate(mesh: Mesh, previous: Allocations, doc: Document | None = None) -> 
                 continue
             net = inner.first(cidr, spec.ipam.node_prefix)
             if net is None:
-                fail(("spec", "clusters", ci, "podCIDR"),
-                     f"cluster {c.name}'s pod CIDR {cidr} has no free /{spec.ipam.node_prefix} left for node {n.name} — "
-                     "use a larger cluster CIDR or raise ipam.nodePrefix")
+                fail(
+                    ("spec", "clusters", ci, "podCIDR"),
+                    f"cluster {c.name}'s pod CIDR {cidr} has no free /{spec.ipam.node_prefix} left for node {n.name} — "
+                    "use a larger cluster CIDR or raise ipam.nodePrefix",
+                )
                 continue
             node_cidrs[n.name] = net
             inner.take(net)
@@ -177,8 +194,12 @@ def allocate(mesh: Mesh, previous: Allocations, doc: Document | None = None) -> 
     used_addr: set[IPv4Address] = set()
     for n in all_nodes:
         prev_node = previous.nodes.get(n.name)
-        if prev_node is not None and prev_node.tunnel_address in pool and prev_node.tunnel_address not in used_addr \
-                and prev_node.tunnel_address not in (pool.network_address, pool.broadcast_address):
+        if (
+            prev_node is not None
+            and prev_node.tunnel_address in pool
+            and prev_node.tunnel_address not in used_addr
+            and prev_node.tunnel_address not in (pool.network_address, pool.broadcast_address)
+        ):
             tunnel[n.name] = prev_node.tunnel_address
             used_addr.add(prev_node.tunnel_address)
     hosts = _hosts(pool)
@@ -193,9 +214,15 @@ def allocate(mesh: Mesh, previous: Allocations, doc: Document | None = None) -> 
         used_addr.add(addr)
 
     result = Allocations(
-        clusters={c.name: ClusterAllocation(ids[c.name], cluster_cidrs[c.name])
-                  for c in spec.clusters if c.name in ids and c.name in cluster_cidrs},
-        nodes={n.name: NodeAllocation(node_cidrs[n.name], tunnel[n.name])
-               for n in all_nodes if n.name in node_cidrs and n.name in tunnel},
+        clusters={
+            c.name: ClusterAllocation(ids[c.name], cluster_cidrs[c.name])
+            for c in spec.clusters
+            if c.name in ids and c.name in cluster_cidrs
+        },
+        nodes={
+            n.name: NodeAllocation(node_cidrs[n.name], tunnel[n.name])
+            for n in all_nodes
+            if n.name in node_cidrs and n.name in tunnel
+        },
     )
     return result, problems

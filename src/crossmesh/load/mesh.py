@@ -96,12 +96,15 @@ def pydantic_problems(
         elif kind == "literal_error":
             msg = f"found {_brief(e.get('input'))}; {e['msg'].lower()}"
         elif kind in ("list_type", "dict_type", "model_type", "model_attributes_type"):
-            expected = {"list_type": "a list", "dict_type": "a mapping", }.get(kind, "a mapping")
+            expected = {
+                "list_type": "a list",
+                "dict_type": "a mapping",
+            }.get(kind, "a mapping")
             msg = f"found {_brief(e.get('input'))}, expected {expected}"
         else:
             text = e["msg"]
             if text.startswith("Value error, "):
-                text = text[len("Value error, "):]
+                text = text[len("Value error, ") :]
             msg = f"{text} (found {_brief(e.get('input'))})"
         problems.append(doc.problem(path, msg))
     return problems
@@ -109,12 +112,18 @@ def pydantic_problems(
 
 def _data_path(data: Any, base: PathKey, loc: tuple[Any, ...]) -> PathKey:
     """Drop loc parts that pydantic adds for union branches (`int`, `str`, tagged names)."""
-    node = data
+    node: Any = data
     for part in base:
-        node = node[part] if isinstance(node, dict | list) and _has(node, part) else None
+        node = node[part] if isinstance(node, dict | list) and _has(node, part) else None  # type: ignore[index]
     out: list[str | int] = []
     for part in loc:
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (
+            isinstance(node, dict)
+            and part in node
+            or isinstance(node, list)
+            and isinstance(part, int)
+            and part < len(node)
+        ):
             out.append(part)
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str):
@@ -139,11 +148,27 @@ def parse_mesh_document(path: Path) -> tuple[Document | None, list[Problem]]:
         return None, problems
     docs = [d for d in docs if d.data is not None]
     if not docs:
-        return None, [Problem(shown, 1, 1, "", "empty file — a mesh file starts with apiVersion: crossmesh.io/v1alpha1, kind: Mesh")]
+        return None, [
+            Problem(
+                shown, 1, 1, "", "empty file — a mesh file starts with apiVersion: crossmesh.io/v1alpha1, kind: Mesh"
+            )
+        ]
     if len(docs) > 1:
-        return None, [Problem(shown, docs[1].start_line, 1, "", "a mesh file holds one YAML document; found several — keep one, move manifests to the manifests: paths")]
+        return None, [
+            Problem(
+                shown,
+                docs[1].start_line,
+                1,
+                "",
+                "a mesh file holds one YAML document; found several — keep one, move manifests to the manifests: paths",
+            )
+        ]
     if not isinstance(docs[0].data, dict):
-        return None, [docs[0].problem((), f"found {type(docs[0].data).__name__}, expected a mapping with apiVersion, kind, metadata, spec")]
+        return None, [
+            docs[0].problem(
+                (), f"found {type(docs[0].data).__name__}, expected a mapping with apiVersion, kind, metadata, spec"
+            )
+        ]
     return docs[0], []
 
 
@@ -206,14 +231,11 @@ def load_manifest_file(path: Path) -> tuple[list[k8s.Manifest], list[Problem]]:
         if not isinstance(doc.data, dict):
             problems.append(doc.problem((), "a Kubernetes object must be a mapping with apiVersion and kind"))
             continue
-        items = [(doc, ())]
+        items: list[tuple[PathKey, Any]] = [((), doc.data)]
         if doc.data.get("kind") == "List" and isinstance(doc.data.get("items"), list):
-            items = [(doc, ("items", i)) for i in range(len(doc.data["items"]))]
-        for d, base in items:
-            obj_data = d.data
-            for part in base:
-                obj_data = obj_data[part]
-            m, probs = _typed_manifest(d, base, obj_data)
+            items = [(("items", i), item) for i, item in enumerate(doc.data["items"])]
+        for base, obj_data in items:
+            m, probs = _typed_manifest(doc, base, obj_data)
             problems.extend(probs)
             if m is not None:
                 out.append(m)
@@ -227,7 +249,7 @@ def _typed_manifest(doc: Document, base: PathKey, data: Any) -> tuple[k8s.Manife
     missing = [f for f in ("apiVersion", "kind", "metadata") if f not in data]
     if missing:
         return None, [doc.problem(base, f"Kubernetes object lacks {', '.join(missing)} — add them")]
-    meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    meta: dict[str, Any] = data["metadata"] if isinstance(data.get("metadata"), dict) else {}
     name = str(meta.get("name", ""))
     namespace = str(meta.get("namespace") or "default")
     line = doc.where(base)[0]
@@ -257,7 +279,13 @@ def load_manifests(base: Path, doc: Document, mesh: Mesh) -> tuple[dict[str, lis
         for i, entry in enumerate(entries):
             files = manifest_files(base, entry)
             if files is None:
-                problems.append(doc.problem((*path, i), f"manifest path {entry!r} does not exist (relative to {shown_path(base)}) — fix the path or remove it"))
+                problems.append(
+                    doc.problem(
+                        (*path, i),
+                        f"manifest path {entry!r} does not exist (relative to {shown_path(base)}) — "
+                        "fix the path or remove it",
+                    )
+                )
                 continue
             for f in files:
                 if f not in cache:

@@ -125,7 +125,10 @@ def read_text(path: Path, shown: str) -> tuple[str | None, Problem | None]:
         return None, Problem(shown, 1, 1, "", "is a directory, expected a YAML file")
     if size > MAX_FILE_BYTES:
         return None, Problem(
-            shown, 1, 1, "",
+            shown,
+            1,
+            1,
+            "",
             f"file is {size / 1e6:.1f} MB; crossmesh reads YAML files up to "
             f"{MAX_FILE_BYTES // (1024 * 1024)} MiB — split it into several files",
         )
@@ -160,11 +163,16 @@ def parse_documents(text: str, shown: str) -> tuple[list[Document], list[Problem
         try:
             data = conv.convert(raw, ())
         except _TooBig:
-            return [], [Problem(
-                shown, start, 1, "",
-                f"document expands to more than {MAX_NODES} YAML nodes (an alias bomb?) — "
-                "write the values out instead of nesting aliases",
-            )]
+            return [], [
+                Problem(
+                    shown,
+                    start,
+                    1,
+                    "",
+                    f"document expands to more than {MAX_NODES} YAML nodes (an alias bomb?) — "
+                    "write the values out instead of nesting aliases",
+                )
+            ]
         except RecursionError:
             return [], [Problem(shown, start, 1, "", "YAML nested too deeply — flatten the document")]
         docs.append(Document(file=shown, data=data, positions=conv.positions, start_line=start))

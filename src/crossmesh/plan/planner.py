@@ -128,9 +128,11 @@ class _Planner:
         if neighbours:
             mtu = self.site_mtu[node.site]
             vxlan = Vxlan(
-                vni=VXLAN_VNI, port=VXLAN_PORT,
+                vni=VXLAN_VNI,
+                port=VXLAN_PORT,
                 mtu=Mtu(mtu - VXLAN_OVERHEAD, f"{mtu} {node.site} − {VXLAN_OVERHEAD} VXLAN = {mtu - VXLAN_OVERHEAD}"),
-                local_mac=vtep_mac(node.address), neighbours=tuple(neighbours),
+                local_mac=vtep_mac(node.address),
+                neighbours=tuple(neighbours),
             )
         return vxlan, routes
 
@@ -196,8 +198,9 @@ class _Planner:
                     for sb in standby[other_site]:
                         if natted and sb.public_address is None:
                             continue
-                        plist.append(self._gateway_peer(sb, (_host(self.tunnel_addr(sb.name)),),
-                                                         keepalive=natted, carries=False))
+                        plist.append(
+                            self._gateway_peer(sb, (_host(self.tunnel_addr(sb.name)),), keepalive=natted, carries=False)
+                        )
                 peers = tuple(plist)
                 for p in peers:
                     routes.extend(self.route(a, RouteVia.WIREGUARD, None, p.node) for a in p.allowed_ips)
@@ -205,8 +208,9 @@ class _Planner:
                 gw = active[site]
                 for other_site in sorted(self.by_site):
                     if other_site != site:
-                        routes.extend(self.route(pfx, RouteVia.GATEWAY, gw.address, gw.name)
-                                      for pfx in prefixes[other_site])
+                        routes.extend(
+                            self.route(pfx, RouteVia.GATEWAY, gw.address, gw.name) for pfx in prefixes[other_site]
+                        )
             out.append(self.node_plan(node, cluster, peers, routes))
         return out
 
@@ -215,9 +219,12 @@ class _Planner:
         p = self._peer_cache.get(key)
         if p is None:
             p = self._peer_cache[key] = Peer(
-                node=node.name, site=node.site, public_key=self.keys[node.name],
+                node=node.name,
+                site=node.site,
+                public_key=self.keys[node.name],
                 endpoint=(node.public_address, self.port) if node.public_address is not None else None,
-                allowed_ips=allowed, persistent_keepalive=self.keepalive if keepalive else 0,
+                allowed_ips=allowed,
+                persistent_keepalive=self.keepalive if keepalive else 0,
                 standby=not carries,
             )
         return p
@@ -227,15 +234,24 @@ class _Planner:
         tunnel = None
         if peers:
             tunnel = Tunnel(
-                interface=TUNNEL_INTERFACE, address=self.tunnel_addr(node.name), listen_port=self.port,
-                mtu=self.tunnel_mtu(node, peers), peers=peers,
+                interface=TUNNEL_INTERFACE,
+                address=self.tunnel_addr(node.name),
+                listen_port=self.port,
+                mtu=self.tunnel_mtu(node, peers),
+                peers=peers,
             )
         # A node routing cross-site traffic through its gateway is bound by the gateway's tunnel MTU.
         cross_site_mtu = tunnel.mtu if tunnel else self._via_gateway_mtu(node, routes)
         return NodePlan(
-            name=node.name, cluster=cluster, site=node.site, address=node.address,
-            public_address=node.public_address, gateway=node.gateway, pod_cidr=self.pod_cidr(node.name),
-            tunnel=tunnel, vxlan=vxlan,
+            name=node.name,
+            cluster=cluster,
+            site=node.site,
+            address=node.address,
+            public_address=node.public_address,
+            gateway=node.gateway,
+            pod_cidr=self.pod_cidr(node.name),
+            tunnel=tunnel,
+            vxlan=vxlan,
             routes=tuple(local_routes + routes),  # already in a stable order: site, then peers by name
             pod_mtu=self.pod_mtu(node, cross_site_mtu, vxlan),
         )
@@ -244,8 +260,10 @@ class _Planner:
         if not any(r.via is RouteVia.GATEWAY for r in routes):
             return None
         low = min(self.site_mtu.values())
-        return Mtu(low - WIREGUARD_OVERHEAD,
-                   f"min(site MTUs) {low} − {WIREGUARD_OVERHEAD} WireGuard at the gateway = {low - WIREGUARD_OVERHEAD}")
+        return Mtu(
+            low - WIREGUARD_OVERHEAD,
+            f"min(site MTUs) {low} − {WIREGUARD_OVERHEAD} WireGuard at the gateway = {low - WIREGUARD_OVERHEAD}",
+        )
 
 
 def build_plan(
@@ -263,19 +281,29 @@ def build_plan(
         expanded = workloads.expand_pods(c.name, cluster_manifests, names)
         pods = workloads.place_pods(c.name, expanded, {n: alloc.nodes[n].pod_cidr for n in names})
         services = workloads.plan_services(c.name, cluster_manifests, pods, c.service_cidr)
-        clusters.append(ClusterPlan(
-            name=c.name, id=alloc.clusters[c.name].id, distribution=c.distribution.value, cni=c.cni.value,
-            pod_cidr=alloc.clusters[c.name].pod_cidr, service_cidr=c.service_cidr,
-            nodes=tuple(sorted(names)), sites=tuple(sorted({n.site for n in c.nodes})),
-            pods=pods, services=services,
-        ))
+        clusters.append(
+            ClusterPlan(
+                name=c.name,
+                id=alloc.clusters[c.name].id,
+                distribution=c.distribution.value,
+                cni=c.cni.value,
+                pod_cidr=alloc.clusters[c.name].pod_cidr,
+                service_cidr=c.service_cidr,
+                nodes=tuple(sorted(names)),
+                sites=tuple(sorted({n.site for n in c.nodes})),
+                pods=pods,
+                services=services,
+            )
+        )
     return Plan(
         mesh=mesh.metadata.name,
         topology=mesh.spec.wireguard.topology.value,
         trust_domain=mesh.spec.trust_domain,
         listen_port=mesh.spec.wireguard.listen_port,
-        sites=tuple(SitePlan(s.name, s.provider.value, s.region, s.network, s.mtu)
-                    for s in sorted(mesh.spec.sites, key=lambda s: s.name)),
+        sites=tuple(
+            SitePlan(s.name, s.provider.value, s.region, s.network, s.mtu)
+            for s in sorted(mesh.spec.sites, key=lambda s: s.name)
+        ),
         clusters=tuple(clusters),
         nodes=tuple(node_plans),
     )

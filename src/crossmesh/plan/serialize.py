@@ -33,20 +33,26 @@ def node_json(n: NodePlan) -> dict[str, Any]:
         "gateway": n.gateway,
         "podCIDR": str(n.pod_cidr),
         "podMTU": {"value": n.pod_mtu.value, "arithmetic": n.pod_mtu.arithmetic},
-        "tunnel": None if n.tunnel is None else {
+        "tunnel": None
+        if n.tunnel is None
+        else {
             "interface": n.tunnel.interface,
             "address": str(n.tunnel.address),
             "listenPort": n.tunnel.listen_port,
             "mtu": {"value": n.tunnel.mtu.value, "arithmetic": n.tunnel.mtu.arithmetic},
             "peers": [peer_json(p) for p in n.tunnel.peers],
         },
-        "vxlan": None if n.vxlan is None else {
+        "vxlan": None
+        if n.vxlan is None
+        else {
             "vni": n.vxlan.vni,
             "port": n.vxlan.port,
             "mtu": {"value": n.vxlan.mtu.value, "arithmetic": n.vxlan.mtu.arithmetic},
             "mac": n.vxlan.local_mac,
-            "neighbours": [{"node": v.node, "address": str(v.address), "podCIDR": str(v.pod_cidr), "mac": v.mac}
-                           for v in n.vxlan.neighbours],
+            "neighbours": [
+                {"node": v.node, "address": str(v.address), "podCIDR": str(v.pod_cidr), "mac": v.mac}
+                for v in n.vxlan.neighbours
+            ],
         },
         "routes": [route_json(r) for r in n.routes],
     }
@@ -57,20 +63,41 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "mesh": plan.mesh,
         "topology": plan.topology,
         "trustDomain": plan.trust_domain,
-        "sites": [{"name": s.name, "provider": s.provider, "region": s.region, "network": str(s.network), "mtu": s.mtu}
-                  for s in plan.sites],
+        "sites": [
+            {"name": s.name, "provider": s.provider, "region": s.region, "network": str(s.network), "mtu": s.mtu}
+            for s in plan.sites
+        ],
         "clusters": [
             {
-                "name": c.name, "id": c.id, "distribution": c.distribution, "cni": c.cni,
-                "podCIDR": str(c.pod_cidr), "serviceCIDR": str(c.service_cidr), "nodes": list(c.nodes),
-                "pods": [{"ref": p.ref, "node": p.node, "address": str(p.address),
-                          "labels": dict(p.labels), "ports": [f"{port}/{proto}" for port, proto, _ in p.ports]}
-                         for p in c.pods],
-                "services": [{"ref": s.ref, "clusterIP": str(s.cluster_ip),
-                              "ports": [f"{port}/{proto}" for port, proto, _, _ in s.ports],
-                              "backends": list(s.backends), "global": s.is_global, "shared": s.shared,
-                              "affinity": s.affinity}
-                             for s in c.services],
+                "name": c.name,
+                "id": c.id,
+                "distribution": c.distribution,
+                "cni": c.cni,
+                "podCIDR": str(c.pod_cidr),
+                "serviceCIDR": str(c.service_cidr),
+                "nodes": list(c.nodes),
+                "pods": [
+                    {
+                        "ref": p.ref,
+                        "node": p.node,
+                        "address": str(p.address),
+                        "labels": dict(p.labels),
+                        "ports": [f"{port}/{proto}" for port, proto, _ in p.ports],
+                    }
+                    for p in c.pods
+                ],
+                "services": [
+                    {
+                        "ref": s.ref,
+                        "clusterIP": str(s.cluster_ip),
+                        "ports": [f"{port}/{proto}" for port, proto, _, _ in s.ports],
+                        "backends": list(s.backends),
+                        "global": s.is_global,
+                        "shared": s.shared,
+                        "affinity": s.affinity,
+                    }
+                    for s in c.services
+                ],
             }
             for c in plan.clusters
         ],
@@ -97,8 +124,12 @@ def diff(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, 
             "peersAdded": sorted(set(peers_a) - set(peers_b)),
             "peersRemoved": sorted(set(peers_b) - set(peers_a)),
             "peersChanged": sorted(
-                {k: [f for f in peers_a[k] if peers_a[k][f] != peers_b[k].get(f)]
-                 for k in set(peers_a) & set(peers_b) if peers_a[k] != peers_b[k]}.items()),
+                {
+                    k: [f for f in peers_a[k] if peers_a[k][f] != peers_b[k].get(f)]
+                    for k in set(peers_a) & set(peers_b)
+                    if peers_a[k] != peers_b[k]
+                }.items()
+            ),
             "routesAdded": sorted(set(routes_a) - set(routes_b)),
             "routesRemoved": sorted(set(routes_b) - set(routes_a)),
             "routesChanged": sorted(k for k in set(routes_a) & set(routes_b) if routes_a[k] != routes_b[k]),

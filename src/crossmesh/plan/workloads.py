@@ -45,20 +45,24 @@ def expand_pods(cluster: str, manifests: list[k8s.Manifest], nodes: list[str]) -
     return out
 
 
-def _instance(cluster: str, namespace: str, name: str, workload: str,
-              labels: tuple[tuple[str, str], ...], spec: k8s.PodSpec) -> k8s.PodInstance:
-    ports = tuple(
-        k8s.PortSpec(p.container_port, p.protocol, p.name)
-        for c in spec.containers for p in c.ports
-    )
+def _instance(
+    cluster: str, namespace: str, name: str, workload: str, labels: tuple[tuple[str, str], ...], spec: k8s.PodSpec
+) -> k8s.PodInstance:
+    ports = tuple(k8s.PortSpec(p.container_port, p.protocol, p.name) for c in spec.containers for p in c.ports)
     return k8s.PodInstance(
-        cluster=cluster, namespace=namespace, name=name, workload=workload, labels=labels,
-        service_account=spec.service_account_name or "default", ports=ports,
+        cluster=cluster,
+        namespace=namespace,
+        name=name,
+        workload=workload,
+        labels=labels,
+        service_account=spec.service_account_name or "default",
+        ports=ports,
     )
 
 
-def place_pods(cluster: str, expanded: list[tuple[k8s.PodInstance, str]],
-               node_cidrs: dict[str, IPv4Network]) -> tuple[PodPlan, ...]:
+def place_pods(
+    cluster: str, expanded: list[tuple[k8s.PodInstance, str]], node_cidrs: dict[str, IPv4Network]
+) -> tuple[PodPlan, ...]:
     """Addresses from each node's pod CIDR: .1 is the node's side, pods from .2 in name order."""
     counters: dict[str, int] = defaultdict(int)
     pods = []
@@ -68,16 +72,23 @@ def place_pods(cluster: str, expanded: list[tuple[k8s.PodInstance, str]],
         index = 1 + counters[node]
         if index >= cidr.num_addresses - 1:
             raise ValueError(f"node {node}'s pod CIDR {cidr} has no address left for pod {pod.ref}")
-        pods.append(PodPlan(
-            cluster=cluster, namespace=pod.namespace, name=pod.name, node=node,
-            address=cidr.network_address + index, labels=pod.labels,
-            ports=tuple((p.port, p.protocol.value, p.name or "") for p in pod.ports),
-        ))
+        pods.append(
+            PodPlan(
+                cluster=cluster,
+                namespace=pod.namespace,
+                name=pod.name,
+                node=node,
+                address=cidr.network_address + index,
+                labels=pod.labels,
+                ports=tuple((p.port, p.protocol.value, p.name or "") for p in pod.ports),
+            )
+        )
     return tuple(pods)
 
 
-def plan_services(cluster: str, manifests: list[k8s.Manifest], pods: tuple[PodPlan, ...],
-                  service_cidr: IPv4Network) -> tuple[ServicePlan, ...]:
+def plan_services(
+    cluster: str, manifests: list[k8s.Manifest], pods: tuple[PodPlan, ...], service_cidr: IPv4Network
+) -> tuple[ServicePlan, ...]:
     services = sorted(
         ((m, m.obj) for m in manifests if isinstance(m.obj, k8s.Service)),
         key=lambda t: (t[0].namespace, t[0].name),
@@ -100,15 +111,25 @@ def plan_services(cluster: str, manifests: list[k8s.Manifest], pods: tuple[PodPl
             used.add(ip)
         selector = svc.spec.selector
         backends = tuple(
-            p.ref for p in pods
+            p.ref
+            for p in pods
             if p.namespace == m.namespace and selector and all(dict(p.labels).get(k) == v for k, v in selector.items())
         )
         ports = tuple(
             (p.port, p.protocol.value, str(p.target_port if p.target_port is not None else p.port), p.name or "")
             for p in svc.spec.ports
         )
-        out.append(ServicePlan(
-            cluster=cluster, namespace=m.namespace, name=m.name, cluster_ip=ip, ports=ports,
-            backends=backends, is_global=svc.is_global, shared=svc.is_shared, affinity=svc.affinity,
-        ))
+        out.append(
+            ServicePlan(
+                cluster=cluster,
+                namespace=m.namespace,
+                name=m.name,
+                cluster_ip=ip,
+                ports=ports,
+                backends=backends,
+                is_global=svc.is_global,
+                shared=svc.is_shared,
+                affinity=svc.affinity,
+            )
+        )
     return tuple(out)

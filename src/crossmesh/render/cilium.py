@@ -12,19 +12,19 @@ CLUSTERMESH_NODEPORT = 32379  # clustermesh-apiserver's default NodePort
 def values(plan: Plan, cluster: ClusterPlan) -> dict[str, Any]:
     nodes = [plan.node(n) for n in cluster.nodes]
     # The underlying network Cilium sees: our tunnel for cross-site paths, else the site.
-    underlay = min(
-        (n.tunnel.mtu.value if n.tunnel else plan.site(n.site).mtu) for n in nodes
-    )
+    underlay = min((n.tunnel.mtu.value if n.tunnel else plan.site(n.site).mtu) for n in nodes)
     node_prefix = min(n.pod_cidr.prefixlen for n in nodes)
     peers = []
     for other in plan.clusters:
         if other.name == cluster.name:
             continue
-        peers.append({
-            "name": other.name,
-            "port": CLUSTERMESH_NODEPORT,
-            "ips": [str(plan.node(n).address) for n in other.nodes],
-        })
+        peers.append(
+            {
+                "name": other.name,
+                "port": CLUSTERMESH_NODEPORT,
+                "ips": [str(plan.node(n).address) for n in other.nodes],
+            }
+        )
     return {
         "cluster": {"name": cluster.name, "id": cluster.id},
         "ipam": {

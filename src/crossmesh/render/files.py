@@ -20,7 +20,7 @@ def yaml_dump(*docs: Any) -> str:
     """YAML with sorted keys and no anchors, so identical data gives identical bytes."""
     y = YAML(typ="safe", pure=True)
     y.default_flow_style = False
-    y.representer.ignore_aliases = lambda _data: True  # type: ignore[method-assign]
+    y.representer.ignore_aliases = lambda _data: True
     y.width = 4096
     buf = io.StringIO()
     y.dump_all([_sorted(d) for d in docs], buf)

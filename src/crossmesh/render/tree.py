@@ -1,9 +1,9 @@
 """The whole rendered tree for a plan.
 
-    clusters/<cluster>/cilium-values.yaml   (cni: cilium)
-    clusters/<cluster>/manifests.yaml       the cluster's objects as they would be applied
-    nodes/<node>/wg-crossmesh.conf          wg-quick file (0600: holds the node's private key)
-    nodes/<node>/talos.yaml                 Talos patch + WireguardConfig (0600), distribution: talos
+clusters/<cluster>/cilium-values.yaml   (cni: cilium)
+clusters/<cluster>/manifests.yaml       the cluster's objects as they would be applied
+nodes/<node>/wg-crossmesh.conf          wg-quick file (0600: holds the node's private key)
+nodes/<node>/talos.yaml                 Talos patch + WireguardConfig (0600), distribution: talos
 """
 
 from __future__ import annotations
@@ -15,11 +15,21 @@ from crossmesh.model.plan import Plan
 from crossmesh.render import cilium, talos, wireguard
 from crossmesh.render.files import RenderedFile, yaml_dump
 
-KIND_ORDER = {"Namespace": 0, "ServiceAccount": 1, "ConfigMap": 2, "Secret": 2, "Service": 3,
-              "Deployment": 4, "StatefulSet": 4, "Pod": 5}
+KIND_ORDER = {
+    "Namespace": 0,
+    "ServiceAccount": 1,
+    "ConfigMap": 2,
+    "Secret": 2,
+    "Service": 3,
+    "Deployment": 4,
+    "StatefulSet": 4,
+    "Pod": 5,
+}
 
 
-def render(plan: Plan, manifests: dict[str, list[Manifest]], private_key: Callable[[str], str]) -> dict[str, RenderedFile]:
+def render(
+    plan: Plan, manifests: dict[str, list[Manifest]], private_key: Callable[[str], str]
+) -> dict[str, RenderedFile]:
     out: dict[str, RenderedFile] = {}
     cache: dict[int, str] = {}
     for cluster in plan.clusters:

@@ -7,8 +7,10 @@ from crossmesh.model.plan import NodePlan, Peer, Plan
 
 
 def peer_block(peer: Peer) -> str:
-    lines = [f"\n[Peer]\n# {peer.node} (site {peer.site}{', standby gateway' if peer.standby else ''})\n",
-             f"PublicKey = {peer.public_key}\n"]
+    lines = [
+        f"\n[Peer]\n# {peer.node} (site {peer.site}{', standby gateway' if peer.standby else ''})\n",
+        f"PublicKey = {peer.public_key}\n",
+    ]
     if peer.endpoint is not None:
         lines.append(f"Endpoint = {peer.endpoint[0]}:{peer.endpoint[1]}\n")
     lines.append(f"AllowedIPs = {', '.join(str(a) for a in peer.allowed_ips)}\n")

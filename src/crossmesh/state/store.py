@@ -87,7 +87,9 @@ class StateStore:
             text = path.read_text().strip()
         except FileNotFoundError:
             if not create:
-                raise StateError(f"no key for node {node} in {self.key_dir} — run `crossmesh plan` or `render` first") from None
+                raise StateError(
+                    f"no key for node {node} in {self.key_dir} — run `crossmesh plan` or `render` first"
+                ) from None
             text = wgkeys.generate_private_key()
             self._write_private(node, text)
             return text
@@ -107,7 +109,8 @@ class StateStore:
 
     # applied plan -----------------------------------------------------------------------
     def load_applied_plan(self) -> dict[str, Any] | None:
-        return self._read_json("applied-plan.json")
+        data = self._read_json("applied-plan.json")
+        return data if isinstance(data, dict) else None
 
     def save_applied_plan(self, data: dict[str, Any]) -> None:
         self._write_json("applied-plan.json", data)

@@ -49,15 +49,34 @@ def _dupes(doc: Document, items: Iterable[tuple[object, PathKey]], what: str, fi
 
 def _unique_names(mesh: Mesh, doc: Document) -> list[Problem]:
     spec = mesh.spec
-    out = _dupes(doc, ((s.name, ("spec", "sites", i, "name")) for i, s in enumerate(spec.sites)),
-                 "site name", "give each site its own name")
-    out += _dupes(doc, ((c.name, ("spec", "clusters", i, "name")) for i, c in enumerate(spec.clusters)),
-                  "cluster name", "give each cluster its own name")
-    out += _dupes(doc, ((c.id, ("spec", "clusters", i, "id")) for i, c in enumerate(spec.clusters) if c.id is not None),
-                  "cluster id", "choose another id in 1..255 or omit it to allocate one")
-    out += _dupes(doc, ((n.name, ("spec", "clusters", ci, "nodes", ni, "name"))
-                        for ci, c in enumerate(spec.clusters) for ni, n in enumerate(c.nodes)),
-                  "node name", "node names must be unique across the mesh")
+    out = _dupes(
+        doc,
+        ((s.name, ("spec", "sites", i, "name")) for i, s in enumerate(spec.sites)),
+        "site name",
+        "give each site its own name",
+    )
+    out += _dupes(
+        doc,
+        ((c.name, ("spec", "clusters", i, "name")) for i, c in enumerate(spec.clusters)),
+        "cluster name",
+        "give each cluster its own name",
+    )
+    out += _dupes(
+        doc,
+        ((c.id, ("spec", "clusters", i, "id")) for i, c in enumerate(spec.clusters) if c.id is not None),
+        "cluster id",
+        "choose another id in 1..255 or omit it to allocate one",
+    )
+    out += _dupes(
+        doc,
+        (
+            (n.name, ("spec", "clusters", ci, "nodes", ni, "name"))
+            for ci, c in enumerate(spec.clusters)
+            for ni, n in enumerate(c.nodes)
+        ),
+        "node name",
+        "node names must be unique across the mesh",
+    )
     return out
 
 
@@ -67,8 +86,12 @@ def _sites_exist(mesh: Mesh, doc: Document) -> list[Problem]:
     for ci, c in enumerate(mesh.spec.clusters):
         for ni, n in enumerate(c.nodes):
             if n.site not in names:
-                out.append(doc.problem(("spec", "clusters", ci, "nodes", ni, "site"),
-                                       f"site {n.site!r} is not declared — use one of: {', '.join(sorted(names))}"))
+                out.append(
+                    doc.problem(
+                        ("spec", "clusters", ci, "nodes", ni, "site"),
+                        f"site {n.site!r} is not declared — use one of: {', '.join(sorted(names))}",
+                    )
+                )
     return out
 
 
@@ -87,12 +110,20 @@ def _addresses(mesh: Mesh, doc: Document) -> list[Problem]:
             if site is None:
                 continue
             if n.address not in site.network:
-                out.append(doc.problem((*base, "address"),
-                                       f"{n.address} is outside site {site.name}'s network {site.network} — "
-                                       f"use an address in {site.network}"))
+                out.append(
+                    doc.problem(
+                        (*base, "address"),
+                        f"{n.address} is outside site {site.name}'s network {site.network} — "
+                        f"use an address in {site.network}",
+                    )
+                )
             elif n.address in (site.network.network_address, site.network.broadcast_address):
-                out.append(doc.problem((*base, "address"),
-                                       f"{n.address} is the network or broadcast address of {site.network} — use a host address"))
+                out.append(
+                    doc.problem(
+                        (*base, "address"),
+                        f"{n.address} is the network or broadcast address of {site.network} — use a host address",
+                    )
+                )
     for p in _dupes(doc, per_site, "node address (site, address)", "each node in a site needs its own address"):
         out.append(p)
     out += _dupes(doc, public, "public address", "each node needs its own public address")
@@ -100,8 +131,10 @@ def _addresses(mesh: Mesh, doc: Document) -> list[Problem]:
 
 
 def _claims(mesh: Mesh) -> list[Claim]:
-    claims = [Claim(s.network, f"site {s.name} network", ("spec", "sites", i, "network"))
-              for i, s in enumerate(mesh.spec.sites)]
+    claims = [
+        Claim(s.network, f"site {s.name} network", ("spec", "sites", i, "network"))
+        for i, s in enumerate(mesh.spec.sites)
+    ]
     for ci, c in enumerate(mesh.spec.clusters):
         if c.pod_cidr is not None:
             claims.append(Claim(c.pod_cidr, f"cluster {c.name} pod CIDR", ("spec", "clusters", ci, "podCIDR")))
@@ -111,7 +144,7 @@ def _claims(mesh: Mesh) -> list[Claim]:
 
 def _overlaps(claims: list[Claim]) -> list[tuple[Claim, Claim]]:
     ordered = sorted(claims, key=lambda c: (int(c.net.network_address), -c.net.prefixlen))
-    pairs = []
+    pairs: list[tuple[Claim, Claim]] = []
     open_claims: list[Claim] = []
     for claim in ordered:
         start = int(claim.net.network_address)
@@ -124,24 +157,36 @@ def _overlaps(claims: list[Claim]) -> list[tuple[Claim, Claim]]:
 def _cidrs(mesh: Mesh, doc: Document) -> list[Problem]:
     out = []
     for first, second in _overlaps(_claims(mesh)):
-        out.append(doc.problem(second.path,
-                               f"{second.net} ({second.owner}) overlaps {first.owner} ({first.net}) — "
-                               "choose another range" + (" or omit it to allocate one" if "pod CIDR" in second.owner else "")))
+        out.append(
+            doc.problem(
+                second.path,
+                f"{second.net} ({second.owner}) overlaps {first.owner} ({first.net}) — "
+                "choose another range" + (" or omit it to allocate one" if "pod CIDR" in second.owner else ""),
+            )
+        )
     # pod CIDRs must not collide with any cluster's service CIDR: ClusterIPs are routed locally.
     for ci, c in enumerate(mesh.spec.clusters):
         if c.pod_cidr is None:
             continue
         for other in mesh.spec.clusters:
             if c.pod_cidr.overlaps(other.service_cidr):
-                out.append(doc.problem(("spec", "clusters", ci, "podCIDR"),
-                                       f"{c.pod_cidr} (cluster {c.name} pod CIDR) overlaps cluster {other.name}'s "
-                                       f"service CIDR {other.service_cidr} — choose another range"))
+                out.append(
+                    doc.problem(
+                        ("spec", "clusters", ci, "podCIDR"),
+                        f"{c.pod_cidr} (cluster {c.name} pod CIDR) overlaps cluster {other.name}'s "
+                        f"service CIDR {other.service_cidr} — choose another range",
+                    )
+                )
     for ci, c in enumerate(mesh.spec.clusters):
         for site in mesh.spec.sites:
             if c.service_cidr.overlaps(site.network):
-                out.append(doc.problem(("spec", "clusters", ci, "serviceCIDR"),
-                                       f"{c.service_cidr} (cluster {c.name} service CIDR) overlaps site {site.name}'s "
-                                       f"network {site.network} — choose another range"))
+                out.append(
+                    doc.problem(
+                        ("spec", "clusters", ci, "serviceCIDR"),
+                        f"{c.service_cidr} (cluster {c.name} service CIDR) overlaps site {site.name}'s "
+                        f"network {site.network} — choose another range",
+                    )
+                )
         node_claims: list[Claim] = []
         for ni, n in enumerate(c.nodes):
             if n.pod_cidr is None:
@@ -149,14 +194,29 @@ def _cidrs(mesh: Mesh, doc: Document) -> list[Problem]:
             path = ("spec", "clusters", ci, "nodes", ni, "podCIDR")
             node_claims.append(Claim(n.pod_cidr, f"node {n.name} pod CIDR", path))
             if c.pod_cidr is None:
-                out.append(doc.problem(path, f"node pod CIDR {n.pod_cidr} is set but cluster {c.name} has no podCIDR — "
-                                             "set the cluster's podCIDR too, or omit the node's"))
+                out.append(
+                    doc.problem(
+                        path,
+                        f"node pod CIDR {n.pod_cidr} is set but cluster {c.name} has no podCIDR — "
+                        "set the cluster's podCIDR too, or omit the node's",
+                    )
+                )
             elif not n.pod_cidr.subnet_of(c.pod_cidr):
-                out.append(doc.problem(path, f"{n.pod_cidr} is outside cluster {c.name}'s pod CIDR {c.pod_cidr} — "
-                                             f"use a /{mesh.spec.ipam.node_prefix} inside it or omit it"))
+                out.append(
+                    doc.problem(
+                        path,
+                        f"{n.pod_cidr} is outside cluster {c.name}'s pod CIDR {c.pod_cidr} — "
+                        f"use a /{mesh.spec.ipam.node_prefix} inside it or omit it",
+                    )
+                )
         for first, second in _overlaps(node_claims):
-            out.append(doc.problem(second.path, f"{second.net} ({second.owner}) overlaps {first.owner} ({first.net}) — "
-                                                "choose another range or omit it to allocate one"))
+            out.append(
+                doc.problem(
+                    second.path,
+                    f"{second.net} ({second.owner}) overlaps {first.owner} ({first.net}) — "
+                    "choose another range or omit it to allocate one",
+                )
+            )
     return out
 
 
@@ -176,8 +236,13 @@ def _reachability(mesh: Mesh, doc: Document) -> list[Problem]:
         for site in sites:
             if not gateways[site]:
                 first = nodes_by_site[site][0]
-                out.append(doc.problem(first[2], f"site {site} has no gateway node but topology is gateways — "
-                                                 "set gateway: true on one node of the site (two give active/standby)"))
+                out.append(
+                    doc.problem(
+                        first[2],
+                        f"site {site} has no gateway node but topology is gateways — "
+                        "set gateway: true on one node of the site (two give active/standby)",
+                    )
+                )
         tunnel_ends = {s: [sorted(gateways[s], key=lambda g: (not g[1], g[0]))[0]] for s in sites if gateways[s]}
         advice = "give one of them a publicAddress"
     else:
@@ -187,20 +252,25 @@ def _reachability(mesh: Mesh, doc: Document) -> list[Problem]:
     reported = 0
     hidden = 0
     for i, a in enumerate(sites):
-        for b in sites[i + 1:]:
+        for b in sites[i + 1 :]:
             for na in natted.get(a, []):
                 for nb in natted.get(b, []):
                     if reported >= MAX_PAIR_REPORTS:
                         hidden += 1
                         continue
                     reported += 1
-                    out.append(doc.problem(
-                        nb[2],
-                        f"nodes {na[0]} (site {a}) and {nb[0]} (site {b}) both lack a publicAddress: "
-                        f"the tunnel between them can never be dialled — {advice}",
-                        label=f"{dotted(nb[2])}.publicAddress",
-                    ))
+                    out.append(
+                        doc.problem(
+                            nb[2],
+                            f"nodes {na[0]} (site {a}) and {nb[0]} (site {b}) both lack a publicAddress: "
+                            f"the tunnel between them can never be dialled — {advice}",
+                            label=f"{dotted(nb[2])}.publicAddress",
+                        )
+                    )
     if hidden:
-        out.append(doc.problem(("spec", "wireguard", "topology"),
-                               f"{hidden} more node pairs cannot dial each other (both behind NAT)"))
+        out.append(
+            doc.problem(
+                ("spec", "wireguard", "topology"), f"{hidden} more node pairs cannot dial each other (both behind NAT)"
+            )
+        )
     return out
