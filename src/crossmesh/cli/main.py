@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from crossmesh import __version__
-from crossmesh.cli import core
+from crossmesh.cli import core, lab
 
 app = typer.Typer(
     name="crossmesh",
@@ -17,6 +17,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 core.register(app)
+app.add_typer(lab.app, name="lab")
 
 
 @app.callback(invoke_without_command=True)

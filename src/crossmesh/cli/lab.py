@@ -1,0 +1,175 @@
+"""`crossmesh lab …`: build, inspect, enter and remove the lab."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
+from crossmesh.drivers.lab import lab as labs
+from crossmesh.drivers.lab import netns, wireguard
+
+app = typer.Typer(
+    help="The lab: the whole mesh built for real on this Linux host (network namespaces, wireguard-go, "
+    "VXLAN, nftables NAT). Needs root.",
+    no_args_is_help=True,
+)
+MESH_OPTION = typer.Option(None, "--mesh", help="the lab's mesh file (default: the only running lab)")
+
+
+@app.command("up")
+@friendly
+def up(
+    mesh: Path = typer.Argument(..., help="the mesh file", show_default=False),
+    state: Path | None = typer.Option(None, "--state", help="state directory (default: .crossmesh/ beside the mesh)"),
+    keep_on_error: bool = typer.Option(False, "--keep-on-error", help="keep what was built when up fails"),
+    tag: str | None = typer.Option(None, "--tag", help="lab tag (4 hex digits; default: from the mesh name)"),
+    output: Output = OUTPUT_OPTION,
+) -> None:
+    """Build the mesh on this host and return when every tunnel has completed a handshake and every pod
+    answers. Running it again changes only what differs from the plan."""
+    started = time.monotonic()
+
+    def progress(msg: str) -> None:
+        err.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {msg}")
+
+    result = labs.up(mesh, state, tag=tag, keep_on_error=keep_on_error, progress=progress)
+    total = time.monotonic() - started
+    if output is Output.JSON:
+        emit_json({"tag": result.state.tag, "changes": result.changes, "seconds": result.seconds, "total": total})
+        return
+    s = result.state
+    out.print(
+        f"[green]lab {s.mesh_name} is up[/green] (cm-{s.tag}): {len(s.nodes)} nodes, {len(s.pods)} pods, "
+        f"{len(s.wireguard)} WireGuard devices — {len(result.changes)} changes in {total:.1f} s"
+    )
+    if not result.changes:
+        out.print("nothing to change: the lab already matches the plan")
+
+
+@app.command("status")
+@friendly
+def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> None:
+    """Nodes, pods and tunnels (latest handshake and bytes) of the running lab."""
+    state = labs.find_lab(mesh)
+    compiled, topo = labs.topology_of(state)
+    tunnels = labs.tunnel_status(topo)
+    key_node = {p.public_key: p.node for n in compiled.plan.nodes if n.tunnel for p in n.tunnel.peers}
+    now = int(time.time())
+    rows: list[dict[str, Any]] = []
+    for dev in topo.wireguard:
+        for key, (hs, rx, tx, endpoint) in sorted(tunnels.get(dev.node, {}).items()):
+            rows.append(
+                {
+                    "node": dev.node,
+                    "peer": key_node.get(key, key[:8]),
+                    "endpoint": endpoint,
+                    "handshakeAge": (now - hs) if hs else None,
+                    "rx": rx,
+                    "tx": tx,
+                }
+            )
+    nodes: list[dict[str, Any]] = [
+        {"node": n, "namespace": ns, "up": netns.exists(ns), "workload": labs._alive(state.workloads.get(n, 0))}
+        for n, ns in sorted(state.nodes.items())
+    ]
+    wg: list[dict[str, Any]] = [
+        {"device": ifname, "node": d["node"], "running": wireguard.is_running(ifname)}
+        for ifname, d in sorted(state.wireguard.items())
+    ]
+    if output is Output.JSON:
+        emit_json(
+            {
+                "lab": state.mesh_name,
+                "tag": state.tag,
+                "status": state.status,
+                "nodes": nodes,
+                "wireguard": wg,
+                "tunnels": rows,
+                "pods": state.pods,
+            }
+        )
+        return
+    out.print(f"lab [bold]{state.mesh_name}[/bold] (cm-{state.tag}) from {state.mesh}: {state.status}")
+    t = Table(title="Nodes", title_justify="left")
+    for c in ("node", "namespace", "namespace up", "workload", "WireGuard"):
+        t.add_column(c, overflow="fold")
+    running = {d["node"]: d["running"] for d in wg}
+    for n in nodes:
+        t.add_row(
+            n["node"],
+            n["namespace"],
+            _yes(n["up"]),
+            _yes(n["workload"]),
+            _yes(running[n["node"]]) if n["node"] in running else "-",
+        )
+    out.print(t)
+    t = Table(title="Tunnels", title_justify="left")
+    for c in ("node", "peer", "endpoint", "handshake", "rx", "tx"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        age = f"{r['handshakeAge']} s ago" if r["handshakeAge"] is not None else "[red]never[/red]"
+        t.add_row(r["node"], r["peer"], r["endpoint"] or "(none)", age, _bytes(r["rx"]), _bytes(r["tx"]))
+    out.print(t)
+    t = Table(title="Pods", title_justify="left")
+    for c in ("pod", "node", "address", "ports"):
+        t.add_column(c, overflow="fold")
+    for ref, p in sorted(state.pods.items()):
+        t.add_row(ref, p["node"], p["address"], ", ".join(f"{port}/{proto}" for port, proto in p["ports"]))
+    out.print(t)
+
+
+def _yes(value: bool) -> str:
+    return "[green]yes[/green]" if value else "[red]no[/red]"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} TiB"
+
+
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def exec_(
+    pod: str = typer.Argument(..., help="CLUSTER/NAMESPACE/POD", show_default=False),
+    command: list[str] = typer.Argument(..., help="the command to run inside the pod's network namespace"),
+    mesh: Path | None = MESH_OPTION,
+) -> None:
+    """Run a host command inside a pod's network namespace; its output and exit status pass through.
+
+    Example: crossmesh lab exec cluster1/default/x-wing-0 -- curl -s http://10.11.0.2/
+    """
+    state = labs.find_lab(mesh)
+    argv = labs.exec_argv(state, pod, list(command))
+    os.execvp(argv[0], argv)
+
+
+@app.command("down")
+@friendly
+def down(
+    mesh: Path | None = MESH_OPTION,
+    all_: bool = typer.Option(False, "--all", help="remove every lab and every leftover with the cm- prefix"),
+) -> None:
+    """Remove every namespace, process, socket and state file of the lab. Safe to run twice."""
+    if os.geteuid() != 0:
+        labs.preflight()
+    if all_:
+        removed = labs.down(None)
+    else:
+        try:
+            state = labs.find_lab(mesh)
+        except labs.LabError:
+            if mesh is None:
+                out.print("no lab is running; nothing to remove (`--all` sweeps leftovers of crashed labs)")
+                return
+            raise
+        removed = labs.down(state.tag)
+    out.print(f"removed {len(removed)} things" if removed else "nothing to remove")

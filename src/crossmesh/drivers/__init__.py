@@ -1,0 +1,1 @@
+"""The imperative shell: drivers that make a plan real (the lab today; etcd agents and Kubernetes later)."""

@@ -1,0 +1,534 @@
+"""Lab lifecycle: up (reconcile to the plan), status, exec, down — and finding leftovers.
+
+State of a running lab lives in /run/crossmesh/cm-<tag>/ (lab.json, the nodes' wg-quick
+files 0600, logs, workload specs). Everything else the lab makes is found by its
+`cm-<tag>` prefix: namespaces in /run/netns, wireguard-go sockets, processes whose
+command line names the tag. That is what lets `down --all` clean up after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossmesh.drivers.lab import netns, reconcile, topology, wireguard
+from crossmesh.drivers.lab.topology import LabTopology
+from crossmesh.errors import CrossmeshError, EnvironmentProblem
+from crossmesh.model.plan import Plan
+from crossmesh.render.tree import render as render_tree
+from crossmesh.workspace import Compiled, compile_mesh
+
+LAB_ROOT = Path("/run/crossmesh")
+REQUIRED = {
+    "wireguard-go": "wireguard-go",
+    "wg": "wireguard-tools",
+    "wg-quick": "wireguard-tools",
+    "nft": "nftables",
+    "ip": "iproute2",
+}
+HANDSHAKE_TIMEOUT = 30.0
+
+Progress = Callable[[str], None]
+
+
+class LabError(CrossmeshError):
+    """Building or operating the lab failed; the message names the node or tunnel."""
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(slots=True)
+class LabState:
+    tag: str
+    mesh: str
+    mesh_name: str
+    state_dir: str
+    status: str = "building"
+    created: float = field(default_factory=time.time)
+    namespaces: list[str] = field(default_factory=list)
+    nodes: dict[str, str] = field(default_factory=dict)  # node → namespace
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # ref → {namespace, node, address, ports}
+    wireguard: dict[str, dict[str, Any]] = field(default_factory=dict)  # ifname → {namespace, node, pid}
+    workloads: dict[str, int] = field(default_factory=dict)  # node → pid
+    sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
+    inet: str = ""
+
+    @property
+    def dir(self) -> Path:
+        return LAB_ROOT / f"cm-{self.tag}"
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "lab.json.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True))
+        os.replace(tmp, self.dir / "lab.json")
+
+    @classmethod
+    def load(cls, tag: str) -> LabState | None:
+        path = LAB_ROOT / f"cm-{tag}" / "lab.json"
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
+
+
+def running_labs() -> list[LabState]:
+    if not LAB_ROOT.is_dir():
+        return []
+    out = []
+    for d in sorted(LAB_ROOT.glob("cm-*")):
+        state = LabState.load(d.name[3:])
+        if state is not None:
+            out.append(state)
+    return out
+
+
+def find_lab(mesh: Path | None) -> LabState:
+    """The lab of `mesh`, or the only running lab when no mesh is given."""
+    labs = running_labs()
+    if mesh is not None:
+        target = str(mesh.resolve())
+        for lab in labs:
+            if lab.mesh == target:
+                return lab
+        raise LabError(f"no lab is running for {mesh} — start it with `crossmesh lab up {mesh}`")
+    if not labs:
+        raise LabError("no lab is running — start one with `crossmesh lab up MESH`")
+    if len(labs) > 1:
+        names = ", ".join(f"{lab.mesh_name} ({lab.mesh})" for lab in labs)
+        raise LabError(f"{len(labs)} labs are running ({names}) — say which with --mesh MESH")
+    return labs[0]
+
+
+def preflight() -> None:
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("the lab needs root (network namespaces, nftables, TUN): run it with sudo")
+    missing = sorted({pkg for cmd, pkg in REQUIRED.items() if shutil.which(cmd) is None})
+    if missing:
+        raise EnvironmentProblem(
+            f"missing Debian package{'s' if len(missing) > 1 else ''}: {', '.join(missing)} — install with "
+            f"`apt-get install -y --no-install-recommends {' '.join(missing)}`"
+        )
+    if not Path("/dev/net/tun").exists():
+        raise EnvironmentProblem("/dev/net/tun is missing: wireguard-go needs the TUN device")
+
+
+# --- up ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class UpResult:
+    state: LabState
+    changes: list[str]
+    seconds: dict[str, float]
+
+
+def up(
+    mesh: Path,
+    state_dir: Path | None = None,
+    *,
+    tag: str | None = None,
+    keep_on_error: bool = False,
+    progress: Progress = _quiet,
+) -> UpResult:
+    """Build (or bring back to the plan) the lab of `mesh`; returns when every tunnel has
+    completed a handshake and every pod answers."""
+    preflight()
+    compiled = compile_mesh(mesh, state_dir)  # SpecError before anything is built
+    plan = compiled.plan
+    tag = tag or topology.lab_tag(plan.mesh)
+    existing = LabState.load(tag)
+    mesh_abs = str(mesh.resolve())
+    if existing is not None and existing.mesh != mesh_abs:
+        raise EnvironmentProblem(
+            f"lab cm-{tag} is already running for mesh {existing.mesh_name!r} from {existing.mesh}; its names would "
+            f"clash — bring it down first (`crossmesh lab down --mesh {existing.mesh}`) or rename this mesh"
+        )
+    if existing is None and any(n.startswith(f"cm-{tag}-") for n in netns.listing()):
+        raise EnvironmentProblem(
+            f"namespaces named cm-{tag}-* exist but no lab state: leftovers of a crashed lab — "
+            "remove them with `crossmesh lab down --all`"
+        )
+    try:
+        topo = topology.build(plan, tag)
+    except ValueError as err:
+        raise LabError(str(err)) from err
+    state = existing or LabState(tag=tag, mesh=mesh_abs, mesh_name=plan.mesh, state_dir=str(compiled.store.root))
+    _record(state, topo)
+    state.save()
+    try:
+        result = _build(state, topo, compiled, progress)
+    except BaseException as err:
+        if not keep_on_error and existing is None:
+            progress("failed: removing what was built (use --keep-on-error to keep it)")
+            down(state.tag)
+        if isinstance(err, LabError | EnvironmentProblem | KeyboardInterrupt):
+            raise
+        raise LabError(f"lab up failed: {err}") from err
+    state.status = "ready"
+    state.save()
+    compiled.store.save_applied_plan(_plan_snapshot(plan))
+    return result
+
+
+def _plan_snapshot(plan: Plan) -> dict[str, Any]:
+    from crossmesh.plan.serialize import plan_json
+
+    return plan_json(plan)
+
+
+def _record(state: LabState, topo: LabTopology) -> None:
+    state.namespaces = [n.name for n in topo.namespaces]
+    state.nodes = dict(topo.node_ns)
+    state.sites = dict(topo.site_ns)
+    state.inet = f"{topo.prefix}-inet"
+    state.pods = {
+        ep.pod.ref: {
+            "namespace": ep.namespace,
+            "node": ep.pod.node,
+            "nodeNamespace": ep.node_namespace,
+            "address": str(ep.pod.address),
+            "ports": [[p, proto] for p, proto, _ in ep.pod.ports],
+            "cluster": ep.pod.cluster,
+            "podNamespace": ep.pod.namespace,
+            "name": ep.pod.name,
+        }
+        for ep in topo.pods
+    }
+    for dev in topo.wireguard:
+        state.wireguard.setdefault(dev.ifname, {"namespace": dev.namespace, "node": dev.node, "pid": 0})
+
+
+def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Progress) -> UpResult:
+    seconds: dict[str, float] = {}
+    changes: list[str] = []
+    t0 = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal t0
+        now = time.monotonic()
+        seconds[name] = seconds.get(name, 0.0) + now - t0
+        t0 = now
+
+    progress(f"namespaces: {len(topo.namespaces)}")
+    changes += reconcile.ensure_namespaces([n.name for n in topo.namespaces])
+    lap("namespaces")
+    progress("links, addresses, routes, NAT")
+    wg_names = tuple(d.ifname for d in topo.wireguard)
+    for ns in topo.namespaces:
+        try:
+            changes += reconcile.reconcile(ns, wireguard_ifnames=wg_names)
+        except Exception as err:
+            raise LabError(f"configuring {ns.role} {ns.owner} ({ns.name}) failed: {err}") from err
+    lap("links")
+
+    progress(f"WireGuard: {len(topo.wireguard)} wireguard-go devices")
+    files = render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key)
+    conf_dir = state.dir / "wireguard"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(conf_dir, 0o700)
+    for dev in topo.wireguard:
+        node = compiled.plan.node(dev.node)
+        assert node.tunnel is not None  # noqa: S101 - topology only lists tunnel nodes
+        rendered = files[f"nodes/{dev.node}/{node.tunnel.interface}.conf"]
+        conf = conf_dir / f"{dev.ifname}.conf"  # wg-quick wants an interface name
+        _write_private(conf, rendered.content)
+        entry = state.wireguard[dev.ifname]
+        if not wireguard.is_running(dev.ifname):
+            entry["pid"] = wireguard.start(dev.namespace, dev.ifname, state.dir / "logs" / f"{dev.ifname}.log")
+            changes.append(f"{dev.namespace}: wireguard-go {dev.ifname} started")
+            state.save()
+        try:
+            changes += wireguard.reconcile(dev.ifname, wireguard.strip(conf))
+        except RuntimeError as err:
+            raise LabError(f"configuring the tunnel of node {dev.node}: {err}") from err
+    lap("wireguard")
+    # Second pass: tunnel devices now exist, so their addresses and routes can be set.
+    for ns in topo.namespaces:
+        if ns.role == "node":
+            changes += reconcile.reconcile(ns, wireguard_ifnames=wg_names)
+    lap("links")
+
+    progress("workloads: echo servers in every pod")
+    changes += _workloads(state, topo)
+    lap("workloads")
+    progress("waiting for every tunnel to complete a handshake")
+    _wait_handshakes(topo, compiled.plan, progress)
+    lap("handshakes")
+    progress("waiting for every pod to answer")
+    _wait_pods(topo)
+    lap("pods")
+    return UpResult(state=state, changes=changes, seconds=seconds)
+
+
+def _write_private(path: Path, content: str) -> None:
+    if path.exists() and path.read_text() == content:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+    os.chmod(path, 0o600)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _workloads(state: LabState, topo: LabTopology) -> list[str]:
+    changes = []
+    by_node: dict[str, list[dict[str, Any]]] = {}
+    for ep in topo.pods:
+        ports = [[p, proto] for p, proto, _ in ep.pod.ports if proto in ("TCP", "UDP")]
+        by_node.setdefault(ep.pod.node, []).append(
+            {
+                "netns": ep.namespace,
+                "ip": str(ep.pod.address),
+                "ports": ports,
+                "pod": ep.pod.name,
+                "namespace": ep.pod.namespace,
+                "cluster": ep.pod.cluster,
+                "node": ep.pod.node,
+            }
+        )
+    spec_dir = state.dir / "workloads"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    for node, pods in sorted(by_node.items()):
+        spec_path = spec_dir / f"{node}.json"
+        text = json.dumps(pods, indent=1, sort_keys=True)
+        pid = state.workloads.get(node, 0)
+        if _alive(pid) and spec_path.exists() and spec_path.read_text() == text:
+            continue
+        if _alive(pid):
+            _kill(pid)
+        spec_path.write_text(text)
+        log = state.dir / "logs" / f"workload-{node}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "crossmesh.drivers.lab.workload", str(spec_path)],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        state.workloads[node] = proc.pid
+        state.save()
+        changes.append(f"workload for node {node} started ({len(pods)} pods)")
+    return changes
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        if not _alive(pid):
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _poke(namespace: str, targets: list[str]) -> None:
+    """Send one datagram to each address so WireGuard starts a handshake for it."""
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for t in targets:
+                with contextlib.suppress(OSError):
+                    s.sendto(b"crossmesh-handshake", (t, 9))
+
+    netns.run_in(namespace, send)
+
+
+def tunnel_status(topo: LabTopology) -> dict[str, dict[str, tuple[int, int, int, str | None]]]:
+    out = {}
+    for dev in topo.wireguard:
+        text = wireguard.dump(dev.ifname)
+        out[dev.node] = wireguard.parse_dump(text)[1] if text else {}
+    return out
+
+
+def _wait_handshakes(topo: LabTopology, plan: Plan, progress: Progress) -> None:
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+    pending: list[str] = []
+    last_poke = 0.0
+    while True:
+        status = tunnel_status(topo)
+        pending = []
+        for dev in topo.wireguard:
+            node = plan.node(dev.node)
+            assert node.tunnel is not None  # noqa: S101
+            for p in node.tunnel.peers:
+                if status.get(dev.node, {}).get(p.public_key, (0, 0, 0, None))[0] == 0:
+                    pending.append(f"{dev.node} → {p.node}")
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"no WireGuard handshake after {HANDSHAKE_TIMEOUT:.0f} s on {len(pending)} tunnel(s): "
+                + ", ".join(pending[:10])
+                + (" …" if len(pending) > 10 else "")
+            )
+        if time.monotonic() - last_poke > 1.0:
+            for dev in topo.wireguard:
+                node = plan.node(dev.node)
+                assert node.tunnel is not None  # noqa: S101
+                # One initiator per pair: simultaneous initiations can collide and cost a 5 s retry.
+                targets = [
+                    str(p.allowed_ips[0].network_address)
+                    for p in node.tunnel.peers
+                    if node.public_address is None or (p.endpoint is not None and node.name < p.node)
+                ]
+                _poke(dev.namespace, targets)
+            last_poke = time.monotonic()
+        time.sleep(0.05)
+
+
+def _pod_answers(ep: Any) -> str | None:
+    """None when every TCP port of the pod accepts a connection from its node."""
+
+    def probe() -> str | None:
+        for port, proto, _ in ep.pod.ports:
+            if proto != "TCP":
+                continue
+            try:
+                with socket.create_connection((str(ep.pod.address), port), timeout=1.0):
+                    pass
+            except OSError as err:
+                return f"{ep.pod.ref} port {port}/TCP: {err.strerror or err}"
+        return None
+
+    result: str | None = netns.run_in(ep.node_namespace, probe)
+    return result
+
+
+def _wait_pods(topo: LabTopology, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(topo.pods)
+    problems: list[str] = []
+    while pending:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(_pod_answers, pending))
+        problems = [r for r in results if r]
+        pending = [ep for ep, r in zip(pending, results, strict=True) if r]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise LabError("pods do not answer: " + "; ".join(problems[:5]))
+        time.sleep(0.2)
+
+
+# --- down ----------------------------------------------------------------------------------
+
+
+def _processes(marker: str) -> list[int]:
+    """Pids of processes whose command line mentions `marker` (a lab tag or the cm- prefix)."""
+    pids = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or not argv[0]:
+            continue
+        prog = os.path.basename(argv[0].decode(errors="replace"))
+        args = [a.decode(errors="replace") for a in argv[1:]]
+        is_wg = prog == "wireguard-go" or (prog == "ip" and "wireguard-go" in args)
+        is_workload = "crossmesh.drivers.lab.workload" in args
+        is_capture = prog == "tcpdump"
+        if (is_wg or is_workload or is_capture) and any(marker in a for a in args):
+            pids.append(int(entry.name))
+    return pids
+
+
+def down(tag: str | None, *, progress: Progress = _quiet) -> list[str]:
+    """Remove every trace of lab `tag` (or of every lab with tag None). Idempotent."""
+    marker = f"cm-{tag}" if tag else "cm-"
+    removed: list[str] = []
+    for pid in _processes(marker):
+        try:
+            os.kill(pid, signal.SIGTERM)
+            removed.append(f"process {pid}")
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and _processes(marker):
+        time.sleep(0.05)
+    for pid in _processes(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    names = [n for n in netns.listing() if n.startswith(marker + "-") or (tag is None and n.startswith("cm-"))]
+    for name in names:
+        netns.remove(name)
+        removed.append(f"namespace {name}")
+    if wireguard.SOCKET_DIR.is_dir():
+        for sock in wireguard.SOCKET_DIR.glob(f"{marker}*.sock"):
+            sock.unlink(missing_ok=True)
+            removed.append(f"socket {sock}")
+    if LAB_ROOT.is_dir():
+        for d in LAB_ROOT.glob(f"{marker}*"):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(f"state {d}")
+        if not any(LAB_ROOT.iterdir()):
+            LAB_ROOT.rmdir()
+    etc = Path("/etc/netns")
+    if etc.is_dir():
+        for d in etc.glob(f"{marker}*"):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(f"config {d}")
+    progress(f"removed {len(removed)} things")
+    return removed
+
+
+def leftovers(tag: str | None = None) -> list[str]:
+    """What of lab `tag` (or any lab) still exists on this host."""
+    marker = f"cm-{tag}" if tag else "cm-"
+    found = [f"namespace {n}" for n in netns.listing(marker)]
+    found += [f"process {p}" for p in _processes(marker)]
+    if wireguard.SOCKET_DIR.is_dir():
+        found += [f"socket {s}" for s in wireguard.SOCKET_DIR.glob(f"{marker}*.sock")]
+    if LAB_ROOT.is_dir():
+        found += [f"state {d}" for d in LAB_ROOT.glob(f"{marker}*")]
+    return found
+
+
+def topology_of(state: LabState) -> tuple[Compiled, LabTopology]:
+    compiled = compile_mesh(Path(state.mesh), Path(state.state_dir), persist=False)
+    return compiled, topology.build(compiled.plan, state.tag)
+
+
+def exec_argv(state: LabState, ref: str, argv: list[str]) -> list[str]:
+    pod = state.pods.get(ref)
+    if pod is None:
+        known = ", ".join(sorted(state.pods)[:8])
+        raise LabError(f"no pod {ref} in lab {state.mesh_name} — pods are CLUSTER/NAMESPACE/POD, e.g. {known}")
+    return netns.exec_argv(pod["namespace"], argv)

@@ -1,0 +1,361 @@
+"""Plan → the lab's desired state, as data. Pure: no netlink, no processes.
+
+Layout (every name carries `cm-<tag>`; interface names are unique host-wide because
+wireguard-go keeps its control socket in /var/run/wireguard/<ifname>.sock):
+
+    cm-<tag>-inet            the internet: one veth per site, routes to public addresses
+    cm-<tag>-r<k>            site k's router (the VPC): bridge for the site network,
+                             1:1 NAT publicAddress <-> address, source NAT for the rest
+    cm-<tag>-n<i>            node i: eth on the site bridge, VXLAN, WireGuard, pod veths
+    cm-<tag>-p<j>            pod j: one veth to its node, address from the node's pod CIDR
+
+Public side: each site router's WAN address and the internet router's own address
+come from the documentation ranges (skipping any the mesh file uses), so the
+internet router never holds or sees a private address.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from crossmesh.model.plan import NodePlan, Plan, PodPlan, RouteVia
+
+PRIVATE_RANGES = (
+    IPv4Network("10.0.0.0/8"),
+    IPv4Network("172.16.0.0/12"),
+    IPv4Network("192.168.0.0/16"),
+    IPv4Network("100.64.0.0/10"),
+)
+DOC_RANGES = (IPv4Network("192.0.2.0/24"), IPv4Network("198.51.100.0/24"), IPv4Network("203.0.113.0/24"))
+ROUTE_PROTO = 99  # routes the lab owns carry this protocol number; others are left alone
+
+
+def lab_tag(mesh_name: str) -> str:
+    return f"{zlib.crc32(mesh_name.encode()) & 0xFFFF:04x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    ifname: str
+    kind: str  # veth | bridge | vxlan | wireguard
+    mtu: int = 1500
+    master: str | None = None
+    peer: str | None = None  # veth: peer name, created in peer_ns
+    peer_ns: str | None = None
+    peer_mtu: int | None = None
+    vxlan_id: int | None = None
+    vxlan_port: int | None = None
+    vxlan_local: IPv4Address | None = None
+    vxlan_dev: str | None = None
+    mac: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    dst: IPv4Network
+    dev: str
+    gateway: IPv4Address | None = None
+    onlink: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    dev: str
+    address: IPv4Address
+    mac: str
+    vtep: IPv4Address  # FDB: where frames for `mac` go
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    name: str
+    role: str  # inet | router | node | pod
+    links: tuple[Link, ...] = ()  # links this namespace creates (veth peers land elsewhere)
+    addresses: tuple[tuple[str, IPv4Interface], ...] = ()
+    routes: tuple[Route, ...] = ()
+    neighbours: tuple[Neighbour, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    nft: str | None = None
+    owner: str = ""  # node or pod ref / site name this namespace stands for
+
+
+@dataclass(frozen=True, slots=True)
+class WireGuardDevice:
+    namespace: str
+    ifname: str
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class PodEndpoint:
+    pod: PodPlan
+    namespace: str
+    node_namespace: str
+    ifname: str  # inside the pod namespace
+
+
+@dataclass(frozen=True, slots=True)
+class LabTopology:
+    tag: str
+    prefix: str
+    namespaces: tuple[Namespace, ...]
+    wireguard: tuple[WireGuardDevice, ...]
+    pods: tuple[PodEndpoint, ...]
+    node_ns: dict[str, str] = field(default_factory=dict)
+    site_ns: dict[str, str] = field(default_factory=dict)
+    site_wan: dict[str, IPv4Address] = field(default_factory=dict)
+    inet_address: IPv4Address = IPv4Address("192.0.2.254")
+
+    def namespace(self, name: str) -> Namespace:
+        return next(n for n in self.namespaces if n.name == name)
+
+    def pod(self, ref: str) -> PodEndpoint:
+        for p in self.pods:
+            if p.pod.ref == ref:
+                return p
+        raise KeyError(ref)
+
+
+def _public_pool(plan: Plan, count: int) -> list[IPv4Address]:
+    used = {n.public_address for n in plan.nodes if n.public_address is not None}
+    out: list[IPv4Address] = []
+    for net in DOC_RANGES:
+        for host in reversed(list(net.hosts())):
+            if host not in used:
+                out.append(host)
+                if len(out) == count:
+                    return out
+    raise ValueError("the documentation ranges have no free public address left for the lab's routers")
+
+
+FORWARD_SYSCTLS = (
+    ("net/ipv4/ip_forward", "1"),
+    ("net/ipv4/conf/all/rp_filter", "0"),
+    ("net/ipv4/conf/default/rp_filter", "0"),
+)
+
+
+def build(plan: Plan, tag: str) -> LabTopology:
+    prefix = f"cm-{tag}"
+    sites = list(plan.sites)
+    nodes = list(plan.nodes)
+    pods = [p for c in plan.clusters for p in c.pods]
+    node_index = {n.name: i for i, n in enumerate(nodes)}
+    site_index = {s.name: k for k, s in enumerate(sites)}
+    publics = _public_pool(plan, len(sites) + 1)
+    inet_addr = publics[0]
+    site_wan = {s.name: publics[k + 1] for k, s in enumerate(sites)}
+    inet_ns = f"{prefix}-inet"
+    site_ns = {s.name: f"{prefix}-r{site_index[s.name]}" for s in sites}
+    node_ns = {n.name: f"{prefix}-n{node_index[n.name]}" for n in nodes}
+
+    namespaces: list[Namespace] = []
+
+    # The internet: routes every public address towards its site's router.
+    inet_links = []
+    inet_addrs = []
+    inet_routes = []
+    for s in sites:
+        k = site_index[s.name]
+        inet_if, wan_if = f"{prefix}-i{k}", f"{prefix}-w{k}"
+        inet_links.append(Link(inet_if, "veth", peer=wan_if, peer_ns=site_ns[s.name]))
+        inet_addrs.append((inet_if, IPv4Interface(f"{inet_addr}/32")))
+        inet_routes.append(Route(IPv4Network(f"{site_wan[s.name]}/32"), inet_if))
+        for n in nodes:
+            if n.site == s.name and n.public_address is not None:
+                inet_routes.append(Route(IPv4Network(f"{n.public_address}/32"), inet_if, site_wan[s.name], onlink=True))
+    namespaces.append(
+        Namespace(
+            inet_ns,
+            "inet",
+            tuple(inet_links),
+            tuple(inet_addrs),
+            tuple(inet_routes),
+            sysctls=FORWARD_SYSCTLS,
+            nft=_inet_nft(),
+            owner="internet",
+        )
+    )
+
+    # Site routers: the VPC's gateway and its NAT.
+    for s in sites:
+        k = site_index[s.name]
+        ns = site_ns[s.name]
+        bridge, wan_if = f"{prefix}-b{k}", f"{prefix}-w{k}"
+        links = [Link(bridge, "bridge", mtu=s.mtu)]
+        site_nodes = [n for n in nodes if n.site == s.name]
+        for n in site_nodes:
+            i = node_index[n.name]
+            links.append(
+                Link(
+                    f"{prefix}-s{i}",
+                    "veth",
+                    mtu=s.mtu,
+                    master=bridge,
+                    peer=f"{prefix}-e{i}",
+                    peer_ns=node_ns[n.name],
+                    peer_mtu=s.mtu,
+                )
+            )
+        router_addr = s.network.network_address + 1
+        namespaces.append(
+            Namespace(
+                ns,
+                "router",
+                tuple(links),
+                addresses=(
+                    (bridge, IPv4Interface(f"{router_addr}/{s.network.prefixlen}")),
+                    (wan_if, IPv4Interface(f"{site_wan[s.name]}/32")),
+                ),
+                routes=(
+                    Route(IPv4Network(f"{inet_addr}/32"), wan_if),
+                    Route(IPv4Network("0.0.0.0/0"), wan_if, inet_addr, onlink=True),
+                ),
+                sysctls=FORWARD_SYSCTLS,
+                nft=_router_nft(wan_if, site_wan[s.name], site_nodes),
+                owner=s.name,
+            )
+        )
+
+    # Nodes.
+    pod_eps: list[PodEndpoint] = []
+    wg_devices: list[WireGuardDevice] = []
+    pods_by_node: dict[str, list[tuple[int, PodPlan]]] = {}
+    for j, p in enumerate(pods):
+        pods_by_node.setdefault(p.node, []).append((j, p))
+    for n in nodes:
+        i = node_index[n.name]
+        ns = node_ns[n.name]
+        site = plan.site(n.site)
+        eth = f"{prefix}-e{i}"
+        node_links: list[Link] = []
+        addrs: list[tuple[str, IPv4Interface]] = [(eth, IPv4Interface(f"{n.address}/{site.network.prefixlen}"))]
+        routes: list[Route] = [Route(IPv4Network("0.0.0.0/0"), eth, site.network.network_address + 1)]
+        neigh: list[Neighbour] = []
+        wg_if = f"{prefix}-g{i}"
+        vx_if = f"{prefix}-x{i}"
+        if n.tunnel is not None:
+            wg_devices.append(WireGuardDevice(ns, wg_if, n.name))
+            addrs.append((wg_if, IPv4Interface(f"{n.tunnel.address}/32")))
+        if n.vxlan is not None:
+            node_links.append(
+                Link(
+                    vx_if,
+                    "vxlan",
+                    mtu=n.vxlan.mtu.value,
+                    vxlan_id=n.vxlan.vni,
+                    vxlan_port=n.vxlan.port,
+                    vxlan_local=n.address,
+                    vxlan_dev=eth,
+                    mac=n.vxlan.local_mac,
+                )
+            )
+            addrs.append((vx_if, IPv4Interface(f"{n.pod_cidr.network_address}/32")))
+            for v in n.vxlan.neighbours:
+                neigh.append(Neighbour(vx_if, v.pod_cidr.network_address, v.mac, v.address))
+        for r in n.routes:
+            if r.via is RouteVia.WIREGUARD:
+                routes.append(Route(r.dst, wg_if))
+            elif r.via is RouteVia.VXLAN:
+                routes.append(Route(r.dst, vx_if, r.gateway, onlink=True))
+            else:
+                routes.append(Route(r.dst, eth, r.gateway))
+        gw_addr = n.pod_cidr.network_address + 1
+        for j, p in pods_by_node.get(n.name, []):
+            node_side, pod_side = f"{prefix}-v{j}", f"{prefix}-q{j}"
+            pod_ns = f"{prefix}-p{j}"
+            node_links.append(
+                Link(node_side, "veth", mtu=n.pod_mtu.value, peer=pod_side, peer_ns=pod_ns, peer_mtu=n.pod_mtu.value)
+            )
+            addrs.append((node_side, IPv4Interface(f"{gw_addr}/32")))
+            routes.append(Route(IPv4Network(f"{p.address}/32"), node_side))
+            pod_eps.append(PodEndpoint(p, pod_ns, ns, pod_side))
+        namespaces.append(
+            Namespace(
+                ns,
+                "node",
+                tuple(node_links),
+                tuple(addrs),
+                tuple(routes),
+                tuple(neigh),
+                sysctls=FORWARD_SYSCTLS,
+                owner=n.name,
+            )
+        )
+
+    # Pods: the veth end, a link route to the node side, default via the node.
+    node_by_name = {n.name: n for n in nodes}
+    for ep in pod_eps:
+        n = node_by_name[ep.pod.node]
+        gw_addr = n.pod_cidr.network_address + 1
+        namespaces.append(
+            Namespace(
+                ep.namespace,
+                "pod",
+                addresses=((ep.ifname, IPv4Interface(f"{ep.pod.address}/32")),),
+                routes=(
+                    Route(IPv4Network(f"{gw_addr}/32"), ep.ifname),
+                    Route(IPv4Network("0.0.0.0/0"), ep.ifname, gw_addr, onlink=True),
+                ),
+                owner=ep.pod.ref,
+            )
+        )
+    return LabTopology(
+        tag=tag,
+        prefix=prefix,
+        namespaces=tuple(namespaces),
+        wireguard=tuple(wg_devices),
+        pods=tuple(pod_eps),
+        node_ns=node_ns,
+        site_ns=site_ns,
+        site_wan=site_wan,
+        inet_address=inet_addr,
+    )
+
+
+def _private_set() -> str:
+    return ", ".join(str(n) for n in PRIVATE_RANGES)
+
+
+def _inet_nft() -> str:
+    # The internet drops anything from or to a private address: a leak shows up as a
+    # counter here and is never forwarded.
+    return (
+        "table ip crossmesh {\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        f'    ip saddr {{ {_private_set()} }} counter drop comment "private-source"\n'
+        f'    ip daddr {{ {_private_set()} }} counter drop comment "private-destination"\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def _router_nft(wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan]) -> str:
+    """The cloud's NAT: 1:1 for nodes with a public address, source NAT for the others."""
+    dnat = []
+    snat = []
+    for n in site_nodes:
+        if n.public_address is not None:
+            dnat.append(f'    iifname "{wan_if}" ip daddr {n.public_address} dnat to {n.address}\n')
+            snat.append(f'    oifname "{wan_if}" ip saddr {n.address} snat to {n.public_address}\n')
+    return (
+        "table ip crossmesh {\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n" + "".join(dnat) + "  }\n"
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        + "".join(snat)
+        + f'    oifname "{wan_if}" ip saddr {{ {_private_set()} }} snat to {wan_addr}\n'
+        "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        f'    oifname "{wan_if}" ip daddr {{ {_private_set()} }} counter drop comment "no-private-to-internet"\n'
+        f'    iifname "{wan_if}" ct status dnat accept\n'
+        f'    iifname "{wan_if}" ct state established,related accept\n'
+        f'    iifname "{wan_if}" counter drop comment "unsolicited-from-internet"\n'
+        "  }\n"
+        "}\n"
+    )
