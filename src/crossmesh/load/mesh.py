@@ -94,7 +94,8 @@ def pydantic_problems(
         elif kind == "missing":
             msg = f"required field {loc[-1]!r} is missing — add it"
         elif kind == "literal_error":
-            msg = f"found {_brief(e.get('input'))}; {e['msg'].lower()}"
+            text = e["msg"]  # "Input should be 'Mesh'": lower the first letter only, the literal keeps its case
+            msg = f"found {_brief(e.get('input'))}; {text[:1].lower()}{text[1:]}"
         elif kind in ("list_type", "dict_type", "model_type", "model_attributes_type"):
             expected = {
                 "list_type": "a list",
@@ -248,7 +249,8 @@ def _typed_manifest(doc: Document, base: PathKey, data: Any) -> tuple[k8s.Manife
     kind = data.get("kind")
     missing = [f for f in ("apiVersion", "kind", "metadata") if f not in data]
     if missing:
-        return None, [doc.problem(base, f"Kubernetes object lacks {', '.join(missing)} — add them")]
+        them = "it" if len(missing) == 1 else "them"
+        return None, [doc.problem(base, f"Kubernetes object lacks {', '.join(missing)} — add {them}")]
     meta: dict[str, Any] = data["metadata"] if isinstance(data.get("metadata"), dict) else {}
     name = str(meta.get("name", ""))
     namespace = str(meta.get("namespace") or "default")

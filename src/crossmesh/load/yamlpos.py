@@ -133,11 +133,19 @@ def read_text(path: Path, shown: str) -> tuple[str | None, Problem | None]:
             f"{MAX_FILE_BYTES // (1024 * 1024)} MiB — split it into several files",
         )
     try:
-        return path.read_text(encoding="utf-8"), None
-    except UnicodeDecodeError as err:
-        return None, Problem(shown, 1, 1, "", f"not UTF-8 text ({err.reason} at byte {err.start})")
+        raw = path.read_bytes()
     except OSError as err:
         return None, Problem(shown, 1, 1, "", f"cannot read file: {err.strerror}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        # Point at the first bad byte, so the user need not hunt for it.
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - raw.rfind(b"\n", 0, err.start)
+        return None, Problem(
+            shown, line, column, "", f"not UTF-8 text ({err.reason} at byte {err.start}) — save the file as UTF-8"
+        )
+    return text.replace("\r\n", "\n").replace("\r", "\n"), None  # newlines as text mode reads them
 
 
 def parse_documents(text: str, shown: str) -> tuple[list[Document], list[Problem]]:
@@ -149,6 +157,10 @@ def parse_documents(text: str, shown: str) -> tuple[list[Document], list[Problem
         mark = err.problem_mark or err.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = (err.problem or err.context or "malformed YAML").strip()
+        start = err.context_mark
+        if err.problem and err.context and start is not None and start.line + 1 != line:
+            # An unclosed bracket is noticed lines later; say where the construct began.
+            what += f" ({err.context.strip()} that starts at line {start.line + 1}, column {start.column + 1})"
         return [], [Problem(shown, line, col, "", f"malformed YAML: {what} — fix the syntax here")]
     except YAMLError as err:
         return [], [Problem(shown, 1, 1, "", f"malformed YAML: {str(err).splitlines()[0]}")]

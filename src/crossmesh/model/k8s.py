@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -139,24 +140,42 @@ class ServiceSpec(_Open):
     cluster_ip: str | None = Field(default=None, alias="clusterIP")
 
 
+CILIUM_ANNOTATION_VALUES = {
+    ANNOTATION_GLOBAL: ("true", "false"),
+    ANNOTATION_SHARED: ("true", "false"),
+    ANNOTATION_AFFINITY: ("local", "remote", "none"),
+}
+
+
+def _one_of(words: tuple[str, ...]) -> str:
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+class ServiceMeta(ObjectMeta):
+    @field_validator("annotations")
+    @classmethod
+    def _cilium_annotations(cls, ann: dict[str, str]) -> dict[str, str]:
+        # Raised as a ValidationError located at the annotation's own key, so that the problem
+        # points at that line rather than at the whole metadata block.
+        bad = [
+            InitErrorDetails(
+                type=PydanticCustomError("cilium_annotation", "must be {allowed}", {"allowed": _one_of(allowed)}),
+                loc=(key,),
+                input=ann[key],
+            )
+            for key, allowed in CILIUM_ANNOTATION_VALUES.items()
+            if key in ann and ann[key] not in allowed
+        ]
+        if bad:
+            raise ValidationError.from_exception_data("annotations", bad)
+        return ann
+
+
 class Service(_Open):
     api_version: Literal["v1"] = Field(alias="apiVersion")
     kind: Literal["Service"]
-    metadata: ObjectMeta
+    metadata: ServiceMeta
     spec: ServiceSpec
-
-    @field_validator("metadata")
-    @classmethod
-    def _annotations(cls, meta: ObjectMeta) -> ObjectMeta:
-        ann = meta.annotations
-        for key in (ANNOTATION_GLOBAL, ANNOTATION_SHARED):
-            if key in ann and ann[key] not in ("true", "false"):
-                raise ValueError(f'annotation {key} is {ann[key]!r}; use "true" or "false"')
-        if ANNOTATION_AFFINITY in ann and ann[ANNOTATION_AFFINITY] not in ("local", "remote", "none"):
-            raise ValueError(
-                f"annotation {ANNOTATION_AFFINITY} is {ann[ANNOTATION_AFFINITY]!r}; use local, remote or none"
-            )
-        return meta
 
     @property
     def is_global(self) -> bool:

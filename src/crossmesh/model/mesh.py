@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network
-from typing import Annotated, Literal
+from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -27,6 +27,43 @@ def _dns1123(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_dns1123)]
+
+
+def _cidr(value: Any) -> Any:
+    """Only text like 10.0.0.0/16, with a message that says what is wrong: pydantic alone would
+    take `10` (0.0.0.10/32) or a bare address (a /32) and answer "not a valid IPv4 network"."""
+    if isinstance(value, IPv4Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected an IPv4 CIDR as text, such as 10.0.0.0/16")
+    if ":" in value:
+        raise ValueError("crossmesh supports IPv4 only — use an IPv4 CIDR such as 10.0.0.0/16")
+    if "/" not in value:
+        raise ValueError(f"no prefix length — write it as {value}/N, such as {value}/16")
+    try:
+        return IPv4Network(value)
+    except AddressValueError as err:
+        raise ValueError("not an IPv4 CIDR: bad address — write it as ADDRESS/PREFIX, such as 10.0.0.0/16") from err
+    except NetmaskValueError as err:
+        raise ValueError("not an IPv4 CIDR: the prefix length must be 0..32") from err
+    except ValueError as err:  # the only other failure: bits set past the prefix
+        raise ValueError(f"host bits set — did you mean {IPv4Network(value, strict=False)}?") from err
+
+
+def _address(value: Any) -> Any:
+    """Only text like 10.0.1.5: pydantic alone would also take the integer 167838021."""
+    if isinstance(value, IPv4Address):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected an IPv4 address as text, such as 10.0.1.5")
+    try:
+        return IPv4Address(value)
+    except AddressValueError as err:
+        raise ValueError("not an IPv4 address — write four numbers 0..255, such as 10.0.1.5") from err
+
+
+Cidr = Annotated[IPv4Network, BeforeValidator(_cidr)]
+Address = Annotated[IPv4Address, BeforeValidator(_address)]
 
 
 class _Model(BaseModel):
@@ -77,27 +114,27 @@ class WireGuard(_Model):
 
 
 class Ipam(_Model):
-    pod_pool: IPv4Network = IPv4Network("10.240.0.0/12")
+    pod_pool: Cidr = IPv4Network("10.240.0.0/12")
     cluster_prefix: int = Field(default=16, ge=8, le=28)
     node_prefix: int = Field(default=24, ge=16, le=30)
-    tunnel_pool: IPv4Network = IPv4Network("100.64.0.0/16")
+    tunnel_pool: Cidr = IPv4Network("100.64.0.0/16")
 
 
 class Site(_Model):
     name: Name
     provider: Provider
     region: str = ""
-    network: IPv4Network
+    network: Cidr
     mtu: int = Field(default=1500, ge=1280, le=9216)
 
 
 class Node(_Model):
     name: Name
     site: Name
-    address: IPv4Address
-    public_address: IPv4Address | None = None
+    address: Address
+    public_address: Address | None = None
     gateway: bool = False
-    pod_cidr: IPv4Network | None = Field(default=None, alias="podCIDR")
+    pod_cidr: Cidr | None = Field(default=None, alias="podCIDR")
     labels: dict[str, str] = Field(default_factory=dict)
 
 
@@ -106,8 +143,8 @@ class Cluster(_Model):
     id: int | None = Field(default=None, ge=1, le=255)
     distribution: Distribution = Distribution.KUBEADM
     cni: Cni = Cni.CILIUM
-    pod_cidr: IPv4Network | None = Field(default=None, alias="podCIDR")
-    service_cidr: IPv4Network = Field(default=IPv4Network("10.96.0.0/16"), alias="serviceCIDR")
+    pod_cidr: Cidr | None = Field(default=None, alias="podCIDR")
+    service_cidr: Cidr = Field(default=IPv4Network("10.96.0.0/16"), alias="serviceCIDR")
     nodes: list[Node] = Field(min_length=1)
     manifests: list[str] = Field(default_factory=list)
 

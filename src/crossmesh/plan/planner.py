@@ -20,6 +20,7 @@ their site address.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses
 
 from crossmesh.ipam.allocate import Allocations
@@ -151,18 +152,25 @@ class _Planner:
         allowed: dict[str, tuple[IPv4Network, ...]] = {
             n.name: (_host(self.tunnel_addr(n.name)), _host(n.address), self.pod_cidr(n.name)) for n, _ in self.nodes
         }
+        towards = {
+            name: tuple(self.route(a, RouteVia.WIREGUARD, None, name) for a in nets) for name, nets in allowed.items()
+        }
+        # Peers (and the tunnel routes that follow from them) depend only on the node's site and
+        # whether it is behind NAT: build them once per such group, not once per node — with
+        # n nodes that is O(sites · n) work instead of O(n²), and the groups share their tuples.
+        groups: dict[tuple[str, bool], tuple[tuple[Peer, ...], tuple[Route, ...]]] = {}
         out = []
         for node, cluster in self.nodes:
             natted = node.public_address is None
-            peers = tuple(
-                self.peer(other, allowed[other.name], keepalive=natted, standby=False)
-                for other, _ in self.nodes
-                if other.site != node.site and not (natted and other.public_address is None)
-            )
-            routes: list[Route] = []
-            for p in peers:
-                routes.extend(self.route(a, RouteVia.WIREGUARD, None, p.node) for a in p.allowed_ips)
-            out.append(self.node_plan(node, cluster, peers, routes))
+            group = groups.get((node.site, natted))
+            if group is None:
+                peers = tuple(
+                    self.peer(other, allowed[other.name], keepalive=natted, standby=False)
+                    for other, _ in self.nodes
+                    if other.site != node.site and not (natted and other.public_address is None)
+                )
+                group = groups[node.site, natted] = (peers, tuple(r for p in peers for r in towards[p.node]))
+            out.append(self.node_plan(node, cluster, *group))
         return out
 
     def gateways(self) -> list[NodePlan]:
@@ -229,7 +237,7 @@ class _Planner:
             )
         return p
 
-    def node_plan(self, node: Node, cluster: str, peers: tuple[Peer, ...], routes: list[Route]) -> NodePlan:
+    def node_plan(self, node: Node, cluster: str, peers: tuple[Peer, ...], routes: Sequence[Route]) -> NodePlan:
         vxlan, local_routes = self.local_part(node, cluster)
         tunnel = None
         if peers:
@@ -252,11 +260,11 @@ class _Planner:
             pod_cidr=self.pod_cidr(node.name),
             tunnel=tunnel,
             vxlan=vxlan,
-            routes=tuple(local_routes + routes),  # already in a stable order: site, then peers by name
+            routes=(*local_routes, *routes),  # already in a stable order: site, then peers by name
             pod_mtu=self.pod_mtu(node, cross_site_mtu, vxlan),
         )
 
-    def _via_gateway_mtu(self, node: Node, routes: list[Route]) -> Mtu | None:
+    def _via_gateway_mtu(self, node: Node, routes: Sequence[Route]) -> Mtu | None:
         if not any(r.via is RouteVia.GATEWAY for r in routes):
             return None
         low = min(self.site_mtu.values())

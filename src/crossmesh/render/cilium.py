@@ -10,7 +10,8 @@ CLUSTERMESH_NODEPORT = 32379  # clustermesh-apiserver's default NodePort
 
 
 def values(plan: Plan, cluster: ClusterPlan) -> dict[str, Any]:
-    nodes = [plan.node(n) for n in cluster.nodes]
+    by_name = {n.name: n for n in plan.nodes}  # Plan.node() is a linear scan; this runs per cluster
+    nodes = [by_name[n] for n in cluster.nodes]
     # The underlying network Cilium sees: our tunnel for cross-site paths, else the site.
     underlay = min((n.tunnel.mtu.value if n.tunnel else plan.site(n.site).mtu) for n in nodes)
     node_prefix = min(n.pod_cidr.prefixlen for n in nodes)
@@ -22,7 +23,7 @@ def values(plan: Plan, cluster: ClusterPlan) -> dict[str, Any]:
             {
                 "name": other.name,
                 "port": CLUSTERMESH_NODEPORT,
-                "ips": [str(plan.node(n).address) for n in other.nodes],
+                "ips": [str(by_name[n].address) for n in other.nodes],
             }
         )
     return {

@@ -14,7 +14,7 @@ from ipaddress import IPv4Network
 
 from crossmesh.errors import Problem
 from crossmesh.load.yamlpos import Document, PathKey, dotted
-from crossmesh.model.mesh import Mesh, Topology
+from crossmesh.model.mesh import Mesh, Site, Topology
 
 MAX_PAIR_REPORTS = 20
 
@@ -96,7 +96,9 @@ def _sites_exist(mesh: Mesh, doc: Document) -> list[Problem]:
 
 
 def _addresses(mesh: Mesh, doc: Document) -> list[Problem]:
-    sites = {s.name: s for s in mesh.spec.sites}
+    sites: dict[str, Site] = {}
+    for s in mesh.spec.sites:
+        sites.setdefault(s.name, s)  # a duplicate name is reported once, by _unique_names; the first one counts
     out = []
     per_site: list[tuple[object, PathKey]] = []
     public: list[tuple[object, PathKey]] = []
@@ -104,7 +106,7 @@ def _addresses(mesh: Mesh, doc: Document) -> list[Problem]:
         for ni, n in enumerate(c.nodes):
             base = ("spec", "clusters", ci, "nodes", ni)
             site = sites.get(n.site)
-            per_site.append(((n.site, str(n.address)), (*base, "address")))
+            per_site.append((f"{n.address} in site {n.site}", (*base, "address")))
             if n.public_address is not None:
                 public.append((str(n.public_address), (*base, "publicAddress")))
             if site is None:
@@ -124,8 +126,7 @@ def _addresses(mesh: Mesh, doc: Document) -> list[Problem]:
                         f"{n.address} is the network or broadcast address of {site.network} — use a host address",
                     )
                 )
-    for p in _dupes(doc, per_site, "node address (site, address)", "each node in a site needs its own address"):
-        out.append(p)
+    out += _dupes(doc, per_site, "node address", "each node in a site needs its own address")
     out += _dupes(doc, public, "public address", "each node needs its own public address")
     return out
 

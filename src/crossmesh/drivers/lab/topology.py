@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, RouteVia
+from crossmesh.services.backends import backend_sets
 
 PRIVATE_RANGES = (
     IPv4Network("10.0.0.0/8"),
@@ -281,6 +282,7 @@ def build(plan: Plan, tag: str) -> LabTopology:
                 tuple(routes),
                 tuple(neigh),
                 sysctls=FORWARD_SYSCTLS,
+                nft=services_nft(plan, n.cluster, [p for _, p in pods_by_node.get(n.name, [])], gw_addr),
                 owner=n.name,
             )
         )
@@ -356,6 +358,54 @@ def _router_nft(wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan]) 
         f'    iifname "{wan_if}" ct status dnat accept\n'
         f'    iifname "{wan_if}" ct state established,related accept\n'
         f'    iifname "{wan_if}" counter drop comment "unsolicited-from-internet"\n'
+        "  }\n"
+        "  chain input {\n"
+        "    type filter hook input priority 0; policy accept;\n"
+        f'    iifname "{wan_if}" ct state established,related accept\n'
+        f'    iifname "{wan_if}" counter drop comment "unsolicited-to-router"\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def services_nft(plan: Plan, cluster: str, local_pods: list[PodPlan], node_side: IPv4Address) -> str | None:
+    """ClusterIP DNAT on a node: each service port to a random backend of its first tier.
+
+    Health-aware tiers (failover to the next tier) belong to the control loop; the
+    kernel path here is one rule per service port with a numgen map, so the cost per
+    connection does not grow with the number of backends.
+    """
+    rules = []
+    for svc in plan.cluster(cluster).services:
+        for bs in backend_sets(plan, svc):
+            tier = next((t for t in bs.tiers if t), ())
+            if not tier or bs.protocol not in ("TCP", "UDP"):
+                continue
+            proto = bs.protocol.lower()
+            targets = ", ".join(f"{i} : {b.address} . {b.port}" for i, b in enumerate(tier))
+            rules.append(
+                f"    ip daddr {svc.cluster_ip} {proto} dport {bs.port} "
+                f"dnat ip addr . port to numgen random mod {len(tier)} map {{ {targets} }}\n"
+            )
+    if not rules:
+        return None
+    # Hairpin: a pod reaching itself through its service would see its own address as
+    # source and drop the packet as martian; like kube-proxy, masquerade that case.
+    hairpin = "".join(
+        f"    ct status dnat ip saddr {p.address} ip daddr {p.address} snat to {node_side}\n" for p in local_pods
+    )
+    return (
+        "table ip crossmesh {\n"
+        "  chain services {\n" + "".join(rules) + "  }\n"
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n" + hairpin + "  }\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n"
+        "    jump services\n"
+        "  }\n"
+        "  chain output {\n"
+        "    type nat hook output priority -100; policy accept;\n"
+        "    jump services\n"
         "  }\n"
         "}\n"
     )

@@ -1,0 +1,159 @@
+"""Probes that run inside a namespace of the lab: HTTP, UDP echo, DF-sized datagrams,
+and a raw-socket capture on the internet router."""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from crossmesh.checks.results import Result
+from crossmesh.drivers.lab import netns
+
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DO = 2
+TIMEOUT = 3.0
+
+
+def _classify(err: OSError) -> Result:
+    if isinstance(err, TimeoutError | socket.timeout):
+        return Result.TIMEOUT
+    if err.errno in (errno.ECONNREFUSED,):
+        return Result.REFUSED
+    if err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return Result.UNREACHABLE
+    if err.errno == errno.EMSGSIZE:
+        return Result.MSG_TOO_LONG
+    return Result.ERROR
+
+
+def http(
+    ns: str, ip: str, port: int, *, path: str = "/", body: bytes = b"", timeout: float = TIMEOUT
+) -> tuple[Result, dict[str, Any] | None, str]:
+    """One HTTP request from namespace `ns`; (result, answer JSON, detail)."""
+
+    def run() -> tuple[Result, dict[str, Any] | None, str]:
+        try:
+            with socket.create_connection((ip, port), timeout=timeout) as s:
+                method = "POST" if body else "GET"
+                s.sendall(
+                    f"{method} {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                    + body
+                )
+                chunks = []
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+        except OSError as err:
+            return _classify(err), None, str(err)
+        raw = b"".join(chunks)
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            return Result.WRONG_ANSWER, None, head.split(b"\r\n", 1)[0].decode(errors="replace")
+        try:
+            return Result.OK, json.loads(payload), ""
+        except ValueError:
+            return Result.WRONG_ANSWER, None, "answer is not JSON"
+
+    return netns.run_in(ns, run)
+
+
+def udp_echo(
+    ns: str, ip: str, port: int, *, size: int = 64, dont_fragment: bool = False, timeout: float = TIMEOUT
+) -> tuple[Result, str]:
+    """Send `size` bytes of UDP payload and wait for the same bytes back."""
+
+    def run() -> tuple[Result, str]:
+        payload = (b"crossmesh-udp-" * (size // 14 + 1))[:size]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            if dont_fragment:
+                s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            s.settimeout(timeout)
+            try:
+                s.connect((ip, port))
+                s.send(payload)
+                data = s.recv(65536)
+            except OSError as err:
+                return _classify(err), str(err)
+        return (Result.OK, "") if data == payload else (Result.WRONG_ANSWER, f"{len(data)} bytes came back")
+
+    return netns.run_in(ns, run)
+
+
+@dataclass
+class Packet:
+    src: IPv4Address
+    dst: IPv4Address
+    proto: int
+    sport: int
+    dport: int
+    raw: bytes
+
+
+@dataclass
+class Capture:
+    """Every IPv4 packet on every interface of a namespace, through one AF_PACKET socket."""
+
+    ns: str
+    packets: list[Packet] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _ready: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    error: str = ""
+
+    def __enter__(self) -> Capture:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.2)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        try:
+            netns.enter(self.ns)
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        except OSError as err:
+            self.error = str(err)
+            self._ready.set()
+            return
+        s.settimeout(0.1)
+        self._ready.set()
+        with s:
+            while not self._stop.is_set():
+                try:
+                    frame, addr = s.recvfrom(65535)
+                except TimeoutError:
+                    continue
+                if addr[2] == socket.PACKET_OUTGOING:
+                    continue  # a forwarded packet shows up once on the way in; count it once
+                self._parse(frame)
+
+    def _parse(self, frame: bytes) -> None:
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+            return
+        ip = frame[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        proto = ip[9]
+        src, dst = IPv4Address(ip[12:16]), IPv4Address(ip[16:20])
+        sport = dport = 0
+        if proto in (6, 17) and len(ip) >= ihl + 4:
+            sport, dport = struct.unpack("!HH", ip[ihl : ihl + 4])
+        self.packets.append(Packet(src, dst, proto, sport, dport, bytes(ip)))
+
+
+def is_private(addr: IPv4Address, ranges: tuple[IPv4Network, ...]) -> bool:
+    return any(addr in r for r in ranges)

@@ -1,0 +1,76 @@
+"""Named results, the check record, and its JSON / JUnit forms (SPEC §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+from xml.etree import ElementTree as ET
+
+
+class Result(StrEnum):
+    OK = "ok"  # answered as expected (HTTP 200 from the right pod, datagram echoed)
+    TIMEOUT = "timeout"  # nothing came back: dropped somewhere
+    REFUSED = "refused"  # connection refused / port unreachable
+    UNREACHABLE = "unreachable"  # no route
+    MSG_TOO_LONG = "message-too-long"  # refused locally: bigger than the path MTU
+    WRONG_ANSWER = "wrong-answer"  # something answered, but not what the plan says
+    LEAK = "leak"  # the underlay carried what it must not
+    CLEAN = "clean"  # the capture holds only what it may
+    ERROR = "error"  # the probe itself failed
+    SKIPPED = "skipped"
+
+
+@dataclass(slots=True)
+class Check:
+    name: str
+    kind: str
+    source: str
+    target: str
+    port: str
+    expected: Result
+    actual: Result = Result.SKIPPED
+    detail: str = ""
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.actual == self.expected
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "from": self.source,
+            "to": self.target,
+            "port": self.port,
+            "expected": self.expected.value,
+            "actual": self.actual.value,
+            "passed": self.passed,
+            "detail": self.detail,
+        }
+
+
+def report(checks: list[Check]) -> dict[str, Any]:
+    passed = sum(1 for c in checks if c.passed)
+    return {"checks": [c.as_json() for c in checks], "summary": {"passed": passed, "failed": len(checks) - passed}}
+
+
+def junit(checks: list[Check], suite: str) -> str:
+    failed = sum(1 for c in checks if not c.passed)
+    root = ET.Element("testsuites")
+    ts = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(checks)),
+        failures=str(failed),
+        time=f"{sum(c.seconds for c in checks):.3f}",
+    )
+    for c in checks:
+        tc = ET.SubElement(ts, "testcase", classname=f"{suite}.{c.kind}", name=c.name, time=f"{c.seconds:.3f}")
+        if not c.passed:
+            f = ET.SubElement(tc, "failure", message=f"expected {c.expected.value}, got {c.actual.value}")
+            f.text = c.detail
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

@@ -1,0 +1,382 @@
+"""`crossmesh test`: checks built from the plan, run against the running lab.
+
+Builders are pure (plan + lab topology → list of `Check` with expectations);
+`run` executes them in the lab's namespaces. Pairs are chosen so that every pair
+class (same node, same site, cross site same cluster, cross cluster), every
+tunnel (node pair across sites) and every site pair is exercised, without
+testing all n² pod pairs.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from crossmesh.checks import probes
+from crossmesh.checks.results import Check, Result
+from crossmesh.drivers.lab.topology import PRIVATE_RANGES, LabTopology, PodEndpoint
+from crossmesh.model.plan import Plan, PodPlan
+from crossmesh.services.backends import backend_sets
+
+PAIR_CLASSES = ("same-node", "same-site", "cross-site", "cross-cluster")
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    plan: Plan
+    topo: LabTopology
+
+    def site_of(self, pod: PodPlan) -> str:
+        return self.plan.node(pod.node).site
+
+    def ep(self, pod: PodPlan) -> PodEndpoint:
+        return self.topo.pod(pod.ref)
+
+
+def pair_class(ctx: Context, a: PodPlan, b: PodPlan) -> str:
+    if a.cluster != b.cluster:
+        return "cross-cluster"
+    if a.node == b.node:
+        return "same-node"
+    if ctx.site_of(a) == ctx.site_of(b):
+        return "same-site"
+    return "cross-site"
+
+
+def _ports(pod: PodPlan, proto: str) -> list[int]:
+    return [p for p, pr, _ in pod.ports if pr == proto]
+
+
+Runner = Callable[[Check], None]
+
+
+@dataclass(slots=True)
+class Planned:
+    check: Check
+    run: Runner
+
+
+def pod_to_pod(ctx: Context) -> list[Planned]:
+    pods = sorted(ctx.plan.pods(), key=lambda p: p.ref)
+    out = []
+    for i, src in enumerate(pods):
+        for cls in PAIR_CLASSES:
+            for proto in ("TCP", "UDP"):
+                candidates = [
+                    d for d in pods if d.ref != src.ref and pair_class(ctx, src, d) == cls and _ports(d, proto)
+                ]
+                if not candidates:
+                    continue
+                dst = candidates[i % len(candidates)]  # rotate so that sources spread over destinations
+                port = _ports(dst, proto)[0]
+                kind = "http" if proto == "TCP" else "udp"
+                check = Check(
+                    name=f"pod-to-pod/{cls}/{kind}: {src.ref} -> {dst.ref}:{port}",
+                    kind="pod-to-pod",
+                    source=src.ref,
+                    target=dst.ref,
+                    port=f"{port}/{proto}",
+                    expected=Result.OK,
+                )
+                out.append(
+                    Planned(
+                        check, _http_runner(ctx, src, dst, port) if proto == "TCP" else _udp_runner(ctx, src, dst, port)
+                    )
+                )
+    return out
+
+
+def _http_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int) -> Runner:
+    def run(check: Check) -> None:
+        marker = secrets.token_hex(8)
+        result, answer, detail = probes.http(ctx.ep(src).namespace, str(dst.address), port, path=f"/{marker}")
+        if result is Result.OK and answer is not None:
+            if answer.get("pod") != dst.name or answer.get("clientIP") != str(src.address):
+                result = Result.WRONG_ANSWER
+                detail = f"answered by {answer.get('pod')} seeing client {answer.get('clientIP')}"
+        check.actual, check.detail = result, detail
+
+    return run
+
+
+def _udp_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int) -> Runner:
+    def run(check: Check) -> None:
+        check.actual, check.detail = probes.udp_echo(ctx.ep(src).namespace, str(dst.address), port)
+
+    return run
+
+
+def pod_to_service(ctx: Context) -> list[Planned]:
+    out = []
+    for cluster in ctx.plan.clusters:
+        clients = _one_pod_per_node(cluster.pods)
+        for svc in cluster.services:
+            for bs in backend_sets(ctx.plan, svc):
+                tier = next((t for t in bs.tiers if t), ())
+                if bs.protocol != "TCP" or not tier:
+                    continue
+                allowed = {b.pod for b in tier}
+                for src in clients:
+                    check = Check(
+                        name=f"pod-to-service/http: {src.ref} -> {svc.ref} ({svc.cluster_ip}:{bs.port})",
+                        kind="pod-to-service",
+                        source=src.ref,
+                        target=svc.ref,
+                        port=f"{bs.port}/TCP",
+                        expected=Result.OK,
+                    )
+                    out.append(Planned(check, _service_runner(ctx, src, str(svc.cluster_ip), bs.port, allowed)))
+    return out
+
+
+def _one_pod_per_node(pods: Iterable[PodPlan]) -> list[PodPlan]:
+    seen: dict[str, PodPlan] = {}
+    for p in sorted(pods, key=lambda p: p.ref):
+        seen.setdefault(p.node, p)
+    return list(seen.values())
+
+
+def _service_runner(ctx: Context, src: PodPlan, ip: str, port: int, allowed: set[str]) -> Runner:
+    def run(check: Check) -> None:
+        result, answer, detail = probes.http(ctx.ep(src).namespace, ip, port)
+        if result is Result.OK and answer is not None:
+            ref = f"{answer.get('cluster')}/{answer.get('namespace')}/{answer.get('pod')}"
+            if ref not in allowed:
+                result, detail = Result.WRONG_ANSWER, f"answered by {ref}, not a backend"
+            else:
+                detail = f"answered by {ref}"
+        check.actual, check.detail = result, detail
+
+    return run
+
+
+def mtu(ctx: Context) -> list[Planned]:
+    """For every node pair across sites: exactly the pod MTU passes with DF; one byte more is refused."""
+    out = []
+    by_node: dict[str, list[PodPlan]] = {}
+    for p in sorted(ctx.plan.pods(), key=lambda p: p.ref):
+        by_node.setdefault(p.node, []).append(p)
+    nodes = {n.name: n for n in ctx.plan.nodes}
+    for a in sorted(by_node):
+        for b in sorted(by_node):
+            if nodes[a].site == nodes[b].site:
+                continue
+            src = by_node[a][0]
+            dst = next((p for p in by_node[b] if _ports(p, "UDP")), None)
+            if dst is None:
+                continue
+            size = min(nodes[a].pod_mtu.value, nodes[b].pod_mtu.value)
+            port = _ports(dst, "UDP")[0]
+            for total, expected, label in ((size, Result.OK, "fits"), (size + 1, Result.MSG_TOO_LONG, "one-byte-over")):
+                check = Check(
+                    name=f"mtu/{label}: {src.ref} -> {dst.ref} ({total} bytes, DF)",
+                    kind="mtu",
+                    source=src.ref,
+                    target=dst.ref,
+                    port=f"{port}/UDP",
+                    expected=expected,
+                    extra={"packetSize": total, "arithmetic": nodes[a].pod_mtu.arithmetic},
+                )
+                out.append(Planned(check, _mtu_runner(ctx, src, dst, port, total)))
+    return out
+
+
+def _mtu_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int, total: int) -> Runner:
+    def run(check: Check) -> None:
+        result, detail = probes.udp_echo(
+            ctx.ep(src).namespace, str(dst.address), port, size=total - 28, dont_fragment=True
+        )
+        check.actual, check.detail = result, detail or f"IP packet of {total} bytes"
+
+    return run
+
+
+def site_pairs(ctx: Context) -> list[tuple[PodPlan, PodPlan]]:
+    by_site: dict[str, list[PodPlan]] = {}
+    for p in sorted(ctx.plan.pods(), key=lambda p: p.ref):
+        by_site.setdefault(ctx.site_of(p), []).append(p)
+    pairs = []
+    for a in sorted(by_site):
+        for b in sorted(by_site):
+            if a == b:
+                continue
+            dst = next((p for p in by_site[b] if _ports(p, "TCP")), None)
+            if dst is not None:
+                pairs.append((by_site[a][0], dst))
+    return pairs
+
+
+def underlay(ctx: Context) -> list[Planned]:
+    """Encryption and NAT proofs from one capture on the internet router."""
+    pairs = site_pairs(ctx)
+    if not pairs:
+        return []
+    inet = f"{ctx.topo.prefix}-inet"
+    checks = [
+        Check(
+            name=f"encryption/marker: {s.ref} -> {d.ref}",
+            kind="encryption",
+            source=s.ref,
+            target=d.ref,
+            port=f"{_ports(d, 'TCP')[0]}/TCP",
+            expected=Result.CLEAN,
+        )
+        for s, d in pairs
+    ]
+    only_wg = Check(
+        name="encryption/internet-carries-only-wireguard",
+        kind="encryption",
+        source="internet",
+        target="*",
+        port=f"{ctx.plan.listen_port}/UDP",
+        expected=Result.CLEAN,
+    )
+    no_private = Check(
+        name="nat/internet-never-sees-a-private-address",
+        kind="nat",
+        source="internet",
+        target="*",
+        port="*",
+        expected=Result.CLEAN,
+    )
+    publics = {n.public_address for n in ctx.plan.nodes if n.public_address} | set(ctx.topo.site_wan.values())
+
+    def run_all(_: Check) -> None:
+        markers = {c.name: secrets.token_hex(16).encode() for c in checks}
+        with probes.Capture(inet) as cap:
+            answers = {}
+            for c, (s, d) in zip(checks, pairs, strict=True):
+                answers[c.name] = probes.http(
+                    ctx.ep(s).namespace, str(d.address), _ports(d, "TCP")[0], body=markers[c.name]
+                )
+        if cap.error:
+            for c in [*checks, only_wg, no_private]:
+                c.actual, c.detail = Result.ERROR, f"capture failed: {cap.error}"
+            return
+        for c in checks:
+            result, answer, detail = answers[c.name]
+            seen = [p for p in cap.packets if markers[c.name] in p.raw]
+            if result is not Result.OK or answer is None or answer.get("body") != markers[c.name].decode():
+                c.actual, c.detail = result if result is not Result.OK else Result.WRONG_ANSWER, detail
+            elif seen:
+                c.actual, c.detail = Result.LEAK, f"marker seen in clear in {len(seen)} packets on the internet"
+            else:
+                c.actual, c.detail = Result.CLEAN, f"marker crossed; {len(cap.packets)} packets captured, none holds it"
+        bad = [
+            p
+            for p in cap.packets
+            if p.proto != 17
+            or p.src not in publics
+            or p.dst not in publics
+            or ctx.plan.listen_port not in (p.sport, p.dport)
+        ]
+        wg = len(cap.packets) - len(bad)
+        only_wg.actual = Result.LEAK if bad else Result.CLEAN
+        only_wg.detail = (
+            f"{wg} WireGuard packets between public addresses"
+            if not bad
+            else f"{len(bad)} other packets, e.g. proto {bad[0].proto} {bad[0].src}:{bad[0].sport} -> "
+            f"{bad[0].dst}:{bad[0].dport}"
+        )
+        private = [
+            p
+            for p in cap.packets
+            if probes.is_private(p.src, PRIVATE_RANGES) or probes.is_private(p.dst, PRIVATE_RANGES)
+        ]
+        no_private.actual = Result.LEAK if private else Result.CLEAN
+        no_private.detail = (
+            f"{len(cap.packets)} packets, no private address"
+            if not private
+            else f"{len(private)} packets with a private address, e.g. {private[0].src} -> {private[0].dst}"
+        )
+
+    # One runner does the capture for all; the other checks are filled in by it.
+    head, *rest = [*checks, only_wg, no_private]
+    return [Planned(head, run_all), *[Planned(c, lambda _c: None) for c in rest]]
+
+
+def nat(ctx: Context) -> list[Planned]:
+    """A node behind NAT is reached through its tunnel, never from the internet directly."""
+    out = []
+    inet = f"{ctx.topo.prefix}-inet"
+    pods = sorted(ctx.plan.pods(), key=lambda p: p.ref)
+    for node in ctx.plan.nodes:
+        if node.public_address is not None:
+            continue
+        target = next((p for p in pods if p.node == node.name and _ports(p, "TCP")), None)
+        if target is None:
+            continue
+        port = _ports(target, "TCP")[0]
+        wan = str(ctx.topo.site_wan[node.site])
+        direct = Check(
+            name=f"nat/unsolicited-from-internet: internet -> {wan}:{port} ({node.name} behind NAT)",
+            kind="nat",
+            source="internet",
+            target=target.ref,
+            port=f"{port}/TCP",
+            expected=Result.TIMEOUT,
+        )
+
+        def run_direct(check: Check, wan: str = wan, port: int = port) -> None:
+            result, _, detail = probes.http(inet, wan, port, timeout=1.5)
+            check.actual, check.detail = result, detail
+
+        out.append(Planned(direct, run_direct))
+        remote = next((p for p in pods if ctx.site_of(p) != node.site), None)
+        if remote is not None:
+            via = Check(
+                name=f"nat/reached-through-tunnel: {remote.ref} -> {target.ref}:{port}",
+                kind="nat",
+                source=remote.ref,
+                target=target.ref,
+                port=f"{port}/TCP",
+                expected=Result.OK,
+            )
+            out.append(Planned(via, _http_runner(ctx, remote, target, port)))
+    return out
+
+
+BUILDERS = (pod_to_pod, pod_to_service, mtu, underlay, nat)
+
+
+def build(ctx: Context, pattern: str | None = None) -> list[Planned]:
+    rx = re.compile(pattern) if pattern else None
+    out: list[Planned] = []
+    for builder in BUILDERS:
+        items = builder(ctx)
+        if rx is None:
+            out += items
+        elif builder is underlay:
+            # These share one capture: selecting any of them runs them all.
+            if any(rx.search(p.check.name) for p in items):
+                out += items
+        else:
+            out += [p for p in items if rx.search(p.check.name)]
+    return out
+
+
+def run(planned: list[Planned], *, workers: int = 8, progress: Callable[[Check], None] | None = None) -> list[Check]:
+    parallel = [p for p in planned if p.check.kind not in ("encryption", "nat")]
+    serial = [p for p in planned if p.check.kind in ("encryption", "nat")]
+
+    def one(p: Planned) -> Check:
+        t = time.monotonic()
+        try:
+            p.run(p.check)
+        except Exception as err:  # a probe bug must show as a failed check, not stop the run
+            p.check.actual, p.check.detail = Result.ERROR, f"{type(err).__name__}: {err}"
+        p.check.seconds = time.monotonic() - t
+        if progress:
+            progress(p.check)
+        return p.check
+
+    # The capture runs alone so that other checks' traffic does not cross the internet during it.
+    for p in serial:
+        one(p)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, parallel))
+    return [p.check for p in planned]

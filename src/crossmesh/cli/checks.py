@@ -1,0 +1,73 @@
+"""`crossmesh test`: connectivity and security checks against the running lab."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import typer
+
+from crossmesh.checks import results, suite
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
+from crossmesh.drivers.lab import lab as labs
+from crossmesh.errors import CrossmeshError
+
+
+@friendly
+def test(
+    mesh: Path = typer.Argument(..., help="the mesh file whose lab is running", show_default=False),
+    pattern: str | None = typer.Option(None, "--test", help="run only checks whose name matches this regex"),
+    output: Output = OUTPUT_OPTION,
+    junit: Path | None = typer.Option(None, "--junit", help="also write a JUnit XML report here"),
+) -> None:
+    """Check the running lab: pod→pod for every pair class (HTTP and UDP), pod→service, MTU with DF
+    across every tunnel, encryption (a marker never crosses the internet in clear) and NAT.
+
+    Expectations come from the plan. Exit code 1 when any check fails.
+    """
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise typer.BadParameter(f"--test {pattern!r} is not a regular expression: {e}") from None
+    state = labs.find_lab(mesh)
+    if state.status != "ready":
+        raise CrossmeshError(f"lab {state.mesh_name} is {state.status}, not ready — run `crossmesh lab up {mesh}`")
+    compiled, topo = labs.topology_of(state)
+    ctx = suite.Context(compiled.plan, topo)
+    planned = suite.build(ctx, pattern)
+    if not planned:
+        err.print(f"no check matches {pattern!r}")
+        raise typer.Exit(1)
+    started = time.monotonic()
+    done = [0]
+
+    def progress(c: results.Check) -> None:
+        done[0] += 1
+        if output is Output.TABLE:
+            mark = "[green]✓[/green]" if c.passed else "[red]✗[/red]"
+            err.print(
+                f"[dim]{done[0]:4d}/{len(planned)}[/dim] {mark} {c.name}", markup=True
+            ) if err.is_terminal else None
+
+    checks = suite.run(planned, progress=progress)
+    report = results.report(checks)
+    if junit is not None:
+        junit.write_text(results.junit(checks, f"crossmesh.{compiled.plan.mesh}"))
+    if output is Output.JSON:
+        emit_json(report)
+    else:
+        out.print(f"[bold]crossmesh test {compiled.plan.mesh}[/bold]")
+        for c in checks:
+            mark = "[green]✓[/green]" if c.passed else "[red]✗[/red]"
+            verdict = c.actual.value if c.passed else f"expected {c.expected.value}, got {c.actual.value}"
+            detail = f" — {c.detail}" if c.detail else ""
+            out.print(f"{mark} {c.name}: {verdict}{detail}", markup=True, highlight=False)
+        s = report["summary"]
+        colour = "green" if s["failed"] == 0 else "red"
+        out.print(
+            f"[{colour}]{s['passed']} passed, {s['failed']} failed[/{colour}] in {time.monotonic() - started:.1f} s"
+        )
+    if report["summary"]["failed"]:
+        raise typer.Exit(1)
