@@ -53,9 +53,9 @@ def backend_sets(plan: Plan, service: ServicePlan) -> list[BackendSet]:
             if c.name == service.cluster:
                 continue
             for other in c.services:
-                if other.namespace == service.namespace and other.name == service.name and other.is_global:
-                    if other.shared:
-                        sources.append(other)
+                same = other.namespace == service.namespace and other.name == service.name
+                if same and other.is_global and other.shared:
+                    sources.append(other)
     out = []
     for port, proto, target, _ in service.ports:
         local: list[Backend] = []
