@@ -55,5 +55,9 @@ class StateError(CrossmeshError):
     """The state directory cannot be read or written."""
 
 
+class UsageError(CrossmeshError):
+    """The command names something that does not exist (a pod, a running lab)."""
+
+
 class EnvironmentProblem(CrossmeshError):
     """This host lacks something the command needs (root, a package)."""

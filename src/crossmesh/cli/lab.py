@@ -13,6 +13,7 @@ from rich.table import Table
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import netns, wireguard
+from crossmesh.errors import UsageError
 
 app = typer.Typer(
     help="The lab: the whole mesh built for real on this Linux host (network namespaces, wireguard-go, "
@@ -166,7 +167,7 @@ def down(
     else:
         try:
             state = labs.find_lab(mesh)
-        except labs.LabError:
+        except UsageError:
             if mesh is None:
                 out.print("no lab is running; nothing to remove (`--all` sweeps leftovers of crashed labs)")
                 return

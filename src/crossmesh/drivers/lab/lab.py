@@ -26,7 +26,7 @@ from typing import Any
 
 from crossmesh.drivers.lab import netns, reconcile, topology, wireguard
 from crossmesh.drivers.lab.topology import LabTopology
-from crossmesh.errors import CrossmeshError, EnvironmentProblem
+from crossmesh.errors import CrossmeshError, EnvironmentProblem, UsageError
 from crossmesh.model.plan import Plan
 from crossmesh.render.tree import render as render_tree
 from crossmesh.workspace import Compiled, compile_mesh
@@ -106,12 +106,12 @@ def find_lab(mesh: Path | None) -> LabState:
         for lab in labs:
             if lab.mesh == target:
                 return lab
-        raise LabError(f"no lab is running for {mesh} — start it with `crossmesh lab up {mesh}`")
+        raise UsageError(f"no lab is running for {mesh} — start it with `crossmesh lab up {mesh}`")
     if not labs:
-        raise LabError("no lab is running — start one with `crossmesh lab up MESH`")
+        raise UsageError("no lab is running — start one with `crossmesh lab up MESH`")
     if len(labs) > 1:
         names = ", ".join(f"{lab.mesh_name} ({lab.mesh})" for lab in labs)
-        raise LabError(f"{len(labs)} labs are running ({names}) — say which with --mesh MESH")
+        raise UsageError(f"{len(labs)} labs are running ({names}) — say which with --mesh MESH")
     return labs[0]
 
 
@@ -530,5 +530,5 @@ def exec_argv(state: LabState, ref: str, argv: list[str]) -> list[str]:
     pod = state.pods.get(ref)
     if pod is None:
         known = ", ".join(sorted(state.pods)[:8])
-        raise LabError(f"no pod {ref} in lab {state.mesh_name} — pods are CLUSTER/NAMESPACE/POD, e.g. {known}")
+        raise UsageError(f"no pod {ref} in lab {state.mesh_name} — pods are CLUSTER/NAMESPACE/POD, e.g. {known}")
     return netns.exec_argv(pod["namespace"], argv)
