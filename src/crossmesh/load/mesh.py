@@ -88,8 +88,10 @@ def pydantic_problems(
         if kind == "extra_forbidden":
             owner = _model_at(model, loc[:-1])
             known = _field_names(owner) if owner else []
-            near = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            hint = f"did you mean {near[0]!r}?" if near else "remove it"
+            # Compared without case: `podCidr` for `podCIDR` is the commonest slip.
+            by_lower = {name.lower(): name for name in known}
+            near = difflib.get_close_matches(str(loc[-1]).lower(), list(by_lower), n=1)
+            hint = f"did you mean {by_lower[near[0]]!r}?" if near else "remove it"
             msg = f"unknown field {loc[-1]!r} — {hint}" + (f" (known: {', '.join(known)})" if known else "")
         elif kind == "missing":
             msg = f"required field {loc[-1]!r} is missing — add it"
@@ -298,9 +300,43 @@ def load_manifests(base: Path, doc: Document, mesh: Mesh) -> tuple[dict[str, lis
 
     common = read_entries(mesh.spec.manifests, ("spec", "manifests"))
     out: dict[str, list[k8s.Manifest]] = {}
+    reported: set[tuple[str, int]] = set()
     for ci, cluster in enumerate(mesh.spec.clusters):
-        out[cluster.name] = common + read_entries(cluster.manifests, ("spec", "clusters", ci, "manifests"))
+        objects = common + read_entries(cluster.manifests, ("spec", "clusters", ci, "manifests"))
+        out[cluster.name] = _one_per_name(objects, problems, reported)
     return out, problems
+
+
+def _one_per_name(
+    objects: list[k8s.Manifest], problems: list[Problem], reported: set[tuple[str, int]]
+) -> list[k8s.Manifest]:
+    """A cluster holds one object per kind, namespace and name, as the API server does.
+
+    The same object read twice (a file listed itself and through its folder) counts once.
+    Two different objects with one name are an error: `kubectl apply` would silently keep
+    the last, and crossmesh would plan two pods `web-0`.
+    """
+    first: dict[tuple[str, str, str], k8s.Manifest] = {}
+    kept: list[k8s.Manifest] = []
+    for m in objects:
+        key = (m.kind, m.namespace, m.name)
+        prev = first.get(key)
+        if prev is None or not m.name:
+            first.setdefault(key, m)
+            kept.append(m)
+        elif prev.raw != m.raw and (m.file, m.line) not in reported:
+            reported.add((m.file, m.line))
+            where = f"{m.namespace}/{m.name}" if m.namespace else m.name
+            problems.append(
+                Problem(
+                    m.file,
+                    m.line,
+                    1,
+                    "metadata.name",
+                    f"{m.kind} {where} is already defined at {prev.file}:{prev.line} — rename one or remove one",
+                )
+            )
+    return kept
 
 
 def dotted_path(path: PathKey) -> str:

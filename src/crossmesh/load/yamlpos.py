@@ -16,6 +16,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.scalarbool import ScalarBoolean
 
 from crossmesh.errors import Problem
 
@@ -100,6 +101,8 @@ class _Converter:
                     pass
                 items.append(self.convert(value, (*path, i)))
             return items
+        if isinstance(node, ScalarBoolean):  # an anchored `true`: an int subclass, so test it before int
+            return bool(node)
         if hasattr(node, "__str__") and type(node).__module__.startswith("ruamel"):
             # ScalarString / ScalarFloat / ScalarBoolean subclasses: keep plain values.
             for plain in (bool, int, float, str):
