@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from crossmesh import __version__
-from crossmesh.cli import checks, core, lab
+from crossmesh.cli import checks, core, lab, trace
 
 app = typer.Typer(
     name="crossmesh",
@@ -19,6 +19,7 @@ app = typer.Typer(
 core.register(app)
 app.add_typer(lab.app, name="lab")
 app.command("test")(checks.test)
+app.command("trace")(trace.trace)
 
 
 @app.callback(invoke_without_command=True)

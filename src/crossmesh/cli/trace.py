@@ -1,0 +1,136 @@
+"""`crossmesh trace`: the hop-by-hop path of a request, confirmed on the lab when it runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from crossmesh.checks import probes
+from crossmesh.checks.results import Result
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, friendly, out
+from crossmesh.drivers.lab import lab as labs
+from crossmesh.drivers.lab import tracing
+from crossmesh.errors import UsageError
+from crossmesh.plan.trace import Trace, TraceError
+from crossmesh.plan.trace import trace as plan_trace
+from crossmesh.workspace import compile_mesh
+
+PORT_RE = re.compile(r"^(\d{1,5})/(TCP|UDP)$", re.IGNORECASE)
+
+
+@friendly
+def trace(
+    mesh: Path = typer.Argument(..., help="the mesh file", show_default=False),
+    source: str = typer.Option(..., "--from", help="source pod CLUSTER/NS/POD"),
+    target: str = typer.Option(..., "--to", help="pod CLUSTER/NS/POD, service CLUSTER/NS/SERVICE or NS/SERVICE"),
+    port: str = typer.Option(..., "--port", help="PORT/PROTO, e.g. 80/TCP"),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="confirm each hop on the running lab"),
+    output: Output = OUTPUT_OPTION,
+) -> None:
+    """Show the path pod → veth → node → VXLAN or WireGuard (peer, endpoint, NAT) → remote node → pod.
+
+    When the mesh's lab is running, one real request is sent and each hop is confirmed
+    by its counters (interface packets, WireGuard peer bytes).
+    """
+    m = PORT_RE.match(port)
+    if not m or not 1 <= int(m.group(1)) <= 65535:
+        raise UsageError(f"--port {port!r}: write PORT/PROTO with PROTO TCP or UDP, e.g. 80/TCP")
+    number, proto = int(m.group(1)), m.group(2).upper()
+    compiled = compile_mesh(mesh)
+    plan = compiled.plan
+    try:
+        planned = plan_trace(plan, source, target, number, proto)
+    except TraceError as err:
+        raise UsageError(str(err)) from err
+    confirmations: list[str] = []
+    answer_detail = ""
+    running = next((lab for lab in labs.running_labs() if lab.mesh == str(mesh.resolve())), None)
+    if probe and running is not None and running.status == "ready":
+        planned, confirmations, answer_detail = _confirm(plan, running, planned, source, target, number, proto)
+    hops = [
+        {
+            "step": h.step,
+            "at": h.where,
+            "action": h.action,
+            "device": h.device,
+            "verdict": h.verdict,
+            "confirmed": confirmations[i] if confirmations else "not probed (lab not running)",
+        }
+        for i, h in enumerate(planned.hops)
+    ]
+    if output is Output.JSON:
+        emit_json(
+            {
+                "from": source,
+                "to": target,
+                "port": f"{number}/{proto}",
+                "backend": planned.backend,
+                "destination": str(planned.destination),
+                "hops": hops,
+                "probe": answer_detail,
+            }
+        )
+        return
+    out.print(f"[bold]{source} → {target} {number}/{proto}[/bold] (backend {planned.backend})")
+    for h in hops:
+        mark = {"yes": "[green]✓[/green]", "no": "[red]✗[/red]"}.get(str(h["confirmed"])[:3].strip(), " ")
+        out.print(f"{h['step']:3d}. {mark} [cyan]{h['at']}[/cyan]: {h['action']}  [dim]({h['confirmed']})[/dim]")
+    if answer_detail:
+        out.print(answer_detail)
+
+
+def _confirm(
+    plan: Any, lab: Any, planned: Trace, source: str, target: str, port: int, proto: str
+) -> tuple[Trace, list[str], str]:
+    compiled, topo = labs.topology_of(lab)
+    del compiled
+    candidates = [planned]
+    if planned.backend != target:  # a service: any backend of the tier may answer
+        for p in plan.pods():
+            if p.ref != planned.backend:
+                try:
+                    alt = plan_trace(plan, source, target, port, proto, backend=p.ref)
+                except TraceError:
+                    continue
+                if alt.backend == p.ref:
+                    candidates.append(alt)
+    counters = {
+        c.backend: [
+            tracing.counter_for(h, c, plan, topo, first=i == 0, last=i == len(c.hops) - 1) for i, h in enumerate(c.hops)
+        ]
+        for c in candidates
+    }
+    before = {k: tracing.snapshot(v) for k, v in counters.items()}
+    ep = topo.pod(source)
+    dest_ip = str(candidates[0].destination) if planned.backend == target else _service_ip(plan, source, target)
+    if proto == "TCP":
+        result, answer, detail = probes.http(ep.namespace, dest_ip, port, path="/crossmesh-trace")
+        answered = f"{answer['cluster']}/{answer['namespace']}/{answer['pod']}" if answer else ""
+    else:
+        result, detail = probes.udp_echo(ep.namespace, dest_ip, port)
+        answered = planned.backend if result is Result.OK else ""
+    chosen = next((c for c in candidates if c.backend == answered), planned)
+    after = tracing.snapshot(counters[chosen.backend])
+    marks = []
+    for i, h in enumerate(chosen.hops):
+        b, a = before[chosen.backend][i], after[i]
+        if h.device == "service":
+            marks.append(f"yes: answered by {answered}" if answered else "no answer")
+        elif b is None or a is None or a < 0:
+            marks.append("no counter here")
+        else:
+            marks.append(f"yes: +{a - b}" if a > b else "no: counter did not move")
+    summary = f"probe {dest_ip}:{port}/{proto}: {result.value}" + (f" ({detail})" if detail else "")
+    return chosen, marks, summary
+
+
+def _service_ip(plan: Any, source: str, target: str) -> str:
+    parts = target.split("/")
+    cluster = source.split("/")[0] if len(parts) == 2 else parts[0]
+    for s in plan.cluster(cluster).services:
+        if s.namespace == parts[-2] and s.name == parts[-1]:
+            return str(s.cluster_ip)
+    raise UsageError(f"no service {target}")

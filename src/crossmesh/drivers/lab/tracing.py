@@ -1,0 +1,73 @@
+"""Confirm a planned trace on the running lab: snapshot the counters of every hop's
+device, send one real request along the path, snapshot again. A hop is confirmed
+when its counter moved (interface packets, WireGuard peer bytes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from crossmesh.drivers.lab import netns, wireguard
+from crossmesh.drivers.lab.topology import LabTopology
+from crossmesh.model.plan import Plan
+from crossmesh.plan.trace import Hop, Trace
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    kind: str  # "link" or "wg"
+    namespace: str
+    device: str
+    field: str  # rx_packets / tx_packets, or rx / tx bytes for a WireGuard peer
+    peer_key: str = ""
+
+
+def _index(name: str) -> str:
+    return name.rsplit("-", 1)[1][1:]
+
+
+def counter_for(hop: Hop, trace: Trace, plan: Plan, topo: LabTopology, first: bool, last: bool) -> Counter | None:
+    p = topo.prefix
+    if hop.device == "veth" and first:
+        ep = topo.pod(trace.source)
+        return Counter("link", ep.namespace, ep.ifname, "tx_packets")
+    if hop.device == "veth" and last:
+        ep = topo.pod(trace.backend)
+        return Counter("link", ep.namespace, ep.ifname, "rx_packets")
+    if hop.device in ("vxlan", "site"):
+        ns = topo.node_ns[hop.node]
+        dev = f"{p}-{'x' if hop.device == 'vxlan' else 'e'}{_index(ns)}"
+        return Counter("link", ns, dev, "tx_packets")
+    if hop.device == "wireguard":
+        wg = next(d for d in topo.wireguard if d.node == hop.node)
+        tunnel = plan.node(hop.node).tunnel
+        key = next((q.public_key for q in (tunnel.peers if tunnel else ()) if q.node == hop.peer), "")
+        return Counter("wg", wg.namespace, wg.ifname, "tx" if "encrypts" in hop.action else "rx", key)
+    if hop.device == "nat":
+        site = hop.where.removeprefix("router ")
+        ns = topo.site_ns[site]
+        wan = f"{p}-w{_index(ns)}"
+        return Counter("link", ns, wan, "tx_packets" if hop.action.startswith("leaves") else "rx_packets")
+    return None
+
+
+def read(counter: Counter) -> int:
+    if counter.kind == "wg":
+        text = wireguard.dump(counter.device)
+        if not text:
+            return -1
+        stats = wireguard.parse_dump(text)[1].get(counter.peer_key)
+        if stats is None:
+            return -1
+        return stats[1] if counter.field == "rx" else stats[2]
+    with netns.open_ns(counter.namespace) as ipr:
+        idx = ipr.link_lookup(ifname=counter.device)
+        if not idx:
+            return -1
+        link: Any = ipr.get_links(idx[0])[0]
+        stats = link.get_attr("IFLA_STATS64")
+        return int(stats[counter.field]) if stats else -1
+
+
+def snapshot(counters: list[Counter | None]) -> list[int | None]:
+    return [None if c is None else read(c) for c in counters]

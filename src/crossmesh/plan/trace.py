@@ -1,0 +1,182 @@
+"""The path a packet takes from a pod to a pod or service, hop by hop, from the plan alone.
+
+In the spirit of seed 001's 12-step request flow: pod → veth → node route →
+VXLAN or WireGuard (peer, endpoint, through which NAT) → remote node → pod. Each
+hop names the namespace role and device that carries it, so the lab can confirm
+it with counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from crossmesh.model.plan import NodePlan, Plan, PodPlan, Route, RouteVia
+from crossmesh.services.backends import backend_sets
+
+MAX_HOPS = 16
+
+
+class TraceError(ValueError):
+    """The trace cannot be computed (unknown pod or service, no route)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    step: int
+    where: str  # pod / node name
+    action: str  # what happens here, in words
+    device: str  # logical device: veth, vxlan, wireguard, site, service, nat
+    node: str  # node whose namespace holds the device ("" for the internet)
+    peer: str = ""  # WireGuard peer or VXLAN neighbour
+    verdict: str = "forwarded"
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    source: str
+    target: str
+    port: int
+    protocol: str
+    destination: IPv4Address
+    backend: str  # the pod that answers
+    hops: tuple[Hop, ...]
+
+
+def _pod(plan: Plan, ref: str) -> PodPlan:
+    for p in plan.pods():
+        if p.ref == ref:
+            return p
+    raise TraceError(f"no pod {ref} — pods are CLUSTER/NAMESPACE/POD")
+
+
+def _route(node: NodePlan, dst: IPv4Address) -> Route | None:
+    best = None
+    for r in node.routes:
+        if dst in r.dst and (best is None or r.dst.prefixlen > best.dst.prefixlen):
+            best = r
+    return best
+
+
+AddHop = Callable[[str, str, str, str], None]
+
+
+def trace(plan: Plan, source: str, target: str, port: int, protocol: str, *, backend: str | None = None) -> Trace:
+    """Hops from pod `source` to pod or service `target`; for a service, through `backend`
+    when given (the pod that actually answered), else through the first backend of the tier."""
+    src = _pod(plan, source)
+    hops: list[Hop] = []
+
+    def add(where: str, action: str, device: str, node: str, peer: str = "") -> None:  # noqa: PLR0913
+        hops.append(Hop(len(hops) + 1, where, action, device, node, peer))
+
+    node = plan.node(src.node)
+    add(src.ref, f"leaves pod {src.name} ({src.address}) on its veth", "veth", node.name)
+    target_pod = _target(plan, src, target, port, protocol, node, add, backend)
+    dst = target_pod.address
+    for _ in range(MAX_HOPS):
+        if node.name == target_pod.node:
+            add(
+                node.name,
+                f"delivered on the veth of pod {target_pod.name} ({dst}:{port}/{protocol})",
+                "veth",
+                node.name,
+            )
+            return Trace(source, target, port, protocol, dst, target_pod.ref, tuple(hops))
+        route = _route(node, dst)
+        if route is None:
+            raise TraceError(f"node {node.name} has no route to {dst}")
+        nxt = plan.node(route.peer)
+        if route.via is RouteVia.VXLAN:
+            add(
+                node.name,
+                f"VXLAN (VNI 1, UDP 8472) to node {nxt.name} at {nxt.address} in site {node.site}",
+                "vxlan",
+                node.name,
+                nxt.name,
+            )
+            node = nxt
+        elif route.via is RouteVia.SITE:
+            add(
+                node.name,
+                f"routed on site network {node.site} to node {nxt.name} ({nxt.address})",
+                "site",
+                node.name,
+                nxt.name,
+            )
+            node = nxt
+        elif route.via is RouteVia.GATEWAY:
+            add(
+                node.name,
+                f"to site {node.site}'s WireGuard gateway {nxt.name} ({nxt.address})",
+                "site",
+                node.name,
+                nxt.name,
+            )
+            node = nxt
+        else:
+            assert node.tunnel is not None  # noqa: S101 - a WireGuard route implies a tunnel
+            peer = next(p for p in node.tunnel.peers if p.node == nxt.name)
+            nat_out = (
+                f"1:1 NAT {node.address} → {node.public_address}"
+                if node.public_address
+                else "source NAT to the site router's address"
+            )
+            endpoint = peer.endpoint_text or "the address it last dialled from (peer behind NAT)"
+            add(
+                node.name,
+                f"WireGuard {node.tunnel.interface} encrypts for peer {nxt.name}, endpoint {endpoint}",
+                "wireguard",
+                node.name,
+                nxt.name,
+            )
+            add(f"router {node.site}", f"leaves site {node.site} through its NAT ({nat_out})", "nat", "")
+            nat_in = (
+                f"1:1 NAT {nxt.public_address} → {nxt.address}"
+                if nxt.public_address
+                else "connection tracking of the tunnel its node dialled"
+            )
+            add(
+                f"router {nxt.site}",
+                f"enters site {nxt.site} ({nat_in}) as encrypted UDP {plan.listen_port}",
+                "nat",
+                "",
+            )
+            add(nxt.name, f"WireGuard decrypts from {node.name}, checks allowed IPs", "wireguard", nxt.name, node.name)
+            node = nxt
+    raise TraceError(f"no path from {source} to {target} within {MAX_HOPS} hops")
+
+
+def _target(  # noqa: PLR0913
+    plan: Plan, src: PodPlan, target: str, port: int, protocol: str, node: NodePlan, add: AddHop, backend: str | None
+) -> PodPlan:
+    pods = {p.ref: p for p in plan.pods()}
+    if target in pods:
+        return pods[target]
+    parts = target.split("/")
+    if len(parts) not in (2, 3):
+        raise TraceError(f"{target} is neither CLUSTER/NS/POD, CLUSTER/NS/SERVICE nor NS/SERVICE")
+    cluster = src.cluster if len(parts) == 2 else parts[0]
+    ns, name = parts[-2], parts[-1]
+    try:
+        svc = next(s for s in plan.cluster(cluster).services if s.namespace == ns and s.name == name)
+    except (StopIteration, KeyError):
+        raise TraceError(
+            f"{target} is neither a pod (CLUSTER/NS/POD) nor a service (CLUSTER/NS/SERVICE or NS/SERVICE)"
+        ) from None
+    bs = next((b for b in backend_sets(plan, svc) if b.port == port and b.protocol == protocol), None)
+    if bs is None:
+        raise TraceError(f"service {svc.ref} has no port {port}/{protocol}")
+    tier = next((t for t in bs.tiers if t), ())
+    if not tier:
+        raise TraceError(f"service {svc.ref} has no backends")
+    chosen = next((b for b in tier if b.pod == backend), tier[0])
+    add(
+        node.name,
+        f"service {svc.ref} {svc.cluster_ip}:{port} DNAT to one of {len(tier)} backends: "
+        f"{chosen.pod} ({chosen.address}:{chosen.port})",
+        "service",
+        node.name,
+    )
+    return pods[chosen.pod]
