@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from crossmesh.model.plan import NodePlan, Peer, Plan, Route
@@ -23,7 +24,19 @@ def route_json(r: Route) -> dict[str, Any]:
     return {"dst": str(r.dst), "via": r.via.value, "gateway": str(r.gateway) if r.gateway else None, "peer": r.peer}
 
 
-def node_json(n: NodePlan) -> dict[str, Any]:
+def _shared(items: tuple[Any, ...], cache: dict[int, Any], convert: Callable[[Any], Any]) -> list[Any]:
+    """`[convert(x) for x in items]`, converting each distinct object only once."""
+    try:
+        return [cache[id(x)] for x in items]
+    except KeyError:
+        for x in items:
+            if id(x) not in cache:
+                cache[id(x)] = convert(x)
+        return [cache[id(x)] for x in items]
+
+
+def node_json(n: NodePlan, cache: dict[int, Any] | None = None) -> dict[str, Any]:
+    cache = {} if cache is None else cache
     return {
         "name": n.name,
         "cluster": n.cluster,
@@ -40,7 +53,7 @@ def node_json(n: NodePlan) -> dict[str, Any]:
             "address": str(n.tunnel.address),
             "listenPort": n.tunnel.listen_port,
             "mtu": {"value": n.tunnel.mtu.value, "arithmetic": n.tunnel.mtu.arithmetic},
-            "peers": [peer_json(p) for p in n.tunnel.peers],
+            "peers": _shared(n.tunnel.peers, cache, peer_json),
         },
         "vxlan": None
         if n.vxlan is None
@@ -54,11 +67,15 @@ def node_json(n: NodePlan) -> dict[str, Any]:
                 for v in n.vxlan.neighbours
             ],
         },
-        "routes": [route_json(r) for r in n.routes],
+        "routes": _shared(n.routes, cache, route_json),
     }
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
+    """The plan as JSON data. Nodes share `Peer` and `Route` objects (a full mesh of n nodes holds
+    O(n) of them behind O(n²) references), and so they share the dicts made of them: each is
+    converted once and the data stays O(n) dicts. Treat the result as read-only."""
+    cache: dict[int, Any] = {}
     return {
         "mesh": plan.mesh,
         "topology": plan.topology,
@@ -101,7 +118,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             }
             for c in plan.clusters
         ],
-        "nodes": [node_json(n) for n in plan.nodes],
+        "nodes": [node_json(n, cache) for n in plan.nodes],
     }
 
 
