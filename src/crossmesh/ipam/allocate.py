@@ -110,7 +110,8 @@ def allocate(mesh: Mesh, previous: Allocations, doc: Document | None = None) -> 
         if c.name in ids:
             continue
         prev = previous.clusters.get(c.name)
-        if prev is not None and prev.id not in used_ids:
+        # A hand-edited or stale state file may hold an id Cilium rejects: allocate a new one then.
+        if prev is not None and 1 <= prev.id <= 255 and prev.id not in used_ids:
             ids[c.name] = prev.id
             used_ids.add(prev.id)
     for c in sorted(spec.clusters, key=lambda c: c.name):
