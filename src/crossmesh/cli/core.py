@@ -184,9 +184,10 @@ def render(
     for stale in sorted(previous - set(files)):
         (output_dir / stale).unlink(missing_ok=True)
     atomic_write(index, "".join(f"{rel}\n" for rel in sorted(files)))
+    count, secrets = len(files), sum(1 for f in files.values() if f.secret)
+    del files  # 1,000 nodes render to ~160 MB of text (twice that in memory): free it before the snapshot
     compiled.store.save_applied_plan(serialize.plan_json(compiled.plan))
-    secrets = sum(1 for f in files.values() if f.secret)
-    out.print(f"wrote {len(files)} files to {output_dir} ({secrets} hold a private key, mode 0600)")
+    out.print(f"wrote {count} files to {output_dir} ({secrets} hold a private key, mode 0600)")
 
 
 @friendly
