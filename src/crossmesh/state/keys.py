@@ -9,12 +9,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 
 def generate_private_key() -> str:
-    """A private key as `wg genkey` makes it: clamped, because the kernel stores keys clamped and
-    `wg show` would otherwise print a key that differs from the one in the file."""
-    raw = bytearray(X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
-    raw[0] &= 248
-    raw[31] = (raw[31] & 127) | 64
-    return base64.b64encode(bytes(raw)).decode("ascii")
+    raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    return base64.b64encode(raw).decode("ascii")
 
 
 def public_key(private_key_b64: str) -> str:
