@@ -202,12 +202,16 @@ class _Planner:
                     allowed = (_host(self.tunnel_addr(remote.name)),) + (prefixes[other_site] if carries else ())
                     if not (natted and remote.public_address is None):
                         key_keep = natted
-                        plist.append(self._gateway_peer(remote, allowed, keepalive=key_keep, carries=carries))
+                        plist.append(
+                            self._gateway_peer(remote, allowed, keepalive=key_keep, carries=carries, standby=False)
+                        )
                     for sb in standby[other_site]:
                         if natted and sb.public_address is None:
                             continue
                         plist.append(
-                            self._gateway_peer(sb, (_host(self.tunnel_addr(sb.name)),), keepalive=natted, carries=False)
+                            self._gateway_peer(
+                                sb, (_host(self.tunnel_addr(sb.name)),), keepalive=natted, carries=False, standby=True
+                            )
                         )
                 peers = tuple(plist)
                 for p in peers:
@@ -222,8 +226,12 @@ class _Planner:
             out.append(self.node_plan(node, cluster, peers, routes))
         return out
 
-    def _gateway_peer(self, node: Node, allowed: tuple[IPv4Network, ...], *, keepalive: bool, carries: bool) -> Peer:
-        key = (node.name + ("" if carries else "#standby"), keepalive, not carries)
+    def _gateway_peer(
+        self, node: Node, allowed: tuple[IPv4Network, ...], *, keepalive: bool, carries: bool, standby: bool
+    ) -> Peer:
+        """`carries`: the entry holds the remote site's prefixes; `standby`: the peer is a standby
+        gateway. A standby node's entry for a remote *active* gateway carries nothing, yet is no standby."""
+        key = (node.name + ("" if carries else "#own-address"), keepalive, not carries)
         p = self._peer_cache.get(key)
         if p is None:
             p = self._peer_cache[key] = Peer(
@@ -233,7 +241,7 @@ class _Planner:
                 endpoint=(node.public_address, self.port) if node.public_address is not None else None,
                 allowed_ips=allowed,
                 persistent_keepalive=self.keepalive if keepalive else 0,
-                standby=not carries,
+                standby=standby,
             )
         return p
 
