@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from crossmesh.model.plan import ClusterPlan, Plan
+from crossmesh.model.plan import ClusterPlan, NodePlan, Plan, RouteVia
 
 CLUSTERMESH_NODEPORT = 32379  # clustermesh-apiserver's default NodePort
+
+
+def _underlay_mtu(plan: Plan, node: NodePlan, by_name: dict[str, NodePlan]) -> int:
+    """The network Cilium's packets cross: the node's tunnel for cross-site paths, or the tunnel of
+    the gateway it sends them through (topology: gateways), else the site."""
+    if node.tunnel is not None:
+        return node.tunnel.mtu.value
+    gateways = sorted({r.peer for r in node.routes if r.via is RouteVia.GATEWAY})
+    tunnels = [t.mtu.value for t in (by_name[g].tunnel for g in gateways) if t is not None]
+    return min([plan.site(node.site).mtu, *tunnels])
 
 
 def values(plan: Plan, cluster: ClusterPlan) -> dict[str, Any]:
     by_name = {n.name: n for n in plan.nodes}  # Plan.node() is a linear scan; this runs per cluster
     nodes = [by_name[n] for n in cluster.nodes]
-    # The underlying network Cilium sees: our tunnel for cross-site paths, else the site.
-    underlay = min((n.tunnel.mtu.value if n.tunnel else plan.site(n.site).mtu) for n in nodes)
+    underlay = min(_underlay_mtu(plan, n, by_name) for n in nodes)
     node_prefix = min(n.pod_cidr.prefixlen for n in nodes)
     peers = []
     for other in plan.clusters:
