@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from crossmesh.checks import probes
 from crossmesh.checks.results import Check, Result
+from crossmesh.drivers.lab.lab import LabState
 from crossmesh.drivers.lab.topology import PRIVATE_RANGES, LabTopology, PodEndpoint
 from crossmesh.model.plan import Plan, PodPlan
 from crossmesh.services.backends import backend_sets
@@ -29,6 +30,7 @@ PAIR_CLASSES = ("same-node", "same-site", "cross-site", "cross-cluster")
 class Context:
     plan: Plan
     topo: LabTopology
+    state: LabState | None = None  # needed by checks that stage failures (kill / revive)
 
     def site_of(self, pod: PodPlan) -> str:
         return self.plan.node(pod.node).site
@@ -345,7 +347,15 @@ def nat(ctx: Context) -> list[Planned]:
     return out
 
 
-BUILDERS = (pod_to_pod, pod_to_service, mtu, underlay, nat)
+def services(ctx: Context) -> list[Planned]:
+    from crossmesh.checks import services as service_checks
+
+    if ctx.state is None:
+        return []
+    return [Planned(c, r) for c, r in service_checks.build(ctx, ctx.state)]
+
+
+BUILDERS = (pod_to_pod, pod_to_service, mtu, underlay, nat, services)
 
 
 def build(ctx: Context, pattern: str | None = None) -> list[Planned]:
@@ -365,8 +375,10 @@ def build(ctx: Context, pattern: str | None = None) -> list[Planned]:
 
 
 def run(planned: list[Planned], *, workers: int = 8, progress: Callable[[Check], None] | None = None) -> list[Check]:
-    parallel = [p for p in planned if p.check.kind not in ("encryption", "nat")]
-    serial = [p for p in planned if p.check.kind in ("encryption", "nat")]
+    # Captures and staged failures run alone, so that other checks' traffic and kills do not mix in.
+    alone = ("encryption", "nat", "service")
+    parallel = [p for p in planned if p.check.kind not in alone]
+    serial = [p for p in planned if p.check.kind in alone]
 
     def one(p: Planned) -> Check:
         t = time.monotonic()
@@ -379,9 +391,8 @@ def run(planned: list[Planned], *, workers: int = 8, progress: Callable[[Check],
             progress(p.check)
         return p.check
 
-    # The capture runs alone so that other checks' traffic does not cross the internet during it.
-    for p in serial:
-        one(p)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, parallel))
+    for p in serial:
+        one(p)
     return [p.check for p in planned]

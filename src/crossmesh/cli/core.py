@@ -132,6 +132,14 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
                 f"{p['persistentKeepalive']}s" if p["persistentKeepalive"] else "-",
             )
     out.print(t)
+    t = _table("Services", "service", "cluster IP", "port", "global", "affinity", "backends by tier")
+    for c in data["clusters"]:
+        for svc in c["services"]:
+            for bs in svc["backendSets"]:
+                tiers = " | then | ".join(", ".join(tier) or "(none)" for tier in bs["tiers"]) or "(no backends)"
+                flags = ("yes" + ("" if svc["shared"] else ", not shared")) if svc["global"] else "no"
+                t.add_row(svc["ref"], svc["clusterIP"], bs["port"], flags, svc["affinity"], tiers)
+    out.print(t)
     t = _table("Routes", "node", "destination", "via", "next hop", "towards")
     for n in nodes:
         for r in n["routes"]:

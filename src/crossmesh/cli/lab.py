@@ -153,6 +153,31 @@ def exec_(
     os.execvp(argv[0], argv)
 
 
+@app.command("kill")
+@friendly
+def kill(
+    pod: str = typer.Argument(..., help="CLUSTER/NAMESPACE/POD", show_default=False),
+    mesh: Path | None = MESH_OPTION,
+) -> None:
+    """Stop a pod's workload as if its container died: listeners closed, connections reset.
+    Its namespace and address stay, so services see a dead backend."""
+    state = labs.find_lab(mesh)
+    changed = labs.set_killed(state, pod, True)
+    out.print(f"{pod} killed" if changed else f"{pod} was already killed")
+
+
+@app.command("revive")
+@friendly
+def revive(
+    pod: str = typer.Argument(..., help="CLUSTER/NAMESPACE/POD", show_default=False),
+    mesh: Path | None = MESH_OPTION,
+) -> None:
+    """Start a killed pod's workload again."""
+    state = labs.find_lab(mesh)
+    changed = labs.set_killed(state, pod, False)
+    out.print(f"{pod} revived" if changed else f"{pod} was running")
+
+
 @app.command("down")
 @friendly
 def down(

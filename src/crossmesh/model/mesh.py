@@ -120,6 +120,22 @@ class Ipam(_Model):
     tunnel_pool: Cidr = IPv4Network("100.64.0.0/16")
 
 
+class Probe(StrEnum):
+    TCP = "tcp"
+    HTTP = "http"
+
+
+class HealthCheck(_Model):
+    """How the lab decides that a service backend is healthy (defaults favour fast failover)."""
+
+    probe: Probe = Probe.TCP  # tcp: connect; http: GET `path` answered 200 (UDP ports: an echo)
+    path: str = "/"
+    interval_ms: int = Field(default=200, ge=50, le=60_000)
+    timeout_ms: int = Field(default=500, ge=10, le=60_000)
+    failure_threshold: int = Field(default=2, ge=1, le=100)
+    success_threshold: int = Field(default=1, ge=1, le=100)
+
+
 class Site(_Model):
     name: Name
     provider: Provider
@@ -153,6 +169,7 @@ class MeshSpec(_Model):
     trust_domain: str = "cluster.local"
     wireguard: WireGuard = Field(default_factory=WireGuard)
     ipam: Ipam = Field(default_factory=Ipam)
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
     sites: list[Site] = Field(min_length=1)
     clusters: list[Cluster] = Field(min_length=1)
     manifests: list[str] = Field(default_factory=list)

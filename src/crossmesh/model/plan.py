@@ -155,6 +155,16 @@ class ClusterPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthPlan:
+    probe: str
+    path: str
+    interval_ms: int
+    timeout_ms: int
+    failure_threshold: int
+    success_threshold: int
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     mesh: str
     topology: str
@@ -163,6 +173,7 @@ class Plan:
     sites: tuple[SitePlan, ...]
     clusters: tuple[ClusterPlan, ...]
     nodes: tuple[NodePlan, ...]
+    health: HealthPlan = HealthPlan("tcp", "/", 200, 500, 2, 1)
 
     def node(self, name: str) -> NodePlan:
         for n in self.nodes:

@@ -33,6 +33,7 @@ from crossmesh.model.plan import (
     VXLAN_VNI,
     WIREGUARD_OVERHEAD,
     ClusterPlan,
+    HealthPlan,
     Mtu,
     NodePlan,
     Peer,
@@ -311,6 +312,7 @@ def build_plan(
                 services=services,
             )
         )
+    hc = mesh.spec.health_check
     return Plan(
         mesh=mesh.metadata.name,
         topology=mesh.spec.wireguard.topology.value,
@@ -322,4 +324,12 @@ def build_plan(
         ),
         clusters=tuple(clusters),
         nodes=tuple(node_plans),
+        health=HealthPlan(
+            probe=hc.probe.value,
+            path=hc.path,
+            interval_ms=hc.interval_ms,
+            timeout_ms=hc.timeout_ms,
+            failure_threshold=hc.failure_threshold,
+            success_threshold=hc.success_threshold,
+        ),
     )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from crossmesh.model.plan import NodePlan, Peer, Plan, Route
+from crossmesh.services.backends import backend_sets
 
 
 def peer_json(p: Peer) -> dict[str, Any]:
@@ -112,6 +113,13 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                         "global": s.is_global,
                         "shared": s.shared,
                         "affinity": s.affinity,
+                        "backendSets": [
+                            {
+                                "port": f"{bs.port}/{bs.protocol}",
+                                "tiers": [[f"{b.pod}@{b.address}:{b.port}" for b in tier] for tier in bs.tiers],
+                            }
+                            for bs in backend_sets(plan, s)
+                        ],
                     }
                     for s in c.services
                 ],

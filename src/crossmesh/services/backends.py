@@ -30,6 +30,7 @@ class BackendSet:
     port: int
     protocol: str
     tiers: tuple[tuple[Backend, ...], ...]  # first non-empty healthy tier serves
+    excluded: tuple[str, ...] = ()  # clusters declaring the global service with shared: "false"
 
     @property
     def all(self) -> tuple[Backend, ...]:
@@ -48,6 +49,7 @@ def _target_port(pod: PodPlan, target: str) -> int | None:
 def backend_sets(plan: Plan, service: ServicePlan) -> list[BackendSet]:
     pods = {p.ref: p for p in plan.pods()}
     sources: list[ServicePlan] = [service]
+    excluded: list[str] = []
     if service.is_global:
         for c in plan.clusters:
             if c.name == service.cluster:
@@ -56,6 +58,8 @@ def backend_sets(plan: Plan, service: ServicePlan) -> list[BackendSet]:
                 same = other.namespace == service.namespace and other.name == service.name
                 if same and other.is_global and other.shared:
                     sources.append(other)
+                elif same and other.is_global:
+                    excluded.append(c.name)
     out = []
     for port, proto, target, _ in service.ports:
         local: list[Backend] = []
@@ -74,5 +78,5 @@ def backend_sets(plan: Plan, service: ServicePlan) -> list[BackendSet]:
             tiers = (tuple(remote), tuple(local))
         else:
             tiers = (tuple(local + remote),)
-        out.append(BackendSet(service.ref, port, proto, tiers))
+        out.append(BackendSet(service.ref, port, proto, tiers, tuple(sorted(excluded))))
     return out

@@ -65,6 +65,8 @@ class LabState:
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # ref → {namespace, node, address, ports}
     wireguard: dict[str, dict[str, Any]] = field(default_factory=dict)  # ifname → {namespace, node, pid}
     workloads: dict[str, int] = field(default_factory=dict)  # node → pid
+    services_pid: int = 0  # the service daemon: health checks, ClusterIP tables, DNS
+    services_digest: str = ""  # of the plan it runs with; a new plan restarts it
     sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
     inet: str = ""
 
@@ -165,7 +167,7 @@ def up(
             "remove them with `crossmesh lab down --all`"
         )
     try:
-        topo = topology.build(plan, tag)
+        topo = topology.build(plan, tag, unhealthy_backends(tag))
     except ValueError as err:
         raise LabError(str(err)) from err
     state = existing or LabState(tag=tag, mesh=mesh_abs, mesh_name=plan.mesh, state_dir=str(compiled.store.root))
@@ -267,11 +269,16 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
     progress("workloads: echo servers in every pod")
     changes += _workloads(state, topo)
     lap("workloads")
+    progress("services: health checks, ClusterIP tables, DNS")
+    changes += _services(state, topo, compiled.plan)
+    lap("services")
     progress("waiting for every tunnel to complete a handshake")
     _wait_handshakes(topo, compiled.plan, progress)
     lap("handshakes")
     progress("waiting for every pod to answer")
-    _wait_pods(topo)
+    killed_dir = state.dir / "killed"
+    killed = {p.name for p in killed_dir.iterdir()} if killed_dir.is_dir() else set()
+    _wait_pods([ep for ep in topo.pods if pod_key(state.pods[ep.pod.ref]) not in killed])
     lap("pods")
     return UpResult(state=state, changes=changes, seconds=seconds)
 
@@ -329,7 +336,7 @@ def _workloads(state: LabState, topo: LabTopology) -> list[str]:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "crossmesh.drivers.lab.workload", str(spec_path)],
+                [sys.executable, "-m", "crossmesh.drivers.lab.workload", str(spec_path), str(state.dir / "killed")],
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -338,6 +345,66 @@ def _workloads(state: LabState, topo: LabTopology) -> list[str]:
         state.workloads[node] = proc.pid
         state.save()
         changes.append(f"workload for node {node} started ({len(pods)} pods)")
+    return changes
+
+
+def unhealthy_backends(tag: str) -> frozenset[str]:
+    """Backends the running service daemon found dead, so that `up` keeps its tables."""
+    try:
+        data = json.loads((LAB_ROOT / f"cm-{tag}" / "health.json").read_text())
+    except (OSError, ValueError):
+        return frozenset()
+    return frozenset(k for k, b in data.get("backends", {}).items() if not b.get("healthy", True))
+
+
+def plan_services_view(plan: Plan) -> list[Any]:
+    """What the service daemon depends on: services, their backends and ClusterIPs, pod addresses."""
+    from crossmesh.plan.serialize import plan_json
+
+    data = plan_json(plan)
+    return [
+        [c["name"], c["services"], [(p["ref"], p["address"], p["node"]) for p in c["pods"]]] for c in data["clusters"]
+    ]
+
+
+def _services(state: LabState, topo: LabTopology, plan: Plan) -> list[str]:
+    from crossmesh.drivers.lab.servicesd import resolv_conf
+
+    changes = []
+    for ns, text in resolv_conf(plan, topo).items():
+        path = Path("/etc/netns") / ns / "resolv.conf"
+        if path.exists() and path.read_text() == text:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        changes.append(f"{ns}: resolv.conf")
+    digest = reconcile.nft_digest(
+        json.dumps([plan_services_view(plan), dataclasses.asdict(plan.health)], sort_keys=True, default=str)
+    )
+    if _alive(state.services_pid) and state.services_digest == digest:
+        return changes
+    if _alive(state.services_pid):
+        _kill(state.services_pid)
+        changes.append("service daemon stopped (the services changed)")
+    log = state.dir / "logs" / "servicesd.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crossmesh.drivers.lab.servicesd", str(state.dir)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    state.services_pid = proc.pid
+    state.services_digest = digest
+    state.save()
+    deadline = time.monotonic() + 10
+    while not (state.dir / "health.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"the service daemon did not start; see {log}")
+        time.sleep(0.02)
+    changes.append("service daemon started")
     return changes
 
 
@@ -428,9 +495,10 @@ def _pod_answers(ep: Any) -> str | None:
     return result
 
 
-def _wait_pods(topo: LabTopology, timeout: float = 20.0) -> None:
+def _wait_pods(endpoints: list[Any], timeout: float = 20.0) -> None:
+    """Every pod (but those killed on purpose) accepts connections on its TCP ports."""
     deadline = time.monotonic() + timeout
-    pending = list(topo.pods)
+    pending = list(endpoints)
     problems: list[str] = []
     while pending:
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -463,7 +531,7 @@ def _processes(marker: str) -> list[int]:
         prog = os.path.basename(argv[0].decode(errors="replace"))
         args = [a.decode(errors="replace") for a in argv[1:]]
         is_wg = prog == "wireguard-go" or (prog == "ip" and "wireguard-go" in args)
-        is_workload = "crossmesh.drivers.lab.workload" in args
+        is_workload = "crossmesh.drivers.lab.workload" in args or "crossmesh.drivers.lab.servicesd" in args
         is_capture = prog == "tcpdump"
         if (is_wg or is_workload or is_capture) and any(marker in a for a in args):
             pids.append(int(entry.name))
@@ -524,6 +592,29 @@ def leftovers(tag: str | None = None) -> list[str]:
 def topology_of(state: LabState) -> tuple[Compiled, LabTopology]:
     compiled = compile_mesh(Path(state.mesh), Path(state.state_dir), persist=False)
     return compiled, topology.build(compiled.plan, state.tag)
+
+
+def pod_key(pod: dict[str, Any]) -> str:
+    return f"{pod['cluster']}_{pod['podNamespace']}_{pod['name']}"
+
+
+def set_killed(state: LabState, ref: str, killed: bool) -> bool:
+    """Stop (or start again) the workload of one pod; its namespace stays. True when it changed."""
+    pod = state.pods.get(ref)
+    if pod is None:
+        raise UsageError(f"no pod {ref} in lab {state.mesh_name} — pods are CLUSTER/NAMESPACE/POD")
+    marker = state.dir / "killed" / pod_key(pod)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    if marker.exists() == killed:
+        return False
+    if killed:
+        marker.touch()
+    else:
+        marker.unlink()
+    pid = state.workloads.get(pod["node"], 0)
+    if _alive(pid):
+        os.kill(pid, signal.SIGUSR1)
+    return True
 
 
 def exec_argv(state: LabState, ref: str, argv: list[str]) -> list[str]:

@@ -52,6 +52,11 @@ def reconcile(spec: Namespace, *, wireguard_ifnames: tuple[str, ...] = ()) -> li
     return [f"{spec.name}: {c}" for c in changes]
 
 
+def nft_only(spec: Namespace) -> list[str]:
+    """Just the nftables table of a namespace (the service daemon's fast path)."""
+    return [f"{spec.name}: {c}" for c in _nft(spec)] if spec.nft is not None else []
+
+
 def _sysctls(spec: Namespace) -> list[str]:
     out = []
     for key, value in spec.sysctls:

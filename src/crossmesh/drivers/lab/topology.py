@@ -19,6 +19,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
 
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, RouteVia
 from crossmesh.services.backends import backend_sets
@@ -138,7 +139,7 @@ FORWARD_SYSCTLS = (
 )
 
 
-def build(plan: Plan, tag: str) -> LabTopology:
+def build(plan: Plan, tag: str, unhealthy: frozenset[str] = frozenset()) -> LabTopology:
     prefix = f"cm-{tag}"
     sites = list(plan.sites)
     nodes = list(plan.nodes)
@@ -282,7 +283,7 @@ def build(plan: Plan, tag: str) -> LabTopology:
                 tuple(routes),
                 tuple(neigh),
                 sysctls=FORWARD_SYSCTLS,
-                nft=services_nft(plan, n.cluster, [p for _, p in pods_by_node.get(n.name, [])], gw_addr),
+                nft=services_nft(plan, n.cluster, [p for _, p in pods_by_node.get(n.name, [])], gw_addr, unhealthy),
                 owner=n.name,
             )
         )
@@ -368,26 +369,42 @@ def _router_nft(wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan]) 
     )
 
 
-def services_nft(plan: Plan, cluster: str, local_pods: list[PodPlan], node_side: IPv4Address) -> str | None:
-    """ClusterIP DNAT on a node: each service port to a random backend of its first tier.
+def services_nft(
+    plan: Plan,
+    cluster: str,
+    local_pods: list[PodPlan],
+    node_side: IPv4Address,
+    unhealthy: frozenset[str] = frozenset(),
+) -> str | None:
+    """ClusterIP DNAT on a node: each service port to a random healthy backend of the first
+    tier that has one (Cilium's affinity semantics), or a reset when none is healthy.
 
-    Health-aware tiers (failover to the next tier) belong to the control loop; the
-    kernel path here is one rule per service port with a numgen map, so the cost per
-    connection does not grow with the number of backends.
+    One rule per service port with a numgen map: the cost per new connection does not
+    grow with the number of backends. `unhealthy` holds `POD@ADDRESS:PORT` keys from the
+    health checker; the whole table is replaced atomically when it changes.
     """
     rules = []
+    rejects = []
     for svc in plan.cluster(cluster).services:
         for bs in backend_sets(plan, svc):
-            tier = next((t for t in bs.tiers if t), ())
-            if not tier or bs.protocol not in ("TCP", "UDP"):
+            if bs.protocol not in ("TCP", "UDP") or not bs.all:
                 continue
             proto = bs.protocol.lower()
+            tier: tuple[Any, ...] = ()
+            for candidate in bs.tiers:
+                tier = tuple(b for b in candidate if backend_key(b.pod, b.address, b.port) not in unhealthy)
+                if tier:
+                    break
+            if not tier:
+                reset = "tcp reset" if proto == "tcp" else "icmp type port-unreachable"
+                rejects.append(f"    ip daddr {svc.cluster_ip} {proto} dport {bs.port} reject with {reset}\n")
+                continue
             targets = ", ".join(f"{i} : {b.address} . {b.port}" for i, b in enumerate(tier))
             rules.append(
                 f"    ip daddr {svc.cluster_ip} {proto} dport {bs.port} "
                 f"dnat ip addr . port to numgen random mod {len(tier)} map {{ {targets} }}\n"
             )
-    if not rules:
+    if not rules and not rejects:
         return None
     # Hairpin: a pod reaching itself through its service would see its own address as
     # source and drop the packet as martian; like kube-proxy, masquerade that case.
@@ -397,6 +414,7 @@ def services_nft(plan: Plan, cluster: str, local_pods: list[PodPlan], node_side:
     return (
         "table ip crossmesh {\n"
         "  chain services {\n" + "".join(rules) + "  }\n"
+        "  chain no_endpoints {\n" + "".join(rejects) + "  }\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n" + hairpin + "  }\n"
         "  chain prerouting {\n"
@@ -407,5 +425,17 @@ def services_nft(plan: Plan, cluster: str, local_pods: list[PodPlan], node_side:
         "    type nat hook output priority -100; policy accept;\n"
         "    jump services\n"
         "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        "    jump no_endpoints\n"
+        "  }\n"
+        "  chain local_out {\n"
+        "    type filter hook output priority 0; policy accept;\n"
+        "    jump no_endpoints\n"
+        "  }\n"
         "}\n"
     )
+
+
+def backend_key(pod: str, address: str, port: int) -> str:
+    return f"{pod}@{address}:{port}"

@@ -9,7 +9,12 @@ TCP ports speak just enough HTTP/1.1: the answer is JSON naming the pod, namespa
 cluster, node, pod IP and the client address the pod saw, and echoing the request
 body. UDP ports echo each datagram back unchanged.
 
-    python -m crossmesh.drivers.lab.workload SPEC.json
+A pod whose key (CLUSTER_NS_POD) names a file in KILLED_DIR is stopped — its
+listeners closed and its connections reset, as when a container dies — and
+started again when the file goes; `lab kill`/`revive` write the file and send
+SIGUSR1 so that this happens at once.
+
+    python -m crossmesh.drivers.lab.workload SPEC.json [KILLED_DIR]
 """
 
 from __future__ import annotations
@@ -87,31 +92,91 @@ class _Echo(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)  # type: ignore[attr-defined]
 
 
-async def serve(spec: list[dict[str, Any]]) -> None:
-    loop = asyncio.get_running_loop()
-    servers = []
-    for pod in spec:
-        for port, proto in pod["ports"]:
-            sock = _listen(pod["netns"], pod["ip"], int(port), proto)
+class Pod:
+    """The servers of one pod; stopped by `lab kill`, started again by `lab revive`."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.servers: list[asyncio.AbstractServer] = []
+        self.transports: list[asyncio.BaseTransport] = []
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def key(self) -> str:
+        return f"{self.spec['cluster']}_{self.spec['namespace']}_{self.spec['pod']}"
+
+    @property
+    def running(self) -> bool:
+        return bool(self.servers or self.transports)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for port, proto in self.spec["ports"]:
+            sock = _listen(self.spec["netns"], self.spec["ip"], int(port), proto)
             if proto == "TCP":
-                servers.append(await asyncio.start_server(_http_handler(pod, int(port)), sock=sock))
+                handler = _http_handler(self.spec, int(port))
+
+                async def tracked(r: asyncio.StreamReader, w: asyncio.StreamWriter, h: Any = handler) -> None:
+                    self.writers.add(w)
+                    try:
+                        await h(r, w)
+                    finally:
+                        self.writers.discard(w)
+
+                self.servers.append(await asyncio.start_server(tracked, sock=sock))
             elif proto == "UDP":
-                await loop.create_datagram_endpoint(_Echo, sock=sock)
+                transport, _ = await loop.create_datagram_endpoint(_Echo, sock=sock)
+                self.transports.append(transport)
+
+    async def stop(self) -> None:
+        """Like a crashed container: listeners closed, open connections reset."""
+        for server in self.servers:
+            server.close()
+        for w in list(self.writers):
+            sock = w.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            w.transport.abort()
+        for t in self.transports:
+            t.close()
+        self.servers, self.transports = [], []
+
+
+async def serve(spec: list[dict[str, Any]], killed_dir: Path | None) -> None:
+    loop = asyncio.get_running_loop()
+    pods = [Pod(p) for p in spec]
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print("ready", flush=True)
-    await stop.wait()
-    for s in servers:
-        s.close()
+    wake = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, wake.set)
+    first = True
+    while not stop.is_set():
+        killed = {p.name for p in killed_dir.iterdir()} if killed_dir and killed_dir.is_dir() else set()
+        for pod in pods:
+            if pod.key in killed and pod.running:
+                await pod.stop()
+            elif pod.key not in killed and not pod.running:
+                await pod.start()
+        if first:
+            print("ready", flush=True)
+            first = False
+        wake.clear()
+        # SIGUSR1 (from `lab kill`/`revive`) wakes us at once; the poll is a fallback.
+        waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
+        await asyncio.wait(waiters, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+    for pod in pods:
+        await pod.stop()
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m crossmesh.drivers.lab.workload SPEC.json", file=sys.stderr)
+    if len(argv) not in (1, 2):
+        print("usage: python -m crossmesh.drivers.lab.workload SPEC.json [KILLED_DIR]", file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[0]).read_text())
-    asyncio.run(serve(spec))
+    asyncio.run(serve(spec, Path(argv[1]) if len(argv) == 2 else None))
     return 0
 
 

@@ -1,0 +1,167 @@
+"""Service checks (Cilium Cluster Mesh semantics, seed 003), run against the lab:
+
+- spread:   affinity none — new connections reach every backend of the set;
+- affinity: affinity local (remote) — only the preferred tier answers while healthy;
+- shared:   a cluster with `shared: "false"` never answers other clusters;
+- failover: every backend of the preferred tier killed → the next tier answers;
+- return:   revived → the preferred tier answers again.
+
+Failover and return stage real failures with `lab kill`/`revive` and always revive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from crossmesh.checks import probes
+from crossmesh.checks.results import Check, Result
+from crossmesh.drivers.lab import lab as labs
+from crossmesh.model.plan import PodPlan, ServicePlan
+from crossmesh.services.backends import BackendSet, backend_sets
+
+SPREAD_TRIES = 60
+SAMPLE = 12
+FAILOVER_TIMEOUT = 15.0
+POLL = 0.05
+
+Runner = Callable[[Check], None]
+
+
+def _client(pods: list[PodPlan], cluster: str, exclude: set[str]) -> PodPlan | None:
+    return next((p for p in sorted(pods, key=lambda p: p.ref) if p.cluster == cluster and p.ref not in exclude), None)
+
+
+def _ask(ns: str, ip: str, port: int) -> str | None:
+    result, answer, _ = probes.http(ns, ip, port, path="/crossmesh-service-check", timeout=1.0)
+    if result is not Result.OK or answer is None:
+        return None
+    return f"{answer['cluster']}/{answer['namespace']}/{answer['pod']}"
+
+
+def build(ctx: object, state: labs.LabState) -> list[tuple[Check, Runner]]:
+    from crossmesh.checks.suite import Context
+
+    assert isinstance(ctx, Context)  # noqa: S101 - typing aid for a circular import
+    plan = ctx.plan
+    pods = list(plan.pods())
+    out: list[tuple[Check, Runner]] = []
+    for cluster in plan.clusters:
+        for svc in cluster.services:
+            for bs in backend_sets(plan, svc):
+                if bs.protocol != "TCP" or not bs.all:
+                    continue
+                client = _client(pods, svc.cluster, {b.pod for b in bs.all})
+                if client is None:
+                    continue
+                ns = ctx.ep(client).namespace
+                out += _checks(svc, bs, client, ns, state)
+    return out
+
+
+def _checks(
+    svc: ServicePlan, bs: BackendSet, client: PodPlan, ns: str, state: labs.LabState
+) -> list[tuple[Check, Runner]]:
+    ip, port = str(svc.cluster_ip), bs.port
+    where = f"{client.ref} -> {svc.ref} ({ip}:{port})"
+    out: list[tuple[Check, Runner]] = []
+    first = {b.pod for b in bs.tiers[0]}
+
+    def check(label: str, expected: Result = Result.OK) -> Check:
+        return Check(
+            name=f"service/{label}: {where}",
+            kind="service",
+            source=client.ref,
+            target=svc.ref,
+            port=f"{port}/TCP",
+            expected=expected,
+        )
+
+    if len(bs.tiers) == 1 and len(first) > 1:
+
+        def spread(c: Check) -> None:
+            seen: set[str] = set()
+            stray: set[str] = set()
+            for _ in range(SPREAD_TRIES):
+                who = _ask(ns, ip, port)
+                if who is not None:
+                    (seen if who in first else stray).add(who)
+                if seen == first:
+                    break
+            c.actual = Result.OK if seen == first and not stray else Result.WRONG_ANSWER
+            c.detail = f"reached {len(seen)}/{len(first)} backends" + (
+                f"; outside the set: {sorted(stray)}" if stray else ""
+            )
+
+        out.append((check("spread"), spread))
+
+    not_shared = set(bs.excluded)
+    if len(bs.tiers) > 1 and bs.tiers[1]:
+        second = {b.pod for b in bs.tiers[1]}
+
+        def affinity(c: Check) -> None:
+            answers = [_ask(ns, ip, port) for _ in range(SAMPLE)]
+            wrong = sorted({a for a in answers if a is not None and a not in first})
+            missing = sum(1 for a in answers if a is None)
+            c.actual = Result.OK if not wrong and not missing else Result.WRONG_ANSWER
+            c.detail = f"{SAMPLE - missing}/{SAMPLE} answered by the preferred tier ({svc.affinity})" + (
+                f"; also by {wrong}" if wrong else ""
+            )
+
+        def failover(c: Check) -> None:
+            killed = sorted(first)
+            try:
+                for ref in killed:
+                    labs.set_killed(state, ref, True)
+                t0 = time.monotonic()
+                who = None
+                while time.monotonic() - t0 < FAILOVER_TIMEOUT:
+                    who = _ask(ns, ip, port)
+                    if who in second:
+                        break
+                    time.sleep(POLL)
+                took = time.monotonic() - t0
+                if who not in second:
+                    c.actual, c.detail = Result.TIMEOUT, f"no answer from the next tier within {FAILOVER_TIMEOUT:.0f} s"
+                    return
+                answers = [_ask(ns, ip, port) for _ in range(SAMPLE)]
+                wrong = sorted({a for a in answers if a is not None and a not in second})
+                c.actual = Result.WRONG_ANSWER if wrong else Result.OK
+                c.detail = f"next tier answered {took:.2f} s after killing {', '.join(killed)}" + (
+                    f"; but also {wrong}" if wrong else ""
+                )
+            finally:
+                c.extra["killed"] = killed
+
+        def back(c: Check) -> None:
+            killed = sorted(first)
+            for ref in killed:
+                labs.set_killed(state, ref, False)
+            t0 = time.monotonic()
+            who = None
+            while time.monotonic() - t0 < FAILOVER_TIMEOUT:
+                who = _ask(ns, ip, port)
+                if who in first:
+                    break
+                time.sleep(POLL)
+            took = time.monotonic() - t0
+            c.actual = Result.OK if who in first else Result.TIMEOUT
+            c.detail = f"preferred tier answered again {took:.2f} s after revive" if who in first else "never returned"
+
+        out.append((check(f"affinity-{svc.affinity}"), affinity))
+        out.append((check("failover"), failover))
+        out.append((check("return"), back))
+    if not_shared:
+
+        def shared(c: Check) -> None:
+            answers = [_ask(ns, ip, port) for _ in range(SAMPLE)]
+            leaked = sorted({a for a in answers if a is not None and a.split("/")[0] in not_shared})
+            c.actual = Result.WRONG_ANSWER if leaked else Result.OK
+            c.detail = (
+                f"never answered by {', '.join(sorted(not_shared))} (shared: false)"
+                if not leaked
+                else f"answered by {leaked} although shared: false"
+            )
+
+        out.append((check("shared-false-respected"), shared))
+    return out

@@ -1,0 +1,253 @@
+"""The lab's service daemon: backend health checks, ClusterIP tables that follow them, and DNS.
+
+One thread per node namespace (entered once with setns) runs an asyncio loop that
+probes the backends living on that node, as a kubelet probes its own pods, and
+answers DNS for the pods of that node on the node's pod-side address, port 53:
+
+    <svc>.<ns>.svc.cluster.local      → the ClusterIP in the asking pod's cluster
+    <svc>.<ns>.svc.clusterset.local   → a global service (MCS convention): the local
+                                         ClusterIP, whose backends span the clusters
+
+When a backend crosses its failure (or success) threshold, the nftables table of
+every node is regenerated from the plan with the new health and replaced
+atomically, so new connections move off a dead backend and back when it recovers.
+
+    python -m crossmesh.drivers.lab.servicesd LAB_DIR
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from crossmesh.drivers.lab import lab as labs
+from crossmesh.drivers.lab import netns, reconcile, topology
+from crossmesh.model.plan import Plan
+from crossmesh.services.backends import backend_sets
+
+DNS_PORT = 53
+
+
+@dataclass
+class Backend:
+    key: str
+    pod: str
+    address: str
+    port: int
+    protocol: str
+    node: str
+    healthy: bool = True
+    streak: int = 0  # consecutive results against the current state
+    since: float = 0.0
+
+
+class Daemon:
+    def __init__(self, state: labs.LabState) -> None:
+        self.state = state
+        self.compiled, self.topo = labs.topology_of(state)
+        self.plan: Plan = self.compiled.plan
+        self.health = self.plan.health
+        self.lock = threading.Lock()
+        self.changed = threading.Event()
+        self.stop = threading.Event()
+        self.backends: dict[str, Backend] = {}
+        for cluster in self.plan.clusters:
+            for svc in cluster.services:
+                for bs in backend_sets(self.plan, svc):
+                    for b in bs.all:
+                        key = topology.backend_key(b.pod, b.address, b.port)
+                        pod_node = next(p.node for p in self.plan.pods() if p.ref == b.pod)
+                        self.backends.setdefault(
+                            key, Backend(key, b.pod, b.address, b.port, bs.protocol, pod_node, since=time.time())
+                        )
+        self.dns = self._dns_records()
+
+    # --- DNS -------------------------------------------------------------------------------
+    def _dns_records(self) -> dict[str, dict[str, str]]:
+        """cluster → name → address."""
+        out: dict[str, dict[str, str]] = {}
+        for c in self.plan.clusters:
+            names = out.setdefault(c.name, {})
+            for s in c.services:
+                names[f"{s.name}.{s.namespace}.svc.cluster.local"] = str(s.cluster_ip)
+                if s.is_global:
+                    names[f"{s.name}.{s.namespace}.svc.clusterset.local"] = str(s.cluster_ip)
+        return out
+
+    def answer(self, cluster: str, query: bytes) -> bytes | None:
+        if len(query) < 12:
+            return None
+        ident, flags, qd = struct.unpack("!HHH", query[:6])
+        if flags & 0x8000 or qd != 1:
+            return None
+        pos, labels = 12, []
+        while pos < len(query) and query[pos]:
+            n = query[pos]
+            labels.append(query[pos + 1 : pos + 1 + n].decode("ascii", "replace").lower())
+            pos += 1 + n
+        pos += 1
+        if pos + 4 > len(query):
+            return None
+        qtype, _ = struct.unpack("!HH", query[pos : pos + 4])
+        question = query[12 : pos + 4]
+        name = ".".join(labels)
+        address = self.dns.get(cluster, {}).get(name)
+        rd = flags & 0x0100
+        if address is None:
+            rcode = 3 if name.endswith((".cluster.local", ".clusterset.local")) else 2  # NXDOMAIN / SERVFAIL
+            return struct.pack("!HHHHHH", ident, 0x8080 | rd | rcode, 1, 0, 0, 0) + question
+        if qtype not in (1, 255):  # AAAA and others: the name exists, no such record
+            return struct.pack("!HHHHHH", ident, 0x8480 | rd, 1, 0, 0, 0) + question
+        record = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + socket.inet_aton(address)
+        return struct.pack("!HHHHHH", ident, 0x8480 | rd, 1, 1, 0, 0) + question + record
+
+    # --- health ----------------------------------------------------------------------------
+    async def probe(self, b: Backend) -> bool:
+        timeout = self.health.timeout_ms / 1000
+        try:
+            if b.protocol == "UDP":
+                loop = asyncio.get_running_loop()
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.setblocking(False)
+                try:
+                    await loop.sock_connect(s, (b.address, b.port))
+                    await loop.sock_sendall(s, b"crossmesh-health")
+                    data = await asyncio.wait_for(loop.sock_recv(s, 64), timeout)
+                    return data == b"crossmesh-health"
+                finally:
+                    s.close()
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(b.address, b.port), timeout)
+            try:
+                if self.health.probe == "http":
+                    writer.write(
+                        f"GET {self.health.path} HTTP/1.1\r\nHost: health\r\nConnection: close\r\n\r\n".encode()
+                    )
+                    await writer.drain()
+                    line = await asyncio.wait_for(reader.readline(), timeout)
+                    return line.startswith(b"HTTP/1.1 200") or line.startswith(b"HTTP/1.0 200")
+                return True
+            finally:
+                writer.close()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return False
+
+    def record(self, b: Backend, ok: bool) -> None:
+        with self.lock:
+            if ok == b.healthy:
+                b.streak = 0
+                return
+            b.streak += 1
+            need = self.health.success_threshold if ok else self.health.failure_threshold
+            if b.streak >= need:
+                b.healthy, b.streak, b.since = ok, 0, time.time()
+                self.changed.set()
+
+    async def node_loop(self, node: str, cluster: str) -> None:
+        mine = [b for b in self.backends.values() if b.node == node]
+        dns_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dns_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        dns_sock.bind(("0.0.0.0", DNS_PORT))
+        loop = asyncio.get_running_loop()
+        daemon = self
+
+        class Dns(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                reply = daemon.answer(cluster, data)
+                if reply is not None:
+                    self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
+
+        await loop.create_datagram_endpoint(Dns, sock=dns_sock)
+        interval = self.health.interval_ms / 1000
+        while not self.stop.is_set():
+            started = loop.time()
+            results = await asyncio.gather(*(self.probe(b) for b in mine))
+            for b, ok in zip(mine, results, strict=True):
+                self.record(b, ok)
+            await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+
+    def run_node(self, node: str, cluster: str, ns: str) -> None:
+        netns.enter(ns)
+        asyncio.run(self.node_loop(node, cluster))
+
+    # --- apply -----------------------------------------------------------------------------
+    def apply(self) -> list[str]:
+        with self.lock:
+            unhealthy = frozenset(k for k, b in self.backends.items() if not b.healthy)
+        topo = topology.build(self.plan, self.state.tag, unhealthy)
+        changes = []
+        for ns in topo.namespaces:
+            if ns.role == "node" and ns.nft is not None:
+                changes += reconcile.nft_only(ns)
+        self.write_status()
+        return changes
+
+    def write_status(self) -> None:
+        with self.lock:
+            data = {
+                k: {"pod": b.pod, "healthy": b.healthy, "since": b.since, "node": b.node}
+                for k, b in sorted(self.backends.items())
+            }
+        path = self.state.dir / "health.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"updated": time.time(), "backends": data}, indent=1, sort_keys=True))
+        tmp.replace(path)
+
+    def serve(self) -> None:
+        for node in self.plan.nodes:
+            t = threading.Thread(
+                target=self.run_node, args=(node.name, node.cluster, self.topo.node_ns[node.name]), daemon=True
+            )
+            t.start()
+        self.write_status()
+        print("ready", flush=True)
+        while not self.stop.is_set():
+            if self.changed.wait(0.5):
+                self.changed.clear()
+                for change in self.apply():
+                    print(change, flush=True)
+
+
+def resolv_conf(plan: Plan, topo: topology.LabTopology) -> dict[str, str]:
+    """/etc/netns/<pod namespace>/resolv.conf for every pod: the node's address as resolver."""
+    out = {}
+    for ep in topo.pods:
+        node = plan.node(ep.pod.node)
+        server = node.pod_cidr.network_address + 1
+        ns = ep.pod.namespace
+        out[ep.namespace] = (
+            f"# crossmesh lab: pod {ep.pod.ref}\n"
+            f"nameserver {server}\n"
+            f"search {ns}.svc.cluster.local svc.cluster.local cluster.local\n"
+            "options ndots:5 timeout:1 attempts:2\n"
+        )
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m crossmesh.drivers.lab.servicesd LAB_DIR", file=sys.stderr)
+        return 2
+    tag = Path(argv[0]).name.removeprefix("cm-")
+    state = labs.LabState.load(tag)
+    if state is None:
+        print(f"no lab state in {argv[0]}", file=sys.stderr)
+        return 2
+    daemon = Daemon(state)
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop.set())
+    daemon.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
