@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -35,7 +36,11 @@ def test_three_clouds_up_test_reapply_down(make_lab, tmp_path: Path) -> None:  #
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "0" and int(suite.get("tests", "0")) == len(report["checks"])  # type: ignore[arg-type]
 
-    # exec passes output and exit status through.
+    # exec passes output and exit status through; DNS answers the MCS name of the global service.
+    plan = json.loads(crossmesh("plan", str(lab.mesh), "-o", "json", check=True).stdout)["plan"]
+    pods = {p["ref"]: p for c in plan["clusters"] for p in c["pods"]}
+    client = pods["cluster1/default/x-wing-0"]["address"]
+    target = pods["cluster2/default/rebel-base-0"]["address"]
     out = crossmesh(
         "lab",
         "exec",
@@ -47,11 +52,26 @@ def test_three_clouds_up_test_reapply_down(make_lab, tmp_path: Path) -> None:  #
         "-s",
         "-m",
         "3",
-        "http://10.11.0.2/from-test",
+        f"http://{target}/from-test",
         check=True,
     )
     answer = json.loads(out.stdout)
-    assert answer["pod"] == "rebel-base-0" and answer["clientIP"] == "10.10.0.2" and answer["path"] == "/from-test"
+    assert answer["pod"] == "rebel-base-0" and answer["clientIP"] == client and answer["path"] == "/from-test"
+    out = crossmesh(
+        "lab",
+        "exec",
+        "--mesh",
+        str(lab.mesh),
+        "cluster1/default/x-wing-0",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "3",
+        "http://rebel-base.default.svc.clusterset.local/",
+        check=True,
+    )
+    assert json.loads(out.stdout)["pod"].startswith("rebel-base-")
     code7 = crossmesh("lab", "exec", "--mesh", str(lab.mesh), "cluster1/default/x-wing-0", "--", "sh", "-c", "exit 7")
     assert code7.returncode == 7
 
@@ -91,3 +111,42 @@ def test_hybrid_stretched_k3s(make_lab) -> None:  # type: ignore[no-untyped-def]
     # The worker behind the OpenStack router's NAT is reached only through its tunnel.
     assert any(n.startswith("nat/unsolicited-from-internet") and "openstack-worker" in n for n in names)
     assert any(n.startswith("nat/reached-through-tunnel") for n in names)
+
+
+def test_kill_moves_service_traffic_and_revive_brings_it_back(make_lab) -> None:  # type: ignore[no-untyped-def]
+    lab = make_lab("three-clouds")
+    lab.up()
+    mesh = ("--mesh", str(lab.mesh))
+
+    def answered() -> str:
+        out = crossmesh(
+            "lab",
+            "exec",
+            *mesh,
+            "cluster1/default/x-wing-0",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "2",
+            "http://relay.default.svc.cluster.local/",
+            check=True,
+        )
+        return str(json.loads(out.stdout)["cluster"])
+
+    assert {answered() for _ in range(5)} == {"cluster1"}  # affinity: local
+    crossmesh("lab", "kill", *mesh, "cluster1/default/relay-0", check=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and answered() != "cluster2":
+        time.sleep(0.1)
+    # cluster3 keeps its relay to itself (shared: "false"): only cluster2 may take over.
+    assert {answered() for _ in range(5)} == {"cluster2"}
+    crossmesh("lab", "revive", *mesh, "cluster1/default/relay-0", check=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and answered() != "cluster1":
+        time.sleep(0.1)
+    assert answered() == "cluster1"
+    # A second `up` with a pod killed keeps the daemon's tables and changes nothing.
+    crossmesh("lab", "kill", *mesh, "cluster1/default/relay-0", check=True)
+    time.sleep(1.0)
+    assert lab.up()["changes"] == []
