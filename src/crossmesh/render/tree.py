@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
-from crossmesh.render import cilium, talos, wireguard
+from crossmesh.render import cilium, mcs, talos, wireguard
 from crossmesh.render.files import RenderedFile, yaml_dump
 
 KIND_ORDER = {
@@ -42,6 +42,9 @@ def render(
         )
         if objects:
             out[f"{base}/manifests.yaml"] = RenderedFile(yaml_dump(*[m.raw for m in objects]))
+        mcs_objects = mcs.objects(plan, cluster)
+        if mcs_objects:
+            out[f"{base}/mcs.yaml"] = RenderedFile(yaml_dump(*mcs_objects))
     for node in plan.nodes:
         base = f"nodes/{node.name}"
         cluster = plan.cluster(node.cluster)
