@@ -1,0 +1,175 @@
+"""Rendered files against the upstream definitions kept in ../shared/reference (SPEC §3):
+Cilium's Helm values schema, Talos's config schema, and `wg-quick strip` for WireGuard files.
+
+The reference directory sits beside the repository (/work/shared/reference when the repo is
+/work/main); without it these tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from crossmesh.cli.main import app
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE = REPO.parent / "shared" / "reference"
+CHECK_RENDERED = REPO.parent / "shared" / "tools" / "check-rendered"
+CILIUM_SCHEMA = REFERENCE / "cilium" / "v1.20.0" / "values.schema.json"
+TALOS_SCHEMA = REFERENCE / "talos" / "v1.13.9" / "config.schema.json"
+
+MESHES = {p.parent.name: p for p in sorted((REPO / "examples").glob("*/mesh.yaml"))}
+MESHES |= {f"golden-{p.parent.name}": p for p in sorted((REPO / "tests" / "golden").glob("*/mesh.yaml"))}
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"upstream reference {path} is absent (expected beside the repository, see SPEC §3)")
+    return path
+
+
+def rendered_tree(name: str, tmp: Path) -> Path:
+    out = tmp / name / "out"
+    result = CliRunner().invoke(
+        app, ["render", str(MESHES[name]), "-o", str(out), "--state", str(tmp / name / "state")]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("rendered")
+    return {name: rendered_tree(name, base) for name in MESHES}
+
+
+def yaml_docs(root: Path, name: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(root.rglob(name)):
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert isinstance(doc, dict), f"{path}: a document that is not a mapping"
+            out.append((path.relative_to(root).as_posix(), doc))
+    return out
+
+
+def unrequire(schema: Any) -> Any:
+    """The schema without `required`: a machine-config patch states only what it changes."""
+    if isinstance(schema, dict):
+        return {k: unrequire(v) for k, v in schema.items() if k != "required"}
+    if isinstance(schema, list):
+        return [unrequire(v) for v in schema]
+    return schema
+
+
+def talos_validator(definition: str, *, partial: bool) -> jsonschema.protocols.Validator:
+    schema = json.loads(need(TALOS_SCHEMA).read_text())
+    base = unrequire(schema) if partial else schema
+    root = {k: v for k, v in base.items() if k != "oneOf"}
+    root["$ref"] = f"#/$defs/{definition}"
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(root)  # type: ignore[no-any-return]
+
+
+def problems(validator: jsonschema.protocols.Validator, doc: Any) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '(document)'}: {e.message[:200]}" for e in validator.iter_errors(doc)
+    ]
+
+
+def test_examples_and_golden_cases_are_rendered(trees: dict[str, Path]) -> None:
+    assert {"three-clouds", "hybrid-openstack-aws"} <= set(trees)
+
+
+def test_cilium_values_validate_against_the_chart_schema(trees: dict[str, Path]) -> None:
+    schema = json.loads(need(CILIUM_SCHEMA).read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    checked = 0
+    for name, root in trees.items():
+        for rel, doc in yaml_docs(root, "cilium-values.yaml"):
+            assert problems(validator, doc) == [], f"{name}: {rel}"
+            checked += 1
+    assert checked >= 3 + 3  # three-clouds (example and golden) has three Cilium clusters
+
+
+def test_talos_machine_config_patches_validate_as_partial_v1alpha1_config(trees: dict[str, Path]) -> None:
+    validator = talos_validator("v1alpha1.Config", partial=True)
+    checked = 0
+    for name, root in trees.items():
+        for rel, doc in yaml_docs(root, "talos.yaml"):
+            if "kind" in doc:
+                continue
+            assert problems(validator, doc) == [], f"{name}: {rel}"
+            checked += 1
+    assert checked >= 3
+
+
+def test_talos_wireguard_documents_validate_whole(trees: dict[str, Path]) -> None:
+    validator = talos_validator("network.WireguardConfigV1Alpha1", partial=False)
+    checked = 0
+    for name, root in trees.items():
+        for rel, doc in yaml_docs(root, "talos.yaml"):
+            if doc.get("kind") != "WireguardConfig":
+                continue
+            assert problems(validator, doc) == [], f"{name}: {rel}"
+            checked += 1
+    assert checked >= 3
+
+
+def test_the_talos_validators_do_reject_wrong_documents() -> None:
+    # A schema check that accepts anything proves nothing.
+    patch = talos_validator("v1alpha1.Config", partial=True)
+    assert problems(patch, {"machine": {"nodeLabels": "not-a-map"}})
+    assert problems(patch, {"cluster": {"network": {"podSubnets": "10.0.0.0/16"}}})
+    wgdoc = talos_validator("network.WireguardConfigV1Alpha1", partial=False)
+    assert problems(wgdoc, {"apiVersion": "v1alpha1", "kind": "WireguardConfig", "name": "wg0", "mtu": "big"})
+    cilium = jsonschema.Draft7Validator(json.loads(need(CILIUM_SCHEMA).read_text()))
+    assert problems(cilium, {"cluster": {"id": "one"}})
+
+
+def wg_quick() -> str:
+    path = shutil.which("wg-quick")
+    if path is None:
+        pytest.skip("wg-quick (wireguard-tools) is not installed: cannot check WireGuard files")
+    if os.geteuid() != 0:
+        pytest.skip("wg-quick strip re-runs itself through sudo when not root: cannot check WireGuard files here")
+    return path
+
+
+def test_wg_quick_strip_accepts_every_wireguard_file(trees: dict[str, Path]) -> None:
+    tool = wg_quick()
+    checked = 0
+    for name, root in trees.items():
+        for conf in sorted(root.rglob("*.conf")):
+            result = subprocess.run([tool, "strip", str(conf)], capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, f"{name}: {conf.relative_to(root)}: {result.stderr.strip()}"
+            assert "PrivateKey = " in result.stdout and "[Peer]" in result.stdout
+            keys = {line.split("=", 1)[0].strip() for line in result.stdout.splitlines() if "=" in line}
+            assert not keys & {"Address", "MTU", "DNS", "Table"}  # wg-quick's own settings are stripped
+            checked += 1
+    assert checked >= 3 + 3
+
+
+def test_check_rendered_accepts_the_examples(trees: dict[str, Path], tmp_path: Path) -> None:
+    if not CHECK_RENDERED.exists():
+        pytest.skip(f"{CHECK_RENDERED} is absent")
+    need(REFERENCE)
+    wg_quick()
+    # One run over both examples: the tool reads every CRD under reference/ first, which takes seconds.
+    both = tmp_path / "examples"
+    for name in ["three-clouds", "hybrid-openstack-aws"]:
+        shutil.copytree(trees[name], both / name)
+    result = subprocess.run(
+        [sys.executable, str(CHECK_RENDERED), str(both)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "problems: 0" in result.stdout
