@@ -43,7 +43,7 @@ def validate(mesh: Path = MESH_ARG, output: Output = OUTPUT_OPTION, state: Path 
         emit_json({"valid": not errors, "problems": [p.as_json() for p in problems]})
     else:
         for p in problems:
-            (err if p.severity == "error" else err).print(str(p), markup=False)
+            err.print(str(p), markup=False)
         if not errors and loaded is not None:
             m = loaded.mesh
             nodes = sum(len(c.nodes) for c in m.spec.clusters)

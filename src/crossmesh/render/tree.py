@@ -4,6 +4,8 @@ clusters/<cluster>/cilium-values.yaml   (cni: cilium)
 clusters/<cluster>/manifests.yaml       the cluster's objects as they would be applied
 nodes/<node>/wg-crossmesh.conf          wg-quick file (0600: holds the node's private key)
 nodes/<node>/talos.yaml                 Talos patch + WireguardConfig (0600), distribution: talos
+nodes/<node>/routes.sh                  routes beyond wg-quick and the CNI (other clusters in the site,
+                                        gateways topology), IP forwarding on gateways
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
-from crossmesh.render import cilium, mcs, talos, wireguard
+from crossmesh.render import cilium, mcs, routes, talos, wireguard
 from crossmesh.render.files import RenderedFile, yaml_dump
 
 KIND_ORDER = {
@@ -52,6 +54,9 @@ def render(
         conf = wireguard.wg_quick(plan, node, key, cache)
         if conf is not None:
             out[f"{base}/{node.tunnel.interface if node.tunnel else 'wg'}.conf"] = RenderedFile(conf, 0o600, True)
+        route_script = routes.script(plan, node)
+        if route_script is not None:
+            out[f"{base}/routes.sh"] = RenderedFile(route_script, 0o755)
         if cluster.distribution == "talos":
             docs = [talos.machine_patch(cluster, node)]
             wg_doc = talos.wireguard_document(node, key)
