@@ -126,12 +126,13 @@ def test_all_semantic_problems_at_once(tmp_path: Path) -> None:
         + "      id: 0\n"
     )
 
-    _, problems = run_check(tmp_path, text)
-
-    # a schema error (id 0) stops the semantic rules: the model cannot be built
-    assert [p.path for p in problems] == ["spec.clusters[1].id"]
+    _, with_bad_id = run_check(tmp_path, text)
+    # a schema error in a field with a default (id 0) does not hide the semantic rules
+    assert with_bad_id[0].path == "spec.clusters[1].id"
+    assert len(with_bad_id) == 5
 
     _, problems = run_check(tmp_path, text.replace("      id: 0\n", ""))
+    assert sorted(str(p) for p in problems) == sorted(str(p) for p in with_bad_id[1:])
 
     assert sorted(p.message.split(" (")[0] for p in problems) == [
         "10.9.0.5 is outside site b's network 10.1.0.0/16 — use an address in 10.1.0.0/16",

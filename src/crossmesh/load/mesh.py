@@ -183,9 +183,10 @@ def load_mesh_model(path: Path) -> tuple[Document | None, Mesh | None, list[Prob
         return doc, Mesh.model_validate(doc.data), []
     except ValidationError as err:
         problems = pydantic_problems(err, doc, Mesh)
-        # Unknown fields alone do not stop the semantic rules: drop them and go on, so
-        # that a typo does not hide an overlap further down the file.
-        if all(e["type"] == "extra_forbidden" for e in err.errors()):
+        # Problems in fields that can be dropped — unknown fields, and fields with a default
+        # (an `id: 0`, an `mtu: 20`) — do not stop the semantic rules: drop them and go on,
+        # so that one slip does not hide an overlap further down the file.
+        if all(_droppable(e["loc"], e["type"]) for e in err.errors()):
             data = copy.deepcopy(doc.data)
             for e in err.errors():
                 _drop(data, e["loc"])
@@ -194,6 +195,20 @@ def load_mesh_model(path: Path) -> tuple[Document | None, Mesh | None, list[Prob
             except ValidationError:
                 pass
         return doc, None, problems
+
+
+def _droppable(loc: tuple[Any, ...], kind: str) -> bool:
+    if kind == "extra_forbidden":
+        return True
+    fields = [p for p in loc if isinstance(p, str)]
+    if not fields:
+        return False
+    owner = _model_at(Mesh, loc[: max(i for i, p in enumerate(loc) if isinstance(p, str))])
+    if owner is None:
+        return False
+    name = fields[-1]
+    info = next((f for n, f in owner.model_fields.items() if name in (n, f.alias)), None)
+    return info is not None and not info.is_required() and loc[-1] == name
 
 
 def _drop(data: Any, loc: tuple[Any, ...]) -> None:
