@@ -157,3 +157,44 @@ class Capture:
 
 def is_private(addr: IPv4Address, ranges: tuple[IPv4Network, ...]) -> bool:
     return any(addr in r for r in ranges)
+
+
+def spoofed_udp(ns: str, src: str, dst: str, port: int) -> None:
+    """Send one UDP datagram with a forged source address (raw socket, IP header ours)."""
+    payload = b"crossmesh-spoof"
+    udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+    total = 20 + len(udp)
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, total, 0x5A5A, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst)
+    )
+    checksum = _checksum(header)
+    header = header[:10] + struct.pack("!H", checksum) + header[12:]
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+            s.sendto(header + udp, (dst, 0))
+
+    netns.run_in(ns, send)
+
+
+def _checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def nft_counter(ns: str, comment: str) -> int:
+    """Packets counted by the rule of the crossmesh table whose comment is `comment`."""
+    done = netns.run(ns, ["nft", "-j", "list", "table", "ip", "crossmesh"])
+    if done.returncode != 0:
+        return -1
+    total = 0
+    for item in json.loads(done.stdout).get("nftables", []):
+        rule = item.get("rule")
+        if not rule or rule.get("comment") != comment:
+            continue
+        for expr in rule.get("expr", []):
+            if "counter" in expr:
+                total += int(expr["counter"]["packets"])
+    return total

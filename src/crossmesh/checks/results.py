@@ -17,6 +17,7 @@ class Result(StrEnum):
     WRONG_ANSWER = "wrong-answer"  # something answered, but not what the plan says
     LEAK = "leak"  # the underlay carried what it must not
     CLEAN = "clean"  # the capture holds only what it may
+    DROPPED = "dropped"  # stopped on purpose by a rule, seen on its counter
     ERROR = "error"  # the probe itself failed
     SKIPPED = "skipped"
 

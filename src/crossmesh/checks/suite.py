@@ -347,6 +347,39 @@ def nat(ctx: Context) -> list[Planned]:
     return out
 
 
+def anti_spoofing(ctx: Context) -> list[Planned]:
+    """A pod cannot send from an address that is not its own: the node drops it and counts it."""
+    out = []
+    pods = sorted(ctx.plan.pods(), key=lambda p: p.ref)
+    for node in ctx.plan.nodes:
+        src = next((p for p in pods if p.node == node.name), None)
+        dst = next((p for p in pods if p.ref != (src.ref if src else "") and _ports(p, "UDP")), None)
+        if src is None or dst is None:
+            continue
+        forged = str(node.pod_cidr.broadcast_address - 1)
+        check = Check(
+            name=f"security/anti-spoofing: {src.ref} sends as {forged}",
+            kind="security",
+            source=src.ref,
+            target=dst.ref,
+            port=f"{_ports(dst, 'UDP')[0]}/UDP",
+            expected=Result.DROPPED,
+        )
+
+        def run(c: Check, src: PodPlan = src, dst: PodPlan = dst, forged: str = forged) -> None:
+            ep = ctx.ep(src)
+            comment = f"anti-spoofing {src.ref}"
+            before = probes.nft_counter(ep.node_namespace, comment)
+            probes.spoofed_udp(ep.namespace, forged, str(dst.address), _ports(dst, "UDP")[0])
+            time.sleep(0.1)
+            after = probes.nft_counter(ep.node_namespace, comment)
+            c.actual = Result.DROPPED if after > before >= 0 else Result.LEAK
+            c.detail = f"anti-spoofing counter {before} -> {after} on node {src.node}"
+
+        out.append(Planned(check, run))
+    return out
+
+
 def services(ctx: Context) -> list[Planned]:
     from crossmesh.checks import services as service_checks
 
@@ -355,7 +388,7 @@ def services(ctx: Context) -> list[Planned]:
     return [Planned(c, r) for c, r in service_checks.build(ctx, ctx.state)]
 
 
-BUILDERS = (pod_to_pod, pod_to_service, mtu, underlay, nat, services)
+BUILDERS = (pod_to_pod, pod_to_service, mtu, underlay, nat, anti_spoofing, services)
 
 
 def build(ctx: Context, pattern: str | None = None) -> list[Planned]:

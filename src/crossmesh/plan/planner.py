@@ -76,6 +76,7 @@ class _Planner:
             self.by_site[n.site].append((n, c))
         self._peer_cache: dict[tuple[str, bool, bool], Peer] = {}
         self._route_cache: dict[tuple[IPv4Network, RouteVia, IPv4Address | None, str], Route] = {}
+        self._local_cache: dict[tuple[str, bool], tuple[VxlanNeighbour | None, Route]] = {}
 
     # shared building blocks -------------------------------------------------------------
     def pod_cidr(self, node: str) -> IPv4Network:
@@ -120,12 +121,10 @@ class _Planner:
         for other, other_cluster in self.by_site[node.site]:
             if other.name == node.name:
                 continue
-            cidr = self.pod_cidr(other.name)
-            if other_cluster == cluster:
-                neighbours.append(VxlanNeighbour(other.name, other.address, cidr, vtep_mac(other.address)))
-                routes.append(self.route(cidr, RouteVia.VXLAN, cidr.network_address, other.name))
-            else:
-                routes.append(self.route(cidr, RouteVia.SITE, other.address, other.name))
+            neighbour, route = self.local_entry(other, overlay=other_cluster == cluster)
+            if neighbour is not None:
+                neighbours.append(neighbour)
+            routes.append(route)
         vxlan = None
         if neighbours:
             mtu = self.site_mtu[node.site]
@@ -137,6 +136,20 @@ class _Planner:
                 neighbours=tuple(neighbours),
             )
         return vxlan, routes
+
+    def local_entry(self, other: Node, *, overlay: bool) -> tuple[VxlanNeighbour | None, Route]:
+        """What a node holds for `other` in its site; the same on every such node, so built once."""
+        key = (other.name, overlay)
+        entry = self._local_cache.get(key)
+        if entry is None:
+            cidr = self.pod_cidr(other.name)
+            if overlay:
+                neighbour = VxlanNeighbour(other.name, other.address, cidr, vtep_mac(other.address))
+                entry = (neighbour, self.route(cidr, RouteVia.VXLAN, cidr.network_address, other.name))
+            else:
+                entry = (None, self.route(cidr, RouteVia.SITE, other.address, other.name))
+            self._local_cache[key] = entry
+        return entry
 
     def pod_mtu(self, node: Node, tunnel_mtu: Mtu | None, vxlan: Vxlan | None) -> Mtu:
         options = [m for m in (vxlan.mtu if vxlan else None, tunnel_mtu) if m is not None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from crossmesh.model.plan import NodePlan, Peer, Plan, Route
+from crossmesh.model.plan import NodePlan, Peer, Plan, Route, VxlanNeighbour
 from crossmesh.services.backends import backend_sets
 
 
@@ -26,14 +26,23 @@ def route_json(r: Route) -> dict[str, Any]:
 
 
 def _shared(items: tuple[Any, ...], cache: dict[int, Any], convert: Callable[[Any], Any]) -> list[Any]:
-    """`[convert(x) for x in items]`, converting each distinct object only once."""
-    try:
-        return [cache[id(x)] for x in items]
-    except KeyError:
-        for x in items:
-            if id(x) not in cache:
-                cache[id(x)] = convert(x)
-        return [cache[id(x)] for x in items]
+    """`[convert(x) for x in items]`, converting each distinct object only once; a tuple that
+    several nodes share (a full mesh's peers) gives them one shared list."""
+    out: list[Any] | None = cache.get(id(items))
+    if out is None:
+        try:
+            out = [cache[id(x)] for x in items]
+        except KeyError:
+            for x in items:
+                if id(x) not in cache:
+                    cache[id(x)] = convert(x)
+            out = [cache[id(x)] for x in items]
+        cache[id(items)] = out
+    return out
+
+
+def _neighbour_json(v: VxlanNeighbour) -> dict[str, Any]:
+    return {"node": v.node, "address": str(v.address), "podCIDR": str(v.pod_cidr), "mac": v.mac}
 
 
 def node_json(n: NodePlan, cache: dict[int, Any] | None = None) -> dict[str, Any]:
@@ -63,19 +72,16 @@ def node_json(n: NodePlan, cache: dict[int, Any] | None = None) -> dict[str, Any
             "port": n.vxlan.port,
             "mtu": {"value": n.vxlan.mtu.value, "arithmetic": n.vxlan.mtu.arithmetic},
             "mac": n.vxlan.local_mac,
-            "neighbours": [
-                {"node": v.node, "address": str(v.address), "podCIDR": str(v.pod_cidr), "mac": v.mac}
-                for v in n.vxlan.neighbours
-            ],
+            "neighbours": _shared(n.vxlan.neighbours, cache, _neighbour_json),
         },
         "routes": _shared(n.routes, cache, route_json),
     }
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
-    """The plan as JSON data. Nodes share `Peer` and `Route` objects (a full mesh of n nodes holds
-    O(n) of them behind O(n²) references), and so they share the dicts made of them: each is
-    converted once and the data stays O(n) dicts. Treat the result as read-only."""
+    """The plan as JSON data. Nodes share `Peer`, `Route` and `VxlanNeighbour` objects (a full
+    mesh of n nodes holds O(n) of them behind O(n²) references), and so they share the dicts made
+    of them: each is converted once and the data stays O(n) dicts. Treat the result as read-only."""
     cache: dict[int, Any] = {}
     return {
         "mesh": plan.mesh,

@@ -18,30 +18,36 @@ def objects(plan: Plan, cluster: ClusterPlan) -> list[dict[str, Any]]:
         if not svc.is_global:
             continue
         if svc.shared:
-            out.append({
-                "apiVersion": API,
-                "kind": "ServiceExport",
-                "metadata": {"name": svc.name, "namespace": svc.namespace},
-            })
+            out.append(
+                {
+                    "apiVersion": API,
+                    "kind": "ServiceExport",
+                    "metadata": {"name": svc.name, "namespace": svc.namespace},
+                }
+            )
         exporters = sorted(
-            c.name for c in plan.clusters for s in c.services
+            c.name
+            for c in plan.clusters
+            for s in c.services
             if s.namespace == svc.namespace and s.name == svc.name and s.is_global and s.shared
         )
-        out.append({
-            "apiVersion": API,
-            "kind": "ServiceImport",
-            "metadata": {
-                "name": svc.name,
-                "namespace": svc.namespace,
-                "annotations": {"crossmesh.io/exported-by": ",".join(exporters)},
-            },
-            "spec": {
-                "type": "ClusterSetIP",
-                "ports": [
-                    {"name": name or f"{proto.lower()}-{port}", "port": port, "protocol": proto}
-                    for port, proto, _, name in svc.ports
-                ],
-                "sessionAffinity": "None",
-            },
-        })
+        out.append(
+            {
+                "apiVersion": API,
+                "kind": "ServiceImport",
+                "metadata": {
+                    "name": svc.name,
+                    "namespace": svc.namespace,
+                    "annotations": {"crossmesh.io/exported-by": ",".join(exporters)},
+                },
+                "spec": {
+                    "type": "ClusterSetIP",
+                    "ports": [
+                        {"name": name or f"{proto.lower()}-{port}", "port": port, "protocol": proto}
+                        for port, proto, _, name in svc.ports
+                    ],
+                    "sessionAffinity": "None",
+                },
+            }
+        )
     return out

@@ -1,5 +1,5 @@
-"""wg-quick files. Peer blocks are rendered once per shared `Peer` and joined per node,
-so a 1,000-node full mesh costs one format per peer, not one per (node, peer)."""
+"""wg-quick files. Peer blocks are rendered once per shared `Peer` and joined once per shared
+peers tuple, so a 1,000-node full mesh costs one format per peer, not one per (node, peer)."""
 
 from __future__ import annotations
 
@@ -35,10 +35,14 @@ def wg_quick(plan: Plan, node: NodePlan, private_key: str, cache: dict[int, str]
         f"# MTU: {tunnel.mtu.arithmetic}\n"
         f"MTU = {tunnel.mtu.value}\n"
     )
-    parts = [head]
-    for peer in tunnel.peers:
-        block = cache.get(id(peer))
-        if block is None:
-            block = cache[id(peer)] = peer_block(peer)
-        parts.append(block)
-    return "".join(parts)
+    # Nodes of a site share their peers tuple in a full mesh: join its blocks once per tuple.
+    peers = cache.get(id(tunnel.peers))
+    if peers is None:
+        blocks = []
+        for peer in tunnel.peers:
+            block = cache.get(id(peer))
+            if block is None:
+                block = cache[id(peer)] = peer_block(peer)
+            blocks.append(block)
+        peers = cache[id(tunnel.peers)] = "".join(blocks)
+    return head + peers

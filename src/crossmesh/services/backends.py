@@ -46,6 +46,13 @@ def _target_port(pod: PodPlan, target: str) -> int | None:
     return None
 
 
+def _same_port_target(service: ServicePlan, name: str, protocol: str) -> str | None:
+    for _, proto, target, port_name in service.ports:
+        if port_name == name and proto == protocol:
+            return target
+    return None
+
+
 def backend_sets(plan: Plan, service: ServicePlan) -> list[BackendSet]:
     pods = {p.ref: p for p in plan.pods()}
     sources: list[ServicePlan] = [service]
@@ -61,13 +68,18 @@ def backend_sets(plan: Plan, service: ServicePlan) -> list[BackendSet]:
                 elif same and other.is_global:
                     excluded.append(c.name)
     out = []
-    for port, proto, target, _ in service.ports:
+    for port, proto, target, name in service.ports:
         local: list[Backend] = []
         remote: list[Backend] = []
         for src in sources:
+            # A remote cluster's backends come with that cluster's own targetPort for the
+            # service port of the same name and protocol (as Cilium merges endpoint ports).
+            src_target = target if src is service else _same_port_target(src, name, proto)
+            if src_target is None:
+                continue
             for ref in src.backends:
                 pod = pods[ref]
-                tp = _target_port(pod, target)
+                tp = _target_port(pod, src_target)
                 if tp is None:
                     continue
                 b = Backend(ref, pod.cluster, str(pod.address), tp)

@@ -156,29 +156,38 @@ PACKED = "packed"  # {"peers": [...], "routes": [...]}: the distinct peer and ro
 
 def _pack_plan(data: dict[str, Any]) -> dict[str, Any]:
     """Each distinct peer and route dict once, nodes referring to them by index (first-seen order)."""
-    peers: dict[int, int] = {}
-    routes: dict[int, int] = {}
-    peer_table: list[Any] = []
-    route_table: list[Any] = []
+    peers, routes = _Interned(), _Interned()
     nodes = []
     for node in data.get("nodes", []):
         node = dict(node)
         if node.get("tunnel"):
-            node["tunnel"] = {**node["tunnel"], "peers": _indices(node["tunnel"]["peers"], peers, peer_table)}
-        node["routes"] = _indices(node.get("routes", []), routes, route_table)
+            node["tunnel"] = {**node["tunnel"], "peers": peers.indices(node["tunnel"]["peers"])}
+        node["routes"] = routes.indices(node.get("routes", []))
         nodes.append(node)
-    return {**data, "nodes": nodes, PACKED: {"peers": peer_table, "routes": route_table}}
+    return {**data, "nodes": nodes, PACKED: {"peers": peers.table, "routes": routes.table}}
 
 
-def _indices(items: list[Any], index: dict[int, int], table: list[Any]) -> list[int]:
-    try:
-        return [index[id(x)] for x in items]
-    except KeyError:
-        for x in items:
-            if id(x) not in index:
-                index[id(x)] = len(table)
-                table.append(x)
-        return [index[id(x)] for x in items]
+class _Interned:
+    """Distinct objects by identity, in first-seen order; lists of them as lists of indices."""
+
+    def __init__(self) -> None:
+        self.table: list[Any] = []
+        self._index: dict[int, int] = {}
+        self._lists: dict[int, list[int]] = {}  # a list that nodes share (see plan_json) is indexed once
+
+    def indices(self, items: list[Any]) -> list[int]:
+        out = self._lists.get(id(items))
+        if out is None:
+            try:
+                out = [self._index[id(x)] for x in items]
+            except KeyError:
+                for x in items:
+                    if id(x) not in self._index:
+                        self._index[id(x)] = len(self.table)
+                        self.table.append(x)
+                out = [self._index[id(x)] for x in items]
+            self._lists[id(items)] = out
+        return out
 
 
 def _unpack_plan(data: dict[str, Any]) -> dict[str, Any]:

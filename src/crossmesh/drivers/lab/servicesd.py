@@ -36,6 +36,54 @@ from crossmesh.services.backends import backend_sets
 DNS_PORT = 53
 
 
+def dns_records(plan: Plan) -> dict[str, dict[str, str]]:
+    """cluster → name → address: the names the pods of each cluster can resolve."""
+    out: dict[str, dict[str, str]] = {}
+    for c in plan.clusters:
+        names = out.setdefault(c.name, {})
+        for s in c.services:
+            names[f"{s.name}.{s.namespace}.svc.cluster.local"] = str(s.cluster_ip)
+            if s.is_global:
+                names[f"{s.name}.{s.namespace}.svc.clusterset.local"] = str(s.cluster_ip)
+    return out
+
+
+def dns_answer(records: dict[str, str], query: bytes) -> bytes | None:
+    """The reply to one DNS query (RFC 1035 wire format) from `records` (name → IPv4 address).
+
+    A known name answers A (and ANY) with its address, TTL 5 s, and any other type with an
+    empty answer (the name exists, no such record: AAAA must not fail the lookup); an unknown
+    name under cluster.local or clusterset.local is NXDOMAIN, any other name SERVFAIL (this
+    resolver knows nothing else). Responses (QR set), queries without exactly one question
+    and truncated queries get no reply.
+    """
+    if len(query) < 12:
+        return None
+    ident, flags, qd = struct.unpack("!HHH", query[:6])
+    if flags & 0x8000 or qd != 1:
+        return None
+    pos, labels = 12, []
+    while pos < len(query) and query[pos]:
+        n = query[pos]
+        labels.append(query[pos + 1 : pos + 1 + n].decode("ascii", "replace").lower())
+        pos += 1 + n
+    pos += 1
+    if pos + 4 > len(query):
+        return None
+    qtype, _ = struct.unpack("!HH", query[pos : pos + 4])
+    question = query[12 : pos + 4]
+    name = ".".join(labels)
+    address = records.get(name)
+    rd = flags & 0x0100
+    if address is None:
+        rcode = 3 if name.endswith((".cluster.local", ".clusterset.local")) else 2  # NXDOMAIN / SERVFAIL
+        return struct.pack("!HHHHHH", ident, 0x8080 | rd | rcode, 1, 0, 0, 0) + question
+    if qtype not in (1, 255):  # AAAA and others: the name exists, no such record
+        return struct.pack("!HHHHHH", ident, 0x8480 | rd, 1, 0, 0, 0) + question
+    record = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + socket.inet_aton(address)
+    return struct.pack("!HHHHHH", ident, 0x8480 | rd, 1, 1, 0, 0) + question + record
+
+
 @dataclass
 class Backend:
     key: str
@@ -68,46 +116,11 @@ class Daemon:
                         self.backends.setdefault(
                             key, Backend(key, b.pod, b.address, b.port, bs.protocol, pod_node, since=time.time())
                         )
-        self.dns = self._dns_records()
+        self.dns = dns_records(self.plan)
 
     # --- DNS -------------------------------------------------------------------------------
-    def _dns_records(self) -> dict[str, dict[str, str]]:
-        """cluster → name → address."""
-        out: dict[str, dict[str, str]] = {}
-        for c in self.plan.clusters:
-            names = out.setdefault(c.name, {})
-            for s in c.services:
-                names[f"{s.name}.{s.namespace}.svc.cluster.local"] = str(s.cluster_ip)
-                if s.is_global:
-                    names[f"{s.name}.{s.namespace}.svc.clusterset.local"] = str(s.cluster_ip)
-        return out
-
     def answer(self, cluster: str, query: bytes) -> bytes | None:
-        if len(query) < 12:
-            return None
-        ident, flags, qd = struct.unpack("!HHH", query[:6])
-        if flags & 0x8000 or qd != 1:
-            return None
-        pos, labels = 12, []
-        while pos < len(query) and query[pos]:
-            n = query[pos]
-            labels.append(query[pos + 1 : pos + 1 + n].decode("ascii", "replace").lower())
-            pos += 1 + n
-        pos += 1
-        if pos + 4 > len(query):
-            return None
-        qtype, _ = struct.unpack("!HH", query[pos : pos + 4])
-        question = query[12 : pos + 4]
-        name = ".".join(labels)
-        address = self.dns.get(cluster, {}).get(name)
-        rd = flags & 0x0100
-        if address is None:
-            rcode = 3 if name.endswith((".cluster.local", ".clusterset.local")) else 2  # NXDOMAIN / SERVFAIL
-            return struct.pack("!HHHHHH", ident, 0x8080 | rd | rcode, 1, 0, 0, 0) + question
-        if qtype not in (1, 255):  # AAAA and others: the name exists, no such record
-            return struct.pack("!HHHHHH", ident, 0x8480 | rd, 1, 0, 0, 0) + question
-        record = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + socket.inet_aton(address)
-        return struct.pack("!HHHHHH", ident, 0x8480 | rd, 1, 1, 0, 0) + question + record
+        return dns_answer(self.dns.get(cluster, {}), query)
 
     # --- health ----------------------------------------------------------------------------
     async def probe(self, b: Backend) -> bool:

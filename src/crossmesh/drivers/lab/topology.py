@@ -283,7 +283,9 @@ def build(plan: Plan, tag: str, unhealthy: frozenset[str] = frozenset()) -> LabT
                 tuple(routes),
                 tuple(neigh),
                 sysctls=FORWARD_SYSCTLS,
-                nft=services_nft(plan, n.cluster, [p for _, p in pods_by_node.get(n.name, [])], gw_addr, unhealthy),
+                nft=node_nft(
+                    plan, n.cluster, [(j, p) for j, p in pods_by_node.get(n.name, [])], gw_addr, unhealthy, prefix
+                ),
                 owner=n.name,
             )
         )
@@ -369,13 +371,31 @@ def _router_nft(wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan]) 
     )
 
 
+def node_nft(
+    plan: Plan,
+    cluster: str,
+    local_pods: list[tuple[int, PodPlan]],
+    node_side: IPv4Address,
+    unhealthy: frozenset[str],
+    prefix: str,
+) -> str:
+    """The node's table: ClusterIP DNAT (`services_nft`) and anti-spoofing — a pod may send
+    only from its own address, as Cilium enforces per endpoint."""
+    spoof = "".join(
+        f'    iifname "{prefix}-v{j}" ip saddr != {p.address} counter drop comment "anti-spoofing {p.ref}"\n'
+        for j, p in local_pods
+    )
+    return services_nft(plan, cluster, [p for _, p in local_pods], node_side, unhealthy, spoof)
+
+
 def services_nft(
     plan: Plan,
     cluster: str,
     local_pods: list[PodPlan],
     node_side: IPv4Address,
     unhealthy: frozenset[str] = frozenset(),
-) -> str | None:
+    spoof: str = "",
+) -> str:
     """ClusterIP DNAT on a node: each service port to a random healthy backend of the first
     tier that has one (Cilium's affinity semantics), or a reset when none is healthy.
 
@@ -387,8 +407,8 @@ def services_nft(
     rejects = []
     for svc in plan.cluster(cluster).services:
         for bs in backend_sets(plan, svc):
-            if bs.protocol not in ("TCP", "UDP") or not bs.all:
-                continue
+            if bs.protocol not in ("TCP", "UDP"):
+                continue  # a service without any backend is rejected below, as kube-proxy does
             proto = bs.protocol.lower()
             tier: tuple[Any, ...] = ()
             for candidate in bs.tiers:
@@ -404,8 +424,6 @@ def services_nft(
                 f"    ip daddr {svc.cluster_ip} {proto} dport {bs.port} "
                 f"dnat ip addr . port to numgen random mod {len(tier)} map {{ {targets} }}\n"
             )
-    if not rules and not rejects:
-        return None
     # Hairpin: a pod reaching itself through its service would see its own address as
     # source and drop the packet as martian; like kube-proxy, masquerade that case.
     hairpin = "".join(
@@ -426,9 +444,10 @@ def services_nft(
         "    jump services\n"
         "  }\n"
         "  chain forward {\n"
-        "    type filter hook forward priority 0; policy accept;\n"
-        "    jump no_endpoints\n"
+        "    type filter hook forward priority 0; policy accept;\n" + spoof + "    jump no_endpoints\n"
         "  }\n"
+        "  chain local_in {\n"
+        "    type filter hook input priority 0; policy accept;\n" + spoof + "  }\n"
         "  chain local_out {\n"
         "    type filter hook output priority 0; policy accept;\n"
         "    jump no_endpoints\n"
