@@ -5,11 +5,19 @@ nodes that carry others' traffic."""
 
 from __future__ import annotations
 
+from itertools import compress
+from operator import attrgetter
+
 from crossmesh.model.plan import NodePlan, Plan, RouteVia
+
+_SCRIPTED = (RouteVia.SITE, RouteVia.GATEWAY)
+_VIA = attrgetter("via")
 
 
 def script(plan: Plan, node: NodePlan) -> str | None:
-    routes = [r for r in node.routes if r.via in (RouteVia.SITE, RouteVia.GATEWAY)]
+    # In a full mesh a node has ~3 routes per peer (2.9 million for 1,000 nodes), nearly all into
+    # the tunnel: pick the few this script writes with C-level iteration, not a Python loop.
+    routes = list(compress(node.routes, map(_SCRIPTED.__contains__, map(_VIA, node.routes))))
     forwards = node.gateway and node.tunnel is not None
     if not routes and not forwards:
         return None
