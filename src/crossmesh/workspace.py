@@ -13,8 +13,11 @@ from pathlib import Path
 from crossmesh.errors import Problem, SpecError
 from crossmesh.ipam.allocate import Allocations, allocate
 from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
+from crossmesh.model.k8s import Manifest
+from crossmesh.model.mesh import Mesh
 from crossmesh.model.plan import Plan
 from crossmesh.plan.planner import build_plan
+from crossmesh.policy import parse as policy_parse
 from crossmesh.state.store import StateStore
 from crossmesh.validate import rules
 
@@ -33,8 +36,8 @@ def check(path: Path, store: StateStore | None = None) -> tuple[LoadedMesh | Non
     if doc is None or mesh is None:
         return None, problems
     base = path.resolve().parent
-    manifests, manifest_problems = load_manifests(base, doc, mesh)
-    problems = problems + manifest_problems + rules.check(mesh, doc)
+    manifests, manifest_problems = load_manifests(base, doc, mesh, policy_parse.check_manifest)
+    problems = problems + manifest_problems + rules.check(mesh, doc) + _unenforced_policies(mesh, manifests)
     loaded = LoadedMesh(path=path, doc=doc, mesh=mesh, manifests=manifests)
     errors = [p for p in problems if p.severity == "error"]
     if not errors:
@@ -43,6 +46,14 @@ def check(path: Path, store: StateStore | None = None) -> tuple[LoadedMesh | Non
         problems += alloc_problems
     loaded.warnings = [p for p in problems if p.severity != "error"]
     return loaded, problems
+
+
+def _unenforced_policies(mesh: Mesh, manifests: dict[str, list[Manifest]]) -> list[Problem]:
+    return [
+        Problem(m.file, m.line, 1, "kind", message, "warning")
+        for c in mesh.spec.clusters
+        for m, message in policy_parse.unenforced(c.name, c.cni.value, manifests.get(c.name, []))
+    ]
 
 
 def compile_mesh(path: Path, state_dir: Path | None = None, *, persist: bool = True) -> Compiled:

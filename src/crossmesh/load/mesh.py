@@ -10,6 +10,7 @@ import copy
 import difflib
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,7 +237,11 @@ def manifest_files(base: Path, entry: str) -> list[Path] | None:
     return None
 
 
-def load_manifest_file(path: Path) -> tuple[list[k8s.Manifest], list[Problem]]:
+# A check of one typed object beyond its schema (policy specs): (path in the object, message, severity).
+ObjectCheck = Callable[[k8s.Manifest], Iterable[tuple[PathKey, str, str]]]
+
+
+def load_manifest_file(path: Path, check: ObjectCheck | None = None) -> tuple[list[k8s.Manifest], list[Problem]]:
     shown = shown_path(path)
     text, problem = read_text(path, shown)
     if problem is not None or text is None:
@@ -257,6 +262,8 @@ def load_manifest_file(path: Path) -> tuple[list[k8s.Manifest], list[Problem]]:
             problems.extend(probs)
             if m is not None:
                 out.append(m)
+                if check is not None:
+                    problems.extend(doc.problem((*base, *p), msg, severity=sev) for p, msg, sev in check(m))
     return out, problems
 
 
@@ -289,7 +296,9 @@ def _typed_manifest(doc: Document, base: PathKey, data: Any) -> tuple[k8s.Manife
     return k8s.Manifest(doc.file, line, str(kind), name, namespace, data, obj), []
 
 
-def load_manifests(base: Path, doc: Document, mesh: Mesh) -> tuple[dict[str, list[k8s.Manifest]], list[Problem]]:
+def load_manifests(
+    base: Path, doc: Document, mesh: Mesh, check: ObjectCheck | None = None
+) -> tuple[dict[str, list[k8s.Manifest]], list[Problem]]:
     problems: list[Problem] = []
     cache: dict[Path, list[k8s.Manifest]] = {}
 
@@ -308,7 +317,7 @@ def load_manifests(base: Path, doc: Document, mesh: Mesh) -> tuple[dict[str, lis
                 continue
             for f in files:
                 if f not in cache:
-                    cache[f], probs = load_manifest_file(f)
+                    cache[f], probs = load_manifest_file(f, check)
                     problems.extend(probs)
                 got.extend(cache[f])
         return got
