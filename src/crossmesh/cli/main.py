@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from crossmesh import __version__
-from crossmesh.cli import checks, core, lab, trace
+from crossmesh.cli import checks, core, lab, policy, trace
 
 app = typer.Typer(
     name="crossmesh",
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 core.register(app)
 app.add_typer(lab.app, name="lab")
+app.add_typer(policy.app, name="policy")
 app.command("test")(checks.test)
 app.command("trace")(trace.trace)
 
