@@ -230,7 +230,7 @@ class PeerTerm:
         if self.entity is not None:
             return f"{self.path} (entity {self.entity.value})"
         if self.wildcard:
-            return f"{self.path} (any peer)"
+            return self.path
         if self.cidr is not None:
             return f"{self.path} {self.cidr}"
         return f"{self.path} {self.selector}"

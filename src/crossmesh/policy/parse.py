@@ -457,7 +457,7 @@ class _Parser:
         items = self.listing(raw, path)
         if not items:
             # "If this field is empty or missing, this rule matches all sources/destinations."
-            return (PeerTerm(f"{self.rel(path)} (none: every peer)", wildcard=True),)
+            return (PeerTerm(f"(no {path[-1]}: every peer)", wildcard=True),)
         out: list[PeerTerm] = []
         for i, raw_peer in enumerate(items):
             where = (*path, i)
