@@ -191,8 +191,15 @@ Match = tuple[Rule, PeerTerm]
 
 
 @dataclass(slots=True)
-class _Rules:
-    """Rules of one action for one (identity, direction), sorted by the peer they can match."""
+class RuleSet:
+    """The rules of one action for one (identity, direction), filed by the peer they can match.
+
+    `by_identity[peer identity id]`: rules whose selector matches that pod identity (of the
+    same identity domain); `by_view[HOST | REMOTE_NODE | WORLD]`: rules matching that
+    reserved view — for WORLD a term with `cidr` still has to contain the peer's address;
+    `any`: wildcard terms, matching every peer. Each entry is (rule, matching term); the
+    rule's `ports` and `http` still apply. Lists follow the policies' order.
+    """
 
     by_identity: dict[int, list[Match]] = field(default_factory=lambda: defaultdict(list))
     by_view: dict[View, list[Match]] = field(default_factory=lambda: {v: [] for v in NON_IDENTITY_VIEWS})
@@ -204,11 +211,17 @@ class _Rules:
 
 
 @dataclass(slots=True)
-class _Table:
-    policies: tuple[Policy, ...]
-    default_deny: bool
-    deny: _Rules
-    allow: _Rules
+class RuleTable:
+    """Everything that decides one direction for one identity: what a data-plane compiler reads.
+
+    Not in the table, because they do not depend on policy: a pod always reaches itself,
+    and traffic from its own node (Cilium), or to and from it (other CNIs), is allowed.
+    """
+
+    policies: tuple[Policy, ...]  # selecting the identity in this direction
+    default_deny: bool  # some selecting policy makes the direction default-deny
+    deny: RuleSet  # checked first: a match denies
+    allow: RuleSet
 
 
 class PolicyIndex:
@@ -247,7 +260,7 @@ class PolicyIndex:
             self._by_domain[domain].add(i)
         self._all = frozenset(range(len(self.identities)))
         self._selected: dict[tuple[Selector, str], frozenset[int]] = {}
-        self._tables: dict[tuple[int, Direction], _Table] = {}
+        self._tables: dict[tuple[int, Direction], RuleTable] = {}
         # Which policies select each identity, per direction: computed once, here.
         self.selections: dict[int, dict[Direction, list[Policy]]] = defaultdict(lambda: {d: [] for d in Direction})
         for p in self.policies:
@@ -299,14 +312,15 @@ class PolicyIndex:
             return tuple(p for p in self.policies if p.applies(direction) and p.selects(endpoint))
         return tuple(self.selections[i][direction]) if i in self.selections else ()
 
-    def _table(self, identity: int, direction: Direction) -> _Table:
+    def rule_table(self, identity: int, direction: Direction) -> RuleTable:
+        """The rules deciding `direction` for pod identity `identity` (built on first use, then kept)."""
         key = (identity, direction)
         table = self._tables.get(key)
         if table is not None:
             return table
         selecting = self.selections[identity][direction] if identity in self.selections else []
         domain = self.identities[identity].domain
-        table = _Table(tuple(selecting), any(direction in p.default_deny for p in selecting), _Rules(), _Rules())
+        table = RuleTable(tuple(selecting), any(direction in p.default_deny for p in selecting), RuleSet(), RuleSet())
         for p in selecting:
             for rule in p.rules:
                 if rule.direction is not direction:
@@ -326,6 +340,8 @@ class PolicyIndex:
                                 target.by_view[view].append(match)
         self._tables[key] = table
         return table
+
+    _table = rule_table  # the name the first compiler used
 
     # --- evaluation -----------------------------------------------------------------------------
 
@@ -364,7 +380,7 @@ class PolicyIndex:
             raise KeyError(f"{subject.ref} is not an endpoint of this index")
         if view is View.HOST and (direction is Direction.INGRESS or self.domains.get(subject.cluster) != CILIUM_DOMAIN):
             return Side(direction, subject, peer, view, True, Reason.LOCAL_HOST)
-        table = self._table(identity, direction)
+        table = self.rule_table(identity, direction)
         if not table.policies:
             return Side(direction, subject, peer, view, True, Reason.DEFAULT_ALLOW)
         named = (peer if direction is Direction.EGRESS else subject).named_ports

@@ -628,7 +628,7 @@ class _Parser:
             # Using Kubernetes Constructs in Policy → Namespaces): Cilium rejects another namespace.
             if r.key == NS_LABEL and (r.operator is not Operator.IN or r.values != (self.namespace,)):
                 self.error(
-                    path,
+                    self.namespace_key_path(raw, path),
                     f"the endpointSelector of a policy in namespace {self.namespace!r} cannot select "
                     f"another namespace ({r}) — move the policy or use a CiliumClusterwideNetworkPolicy",
                 )
@@ -637,6 +637,18 @@ class _Parser:
             () if any(r.key == NS_LABEL for r in written) else (Requirement(NS_LABEL, Operator.IN, (self.namespace,)),)
         )
         return Selector(written, implied)
+
+    def namespace_key_path(self, raw: Any, path: Path) -> Path:
+        """Where a selector names the namespace label, to point the problem at that line."""
+        data = raw if isinstance(raw, dict) else {}
+        for key in data.get("matchLabels") or {}:
+            if str(key).partition(":")[2] == NS_LABEL or key == NS_LABEL:
+                return (*path, "matchLabels", key)
+        for i, expr in enumerate(data.get("matchExpressions") or []):
+            key = str(expr.get("key", "")) if isinstance(expr, dict) else ""
+            if key == NS_LABEL or key.partition(":")[2] == NS_LABEL:
+                return (*path, "matchExpressions", i)
+        return path
 
     def cilium_rule(self, raw: Any, path: Path, pid: PolicyId, direction: Direction, action: Action) -> Rule | None:
         rule = self.mapping(raw, path, CNP_RULE_FIELDS[(direction, action)])
