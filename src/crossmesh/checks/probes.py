@@ -67,24 +67,31 @@ def http(
     return netns.run_in(ns, run)
 
 
-def udp_echo(
-    ns: str, ip: str, port: int, *, size: int = 64, dont_fragment: bool = False, timeout: float = TIMEOUT
+def udp_echo(  # noqa: PLR0913
+    ns: str,
+    ip: str,
+    port: int,
+    *,
+    size: int = 64,
+    dont_fragment: bool = False,
+    timeout: float = TIMEOUT,
+    payload: bytes | None = None,
 ) -> tuple[Result, str]:
-    """Send `size` bytes of UDP payload and wait for the same bytes back."""
+    """Send `size` bytes of UDP payload (or `payload`) and wait for the same bytes back."""
 
     def run() -> tuple[Result, str]:
-        payload = (b"crossmesh-udp-" * (size // 14 + 1))[:size]
+        data_out = payload if payload is not None else (b"crossmesh-udp-" * (size // 14 + 1))[:size]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             if dont_fragment:
                 s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
             s.settimeout(timeout)
             try:
                 s.connect((ip, port))
-                s.send(payload)
+                s.send(data_out)
                 data = s.recv(65536)
             except OSError as err:
                 return _classify(err), str(err)
-        return (Result.OK, "") if data == payload else (Result.WRONG_ANSWER, f"{len(data)} bytes came back")
+        return (Result.OK, "") if data == data_out else (Result.WRONG_ANSWER, f"{len(data)} bytes came back")
 
     return netns.run_in(ns, run)
 

@@ -28,10 +28,6 @@ POLL = 0.05
 Runner = Callable[[Check], None]
 
 
-def _client(pods: list[PodPlan], cluster: str, exclude: set[str]) -> PodPlan | None:
-    return next((p for p in sorted(pods, key=lambda p: p.ref) if p.cluster == cluster and p.ref not in exclude), None)
-
-
 def _ask(ns: str, ip: str, port: int) -> str | None:
     result, answer, _ = probes.http(ns, ip, port, path="/crossmesh-service-check", timeout=1.0)
     if result is not Result.OK or answer is None:
@@ -51,9 +47,19 @@ def build(ctx: object, state: labs.LabState) -> list[tuple[Check, Runner]]:
             for bs in backend_sets(plan, svc):
                 if bs.protocol != "TCP" or not bs.all:
                     continue
-                client = _client(pods, svc.cluster, {b.pod for b in bs.all})
+                by_ref = {p.ref: p for p in pods}
+                client = next(
+                    (
+                        c
+                        for c in sorted(pods, key=lambda p: p.ref)
+                        if c.cluster == svc.cluster
+                        and c.ref not in {b.pod for b in bs.all}
+                        and all(ctx.allowed(c, by_ref[b.pod], b.port, "TCP") for b in bs.all)
+                    ),
+                    None,
+                )
                 if client is None:
-                    continue
+                    continue  # no client the policies let reach every backend: the checks would be a coin toss
                 ns = ctx.ep(client).namespace
                 out += _checks(svc, bs, client, ns, state)
     return out

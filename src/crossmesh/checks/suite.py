@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from crossmesh.checks import probes
 from crossmesh.checks.results import Check, Result
 from crossmesh.drivers.lab.lab import LabState
+from crossmesh.drivers.lab.servicesd import ECHO_PORT
 from crossmesh.drivers.lab.topology import PRIVATE_RANGES, LabTopology, PodEndpoint
 from crossmesh.model.plan import Plan, PodPlan
+from crossmesh.policy.evaluator import PolicyIndex, Verdict, evaluate
 from crossmesh.services.backends import backend_sets
 
 PAIR_CLASSES = ("same-node", "same-site", "cross-site", "cross-cluster")
+DENIED_TIMEOUT = 1.5
+MAX_POLICY_CHECKS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +35,19 @@ class Context:
     plan: Plan
     topo: LabTopology
     state: LabState | None = None  # needed by checks that stage failures (kill / revive)
+    policy: PolicyIndex | None = None  # expectations of pod-to-pod flows come from the evaluator
 
     def site_of(self, pod: PodPlan) -> str:
         return self.plan.node(pod.node).site
+
+    def verdict(self, src: PodPlan, dst: PodPlan, port: int, protocol: str) -> Verdict | None:
+        if self.policy is None or not self.policy.policies:
+            return None
+        return evaluate(self.policy, self.policy.endpoints[src.ref], self.policy.endpoints[dst.ref], port, protocol)
+
+    def allowed(self, src: PodPlan, dst: PodPlan, port: int, protocol: str) -> bool:
+        v = self.verdict(src, dst, port, protocol)
+        return v is None or v.allowed
 
     def ep(self, pod: PodPlan) -> PodEndpoint:
         return self.topo.pod(pod.ref)
@@ -76,13 +90,14 @@ def pod_to_pod(ctx: Context) -> list[Planned]:
                 dst = candidates[i % len(candidates)]  # rotate so that sources spread over destinations
                 port = _ports(dst, proto)[0]
                 kind = "http" if proto == "TCP" else "udp"
+                allowed = ctx.allowed(src, dst, port, proto)
                 check = Check(
                     name=f"pod-to-pod/{cls}/{kind}: {src.ref} -> {dst.ref}:{port}",
                     kind="pod-to-pod",
                     source=src.ref,
                     target=dst.ref,
                     port=f"{port}/{proto}",
-                    expected=Result.OK,
+                    expected=Result.OK if allowed else Result.TIMEOUT,
                 )
                 out.append(
                     Planned(
@@ -92,10 +107,17 @@ def pod_to_pod(ctx: Context) -> list[Planned]:
     return out
 
 
+def _timeout(check: Check) -> float:
+    # A flow the policy denies is dropped: waiting for it is the cost of checking it.
+    return DENIED_TIMEOUT if check.expected is Result.TIMEOUT else probes.TIMEOUT
+
+
 def _http_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int) -> Runner:
     def run(check: Check) -> None:
         marker = secrets.token_hex(8)
-        result, answer, detail = probes.http(ctx.ep(src).namespace, str(dst.address), port, path=f"/{marker}")
+        result, answer, detail = probes.http(
+            ctx.ep(src).namespace, str(dst.address), port, path=f"/{marker}", timeout=_timeout(check)
+        )
         seen = (answer or {}).get("pod"), (answer or {}).get("clientIP")
         if result is Result.OK and seen != (dst.name, str(src.address)):
             # The answer must come from the planned pod and see the client's own address: no NAT inside the mesh.
@@ -108,7 +130,9 @@ def _http_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int) -> Runner:
 
 def _udp_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int) -> Runner:
     def run(check: Check) -> None:
-        check.actual, check.detail = probes.udp_echo(ctx.ep(src).namespace, str(dst.address), port)
+        check.actual, check.detail = probes.udp_echo(
+            ctx.ep(src).namespace, str(dst.address), port, timeout=_timeout(check)
+        )
 
     return run
 
@@ -123,14 +147,18 @@ def pod_to_service(ctx: Context) -> list[Planned]:
                 if bs.protocol != "TCP" or not tier:
                     continue
                 allowed = {b.pod for b in tier}
+                pods = {p.ref: p for p in ctx.plan.pods()}
                 for src in clients:
+                    permitted = {b.pod for b in tier if ctx.allowed(src, pods[b.pod], b.port, "TCP")}
+                    if permitted and permitted != allowed:
+                        continue  # policy allows some backends and not others: the answer would be a coin toss
                     check = Check(
                         name=f"pod-to-service/http: {src.ref} -> {svc.ref} ({svc.cluster_ip}:{bs.port})",
                         kind="pod-to-service",
                         source=src.ref,
                         target=svc.ref,
                         port=f"{bs.port}/TCP",
-                        expected=Result.OK,
+                        expected=Result.OK if permitted else Result.TIMEOUT,
                     )
                     out.append(Planned(check, _service_runner(ctx, src, str(svc.cluster_ip), bs.port, allowed)))
     return out
@@ -145,7 +173,7 @@ def _one_pod_per_node(pods: Iterable[PodPlan]) -> list[PodPlan]:
 
 def _service_runner(ctx: Context, src: PodPlan, ip: str, port: int, allowed: set[str]) -> Runner:
     def run(check: Check) -> None:
-        result, answer, detail = probes.http(ctx.ep(src).namespace, ip, port)
+        result, answer, detail = probes.http(ctx.ep(src).namespace, ip, port, timeout=_timeout(check))
         if result is Result.OK and answer is not None:
             ref = f"{answer.get('cluster')}/{answer.get('namespace')}/{answer.get('pod')}"
             if ref not in allowed:
@@ -168,10 +196,18 @@ def mtu(ctx: Context) -> list[Planned]:
         for b in sorted(by_node):
             if nodes[a].site == nodes[b].site:
                 continue
-            src = by_node[a][0]
-            dst = next((p for p in by_node[b] if _ports(p, "UDP")), None)
-            if dst is None:
+            pair = next(
+                (
+                    (s, d)
+                    for s in by_node[a]
+                    for d in by_node[b]
+                    if _ports(d, "UDP") and ctx.allowed(s, d, _ports(d, "UDP")[0], "UDP")
+                ),
+                None,
+            )
+            if pair is None:
                 continue
+            src, dst = pair
             size = min(nodes[a].pod_mtu.value, nodes[b].pod_mtu.value)
             port = _ports(dst, "UDP")[0]
             for total, expected, label in ((size, Result.OK, "fits"), (size + 1, Result.MSG_TOO_LONG, "one-byte-over")):
@@ -188,6 +224,40 @@ def mtu(ctx: Context) -> list[Planned]:
     return out
 
 
+def tunnel_mtu(ctx: Context) -> list[Planned]:
+    """Every tunnel, node to node (the lab's UDP echo on port 7, whatever pod policies say):
+    a packet of exactly the tunnel MTU with DF crosses; one byte more is refused locally."""
+    out = []
+    nodes = {n.name: n for n in ctx.plan.nodes}
+    for a in ctx.plan.nodes:
+        if a.tunnel is None:
+            continue
+        for peer in a.tunnel.peers:
+            b = nodes[peer.node]
+            if b.tunnel is None or peer.standby:
+                continue
+            size = a.tunnel.mtu.value
+            for total, expected, label in ((size, Result.OK, "fits"), (size + 1, Result.MSG_TOO_LONG, "one-byte-over")):
+                check = Check(
+                    name=f"mtu/tunnel-{label}: {a.name} -> {b.name} ({total} bytes, DF)",
+                    kind="mtu",
+                    source=a.name,
+                    target=b.name,
+                    port=f"{ECHO_PORT}/UDP",
+                    expected=expected,
+                    extra={"packetSize": total, "arithmetic": a.tunnel.mtu.arithmetic},
+                )
+
+                def run(c: Check, a: str = a.name, b: str = str(b.tunnel.address), total: int = total) -> None:
+                    result, detail = probes.udp_echo(
+                        ctx.topo.node_ns[a], b, ECHO_PORT, size=total - 28, dont_fragment=True
+                    )
+                    c.actual, c.detail = result, detail or f"IP packet of {total} bytes through the tunnel"
+
+                out.append(Planned(check, run))
+    return out
+
+
 def _mtu_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int, total: int) -> Runner:
     def run(check: Check) -> None:
         result, detail = probes.udp_echo(
@@ -198,37 +268,73 @@ def _mtu_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int, total: int)
     return run
 
 
-def site_pairs(ctx: Context) -> list[tuple[PodPlan, PodPlan]]:
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """One site pair's marked request: pod to pod over HTTP where policy allows one, else
+    node to node over the lab's UDP echo (so that strict policies do not hide the proof)."""
+
+    source: str
+    target: str
+    namespace: str
+    address: str
+    port: int
+    protocol: str
+
+
+def site_crossings(ctx: Context) -> list[Crossing]:
     by_site: dict[str, list[PodPlan]] = {}
     for p in sorted(ctx.plan.pods(), key=lambda p: p.ref):
         by_site.setdefault(ctx.site_of(p), []).append(p)
-    pairs = []
-    for a in sorted(by_site):
-        for b in sorted(by_site):
+    tunnel_nodes: dict[str, list[str]] = {}
+    for n in ctx.plan.nodes:
+        if n.tunnel is not None:
+            tunnel_nodes.setdefault(n.site, []).append(n.name)
+    sites = sorted(set(by_site) | set(tunnel_nodes))
+    out = []
+    for a in sites:
+        for b in sites:
             if a == b:
                 continue
-            dst = next((p for p in by_site[b] if _ports(p, "TCP")), None)
-            if dst is not None:
-                pairs.append((by_site[a][0], dst))
-    return pairs
+            pair = next(
+                (
+                    (s, d)
+                    for s in by_site.get(a, [])
+                    for d in by_site.get(b, [])
+                    if _ports(d, "TCP") and ctx.allowed(s, d, _ports(d, "TCP")[0], "TCP")
+                ),
+                None,
+            )
+            if pair is not None:
+                s, d = pair
+                out.append(Crossing(s.ref, d.ref, ctx.ep(s).namespace, str(d.address), _ports(d, "TCP")[0], "TCP"))
+                continue
+            node_a = next(iter(tunnel_nodes.get(a, [])), None)
+            tunnel_a = ctx.plan.node(node_a).tunnel if node_a else None
+            peers = tunnel_a.peers if tunnel_a is not None else ()
+            node_b = next((p.node for p in peers if p.site == b and not p.standby), None)
+            if node_a and node_b:
+                tb = ctx.plan.node(node_b).tunnel
+                assert tb is not None  # noqa: S101 - a peer has a tunnel
+                out.append(Crossing(node_a, node_b, ctx.topo.node_ns[node_a], str(tb.address), ECHO_PORT, "UDP"))
+    return out
 
 
 def underlay(ctx: Context) -> list[Planned]:
     """Encryption and NAT proofs from one capture on the internet router."""
-    pairs = site_pairs(ctx)
+    pairs = site_crossings(ctx)
     if not pairs:
         return []
     inet = f"{ctx.topo.prefix}-inet"
     checks = [
         Check(
-            name=f"encryption/marker: {s.ref} -> {d.ref}",
+            name=f"encryption/marker: {x.source} -> {x.target}",
             kind="encryption",
-            source=s.ref,
-            target=d.ref,
-            port=f"{_ports(d, 'TCP')[0]}/TCP",
+            source=x.source,
+            target=x.target,
+            port=f"{x.port}/{x.protocol}",
             expected=Result.CLEAN,
         )
-        for s, d in pairs
+        for x in pairs
     ]
     only_wg = Check(
         name="encryption/internet-carries-only-wireguard",
@@ -248,23 +354,27 @@ def underlay(ctx: Context) -> list[Planned]:
     )
     publics = {n.public_address for n in ctx.plan.nodes if n.public_address} | set(ctx.topo.site_wan.values())
 
+    def send(x: Crossing, marker: bytes) -> tuple[Result, str]:
+        if x.protocol == "TCP":
+            result, answer, detail = probes.http(x.namespace, x.address, x.port, body=marker)
+            if result is Result.OK and (answer is None or answer.get("body") != marker.decode()):
+                return Result.WRONG_ANSWER, "the answer did not echo the marker"
+            return result, detail
+        return probes.udp_echo(x.namespace, x.address, x.port, payload=b"crossmesh-marker " + marker)
+
     def run_all(_: Check) -> None:
         markers = {c.name: secrets.token_hex(16).encode() for c in checks}
         with probes.Capture(inet) as cap:
-            answers = {}
-            for c, (s, d) in zip(checks, pairs, strict=True):
-                answers[c.name] = probes.http(
-                    ctx.ep(s).namespace, str(d.address), _ports(d, "TCP")[0], body=markers[c.name]
-                )
+            answers = {c.name: send(x, markers[c.name]) for c, x in zip(checks, pairs, strict=True)}
         if cap.error:
             for c in [*checks, only_wg, no_private]:
                 c.actual, c.detail = Result.ERROR, f"capture failed: {cap.error}"
             return
         for c in checks:
-            result, answer, detail = answers[c.name]
+            result, detail = answers[c.name]
             seen = [p for p in cap.packets if markers[c.name] in p.raw]
-            if result is not Result.OK or answer is None or answer.get("body") != markers[c.name].decode():
-                c.actual, c.detail = result if result is not Result.OK else Result.WRONG_ANSWER, detail
+            if result is not Result.OK:
+                c.actual, c.detail = result, detail
             elif seen:
                 c.actual, c.detail = Result.LEAK, f"marker seen in clear in {len(seen)} packets on the internet"
             else:
@@ -333,7 +443,7 @@ def nat(ctx: Context) -> list[Planned]:
             check.actual, check.detail = result, detail
 
         out.append(Planned(direct, run_direct))
-        remote = next((p for p in pods if ctx.site_of(p) != node.site), None)
+        remote = next((p for p in pods if ctx.site_of(p) != node.site and ctx.allowed(p, target, port, "TCP")), None)
         if remote is not None:
             via = Check(
                 name=f"nat/reached-through-tunnel: {remote.ref} -> {target.ref}:{port}",
@@ -380,6 +490,49 @@ def anti_spoofing(ctx: Context) -> list[Planned]:
     return out
 
 
+def policy_matrix(ctx: Context) -> list[Planned]:
+    """Differential check: for every pod pair and every declared port, the data plane does
+    what the policy evaluator (`policy trace`) says — allowed connects, denied is dropped."""
+    if ctx.policy is None or not ctx.policy.policies:
+        return []
+    out: list[Planned] = []
+    pods = sorted(ctx.plan.pods(), key=lambda p: p.ref)
+    for src in pods:
+        for dst in pods:
+            if src.ref == dst.ref:
+                continue
+            for port, proto, _ in dst.ports:
+                if proto not in ("TCP", "UDP") or len(out) >= MAX_POLICY_CHECKS:
+                    continue
+                verdict = ctx.verdict(src, dst, port, proto)
+                assert verdict is not None  # noqa: S101 - policies exist
+                check = Check(
+                    name=f"policy/{verdict.verdict}: {src.ref} -> {dst.ref}:{port}/{proto}",
+                    kind="policy",
+                    source=src.ref,
+                    target=dst.ref,
+                    port=f"{port}/{proto}",
+                    expected=Result.OK if verdict.allowed else Result.TIMEOUT,
+                )
+                runner = _http_runner(ctx, src, dst, port) if proto == "TCP" else _udp_runner(ctx, src, dst, port)
+                out.append(Planned(check, _explained(runner, verdict)))
+    return out
+
+
+def _explained(runner: Runner, verdict: Verdict) -> Runner:
+    def run(check: Check) -> None:
+        runner(check)
+        if not check.passed:
+            check.detail = (
+                f"data plane: {check.actual.value} ({check.detail}); policy: {verdict.verdict} — "
+                f"egress: {verdict.egress.message}; ingress: {verdict.ingress.message}"
+            )
+        else:
+            check.detail = verdict.egress.message if not verdict.egress.allowed else verdict.ingress.message
+
+    return run
+
+
 def services(ctx: Context) -> list[Planned]:
     from crossmesh.checks import services as service_checks
 
@@ -388,7 +541,7 @@ def services(ctx: Context) -> list[Planned]:
     return [Planned(c, r) for c, r in service_checks.build(ctx, ctx.state)]
 
 
-BUILDERS = (pod_to_pod, pod_to_service, mtu, underlay, nat, anti_spoofing, services)
+BUILDERS = (pod_to_pod, pod_to_service, tunnel_mtu, mtu, underlay, nat, anti_spoofing, policy_matrix, services)
 
 
 def build(ctx: Context, pattern: str | None = None) -> list[Planned]:

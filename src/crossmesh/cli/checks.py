@@ -35,7 +35,7 @@ def test(
     if state.status != "ready":
         raise CrossmeshError(f"lab {state.mesh_name} is {state.status}, not ready — run `crossmesh lab up {mesh}`")
     compiled, topo = labs.topology_of(state)
-    ctx = suite.Context(compiled.plan, topo, state)
+    ctx = suite.Context(compiled.plan, topo, state, labs.policy_index(compiled))
     planned = suite.build(ctx, pattern)
     if not planned:
         err.print(f"no check matches {pattern!r}")

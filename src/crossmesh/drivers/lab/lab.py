@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +29,8 @@ from crossmesh.drivers.lab import netns, reconcile, topology, wireguard
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.errors import CrossmeshError, EnvironmentProblem, UsageError
 from crossmesh.model.plan import Plan
+from crossmesh.policy.endpoints import mesh_index
+from crossmesh.policy.evaluator import PolicyIndex
 from crossmesh.render.tree import render as render_tree
 from crossmesh.workspace import Compiled, compile_mesh
 
@@ -167,7 +170,7 @@ def up(
             "remove them with `crossmesh lab down --all`"
         )
     try:
-        topo = topology.build(plan, tag, unhealthy_backends(tag))
+        topo = topology.build(plan, tag, unhealthy_backends(tag), policy_index(compiled))
     except ValueError as err:
         raise LabError(str(err)) from err
     state = existing or LabState(tag=tag, mesh=mesh_abs, mesh_name=plan.mesh, state_dir=str(compiled.store.root))
@@ -348,6 +351,11 @@ def _workloads(state: LabState, topo: LabTopology) -> list[str]:
     return changes
 
 
+def policy_index(compiled: Compiled) -> PolicyIndex:
+    """The policies of every cluster, read as `policy trace` reads them, for the data plane."""
+    return mesh_index(compiled.plan, compiled.loaded.manifests)
+
+
 def unhealthy_backends(tag: str) -> frozenset[str]:
     """Backends the running service daemon found dead, so that `up` keeps its tables."""
     try:
@@ -378,8 +386,11 @@ def _services(state: LabState, topo: LabTopology, plan: Plan) -> list[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         changes.append(f"{ns}: resolv.conf")
+    from crossmesh.drivers.lab import servicesd
+
+    code = hashlib.sha256(Path(servicesd.__file__).read_bytes()).hexdigest()  # a new daemon restarts it too
     digest = reconcile.nft_digest(
-        json.dumps([plan_services_view(plan), dataclasses.asdict(plan.health)], sort_keys=True, default=str)
+        json.dumps([plan_services_view(plan), dataclasses.asdict(plan.health), code], sort_keys=True, default=str)
     )
     if _alive(state.services_pid) and state.services_digest == digest:
         return changes
@@ -591,7 +602,7 @@ def leftovers(tag: str | None = None) -> list[str]:
 
 def topology_of(state: LabState) -> tuple[Compiled, LabTopology]:
     compiled = compile_mesh(Path(state.mesh), Path(state.state_dir), persist=False)
-    return compiled, topology.build(compiled.plan, state.tag)
+    return compiled, topology.build(compiled.plan, state.tag, unhealthy_backends(state.tag), policy_index(compiled))
 
 
 def pod_key(pod: dict[str, Any]) -> str:

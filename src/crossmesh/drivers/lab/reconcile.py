@@ -71,6 +71,12 @@ def _links_step(ipr: NetNS, spec: Namespace) -> list[str]:
     links = _links(ipr)
     for link in spec.links:
         current = links.get(link.ifname)
+        if link.kind == "tun":
+            # wireguard-go makes its TUN device; we only hold it to the planned MTU.
+            if current is not None and _attr(current, "IFLA_MTU") != link.mtu:
+                ipr.link("set", index=current["index"], mtu=link.mtu)
+                out.append(f"link {link.ifname} mtu {link.mtu}")
+            continue
         if current is not None and not _link_matches(ipr, link, current):
             ipr.link("del", index=current["index"])
             out.append(f"link {link.ifname} replaced")

@@ -34,6 +34,15 @@ from crossmesh.model.plan import Plan
 from crossmesh.services.backends import backend_sets
 
 DNS_PORT = 53
+ECHO_PORT = 7
+
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)  # type: ignore[attr-defined]
 
 
 def dns_records(plan: Plan) -> dict[str, dict[str, str]]:
@@ -181,6 +190,12 @@ class Daemon:
                     self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
         await loop.create_datagram_endpoint(Dns, sock=dns_sock)
+        # The lab's diagnostic echo on every node (UDP 7, RFC 862): `crossmesh test` sends
+        # tunnel-sized and marked datagrams node to node, whatever the pods' policies allow.
+        echo_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        echo_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        echo_sock.bind(("0.0.0.0", ECHO_PORT))
+        await loop.create_datagram_endpoint(Echo, sock=echo_sock)
         interval = self.health.interval_ms / 1000
         while not self.stop.is_set():
             started = loop.time()
@@ -197,7 +212,7 @@ class Daemon:
     def apply(self) -> list[str]:
         with self.lock:
             unhealthy = frozenset(k for k, b in self.backends.items() if not b.healthy)
-        topo = topology.build(self.plan, self.state.tag, unhealthy)
+        topo = topology.build(self.plan, self.state.tag, unhealthy, labs.policy_index(self.compiled))
         changes = []
         for ns in topo.namespaces:
             if ns.role == "node" and ns.nft is not None:

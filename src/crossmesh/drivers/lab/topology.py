@@ -22,6 +22,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, RouteVia
+from crossmesh.policy import compile as compile_policy
+from crossmesh.policy.evaluator import PolicyIndex
 from crossmesh.services.backends import backend_sets
 
 PRIVATE_RANGES = (
@@ -41,7 +43,7 @@ def lab_tag(mesh_name: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Link:
     ifname: str
-    kind: str  # veth | bridge | vxlan | wireguard
+    kind: str  # veth | bridge | vxlan | tun (wireguard-go's device: only its MTU is ours)
     mtu: int = 1500
     master: str | None = None
     peer: str | None = None  # veth: peer name, created in peer_ns
@@ -139,7 +141,9 @@ FORWARD_SYSCTLS = (
 )
 
 
-def build(plan: Plan, tag: str, unhealthy: frozenset[str] = frozenset()) -> LabTopology:
+def build(
+    plan: Plan, tag: str, unhealthy: frozenset[str] = frozenset(), policy: PolicyIndex | None = None
+) -> LabTopology:
     prefix = f"cm-{tag}"
     sites = list(plan.sites)
     nodes = list(plan.nodes)
@@ -240,6 +244,7 @@ def build(plan: Plan, tag: str, unhealthy: frozenset[str] = frozenset()) -> LabT
         vx_if = f"{prefix}-x{i}"
         if n.tunnel is not None:
             wg_devices.append(WireGuardDevice(ns, wg_if, n.name))
+            node_links.append(Link(wg_if, "tun", mtu=n.tunnel.mtu.value))
             addrs.append((wg_if, IPv4Interface(f"{n.tunnel.address}/32")))
         if n.vxlan is not None:
             node_links.append(
@@ -284,7 +289,7 @@ def build(plan: Plan, tag: str, unhealthy: frozenset[str] = frozenset()) -> LabT
                 tuple(neigh),
                 sysctls=FORWARD_SYSCTLS,
                 nft=node_nft(
-                    plan, n.cluster, [(j, p) for j, p in pods_by_node.get(n.name, [])], gw_addr, unhealthy, prefix
+                    plan, n, [(j, p) for j, p in pods_by_node.get(n.name, [])], gw_addr, unhealthy, prefix, policy
                 ),
                 owner=n.name,
             )
@@ -371,21 +376,34 @@ def _router_nft(wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan]) 
     )
 
 
-def node_nft(
+def node_nft(  # noqa: PLR0913 - the parts of a node's table
     plan: Plan,
-    cluster: str,
+    node: NodePlan,
     local_pods: list[tuple[int, PodPlan]],
     node_side: IPv4Address,
     unhealthy: frozenset[str],
     prefix: str,
+    policy: PolicyIndex | None,
 ) -> str:
-    """The node's table: ClusterIP DNAT (`services_nft`) and anti-spoofing — a pod may send
-    only from its own address, as Cilium enforces per endpoint."""
+    """The node's table: ClusterIP DNAT (`services_nft`), anti-spoofing — a pod may send
+    only from its own address, as Cilium enforces per endpoint — and network policy."""
     spoof = "".join(
         f'    iifname "{prefix}-v{j}" ip saddr != {p.address} counter drop comment "anti-spoofing {p.ref}"\n'
         for j, p in local_pods
     )
-    return services_nft(plan, cluster, [p for _, p in local_pods], node_side, unhealthy, spoof)
+    extra = ""
+    if policy is not None:
+        addresses = {
+            n.name: (n.address, n.pod_cidr.network_address + 1) + ((n.tunnel.address,) if n.tunnel else ())
+            for n in plan.nodes
+        }
+        compiled = compile_policy.compile_node(policy, node.name, addresses)
+        if compiled.active:
+            extra = compile_policy.nft_sets(compiled) + compile_policy.nft_chains(
+                [f"{prefix}-v{j}" for j, _ in local_pods], [p.address for _, p in local_pods]
+            )
+            spoof += "    jump netpol\n"
+    return services_nft(plan, node.cluster, [p for _, p in local_pods], node_side, unhealthy, spoof, extra)
 
 
 def services_nft(
@@ -395,6 +413,7 @@ def services_nft(
     node_side: IPv4Address,
     unhealthy: frozenset[str] = frozenset(),
     spoof: str = "",
+    extra: str = "",
 ) -> str:
     """ClusterIP DNAT on a node: each service port to a random healthy backend of the first
     tier that has one (Cilium's affinity semantics), or a reset when none is healthy.
@@ -430,8 +449,7 @@ def services_nft(
         f"    ct status dnat ip saddr {p.address} ip daddr {p.address} snat to {node_side}\n" for p in local_pods
     )
     return (
-        "table ip crossmesh {\n"
-        "  chain services {\n" + "".join(rules) + "  }\n"
+        "table ip crossmesh {\n" + extra + "  chain services {\n" + "".join(rules) + "  }\n"
         "  chain no_endpoints {\n" + "".join(rejects) + "  }\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n" + hairpin + "  }\n"
@@ -444,8 +462,7 @@ def services_nft(
         "    jump services\n"
         "  }\n"
         "  chain forward {\n"
-        "    type filter hook forward priority 0; policy accept;\n" + spoof + "    jump no_endpoints\n"
-        "  }\n"
+        "    type filter hook forward priority 0; policy accept;\n    jump no_endpoints\n" + spoof + "  }\n"
         "  chain local_in {\n"
         "    type filter hook input priority 0; policy accept;\n" + spoof + "  }\n"
         "  chain local_out {\n"

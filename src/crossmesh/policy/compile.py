@@ -1,0 +1,353 @@
+"""Policy → nftables sets for one node of the lab, from the evaluator's own index.
+
+Cilium enforces with identities and BPF maps; the lab does the same with nftables:
+
+- every address the node may see maps to a numeric identity (`map ident`): pods of its
+  identity domain by their identity (id + 256), its own node as `host` (1), other
+  nodes of the domain as `remote-node` (6), anything else stays `world` (2) —
+  Cilium's reserved identity numbers;
+- the verdict for a new connection is a handful of set lookups keyed by
+  (local identity . peer identity . protocol . port), so the cost per packet does not
+  grow with the number of policies or rules;
+- deny elements are looked up first (deny wins), then, for identities made default-deny
+  by a selecting policy, the allow elements; established flows pass both ways.
+
+The sets are built from `PolicyIndex._table`, the evaluator's per-(identity, direction)
+rule table, so the data plane and `policy trace` share one reading of the policies.
+Enforcement is on the node's forward path (pod to pod, other nodes to pods) and input
+path (a pod to its own node, e.g. the lab's DNS, which Cilium filters on egress too).
+HTTP rules need the L7 proxy; their ports are listed in `l7` so that it can take them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from crossmesh.policy.evaluator import PolicyIndex
+from crossmesh.policy.model import (
+    Action,
+    Direction,
+    Endpoint,
+    EndpointKind,
+    PeerTerm,
+    PortMatcher,
+    Rule,
+    View,
+)
+
+HOST, WORLD, REMOTE_NODE = 1, 2, 6
+IDENTITY_BASE = 256
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+ALL = (0, 65535)
+
+Range = tuple[int, int]
+
+
+def mark(identity: int) -> int:
+    return IDENTITY_BASE + identity
+
+
+@dataclass(slots=True)
+class _Sets:
+    """Elements of one (action, direction): peers by identity mark, world by address."""
+
+    l4: dict[tuple[int, int, str], list[Range]] = field(default_factory=lambda: defaultdict(list))
+    l3: set[tuple[int, int]] = field(default_factory=set)
+    world: dict[tuple[int, str], list[tuple[Range, Range]]] = field(default_factory=lambda: defaultdict(list))
+    world_l3: dict[int, list[Range]] = field(default_factory=lambda: defaultdict(list))
+    any_l4: dict[tuple[int, str], list[Range]] = field(default_factory=lambda: defaultdict(list))
+    any_l3: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class NodePolicy:
+    """What one node enforces, ready to print as nftables."""
+
+    ident: dict[IPv4Address, int]
+    isolated: dict[Direction, set[int]]
+    sets: dict[tuple[Action, Direction], _Sets]
+    l7: set[tuple[IPv4Address, int, str]]  # (pod address, port, protocol) carrying HTTP rules
+
+    @property
+    def active(self) -> bool:
+        return any(self.isolated.values()) or any(
+            s.l4 or s.l3 or s.world or s.world_l3 or s.any_l4 or s.any_l3 for s in self.sets.values()
+        )
+
+
+def _merge(ranges: Iterable[Range]) -> list[Range]:
+    out: list[Range] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _cidr_ranges(term: PeerTerm) -> list[Range]:
+    """The addresses of a CIDR term (network minus excepts) as integer ranges; IPv4 only."""
+    if term.cidr is None or not isinstance(term.cidr.network, IPv4Network):
+        return []
+    pieces = [term.cidr.network]
+    for ex in term.cidr.excepts:
+        if not isinstance(ex, IPv4Network):
+            continue
+        nxt: list[IPv4Network] = []
+        for p in pieces:
+            if ex.subnet_of(p):
+                nxt.extend(p.address_exclude(ex))
+            elif not p.subnet_of(ex):
+                nxt.append(p)
+        pieces = nxt
+    return _merge((int(p.network_address), int(p.broadcast_address)) for p in pieces)
+
+
+def _ports(pm: PortMatcher, named_sources: Iterable[Endpoint]) -> list[tuple[str, Range]]:
+    protocols = (pm.protocol,) if pm.protocol else PROTOCOLS
+    if pm.name is not None:
+        found = set()
+        for e in named_sources:
+            got = e.named_ports.get(pm.name)
+            if got is not None and got[1] in protocols:
+                found.add((got[1], (got[0], got[0])))
+        return sorted(found)
+    if pm.port is None:
+        return [(p, ALL) for p in protocols]
+    return [(p, (pm.port, pm.end_port or pm.port)) for p in protocols]
+
+
+def compile_node(index: PolicyIndex, node: str, plan_nodes: dict[str, tuple[IPv4Address, ...]]) -> NodePolicy:
+    """Sets for the pods on `node`; `plan_nodes` maps every node to its addresses."""
+    local = [e for e in index.endpoints.values() if e.kind is EndpointKind.POD and e.node == node]
+    node_cluster = next(
+        (e.cluster for e in index.endpoints.values() if e.kind is EndpointKind.NODE and e.ref == node),
+        local[0].cluster if local else "",
+    )
+    domain = index.domains.get(node_cluster, f"cluster {node_cluster}")
+    ident: dict[IPv4Address, int] = {}
+    for e in index.endpoints.values():
+        if e.kind is EndpointKind.POD:
+            i = index.identity_of.get(e.ref)
+            if i is not None and index.identities[i].domain == domain:
+                for a in e.addresses:
+                    if isinstance(a, IPv4Address):
+                        ident[a] = mark(i)
+    for name, addresses in plan_nodes.items():
+        other = index.endpoints.get(name)
+        same = other is not None and index.domains.get(other.cluster) == domain
+        for a in addresses:
+            if name == node:
+                ident[a] = HOST
+            elif same:
+                ident.setdefault(a, REMOTE_NODE)
+    result = NodePolicy(ident, {d: set() for d in Direction}, {}, set())
+    for act in Action:
+        for d in Direction:
+            result.sets[(act, d)] = _Sets()
+    local_ids = sorted({index.identity_of[e.ref] for e in local if e.ref in index.identity_of})
+    members: dict[int, list[Endpoint]] = defaultdict(list)
+    for e in index.endpoints.values():
+        i = index.identity_of.get(e.ref)
+        if i is not None:
+            members[i].append(e)
+    for i in local_ids:
+        for d in Direction:
+            table = index._table(i, d)  # noqa: SLF001 - the evaluator's own reading of the rules
+            if not table.policies:
+                continue
+            if table.default_deny:
+                result.isolated[d].add(mark(i))
+            for action, rules in ((Action.DENY, table.deny), (Action.ALLOW, table.allow)):
+                sets = result.sets[(action, d)]
+                for peer_id, matches in rules.by_identity.items():
+                    for rule, _term in matches:
+                        _add(sets, mark(i), mark(peer_id), rule, d, members[i], members[peer_id], result, i)
+                for view, matches in rules.by_view.items():
+                    for rule, term in matches:
+                        if view is View.WORLD and term.cidr is not None:
+                            _add_world(sets, mark(i), rule, term, d, members[i])
+                        elif view is View.WORLD:
+                            _add_world(sets, mark(i), rule, None, d, members[i])
+                        else:
+                            peer_mark = HOST if view is View.HOST else REMOTE_NODE
+                            _add(sets, mark(i), peer_mark, rule, d, members[i], [], result, i)
+                for rule, _term in rules.any:
+                    _add_any(sets, mark(i), rule, d, members[i], members)
+    return result
+
+
+def _named_sources(d: Direction, local: list[Endpoint], peer: list[Endpoint]) -> list[Endpoint]:
+    # A named port is the destination's: the peer's on egress, the local pod's on ingress.
+    return peer if d is Direction.EGRESS else local
+
+
+def _add(
+    sets: _Sets,
+    local: int,
+    peer: int,
+    rule: Rule,
+    d: Direction,
+    local_eps: list[Endpoint],
+    peer_eps: list[Endpoint],
+    result: NodePolicy,
+    local_id: int,
+) -> None:
+    if not rule.ports:
+        sets.l3.add((local, peer))
+        return
+    for pm in rule.ports:
+        for proto, rng in _ports(pm, _named_sources(d, local_eps, peer_eps)):
+            sets.l4[(local, peer, proto)].append(rng)
+            if rule.http and rule.action is Action.ALLOW and d is Direction.INGRESS:
+                for e in local_eps:
+                    for a in e.addresses:
+                        if isinstance(a, IPv4Address) and rng[0] == rng[1]:
+                            result.l7.add((a, rng[0], proto))
+    del local_id
+
+
+def _add_world(
+    sets: _Sets, local: int, rule: Rule, term: PeerTerm | None, d: Direction, local_eps: list[Endpoint]
+) -> None:
+    addresses = _cidr_ranges(term) if term is not None else [(0, 2**32 - 1)]
+    if not addresses:
+        return
+    if not rule.ports:
+        sets.world_l3[local].extend(addresses)
+        return
+    for pm in rule.ports:
+        for proto, rng in _ports(pm, local_eps if d is Direction.INGRESS else []):
+            sets.world[(local, proto)].extend((a, rng) for a in addresses)
+
+
+def _add_any(
+    sets: _Sets, local: int, rule: Rule, d: Direction, local_eps: list[Endpoint], members: dict[int, list[Endpoint]]
+) -> None:
+    if not rule.ports:
+        sets.any_l3.add(local)
+        return
+    everyone = [e for eps in members.values() for e in eps] if d is Direction.EGRESS else local_eps
+    for pm in rule.ports:
+        for proto, rng in _ports(pm, everyone):
+            sets.any_l4[(local, proto)].append(rng)
+
+
+# --- printing --------------------------------------------------------------------------------
+
+
+def _addr_range(r: Range) -> str:
+    lo, hi = IPv4Address(r[0]), IPv4Address(r[1])
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _port_range(r: Range) -> str:
+    return str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"
+
+
+def _disjoint(entries: list[tuple[Range, Range]]) -> list[tuple[Range, list[Range]]]:
+    """Address ranges that do not overlap, each with the merged port ranges of every entry
+    covering it (nftables interval sets refuse overlapping elements)."""
+    points = sorted({p for (lo, hi), _ in entries for p in (lo, hi + 1)})
+    out: list[tuple[Range, list[Range]]] = []
+    for a, b in zip(points, points[1:], strict=False):
+        ports = _merge(rng for (lo, hi), rng in entries if lo <= a and b - 1 <= hi)
+        if not ports:
+            continue
+        if out and out[-1][0][1] + 1 == a and out[-1][1] == ports:
+            out[-1] = ((out[-1][0][0], b - 1), ports)
+        else:
+            out.append(((a, b - 1), ports))
+    return out
+
+
+def _set(name: str, typ: str, elements: list[str], *, interval: bool) -> str:
+    flags = "flags interval; " if interval else ""
+    body = f"elements = {{ {', '.join(elements)} }}; " if elements else ""
+    return f"  set {name} {{ type {typ}; {flags}counter; {body}}}\n"
+
+
+PROTO = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+
+
+def nft_sets(policy: NodePolicy) -> str:
+    out = []
+    ident = [f"{a} : {m}" for a, m in sorted(policy.ident.items())]
+    out.append(
+        f"  map ident {{ type ipv4_addr : mark; {'elements = { ' + ', '.join(ident) + ' }; ' if ident else ''}}}\n"
+    )
+    for d in Direction:
+        iso = [str(m) for m in sorted(policy.isolated[d])]
+        out.append(_set(f"isolated_{d.value}", "mark", iso, interval=False))
+    for (action, d), s in sorted(policy.sets.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value)):
+        tag = f"{action.value}_{d.value}"
+        l4 = [
+            f"{lo} . {pe} . {PROTO[p]} . {_port_range(r)}"
+            for (lo, pe, p), rs in sorted(s.l4.items())
+            for r in _merge(rs)
+        ]
+        out.append(_set(f"{tag}", "mark . mark . inet_proto . inet_service", l4, interval=True))
+        out.append(_set(f"{tag}_l3", "mark . mark", [f"{lo} . {pe}" for lo, pe in sorted(s.l3)], interval=False))
+        world = [
+            f"{lo} . {_addr_range(a)} . {PROTO[p]} . {_port_range(r)}"
+            for (lo, p), entries in sorted(s.world.items())
+            for a, ports in _disjoint(entries)
+            for r in ports
+        ]
+        out.append(_set(f"{tag}_world", "mark . ipv4_addr . inet_proto . inet_service", world, interval=True))
+        world_l3 = [f"{lo} . {_addr_range(a)}" for lo, rs in sorted(s.world_l3.items()) for a in _merge(rs)]
+        out.append(_set(f"{tag}_world_l3", "mark . ipv4_addr", world_l3, interval=True))
+        any_l4 = [
+            f"{lo} . {PROTO[p]} . {_port_range(r)}" for (lo, p), rs in sorted(s.any_l4.items()) for r in _merge(rs)
+        ]
+        out.append(_set(f"{tag}_any", "mark . inet_proto . inet_service", any_l4, interval=True))
+        out.append(_set(f"{tag}_any_l3", "mark", [str(m) for m in sorted(s.any_l3)], interval=False))
+    return "".join(out)
+
+
+def _direction_chain(d: Direction) -> str:
+    """Egress: local = source (meta mark), peer = destination (ct mark); ingress the reverse."""
+    local, peer = ("meta mark", "ct mark") if d is Direction.EGRESS else ("ct mark", "meta mark")
+    peer_addr = "ip daddr" if d is Direction.EGRESS else "ip saddr"
+    lines = [f"  chain verdict_{d.value} {{\n"]
+    if d is Direction.INGRESS:
+        lines.append(f'    meta mark {HOST} return comment "from its own node: always allowed"\n')
+    for action in ("deny", "allow"):
+        verdict = f'counter drop comment "denied by a {d.value} deny rule"' if action == "deny" else "return"
+        tag = f"{action}_{d.value}"
+        if action == "allow":
+            lines.append(f"    {local} != @isolated_{d.value} return\n")
+        lines += [
+            f"    {local} . {peer} . meta l4proto . th dport @{tag} {verdict}\n",
+            f"    {local} . {peer} @{tag}_l3 {verdict}\n",
+            f"    {peer} {WORLD} {local} . {peer_addr} . meta l4proto . th dport @{tag}_world {verdict}\n",
+            f"    {peer} {WORLD} {local} . {peer_addr} @{tag}_world_l3 {verdict}\n",
+            f"    {local} . meta l4proto . th dport @{tag}_any {verdict}\n",
+            f"    {local} @{tag}_any_l3 {verdict}\n",
+        ]
+    lines.append(f'    counter drop comment "policy-denied {d.value}"\n')
+    lines.append("  }\n")
+    return "".join(lines)
+
+
+def nft_chains(pod_ifaces: list[str], self_pairs: list[IPv4Address]) -> str:
+    """The chains that use the sets: called from the node's forward chain for new flows."""
+    ifs = ", ".join(f'"{i}"' for i in sorted(pod_ifaces))
+    selfs = ", ".join(f"{a} . {a}" for a in sorted(self_pairs))
+    return (
+        f"  set local_pods {{ type ifname; {'elements = { ' + ifs + ' }; ' if ifs else ''}}}\n"
+        f"  set self_pairs {{ type ipv4_addr . ipv4_addr; {'elements = { ' + selfs + ' }; ' if selfs else ''}}}\n"
+        "  chain netpol {\n"
+        "    ct state established,related accept\n"
+        '    ip saddr . ip daddr @self_pairs accept comment "a pod can always reach itself"\n'
+        f"    meta mark set {WORLD}\n"
+        "    meta mark set ip saddr map @ident\n"
+        f"    ct mark set {WORLD}\n"
+        "    ct mark set ip daddr map @ident\n"
+        "    iifname @local_pods jump verdict_egress\n"
+        "    oifname @local_pods jump verdict_ingress\n"
+        "  }\n" + _direction_chain(Direction.EGRESS) + _direction_chain(Direction.INGRESS)
+    )
