@@ -68,10 +68,10 @@ def test_three_clouds_up_test_reapply_down(make_lab, tmp_path: Path) -> None:  #
         "-s",
         "-m",
         "3",
-        "http://rebel-base.default.svc.clusterset.local/",
+        "http://relay.default.svc.clusterset.local/",
         check=True,
     )
-    assert json.loads(out.stdout)["pod"].startswith("rebel-base-")
+    assert json.loads(out.stdout)["pod"] == "relay-0"
     code7 = crossmesh("lab", "exec", "--mesh", str(lab.mesh), "cluster1/default/x-wing-0", "--", "sh", "-c", "exit 7")
     assert code7.returncode == 7
 
