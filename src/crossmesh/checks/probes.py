@@ -33,17 +33,24 @@ def _classify(err: OSError) -> Result:
     return Result.ERROR
 
 
-def http(
-    ns: str, ip: str, port: int, *, path: str = "/", body: bytes = b"", timeout: float = TIMEOUT
+def http(  # noqa: PLR0913
+    ns: str,
+    ip: str,
+    port: int,
+    *,
+    path: str = "/",
+    body: bytes = b"",
+    method: str | None = None,
+    timeout: float = TIMEOUT,
 ) -> tuple[Result, dict[str, Any] | None, str]:
     """One HTTP request from namespace `ns`; (result, answer JSON, detail)."""
 
     def run() -> tuple[Result, dict[str, Any] | None, str]:
         try:
             with socket.create_connection((ip, port), timeout=timeout) as s:
-                method = "POST" if body else "GET"
+                verb = method or ("POST" if body else "GET")
                 s.sendall(
-                    f"{method} {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Length: {len(body)}\r\n"
+                    f"{verb} {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Length: {len(body)}\r\n"
                     "Connection: close\r\n\r\n".encode()
                     + body
                 )
@@ -57,8 +64,11 @@ def http(
             return _classify(err), None, str(err)
         raw = b"".join(chunks)
         head, _, payload = raw.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+        if head.startswith(b"HTTP/1.1 403"):
+            return Result.FORBIDDEN, None, status
         if not head.startswith(b"HTTP/1.1 200"):
-            return Result.WRONG_ANSWER, None, head.split(b"\r\n", 1)[0].decode(errors="replace")
+            return Result.WRONG_ANSWER, None, status
         try:
             return Result.OK, json.loads(payload), ""
         except ValueError:

@@ -18,6 +18,7 @@ class Result(StrEnum):
     LEAK = "leak"  # the underlay carried what it must not
     CLEAN = "clean"  # the capture holds only what it may
     DROPPED = "dropped"  # stopped on purpose by a rule, seen on its counter
+    FORBIDDEN = "http-403"  # the L7 proxy refused the request (Cilium's Envoy answers 403)
     ERROR = "error"  # the probe itself failed
     SKIPPED = "skipped"
 

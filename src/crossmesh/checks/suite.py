@@ -22,11 +22,13 @@ from crossmesh.drivers.lab.lab import LabState
 from crossmesh.drivers.lab.servicesd import ECHO_PORT
 from crossmesh.drivers.lab.topology import PRIVATE_RANGES, LabTopology, PodEndpoint
 from crossmesh.model.plan import Plan, PodPlan
-from crossmesh.policy.evaluator import PolicyIndex, Verdict, evaluate
+from crossmesh.policy.evaluator import PolicyIndex, Reason, Verdict, evaluate
+from crossmesh.policy.model import HttpRequest
 from crossmesh.services.backends import backend_sets
 
 PAIR_CLASSES = ("same-node", "same-site", "cross-site", "cross-cluster")
 DENIED_TIMEOUT = 1.5
+CHECK_PATH = "/crossmesh-check"
 MAX_POLICY_CHECKS = 2000
 
 
@@ -46,8 +48,26 @@ class Context:
         return evaluate(self.policy, self.policy.endpoints[src.ref], self.policy.endpoints[dst.ref], port, protocol)
 
     def allowed(self, src: PodPlan, dst: PodPlan, port: int, protocol: str) -> bool:
+        """Whether the checks' own request gets through (for TCP: GET CHECK_PATH, HTTP rules included)."""
+        if protocol == "TCP":
+            return self.expect_http(src, dst, port) is Result.OK
         v = self.verdict(src, dst, port, protocol)
         return v is None or v.allowed
+
+    def expect_http(self, src: PodPlan, dst: PodPlan, port: int, method: str = "GET", path: str = "") -> Result:
+        """What an HTTP request should meet: an answer, the L7 proxy's 403, or a drop."""
+        if self.policy is None or not self.policy.policies:
+            return Result.OK
+        request = HttpRequest(method, path or CHECK_PATH, (("Host", str(dst.address)),))
+        v = evaluate(self.policy, self.policy.endpoints[src.ref], self.policy.endpoints[dst.ref], port, "TCP", request)
+        if v.allowed:
+            return Result.OK
+        sides = (v.egress, v.ingress)
+        if any(x.reason is Reason.L7_DENIED for x in sides) and all(
+            x.allowed or x.reason is Reason.L7_DENIED for x in sides
+        ):
+            return Result.FORBIDDEN
+        return Result.TIMEOUT
 
     def ep(self, pod: PodPlan) -> PodEndpoint:
         return self.topo.pod(pod.ref)
@@ -90,14 +110,17 @@ def pod_to_pod(ctx: Context) -> list[Planned]:
                 dst = candidates[i % len(candidates)]  # rotate so that sources spread over destinations
                 port = _ports(dst, proto)[0]
                 kind = "http" if proto == "TCP" else "udp"
-                allowed = ctx.allowed(src, dst, port, proto)
+                if proto == "TCP":
+                    expected = ctx.expect_http(src, dst, port)
+                else:
+                    expected = Result.OK if ctx.allowed(src, dst, port, proto) else Result.TIMEOUT
                 check = Check(
                     name=f"pod-to-pod/{cls}/{kind}: {src.ref} -> {dst.ref}:{port}",
                     kind="pod-to-pod",
                     source=src.ref,
                     target=dst.ref,
                     port=f"{port}/{proto}",
-                    expected=Result.OK if allowed else Result.TIMEOUT,
+                    expected=expected,
                 )
                 out.append(
                     Planned(
@@ -112,11 +135,12 @@ def _timeout(check: Check) -> float:
     return DENIED_TIMEOUT if check.expected is Result.TIMEOUT else probes.TIMEOUT
 
 
-def _http_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int) -> Runner:
+def _http_runner(
+    ctx: Context, src: PodPlan, dst: PodPlan, port: int, method: str = "GET", path: str = CHECK_PATH
+) -> Runner:
     def run(check: Check) -> None:
-        marker = secrets.token_hex(8)
         result, answer, detail = probes.http(
-            ctx.ep(src).namespace, str(dst.address), port, path=f"/{marker}", timeout=_timeout(check)
+            ctx.ep(src).namespace, str(dst.address), port, path=path, method=method, timeout=_timeout(check)
         )
         seen = (answer or {}).get("pod"), (answer or {}).get("clientIP")
         if result is Result.OK and seen != (dst.name, str(src.address)):
@@ -300,7 +324,7 @@ def site_crossings(ctx: Context) -> list[Crossing]:
                     (s, d)
                     for s in by_site.get(a, [])
                     for d in by_site.get(b, [])
-                    if _ports(d, "TCP") and ctx.allowed(s, d, _ports(d, "TCP")[0], "TCP")
+                    if _ports(d, "TCP") and ctx.expect_http(s, d, _ports(d, "TCP")[0], "POST", "/") is Result.OK
                 ),
                 None,
             )
@@ -506,16 +530,55 @@ def policy_matrix(ctx: Context) -> list[Planned]:
                     continue
                 verdict = ctx.verdict(src, dst, port, proto)
                 assert verdict is not None  # noqa: S101 - policies exist
+                if proto == "TCP":
+                    expected = ctx.expect_http(src, dst, port)
+                else:
+                    expected = Result.OK if verdict.allowed else Result.TIMEOUT
+                word = {Result.OK: "allowed", Result.FORBIDDEN: "http-403"}.get(expected, "denied")
                 check = Check(
-                    name=f"policy/{verdict.verdict}: {src.ref} -> {dst.ref}:{port}/{proto}",
+                    name=f"policy/{word}: {src.ref} -> {dst.ref}:{port}/{proto}",
                     kind="policy",
                     source=src.ref,
                     target=dst.ref,
                     port=f"{port}/{proto}",
-                    expected=Result.OK if verdict.allowed else Result.TIMEOUT,
+                    expected=expected,
                 )
                 runner = _http_runner(ctx, src, dst, port) if proto == "TCP" else _udp_runner(ctx, src, dst, port)
                 out.append(Planned(check, _explained(runner, verdict)))
+    return out
+
+
+def l7(ctx: Context) -> list[Planned]:
+    """HTTP rules: for every flow they filter, the requests their rules name get through
+    (200) and others are refused by the L7 proxy with 403, as the evaluator says."""
+    if ctx.policy is None or not ctx.policy.policies:
+        return []
+    out: list[Planned] = []
+    pods = sorted(ctx.plan.pods(), key=lambda p: p.ref)
+    for dst in pods:
+        for port in _ports(dst, "TCP"):
+            for src in pods:
+                if src.ref == dst.ref:
+                    continue
+                v = ctx.verdict(src, dst, port, "TCP")
+                if v is None or not v.allowed or not (v.ingress.http_rules or v.egress.http_rules):
+                    continue
+                requests = {("POST", "/crossmesh-admin"), ("DELETE", "/")}
+                for _rule, h in (*v.egress.http_rules, *v.ingress.http_rules):
+                    method = h.method if h.method and h.method.isalpha() else "GET"
+                    path = h.url_path if h.url_path and re.fullmatch(r"[\w/.-]*", h.url_path) else "/"
+                    requests.add((method, path))
+                for method, path in sorted(requests):
+                    expected = ctx.expect_http(src, dst, port, method, path)
+                    check = Check(
+                        name=f"l7/{method} {path}: {src.ref} -> {dst.ref}:{port}",
+                        kind="l7",
+                        source=src.ref,
+                        target=dst.ref,
+                        port=f"{port}/TCP",
+                        expected=expected,
+                    )
+                    out.append(Planned(check, _http_runner(ctx, src, dst, port, method, path)))
     return out
 
 
@@ -541,7 +604,18 @@ def services(ctx: Context) -> list[Planned]:
     return [Planned(c, r) for c, r in service_checks.build(ctx, ctx.state)]
 
 
-BUILDERS = (pod_to_pod, pod_to_service, tunnel_mtu, mtu, underlay, nat, anti_spoofing, policy_matrix, services)
+BUILDERS = (
+    pod_to_pod,
+    pod_to_service,
+    tunnel_mtu,
+    mtu,
+    underlay,
+    nat,
+    anti_spoofing,
+    policy_matrix,
+    l7,
+    services,
+)
 
 
 def build(ctx: Context, pattern: str | None = None) -> list[Planned]:

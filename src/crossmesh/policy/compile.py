@@ -347,7 +347,26 @@ def nft_chains(pod_ifaces: list[str], self_pairs: list[IPv4Address]) -> str:
         "    meta mark set ip saddr map @ident\n"
         f"    ct mark set {WORLD}\n"
         "    ct mark set ip daddr map @ident\n"
+        # Redirected to the L7 proxy, the flow now ends on the node: judge it by where it was going.
+        f"    ct status dnat ct mark {HOST} ct mark set ct original ip daddr map @ident\n"
         "    iifname @local_pods jump verdict_egress\n"
         "    oifname @local_pods jump verdict_ingress\n"
         "  }\n" + _direction_chain(Direction.EGRESS) + _direction_chain(Direction.INGRESS)
+    )
+
+
+L7_PROXY_PORT = 15001
+
+
+def nft_l7(policy: NodePolicy) -> tuple[str, str]:
+    """The set of (pod address . port) carrying HTTP rules on this node, and the prerouting
+    rule that hands their new connections to the node's L7 proxy (SO_ORIGINAL_DST tells it
+    where they were going)."""
+    tcp = sorted((a, port) for a, port, proto in policy.l7 if proto == "TCP")
+    if not tcp:
+        return "", ""
+    elements = ", ".join(f"{a} . {port}" for a, port in tcp)
+    return (
+        f"  set l7_ports {{ type ipv4_addr . inet_service; elements = {{ {elements} }}; }}\n",
+        f"    ip daddr . tcp dport @l7_ports counter redirect to :{L7_PROXY_PORT}\n",
     )

@@ -26,15 +26,22 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
 
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import netns, reconcile, topology
 from crossmesh.model.plan import Plan
+from crossmesh.policy.compile import L7_PROXY_PORT
+from crossmesh.policy.endpoints import world_endpoint
+from crossmesh.policy.evaluator import Reason, evaluate
+from crossmesh.policy.model import HttpRequest
 from crossmesh.services.backends import backend_sets
 
 DNS_PORT = 53
 ECHO_PORT = 7
+SO_ORIGINAL_DST = 80
+L7_DROP_HOLD = 5.0
 
 
 class Echo(asyncio.DatagramProtocol):
@@ -126,10 +133,68 @@ class Daemon:
                             key, Backend(key, b.pod, b.address, b.port, bs.protocol, pod_node, since=time.time())
                         )
         self.dns = dns_records(self.plan)
+        self.policy = labs.policy_index(self.compiled)
 
     # --- DNS -------------------------------------------------------------------------------
     def answer(self, cluster: str, query: bytes) -> bytes | None:
         return dns_answer(self.dns.get(cluster, {}), query)
+
+    # --- L7 proxy --------------------------------------------------------------------------
+    async def l7_proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """HTTP-aware enforcement, as Cilium's Envoy: the request must match an HTTP rule of
+        the policies that admit the flow, else 403; a flow denied below L7 is dropped."""
+        try:
+            sock = writer.get_extra_info("socket")
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            port = struct.unpack("!H", raw[2:4])[0]
+            target = socket.inet_ntoa(raw[4:8])
+            client = writer.get_extra_info("peername")[0]
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+            headers = tuple((k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in lines[1:] if h))
+            length = int(dict((k.lower(), v) for k, v in headers).get("content-length", "0") or 0)
+            body = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
+            verdict = self.l7_verdict(client, target, port, HttpRequest(method, path, headers))
+            if verdict == "forbidden":
+                msg = b"Access denied\r\n"
+                writer.write(
+                    b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                    + f"Content-Length: {len(msg)}\r\n\r\n".encode()
+                    + msg
+                )
+                await writer.drain()
+                return
+            if verdict == "dropped":
+                await asyncio.sleep(L7_DROP_HOLD)  # as a drop looks to the client: no answer
+                return
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(target, port), 5)
+            forwarded = head.replace(b"\r\n\r\n", f"\r\nX-Forwarded-For: {client}\r\n\r\n".encode(), 1)
+            up_writer.write(forwarded + body)
+            await up_writer.drain()
+            while chunk := await up_reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+            up_writer.close()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    def l7_verdict(self, client: str, target: str, port: int, request: HttpRequest) -> str:
+        src = self.policy.by_address.get(ip_address(client)) or world_endpoint(client)
+        dst = self.policy.by_address.get(ip_address(target))
+        if dst is None:
+            return "forbidden"
+        verdict = evaluate(self.policy, src, dst, port, "TCP", request)
+        if verdict.allowed:
+            return "allowed"
+        l7 = Reason.L7_DENIED
+        if l7 in (verdict.egress.reason, verdict.ingress.reason) and all(
+            s.allowed or s.reason is l7 for s in (verdict.egress, verdict.ingress)
+        ):
+            return "forbidden"
+        return "dropped"
 
     # --- health ----------------------------------------------------------------------------
     async def probe(self, b: Backend) -> bool:
@@ -196,6 +261,13 @@ class Daemon:
         echo_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         echo_sock.bind(("0.0.0.0", ECHO_PORT))
         await loop.create_datagram_endpoint(Echo, sock=echo_sock)
+        # The L7 proxy: nftables hands it new connections to pod ports that carry HTTP rules.
+        proxy_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        proxy_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        proxy_sock.bind(("0.0.0.0", L7_PROXY_PORT))
+        proxy_sock.listen(256)
+        proxy_sock.setblocking(False)
+        await asyncio.start_server(self.l7_proxy, sock=proxy_sock)
         interval = self.health.interval_ms / 1000
         while not self.stop.is_set():
             started = loop.time()
@@ -212,7 +284,7 @@ class Daemon:
     def apply(self) -> list[str]:
         with self.lock:
             unhealthy = frozenset(k for k, b in self.backends.items() if not b.healthy)
-        topo = topology.build(self.plan, self.state.tag, unhealthy, labs.policy_index(self.compiled))
+        topo = topology.build(self.plan, self.state.tag, unhealthy, self.policy)
         changes = []
         for ns in topo.namespaces:
             if ns.role == "node" and ns.nft is not None:

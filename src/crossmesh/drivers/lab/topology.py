@@ -392,6 +392,7 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
         for j, p in local_pods
     )
     extra = ""
+    l7_rule = ""
     if policy is not None:
         addresses = {
             n.name: (n.address, n.pod_cidr.network_address + 1) + ((n.tunnel.address,) if n.tunnel else ())
@@ -403,7 +404,11 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
                 [f"{prefix}-v{j}" for j, _ in local_pods], [p.address for _, p in local_pods]
             )
             spoof += "    jump netpol\n"
-    return services_nft(plan, node.cluster, [p for _, p in local_pods], node_side, unhealthy, spoof, extra)
+            l7_set, l7_rule = compile_policy.nft_l7(compiled)
+            extra += l7_set
+    return services_nft(
+        plan, node.cluster, [p for _, p in local_pods], node_side, unhealthy, spoof, extra, l7_rule
+    )
 
 
 def services_nft(
@@ -414,6 +419,7 @@ def services_nft(
     unhealthy: frozenset[str] = frozenset(),
     spoof: str = "",
     extra: str = "",
+    l7_rule: str = "",
 ) -> str:
     """ClusterIP DNAT on a node: each service port to a random healthy backend of the first
     tier that has one (Cilium's affinity semantics), or a reset when none is healthy.
@@ -454,8 +460,7 @@ def services_nft(
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n" + hairpin + "  }\n"
         "  chain prerouting {\n"
-        "    type nat hook prerouting priority dstnat; policy accept;\n"
-        "    jump services\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n" + l7_rule + "    jump services\n"
         "  }\n"
         "  chain output {\n"
         "    type nat hook output priority -100; policy accept;\n"

@@ -64,7 +64,8 @@ def _http_handler(pod: dict[str, Any], port: int) -> Any:
                 "podIP": pod["ip"],
                 "port": port,
                 "client": f"{peer[0]}:{peer[1]}",
-                "clientIP": peer[0],
+                # Behind the lab's L7 proxy the peer is the node; the proxy names the client.
+                "clientIP": headers.get("x-forwarded-for", peer[0]),
                 "method": method,
                 "path": path,
                 "body": body.decode("utf-8", "replace"),
