@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from crossmesh.policy.model import (
     CILIUM_DOMAIN,
@@ -70,8 +70,7 @@ class Reason(StrEnum):
     NOT_A_POD = "not-a-pod"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The rule that decided a direction, and which of its parts matched."""
 
     rule: Rule
@@ -98,9 +97,12 @@ class Decision:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Side:
-    """One direction of a flow: the egress of the source or the ingress of the destination."""
+class Side(NamedTuple):
+    """One direction of a flow: the egress of the source or the ingress of the destination.
+
+    A NamedTuple rather than a frozen dataclass: two are made per verdict, and a frozen
+    dataclass's __init__ (object.__setattr__ per field) was most of a verdict's cost.
+    """
 
     direction: Direction
     endpoint: Endpoint  # the endpoint whose policies decide
@@ -165,8 +167,7 @@ class Side:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     allowed: bool
     egress: Side
     ingress: Side
@@ -194,20 +195,43 @@ Match = tuple[Rule, PeerTerm]
 class RuleSet:
     """The rules of one action for one (identity, direction), filed by the peer they can match.
 
-    `by_identity[peer identity id]`: rules whose selector matches that pod identity (of the
-    same identity domain); `by_view[HOST | REMOTE_NODE | WORLD]`: rules matching that
-    reserved view — for WORLD a term with `cidr` still has to contain the peer's address;
-    `any`: wildcard terms, matching every peer. Each entry is (rule, matching term); the
-    rule's `ports` and `http` still apply. Lists follow the policies' order.
+    `selected`: (rule, term, peer identity ids) for terms whose selector matches pod
+    identities of the same identity domain — the id sets are shared between tables;
+    `by_identity[peer identity id]`: the same, inverted (built when first read, or at once
+    when small); `by_view[HOST | REMOTE_NODE | WORLD]`: rules matching that reserved view —
+    for WORLD a term with `cidr` still has to contain the peer's address; `any`: wildcard
+    terms, matching every peer. Entries are (rule, matching term); the rule's `ports` and
+    `http` still apply. Lists follow the policies' order.
     """
 
-    by_identity: dict[int, list[Match]] = field(default_factory=lambda: defaultdict(list))
+    selected: list[tuple[Rule, PeerTerm, frozenset[int]]] = field(default_factory=list)
     by_view: dict[View, list[Match]] = field(default_factory=lambda: {v: [] for v in NON_IDENTITY_VIEWS})
     any: list[Match] = field(default_factory=list)
+    _by_identity: dict[int, list[Match]] | None = None
+
+    @property
+    def by_identity(self) -> dict[int, list[Match]]:
+        if self._by_identity is None:
+            inverted: dict[int, list[Match]] = defaultdict(list)
+            for rule, term, ids in self.selected:
+                for peer in ids:
+                    inverted[peer].append((rule, term))
+            self._by_identity = dict(inverted)
+        return self._by_identity
 
     def candidates(self, view: View, peer_id: int) -> Iterable[Match]:
-        own = self.by_identity.get(peer_id, ()) if view is View.IDENTITY else self.by_view[view]
+        if view is not View.IDENTITY:
+            own: Iterable[Match] = self.by_view[view]
+        elif self._by_identity is not None:
+            own = self._by_identity.get(peer_id, ())
+        else:
+            # A wide table (selectors matching thousands of identities) is scanned rather than
+            # inverted: a membership test per term beats building a list per peer identity.
+            own = [(rule, term) for rule, term, ids in self.selected if peer_id in ids]
         return chain(own, self.any) if self.any else own
+
+
+INVERT_BUDGET = 1024  # (term, peer identity) pairs up to which a table is inverted when built
 
 
 @dataclass(slots=True)
@@ -261,6 +285,9 @@ class PolicyIndex:
         self._all = frozenset(range(len(self.identities)))
         self._selected: dict[tuple[Selector, str], frozenset[int]] = {}
         self._tables: dict[tuple[int, Direction], RuleTable] = {}
+        self._shared: dict[tuple[Direction, str, tuple[int, ...]], RuleTable] = {}
+        self._views: dict[Selector, tuple[View, ...]] = {}
+        self._order = {p.id: i for i, p in enumerate(self.policies)}
         # Which policies select each identity, per direction: computed once, here.
         self.selections: dict[int, dict[Direction, list[Policy]]] = defaultdict(lambda: {d: [] for d in Direction})
         for p in self.policies:
@@ -313,13 +340,25 @@ class PolicyIndex:
         return tuple(self.selections[i][direction]) if i in self.selections else ()
 
     def rule_table(self, identity: int, direction: Direction) -> RuleTable:
-        """The rules deciding `direction` for pod identity `identity` (built on first use, then kept)."""
+        """The rules deciding `direction` for pod identity `identity` (built on first use, then kept).
+
+        A table depends only on the selecting policies and the identity domain, so identities
+        selected by the same policies share one table.
+        """
         key = (identity, direction)
         table = self._tables.get(key)
         if table is not None:
             return table
         selecting = self.selections[identity][direction] if identity in self.selections else []
         domain = self.identities[identity].domain
+        shared = (direction, domain, tuple(self._order[p.id] for p in selecting))
+        table = self._shared.get(shared)
+        if table is None:
+            table = self._shared[shared] = self._build_table(selecting, direction, domain)
+        self._tables[key] = table
+        return table
+
+    def _build_table(self, selecting: list[Policy], direction: Direction, domain: str) -> RuleTable:
         table = RuleTable(tuple(selecting), any(direction in p.default_deny for p in selecting), RuleSet(), RuleSet())
         for p in selecting:
             for rule in p.rules:
@@ -333,13 +372,23 @@ class PolicyIndex:
                     elif term.cidr is not None:
                         target.by_view[View.WORLD].append(match)
                     elif term.selector is not None:
-                        for peer in self._peer_ids(term.selector, domain):
-                            target.by_identity[peer].append(match)
-                        for view in NON_IDENTITY_VIEWS:
-                            if term.selector.matches(RESERVED_VIEW_LABELS[view]):
-                                target.by_view[view].append(match)
-        self._tables[key] = table
+                        ids = self._peer_ids(term.selector, domain)
+                        if ids:
+                            target.selected.append((rule, term, ids))
+                        for view in self._reserved_views(term.selector):
+                            target.by_view[view].append(match)
+        for rules in (table.deny, table.allow):
+            if sum(len(ids) for _, _, ids in rules.selected) <= INVERT_BUDGET:
+                _ = rules.by_identity
         return table
+
+    def _reserved_views(self, selector: Selector) -> tuple[View, ...]:
+        got = self._views.get(selector)
+        if got is None:
+            got = self._views[selector] = tuple(
+                v for v in NON_IDENTITY_VIEWS if selector.matches(RESERVED_VIEW_LABELS[v])
+            )
+        return got
 
     _table = rule_table  # the name the first compiler used
 
@@ -370,9 +419,9 @@ class PolicyIndex:
         http: HttpRequest | None = None,
     ) -> Side:
         """The verdict of `subject`'s policies in `direction` on a flow with `peer`."""
-        view, peer_id = self.view(subject, peer) if subject.kind is EndpointKind.POD else (View.WORLD, -1)
         if subject.kind is not EndpointKind.POD:
-            return Side(direction, subject, peer, view, True, Reason.NOT_A_POD)
+            return Side(direction, subject, peer, View.WORLD, True, Reason.NOT_A_POD)
+        view, peer_id = self.view(subject, peer)
         if peer.ref == subject.ref:
             return Side(direction, subject, peer, view, True, Reason.SELF)
         identity = self.identity_of.get(subject.ref)
@@ -380,7 +429,7 @@ class PolicyIndex:
             raise KeyError(f"{subject.ref} is not an endpoint of this index")
         if view is View.HOST and (direction is Direction.INGRESS or self.domains.get(subject.cluster) != CILIUM_DOMAIN):
             return Side(direction, subject, peer, view, True, Reason.LOCAL_HOST)
-        table = self.rule_table(identity, direction)
+        table = self._tables.get((identity, direction)) or self.rule_table(identity, direction)
         if not table.policies:
             return Side(direction, subject, peer, view, True, Reason.DEFAULT_ALLOW)
         named = (peer if direction is Direction.EGRESS else subject).named_ports
