@@ -130,7 +130,8 @@ class Side(NamedTuple):
         if self.reason is Reason.DEFAULT_DENY:
             return "no rule allows it: denied by default (the endpoint is selected by a policy in this direction)"
         if self.reason is Reason.L7_DENIED:
-            return "the HTTP request matches none of the HTTP rules on this port: denied with HTTP 403"
+            rules = " or ".join(f"{r.policy.name} {r.path} {h}" for r, h in self.http_rules)
+            return f"the HTTP request matches none of the HTTP rules on this port ({rules}): denied with HTTP 403"
         assert d is not None  # noqa: S101 - ALLOWED and DENIED always carry their decision
         verb = "allowed" if self.reason is Reason.ALLOWED else "denied (deny rules win)"
         text = f"{verb} by {d.rule.policy} {d.rule.path}: peer {d.peer}, on {d.port}"
