@@ -353,6 +353,14 @@ OTHER_NS = cnp(
         "ingress": [{"fromEndpoints": [sel(app="client", **{"k8s:io.kubernetes.pod.namespace": "other"})]}],
     }
 )
+# Cilium adds the policy's namespace only when the selector names neither the namespace nor a
+# namespace label (getEndpointSelector), so namespace labels reach other namespaces.
+NS_LABELS_CNP = cnp(
+    {
+        "endpointSelector": WEB,
+        "ingress": [{"fromEndpoints": [sel(**{"io.cilium.k8s.namespace.labels.team": "operations"})]}],
+    }
+)
 CCNP_ANY_NS = ccnp({"endpointSelector": sel(app="client"), "ingress": [{"fromEndpoints": [sel(type="monitoring")]}]})
 CNP_OWN_NS = cnp({"endpointSelector": {}, "ingress": [{"fromEntities": ["world"]}]})
 FROM_WORLD = cnp({"endpointSelector": WEB, "ingress": [{"fromEntities": ["world"]}]})
@@ -441,6 +449,8 @@ CILIUM_CASES = [
     Case("c-peer-not-other-namespace", SAME_NS, "c1/other/client-0", X + "web-0", expect=DENY),
     Case("c-peer-names-namespace", OTHER_NS, "c1/other/client-0", X + "web-0"),
     Case("c-peer-names-namespace-only-that", OTHER_NS, X + "client-0", X + "web-0", expect=DENY),
+    Case("c-namespace-labels-reach-other-namespace", NS_LABELS_CNP, "c1/ops/other-0", X + "web-0"),
+    Case("c-namespace-labels-only-those", NS_LABELS_CNP, X + "client-0", X + "web-0", expect=DENY),
     Case("c-clusterwide-selects-every-namespace", CCNP_ANY_NS, "c1/ops/monitor-0", "c1/other/client-0"),
     Case("c-clusterwide-peer-any-namespace", CCNP_ANY_NS, X + "monitor-0", "c1/prod/client-0"),
     Case("c-clusterwide-denies-others", CCNP_ANY_NS, X + "foo-0", "c1/prod/client-0", expect=DENY),
