@@ -30,6 +30,9 @@ def up(
     state: Path | None = typer.Option(None, "--state", help="state directory (default: .crossmesh/ beside the mesh)"),
     keep_on_error: bool = typer.Option(False, "--keep-on-error", help="keep what was built when up fails"),
     tag: str | None = typer.Option(None, "--tag", help="lab tag (4 hex digits; default: from the mesh name)"),
+    agents: bool = typer.Option(
+        False, "--agents", help="run the control plane: a 3-member etcd on loopback and one agent per node"
+    ),
     output: Output = OUTPUT_OPTION,
 ) -> None:
     """Build the mesh on this host and return when every tunnel has completed a handshake and every pod
@@ -39,7 +42,7 @@ def up(
     def progress(msg: str) -> None:
         err.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {msg}")
 
-    result = labs.up(mesh, state, tag=tag, keep_on_error=keep_on_error, progress=progress)
+    result = labs.up(mesh, state, tag=tag, keep_on_error=keep_on_error, agents=agents, progress=progress)
     total = time.monotonic() - started
     if output is Output.JSON:
         emit_json({"tag": result.state.tag, "changes": result.changes, "seconds": result.seconds, "total": total})
@@ -83,6 +86,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
         {"device": ifname, "node": d["node"], "running": wireguard.is_running(ifname)}
         for ifname, d in sorted(state.wireguard.items())
     ]
+    agents_rows, members = _control_plane(state)
     if output is Output.JSON:
         emit_json(
             {
@@ -93,6 +97,8 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 "wireguard": wg,
                 "tunnels": rows,
                 "pods": state.pods,
+                "agents": agents_rows,
+                "etcd": members,
             }
         )
         return
@@ -110,6 +116,28 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
             _yes(running[n["node"]]) if n["node"] in running else "-",
         )
     out.print(t)
+    if agents_rows:
+        t = Table(title="Agents", title_justify="left")
+        for c in ("node", "running", "etcd", "lease refreshed", "last reconcile", "took", "peers", "rejected"):
+            t.add_column(c, overflow="fold")
+        for a in agents_rows:
+            t.add_row(
+                a["node"],
+                _yes(a["running"]),
+                a["etcd"] or "[red]unreachable[/red]",
+                f"{a['leaseAge']} s ago" if a["leaseAge"] is not None else "-",
+                f"{a['lastReconcileAge']} s ago" if a["lastReconcileAge"] is not None else "-",
+                f"{a['lastReconcileMs']} ms" if a["lastReconcileMs"] is not None else "-",
+                str(a["peers"]),
+                ", ".join(f"{k}: {v}" for k, v in a["rejected"].items()) or "-",
+            )
+        out.print(t)
+        t = Table(title="etcd", title_justify="left")
+        for c in ("member", "endpoint", "healthy"):
+            t.add_column(c)
+        for m in members:
+            t.add_row(m["member"], m["endpoint"], _yes(m["healthy"]))
+        out.print(t)
     t = Table(title="Tunnels", title_justify="left")
     for c in ("node", "peer", "endpoint", "handshake", "rx", "tx"):
         t.add_column(c, overflow="fold")
@@ -123,6 +151,34 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
     for ref, p in sorted(state.pods.items()):
         t.add_row(ref, p["node"], p["address"], ", ".join(f"{port}/{proto}" for port, proto in p["ports"]))
     out.print(t)
+
+
+def _control_plane(state: labs.LabState) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each agent's health, lease age, last reconcile and its duration; etcd member health."""
+    if state.control_plane != "etcd":
+        return [], []
+    from crossmesh.drivers import etcd
+
+    now = time.time()
+    rows = []
+    for n in sorted(d["node"] for d in state.wireguard.values()):
+        st = labs.agent_status(state, n)
+        rows.append(
+            {
+                "node": n,
+                "running": labs._alive(int(st.get("pid", 0))),
+                "etcd": st.get("etcd"),
+                "leaseAge": round(now - st["leaseRefreshed"], 1) if st.get("leaseRefreshed") else None,
+                "lastReconcileAge": round(now - st["lastReconcile"], 1) if st.get("lastReconcile") else None,
+                "lastReconcileMs": st.get("lastReconcileMs"),
+                "peers": st.get("peers"),
+                "rejected": st.get("rejected", {}),
+                "keyVersion": st.get("keyVersion"),
+                "wireguardRestarts": st.get("wireguardRestarts", 0),
+            }
+        )
+    members = [{"member": m.name, "endpoint": m.endpoint, "healthy": etcd.healthy(m)} for m in etcd.members(state.tag)]
+    return rows, members
 
 
 def _yes(value: bool) -> str:
@@ -176,6 +232,36 @@ def revive(
     state = labs.find_lab(mesh)
     changed = labs.set_killed(state, pod, False)
     out.print(f"{pod} revived" if changed else f"{pod} was running")
+
+
+@app.command("crash-node")
+@friendly
+def crash_node(
+    node: str = typer.Argument(..., help="node name", show_default=False),
+    mesh: Path | None = MESH_OPTION,
+) -> None:
+    """Kill a node's agent and wireguard-go with no cleanup, as a crash would (needs --agents).
+    Its etcd lease expires and the other nodes withdraw its peer and routes; `lab up` brings it back."""
+    state = labs.find_lab(mesh)
+    for line in labs.crash_node(state, node):
+        out.print(line)
+
+
+@app.command("rotate-keys")
+@friendly
+def rotate_keys(
+    node: list[str] = typer.Option([], "--node", help="only these nodes (repeatable; default: every node)"),
+    mesh: Path | None = MESH_OPTION,
+) -> None:
+    """Give nodes new WireGuard keys while the mesh runs (needs --agents): each agent makes a key
+    on its node, publishes the public key through etcd, and the peers switch over."""
+    state = labs.find_lab(mesh)
+    nodes = node or sorted(d["node"] for d in state.wireguard.values())
+    started = time.monotonic()
+    keys = labs.rotate_keys(state, nodes)
+    for n, k in sorted(keys.items()):
+        out.print(f"{n}: new public key {k}")
+    out.print(f"rotated {len(keys)} keys in {time.monotonic() - started:.2f} s")
 
 
 @app.command("down")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crossmesh.drivers import etcd
 from crossmesh.drivers.lab import netns, reconcile, topology, wireguard
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.errors import CrossmeshError, EnvironmentProblem, UsageError
@@ -43,6 +44,7 @@ REQUIRED = {
     "ip": "iproute2",
 }
 HANDSHAKE_TIMEOUT = 30.0
+AGENT_LEASE_TTL = 3  # seconds: a crashed node's routes are withdrawn about this long after the crash
 
 Progress = Callable[[str], None]
 
@@ -68,6 +70,8 @@ class LabState:
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # ref → {namespace, node, address, ports}
     wireguard: dict[str, dict[str, Any]] = field(default_factory=dict)  # ifname → {namespace, node, pid}
     workloads: dict[str, int] = field(default_factory=dict)  # node → pid
+    control_plane: str = ""  # "etcd": per-node agents own WireGuard peers and tunnel routes
+    etcd_pids: dict[str, int] = field(default_factory=dict)  # member → pid
     services_pid: int = 0  # the service daemon: health checks, ClusterIP tables, DNS
     services_digest: str = ""  # of the plan it runs with; a new plan restarts it
     sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
@@ -149,10 +153,12 @@ def up(
     *,
     tag: str | None = None,
     keep_on_error: bool = False,
+    agents: bool = False,
     progress: Progress = _quiet,
 ) -> UpResult:
     """Build (or bring back to the plan) the lab of `mesh`; returns when every tunnel has
-    completed a handshake and every pod answers."""
+    completed a handshake and every pod answers. With `agents`, a 3-member etcd cluster and
+    one agent per node run the tunnels (the control plane); a lab keeps the mode it has."""
     preflight()
     compiled = compile_mesh(mesh, state_dir)  # SpecError before anything is built
     plan = compiled.plan
@@ -169,11 +175,13 @@ def up(
             f"namespaces named cm-{tag}-* exist but no lab state: leftovers of a crashed lab — "
             "remove them with `crossmesh lab down --all`"
         )
+    agents = agents or (existing is not None and existing.control_plane == "etcd")
     try:
-        topo = topology.build(plan, tag, unhealthy_backends(tag), policy_index(compiled))
+        topo = topology.build(plan, tag, unhealthy_backends(tag), policy_index(compiled), agent_routes=agents)
     except ValueError as err:
         raise LabError(str(err)) from err
     state = existing or LabState(tag=tag, mesh=mesh_abs, mesh_name=plan.mesh, state_dir=str(compiled.store.root))
+    state.control_plane = "etcd" if agents else ""
     _record(state, topo)
     state.save()
     try:
@@ -242,6 +250,11 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
             raise LabError(f"configuring {ns.role} {ns.owner} ({ns.name}) failed: {err}") from err
     lap("links")
 
+    agents = state.control_plane == "etcd"
+    if agents:
+        progress("control plane: 3-member etcd on loopback")
+        changes += _etcd(state)
+        lap("etcd")
     progress(f"WireGuard: {len(topo.wireguard)} wireguard-go devices")
     files = render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key)
     conf_dir = state.dir / "wireguard"
@@ -258,6 +271,8 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
             entry["pid"] = wireguard.start(dev.namespace, dev.ifname, state.dir / "logs" / f"{dev.ifname}.log")
             changes.append(f"{dev.namespace}: wireguard-go {dev.ifname} started")
             state.save()
+        if agents:
+            continue  # the node's agent configures its device from etcd
         try:
             changes += wireguard.reconcile(dev.ifname, wireguard.strip(conf))
         except RuntimeError as err:
@@ -269,6 +284,10 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
             changes += reconcile.reconcile(ns, wireguard_ifnames=wg_names)
     lap("links")
 
+    if agents:
+        progress(f"agents: {len(topo.wireguard)}")
+        changes += _agents(state, topo, compiled)
+        lap("agents")
     progress("workloads: echo servers in every pod")
     changes += _workloads(state, topo)
     lap("workloads")
@@ -284,6 +303,147 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
     _wait_pods([ep for ep in topo.pods if pod_key(state.pods[ep.pod.ref]) not in killed])
     lap("pods")
     return UpResult(state=state, changes=changes, seconds=seconds)
+
+
+def _etcd(state: LabState) -> list[str]:
+    changes = []
+    for m in etcd.members(state.tag):
+        if etcd.healthy(m) or _alive(state.etcd_pids.get(m.name, 0)):
+            continue
+        state.etcd_pids[m.name] = etcd.start_member(state.dir, state.tag, m)
+        changes.append(f"etcd member {m.name} started on 127.0.0.1:{m.client}")
+    state.save()
+    etcd.wait_healthy(state.tag)
+    return changes
+
+
+def agent_dir(state: LabState) -> Path:
+    return state.dir / "agents"
+
+
+def agent_status(state: LabState, node: str) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((agent_dir(state) / f"{node}.status.json").read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_name: str) -> dict[str, Any]:
+    node = compiled.plan.node(node_name)
+    assert node.tunnel is not None  # noqa: S101 - agents run on tunnel nodes
+    dev = next(d for d in topo.wireguard if d.node == node_name)
+    store = compiled.store
+    return {
+        "node": node.name,
+        "namespace": dev.namespace,
+        "ifname": dev.ifname,
+        "etcd": etcd.endpoints(state.tag),
+        "prefix": f"/crossmesh/{compiled.plan.mesh}/nodes/",
+        "ttl": AGENT_LEASE_TTL,
+        "keepalive": compiled.loaded.mesh.spec.wireguard.persistent_keepalive,
+        "mtu": node.tunnel.mtu.value,
+        "privateKeyPath": str(store.private_key_path(node.name)),
+        "status": str(agent_dir(state) / f"{node.name}.status.json"),
+        "wireguardLog": str(state.dir / "logs" / f"{dev.ifname}.log"),
+        "record": {
+            "name": node.name,
+            "cluster": node.cluster,
+            "site": node.site,
+            "public_key": store.public_keys([node.name])[node.name],
+            "address": str(node.address),
+            "pod_cidr": str(node.pod_cidr),
+            "tunnel_address": str(node.tunnel.address),
+            "listen_port": node.tunnel.listen_port,
+            "endpoint": f"{node.public_address}:{node.tunnel.listen_port}" if node.public_address else None,
+        },
+    }
+
+
+def start_agent(state: LabState, node: str) -> int:
+    cfg = agent_dir(state) / f"{node}.json"
+    log = state.dir / "logs" / f"agent-{node}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crossmesh.agent.daemon", str(cfg)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def _agents(state: LabState, topo: LabTopology, compiled: Compiled) -> list[str]:
+    changes = []
+    directory = agent_dir(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    crashed = directory / "crashed"
+    for dev in topo.wireguard:
+        (crashed / dev.node).unlink(missing_ok=True)  # `up` brings crashed nodes back
+        cfg = agent_config(state, topo, compiled, dev.node)
+        path = directory / f"{dev.node}.json"
+        text = json.dumps(cfg, indent=1, sort_keys=True)
+        pid = int(agent_status(state, dev.node).get("pid", 0))
+        if _alive(pid) and path.exists() and path.read_text() == text:
+            continue
+        if _alive(pid):
+            _kill(pid)
+        path.write_text(text)
+        start_agent(state, dev.node)
+        changes.append(f"agent for node {dev.node} started")
+    return changes
+
+
+def crash_node(state: LabState, node: str) -> list[str]:
+    """Kill a node's agent and wireguard-go without any cleanup, as a crash would."""
+    if node not in state.nodes:
+        raise UsageError(f"no node {node} in lab {state.mesh_name}")
+    if state.control_plane != "etcd":
+        raise UsageError("crash-node needs the control plane: bring the lab up with `crossmesh lab up --agents`")
+    crashed = agent_dir(state) / "crashed"
+    crashed.mkdir(parents=True, exist_ok=True)
+    (crashed / node).touch()
+    done = []
+    pid = int(agent_status(state, node).get("pid", 0))
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        done.append(f"agent {pid} killed")
+    for ifname, entry in state.wireguard.items():
+        if entry["node"] == node:
+            for wpid in _processes(ifname):
+                os.kill(wpid, signal.SIGKILL)
+                done.append(f"wireguard-go {wpid} killed")
+    return done
+
+
+def rotate_keys(state: LabState, nodes: list[str]) -> dict[str, str]:
+    """Ask the agents of `nodes` for a new key; returns node → the new public key once every
+    peer has it and has completed a handshake with it."""
+    if state.control_plane != "etcd":
+        raise UsageError("rotate-keys needs the control plane: bring the lab up with `crossmesh lab up --agents`")
+    before = {n: int(agent_status(state, n).get("keyVersion", 0)) for n in nodes}
+    for n in nodes:
+        pid = int(agent_status(state, n).get("pid", 0))
+        if not _alive(pid):
+            raise LabError(f"the agent of node {n} is not running")
+        os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    keys: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        if all(int(agent_status(state, n).get("keyVersion", 0)) > before[n] for n in nodes):
+            break
+        time.sleep(0.02)
+    else:
+        raise LabError("agents did not rotate their keys within 30 s")
+    store_dir = Path(state.state_dir)
+    from crossmesh.state.store import StateStore
+
+    store = StateStore(store_dir)
+    for n in nodes:
+        keys[n] = store.public_keys([n])[n]
+    return keys
 
 
 def _write_private(path: Path, content: str) -> None:
@@ -542,9 +702,11 @@ def _processes(marker: str) -> list[int]:
         prog = os.path.basename(argv[0].decode(errors="replace"))
         args = [a.decode(errors="replace") for a in argv[1:]]
         is_wg = prog == "wireguard-go" or (prog == "ip" and "wireguard-go" in args)
-        is_workload = "crossmesh.drivers.lab.workload" in args or "crossmesh.drivers.lab.servicesd" in args
-        is_capture = prog == "tcpdump"
-        if (is_wg or is_workload or is_capture) and any(marker in a for a in args):
+        ours = ("crossmesh.drivers.lab.workload", "crossmesh.drivers.lab.servicesd", "crossmesh.agent.daemon")
+        is_workload = any(m in args for m in ours)
+        # tcpdump captures, and the lab's etcd members (their data directory names the tag).
+        is_other = prog in ("tcpdump", "etcd")
+        if (is_wg or is_workload or is_other) and any(marker in a for a in args):
             pids.append(int(entry.name))
     return pids
 
@@ -602,7 +764,13 @@ def leftovers(tag: str | None = None) -> list[str]:
 
 def topology_of(state: LabState) -> tuple[Compiled, LabTopology]:
     compiled = compile_mesh(Path(state.mesh), Path(state.state_dir), persist=False)
-    return compiled, topology.build(compiled.plan, state.tag, unhealthy_backends(state.tag), policy_index(compiled))
+    return compiled, topology.build(
+        compiled.plan,
+        state.tag,
+        unhealthy_backends(state.tag),
+        policy_index(compiled),
+        agent_routes=state.control_plane == "etcd",
+    )
 
 
 def pod_key(pod: dict[str, Any]) -> str:

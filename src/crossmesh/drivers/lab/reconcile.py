@@ -195,12 +195,14 @@ def _routes(ipr: NetNS, spec: Namespace) -> list[str]:
     links = _links(ipr)
     index_name = {m["index"]: n for n, m in links.items()}
     have: dict[str, tuple[str | None, str | None]] = {}
+    found: dict[str, Any] = {}
     for r in ipr.get_routes(family=2, table=254):
         if r["proto"] != ROUTE_PROTO:
             continue
         dst = _attr(r, "RTA_DST") or "0.0.0.0"
         key = f"{dst}/{r['dst_len']}"
         have[key] = (index_name.get(_attr(r, "RTA_OIF")), _attr(r, "RTA_GATEWAY"))
+        found[key] = r
     want: dict[str, Route] = {}
     for route in spec.routes:
         if route.dev in links:
@@ -227,8 +229,9 @@ def _routes(ipr: NetNS, spec: Namespace) -> list[str]:
             raise RuntimeError(f"{spec.name}: route {route.dst} via {route.gateway} dev {route.dev}: {err}") from err
         out.append(f"route {route.dst} {'via ' + str(route.gateway) + ' ' if route.gateway else ''}dev {route.dev}")
     for key in sorted(set(have) - set(want)):
-        net = IPv4Network(key)
-        ipr.route("del", dst=str(net), table=254, proto=ROUTE_PROTO)
+        r = found[key]
+        # Delete exactly the route seen (scope and device too): a looser match is refused.
+        ipr.route("del", dst=key, table=254, proto=ROUTE_PROTO, scope=r["scope"], oif=_attr(r, "RTA_OIF"))
         out.append(f"route {key} removed")
     return out
 

@@ -134,6 +134,7 @@ class Daemon:
                         )
         self.dns = dns_records(self.plan)
         self.policy = labs.policy_index(self.compiled)
+        self.started_agents: dict[str, float] = {}
 
     # --- DNS -------------------------------------------------------------------------------
     def answer(self, cluster: str, query: bytes) -> bytes | None:
@@ -316,6 +317,24 @@ class Daemon:
                 self.changed.clear()
                 for change in self.apply():
                     print(change, flush=True)
+            self.supervise_agents()
+
+    def supervise_agents(self) -> None:
+        """Restart a node agent that died — unless `lab crash-node` stopped it on purpose."""
+        directory = labs.agent_dir(self.state)
+        if not directory.is_dir():
+            return
+        now = time.monotonic()
+        for cfg in sorted(directory.glob("*.json")):
+            if cfg.name.endswith(".status.json"):
+                continue
+            node = cfg.stem
+            if (directory / "crashed" / node).exists() or now - self.started_agents.get(node, -10.0) < 3.0:
+                continue
+            if not labs._alive(int(labs.agent_status(self.state, node).get("pid", 0))):
+                labs.start_agent(self.state, node)
+                self.started_agents[node] = now
+                print(f"agent of {node} was not running: restarted", flush=True)
 
 
 def resolv_conf(plan: Plan, topo: topology.LabTopology) -> dict[str, str]:

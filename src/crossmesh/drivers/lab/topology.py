@@ -142,8 +142,15 @@ FORWARD_SYSCTLS = (
 
 
 def build(
-    plan: Plan, tag: str, unhealthy: frozenset[str] = frozenset(), policy: PolicyIndex | None = None
+    plan: Plan,
+    tag: str,
+    unhealthy: frozenset[str] = frozenset(),
+    policy: PolicyIndex | None = None,
+    *,
+    agent_routes: bool = False,
 ) -> LabTopology:
+    """The lab's desired state. With `agent_routes`, routes into the tunnels are left to the
+    nodes' agents (they follow etcd), and the lab sets up everything else."""
     prefix = f"cm-{tag}"
     sites = list(plan.sites)
     nodes = list(plan.nodes)
@@ -264,7 +271,8 @@ def build(
                 neigh.append(Neighbour(vx_if, v.pod_cidr.network_address, v.mac, v.address))
         for r in n.routes:
             if r.via is RouteVia.WIREGUARD:
-                routes.append(Route(r.dst, wg_if))
+                if not agent_routes:
+                    routes.append(Route(r.dst, wg_if))
             elif r.via is RouteVia.VXLAN:
                 routes.append(Route(r.dst, vx_if, r.gateway, onlink=True))
             else:
@@ -406,9 +414,7 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
             spoof += "    jump netpol\n"
             l7_set, l7_rule = compile_policy.nft_l7(compiled)
             extra += l7_set
-    return services_nft(
-        plan, node.cluster, [p for _, p in local_pods], node_side, unhealthy, spoof, extra, l7_rule
-    )
+    return services_nft(plan, node.cluster, [p for _, p in local_pods], node_side, unhealthy, spoof, extra, l7_rule)
 
 
 def services_nft(

@@ -160,10 +160,14 @@ def reconcile(ifname: str, desired_text: str) -> list[str]:
     if current_text is None:
         raise RuntimeError(f"WireGuard device {ifname} does not answer")
     current, _ = parse_dump(current_text)
-    if current.private_key != desired.private_key or current.listen_port != desired.listen_port:
+    if current.listen_port != desired.listen_port or current.private_key == "(none)":
         _wg(["setconf", ifname, "/dev/stdin"], desired_text)
         return [f"{ifname}: configured ({len(desired.peers)} peers)"]
     out = []
+    if current.private_key != desired.private_key:
+        # A rotated key: replace it alone, so that peers are not reset on this side.
+        _wg(["set", ifname, "private-key", "/dev/stdin"], desired.private_key + "\n")
+        out.append(f"{ifname}: private key replaced")
     for key in sorted(set(current.peers) - set(desired.peers)):
         _wg(["set", ifname, "peer", key, "remove"])
         out.append(f"{ifname}: peer {key[:8]}… removed")

@@ -1,0 +1,356 @@
+"""The agent of one node: publish its record under an etcd lease, watch everyone else's,
+and keep the node's WireGuard device and routes equal to what the records say.
+
+    python -m crossmesh.agent.daemon CONFIG.json        (the lab starts one per node)
+    crossmesh agent --config CONFIG.json                (a real node)
+
+Changes are applied incrementally (`wg set ... peer`, one route at a time): a node
+joining adds one peer here and resets nobody's session. When etcd is unreachable the
+data plane keeps the last state and the agent retries; when it returns, the agent
+publishes again and resyncs from a fresh read. The private key is read from the node's
+key file and never leaves the node: etcd holds public keys only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import aetcd
+
+from crossmesh.agent import records
+from crossmesh.drivers.lab import netns, wireguard
+from crossmesh.state import keys as wgkeys
+
+AGENT_ROUTE_PROTO = 100  # the lab's own routes use 99; these belong to the agent
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+class Agent:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.node: str = cfg["node"]
+        self.ifname: str = cfg["ifname"]
+        self.namespace: str | None = cfg.get("namespace")
+        self.prefix: bytes = cfg["prefix"].encode()
+        self.ttl: int = int(cfg.get("ttl", 3))
+        self.keepalive: int = int(cfg.get("keepalive", 25))
+        self.key_path = Path(cfg["privateKeyPath"])
+        self.status_path = Path(cfg["status"])
+        self.own = records.NodeRecord(**cfg["record"])
+        self.records: dict[str, records.NodeRecord] = {}
+        self.rejected: dict[str, str] = {}
+        self.bad: dict[str, str] = {}  # records that do not even decode
+        self.connected: str | None = None
+        self.lease_refreshed = 0.0
+        self.last_reconcile = 0.0
+        self.last_reconcile_ms = 0.0
+        self.reconciles = 0
+        self.wg_restarts = 0
+        self.dirty = asyncio.Event()
+        self.rotate = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.put_needed = asyncio.Event()
+        self.work = threading.Lock()  # applies and device restores never overlap
+
+    # --- the loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, self.rotate.set)
+        # Netlink (pyroute2) runs its own event loop: device and route work happens on a thread.
+        await asyncio.to_thread(self._check_device)
+        await asyncio.to_thread(self.apply)  # bring the device up with what we have
+        tasks = [asyncio.create_task(self.maintain()), asyncio.create_task(self.apply_loop())]
+        while not self.stop.is_set():
+            try:
+                await self.session()
+            except Exception as err:  # noqa: BLE001 - etcd down, member gone: keep the data plane, retry
+                if self.connected is not None:
+                    log(f"etcd session lost ({type(err).__name__}: {err}); keeping the last state")
+                self.connected = None
+                self.write_status()
+                await asyncio.sleep(0.5)
+        for t in tasks:
+            t.cancel()
+
+    async def connect(self) -> aetcd.Client:
+        last: Exception | None = None
+        for endpoint in self.cfg["etcd"]:
+            host, _, port = endpoint.removeprefix("http://").partition(":")
+            client = aetcd.Client(host=host, port=int(port), timeout=2, connect_wait_timeout=1)
+            try:
+                await client.connect()
+                await client.status()
+                self.connected = endpoint
+                return client
+            except Exception as err:  # noqa: BLE001
+                last = err
+                await client.close()
+        raise ConnectionError(f"no etcd endpoint answers: {last}")
+
+    async def session(self) -> None:
+        client = await self.connect()
+        try:
+            lease = await client.lease(self.ttl)
+            key = self.prefix + self.node.encode()
+            await client.put(key, self.own.encode(), lease=lease)
+            self.lease_refreshed = time.time()
+            log(f"published {self.node} (lease {lease.id}, ttl {self.ttl}s) via {self.connected}")
+            got = await client.get_prefix(self.prefix)
+            self.load([(kv.key, kv.value) for kv in got])
+            watch = await client.watch_prefix(self.prefix, start_revision=got.header.revision + 1)
+
+            async def keep() -> None:
+                while True:
+                    await asyncio.sleep(self.ttl / 3)
+                    await asyncio.wait_for(lease.refresh(), self.ttl)
+                    self.lease_refreshed = time.time()
+                    if self.put_needed.is_set():
+                        self.put_needed.clear()
+                        await client.put(key, self.own.encode(), lease=lease)
+
+            keeper = asyncio.create_task(keep())
+            events = asyncio.create_task(self.follow(watch))
+            stopper = asyncio.create_task(self.stop.wait())
+            done, pending = await asyncio.wait({keeper, events, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for t in pending:
+                t.cancel()
+            for t in done:
+                if t is not stopper and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            if self.stop.is_set():
+                await lease.revoke()  # a clean stop withdraws the node at once
+        finally:
+            await client.close()
+
+    async def follow(self, watch: Any) -> None:
+        async for ev in watch:
+            name = ev.kv.key[len(self.prefix) :].decode(errors="replace")
+            if name == self.node:
+                if str(ev.kind).endswith("DELETE"):
+                    self.put_needed.set()  # someone deleted us: publish again
+                continue
+            if str(ev.kind).endswith("DELETE"):
+                self.records.pop(name, None)
+                self.bad.pop(name, None)
+                log(f"node {name} left")
+            else:
+                self._take(name, ev.kv.value)
+            self.dirty.set()
+
+    def load(self, items: list[tuple[bytes, bytes]]) -> None:
+        self.records, self.bad = {}, {}
+        for k, v in items:
+            name = k[len(self.prefix) :].decode(errors="replace")
+            if name != self.node:
+                self._take(name, v)
+        self.dirty.set()
+
+    def _take(self, name: str, raw: bytes) -> None:
+        try:
+            rec = records.decode(raw)
+            if rec.name != name:
+                raise records.RecordError(f"record names {rec.name!r} under the key of {name!r}")
+        except records.RecordError as err:
+            if self.bad.get(name) != str(err):
+                log(f"rejected record of {name}: {err}")
+            self.bad[name] = str(err)
+            self.records.pop(name, None)
+            return
+        self.bad.pop(name, None)
+        self.records[name] = rec
+
+    # --- applying -----------------------------------------------------------------------------
+    async def apply_loop(self) -> None:
+        while True:
+            await self.dirty.wait()
+            await asyncio.sleep(0.01)  # coalesce a burst of events into one apply
+            self.dirty.clear()
+            try:
+                await asyncio.to_thread(self.apply)
+            except Exception as err:  # noqa: BLE001 - log, try again on the next change or tick
+                log(f"apply failed: {err}")
+
+    def apply(self) -> None:
+        with self.work:
+            self._apply()
+
+    def _apply(self) -> None:
+        t0 = time.monotonic()
+        ok, rejected = records.accept(self.own, self.records)
+        for name, why in rejected.items():
+            if self.rejected.get(name) != why:
+                log(f"rejected record of {name}: {why}")
+        self.rejected = {**rejected, **self.bad}
+        peers = records.desired_peers(self.own, ok, self.keepalive)
+        private = self.key_path.read_text().strip()
+        text = records.setconf(private, self.own.listen_port, peers)
+        changes = wireguard.reconcile(self.ifname, text)
+        changes += self._device()
+        changes += self._routes(peers)
+        self.last_reconcile = time.time()
+        self.last_reconcile_ms = (time.monotonic() - t0) * 1000
+        self.reconciles += 1
+        for c in changes:
+            log(c)
+        if changes and self.namespace:
+            self._poke(peers)
+        self.write_status(len(peers))
+
+    def _poke(self, peers: list[records.DesiredPeer]) -> None:
+        """One datagram to every peer's tunnel address: a (re)started or re-keyed device
+        handshakes now instead of when the peer's session times out."""
+        import socket
+
+        targets = [p.allowed_ips[0].split("/")[0] for p in peers if p.endpoint or self.own.natted]
+
+        def send() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for t in targets:
+                    with contextlib.suppress(OSError):
+                        s.sendto(b"crossmesh-handshake", (t, 9))
+
+        assert self.namespace is not None  # noqa: S101
+        netns.run_in(self.namespace, send)
+
+    def _ns(self) -> Any:
+        from pyroute2 import IPRoute
+
+        return netns.open_ns(self.namespace) if self.namespace else IPRoute()
+
+    def _device(self) -> list[str]:
+        out = []
+        with self._ns() as ipr:
+            idx = ipr.link_lookup(ifname=self.ifname)
+            if not idx:
+                return [f"device {self.ifname} missing"]
+            link = ipr.get_links(idx[0])[0]
+            if link.get_attr("IFLA_MTU") != self.cfg["mtu"]:
+                ipr.link("set", index=idx[0], mtu=self.cfg["mtu"])
+                out.append(f"{self.ifname} mtu {self.cfg['mtu']}")
+            if not link["flags"] & 1:
+                ipr.link("set", index=idx[0], state="up")
+                out.append(f"{self.ifname} up")
+            want = IPv4Interface(f"{self.own.tunnel_address}/32")
+            have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx[0], family=2)}
+            if str(want.ip) not in have:
+                ipr.addr("add", index=idx[0], address=str(want.ip), prefixlen=32)
+                out.append(f"{self.ifname} address {want}")
+        return out
+
+    def _routes(self, peers: list[records.DesiredPeer]) -> list[str]:
+        out: list[str] = []
+        want = {str(IPv4Network(a)) for p in peers for a in p.allowed_ips}
+        with self._ns() as ipr:
+            idx = ipr.link_lookup(ifname=self.ifname)
+            if not idx:
+                return out
+            have = {}
+            for r in ipr.get_routes(family=2, table=254):
+                if r["proto"] == AGENT_ROUTE_PROTO:
+                    have[f"{r.get_attr('RTA_DST')}/{r['dst_len']}"] = r.get_attr("RTA_OIF")
+            for dst in sorted(want):
+                if have.get(dst) != idx[0]:
+                    ipr.route("replace", dst=dst, oif=idx[0], proto=AGENT_ROUTE_PROTO, scope=253, table=254)
+                    out.append(f"route {dst} dev {self.ifname}")
+            for dst in sorted(set(have) - want):
+                ipr.route("del", dst=dst, oif=have[dst], proto=AGENT_ROUTE_PROTO, scope=253, table=254)
+                out.append(f"route {dst} withdrawn")
+        return out
+
+    # --- device health and key rotation ------------------------------------------------------
+    def _check_device(self) -> bool:
+        with self.work:
+            return self._restore_device()
+
+    def _restore_device(self) -> bool:
+        if wireguard.is_running(self.ifname):
+            return False
+        if not self.namespace:
+            raise RuntimeError(f"WireGuard device {self.ifname} does not answer")
+        log(f"wireguard-go for {self.ifname} is not running: starting it")
+        wireguard.start(self.namespace, self.ifname, Path(self.cfg["wireguardLog"]))
+        self.wg_restarts += 1
+        return True
+
+    async def maintain(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.rotate.wait(), 0.5)
+            if self.rotate.is_set():
+                self.rotate.clear()
+                self.rotate_key()
+            try:
+                if await asyncio.to_thread(self._check_device):
+                    self.dirty.set()
+            except Exception as err:  # noqa: BLE001
+                log(f"cannot restore {self.ifname}: {err}")
+            self.write_status()
+
+    def rotate_key(self) -> None:
+        """New key on the node: set it on the device, publish the new public key; peers follow."""
+        private = wgkeys.generate_private_key()
+        tmp = self.key_path.with_suffix(".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(private + "\n")
+        os.replace(tmp, self.key_path)
+        pub = self.key_path.with_suffix(".pub")
+        if pub.exists():
+            pub.write_text(wgkeys.public_key(private) + "\n")
+        self.own = replace(self.own, public_key=wgkeys.public_key(private), version=self.own.version + 1)
+        self.put_needed.set()
+        self.dirty.set()
+        log(f"key rotated (version {self.own.version})")
+
+    def write_status(self, peers: int | None = None) -> None:
+        data = {
+            "node": self.node,
+            "pid": os.getpid(),
+            "etcd": self.connected,
+            "leaseRefreshed": self.lease_refreshed,
+            "lastReconcile": self.last_reconcile,
+            "lastReconcileMs": round(self.last_reconcile_ms, 2),
+            "reconciles": self.reconciles,
+            "records": len(self.records),
+            "rejected": self.rejected,
+            "wireguardRestarts": self.wg_restarts,
+            "keyVersion": self.own.version,
+            "updated": time.time(),
+        }
+        if peers is not None:
+            data["peers"] = peers
+        elif self.status_path.exists():
+            with contextlib.suppress(ValueError):
+                data["peers"] = json.loads(self.status_path.read_text()).get("peers", 0)
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        tmp.replace(self.status_path)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m crossmesh.agent.daemon CONFIG.json", file=sys.stderr)
+        return 2
+    cfg = json.loads(Path(argv[0]).read_text())
+    asyncio.run(Agent(cfg).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
