@@ -33,6 +33,9 @@ def up(
     agents: bool = typer.Option(
         False, "--agents", help="run the control plane: a 3-member etcd on loopback and one agent per node"
     ),
+    lease_ttl: int | None = typer.Option(
+        None, "--lease-ttl", min=1, max=600, help="agents' etcd lease TTL in seconds (default 3): failure detection"
+    ),
     output: Output = OUTPUT_OPTION,
 ) -> None:
     """Build the mesh on this host and return when every tunnel has completed a handshake and every pod
@@ -42,7 +45,9 @@ def up(
     def progress(msg: str) -> None:
         err.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {msg}")
 
-    result = labs.up(mesh, state, tag=tag, keep_on_error=keep_on_error, agents=agents, progress=progress)
+    result = labs.up(
+        mesh, state, tag=tag, keep_on_error=keep_on_error, agents=agents, lease_ttl=lease_ttl, progress=progress
+    )
     total = time.monotonic() - started
     if output is Output.JSON:
         emit_json({"tag": result.state.tag, "changes": result.changes, "seconds": result.seconds, "total": total})

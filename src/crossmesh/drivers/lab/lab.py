@@ -44,7 +44,6 @@ REQUIRED = {
     "ip": "iproute2",
 }
 HANDSHAKE_TIMEOUT = 30.0
-AGENT_LEASE_TTL = 3  # seconds: a crashed node's routes are withdrawn about this long after the crash
 
 Progress = Callable[[str], None]
 
@@ -71,6 +70,7 @@ class LabState:
     wireguard: dict[str, dict[str, Any]] = field(default_factory=dict)  # ifname → {namespace, node, pid}
     workloads: dict[str, int] = field(default_factory=dict)  # node → pid
     control_plane: str = ""  # "etcd": per-node agents own WireGuard peers and tunnel routes
+    lease_ttl: int = 3  # seconds: a crashed node's routes are withdrawn about this long after the crash
     etcd_pids: dict[str, int] = field(default_factory=dict)  # member → pid
     services_pid: int = 0  # the service daemon: health checks, ClusterIP tables, DNS
     services_digest: str = ""  # of the plan it runs with; a new plan restarts it
@@ -154,6 +154,7 @@ def up(
     tag: str | None = None,
     keep_on_error: bool = False,
     agents: bool = False,
+    lease_ttl: int | None = None,
     progress: Progress = _quiet,
 ) -> UpResult:
     """Build (or bring back to the plan) the lab of `mesh`; returns when every tunnel has
@@ -182,6 +183,8 @@ def up(
         raise LabError(str(err)) from err
     state = existing or LabState(tag=tag, mesh=mesh_abs, mesh_name=plan.mesh, state_dir=str(compiled.store.root))
     state.control_plane = "etcd" if agents else ""
+    if lease_ttl is not None:
+        state.lease_ttl = lease_ttl
     _record(state, topo)
     state.save()
     try:
@@ -340,7 +343,7 @@ def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_na
         "ifname": dev.ifname,
         "etcd": etcd.endpoints(state.tag),
         "prefix": f"/crossmesh/{compiled.plan.mesh}/nodes/",
-        "ttl": AGENT_LEASE_TTL,
+        "ttl": state.lease_ttl,
         "keepalive": compiled.loaded.mesh.spec.wireguard.persistent_keepalive,
         "mtu": node.tunnel.mtu.value,
         "privateKeyPath": str(store.private_key_path(node.name)),
