@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from crossmesh.errors import Problem, SpecError
 from crossmesh.ipam.allocate import Allocations, allocate
@@ -30,9 +31,12 @@ class Compiled:
     store: StateStore
 
 
-def check(path: Path, store: StateStore | None = None) -> tuple[LoadedMesh | None, list[Problem]]:
-    """Everything `validate` reports: schema, manifests, rules, allocation. Writes nothing."""
-    doc, mesh, problems = load_mesh_model(path)
+def check(
+    path: Path, store: StateStore | None = None, overlay: dict[str, Any] | None = None
+) -> tuple[LoadedMesh | None, list[Problem]]:
+    """Everything `validate` reports: schema, manifests, rules, allocation. Writes nothing.
+    `overlay` holds membership changes made on a running lab."""
+    doc, mesh, problems = load_mesh_model(path, overlay)
     if doc is None or mesh is None:
         return None, problems
     base = path.resolve().parent
@@ -56,10 +60,17 @@ def _unenforced_policies(mesh: Mesh, manifests: dict[str, list[Manifest]]) -> li
     ]
 
 
-def compile_mesh(path: Path, state_dir: Path | None = None, *, persist: bool = True) -> Compiled:
+def compile_mesh(
+    path: Path,
+    state_dir: Path | None = None,
+    *,
+    persist: bool = True,
+    overlay: dict[str, Any] | None = None,
+    placements: dict[str, str] | None = None,
+) -> Compiled:
     """Validated plan of the mesh; raises SpecError with every problem when the file is wrong."""
     store = StateStore.beside(path, state_dir)
-    loaded, problems = check(path, store)
+    loaded, problems = check(path, store, overlay)
     errors = [p for p in problems if p.severity == "error"]
     if errors or loaded is None:
         raise SpecError(errors)
@@ -71,7 +82,7 @@ def compile_mesh(path: Path, state_dir: Path | None = None, *, persist: bool = T
     else:
         keys = store.public_keys(nodes)
     try:
-        plan = build_plan(loaded.mesh, alloc, keys, loaded.manifests)
+        plan = build_plan(loaded.mesh, alloc, keys, loaded.manifests, placements)
     except ValueError as err:
         raise SpecError([loaded.doc.problem(("spec",), str(err))]) from err
     return Compiled(loaded=loaded, allocations=alloc, plan=plan, store=store)

@@ -239,6 +239,39 @@ def revive(
     out.print(f"{pod} revived" if changed else f"{pod} was running")
 
 
+@app.command("add-node")
+@friendly
+def add_node(
+    cluster: str = typer.Option(..., "--cluster", help="cluster the node joins"),
+    site: str = typer.Option(..., "--site", help="site the node runs in"),
+    name: str = typer.Option(..., "--name", help="node name (DNS-1123, unique in the mesh)"),
+    address: str = typer.Option(..., "--address", help="private address in the site network"),
+    public_address: str | None = typer.Option(None, "--public-address", help="public address (absent: behind NAT)"),
+    mesh: Path | None = MESH_OPTION,
+) -> None:
+    """Add a node to the running lab, validated like the mesh file; returns when every tunnel,
+    its own too, has completed a handshake. The mesh file is not changed: `lab down` forgets it."""
+    started = time.monotonic()
+    node: dict[str, Any] = {"name": name, "site": site, "address": address}
+    if public_address:
+        node["publicAddress"] = public_address
+    result = labs.add_node(mesh, node, cluster)
+    out.print(f"node {name} joined in {time.monotonic() - started:.2f} s ({len(result.changes)} changes)")
+
+
+@app.command("remove-node")
+@friendly
+def remove_node(
+    name: str = typer.Argument(..., help="node name", show_default=False),
+    mesh: Path | None = MESH_OPTION,
+) -> None:
+    """Remove a node from the running lab: its agent leaves (peers drop it), its namespaces go,
+    its pods are placed on the cluster's other nodes."""
+    started = time.monotonic()
+    result = labs.remove_node(mesh, name)
+    out.print(f"node {name} removed in {time.monotonic() - started:.2f} s ({len(result.changes)} changes)")
+
+
 @app.command("crash-node")
 @friendly
 def crash_node(

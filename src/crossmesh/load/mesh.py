@@ -176,10 +176,16 @@ def parse_mesh_document(path: Path) -> tuple[Document | None, list[Problem]]:
     return docs[0], []
 
 
-def load_mesh_model(path: Path) -> tuple[Document | None, Mesh | None, list[Problem]]:
+def load_mesh_model(
+    path: Path, overlay: dict[str, Any] | None = None
+) -> tuple[Document | None, Mesh | None, list[Problem]]:
     doc, problems = parse_mesh_document(path)
     if doc is None:
         return None, None, problems
+    if overlay:
+        problems = apply_overlay(doc, overlay)
+        if problems:
+            return doc, None, problems
     try:
         return doc, Mesh.model_validate(doc.data), []
     except ValidationError as err:
@@ -196,6 +202,34 @@ def load_mesh_model(path: Path) -> tuple[Document | None, Mesh | None, list[Prob
             except ValidationError:
                 pass
         return doc, None, problems
+
+
+def apply_overlay(doc: Document, overlay: dict[str, Any]) -> list[Problem]:
+    """Membership changes made on a running lab (`lab add-node`, `remove-node`) on top of the
+    file: {"add": [{"cluster": C, "node": {...}}], "remove": [name, ...]}."""
+    problems: list[Problem] = []
+    spec = doc.data.get("spec") if isinstance(doc.data, dict) else None
+    clusters = spec.get("clusters") if isinstance(spec, dict) else None
+    if not isinstance(clusters, list):
+        return [doc.problem(("spec",), "the mesh has no clusters to add nodes to")]
+    for name in overlay.get("remove", []):
+        found = False
+        for c in clusters:
+            nodes = c.get("nodes") if isinstance(c, dict) else None
+            if isinstance(nodes, list):
+                kept = [n for n in nodes if not (isinstance(n, dict) and n.get("name") == name)]
+                found = found or len(kept) != len(nodes)
+                c["nodes"] = kept
+        if not found:
+            problems.append(doc.problem(("spec", "clusters"), f"no node {name!r} to remove"))
+    for entry in overlay.get("add", []):
+        cluster = next((c for c in clusters if isinstance(c, dict) and c.get("name") == entry["cluster"]), None)
+        if cluster is None:
+            known = ", ".join(str(c.get("name")) for c in clusters if isinstance(c, dict))
+            problems.append(doc.problem(("spec", "clusters"), f"no cluster {entry['cluster']!r} — one of: {known}"))
+            continue
+        cluster.setdefault("nodes", []).append(dict(entry["node"]))
+    return problems
 
 
 def _droppable(loc: tuple[Any, ...], kind: str) -> bool:

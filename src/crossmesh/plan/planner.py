@@ -301,6 +301,7 @@ def build_plan(
     alloc: Allocations,
     public_keys: dict[str, str],
     manifests: dict[str, list[k8s.Manifest]] | None = None,
+    placements: dict[str, str] | None = None,
 ) -> Plan:
     planner = _Planner(mesh, alloc, public_keys)
     node_plans = planner.gateways() if mesh.spec.wireguard.topology is Topology.GATEWAYS else planner.full_mesh()
@@ -308,7 +309,7 @@ def build_plan(
     for c in sorted(mesh.spec.clusters, key=lambda c: c.name):
         names = [n.name for n in c.nodes]
         cluster_manifests = (manifests or {}).get(c.name, [])
-        expanded = workloads.expand_pods(c.name, cluster_manifests, names)
+        expanded = workloads.expand_pods(c.name, cluster_manifests, names, placements)
         pods = workloads.place_pods(c.name, expanded, {n: alloc.nodes[n].pod_cidr for n in names})
         services = workloads.plan_services(c.name, cluster_manifests, pods, c.service_cidr)
         clusters.append(

@@ -22,9 +22,15 @@ def _stable_hash(text: str) -> int:
     return zlib.crc32(text.encode())
 
 
-def expand_pods(cluster: str, manifests: list[k8s.Manifest], nodes: list[str]) -> list[tuple[k8s.PodInstance, str]]:
-    """Every pod of the cluster with the node it runs on."""
+def expand_pods(
+    cluster: str, manifests: list[k8s.Manifest], nodes: list[str], placements: dict[str, str] | None = None
+) -> list[tuple[k8s.PodInstance, str]]:
+    """Every pod of the cluster with the node it runs on.
+
+    `placements` (pod ref → node) are kept while their node exists, as a scheduler keeps
+    running pods where they are: a node joining does not move anybody."""
     ordered = sorted(nodes)
+    placed = placements or {}
     out: list[tuple[k8s.PodInstance, str]] = []
     for m in manifests:
         obj = m.obj
@@ -35,10 +41,16 @@ def expand_pods(cluster: str, manifests: list[k8s.Manifest], nodes: list[str]) -
             start = _stable_hash(f"{m.namespace}/{m.name}")
             for i in range(obj.spec.replicas):
                 node = pinned if pinned in ordered else ordered[(start + i) % len(ordered)]
+                kept = placed.get(f"{cluster}/{m.namespace}/{m.name}-{i}")
+                if pinned not in ordered and kept in ordered:
+                    node = kept
                 out.append((_instance(cluster, m.namespace, f"{m.name}-{i}", m.name, labels, spec), node))
         elif isinstance(obj, k8s.Pod):
             pinned = getattr(obj.spec, "nodeName", None)
             node = pinned if pinned in ordered else ordered[_stable_hash(f"{m.namespace}/{m.name}") % len(ordered)]
+            kept = placed.get(f"{cluster}/{m.namespace}/{m.name}")
+            if pinned not in ordered and kept in ordered:
+                node = kept
             labels = tuple(sorted(obj.metadata.labels.items()))
             out.append((_instance(cluster, m.namespace, m.name, m.name, labels, obj.spec), node))
     out.sort(key=lambda t: (t[0].namespace, t[0].name))

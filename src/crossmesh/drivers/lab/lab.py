@@ -71,6 +71,9 @@ class LabState:
     workloads: dict[str, int] = field(default_factory=dict)  # node → pid
     control_plane: str = ""  # "etcd": per-node agents own WireGuard peers and tunnel routes
     lease_ttl: int = 3  # seconds: a crashed node's routes are withdrawn about this long after the crash
+    overlay: dict[str, Any] = field(default_factory=dict)  # membership changes: lab add-node / remove-node
+    placements: dict[str, str] = field(default_factory=dict)  # pod → node, kept so that joins move nobody
+    indices: dict[str, dict[str, int]] = field(default_factory=dict)  # numbers in namespace and device names
     etcd_pids: dict[str, int] = field(default_factory=dict)  # member → pid
     services_pid: int = 0  # the service daemon: health checks, ClusterIP tables, DNS
     services_digest: str = ""  # of the plan it runs with; a new plan restarts it
@@ -155,17 +158,23 @@ def up(
     keep_on_error: bool = False,
     agents: bool = False,
     lease_ttl: int | None = None,
+    overlay: dict[str, Any] | None = None,
     progress: Progress = _quiet,
 ) -> UpResult:
     """Build (or bring back to the plan) the lab of `mesh`; returns when every tunnel has
     completed a handshake and every pod answers. With `agents`, a 3-member etcd cluster and
     one agent per node run the tunnels (the control plane); a lab keeps the mode it has."""
     preflight()
-    compiled = compile_mesh(mesh, state_dir)  # SpecError before anything is built
-    plan = compiled.plan
-    tag = tag or topology.lab_tag(plan.mesh)
-    existing = LabState.load(tag)
     mesh_abs = str(mesh.resolve())
+    running = next((lab for lab in running_labs() if lab.mesh == mesh_abs), None)
+    if overlay is None:
+        overlay = running.overlay if running is not None else {}
+    compiled = compile_mesh(  # SpecError before anything is built
+        mesh, state_dir, overlay=overlay, placements=running.placements if running is not None else None
+    )
+    plan = compiled.plan
+    tag = tag or (running.tag if running is not None else topology.lab_tag(plan.mesh))
+    existing = LabState.load(tag)
     if existing is not None and existing.mesh != mesh_abs:
         raise EnvironmentProblem(
             f"lab cm-{tag} is already running for mesh {existing.mesh_name!r} from {existing.mesh}; its names would "
@@ -178,11 +187,21 @@ def up(
         )
     agents = agents or (existing is not None and existing.control_plane == "etcd")
     try:
-        topo = topology.build(plan, tag, unhealthy_backends(tag), policy_index(compiled), agent_routes=agents)
+        topo = topology.build(
+            plan,
+            tag,
+            unhealthy_backends(tag),
+            policy_index(compiled),
+            agent_routes=agents,
+            indices=existing.indices if existing is not None else None,
+        )
     except ValueError as err:
         raise LabError(str(err)) from err
     state = existing or LabState(tag=tag, mesh=mesh_abs, mesh_name=plan.mesh, state_dir=str(compiled.store.root))
     state.control_plane = "etcd" if agents else ""
+    state.overlay = overlay
+    state.indices = topo.indices
+    state.placements = {p.ref: p.node for p in plan.pods()}
     if lease_ttl is not None:
         state.lease_ttl = lease_ttl
     _record(state, topo)
@@ -242,6 +261,7 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
         t0 = now
 
     progress(f"namespaces: {len(topo.namespaces)}")
+    changes += _collect_garbage(state, topo)
     changes += reconcile.ensure_namespaces([n.name for n in topo.namespaces])
     lap("namespaces")
     progress("links, addresses, routes, NAT")
@@ -295,7 +315,7 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
     changes += _workloads(state, topo)
     lap("workloads")
     progress("services: health checks, ClusterIP tables, DNS")
-    changes += _services(state, topo, compiled.plan)
+    changes += _services(state, topo, compiled.plan, compiled.loaded.manifests)
     lap("services")
     progress("waiting for every tunnel to complete a handshake")
     _wait_handshakes(topo, compiled.plan, progress)
@@ -306,6 +326,44 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
     _wait_pods([ep for ep in topo.pods if pod_key(state.pods[ep.pod.ref]) not in killed])
     lap("pods")
     return UpResult(state=state, changes=changes, seconds=seconds)
+
+
+def _collect_garbage(state: LabState, topo: LabTopology) -> list[str]:
+    """What the lab made for nodes and pods that are no longer in the plan (a removed node):
+    its agent (stopped cleanly, so its lease is revoked and peers drop it at once), its
+    wireguard-go, its workload process, then its namespaces."""
+    changes = []
+    nodes = set(topo.node_ns)
+    directory = agent_dir(state)
+    for cfg in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        if cfg.name.endswith(".status.json") or cfg.stem in nodes:
+            continue
+        # The config goes first, so that the supervisor does not start the agent again.
+        cfg.unlink(missing_ok=True)
+        pid = int(agent_status(state, cfg.stem).get("pid", 0))
+        for p in {pid, *_processes(str(cfg))}:
+            if _alive(p):
+                _kill(p)
+        (directory / f"{cfg.stem}.status.json").unlink(missing_ok=True)
+        changes.append(f"agent of removed node {cfg.stem} stopped")
+    wanted_wg = {d.ifname for d in topo.wireguard}
+    for ifname in sorted(set(state.wireguard) - wanted_wg):
+        for pid in _processes(ifname):
+            wireguard.stop(pid)
+        (wireguard.SOCKET_DIR / f"{ifname}.sock").unlink(missing_ok=True)
+        del state.wireguard[ifname]
+        changes.append(f"wireguard-go {ifname} stopped")
+    for node in sorted(set(state.workloads) - nodes):
+        _kill(state.workloads.pop(node))
+        changes.append(f"workload of removed node {node} stopped")
+    wanted = {n.name for n in topo.namespaces}
+    for name in netns.listing(f"{topo.prefix}-"):
+        if name not in wanted:
+            netns.remove(name)
+            shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
+            changes.append(f"namespace {name} removed")
+    state.save()
+    return changes
 
 
 def _etcd(state: LabState) -> list[str]:
@@ -421,6 +479,29 @@ def crash_node(state: LabState, node: str) -> list[str]:
     return done
 
 
+def add_node(mesh: Path | None, node: dict[str, Any], cluster: str, progress: Progress = _quiet) -> UpResult:
+    """Add a node to the running lab; returns once every tunnel (its own too) has a handshake."""
+    state = find_lab(mesh)
+    if node["name"] in state.nodes:
+        raise UsageError(f"node {node['name']} is already in lab {state.mesh_name}")
+    overlay = {"add": list(state.overlay.get("add", [])), "remove": list(state.overlay.get("remove", []))}
+    if node["name"] in overlay["remove"]:
+        overlay["remove"].remove(node["name"])
+    overlay["add"].append({"cluster": cluster, "node": node})
+    return up(Path(state.mesh), Path(state.state_dir), overlay=overlay, progress=progress)
+
+
+def remove_node(mesh: Path | None, name: str, progress: Progress = _quiet) -> UpResult:
+    state = find_lab(mesh)
+    if name not in state.nodes:
+        raise UsageError(f"no node {name} in lab {state.mesh_name}")
+    added = [e for e in state.overlay.get("add", []) if e["node"]["name"] != name]
+    removed = list(state.overlay.get("remove", []))
+    if len(added) == len(state.overlay.get("add", [])):
+        removed.append(name)
+    return up(Path(state.mesh), Path(state.state_dir), overlay={"add": added, "remove": removed}, progress=progress)
+
+
 def rotate_keys(state: LabState, nodes: list[str]) -> dict[str, str]:
     """Ask the agents of `nodes` for a new key; returns node → the new public key once every
     peer has it and has completed a handshake with it."""
@@ -529,16 +610,19 @@ def unhealthy_backends(tag: str) -> frozenset[str]:
 
 
 def plan_services_view(plan: Plan) -> list[Any]:
-    """What the service daemon depends on: services, their backends and ClusterIPs, pod addresses."""
+    """What the service daemon depends on: services, their backends and ClusterIPs, pods, nodes."""
     from crossmesh.plan.serialize import plan_json
 
     data = plan_json(plan)
     return [
-        [c["name"], c["services"], [(p["ref"], p["address"], p["node"]) for p in c["pods"]]] for c in data["clusters"]
+        [c["name"], c["services"], [(p["ref"], p["address"], p["node"]) for p in c["pods"]], c["nodes"]]
+        for c in data["clusters"]
     ]
 
 
-def _services(state: LabState, topo: LabTopology, plan: Plan) -> list[str]:
+def _services(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[str, list[Any]]) -> list[str]:
+    # The daemon rewrites node tables with its own reading of the policies: a new one restarts it.
+    policies = sorted(json.dumps(m.raw, sort_keys=True) for ms in manifests.values() for m in ms)
     from crossmesh.drivers.lab.servicesd import resolv_conf
 
     changes = []
@@ -553,7 +637,9 @@ def _services(state: LabState, topo: LabTopology, plan: Plan) -> list[str]:
 
     code = hashlib.sha256(Path(servicesd.__file__).read_bytes()).hexdigest()  # a new daemon restarts it too
     digest = reconcile.nft_digest(
-        json.dumps([plan_services_view(plan), dataclasses.asdict(plan.health), code], sort_keys=True, default=str)
+        json.dumps(
+            [plan_services_view(plan), dataclasses.asdict(plan.health), code, policies], sort_keys=True, default=str
+        )
     )
     if _alive(state.services_pid) and state.services_digest == digest:
         return changes
@@ -766,13 +852,16 @@ def leftovers(tag: str | None = None) -> list[str]:
 
 
 def topology_of(state: LabState) -> tuple[Compiled, LabTopology]:
-    compiled = compile_mesh(Path(state.mesh), Path(state.state_dir), persist=False)
+    compiled = compile_mesh(
+        Path(state.mesh), Path(state.state_dir), persist=False, overlay=state.overlay, placements=state.placements
+    )
     return compiled, topology.build(
         compiled.plan,
         state.tag,
         unhealthy_backends(state.tag),
         policy_index(compiled),
         agent_routes=state.control_plane == "etcd",
+        indices=state.indices or None,
     )
 
 

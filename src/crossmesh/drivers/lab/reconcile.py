@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import NetlinkError, NetNS
@@ -19,6 +20,7 @@ from crossmesh.drivers.lab import netns
 from crossmesh.drivers.lab.topology import ROUTE_PROTO, Link, Namespace, Neighbour, Route
 
 NFT_TABLE = "crossmesh"
+OPTIONAL_SYSCTLS = ("net/bridge/",)
 
 
 def _attr(msg: Any, name: str) -> Any:
@@ -60,6 +62,8 @@ def nft_only(spec: Namespace) -> list[str]:
 def _sysctls(spec: Namespace) -> list[str]:
     out = []
     for key, value in spec.sysctls:
+        if key.startswith(OPTIONAL_SYSCTLS) and not Path("/proc/sys", key).exists():
+            continue  # br_netfilter not loaded on this host: nothing to switch off
         if netns.read_sysctl(spec.name, key) != value:
             netns.write_sysctl(spec.name, key, value)
             out.append(f"sysctl {key}={value}")

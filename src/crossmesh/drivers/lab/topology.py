@@ -111,6 +111,7 @@ class LabTopology:
     site_ns: dict[str, str] = field(default_factory=dict)
     site_wan: dict[str, IPv4Address] = field(default_factory=dict)
     inet_address: IPv4Address = IPv4Address("192.0.2.254")
+    indices: dict[str, dict[str, int]] = field(default_factory=dict)  # name → number in device names
 
     def namespace(self, name: str) -> Namespace:
         return next(n for n in self.namespaces if n.name == name)
@@ -120,6 +121,19 @@ class LabTopology:
             if p.pod.ref == ref:
                 return p
         raise KeyError(ref)
+
+
+def _numbering(names: list[str], kept: dict[str, int]) -> dict[str, int]:
+    """Numbers for device and namespace names. A running lab keeps the numbers it gave
+    (`kept`), so a node joining does not rename the others; new names get fresh numbers,
+    never reused ones, so a half-removed namespace is never mistaken for a new one."""
+    out = {n: kept[n] for n in names if n in kept}
+    following = max(kept.values(), default=-1) + 1
+    for n in names:
+        if n not in out:
+            out[n] = following
+            following += 1
+    return out
 
 
 def _public_pool(plan: Plan, count: int) -> list[IPv4Address]:
@@ -148,6 +162,7 @@ def build(
     policy: PolicyIndex | None = None,
     *,
     agent_routes: bool = False,
+    indices: dict[str, dict[str, int]] | None = None,
 ) -> LabTopology:
     """The lab's desired state. With `agent_routes`, routes into the tunnels are left to the
     nodes' agents (they follow etcd), and the lab sets up everything else."""
@@ -155,8 +170,10 @@ def build(
     sites = list(plan.sites)
     nodes = list(plan.nodes)
     pods = [p for c in plan.clusters for p in c.pods]
-    node_index = {n.name: i for i, n in enumerate(nodes)}
-    site_index = {s.name: k for k, s in enumerate(sites)}
+    kept = indices or {}
+    node_index = _numbering([n.name for n in nodes], kept.get("node", {}))
+    site_index = _numbering([s.name for s in sites], kept.get("site", {}))
+    pod_index = _numbering([p.ref for p in pods], kept.get("pod", {}))
     publics = _public_pool(plan, len(sites) + 1)
     inet_addr = publics[0]
     site_wan = {s.name: publics[k + 1] for k, s in enumerate(sites)}
@@ -226,7 +243,9 @@ def build(
                     Route(IPv4Network(f"{inet_addr}/32"), wan_if),
                     Route(IPv4Network("0.0.0.0/0"), wan_if, inet_addr, onlink=True),
                 ),
-                sysctls=FORWARD_SYSCTLS,
+                # A site network is a switch, not a firewall: frames crossing the bridge skip
+                # the router's nftables (the host may have br_netfilter on, which new namespaces inherit).
+                sysctls=FORWARD_SYSCTLS + (("net/bridge/bridge-nf-call-iptables", "0"),),
                 nft=_router_nft(wan_if, site_wan[s.name], site_nodes),
                 owner=s.name,
             )
@@ -236,8 +255,8 @@ def build(
     pod_eps: list[PodEndpoint] = []
     wg_devices: list[WireGuardDevice] = []
     pods_by_node: dict[str, list[tuple[int, PodPlan]]] = {}
-    for j, p in enumerate(pods):
-        pods_by_node.setdefault(p.node, []).append((j, p))
+    for p in pods:
+        pods_by_node.setdefault(p.node, []).append((pod_index[p.ref], p))
     for n in nodes:
         i = node_index[n.name]
         ns = node_ns[n.name]
@@ -327,6 +346,7 @@ def build(
         wireguard=tuple(wg_devices),
         pods=tuple(pod_eps),
         node_ns=node_ns,
+        indices={"node": node_index, "site": site_index, "pod": pod_index},
         site_ns=site_ns,
         site_wan=site_wan,
         inet_address=inet_addr,
