@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import aetcd
+import grpc
+from aetcd import rpc
+from aetcd import watcher as aetcd_watcher
 
 from crossmesh.agent import records
 from crossmesh.drivers.lab import netns, wireguard
@@ -37,6 +40,37 @@ AGENT_ROUTE_PROTO = 100  # the lab's own routes use 99; these belong to the agen
 
 def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+class TlsClient(aetcd.Client):  # type: ignore[misc]
+    """aetcd speaks plain gRPC only; real etcd clusters want TLS with client certificates.
+    Same connection steps as aetcd's `connect`, over a secure channel."""
+
+    def __init__(self, host: str, port: int, *, ca: str, cert: str, key: str) -> None:
+        super().__init__(host=host, port=port, timeout=2, connect_wait_timeout=1)
+        self._credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(ca).read_bytes(),
+            private_key=Path(key).read_bytes(),
+            certificate_chain=Path(cert).read_bytes(),
+        )
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        self._is_connecting = True
+        try:
+            target = f"{self._host}:{self._port}"
+            self.channel = rpc.secure_channel(target, self._credentials, options=self._options.items())
+            self.kvstub = rpc.KVStub(self.channel)
+            self.clusterstub = rpc.ClusterStub(self.channel)
+            self.leasestub = rpc.LeaseStub(self.channel)
+            self.maintenancestub = rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd_watcher.Watcher(
+                rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            )
+            self._connected.set()
+        finally:
+            self._is_connecting = False
 
 
 class Agent:
@@ -90,9 +124,14 @@ class Agent:
 
     async def connect(self) -> aetcd.Client:
         last: Exception | None = None
+        tls = self.cfg.get("tls")
         for endpoint in self.cfg["etcd"]:
-            host, _, port = endpoint.removeprefix("http://").partition(":")
-            client = aetcd.Client(host=host, port=int(port), timeout=2, connect_wait_timeout=1)
+            host, _, port = endpoint.removeprefix("http://").removeprefix("https://").partition(":")
+            client: aetcd.Client
+            if tls:
+                client = TlsClient(host, int(port or 2379), ca=tls["ca"], cert=tls["cert"], key=tls["key"])
+            else:
+                client = aetcd.Client(host=host, port=int(port or 2379), timeout=2, connect_wait_timeout=1)
             try:
                 await client.connect()
                 await client.status()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from crossmesh import __version__
+from crossmesh.cli import agent as agent_cli
 from crossmesh.cli import checks, core, lab, policy, trace
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app.add_typer(lab.app, name="lab")
 app.add_typer(policy.app, name="policy")
 app.command("test")(checks.test)
 app.command("trace")(trace.trace)
+app.command("agent")(agent_cli.agent)
 
 
 @app.callback(invoke_without_command=True)

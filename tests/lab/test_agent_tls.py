@@ -1,0 +1,205 @@
+"""`crossmesh agent` against an existing etcd with TLS client certificates, as on real nodes:
+two agents, each driving a wireguard-go device in its own namespace, find each other
+through a TLS-only etcd; without a client certificate an agent gets nowhere."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from crossmesh.drivers.lab import netns, wireguard
+
+pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd (apt-get install etcd-server)")
+
+MESH = """apiVersion: crossmesh.io/v1alpha1
+kind: Mesh
+metadata: {name: tls-agents}
+spec:
+  sites:
+    - {name: east, provider: aws, network: 10.0.0.0/16}
+    - {name: west, provider: gcp, network: 10.1.0.0/16}
+  clusters:
+    - name: one
+      nodes:
+        - {name: a, site: east, address: 10.0.0.5, publicAddress: 192.0.2.5}
+        - {name: b, site: west, address: 10.1.0.5, publicAddress: 198.51.100.5}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cert(
+    name: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, *, server: bool = False, ca: bool = False
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_name, issuer_key = issuer if issuer else (subject, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256()), key
+
+
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    crt = path.with_suffix(".crt")
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem = path.with_suffix(".key")
+    pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    os.chmod(pem, 0o600)
+    return crt, pem
+
+
+def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:4]
+    ca_cert, ca_key = _cert("crossmesh test CA", None, ca=True)
+    ca_crt, _ = _write(tmp_path / "ca", ca_cert, ca_key)
+    srv_crt, srv_key = _write(tmp_path / "server", *_cert("etcd", (ca_cert.subject, ca_key), server=True))
+    cli_crt, cli_key = _write(tmp_path / "client", *_cert("agent", (ca_cert.subject, ca_key)))
+    client_port, peer_port = _free_port(), _free_port()
+    etcd = subprocess.Popen(
+        [
+            "etcd",
+            "--name",
+            "t",
+            "--data-dir",
+            str(tmp_path / "etcd"),
+            "--listen-client-urls",
+            f"https://127.0.0.1:{client_port}",
+            "--advertise-client-urls",
+            f"https://127.0.0.1:{client_port}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster",
+            f"t=http://127.0.0.1:{peer_port}",
+            "--cert-file",
+            str(srv_crt),
+            "--key-file",
+            str(srv_key),
+            "--trusted-ca-file",
+            str(ca_crt),
+            "--client-cert-auth",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(MESH)
+    spaces = {n: f"cm-{tag}-tls-{n}" for n in ("a", "b")}
+    devices = {n: f"cm-{tag}-t{n}" for n in ("a", "b")}
+    agents: list[subprocess.Popen[bytes]] = []
+    try:
+        for n in ("a", "b"):
+            netns.create(spaces[n])
+            wireguard.start(spaces[n], devices[n], tmp_path / f"wg-{n}.log")
+        endpoint = f"https://127.0.0.1:{client_port}"
+        base = ["crossmesh", "agent", str(mesh), "--etcd-endpoints", endpoint, "--lease-ttl", "2"]
+        tls = ["--cacert", str(ca_crt), "--cert", str(cli_crt), "--key", str(cli_key)]
+        for n in ("a", "b"):
+            agents.append(
+                subprocess.Popen(
+                    [*base, "--node", n, "--netns", spaces[n], "--interface", devices[n], *tls],
+                    stdout=(tmp_path / f"agent-{n}.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        keys = {n: (mesh.parent / ".crossmesh" / "keys" / f"{n}.pub") for n in ("a", "b")}
+        deadline = time.monotonic() + 30
+        peers: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            peers = {
+                n: subprocess.run(["wg", "show", devices[n], "peers"], capture_output=True, text=True).stdout
+                for n in ("a", "b")
+            }
+            if (
+                all(k.exists() for k in keys.values())
+                and keys["b"].read_text().strip() in peers["a"]
+                and keys["a"].read_text().strip() in peers["b"]
+            ):
+                break
+            time.sleep(0.2)
+        assert keys["b"].read_text().strip() in peers["a"], (tmp_path / "agent-a.log").read_text()[-2000:]
+        assert keys["a"].read_text().strip() in peers["b"], (tmp_path / "agent-b.log").read_text()[-2000:]
+        status = json.loads((mesh.parent / ".crossmesh" / "agent-a.status.json").read_text())
+        assert status["etcd"] == endpoint and status["peers"] == 1
+
+        # Without a client certificate the server refuses the agent: it never connects.
+        lonely = subprocess.Popen(
+            [
+                *base,
+                "--node",
+                "a",
+                "--netns",
+                spaces["a"],
+                "--interface",
+                devices["a"],
+                "--state",
+                str(tmp_path / "other-state"),
+            ],
+            stdout=(tmp_path / "agent-plain.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        agents.append(lonely)
+        time.sleep(3)
+        plain = json.loads((tmp_path / "other-state" / "agent-a.status.json").read_text())
+        assert plain["etcd"] is None
+    finally:
+        for p in agents:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        os.killpg(etcd.pid, signal.SIGKILL)
+        for n in ("a", "b"):
+            for pid in _pids(devices[n]):
+                os.kill(pid, signal.SIGKILL)
+            (wireguard.SOCKET_DIR / f"{devices[n]}.sock").unlink(missing_ok=True)
+            netns.remove(spaces[n])
+
+
+def _pids(marker: str) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    out.append(int(entry.name))
+            except OSError:
+                pass
+    return out
