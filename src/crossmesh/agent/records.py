@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from crossmesh.model.plan import NodePlan
 from crossmesh.state.keys import is_valid_key
 
 
@@ -36,6 +37,25 @@ class NodeRecord:
     @property
     def natted(self) -> bool:
         return self.endpoint is None
+
+
+def record_of(node: NodePlan, public_key: str) -> dict[str, Any]:
+    """The record a planned node publishes (as a dict: the agent's configuration carries it)."""
+    assert node.tunnel is not None  # noqa: S101 - only tunnel nodes run agents
+    port = node.tunnel.listen_port
+    return asdict(
+        NodeRecord(
+            name=node.name,
+            cluster=node.cluster,
+            site=node.site,
+            public_key=public_key,
+            address=str(node.address),
+            pod_cidr=str(node.pod_cidr),
+            tunnel_address=str(node.tunnel.address),
+            listen_port=port,
+            endpoint=f"{node.public_address}:{port}" if node.public_address else None,
+        )
+    )
 
 
 class RecordError(ValueError):

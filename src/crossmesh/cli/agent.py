@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from crossmesh.agent import records
 from crossmesh.agent.daemon import Agent
 from crossmesh.cli.common import friendly
 from crossmesh.errors import UsageError
@@ -56,17 +57,7 @@ def agent(
         "privateKeyPath": str(compiled.store.private_key_path(node)),
         "status": str(compiled.store.root / f"agent-{node}.status.json"),
         "wireguardLog": str(compiled.store.root / f"wireguard-{node}.log"),
-        "record": {
-            "name": node,
-            "cluster": planned.cluster,
-            "site": planned.site,
-            "public_key": compiled.store.public_keys([node])[node],
-            "address": str(planned.address),
-            "pod_cidr": str(planned.pod_cidr),
-            "tunnel_address": str(planned.tunnel.address),
-            "listen_port": planned.tunnel.listen_port,
-            "endpoint": f"{planned.public_address}:{planned.tunnel.listen_port}" if planned.public_address else None,
-        },
+        "record": records.record_of(planned, compiled.store.public_keys([node])[node]),
     }
     if all(tls):
         cfg["tls"] = {"ca": str(cacert), "cert": str(cert), "key": str(key)}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crossmesh.agent import records
 from crossmesh.drivers import etcd
 from crossmesh.drivers.lab import netns, reconcile, topology, wireguard
 from crossmesh.drivers.lab.topology import LabTopology
@@ -407,17 +408,7 @@ def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_na
         "privateKeyPath": str(store.private_key_path(node.name)),
         "status": str(agent_dir(state) / f"{node.name}.status.json"),
         "wireguardLog": str(state.dir / "logs" / f"{dev.ifname}.log"),
-        "record": {
-            "name": node.name,
-            "cluster": node.cluster,
-            "site": node.site,
-            "public_key": store.public_keys([node.name])[node.name],
-            "address": str(node.address),
-            "pod_cidr": str(node.pod_cidr),
-            "tunnel_address": str(node.tunnel.address),
-            "listen_port": node.tunnel.listen_port,
-            "endpoint": f"{node.public_address}:{node.tunnel.listen_port}" if node.public_address else None,
-        },
+        "record": records.record_of(node, store.public_keys([node.name])[node.name]),
     }
 
 
