@@ -13,7 +13,9 @@ Cilium enforces with identities and BPF maps; the lab does the same with nftable
   by a selecting policy, the allow elements; established flows pass both ways.
 
 The sets are built from `PolicyIndex._table`, the evaluator's per-(identity, direction)
-rule table, so the data plane and `policy trace` share one reading of the policies.
+rule table, so the data plane and `policy trace` share one reading of the policies. What an
+identity adds to a node's sets does not depend on the node: it is compiled and printed once
+per index and shared by every node hosting the identity (benchmarks/bench_policy_compile.py).
 Enforcement is on the node's forward path (pod to pod, other nodes to pods) and input
 path (a pod to its own node, e.g. the lab's DNS, which Cilium filters on egress too).
 HTTP rules need the L7 proxy; their ports are listed in `l7` so that it can take them.
@@ -25,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from weakref import WeakKeyDictionary
 
 from crossmesh.policy.evaluator import PolicyIndex
 from crossmesh.policy.model import (
@@ -52,7 +55,8 @@ def mark(identity: int) -> int:
 
 @dataclass(slots=True)
 class _Sets:
-    """Elements of one (action, direction): peers by identity mark, world by address."""
+    """Elements of one (action, direction) for one local identity: peers by identity mark,
+    world by address. Every key starts with the local identity's mark."""
 
     l4: dict[tuple[int, int, str], list[Range]] = field(default_factory=lambda: defaultdict(list))
     l3: set[tuple[int, int]] = field(default_factory=set)
@@ -62,20 +66,90 @@ class _Sets:
     any_l3: set[int] = field(default_factory=set)
 
 
+Elements = dict[str, list[str]]  # set name suffix ("", "_l3", "_world", ...) → its elements, printed
+
+
+@dataclass(slots=True)
+class _Part:
+    """What one pod identity adds to the sets of a node hosting it, printed. It does not depend
+    on the node, so it is compiled once per index however many nodes host the identity."""
+
+    isolated: tuple[Direction, ...]
+    sets: dict[tuple[Action, Direction], Elements]
+    l7: set[tuple[IPv4Address, int, str]]
+
+
+@dataclass(slots=True)
+class _PodMarks:
+    """An identity domain's pod addresses and their identity marks, shared by the domain's
+    nodes (read only); each element of `map ident` is printed once, keyed by the address as
+    an integer (the map is printed in address order)."""
+
+    marks: dict[IPv4Address, int]
+    _printed: dict[int, str] | None = None
+
+    def printed(self) -> dict[int, str]:
+        if self._printed is None:
+            self._printed = {int(a): f"{a} : {m}" for a, m in self.marks.items()}
+        return self._printed
+
+
 @dataclass(slots=True)
 class NodePolicy:
-    """What one node enforces, ready to print as nftables."""
+    """What one node enforces, ready to print as nftables.
 
-    ident: dict[IPv4Address, int]
+    `sets[(action, direction)]` holds the elements of each local identity, in identity order;
+    they are shared with the other nodes hosting the identity: read only."""
+
+    pods: _PodMarks
+    nodes: dict[IPv4Address, int]  # this node's addresses (host) and its domain's other nodes' (remote-node)
     isolated: dict[Direction, set[int]]
-    sets: dict[tuple[Action, Direction], _Sets]
+    sets: dict[tuple[Action, Direction], list[Elements]]
     l7: set[tuple[IPv4Address, int, str]]  # (pod address, port, protocol) carrying HTTP rules
+
+    @property
+    def ident(self) -> dict[IPv4Address, int]:
+        """Every address the node maps to an identity (`map ident`)."""
+        return {**self.pods.marks, **self.nodes}
 
     @property
     def active(self) -> bool:
         return any(self.isolated.values()) or any(
-            s.l4 or s.l3 or s.world or s.world_l3 or s.any_l4 or s.any_l3 for s in self.sets.values()
+            any(elements.values()) for parts in self.sets.values() for elements in parts
         )
+
+
+class _Memo:
+    """Per index, what every node's compilation reads: endpoints by identity and by node, each
+    identity domain's pod addresses, and each identity's `_Part` (built on first use)."""
+
+    def __init__(self, index: PolicyIndex) -> None:
+        self.members: dict[int, list[Endpoint]] = defaultdict(list)
+        self.pods_on: dict[str, list[Endpoint]] = defaultdict(list)
+        for e in index.endpoints.values():
+            i = index.identity_of.get(e.ref)
+            if i is not None:
+                self.members[i].append(e)
+            if e.kind is EndpointKind.POD:
+                self.pods_on[e.node].append(e)
+        self.parts: dict[int, _Part] = {}
+        self.pod_marks: dict[str, _PodMarks] = {}
+
+    def domain_marks(self, index: PolicyIndex, domain: str) -> _PodMarks:
+        got = self.pod_marks.get(domain)
+        if got is None:
+            got = self.pod_marks[domain] = _PodMarks({})
+            for e in index.endpoints.values():
+                if e.kind is EndpointKind.POD:
+                    i = index.identity_of.get(e.ref)
+                    if i is not None and index.identities[i].domain == domain:
+                        for a in e.addresses:
+                            if isinstance(a, IPv4Address):
+                                got.marks[a] = mark(i)
+        return got
+
+
+_MEMOS: WeakKeyDictionary[PolicyIndex, _Memo] = WeakKeyDictionary()
 
 
 def _merge(ranges: Iterable[Range]) -> list[Range]:
@@ -92,18 +166,23 @@ def _cidr_ranges(term: PeerTerm) -> list[Range]:
     """The addresses of a CIDR term (network minus excepts) as integer ranges; IPv4 only."""
     if term.cidr is None or not isinstance(term.cidr.network, IPv4Network):
         return []
-    pieces = [term.cidr.network]
+    net = term.cidr.network
+    pieces = [(int(net.network_address), int(net.broadcast_address))]
     for ex in term.cidr.excepts:
         if not isinstance(ex, IPv4Network):
             continue
-        nxt: list[IPv4Network] = []
-        for p in pieces:
-            if ex.subnet_of(p):
-                nxt.extend(p.address_exclude(ex))
-            elif not p.subnet_of(ex):
-                nxt.append(p)
+        lo, hi = int(ex.network_address), int(ex.broadcast_address)
+        nxt: list[Range] = []
+        for a, b in pieces:
+            if hi < a or b < lo:
+                nxt.append((a, b))
+                continue
+            if a < lo:
+                nxt.append((a, lo - 1))
+            if hi < b:
+                nxt.append((hi + 1, b))
         pieces = nxt
-    return _merge((int(p.network_address), int(p.broadcast_address)) for p in pieces)
+    return _merge(pieces)
 
 
 def _ports(pm: PortMatcher, named_sources: Iterable[Endpoint]) -> list[tuple[str, Range]]:
@@ -122,62 +201,71 @@ def _ports(pm: PortMatcher, named_sources: Iterable[Endpoint]) -> list[tuple[str
 
 def compile_node(index: PolicyIndex, node: str, plan_nodes: dict[str, tuple[IPv4Address, ...]]) -> NodePolicy:
     """Sets for the pods on `node`; `plan_nodes` maps every node to its addresses."""
-    local = [e for e in index.endpoints.values() if e.kind is EndpointKind.POD and e.node == node]
-    node_cluster = next(
-        (e.cluster for e in index.endpoints.values() if e.kind is EndpointKind.NODE and e.ref == node),
-        local[0].cluster if local else "",
-    )
+    memo = _MEMOS.get(index)
+    if memo is None:
+        memo = _MEMOS[index] = _Memo(index)
+    local = memo.pods_on.get(node, [])
+    own = index.endpoints.get(node)
+    if own is not None and own.kind is EndpointKind.NODE:
+        node_cluster = own.cluster
+    else:
+        node_cluster = local[0].cluster if local else ""
     domain = index.domains.get(node_cluster, f"cluster {node_cluster}")
-    ident: dict[IPv4Address, int] = {}
-    for e in index.endpoints.values():
-        if e.kind is EndpointKind.POD:
-            i = index.identity_of.get(e.ref)
-            if i is not None and index.identities[i].domain == domain:
-                for a in e.addresses:
-                    if isinstance(a, IPv4Address):
-                        ident[a] = mark(i)
+    pods = memo.domain_marks(index, domain)
+    nodes: dict[IPv4Address, int] = {}
     for name, addresses in plan_nodes.items():
         other = index.endpoints.get(name)
         same = other is not None and index.domains.get(other.cluster) == domain
         for a in addresses:
             if name == node:
-                ident[a] = HOST
-            elif same:
-                ident.setdefault(a, REMOTE_NODE)
-    result = NodePolicy(ident, {d: set() for d in Direction}, {}, set())
+                nodes[a] = HOST
+            elif same and a not in pods.marks:
+                nodes.setdefault(a, REMOTE_NODE)
+    result = NodePolicy(pods, nodes, {d: set() for d in Direction}, {}, set())
     for act in Action:
         for d in Direction:
-            result.sets[(act, d)] = _Sets()
-    local_ids = sorted({index.identity_of[e.ref] for e in local if e.ref in index.identity_of})
-    members: dict[int, list[Endpoint]] = defaultdict(list)
-    for e in index.endpoints.values():
-        i = index.identity_of.get(e.ref)
-        if i is not None:
-            members[i].append(e)
-    for i in local_ids:
-        for d in Direction:
-            table = index._table(i, d)  # noqa: SLF001 - the evaluator's own reading of the rules
-            if not table.policies:
-                continue
-            if table.default_deny:
-                result.isolated[d].add(mark(i))
-            for action, rules in ((Action.DENY, table.deny), (Action.ALLOW, table.allow)):
-                sets = result.sets[(action, d)]
-                for peer_id, matches in rules.by_identity.items():
-                    for rule, _term in matches:
-                        _add(sets, mark(i), mark(peer_id), rule, d, members[i], members[peer_id], result, i)
-                for view, matches in rules.by_view.items():
-                    for rule, term in matches:
-                        if view is View.WORLD and term.cidr is not None:
-                            _add_world(sets, mark(i), rule, term, d, members[i])
-                        elif view is View.WORLD:
-                            _add_world(sets, mark(i), rule, None, d, members[i])
-                        else:
-                            peer_mark = HOST if view is View.HOST else REMOTE_NODE
-                            _add(sets, mark(i), peer_mark, rule, d, members[i], [], result, i)
-                for rule, _term in rules.any:
-                    _add_any(sets, mark(i), rule, d, members[i], members)
+            result.sets[(act, d)] = []
+    for i in sorted({index.identity_of[e.ref] for e in local if e.ref in index.identity_of}):
+        part = memo.parts.get(i)
+        if part is None:
+            part = memo.parts[i] = _compile_identity(index, i, memo.members)
+        for d in part.isolated:
+            result.isolated[d].add(mark(i))
+        for key, sets in part.sets.items():
+            result.sets[key].append(sets)
+        result.l7 |= part.l7
     return result
+
+
+def _compile_identity(index: PolicyIndex, i: int, members: dict[int, list[Endpoint]]) -> _Part:
+    part = _Part((), {}, set())
+    for d in Direction:
+        table = index._table(i, d)  # noqa: SLF001 - the evaluator's own reading of the rules
+        if not table.policies:
+            continue
+        if table.default_deny:
+            part.isolated += (d,)
+        for action, rules in ((Action.DENY, table.deny), (Action.ALLOW, table.allow)):
+            sets = _Sets()
+            # Term by term rather than `by_identity`: a wide table need not be inverted, and
+            # the elements are the same (each set's ranges are sorted and merged when printed).
+            for rule, _term, peer_ids in rules.selected:
+                for peer_id in peer_ids:
+                    _add(sets, mark(i), mark(peer_id), rule, d, members[i], members[peer_id], part.l7)
+            for view, matches in rules.by_view.items():
+                for rule, term in matches:
+                    if view is View.WORLD and term.cidr is not None:
+                        _add_world(sets, mark(i), rule, term, d, members[i])
+                    elif view is View.WORLD:
+                        _add_world(sets, mark(i), rule, None, d, members[i])
+                    else:
+                        peer_mark = HOST if view is View.HOST else REMOTE_NODE
+                        _add(sets, mark(i), peer_mark, rule, d, members[i], [], part.l7)
+            for rule, _term in rules.any:
+                _add_any(sets, mark(i), rule, d, members[i], members)
+            # Kept printed: strings cost the garbage collector nothing, unlike the builder's tuples.
+            part.sets[(action, d)] = _print_sets(sets)
+    return part
 
 
 def _named_sources(d: Direction, local: list[Endpoint], peer: list[Endpoint]) -> list[Endpoint]:
@@ -193,8 +281,7 @@ def _add(
     d: Direction,
     local_eps: list[Endpoint],
     peer_eps: list[Endpoint],
-    result: NodePolicy,
-    local_id: int,
+    l7: set[tuple[IPv4Address, int, str]],
 ) -> None:
     if not rule.ports:
         sets.l3.add((local, peer))
@@ -206,8 +293,7 @@ def _add(
                 for e in local_eps:
                     for a in e.addresses:
                         if isinstance(a, IPv4Address) and rng[0] == rng[1]:
-                            result.l7.add((a, rng[0], proto))
-    del local_id
+                            l7.add((a, rng[0], proto))
 
 
 def _add_world(
@@ -273,38 +359,56 @@ def _set(name: str, typ: str, elements: list[str], *, interval: bool) -> str:
 PROTO = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 
 
+def _print_sets(s: _Sets) -> Elements:
+    return {
+        "": [
+            f"{lo} . {pe} . {PROTO[p]} . {_port_range(r)}"
+            for (lo, pe, p), rs in sorted(s.l4.items())
+            for r in _merge(rs)
+        ],
+        "_l3": [f"{lo} . {pe}" for lo, pe in sorted(s.l3)],
+        "_world": [
+            f"{lo} . {_addr_range(a)} . {PROTO[p]} . {_port_range(r)}"
+            for (lo, p), entries in sorted(s.world.items())
+            for a, ports in _disjoint(entries)
+            for r in ports
+        ],
+        "_world_l3": [f"{lo} . {_addr_range(a)}" for lo, rs in sorted(s.world_l3.items()) for a in _merge(rs)],
+        "_any": [
+            f"{lo} . {PROTO[p]} . {_port_range(r)}" for (lo, p), rs in sorted(s.any_l4.items()) for r in _merge(rs)
+        ],
+        "_any_l3": [str(m) for m in sorted(s.any_l3)],
+    }
+
+
+SET_TYPES = (
+    ("", "mark . mark . inet_proto . inet_service", True),
+    ("_l3", "mark . mark", False),
+    ("_world", "mark . ipv4_addr . inet_proto . inet_service", True),
+    ("_world_l3", "mark . ipv4_addr", True),
+    ("_any", "mark . inet_proto . inet_service", True),
+    ("_any_l3", "mark", False),
+)
+
+
 def nft_sets(policy: NodePolicy) -> str:
     out = []
-    ident = [f"{a} : {m}" for a, m in sorted(policy.ident.items())]
+    printed = dict(policy.pods.printed())
+    printed.update((int(a), f"{a} : {m}") for a, m in policy.nodes.items())
+    ident = [printed[n] for n in sorted(printed)]
     out.append(
         f"  map ident {{ type ipv4_addr : mark; {'elements = { ' + ', '.join(ident) + ' }; ' if ident else ''}}}\n"
     )
     for d in Direction:
         iso = [str(m) for m in sorted(policy.isolated[d])]
         out.append(_set(f"isolated_{d.value}", "mark", iso, interval=False))
-    for (action, d), s in sorted(policy.sets.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value)):
+    for (action, d), parts in sorted(policy.sets.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value)):
         tag = f"{action.value}_{d.value}"
-        l4 = [
-            f"{lo} . {pe} . {PROTO[p]} . {_port_range(r)}"
-            for (lo, pe, p), rs in sorted(s.l4.items())
-            for r in _merge(rs)
-        ]
-        out.append(_set(f"{tag}", "mark . mark . inet_proto . inet_service", l4, interval=True))
-        out.append(_set(f"{tag}_l3", "mark . mark", [f"{lo} . {pe}" for lo, pe in sorted(s.l3)], interval=False))
-        world = [
-            f"{lo} . {_addr_range(a)} . {PROTO[p]} . {_port_range(r)}"
-            for (lo, p), entries in sorted(s.world.items())
-            for a, ports in _disjoint(entries)
-            for r in ports
-        ]
-        out.append(_set(f"{tag}_world", "mark . ipv4_addr . inet_proto . inet_service", world, interval=True))
-        world_l3 = [f"{lo} . {_addr_range(a)}" for lo, rs in sorted(s.world_l3.items()) for a in _merge(rs)]
-        out.append(_set(f"{tag}_world_l3", "mark . ipv4_addr", world_l3, interval=True))
-        any_l4 = [
-            f"{lo} . {PROTO[p]} . {_port_range(r)}" for (lo, p), rs in sorted(s.any_l4.items()) for r in _merge(rs)
-        ]
-        out.append(_set(f"{tag}_any", "mark . inet_proto . inet_service", any_l4, interval=True))
-        out.append(_set(f"{tag}_any_l3", "mark", [str(m) for m in sorted(s.any_l3)], interval=False))
+        # Each part's elements start with its own identity's mark and parts come in identity
+        # order, so their concatenation is the sorted whole.
+        for suffix, typ, interval in SET_TYPES:
+            elements = [e for p in parts for e in p[suffix]]
+            out.append(_set(f"{tag}{suffix}", typ, elements, interval=interval))
     return "".join(out)
 
 
