@@ -8,8 +8,6 @@ from typing import Any
 
 import typer
 
-from crossmesh.agent import records
-from crossmesh.agent.daemon import Agent
 from crossmesh.cli.common import friendly
 from crossmesh.errors import UsageError
 from crossmesh.workspace import compile_mesh
@@ -35,6 +33,9 @@ def agent(
 
     The private key stays in the node's state directory; etcd gets public keys only.
     """
+    from crossmesh.agent import records  # the agent's stack (gRPC, netlink) loads only when it runs
+    from crossmesh.agent.daemon import Agent
+
     tls = [cacert, cert, key]
     if any(tls) and not all(tls):
         raise UsageError("TLS needs --cacert, --cert and --key together")
