@@ -88,6 +88,7 @@ class Agent:
         self.records: dict[str, records.NodeRecord] = {}
         self.rejected: dict[str, str] = {}
         self.bad: dict[str, str] = {}  # records that do not even decode
+        self.created: dict[str, int] = {}  # etcd create revision of each record: older wins an overlap
         self.connected: str | None = None
         self.lease_refreshed = 0.0
         self.last_reconcile = 0.0
@@ -151,7 +152,7 @@ class Agent:
             self.lease_refreshed = time.time()
             log(f"published {self.node} (lease {lease.id}, ttl {self.ttl}s) via {self.connected}")
             got = await client.get_prefix(self.prefix)
-            self.load([(kv.key, kv.value) for kv in got])
+            self.load([(kv.key, kv.value, kv.create_revision) for kv in got])
             watch = await client.watch_prefix(self.prefix, start_revision=got.header.revision + 1)
 
             async def keep() -> None:
@@ -187,16 +188,19 @@ class Agent:
             if str(ev.kind).endswith("DELETE"):
                 self.records.pop(name, None)
                 self.bad.pop(name, None)
+                self.created.pop(name, None)
                 log(f"node {name} left")
             else:
+                self.created[name] = ev.kv.create_revision
                 self._take(name, ev.kv.value)
             self.dirty.set()
 
-    def load(self, items: list[tuple[bytes, bytes]]) -> None:
-        self.records, self.bad = {}, {}
-        for k, v in items:
+    def load(self, items: list[tuple[bytes, bytes, int]]) -> None:
+        self.records, self.bad, self.created = {}, {}, {}
+        for k, v, created in items:
             name = k[len(self.prefix) :].decode(errors="replace")
             if name != self.node:
+                self.created[name] = created
                 self._take(name, v)
         self.dirty.set()
 
@@ -231,7 +235,7 @@ class Agent:
 
     def _apply(self) -> None:
         t0 = time.monotonic()
-        ok, rejected = records.accept(self.own, self.records)
+        ok, rejected = records.accept(self.own, self.records, self.created)
         for name, why in rejected.items():
             if self.rejected.get(name) != why:
                 log(f"rejected record of {name}: {why}")

@@ -90,24 +90,30 @@ class DesiredPeer:
     keepalive: int
 
 
-def accept(own: NodeRecord, records: dict[str, NodeRecord]) -> tuple[dict[str, NodeRecord], dict[str, str]]:
+def accept(
+    own: NodeRecord, records: dict[str, NodeRecord], created: dict[str, int] | None = None
+) -> tuple[dict[str, NodeRecord], dict[str, str]]:
     """Records this node can apply, and the rejected ones with their reason.
 
-    Overlaps are resolved in name order, so every agent rejects the same record."""
+    Overlaps are resolved by age: `created` is each record's etcd create revision, the same for
+    every agent, and the record published first keeps its addresses — a newcomer cannot take an
+    existing node's pod CIDR, whatever its name. Name order breaks ties (and stands in for
+    missing revisions), so every agent rejects the same record."""
+    age = created or {}
     taken: list[tuple[IPv4Network, str]] = [
         (IPv4Network(own.pod_cidr), own.name),
         (IPv4Network(f"{own.tunnel_address}/32"), own.name),
     ]
     ok: dict[str, NodeRecord] = {}
     rejected: dict[str, str] = {}
-    for name in sorted(records):
+    for name in sorted(records, key=lambda n: (age.get(n, 0), n)):
         rec = records[name]
         if name == own.name:
             continue
         nets = [IPv4Network(rec.pod_cidr), IPv4Network(f"{rec.tunnel_address}/32")]
-        clash = next(((n, who) for n in nets for t, who in taken if n.overlaps(t)), None)
+        clash = next(((n, t, who) for n in nets for t, who in taken if n.overlaps(t)), None)
         if clash is not None:
-            rejected[name] = f"{clash[0]} overlaps node {clash[1]}'s {next(t for t, w in taken if w == clash[1])}"
+            rejected[name] = f"{clash[0]} overlaps node {clash[2]}'s {clash[1]}"
             continue
         taken += [(n, name) for n in nets]
         ok[name] = rec
