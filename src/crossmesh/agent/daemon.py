@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -103,6 +104,10 @@ class Agent:
 
     # --- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
+        lock = self._lock()
+        if lock is None:
+            log(f"another agent of node {self.node} is running: exiting")
+            return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
@@ -122,6 +127,20 @@ class Agent:
                 await asyncio.sleep(0.5)
         for t in tasks:
             t.cancel()
+        os.close(lock)
+
+    def _lock(self) -> int | None:
+        """One agent per node: an exclusive lock beside the status file, released by the kernel
+        when the agent dies. A second agent started by a race (a supervisor restarting an agent
+        that `lab up` is replacing) gives up instead of publishing and applying twice."""
+        path = self.status_path.with_suffix(".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
 
     async def connect(self) -> aetcd.Client:
         last: Exception | None = None
