@@ -85,7 +85,13 @@ class Agent:
         self.keepalive: int = int(cfg.get("keepalive", 25))
         self.key_path = Path(cfg["privateKeyPath"])
         self.status_path = Path(cfg["status"])
-        self.own = records.NodeRecord(**cfg["record"])
+        # The key on disk is the node's: after a rotation the configuration may still name the
+        # previous public key. The device uses `private`; a rotated key waits in `pending`
+        # until its public key is published, so the node is never re-keyed while peers cannot
+        # learn it (etcd unreachable).
+        self.private = self.key_path.read_text().strip()
+        self.pending: str | None = None
+        self.own = records.NodeRecord(**{**cfg["record"], "public_key": wgkeys.public_key(self.private)})
         self.records: dict[str, records.NodeRecord] = {}
         self.rejected: dict[str, str] = {}
         self.bad: dict[str, str] = {}  # records that do not even decode
@@ -167,7 +173,9 @@ class Agent:
         try:
             lease = await client.lease(self.ttl)
             key = self.prefix + self.node.encode()
-            await client.put(key, self.own.encode(), lease=lease)
+            record = self.own
+            await client.put(key, record.encode(), lease=lease)
+            self.published(record)
             self.lease_refreshed = time.time()
             log(f"published {self.node} (lease {lease.id}, ttl {self.ttl}s) via {self.connected}")
             got = await client.get_prefix(self.prefix)
@@ -175,13 +183,21 @@ class Agent:
             watch = await client.watch_prefix(self.prefix, start_revision=got.header.revision + 1)
 
             async def keep() -> None:
+                due = time.monotonic() + self.ttl / 3
                 while True:
-                    await asyncio.sleep(self.ttl / 3)
-                    await asyncio.wait_for(lease.refresh(), self.ttl)
-                    self.lease_refreshed = time.time()
+                    # A rotated key (or our record deleted) is published at once, not at the next refresh:
+                    # until peers have the new public key, this node's sessions are down.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.put_needed.wait(), max(0.0, due - time.monotonic()))
                     if self.put_needed.is_set():
                         self.put_needed.clear()
-                        await client.put(key, self.own.encode(), lease=lease)
+                        record = self.own
+                        await client.put(key, record.encode(), lease=lease)
+                        self.published(record)
+                    if time.monotonic() >= due:
+                        await asyncio.wait_for(lease.refresh(), self.ttl)
+                        self.lease_refreshed = time.time()
+                        due = time.monotonic() + self.ttl / 3
 
             keeper = asyncio.create_task(keep())
             events = asyncio.create_task(self.follow(watch))
@@ -260,8 +276,7 @@ class Agent:
                 log(f"rejected record of {name}: {why}")
         self.rejected = {**rejected, **self.bad}
         peers = records.desired_peers(self.own, ok, self.keepalive)
-        private = self.key_path.read_text().strip()
-        text = records.setconf(private, self.own.listen_port, peers)
+        text = records.setconf(self.private, self.own.listen_port, peers)
         changes = wireguard.reconcile(self.ifname, text)
         changes += self._device()
         changes += self._routes(peers)
@@ -365,7 +380,8 @@ class Agent:
             self.write_status()
 
     def rotate_key(self) -> None:
-        """New key on the node: set it on the device, publish the new public key; peers follow."""
+        """New key on the node: publish the new public key, then set it on the device (`published`);
+        peers follow from the same etcd event, so both ends switch within milliseconds."""
         private = wgkeys.generate_private_key()
         tmp = self.key_path.with_suffix(".new")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -376,9 +392,15 @@ class Agent:
         if pub.exists():
             pub.write_text(wgkeys.public_key(private) + "\n")
         self.own = replace(self.own, public_key=wgkeys.public_key(private), version=self.own.version + 1)
+        self.pending = private
         self.put_needed.set()
-        self.dirty.set()
         log(f"key rotated (version {self.own.version})")
+
+    def published(self, record: records.NodeRecord) -> None:
+        """`record` is in etcd: a rotated key it names goes onto the device now."""
+        if self.pending is not None and wgkeys.public_key(self.pending) == record.public_key:
+            self.private, self.pending = self.pending, None
+            self.dirty.set()
 
     def write_status(self, peers: int | None = None) -> None:
         data = {

@@ -438,7 +438,9 @@ def _agents(state: LabState, topo: LabTopology, compiled: Compiled) -> list[str]
         path = directory / f"{dev.node}.json"
         text = json.dumps(cfg, indent=1, sort_keys=True)
         pid = int(agent_status(state, dev.node).get("pid", 0))
-        if _alive(pid) and path.exists() and path.read_text() == text:
+        if _alive(pid) and path.exists() and _same_agent_config(path.read_text(), cfg):
+            if path.read_text() != text:
+                path.write_text(text)  # a rotated key: the running agent has it already
             continue
         if _alive(pid):
             _kill(pid)
@@ -446,6 +448,20 @@ def _agents(state: LabState, topo: LabTopology, compiled: Compiled) -> list[str]
         start_agent(state, dev.node)
         changes.append(f"agent for node {dev.node} started")
     return changes
+
+
+def _same_agent_config(text: str, cfg: dict[str, Any]) -> bool:
+    """Whether a running agent's configuration differs from `cfg` in nothing but the public key,
+    which the agent reads from the node's key file (it changes with `rotate-keys`): no restart,
+    which would withdraw the node from its peers for a moment."""
+    try:
+        old = json.loads(text)
+        return {**old, "record": {**old["record"], "public_key": ""}} == {
+            **cfg,
+            "record": {**cfg["record"], "public_key": ""},
+        }
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def crash_node(state: LabState, node: str) -> list[str]:
@@ -498,6 +514,12 @@ def rotate_keys(state: LabState, nodes: list[str]) -> dict[str, str]:
     peer has it and has completed a handshake with it."""
     if state.control_plane != "etcd":
         raise UsageError("rotate-keys needs the control plane: bring the lab up with `crossmesh lab up --agents`")
+    from crossmesh.state.store import StateStore
+
+    store = StateStore(Path(state.state_dir))
+    old = store.public_keys(nodes)
+    # The devices that have a node as peer now must have its new key, with a handshake, at the end.
+    holders = {n: [dev for dev, peers in _device_peers(state).items() if old[n] in peers] for n in nodes}
     before = {n: int(agent_status(state, n).get("keyVersion", 0)) for n in nodes}
     for n in nodes:
         pid = int(agent_status(state, n).get("pid", 0))
@@ -505,20 +527,36 @@ def rotate_keys(state: LabState, nodes: list[str]) -> dict[str, str]:
             raise LabError(f"the agent of node {n} is not running")
         os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + 30
-    keys: dict[str, str] = {}
     while time.monotonic() < deadline:
         if all(int(agent_status(state, n).get("keyVersion", 0)) > before[n] for n in nodes):
             break
         time.sleep(0.02)
     else:
         raise LabError("agents did not rotate their keys within 30 s")
-    store_dir = Path(state.state_dir)
-    from crossmesh.state.store import StateStore
+    keys = store.public_keys(nodes)
+    waiting: list[str] = []
+    while time.monotonic() < deadline:
+        peers = _device_peers(state)
+        waiting = [
+            f"{dev} → {n}"
+            for n in nodes
+            for dev in holders[n]
+            if old[n] in peers.get(dev, {}) or peers.get(dev, {}).get(keys[n], (0, 0, 0, None))[0] == 0
+        ]
+        if not waiting:
+            return keys
+        time.sleep(0.02)
+    raise LabError(f"no handshake with the new keys within 30 s: {', '.join(waiting[:10])}")
 
-    store = StateStore(store_dir)
-    for n in nodes:
-        keys[n] = store.public_keys([n])[n]
-    return keys
+
+def _device_peers(state: LabState) -> dict[str, dict[str, tuple[int, int, int, str | None]]]:
+    """Each running WireGuard device of the lab → its peers' (latest handshake, rx, tx, endpoint)."""
+    out = {}
+    for ifname in state.wireguard:
+        text = wireguard.dump(ifname)
+        if text:
+            out[ifname] = wireguard.parse_dump(text)[1]
+    return out
 
 
 def _write_private(path: Path, content: str) -> None:
