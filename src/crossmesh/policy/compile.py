@@ -23,6 +23,7 @@ HTTP rules need the L7 proxy; their ports are listed in `l7` so that it can take
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -201,6 +202,18 @@ def _ports(pm: PortMatcher, named_sources: Iterable[Endpoint]) -> list[tuple[str
 
 def compile_node(index: PolicyIndex, node: str, plan_nodes: dict[str, tuple[IPv4Address, ...]]) -> NodePolicy:
     """Sets for the pods on `node`; `plan_nodes` maps every node to its addresses."""
+    # Compiling allocates millions of small objects that all stay alive: the cyclic garbage
+    # collector's full passes find nothing here and cost a third of the time (measured).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _compile_node(index, node, plan_nodes)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _compile_node(index: PolicyIndex, node: str, plan_nodes: dict[str, tuple[IPv4Address, ...]]) -> NodePolicy:
     memo = _MEMOS.get(index)
     if memo is None:
         memo = _MEMOS[index] = _Memo(index)
