@@ -37,10 +37,17 @@ from crossmesh.drivers.lab import netns, wireguard
 from crossmesh.state import keys as wgkeys
 
 AGENT_ROUTE_PROTO = 100  # the lab's own routes use 99; these belong to the agent
+# Handshakes after a change: one end of a pair initiates at once, the other only if no handshake
+# came after this long (longer than a round trip: two initiations that cross both fail, and
+# WireGuard retries only after 5 s). Within ROTATION_WINDOW of its own key change a node defers
+# to a lower-named peer that changed too (both rotated at once).
+POKE_LATER = 0.5
+ROTATION_WINDOW = 2.0
 
 
 def log(msg: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+    now = time.time()
+    print(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} {msg}", flush=True)
 
 
 class TlsClient(aetcd.Client):  # type: ignore[misc]
@@ -91,6 +98,9 @@ class Agent:
         # learn it (etcd unreachable).
         self.private = self.key_path.read_text().strip()
         self.pending: str | None = None
+        self.applied: dict[str, records.DesiredPeer] = {}  # peers as the device has them
+        self.applied_private: str | None = None
+        self.rotated_at = -ROTATION_WINDOW
         self.own = records.NodeRecord(**{**cfg["record"], "public_key": wgkeys.public_key(self.private)})
         self.records: dict[str, records.NodeRecord] = {}
         self.rejected: dict[str, str] = {}
@@ -173,9 +183,7 @@ class Agent:
         try:
             lease = await client.lease(self.ttl)
             key = self.prefix + self.node.encode()
-            record = self.own
-            await client.put(key, record.encode(), lease=lease)
-            self.published(record)
+            await self.publish(client, key, lease)
             self.lease_refreshed = time.time()
             log(f"published {self.node} (lease {lease.id}, ttl {self.ttl}s) via {self.connected}")
             got = await client.get_prefix(self.prefix)
@@ -191,9 +199,7 @@ class Agent:
                         await asyncio.wait_for(self.put_needed.wait(), max(0.0, due - time.monotonic()))
                     if self.put_needed.is_set():
                         self.put_needed.clear()
-                        record = self.own
-                        await client.put(key, record.encode(), lease=lease)
-                        self.published(record)
+                        await self.publish(client, key, lease)
                     if time.monotonic() >= due:
                         await asyncio.wait_for(lease.refresh(), self.ttl)
                         self.lease_refreshed = time.time()
@@ -285,16 +291,62 @@ class Agent:
         self.reconciles += 1
         for c in changes:
             log(c)
-        if changes and self.namespace:
-            self._poke(peers)
+        changed = [p for p in peers if self.applied.get(p.node) != p]
+        first = self.applied_private is None  # agent or device (re)started: nothing was set here
+        rotated = not first and self.applied_private != self.private
+        if rotated:
+            self.rotated_at = time.monotonic()
+        before, self.applied, self.applied_private = self.applied, {p.node: p for p in peers}, self.private
+        if self.namespace and (changed or rotated):
+            self._handshakes(peers, changed, first, rotated, before)
         self.write_status(len(peers))
 
+    def _handshakes(
+        self,
+        peers: list[records.DesiredPeer],
+        changed: list[records.DesiredPeer],
+        first: bool,
+        rotated: bool,
+        before: dict[str, records.DesiredPeer],
+    ) -> None:
+        """Start the handshakes a change needs, with one end of each pair initiating first: two
+        initiations that cross each other both fail and WireGuard retries only after 5 s.
+
+        - This device is new (agent or wireguard-go restarted): it pokes every peer; they saw nothing.
+        - A peer's key changed: that node set its key before publishing it, so it is ready — poke it
+          now; unless this node re-keyed too (both rotated at once): then the lower name goes first.
+        - This node re-keyed: its peers learn the key after it and initiate; no poke now.
+        - A node joined: it initiates once it has applied the mesh; no poke now.
+        Whoever did not poke at once pokes after POKE_LATER the peers that have not answered."""
+        reachable = [p for p in peers if p.endpoint or self.own.natted]
+        recent = time.monotonic() - self.rotated_at < ROTATION_WINDOW
+        if first:
+            now = reachable
+        else:
+            now = [
+                p for p in reachable if p in changed and p.node in before and not (recent and self.own.name > p.node)
+            ]
+        if now:
+            self._poke(now)
+        later = [p for p in reachable if p not in now and (rotated or p in changed)]
+        if later:
+            timer = threading.Timer(POKE_LATER, self._poke_unanswered, (later, time.time()))
+            timer.daemon = True
+            timer.start()
+
+    def _poke_unanswered(self, peers: list[records.DesiredPeer], since: float) -> None:
+        text = wireguard.dump(self.ifname)
+        stats = wireguard.parse_dump(text)[1] if text else {}
+        # Handshake times are whole seconds: one in the same second counts as not seen (a poke
+        # through a session that is up costs one datagram).
+        self._poke([p for p in peers if stats.get(p.public_key, (0, 0, 0, None))[0] <= int(since)])
+
     def _poke(self, peers: list[records.DesiredPeer]) -> None:
-        """One datagram to every peer's tunnel address: a (re)started or re-keyed device
-        handshakes now instead of when the peer's session times out."""
+        """One datagram to each peer's tunnel address: WireGuard initiates a handshake for it
+        now instead of when a session times out."""
         import socket
 
-        targets = [p.allowed_ips[0].split("/")[0] for p in peers if p.endpoint or self.own.natted]
+        targets = [p.allowed_ips[0].split("/")[0] for p in peers]
 
         def send() -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -302,8 +354,8 @@ class Agent:
                     with contextlib.suppress(OSError):
                         s.sendto(b"crossmesh-handshake", (t, 9))
 
-        assert self.namespace is not None  # noqa: S101
-        netns.run_in(self.namespace, send)
+        if targets and self.namespace is not None:
+            netns.run_in(self.namespace, send)
 
     def _ns(self) -> Any:
         from pyroute2 import IPRoute
@@ -362,6 +414,7 @@ class Agent:
             raise RuntimeError(f"WireGuard device {self.ifname} does not answer")
         log(f"wireguard-go for {self.ifname} is not running: starting it")
         wireguard.start(self.namespace, self.ifname, Path(self.cfg["wireguardLog"]))
+        self.applied, self.applied_private = {}, None  # a new device: every peer is new to it
         self.wg_restarts += 1
         return True
 
@@ -380,8 +433,8 @@ class Agent:
             self.write_status()
 
     def rotate_key(self) -> None:
-        """New key on the node: publish the new public key, then set it on the device (`published`);
-        peers follow from the same etcd event, so both ends switch within milliseconds."""
+        """New key on the node: set on the device and published at once when etcd answers (`publish`),
+        not before, so that a node never takes a key its peers cannot learn; peers follow."""
         private = wgkeys.generate_private_key()
         tmp = self.key_path.with_suffix(".new")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -396,11 +449,13 @@ class Agent:
         self.put_needed.set()
         log(f"key rotated (version {self.own.version})")
 
-    def published(self, record: records.NodeRecord) -> None:
-        """`record` is in etcd: a rotated key it names goes onto the device now."""
-        if self.pending is not None and wgkeys.public_key(self.pending) == record.public_key:
+    async def publish(self, client: aetcd.Client, key: bytes, lease: Any) -> None:
+        """Put our record. A rotated key goes onto the device just before: a peer that learns it
+        from etcd and initiates a handshake at once always finds this end ready."""
+        if self.pending is not None:
             self.private, self.pending = self.pending, None
-            self.dirty.set()
+            await asyncio.to_thread(self.apply)
+        await client.put(key, self.own.encode(), lease=lease)
 
     def write_status(self, peers: int | None = None) -> None:
         data = {

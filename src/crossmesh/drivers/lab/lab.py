@@ -510,43 +510,44 @@ def remove_node(mesh: Path | None, name: str, progress: Progress = _quiet) -> Up
 
 
 def rotate_keys(state: LabState, nodes: list[str]) -> dict[str, str]:
-    """Ask the agents of `nodes` for a new key; returns node → the new public key once every
-    peer has it and has completed a handshake with it."""
+    """Ask the agents of `nodes` for a new key, one node after the other; returns node → the new
+    public key once every peer has it and has completed a handshake with it. One at a time, so
+    the two ends of a tunnel never change keys at the same moment (their agents can handle it,
+    at the cost of a deferred handshake)."""
     if state.control_plane != "etcd":
         raise UsageError("rotate-keys needs the control plane: bring the lab up with `crossmesh lab up --agents`")
     from crossmesh.state.store import StateStore
 
     store = StateStore(Path(state.state_dir))
-    old = store.public_keys(nodes)
-    # The devices that have a node as peer now must have its new key, with a handshake, at the end.
-    holders = {n: [dev for dev, peers in _device_peers(state).items() if old[n] in peers] for n in nodes}
-    before = {n: int(agent_status(state, n).get("keyVersion", 0)) for n in nodes}
     for n in nodes:
-        pid = int(agent_status(state, n).get("pid", 0))
-        if not _alive(pid):
+        if not _alive(int(agent_status(state, n).get("pid", 0))):
             raise LabError(f"the agent of node {n} is not running")
-        os.kill(pid, signal.SIGUSR1)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if all(int(agent_status(state, n).get("keyVersion", 0)) > before[n] for n in nodes):
-            break
-        time.sleep(0.02)
-    else:
-        raise LabError("agents did not rotate their keys within 30 s")
-    keys = store.public_keys(nodes)
-    waiting: list[str] = []
-    while time.monotonic() < deadline:
-        peers = _device_peers(state)
-        waiting = [
-            f"{dev} → {n}"
-            for n in nodes
-            for dev in holders[n]
-            if old[n] in peers.get(dev, {}) or peers.get(dev, {}).get(keys[n], (0, 0, 0, None))[0] == 0
-        ]
-        if not waiting:
-            return keys
-        time.sleep(0.02)
-    raise LabError(f"no handshake with the new keys within 30 s: {', '.join(waiting[:10])}")
+    deadline = time.monotonic() + 30 * len(nodes)
+    keys: dict[str, str] = {}
+    for n in nodes:
+        old = store.public_keys([n])[n]
+        # The devices that have the node as peer now must have its new key, with a handshake.
+        holders = [dev for dev, peers in _device_peers(state).items() if old in peers]
+        before = int(agent_status(state, n).get("keyVersion", 0))
+        os.kill(int(agent_status(state, n).get("pid", 0)), signal.SIGUSR1)
+        while int(agent_status(state, n).get("keyVersion", 0)) <= before:
+            if time.monotonic() > deadline:
+                raise LabError(f"the agent of node {n} did not rotate its key")
+            time.sleep(0.01)
+        keys[n] = store.public_keys([n])[n]
+        while True:
+            peers = _device_peers(state)
+            waiting = [
+                dev
+                for dev in holders
+                if old in peers.get(dev, {}) or peers.get(dev, {}).get(keys[n], (0, 0, 0, None))[0] == 0
+            ]
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                raise LabError(f"no handshake with the new key of {n} on {', '.join(waiting[:10])}")
+            time.sleep(0.01)
+    return keys
 
 
 def _device_peers(state: LabState) -> dict[str, dict[str, tuple[int, int, int, str | None]]]:
