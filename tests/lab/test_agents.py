@@ -1,0 +1,372 @@
+"""The control plane under real faults: etcd members, agents and wireguard-go killed for real.
+
+One lab for the module (examples/three-clouds under a unique name, `lab up --agents
+--lease-ttl 2`), torn down at the end whatever happens. Each test leaves the lab as it
+found it (`lab up` brings back what it broke), asserts what a user would notice — peers,
+routes, pod-to-pod traffic, `lab status` — and prints its recovery time (pytest -s).
+
+The example denies by default and allows no UDP across clusters; its copy here also lets
+cluster1's x-wing reach cluster2's rebel-base on the UDP echo port (5353), so that a UDP
+stream can cross sites (x-wing-0 on aws-talos-1 → rebel-base-0 on azure-talos-1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agentkit import (
+    UdpStream,
+    agent_config,
+    agent_routes,
+    agents_of,
+    etcd_dump,
+    etcdctl,
+    http_ok,
+    ifname,
+    lab_status,
+    peers,
+    public_key,
+    state,
+    udp_echo,
+    until,
+    wireguard_go,
+)
+from labkit import Lab, copy_example, crossmesh
+
+from crossmesh.drivers import etcd
+from crossmesh.drivers.lab import lab as labs
+from crossmesh.state import keys as wgkeys
+
+TTL = 2
+NODES = ("aws-talos-1", "azure-talos-1", "gcp-talos-1")
+CLIENT, SERVER = "cluster1/default/x-wing-0", "cluster2/default/rebel-base-0"  # aws → azure
+OTHER = ("cluster2/default/rebel-base-1", "cluster3/default/relay-0", 8080)  # azure → gcp, HTTP
+
+
+def allow_udp_echo(mesh: Path) -> None:
+    policy = mesh.parent / "apps" / "cluster2" / "rebel-base.yaml"
+    text = policy.read_text()
+    http = '            - {port: "80", protocol: TCP}\n'
+    assert text.count(http) == 1
+    policy.write_text(text.replace(http, http + '            - {port: "5353", protocol: UDP}\n'))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    mesh, name = copy_example(tmp_path_factory.mktemp("agents"), "three-clouds")
+    allow_udp_echo(mesh)
+    lab = Lab(mesh, name)
+    try:
+        t0 = time.monotonic()
+        lab.up("--agents", "--lease-ttl", str(TTL))
+        print(f"\n[agents] lab up --agents: {time.monotonic() - t0:.1f} s")
+        yield lab
+    finally:
+        lab.down()
+        assert labs.leftovers(lab.tag) == [], f"lab cm-{lab.tag} left things behind"
+
+
+def traffic(st: labs.LabState) -> bool:
+    """Cross-site pod→pod: UDP aws→azure and HTTP azure→gcp."""
+    return udp_echo(st, CLIENT, SERVER) and http_ok(st, *OTHER)
+
+
+def converged(lab: Lab) -> bool:
+    """Every agent runs, talks to etcd, has both peers; every device has exactly the current keys."""
+    st = state(lab.tag)
+    for node in NODES:
+        status = labs.agent_status(st, node)
+        if not labs._alive(int(status.get("pid", 0))) or not status.get("etcd") or status.get("peers") != 2:
+            return False
+        want = sorted(public_key(st, n) for n in NODES if n != node)
+        if sorted(peers(ifname(st, node))) != want:
+            return False
+    return True
+
+
+def test_up_with_agents(lab: Lab) -> None:
+    t0 = time.monotonic()
+    code, report = lab.test()
+    print(f"\n[agents] crossmesh test: {report['summary']} in {time.monotonic() - t0:.1f} s")
+    assert code == 0, [c["name"] for c in report["checks"] if not c["passed"]]  # type: ignore[attr-defined]
+
+    again = lab.up()
+    assert again["changes"] == [], again["changes"]
+
+    st = state(lab.tag)
+    dump = etcd_dump(lab.tag)
+    prefix = agent_config(st, NODES[0])["prefix"]
+    assert sorted(dump) == sorted(prefix + n for n in NODES)
+    secrets = [p.read_text().strip() for p in (Path(st.state_dir) / "keys").glob("*.key")]
+    assert len(secrets) == len(NODES)
+    text = json.dumps(dump)
+    for secret in secrets:
+        assert secret not in text, "a private key is in etcd"
+    for node in NODES:
+        record = json.loads(dump[prefix + node])
+        assert record["public_key"] == public_key(st, node)
+        assert not any("private" in k.lower() for k in record)
+
+    status = lab_status(lab.mesh)
+    assert [m["healthy"] for m in status["etcd"]] == [True, True, True], status["etcd"]
+    for a in status["agents"]:
+        assert a["running"] and a["etcd"] and a["peers"] == 2 and a["rejected"] == {}, a
+        assert a["leaseAge"] is not None and a["leaseAge"] <= TTL, a
+
+
+def test_crash_node(lab: Lab) -> None:
+    st = state(lab.tag)
+    victim, survivors = "aws-talos-1", ("azure-talos-1", "gcp-talos-1")
+    key = public_key(st, victim)
+    cfg = agent_config(st, victim)["record"]
+    gone = {cfg["pod_cidr"], f"{cfg['tunnel_address']}/32", f"{cfg['address']}/32"}
+    for n in survivors:
+        assert key in peers(ifname(st, n)) and gone <= {_net(r) for r in agent_routes(st.nodes[n])}
+    try:
+        crossmesh("lab", "crash-node", "--mesh", str(lab.mesh), victim, check=True)
+        crashed = time.monotonic()
+
+        def withdrawn() -> bool:
+            """every survivor dropped the crashed node's peer and routes"""
+            return all(
+                key not in peers(ifname(st, n)) and not gone & {_net(r) for r in agent_routes(st.nodes[n])}
+                for n in survivors
+            )
+
+        until(withdrawn, TTL + 5)
+        took = time.monotonic() - crashed
+        print(f"\n[agents] crash-node {victim}: peers and routes withdrawn on every other node {took:.2f} s after it")
+        assert took <= TTL + 1, f"withdrawn {took:.2f} s after the crash (lease TTL {TTL} s)"
+        assert http_ok(st, *OTHER), "the survivors' own traffic stopped"
+    finally:
+        t0 = time.monotonic()
+        lab.up()
+    code, report = lab.test("--test", "cross-cluster")
+    print(f"[agents] lab up brought {victim} back; cross-cluster passes {time.monotonic() - t0:.1f} s after `lab up`")
+    assert code == 0, [c["name"] for c in report["checks"] if not c["passed"]]  # type: ignore[attr-defined]
+    assert converged(lab)
+
+
+def _net(route: str) -> str:
+    return route if "/" in route else f"{route}/32"
+
+
+def test_wireguard_go_killed(lab: Lab) -> None:
+    st = state(lab.tag)
+    node = "azure-talos-1"  # the server's node
+    dev = ifname(st, node)
+    before = int(labs.agent_status(st, node).get("wireguardRestarts", 0))
+    pids = wireguard_go(dev)
+    assert len(pids) == 1 and traffic(st)
+    os.kill(pids[0], signal.SIGKILL)
+    t0 = time.monotonic()
+    until(lambda: udp_echo(st, CLIENT, SERVER, timeout=0.1), 15, interval=0)
+    took = time.monotonic() - t0
+    print(f"\n[agents] wireguard-go of {node} killed: UDP {CLIENT} → {SERVER} answers again after {took:.2f} s")
+    assert int(labs.agent_status(st, node).get("wireguardRestarts", 0)) == before + 1
+    assert len(wireguard_go(dev)) == 1
+    until(lambda: traffic(st), 5)
+    until(lambda: converged(lab), 5)
+
+
+def test_agent_killed(lab: Lab) -> None:
+    st = state(lab.tag)
+    node = "gcp-talos-1"
+    old = labs.agent_status(st, node)
+    os.kill(int(old["pid"]), signal.SIGKILL)
+    t0 = time.monotonic()
+
+    def back() -> bool:
+        """a new agent of the node runs, is connected and has reconciled"""
+        s = labs.agent_status(st, node)
+        return (
+            s.get("pid") != old["pid"]
+            and labs._alive(int(s.get("pid", 0)))
+            and bool(s.get("etcd"))
+            and s.get("lastReconcile", 0) > old["updated"]
+        )
+
+    until(back, 15)
+    took = time.monotonic() - t0
+    print(
+        f"\n[agents] agent of {node} SIGKILLed: restarted by the supervisor, connected and reconciled in {took:.2f} s"
+    )
+    until(lambda: converged(lab), 5)
+    time.sleep(1)  # a second agent started by a race would show by now
+    assert len(agents_of(st, node)) == 1, "more than one agent for the node"
+    for n in NODES:
+        listed = peers(ifname(st, n))
+        assert len(listed) == len(set(listed)) == 2, f"{n}: {listed}"
+        routes = agent_routes(st.nodes[n])
+        assert len(routes) == len(set(routes)) == 6, f"{n}: {routes}"
+    assert traffic(st)
+
+
+def test_one_etcd_member_killed(lab: Lab) -> None:
+    st = state(lab.tag)
+    used = labs.agent_status(st, NODES[0])["etcd"]
+    member = next(m for m in etcd.members(lab.tag) if m.endpoint == used)
+    pid = st.etcd_pids[member.name]
+    assert labs._alive(pid)
+    # Watch peers and traffic throughout: nothing may blink.
+    try:
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        failures, checks, moved = 0, 0, None
+        while time.monotonic() - t0 < 2 * TTL + 1:
+            checks += 1
+            failures += not traffic(st)
+            for n in NODES:
+                assert len(peers(ifname(st, n))) == 2, f"{n} lost a peer while one etcd member was down"
+            if moved is None and all(
+                labs.agent_status(st, n).get("etcd") not in (None, used)
+                and labs.agent_status(st, n).get("leaseRefreshed", 0) > time.time() - TTL
+                for n in NODES
+            ):
+                moved = time.monotonic() - t0
+            time.sleep(0.05)
+        print(
+            f"\n[agents] etcd member {member.name} (the agents' endpoint) killed: {failures}/{checks} traffic checks "
+            f"failed; agents on another member after {moved if moved is None else round(moved, 2)} s"
+        )
+        assert failures == 0
+        assert moved is not None, "agents did not move to another member"
+        status = lab_status(lab.mesh)
+        assert sorted(m["healthy"] for m in status["etcd"]) == [False, True, True]
+        assert all(a["etcd"] and a["running"] and a["peers"] == 2 for a in status["agents"]), status["agents"]
+    finally:
+        lab.up()
+    assert [m["healthy"] for m in lab_status(lab.mesh)["etcd"]] == [True, True, True]
+    until(lambda: converged(lab), 5)
+
+
+def test_all_etcd_stopped(lab: Lab) -> None:
+    st = state(lab.tag)
+    try:
+        for pid in st.etcd_pids.values():
+            os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+
+        def disconnected() -> bool:
+            """every agent noticed that etcd is gone"""
+            return all(labs.agent_status(st, n).get("etcd") is None for n in NODES)
+
+        until(disconnected, 3 * TTL + 5)
+        # A key rotated now cannot reach the peers: the agent must keep the old key on its device.
+        rotated = "azure-talos-1"
+        old_key = public_key(st, rotated)
+        os.kill(int(labs.agent_status(st, rotated)["pid"]), signal.SIGUSR1)
+        until(lambda: public_key(st, rotated) != old_key, 5)
+        # Past the lease TTL nothing can refresh; the data plane must still forward as it was.
+        time.sleep(max(0.5, TTL + 1 - (time.monotonic() - t0)))
+        assert traffic(st), "traffic stopped with etcd down"
+        assert all(old_key in peers(ifname(st, n)) for n in NODES if n != rotated)
+        for n in NODES:
+            assert len(peers(ifname(st, n))) == 2 and len(agent_routes(st.nodes[n])) == 6, n
+        status = lab_status(lab.mesh)
+        assert not any(m["healthy"] for m in status["etcd"])
+        assert all(a["running"] and a["etcd"] is None for a in status["agents"]), status["agents"]
+        print(f"\n[agents] all etcd members killed: data plane forwarding {time.monotonic() - t0:.1f} s later")
+    finally:
+        t0 = time.monotonic()
+        lab.up()
+        up_s = time.monotonic() - t0
+    _, took = until(lambda: converged(lab), 15)  # with the key rotated during the outage
+    print(
+        f"[agents] lab up restarted etcd; agents resynced and the key rotated during the outage went live: "
+        f"`lab up` took {up_s:.1f} s, converged {took:.2f} s after it returned"
+    )
+    status = lab_status(lab.mesh)
+    assert [m["healthy"] for m in status["etcd"]] == [True, True, True]
+    assert all(a["etcd"] for a in status["agents"]), status["agents"]
+    assert traffic(st)
+
+
+def test_bad_records_rejected(lab: Lab) -> None:
+    st = state(lab.tag)
+    prefix = agent_config(st, NODES[0])["prefix"]
+    azure = agent_config(st, "azure-talos-1")["record"]
+    # Names that sort before every real node: a rule "first name wins" would let them in.
+    bad_key = {**azure, "name": "aaa-bad-key", "public_key": "not-a-wireguard-key"}
+    bad_key.update(pod_cidr="10.11.200.0/24", tunnel_address="100.64.0.200", address="10.1.1.200")
+    bad_key["endpoint"] = "203.0.113.200:51820"
+    intruder = {**azure, "name": "aaa-intruder", "public_key": wgkeys.public_key(wgkeys.generate_private_key())}
+    intruder.update(tunnel_address="100.64.0.201", address="10.1.1.201", endpoint="203.0.113.201:51820")
+    assert intruder["pod_cidr"] == azure["pod_cidr"]  # overlaps azure-talos-1's pod CIDR
+    try:
+        for rec in (bad_key, intruder):
+            done = etcdctl(lab.tag, "put", prefix + rec["name"], json.dumps(rec, sort_keys=True))
+            assert done.returncode == 0, done.stderr
+        t0 = time.monotonic()
+
+        def rejected() -> bool:
+            """every agent rejects both records"""
+            return all(
+                {"aaa-bad-key", "aaa-intruder"} <= set(labs.agent_status(st, n).get("rejected", {})) for n in NODES
+            )
+
+        until(rejected, 10)
+        print(f"\n[agents] bad records rejected by every agent within {time.monotonic() - t0:.2f} s")
+        status = lab_status(lab.mesh)
+        for a in status["agents"]:
+            assert set(a["rejected"]) == {"aaa-bad-key", "aaa-intruder"}, a
+            assert "public key" in a["rejected"]["aaa-bad-key"], a["rejected"]
+            assert azure["pod_cidr"] in a["rejected"]["aaa-intruder"], a["rejected"]
+            log = (st.dir / "logs" / f"agent-{a['node']}.log").read_text()
+            assert "rejected record of aaa-bad-key: public key" in log
+            assert "rejected record of aaa-intruder:" in log
+        assert converged(lab), "a bad record changed the peers"
+        for n in NODES:
+            assert len(agent_routes(st.nodes[n])) == 6
+        code, report = lab.test("--test", "cross-cluster")
+        assert code == 0, [c["name"] for c in report["checks"] if not c["passed"]]  # type: ignore[attr-defined]
+    finally:
+        etcdctl(lab.tag, "del", prefix + "aaa-", "--prefix")
+    until(lambda: all(not labs.agent_status(st, n).get("rejected") for n in NODES), 5)
+
+
+def test_rotate_keys_under_udp_stream(lab: Lab) -> None:
+    st = state(lab.tag)
+    old = {n: public_key(st, n) for n in NODES}
+    versions = {n: labs.agent_status(st, n)["keyVersion"] for n in NODES}
+    stream = UdpStream(st.pods[CLIENT]["namespace"], st.pods[SERVER]["address"], 5353)
+    try:
+        time.sleep(1.0)
+        asked = time.time()
+        crossmesh("lab", "rotate-keys", "--mesh", str(lab.mesh), check=True)
+        returned = time.time()
+        time.sleep(1.0)
+        result = stream.stop()
+    except BaseException:
+        stream.kill()
+        raise
+    lost = result["lost"]
+    before = [n for n, t in lost if t < asked]
+    print(
+        f"\n[agents] rotate-keys (all {len(NODES)} nodes) under a UDP stream {CLIENT} → {SERVER}, 1 per 10 ms: "
+        f"{len(lost)}/{result['sent']} lost (longest gap {result['gap'] * 1000:.0f} ms); "
+        f"rotate-keys returned after {returned - asked:.2f} s"
+    )
+    assert result["sent"] > 150 and not before, result
+    assert result["gap"] < 1.0, "traffic stopped for a handshake retry (5 s) or worse"
+    new = {n: public_key(st, n) for n in NODES}
+    for n in NODES:
+        assert new[n] != old[n], n
+        assert labs.agent_status(st, n)["keyVersion"] > versions[n]
+    until(lambda: converged(lab), 5)
+    for n in NODES:  # every peer has the new key and has completed a handshake with it
+        for other in NODES:
+            if other != n:
+                assert new[other] in peers(ifname(st, n))
+    assert set(json.loads(v)["public_key"] for v in etcd_dump(lab.tag).values()) == set(new.values())
+    code, report = lab.test("--test", "cross-cluster")
+    assert code == 0, [c["name"] for c in report["checks"] if not c["passed"]]  # type: ignore[attr-defined]
+    # The agents have the new keys already: `lab up` restarts none of them.
+    again = lab.up()
+    assert not [c for c in again["changes"] if "agent" in c], again["changes"]
