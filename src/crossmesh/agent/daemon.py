@@ -106,6 +106,7 @@ class Agent:
         self.rejected: dict[str, str] = {}
         self.bad: dict[str, str] = {}  # records that do not even decode
         self.created: dict[str, int] = {}  # etcd create revision of each record: older wins an overlap
+        self.own_created = 0  # and of our own
         self.connected: str | None = None
         self.lease_refreshed = 0.0
         self.last_reconcile = 0.0
@@ -225,6 +226,8 @@ class Agent:
             if name == self.node:
                 if str(ev.kind).endswith("DELETE"):
                     self.put_needed.set()  # someone deleted us: publish again
+                else:
+                    self.own_created = ev.kv.create_revision
                 continue
             if str(ev.kind).endswith("DELETE"):
                 self.records.pop(name, None)
@@ -240,7 +243,9 @@ class Agent:
         self.records, self.bad, self.created = {}, {}, {}
         for k, v, created in items:
             name = k[len(self.prefix) :].decode(errors="replace")
-            if name != self.node:
+            if name == self.node:
+                self.own_created = created
+            else:
                 self.created[name] = created
                 self._take(name, v)
         self.dirty.set()
@@ -316,16 +321,12 @@ class Agent:
         - A peer's key changed: that node set its key before publishing it, so it is ready — poke it
           now; unless this node re-keyed too (both rotated at once): then the lower name goes first.
         - This node re-keyed: its peers learn the key after it and initiate; no poke now.
-        - A node joined: it initiates once it has applied the mesh; no poke now.
+        - A node joined (or this one did): the one with the newer record initiates; it has
+          applied the mesh by the time it learns the older ones.
         Whoever did not poke at once pokes after POKE_LATER the peers that have not answered."""
         reachable = [p for p in peers if p.endpoint or self.own.natted]
         recent = time.monotonic() - self.rotated_at < ROTATION_WINDOW
-        if first:
-            now = reachable
-        else:
-            now = [
-                p for p in reachable if p in changed and p.node in before and not (recent and self.own.name > p.node)
-            ]
+        now = [p for p in reachable if first or (p in changed and self._initiates(p, before, recent))]
         if now:
             self._poke(now)
         later = [p for p in reachable if p not in now and (rotated or p in changed)]
@@ -333,6 +334,11 @@ class Agent:
             timer = threading.Timer(POKE_LATER, self._poke_unanswered, (later, time.time()))
             timer.daemon = True
             timer.start()
+
+    def _initiates(self, p: records.DesiredPeer, before: dict[str, records.DesiredPeer], recent: bool) -> bool:
+        if p.node not in before:
+            return self.created.get(p.node, 0) < self.own_created
+        return not (recent and self.own.name > p.node)
 
     def _poke_unanswered(self, peers: list[records.DesiredPeer], since: float) -> None:
         text = wireguard.dump(self.ifname)
