@@ -186,7 +186,10 @@ class Agent:
             key = self.prefix + self.node.encode()
             await self.publish(client, key, lease)
             self.lease_refreshed = time.time()
-            log(f"published {self.node} (lease {lease.id}, ttl {self.ttl}s) via {self.connected}")
+            granted = f"ttl {lease.ttl}s"
+            if lease.ttl != self.ttl:  # etcd raises a TTL below its minimum (1.5 election timeouts)
+                granted += f": etcd's minimum, not {self.ttl}s"
+            log(f"published {self.node} (lease {lease.id}, {granted}) via {self.connected}")
             got = await client.get_prefix(self.prefix)
             self.load([(kv.key, kv.value, kv.create_revision) for kv in got])
             watch = await client.watch_prefix(self.prefix, start_revision=got.header.revision + 1)
