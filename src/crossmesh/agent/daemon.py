@@ -37,11 +37,14 @@ from crossmesh.drivers.lab import netns, wireguard
 from crossmesh.state import keys as wgkeys
 
 AGENT_ROUTE_PROTO = 100  # the lab's own routes use 99; these belong to the agent
-# Handshakes after a change: one end of a pair initiates at once, the other only if no handshake
-# came after this long (longer than a round trip: two initiations that cross both fail, and
-# WireGuard retries only after 5 s). Within ROTATION_WINDOW of its own key change a node defers
-# to a lower-named peer that changed too (both rotated at once).
+# Handshakes after a change: one end of a pair initiates at once, the other only if nothing came
+# from it after this long (two initiations that cross each other both fail, and WireGuard retries
+# only after 5 s). Longer for a joining node, whose first apply sets the whole mesh (about 0.5 s
+# at 30 nodes): a fallback that fired while it is still poking would cross its initiations.
+# Within ROTATION_WINDOW of its own key change a node defers to a lower-named peer that changed
+# too (both rotated at once).
 POKE_LATER = 0.5
+POKE_LATER_JOIN = 2.0
 ROTATION_WINDOW = 2.0
 
 
@@ -326,29 +329,37 @@ class Agent:
         - This node re-keyed: its peers learn the key after it and initiate; no poke now.
         - A node joined (or this one did): the one with the newer record initiates; it has
           applied the mesh by the time it learns the older ones.
-        Whoever did not poke at once pokes after POKE_LATER the peers that have not answered."""
+        Whoever did not poke at once pokes later the peers from which nothing came."""
         reachable = [p for p in peers if p.endpoint or self.own.natted]
         recent = time.monotonic() - self.rotated_at < ROTATION_WINDOW
         now = [p for p in reachable if first or (p in changed and self._initiates(p, before, recent))]
         if now:
             self._poke(now)
-        later = [p for p in reachable if p not in now and (rotated or p in changed)]
-        if later:
-            timer = threading.Timer(POKE_LATER, self._poke_unanswered, (later, time.time()))
-            timer.daemon = True
-            timer.start()
+        waiting = [p for p in reachable if p not in now and (rotated or p in changed)]
+        joined = [p for p in waiting if p.node not in before]
+        for group, delay in (([p for p in waiting if p not in joined], POKE_LATER), (joined, POKE_LATER_JOIN)):
+            if group:
+                timer = threading.Timer(delay, self._poke_unanswered, (group, time.time(), set(changed)))
+                timer.daemon = True
+                timer.start()
 
     def _initiates(self, p: records.DesiredPeer, before: dict[str, records.DesiredPeer], recent: bool) -> bool:
         if p.node not in before:
             return self.created.get(p.node, 0) < self.own_created
         return not (recent and self.own.name > p.node)
 
-    def _poke_unanswered(self, peers: list[records.DesiredPeer], since: float) -> None:
+    def _poke_unanswered(self, peers: list[records.DesiredPeer], since: float, fresh: set[records.DesiredPeer]) -> None:
         text = wireguard.dump(self.ifname)
         stats = wireguard.parse_dump(text)[1] if text else {}
-        # Handshake times are whole seconds: one in the same second counts as not seen (a poke
-        # through a session that is up costs one datagram).
-        self._poke([p for p in peers if stats.get(p.public_key, (0, 0, 0, None))[0] <= int(since)])
+        targets = []
+        for p in peers:
+            handshake, rx, _, _ = stats.get(p.public_key, (0, 0, 0, None))
+            # Handshake times are whole seconds: one in the same second counts as not seen (a poke
+            # through a session that is up costs one datagram). A peer entry made by that apply
+            # that received anything got an initiation: answering it is enough.
+            if handshake <= int(since) and not (p in fresh and rx):
+                targets.append(p)
+        self._poke(targets)
 
     def _poke(self, peers: list[records.DesiredPeer]) -> None:
         """One datagram to each peer's tunnel address: WireGuard initiates a handshake for it
