@@ -1,0 +1,487 @@
+"""Control-plane benchmarks (issue 6): failure detection against the lease TTL, agents at rest,
+packets lost to a key rotation, and add-node convergence — all on real labs.
+
+    sudo python3 benchmarks/bench_control_plane.py [--ttls 1,2,3,5] [--crashes 5] [--rest 10]
+        [--rotations 5] [--add-node-sizes 6,30] [--joins 3] [--only detection,rest,rotation,add-node]
+
+1. Failure detection: examples/three-clouds (copied under a unique mesh name) with
+   `lab up --agents --lease-ttl T` for each T. Each trial crashes one node (the lab's
+   `crash_node`: SIGKILL of its agent and wireguard-go, no cleanup) and polls every 10 ms
+   until every other node has dropped its WireGuard peer and its agent routes (protocol
+   100); `lab up` brings it back before the next trial. Target: TTL + 1 s.
+2. At rest: the same lab at the default TTL (3 s), settled; CPU of each agent over `--rest`
+   seconds from /proc/<pid>/stat (utime+stime, and cutime+cstime: the `wg` commands it ran
+   and reaped) and its memory (VmRSS, VmHWM) from /proc/<pid>/status. etcd members too.
+3. Key rotation: a UDP stream from cluster1/x-wing-0 (aws) to cluster2/rebel-base-0 (azure)
+   port 5353, one datagram per 10 ms from a Python sender in the client pod's namespace
+   counting echoes (the example's copy allows that flow); `crossmesh lab rotate-keys` (every
+   node, one after the other) one second in; losses counted. Also with `--node azure-talos-1`
+   alone, and with every agent signalled at the same moment (both ends of each tunnel re-key
+   together, as independent agents could).
+4. add-node convergence, when `crossmesh lab add-node` exists: a generated mesh of N-1 nodes
+   in 3 sites (public addresses from 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24; one
+   cluster per site, no workloads), `lab up --agents`; then `crossmesh lab add-node` of the
+   N-th node is issued and every node of another site is polled (wg dump) until it has
+   the new node's key as a peer with a completed handshake. `lab remove-node` between joins.
+
+Every lab has its own mesh name (so its own cm-<tag>) and is removed with `crossmesh lab
+down --mesh` in a `finally`; never `--all`: other labs on this host are left alone.
+Prints a table and writes benchmarks/results/control_plane.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests" / "lab"))
+
+from agentkit import (  # noqa: E402
+    UdpStream,
+    agent_config,
+    agent_routes,
+    ifname,
+    peers,
+    public_key,
+    state,
+)
+from labkit import Lab, copy_example, crossmesh  # noqa: E402
+
+from crossmesh.drivers import etcd  # noqa: E402
+from crossmesh.drivers.lab import lab as labs  # noqa: E402
+from crossmesh.drivers.lab import topology, wireguard  # noqa: E402
+
+NODES = ("aws-talos-1", "azure-talos-1", "gcp-talos-1")
+CLIENT, SERVER = "cluster1/default/x-wing-0", "cluster2/default/rebel-base-0"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    return {
+        "min": round(min(xs), 3),
+        "median": round(statistics.median(xs), 3),
+        "max": round(max(xs), 3),
+        "n": len(xs),
+    }
+
+
+def wait(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.01) -> float:
+    t0 = time.monotonic()
+    while not check():
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"not within {timeout} s: {what}")
+        time.sleep(interval)
+    return time.monotonic() - t0
+
+
+@contextmanager
+def running(lab: Lab, *up_args: str) -> Iterator[Lab]:
+    try:
+        t0 = time.monotonic()
+        lab.up(*up_args)
+        log(f"lab {lab.name} (cm-{lab.tag}) up in {time.monotonic() - t0:.1f} s")
+        yield lab
+    finally:
+        crossmesh("lab", "down", "--mesh", str(lab.mesh))
+        labs.down(lab.tag)
+        left = labs.leftovers(lab.tag)
+        if left:
+            log(f"WARNING: cm-{lab.tag} left {left}")
+
+
+def free_name(make: Callable[[str], tuple[Path, str]]) -> tuple[Path, str]:
+    """A mesh whose lab tag is not in use on this host (tags are 4 hex digits of the name)."""
+    for _ in range(20):
+        mesh, name = make(f"b{uuid.uuid4().hex[:10]}")
+        tag = topology.lab_tag(name)
+        if labs.LabState.load(tag) is None and not any(n.startswith(f"cm-{tag}-") for n in os.listdir("/run/netns")):
+            return mesh, name
+    raise RuntimeError("no free lab tag")
+
+
+def three_clouds(tmp: Path) -> Lab:
+    def make(_: str) -> tuple[Path, str]:
+        d = Path(tempfile.mkdtemp(dir=tmp))
+        mesh, name = copy_example(d, "three-clouds")
+        policy = mesh.parent / "apps" / "cluster2" / "rebel-base.yaml"
+        http = '            - {port: "80", protocol: TCP}\n'
+        policy.write_text(policy.read_text().replace(http, http + '            - {port: "5353", protocol: UDP}\n'))
+        return mesh, name
+
+    mesh, name = free_name(make)
+    return Lab(mesh, name)
+
+
+def converged(lab: Lab, nodes: tuple[str, ...] = NODES) -> bool:
+    st = state(lab.tag)
+    for node in nodes:
+        s = labs.agent_status(st, node)
+        if not labs._alive(int(s.get("pid", 0))) or not s.get("etcd"):
+            return False
+        want = sorted(public_key(st, n) for n in nodes if n != node)
+        if sorted(peers(ifname(st, node))) != want:
+            return False
+    return True
+
+
+# --- 1. failure detection ---------------------------------------------------------------------
+def detection(lab: Lab, ttls: list[int], crashes: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for ttl in ttls:
+        lab.up("--lease-ttl", str(ttl))
+        wait(lambda: converged(lab), 20, "agents converged")
+        times: list[float] = []
+        for k in range(crashes):
+            st = state(lab.tag)
+            victim = NODES[k % len(NODES)]
+            others = [n for n in NODES if n != victim]
+            key = public_key(st, victim)
+            rec = agent_config(st, victim)["record"]
+            gone = {rec["pod_cidr"], rec["tunnel_address"], rec["address"]}
+
+            def withdrawn(n: str, st: labs.LabState = st, key: str = key, gone: set[str] = gone) -> bool:
+                return key not in peers(ifname(st, n)) and not gone & set(agent_routes(st.nodes[n]))
+
+            time.sleep(0.37 * (k + 1) % 1.0)  # crash at different points of the refresh cycle
+            labs.crash_node(st, victim)
+            t0 = time.monotonic()
+            pending = set(others)
+            while pending:
+                for n in list(pending):
+                    if withdrawn(n):
+                        pending.discard(n)
+                if time.monotonic() - t0 > ttl + 30:
+                    raise RuntimeError(f"ttl {ttl}: {victim} not withdrawn on {pending}")
+                time.sleep(0.01)
+            took = time.monotonic() - t0
+            times.append(took)
+            log(f"ttl {ttl} s: crash of {victim} → withdrawn on every other node after {took:.2f} s")
+            lab.up()
+            wait(lambda: converged(lab), 20, "agents converged after lab up")
+        out[str(ttl)] = {
+            **summary(times),
+            "all": [round(t, 3) for t in times],
+            "target": ttl + 1,
+            "granted_ttl": granted_ttl(state(lab.tag)),
+        }
+    return out
+
+
+def granted_ttl(st: labs.LabState) -> int | None:
+    """The lease TTL etcd granted, from the last "published" line of an agent's log."""
+    lines = (st.dir / "logs" / f"agent-{NODES[0]}.log").read_text().splitlines()
+    line = next((ln for ln in reversed(lines) if " published " in ln), "")
+    m = re.search(r"ttl (\d+)s", line)
+    return int(m.group(1)) if m else None
+
+
+# --- 2. at rest -----------------------------------------------------------------------------
+def proc_sample(pid: int) -> dict[str, float]:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {
+        "self": (int(f[11]) + int(f[12])) / TICK,
+        "children": (int(f[13]) + int(f[14])) / TICK,
+        "rss_mib": int(status["VmRSS"].split()[0]) / 1024,
+        "hwm_mib": int(status["VmHWM"].split()[0]) / 1024,
+    }
+
+
+def at_rest(lab: Lab, seconds: float) -> dict[str, Any]:
+    lab.up("--lease-ttl", "3")
+    wait(lambda: converged(lab), 20, "agents converged")
+    time.sleep(5)
+    st = state(lab.tag)
+    pids = {f"agent {n}": int(labs.agent_status(st, n)["pid"]) for n in NODES}
+    pids.update({f"etcd {m}": pid for m, pid in st.etcd_pids.items()})
+    before = {k: proc_sample(p) for k, p in pids.items()}
+    reconciles = {n: labs.agent_status(st, n).get("reconciles", 0) for n in NODES}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    after = {k: proc_sample(p) for k, p in pids.items()}
+    out: dict[str, Any] = {"seconds": round(elapsed, 1), "ttl": 3, "processes": {}}
+    for k in pids:
+        out["processes"][k] = {
+            "cpu_percent": round(100 * (after[k]["self"] - before[k]["self"]) / elapsed, 2),
+            "children_cpu_percent": round(100 * (after[k]["children"] - before[k]["children"]) / elapsed, 2),
+            "rss_mib": round(after[k]["rss_mib"], 1),
+            "hwm_mib": round(after[k]["hwm_mib"], 1),
+        }
+    out["reconciles_during"] = {n: labs.agent_status(st, n).get("reconciles", 0) - reconciles[n] for n in NODES}
+    for k, v in out["processes"].items():
+        log(f"at rest: {k}: {v}")
+    return out
+
+
+# --- 3. key rotation ------------------------------------------------------------------------
+def rotate_at_once(st: labs.LabState) -> None:
+    """SIGUSR1 to every agent at the same moment (both ends of every tunnel re-key together, as
+    agents of a real deployment could), then wait for every device to have the new keys and a
+    handshake with each."""
+    old = {n: public_key(st, n) for n in NODES}
+    for n in NODES:
+        os.kill(int(labs.agent_status(st, n)["pid"]), signal.SIGUSR1)
+    wait(lambda: all(public_key(st, n) != old[n] for n in NODES), 10, "keys rotated")
+    new = {n: public_key(st, n) for n in NODES}
+
+    def handshaken() -> bool:
+        for n in NODES:
+            text = wireguard.dump(ifname(st, n))
+            stats = wireguard.parse_dump(text)[1] if text else {}
+            if any(not stats.get(new[o], (0, 0, 0, None))[0] for o in NODES if o != n):
+                return False
+        return True
+
+    wait(handshaken, 30, "handshakes with the new keys")
+
+
+def rotation(lab: Lab, trials: int, nodes: list[str], at_once: bool = False) -> dict[str, Any]:
+    st = state(lab.tag)
+    runs = []
+    for _ in range(trials):
+        wait(lambda: converged(lab), 20, "agents converged")
+        stream = UdpStream(st.pods[CLIENT]["namespace"], st.pods[SERVER]["address"], 5353)
+        try:
+            time.sleep(1.0)
+            asked = time.time()
+            if at_once:
+                rotate_at_once(st)
+            else:
+                only = [a for n in nodes for a in ("--node", n)]
+                crossmesh("lab", "rotate-keys", "--mesh", str(lab.mesh), *only, check=True)
+            returned = time.time()
+            time.sleep(1.0)
+            result = stream.stop()
+        except BaseException:
+            stream.kill()
+            raise
+        lost = result["lost"]
+        before = sum(1 for _, t in lost if t < asked)
+        run = {
+            "sent": result["sent"],
+            "lost": len(lost),
+            "lost_before_rotation": before,
+            "gap_ms": round(result["gap"] * 1000),
+            "command_s": round(returned - asked, 2),
+            "first_loss_after_ms": round((min(t for _, t in lost) - asked) * 1000) if lost else None,
+        }
+        runs.append(run)
+        log(f"rotate {'all at once' if at_once else 'all' if not nodes else ','.join(nodes)}: {run}")
+        time.sleep(0.5)
+    return {
+        "nodes": nodes or list(NODES),
+        "runs": runs,
+        "lost": summary([r["lost"] for r in runs]),
+        "gap_ms": summary([r["gap_ms"] for r in runs]),
+    }
+
+
+# --- 4. add-node ------------------------------------------------------------------------------
+SITES = (("aws-sg", "aws", "192.0.2"), ("azure-we", "azure", "198.51.100"), ("gcp-ew", "gcp", "203.0.113"))
+
+
+def generated_mesh(tmp: Path, nodes: int) -> Lab:
+    """`nodes` nodes round-robin over 3 sites, one cluster per site, every node public."""
+
+    def make(name: str) -> tuple[Path, str]:
+        d = Path(tempfile.mkdtemp(dir=tmp))
+        lines = [
+            "apiVersion: crossmesh.io/v1alpha1",
+            "kind: Mesh",
+            "metadata:",
+            f"  name: {name}",
+            "spec:",
+            "  wireguard: {topology: full-mesh, listenPort: 51820, persistentKeepalive: 25}",
+            "  ipam: {podPool: 10.240.0.0/12, clusterPrefix: 16, nodePrefix: 24}",
+            "  sites:",
+        ]
+        for s, (site, provider, _) in enumerate(SITES):
+            lines += [f"    - {{name: {site}, provider: {provider}, region: r{s}, network: 10.{s}.0.0/16, mtu: 1500}}"]
+        lines.append("  clusters:")
+        for s, (site, provider, prefix) in enumerate(SITES):
+            lines += [f"    - name: c{s}", f"      id: {s + 1}", "      nodes:"]
+            for i in range(s, nodes, len(SITES)):
+                k = i // len(SITES)
+                lines.append(
+                    f"        - {{name: {provider}-{k + 1:02d}, site: {site}, address: 10.{s}.1.{10 + k}, "
+                    f"publicAddress: {prefix}.{10 + k}}}"
+                )
+        (d / "mesh.yaml").write_text("\n".join(lines) + "\n")
+        return d / "mesh.yaml", name
+
+    mesh, name = free_name(make)
+    return Lab(mesh, name)
+
+
+def published_at(log: Path, near: float) -> float | None:
+    """Wall time of the agent's first "published" line (its log has local HH:MM:SS.mmm)."""
+    try:
+        line = next(ln for ln in log.read_text().splitlines() if " published " in ln)
+    except (OSError, StopIteration):
+        return None
+    h, m, s = line.split()[0].split(":")
+    day = time.localtime(near)
+    midnight = time.mktime((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0, 0, 0, -1))
+    at = midnight + int(h) * 3600 + int(m) * 60 + float(s)
+    return min((at - 86400, at, at + 86400), key=lambda x: abs(x - near))  # across midnight
+
+
+def add_node(tmp: Path, size: int, joins: int) -> dict[str, Any]:
+    lab = generated_mesh(tmp, size - 1)
+    runs = []
+    with running(lab, "--agents"):
+        for j in range(joins):
+            st = state(lab.tag)
+            s = (size - 1 + j) % len(SITES)
+            site, provider, prefix = SITES[s]
+            name = f"{provider}-join{j + 1}"
+            holders = [ifn for ifn, d in st.wireguard.items() if agent_config(st, d["node"])["record"]["site"] != site]
+            keyfile = Path(st.state_dir) / "keys" / f"{name}.key"
+            t0, wall0 = time.monotonic(), time.time()
+            proc = subprocess.Popen(
+                [
+                    "crossmesh", "lab", "add-node", "--mesh", str(lab.mesh), "--cluster", f"c{s}", "--site", site,
+                    "--name", name, "--address", f"10.{s}.1.{200 + j}", "--public-address", f"{prefix}.{200 + j}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            key = None
+            done: dict[str, float] = {}
+            while len(done) < len(holders):
+                if key is None and keyfile.exists():
+                    from crossmesh.state import keys
+
+                    with suppress(ValueError):
+                        key = keys.public_key(keyfile.read_text().strip())
+                if key is not None:
+                    for ifn in holders:
+                        if ifn in done:
+                            continue
+                        text = wireguard.dump(ifn)
+                        stats = wireguard.parse_dump(text)[1] if text else {}
+                        if stats.get(key, (0, 0, 0, None))[0]:
+                            done[ifn] = time.monotonic() - t0
+                if time.monotonic() - t0 > 120:
+                    proc.kill()
+                    raise RuntimeError(f"add-node {name}: {len(done)}/{len(holders)} peers after 120 s")
+                if proc.poll() is not None and proc.returncode != 0:
+                    raise RuntimeError(f"add-node {name} failed: {proc.stderr.read() if proc.stderr else ''}")
+                time.sleep(0.01)
+            converged_s = max(done.values())
+            proc.wait(timeout=120)
+            command_s = time.monotonic() - t0
+            published = published_at(state(lab.tag).dir / "logs" / f"agent-{name}.log", wall0)
+            run = {
+                "node": name,
+                "peers": len(holders),
+                "converged_s": round(converged_s, 3),
+                "first_peer_s": round(min(done.values()), 3),
+                "command_s": round(command_s, 2),
+                # the control plane's share: the new agent's record in etcd → the last peer's handshake
+                "published_to_converged_s": round(wall0 + converged_s - published, 3) if published else None,
+            }
+            runs.append(run)
+            log(f"add-node to {size - 1}-node mesh: {run}")
+            t1 = time.monotonic()
+            crossmesh("lab", "remove-node", "--mesh", str(lab.mesh), name, check=True, timeout=300)
+            log(f"remove-node {name}: {time.monotonic() - t1:.1f} s")
+    return {
+        "nodes_before": size - 1,
+        "nodes_after": size,
+        "runs": runs,
+        "converged_s": summary([r["converged_s"] for r in runs]),
+        "published_to_converged_s": summary([r["published_to_converged_s"] or 0.0 for r in runs]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ttls", default="1,2,3,5")
+    parser.add_argument("--crashes", type=int, default=5, help="crashes per TTL")
+    parser.add_argument("--rest", type=float, default=10.0, help="seconds of the at-rest sample")
+    parser.add_argument("--rotations", type=int, default=5)
+    parser.add_argument("--add-node-sizes", default="6,30")
+    parser.add_argument("--joins", type=int, default=3, help="add-node trials per size")
+    parser.add_argument("--only", default="detection,rest,rotation,add-node")
+    parser.add_argument("-o", "--output", type=Path, default=HERE / "results" / "control_plane.json")
+    parser.add_argument("--merge", action="store_true", help="keep the other sections of an existing output")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench_control_plane: needs root (the lab)", file=sys.stderr)
+        return 2
+    only = set(args.only.split(","))
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "etcd": subprocess.run(["etcd", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
+            "load_at_start": Path("/proc/loadavg").read_text().strip(),
+            "commit": head.stdout.strip(),
+            "other_labs": len(labs.running_labs()),
+        },
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="cm-bench-cp-"))
+    try:
+        if only & {"detection", "rest", "rotation"}:
+            lab = three_clouds(tmp)
+            with running(lab, "--agents", "--lease-ttl", "3"):
+                if "detection" in only:
+                    results["detection"] = detection(lab, [int(t) for t in args.ttls.split(",")], args.crashes)
+                if "rest" in only:
+                    results["rest"] = at_rest(lab, args.rest)
+                if "rotation" in only:
+                    lab.up("--lease-ttl", "3")
+                    results["rotation"] = {
+                        "all": rotation(lab, args.rotations, []),
+                        "one": rotation(lab, args.rotations, ["azure-talos-1"]),
+                        "at_once": rotation(lab, args.rotations, [], at_once=True),
+                    }
+        if "add-node" in only:
+            help_ = subprocess.run(["crossmesh", "lab", "add-node", "--help"], capture_output=True, text=True)
+            if help_.returncode != 0:
+                results["add_node"] = "pending: `crossmesh lab add-node` is not there yet"
+            else:
+                results["add_node"] = {
+                    s: add_node(tmp, int(s), args.joins) for s in args.add_node_sizes.split(",") if s
+                }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["etcd_members"] = etcd.MEMBERS
+    if args.merge and args.output.exists():
+        results = {**json.loads(args.output.read_text()), **results}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote {args.output}")
+    print(json.dumps({k: v for k, v in results.items() if k != "environment"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
