@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +33,22 @@ from aetcd import rpc
 from aetcd import watcher as aetcd_watcher
 
 from crossmesh.agent import records
+from crossmesh.drivers import iproute
 from crossmesh.drivers.lab import netns, wireguard
 from crossmesh.state import keys as wgkeys
 
 AGENT_ROUTE_PROTO = 100  # the lab's own routes use 99; these belong to the agent
 # Handshakes after a change: one end of a pair initiates at once, the other only if nothing came
 # from it after this long (two initiations that cross each other both fail, and WireGuard retries
-# only after 5 s). Longer for a joining node, whose first apply sets the whole mesh (about 0.5 s
-# at 30 nodes): a fallback that fired while it is still poking would cross its initiations.
+# only after 5 s). Longer after a join: each of the other nodes initiates when its watch delivers
+# the newcomer's record and it has applied it, which on a loaded host (thirty agents on two CPUs
+# react to the same event) can take most of a second; a fallback fired meanwhile would cross.
 # Within ROTATION_WINDOW of its own key change a node defers to a lower-named peer that changed
 # too (both rotated at once).
 POKE_LATER = 0.5
 POKE_LATER_JOIN = 2.0
 ROTATION_WINDOW = 2.0
+FULL_CHECK = 10.0  # seconds between reads of the device settings and routes back from the kernel
 
 
 def log(msg: str) -> None:
@@ -103,6 +106,7 @@ class Agent:
         self.pending: str | None = None
         self.applied: dict[str, records.DesiredPeer] = {}  # peers as the device has them
         self.applied_private: str | None = None
+        self.full_due = 0.0  # monotonic time of the next full check (see _apply)
         self.rotated_at = -ROTATION_WINDOW
         self.own = records.NodeRecord(**{**cfg["record"], "public_key": wgkeys.public_key(self.private)})
         self.records: dict[str, records.NodeRecord] = {}
@@ -110,6 +114,7 @@ class Agent:
         self.bad: dict[str, str] = {}  # records that do not even decode
         self.created: dict[str, int] = {}  # etcd create revision of each record: older wins an overlap
         self.own_created = 0  # and of our own
+        self.announced = False  # whether peers can know our current public key (it is in etcd)
         self.connected: str | None = None
         self.lease_refreshed = 0.0
         self.last_reconcile = 0.0
@@ -123,18 +128,22 @@ class Agent:
         self.work = threading.Lock()  # applies and device restores never overlap
 
     # --- the loop ---------------------------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self, await_device: float = 0.0) -> None:
         lock = self._lock()
         if lock is None:
             log(f"another agent of node {self.node} is running: exiting")
             return
+        deadline = time.monotonic() + await_device
+        while time.monotonic() < deadline and not await asyncio.to_thread(wireguard.is_running, self.ifname):
+            await asyncio.sleep(0.02)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGUSR1, self.rotate.set)
         # Netlink (pyroute2) runs its own event loop: device and route work happens on a thread.
+        # The device keeps what it has until etcd has been read: an agent restarted while etcd is
+        # down must not empty it.
         await asyncio.to_thread(self._check_device)
-        await asyncio.to_thread(self.apply)  # bring the device up with what we have
         tasks = [asyncio.create_task(self.maintain()), asyncio.create_task(self.apply_loop())]
         while not self.stop.is_set():
             try:
@@ -187,14 +196,18 @@ class Agent:
         try:
             lease = await client.lease(self.ttl)
             key = self.prefix + self.node.encode()
+            # The mesh first, then our record: once peers learn of this node it has them all, so
+            # each can initiate its handshake at once (see _handshakes).
+            got = await client.get_prefix(self.prefix)
+            self.load([(kv.key, kv.value, kv.create_revision) for kv in got])
+            self.dirty.clear()
+            await asyncio.to_thread(self.apply)
             await self.publish(client, key, lease)
             self.lease_refreshed = time.time()
             granted = f"ttl {lease.ttl}s"
             if lease.ttl != self.ttl:  # etcd raises a TTL below its minimum (1.5 election timeouts)
                 granted += f": etcd's minimum, not {self.ttl}s"
             log(f"published {self.node} (lease {lease.id}, {granted}) via {self.connected}")
-            got = await client.get_prefix(self.prefix)
-            self.load([(kv.key, kv.value, kv.create_revision) for kv in got])
             watch = await client.watch_prefix(self.prefix, start_revision=got.header.revision + 1)
 
             async def keep() -> None:
@@ -247,10 +260,14 @@ class Agent:
 
     def load(self, items: list[tuple[bytes, bytes, int]]) -> None:
         self.records, self.bad, self.created = {}, {}, {}
+        self.announced = False
         for k, v, created in items:
             name = k[len(self.prefix) :].decode(errors="replace")
             if name == self.node:
                 self.own_created = created
+                with contextlib.suppress(records.RecordError):
+                    # Our record, left by the agent before this one: peers know this key already.
+                    self.announced = records.decode(v).public_key == self.own.public_key
             else:
                 self.created[name] = created
                 self._take(name, v)
@@ -294,14 +311,28 @@ class Agent:
         self.rejected = {**rejected, **self.bad}
         peers = records.desired_peers(self.own, ok, self.keepalive)
         text = records.setconf(self.private, self.own.listen_port, peers)
+        # Device settings and routes are read back from the kernel on a (re)start and every
+        # FULL_CHECK seconds; in between, a change applies the difference from the last apply.
+        full = self.applied_private is None or time.monotonic() >= self.full_due
+        t1 = time.monotonic()
         changes = wireguard.reconcile(self.ifname, text)
-        changes += self._device()
-        changes += self._routes(peers)
+        t2 = time.monotonic()
+        changes += self._device() if full else []
+        t3 = time.monotonic()
+        changes += self._routes(peers, full)
+        if full:
+            self.full_due = time.monotonic() + FULL_CHECK
         self.last_reconcile = time.time()
         self.last_reconcile_ms = (time.monotonic() - t0) * 1000
         self.reconciles += 1
         for c in changes:
             log(c)
+        if changes:
+            ms = [round(1000 * (b - a)) for a, b in ((t0, t1), (t1, t2), (t2, t3), (t3, time.monotonic()))]
+            log(
+                f"applied {len(changes)} changes in {self.last_reconcile_ms:.0f} ms (records {ms[0]}, "
+                f"wireguard {ms[1]}, device {ms[2]}, routes {ms[3]})"
+            )
         changed = [p for p in peers if self.applied.get(p.node) != p]
         first = self.applied_private is None  # agent or device (re)started: nothing was set here
         rotated = not first and self.applied_private != self.private
@@ -323,16 +354,21 @@ class Agent:
         """Start the handshakes a change needs, with one end of each pair initiating first: two
         initiations that cross each other both fail and WireGuard retries only after 5 s.
 
-        - This device is new (agent or wireguard-go restarted): it pokes every peer; they saw nothing.
+        - This device is new (agent or wireguard-go restarted) and peers know its key: it pokes every
+          peer; they saw nothing. A node that has not published its key yet pokes nobody.
         - A peer's key changed: that node set its key before publishing it, so it is ready — poke it
           now; unless this node re-keyed too (both rotated at once): then the lower name goes first.
         - This node re-keyed: its peers learn the key after it and initiate; no poke now.
-        - A node joined (or this one did): the one with the newer record initiates; it has
-          applied the mesh by the time it learns the older ones.
+        - A node joined: the one with the older record initiates. The newcomer applied the whole
+          mesh before it published its record, so it is ready when the others learn of it.
         Whoever did not poke at once pokes later the peers from which nothing came."""
         reachable = [p for p in peers if p.endpoint or self.own.natted]
         recent = time.monotonic() - self.rotated_at < ROTATION_WINDOW
-        now = [p for p in reachable if first or (p in changed and self._initiates(p, before, recent))]
+        now = [
+            p
+            for p in reachable
+            if (first and self.announced) or (p in changed and self._initiates(p, before, recent))
+        ]
         if now:
             self._poke(now)
         waiting = [p for p in reachable if p not in now and (rotated or p in changed)]
@@ -345,7 +381,7 @@ class Agent:
 
     def _initiates(self, p: records.DesiredPeer, before: dict[str, records.DesiredPeer], recent: bool) -> bool:
         if p.node not in before:
-            return self.created.get(p.node, 0) < self.own_created
+            return 0 < self.own_created < self.created.get(p.node, 0)
         return not (recent and self.own.name > p.node)
 
     def _poke_unanswered(self, peers: list[records.DesiredPeer], since: float, fresh: set[records.DesiredPeer]) -> None:
@@ -377,49 +413,48 @@ class Agent:
         if targets and self.namespace is not None:
             netns.run_in(self.namespace, send)
 
-    def _ns(self) -> Any:
-        from pyroute2 import IPRoute
-
-        return netns.open_ns(self.namespace) if self.namespace else IPRoute()
-
     def _device(self) -> list[str]:
-        out = []
-        with self._ns() as ipr:
-            idx = ipr.link_lookup(ifname=self.ifname)
-            if not idx:
-                return [f"device {self.ifname} missing"]
-            link = ipr.get_links(idx[0])[0]
-            if link.get_attr("IFLA_MTU") != self.cfg["mtu"]:
-                ipr.link("set", index=idx[0], mtu=self.cfg["mtu"])
-                out.append(f"{self.ifname} mtu {self.cfg['mtu']}")
-            if not link["flags"] & 1:
-                ipr.link("set", index=idx[0], state="up")
-                out.append(f"{self.ifname} up")
-            want = IPv4Interface(f"{self.own.tunnel_address}/32")
-            have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx[0], family=2)}
-            if str(want.ip) not in have:
-                ipr.addr("add", index=idx[0], address=str(want.ip), prefixlen=32)
-                out.append(f"{self.ifname} address {want}")
+        """MTU, up, and the node's tunnel address on the device."""
+        shown = iproute.show(self.namespace, ["addr", "show", "dev", self.ifname])
+        if not shown:
+            return [f"device {self.ifname} missing"]
+        link, out, commands = shown[0], [], []
+        if link.get("mtu") != self.cfg["mtu"]:
+            commands.append(f"link set dev {self.ifname} mtu {self.cfg['mtu']}")
+            out.append(f"{self.ifname} mtu {self.cfg['mtu']}")
+        if "UP" not in link.get("flags", []):
+            commands.append(f"link set dev {self.ifname} up")
+            out.append(f"{self.ifname} up")
+        have = {a.get("local") for a in link.get("addr_info", []) if a.get("family") == "inet"}
+        if self.own.tunnel_address not in have:
+            commands.append(f"addr replace {self.own.tunnel_address}/32 dev {self.ifname}")
+            out.append(f"{self.ifname} address {self.own.tunnel_address}/32")
+        iproute.batch(self.namespace, commands)
         return out
 
-    def _routes(self, peers: list[records.DesiredPeer]) -> list[str]:
-        out: list[str] = []
+    def _routes(self, peers: list[records.DesiredPeer], full: bool) -> list[str]:
+        """The agent's routes (protocol 100) to every peer's addresses through the tunnel. `full`
+        reads what the kernel has; otherwise the routes of the last apply are taken as there.
+        The changes go to the kernel in one `ip -batch`."""
         want = {str(IPv4Network(a)) for p in peers for a in p.allowed_ips}
-        with self._ns() as ipr:
-            idx = ipr.link_lookup(ifname=self.ifname)
-            if not idx:
-                return out
-            have = {}
-            for r in ipr.get_routes(family=2, table=254):
-                if r["proto"] == AGENT_ROUTE_PROTO:
-                    have[f"{r.get_attr('RTA_DST')}/{r['dst_len']}"] = r.get_attr("RTA_OIF")
-            for dst in sorted(want):
-                if have.get(dst) != idx[0]:
-                    ipr.route("replace", dst=dst, oif=idx[0], proto=AGENT_ROUTE_PROTO, scope=253, table=254)
-                    out.append(f"route {dst} dev {self.ifname}")
-            for dst in sorted(set(have) - want):
-                ipr.route("del", dst=dst, oif=have[dst], proto=AGENT_ROUTE_PROTO, scope=253, table=254)
-                out.append(f"route {dst} withdrawn")
+        if full:
+            shown = iproute.show(self.namespace, ["route", "show", "table", "main", "proto", str(AGENT_ROUTE_PROTO)])
+            have = {str(IPv4Network(r["dst"])): r.get("dev") for r in shown or []}
+        else:
+            have = {str(IPv4Network(a)): self.ifname for p in self.applied.values() for a in p.allowed_ips}
+        out, commands = [], []
+        for dst in sorted(want):
+            if have.get(dst) != self.ifname:
+                commands.append(f"route replace {dst} dev {self.ifname} proto {AGENT_ROUTE_PROTO} scope link")
+                out.append(f"route {dst} dev {self.ifname}")
+        for dst in sorted(set(have) - want):
+            commands.append(f"route del {dst} proto {AGENT_ROUTE_PROTO}")
+            out.append(f"route {dst} withdrawn")
+        try:
+            iproute.batch(self.namespace, commands)
+        except RuntimeError:
+            self.full_due = 0.0  # the kernel differs from what was applied: read it back next time
+            raise
         return out
 
     # --- device health and key rotation ------------------------------------------------------
@@ -428,8 +463,8 @@ class Agent:
             return self._restore_device()
 
     def _restore_device(self) -> bool:
-        if wireguard.is_running(self.ifname):
-            return False
+        if self.stop.is_set() or wireguard.is_running(self.ifname):
+            return False  # stopping: whoever stops the agent may be stopping wireguard-go too
         if not self.namespace:
             raise RuntimeError(f"WireGuard device {self.ifname} does not answer")
         log(f"wireguard-go for {self.ifname} is not running: starting it")
@@ -446,7 +481,7 @@ class Agent:
                 self.rotate.clear()
                 self.rotate_key()
             try:
-                if await asyncio.to_thread(self._check_device):
+                if await asyncio.to_thread(self._check_device) or time.monotonic() >= self.full_due:
                     self.dirty.set()
             except Exception as err:  # noqa: BLE001
                 log(f"cannot restore {self.ifname}: {err}")
@@ -476,6 +511,7 @@ class Agent:
             self.private, self.pending = self.pending, None
             await asyncio.to_thread(self.apply)
         await client.put(key, self.own.encode(), lease=lease)
+        self.announced = True
 
     def write_status(self, peers: int | None = None) -> None:
         data = {
@@ -503,11 +539,14 @@ class Agent:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m crossmesh.agent.daemon CONFIG.json", file=sys.stderr)
+    """`python -m crossmesh.agent.daemon CONFIG.json [AWAIT_DEVICE_SECONDS]`: the lab starts the
+    agent of a joining node while it still builds the node, and gives it that long for the
+    device to appear before the agent starts wireguard-go itself."""
+    if len(argv) not in (1, 2):
+        print("usage: python -m crossmesh.agent.daemon CONFIG.json [AWAIT_DEVICE_SECONDS]", file=sys.stderr)
         return 2
     cfg = json.loads(Path(argv[0]).read_text())
-    asyncio.run(Agent(cfg).run())
+    asyncio.run(Agent(cfg).run(await_device=float(argv[1]) if len(argv) == 2 else 0.0))
     return 0
 
 

@@ -23,6 +23,15 @@ app = typer.Typer(
 MESH_OPTION = typer.Option(None, "--mesh", help="the lab's mesh file (default: the only running lab)")
 
 
+def _progress(started: float) -> labs.Progress:
+    """Progress lines on stderr, each with the seconds since the command started."""
+
+    def progress(msg: str) -> None:
+        err.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {msg}")
+
+    return progress
+
+
 @app.command("up")
 @friendly
 def up(
@@ -41,12 +50,14 @@ def up(
     """Build the mesh on this host and return when every tunnel has completed a handshake and every pod
     answers. Running it again changes only what differs from the plan."""
     started = time.monotonic()
-
-    def progress(msg: str) -> None:
-        err.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {msg}")
-
     result = labs.up(
-        mesh, state, tag=tag, keep_on_error=keep_on_error, agents=agents, lease_ttl=lease_ttl, progress=progress
+        mesh,
+        state,
+        tag=tag,
+        keep_on_error=keep_on_error,
+        agents=agents,
+        lease_ttl=lease_ttl,
+        progress=_progress(started),
     )
     total = time.monotonic() - started
     if output is Output.JSON:
@@ -255,7 +266,7 @@ def add_node(
     node: dict[str, Any] = {"name": name, "site": site, "address": address}
     if public_address:
         node["publicAddress"] = public_address
-    result = labs.add_node(mesh, node, cluster)
+    result = labs.add_node(mesh, node, cluster, progress=_progress(started))
     out.print(f"node {name} joined in {time.monotonic() - started:.2f} s ({len(result.changes)} changes)")
 
 
@@ -268,7 +279,7 @@ def remove_node(
     """Remove a node from the running lab: its agent leaves (peers drop it), its namespaces go,
     its pods are placed on the cluster's other nodes."""
     started = time.monotonic()
-    result = labs.remove_node(mesh, name)
+    result = labs.remove_node(mesh, name, progress=_progress(started))
     out.print(f"node {name} removed in {time.monotonic() - started:.2f} s ({len(result.changes)} changes)")
 
 

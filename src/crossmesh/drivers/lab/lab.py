@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from typing import Any
 from crossmesh.agent import records
 from crossmesh.drivers import etcd
 from crossmesh.drivers.lab import netns, reconcile, topology, wireguard
-from crossmesh.drivers.lab.topology import LabTopology
+from crossmesh.drivers.lab.topology import LabTopology, Namespace
 from crossmesh.errors import CrossmeshError, EnvironmentProblem, UsageError
 from crossmesh.model.plan import Plan
 from crossmesh.policy.endpoints import mesh_index
@@ -45,6 +46,7 @@ REQUIRED = {
     "ip": "iproute2",
 }
 HANDSHAKE_TIMEOUT = 30.0
+AGENT_HANDSHAKE_GRACE = 3.0  # seconds the agents have to start their handshakes before `up` pokes
 
 Progress = Callable[[str], None]
 
@@ -80,6 +82,7 @@ class LabState:
     services_digest: str = ""  # of the plan it runs with; a new plan restarts it
     sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
     inet: str = ""
+    applied: dict[str, str] = field(default_factory=dict)  # namespace → digest of the spec it was brought to
 
     @property
     def dir(self) -> Path:
@@ -160,11 +163,14 @@ def up(
     agents: bool = False,
     lease_ttl: int | None = None,
     overlay: dict[str, Any] | None = None,
+    changed_only: bool = False,
     progress: Progress = _quiet,
 ) -> UpResult:
     """Build (or bring back to the plan) the lab of `mesh`; returns when every tunnel has
     completed a handshake and every pod answers. With `agents`, a 3-member etcd cluster and
-    one agent per node run the tunnels (the control plane); a lab keeps the mode it has."""
+    one agent per node run the tunnels (the control plane); a lab keeps the mode it has.
+    `changed_only` (membership changes) reconciles only the namespaces whose desired state
+    differs from the one they were last brought to; a plain `up` checks every namespace."""
     preflight()
     mesh_abs = str(mesh.resolve())
     running = next((lab for lab in running_labs() if lab.mesh == mesh_abs), None)
@@ -205,10 +211,11 @@ def up(
     state.placements = {p.ref: p.node for p in plan.pods()}
     if lease_ttl is not None:
         state.lease_ttl = lease_ttl
+    joining = frozenset(topo.node_ns) - frozenset(state.nodes) if existing is not None else frozenset()
     _record(state, topo)
     state.save()
     try:
-        result = _build(state, topo, compiled, progress)
+        result = _build(state, topo, compiled, progress, changed_only=changed_only, joining=joining)
     except BaseException as err:
         if not keep_on_error and existing is None:
             progress("failed: removing what was built (use --keep-on-error to keep it)")
@@ -250,7 +257,21 @@ def _record(state: LabState, topo: LabTopology) -> None:
         state.wireguard.setdefault(dev.ifname, {"namespace": dev.namespace, "node": dev.node, "pid": 0})
 
 
-def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Progress) -> UpResult:
+def namespace_digest(spec: Namespace) -> str:
+    """What a namespace is to be brought to, as a digest (specs are frozen dataclasses of
+    strings, numbers and addresses: their repr is stable)."""
+    return hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
+
+
+def _build(
+    state: LabState,
+    topo: LabTopology,
+    compiled: Compiled,
+    progress: Progress,
+    *,
+    changed_only: bool = False,
+    joining: frozenset[str] = frozenset(),
+) -> UpResult:
     seconds: dict[str, float] = {}
     changes: list[str] = []
     t0 = time.monotonic()
@@ -264,17 +285,25 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
     progress(f"namespaces: {len(topo.namespaces)}")
     changes += _collect_garbage(state, topo)
     changes += reconcile.ensure_namespaces([n.name for n in topo.namespaces])
+    agents = state.control_plane == "etcd"
+    early = _early_agents(state, topo, compiled, joining) if agents else {}
     lap("namespaces")
-    progress("links, addresses, routes, NAT")
+    digests = {ns.name: namespace_digest(ns) for ns in topo.namespaces}
+    todo = [ns for ns in topo.namespaces if not changed_only or state.applied.get(ns.name) != digests[ns.name]]
+    # A membership change first builds what the new nodes stand on (their namespaces, the site
+    # routers, the internet) and starts their tunnels and agents; the other namespaces that
+    # changed (a new neighbour on the site's VXLAN, a new address in a policy set) follow once
+    # the tunnels are up, so as not to take CPU from the agents converging.
+    first = [ns for ns in todo if not changed_only or ns.name not in state.applied or ns.role in ("inet", "router")]
+    state.applied = {k: v for k, v in state.applied.items() if k in digests}
+    for ns in todo:  # forgotten until brought to its spec: a failure below leaves it to do again
+        state.applied.pop(ns.name, None)
+    state.save()
+    progress(f"links, addresses, routes, NAT: {len(todo)} namespaces" + (" changed" if changed_only else ""))
     wg_names = tuple(d.ifname for d in topo.wireguard)
-    for ns in topo.namespaces:
-        try:
-            changes += reconcile.reconcile(ns, wireguard_ifnames=wg_names)
-        except Exception as err:
-            raise LabError(f"configuring {ns.role} {ns.owner} ({ns.name}) failed: {err}") from err
+    changes += _reconcile_namespaces(first, wg_names)
     lap("links")
 
-    agents = state.control_plane == "etcd"
     if agents:
         progress("control plane: 3-member etcd on loopback")
         changes += _etcd(state)
@@ -284,6 +313,7 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
     conf_dir = state.dir / "wireguard"
     conf_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(conf_dir, 0o700)
+    started: set[str] = set()  # node namespaces whose tunnel device is new
     for dev in topo.wireguard:
         node = compiled.plan.node(dev.node)
         assert node.tunnel is not None  # noqa: S101 - topology only lists tunnel nodes
@@ -291,9 +321,17 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
         conf = conf_dir / f"{dev.ifname}.conf"  # wg-quick wants an interface name
         _write_private(conf, rendered.content)
         entry = state.wireguard[dev.ifname]
+        if wireguard.is_running(dev.ifname) and not _has_link(dev.namespace, dev.ifname):
+            # A wireguard-go that answers but whose device is not in the node's namespace: left
+            # by an earlier lab of the same tag whose namespace is gone. It goes.
+            for stray in [p for p in _processes(dev.ifname) if _cmdline_has(p, (dev.ifname,))]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stray, signal.SIGKILL)
+            changes.append(f"stray wireguard-go for {dev.ifname} stopped")
         if not wireguard.is_running(dev.ifname):
             entry["pid"] = wireguard.start(dev.namespace, dev.ifname, state.dir / "logs" / f"{dev.ifname}.log")
             changes.append(f"{dev.namespace}: wireguard-go {dev.ifname} started")
+            started.add(dev.namespace)
             state.save()
         if agents:
             continue  # the node's agent configures its device from etcd
@@ -302,31 +340,50 @@ def _build(state: LabState, topo: LabTopology, compiled: Compiled, progress: Pro
         except RuntimeError as err:
             raise LabError(f"configuring the tunnel of node {dev.node}: {err}") from err
     lap("wireguard")
-    # Second pass: tunnel devices now exist, so their addresses and routes can be set.
-    for ns in topo.namespaces:
-        if ns.role == "node":
-            changes += reconcile.reconcile(ns, wireguard_ifnames=wg_names)
+    # Second pass: new tunnel devices now exist, so their addresses and routes can be set.
+    changes += _reconcile_namespaces([ns for ns in topo.namespaces if ns.name in started], wg_names)
     lap("links")
 
     if agents:
         progress(f"agents: {len(topo.wireguard)}")
-        changes += _agents(state, topo, compiled)
+        changes += _agents(state, topo, compiled, early)
         lap("agents")
+    progress("waiting for every tunnel to complete a handshake")
+    _wait_handshakes(topo, compiled.plan, progress, agents=agents)
+    lap("handshakes")
+    changes += _reconcile_namespaces([ns for ns in todo if ns not in first], wg_names)
+    state.applied.update((ns.name, digests[ns.name]) for ns in todo)
+    state.save()
+    lap("links")
     progress("workloads: echo servers in every pod")
     changes += _workloads(state, topo)
     lap("workloads")
+    # After the handshakes: a (re)starting service daemon takes a CPU-second, not to be taken
+    # from tunnels and agents converging.
     progress("services: health checks, ClusterIP tables, DNS")
     changes += _services(state, topo, compiled.plan, compiled.loaded.manifests)
     lap("services")
-    progress("waiting for every tunnel to complete a handshake")
-    _wait_handshakes(topo, compiled.plan, progress)
-    lap("handshakes")
     progress("waiting for every pod to answer")
     killed_dir = state.dir / "killed"
     killed = {p.name for p in killed_dir.iterdir()} if killed_dir.is_dir() else set()
     _wait_pods([ep for ep in topo.pods if pod_key(state.pods[ep.pod.ref]) not in killed])
     lap("pods")
     return UpResult(state=state, changes=changes, seconds=seconds)
+
+
+def _has_link(namespace: str, ifname: str) -> bool:
+    with netns.open_ns(namespace) as ipr:
+        return bool(ipr.link_lookup(ifname=ifname))
+
+
+def _reconcile_namespaces(specs: list[Namespace], wg_names: tuple[str, ...]) -> list[str]:
+    changes = []
+    for ns in specs:
+        try:
+            changes += reconcile.reconcile(ns, wireguard_ifnames=wg_names)
+        except Exception as err:
+            raise LabError(f"configuring {ns.role} {ns.owner} ({ns.name}) failed: {err}") from err
+    return changes
 
 
 def _collect_garbage(state: LabState, topo: LabTopology) -> list[str]:
@@ -412,13 +469,31 @@ def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_na
     }
 
 
-def start_agent(state: LabState, node: str) -> int:
+def agent_running(state: LabState, node: str) -> bool:
+    """Whether an agent runs for `node`: its pid is alive or it holds the node's agent lock
+    (taken at start, before it has written any status)."""
+    if _alive(int(agent_status(state, node).get("pid", 0))):
+        return True
+    try:
+        fd = os.open(agent_dir(state) / f"{node}.status.lock", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return False
+
+
+def start_agent(state: LabState, node: str, *, await_device: float = 0.0) -> int:
     cfg = agent_dir(state) / f"{node}.json"
     log = state.dir / "logs" / f"agent-{node}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "crossmesh.agent.daemon", str(cfg)],
+            [sys.executable, "-m", "crossmesh.agent.daemon", str(cfg), *([str(await_device)] if await_device else [])],
             stdout=fh,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -427,13 +502,30 @@ def start_agent(state: LabState, node: str) -> int:
     return proc.pid
 
 
-def _agents(state: LabState, topo: LabTopology, compiled: Compiled) -> list[str]:
-    changes = []
+def _early_agents(state: LabState, topo: LabTopology, compiled: Compiled, joining: frozenset[str]) -> dict[str, int]:
+    """Start the agents of nodes that join now, before their namespaces are built: an agent takes
+    about half a second to start, as long as the build of a node, and waits for its device."""
+    directory = agent_dir(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    started = {}
+    for dev in topo.wireguard:
+        path = directory / f"{dev.node}.json"
+        if dev.node not in joining or path.exists() or agent_running(state, dev.node):
+            continue
+        path.write_text(json.dumps(agent_config(state, topo, compiled, dev.node), indent=1, sort_keys=True))
+        started[dev.node] = start_agent(state, dev.node, await_device=10.0)
+    return started
+
+
+def _agents(state: LabState, topo: LabTopology, compiled: Compiled, early: dict[str, int]) -> list[str]:
+    changes = [f"agent for node {node} started" for node in early]
     directory = agent_dir(state)
     directory.mkdir(parents=True, exist_ok=True)
     crashed = directory / "crashed"
     for dev in topo.wireguard:
         (crashed / dev.node).unlink(missing_ok=True)  # `up` brings crashed nodes back
+        if _alive(early.get(dev.node, 0)):
+            continue
         cfg = agent_config(state, topo, compiled, dev.node)
         path = directory / f"{dev.node}.json"
         text = json.dumps(cfg, indent=1, sort_keys=True)
@@ -495,7 +587,7 @@ def add_node(mesh: Path | None, node: dict[str, Any], cluster: str, progress: Pr
     if node["name"] in overlay["remove"]:
         overlay["remove"].remove(node["name"])
     overlay["add"].append({"cluster": cluster, "node": node})
-    return up(Path(state.mesh), Path(state.state_dir), overlay=overlay, progress=progress)
+    return up(Path(state.mesh), Path(state.state_dir), overlay=overlay, changed_only=True, progress=progress)
 
 
 def remove_node(mesh: Path | None, name: str, progress: Progress = _quiet) -> UpResult:
@@ -506,7 +598,13 @@ def remove_node(mesh: Path | None, name: str, progress: Progress = _quiet) -> Up
     removed = list(state.overlay.get("remove", []))
     if len(added) == len(state.overlay.get("add", [])):
         removed.append(name)
-    return up(Path(state.mesh), Path(state.state_dir), overlay={"add": added, "remove": removed}, progress=progress)
+    return up(
+        Path(state.mesh),
+        Path(state.state_dir),
+        overlay={"add": added, "remove": removed},
+        changed_only=True,
+        progress=progress,
+    )
 
 
 def rotate_keys(state: LabState, nodes: list[str]) -> dict[str, str]:
@@ -731,10 +829,13 @@ def tunnel_status(topo: LabTopology) -> dict[str, dict[str, tuple[int, int, int,
     return out
 
 
-def _wait_handshakes(topo: LabTopology, plan: Plan, progress: Progress) -> None:
+def _wait_handshakes(topo: LabTopology, plan: Plan, progress: Progress, *, agents: bool = False) -> None:
+    """Until every tunnel has completed a handshake. Pokes the silent ones every second; with
+    agents only after AGENT_HANDSHAKE_GRACE: they start handshakes themselves, one end of each
+    pair first, and a poke from the other end at the same moment would cross theirs."""
     deadline = time.monotonic() + HANDSHAKE_TIMEOUT
     pending: list[str] = []
-    last_poke = 0.0
+    last_poke = time.monotonic() + AGENT_HANDSHAKE_GRACE - 1.0 if agents else 0.0
     while True:
         status = tunnel_status(topo)
         pending = []
@@ -764,7 +865,7 @@ def _wait_handshakes(topo: LabTopology, plan: Plan, progress: Progress) -> None:
                 ]
                 _poke(dev.namespace, targets)
             last_poke = time.monotonic()
-        time.sleep(0.05)
+        time.sleep(0.1)
 
 
 def _pod_answers(ep: Any) -> str | None:
@@ -830,22 +931,35 @@ def _processes(marker: str) -> list[int]:
     return pids
 
 
+def _cmdline_has(pid: int, words: tuple[str, ...]) -> bool:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return any(w in args for w in words)
+
+
 def down(tag: str | None, *, progress: Progress = _quiet) -> list[str]:
     """Remove every trace of lab `tag` (or of every lab with tag None). Idempotent."""
     marker = f"cm-{tag}" if tag else "cm-"
     removed: list[str] = []
-    for pid in _processes(marker):
-        try:
-            os.kill(pid, signal.SIGTERM)
-            removed.append(f"process {pid}")
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and _processes(marker):
-        time.sleep(0.05)
-    for pid in _processes(marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    # The service daemon restarts dead agents and agents restart a dead wireguard-go: they go
+    # first, so that nothing is started again while the rest is stopped.
+    supervisors = ("crossmesh.drivers.lab.servicesd", "crossmesh.agent.daemon")
+    for first in (True, False):
+        pids = [p for p in _processes(marker) if not first or _cmdline_has(p, supervisors)]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                removed.append(f"process {pid}")
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.05)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     names = [n for n in netns.listing() if n.startswith(marker + "-") or (tag is None and n.startswith("cm-"))]
     for name in names:
         netns.remove(name)

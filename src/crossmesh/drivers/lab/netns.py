@@ -14,9 +14,10 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pyroute2 import IPRoute, netns
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
@@ -34,12 +35,16 @@ def create(name: str) -> bool:
     """Create the namespace if missing; True when it was created."""
     if exists(name):
         return False
+    from pyroute2 import netns  # imported when used: the agents never need it
+
     netns.create(name)
     return True
 
 
 def remove(name: str) -> None:
     if exists(name):
+        from pyroute2 import netns
+
         netns.remove(name)
 
 
@@ -106,5 +111,7 @@ def open_ns(name: str) -> IPRoute:
     pyroute2: its own `NetNS(name)` forks a child process per socket to do the same, ≈20 ms
     each, and `lab up` of a 30-node mesh opens a few hundred of them.
     """
+    from pyroute2 import IPRoute
+
     sock = run_in(name, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
     return IPRoute(fileno=sock.detach())

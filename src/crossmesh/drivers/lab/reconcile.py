@@ -17,7 +17,7 @@ from typing import Any
 from pyroute2 import NetlinkError, NetNS
 
 from crossmesh.drivers.lab import netns
-from crossmesh.drivers.lab.topology import ROUTE_PROTO, Link, Namespace, Neighbour, Route
+from crossmesh.drivers.lab.topology import ROUTE_PROTO, Link, Namespace, Route
 
 NFT_TABLE = "crossmesh"
 OPTIONAL_SYSCTLS = ("net/bridge/",)
@@ -182,7 +182,8 @@ def _addresses(ipr: NetNS, spec: Namespace) -> list[str]:
         idx = link["index"]
         have = {IPv4Interface(f"{_attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}") for a in ipr.get_addr(index=idx, family=2)}
         for a in sorted(addrs - have):
-            ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+            # replace, not add: a node's agent may set its tunnel address at the same moment
+            ipr.addr("replace", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
             out.append(f"address {a} on {ifname}")
         for a in sorted(have - addrs):
             ipr.addr("del", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
@@ -241,33 +242,28 @@ def _routes(ipr: NetNS, spec: Namespace) -> list[str]:
 
 
 def _neighbours(ipr: NetNS, spec: Namespace) -> list[str]:
+    """Static ARP entries and VXLAN forwarding entries; each device's tables are read once."""
     out: list[str] = []
     if not spec.neighbours:
         return out
     links = _links(ipr)
+    fdb: dict[int, set[tuple[str, str]]] = {}
+    arp: dict[int, dict[str, str]] = {}
     for n in spec.neighbours:
         link = links.get(n.dev)
         if link is None:
             continue
         idx = link["index"]
-        out += _fdb(ipr, idx, n)
-        have = [m for m in ipr.get_neighbours(ifindex=idx, family=2) if _attr(m, "NDA_DST") == str(n.address)]
-        if not have or _attr(have[0], "NDA_LLADDR") != n.mac:
+        if idx not in fdb:
+            fdb[idx] = {(_attr(m, "NDA_LLADDR"), _attr(m, "NDA_DST")) for m in ipr.fdb("dump", ifindex=idx)}
+            arp[idx] = {_attr(m, "NDA_DST"): _attr(m, "NDA_LLADDR") for m in ipr.get_neighbours(ifindex=idx, family=2)}
+        if (n.mac, str(n.vtep)) not in fdb[idx]:
+            ipr.fdb("append", ifindex=idx, lladdr=n.mac, dst=str(n.vtep), state=0x80)
+            out.append(f"fdb {n.mac} -> {n.vtep} on {n.dev}")
+        if arp[idx].get(str(n.address)) != n.mac:
             ipr.neigh("replace", ifindex=idx, dst=str(n.address), lladdr=n.mac, state=0x80)  # NUD_PERMANENT
             out.append(f"neighbour {n.address} lladdr {n.mac} on {n.dev}")
     return out
-
-
-def _fdb(ipr: NetNS, idx: int, n: Neighbour) -> list[str]:
-    have = [
-        m
-        for m in ipr.fdb("dump", ifindex=idx)
-        if _attr(m, "NDA_LLADDR") == n.mac and _attr(m, "NDA_DST") == str(n.vtep)
-    ]
-    if have:
-        return []
-    ipr.fdb("append", ifindex=idx, lladdr=n.mac, dst=str(n.vtep), state=0x80)
-    return [f"fdb {n.mac} -> {n.vtep} on {n.dev}"]
 
 
 HASH_RE = re.compile(r'comment "crossmesh:([0-9a-f]+)"')

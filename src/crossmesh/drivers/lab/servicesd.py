@@ -331,7 +331,12 @@ class Daemon:
             node = cfg.stem
             if (directory / "crashed" / node).exists() or now - self.started_agents.get(node, -10.0) < 3.0:
                 continue
-            if not labs._alive(int(labs.agent_status(self.state, node).get("pid", 0))):
+            # An agent `lab up` has just started may not hold its lock yet: its configuration is new.
+            try:
+                age = time.time() - cfg.stat().st_mtime
+            except FileNotFoundError:
+                continue  # the node is being removed
+            if age > 3 and not labs.agent_running(self.state, node):
                 labs.start_agent(self.state, node)
                 self.started_agents[node] = now
                 print(f"agent of {node} was not running: restarted", flush=True)

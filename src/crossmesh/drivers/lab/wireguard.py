@@ -1,17 +1,25 @@
-"""wireguard-go processes and their configuration through `wg`.
+"""wireguard-go processes and their configuration.
 
 A device is configured from the node's rendered wg-quick file: `wg-quick strip`
-gives the `wg setconf` form. Reconcile compares with `wg show <dev> dump` and, once
-the device has its key and port, changes peers one by one (`wg set ... peer`), so
-adding one peer never resets the sessions of the others. The dump holds the
-private key: it is parsed here and never logged.
+gives the `wg setconf` form. Reconcile compares with the device's current state and,
+once the device has its key and port, changes only the peers that differ — all of them
+in one transaction — so adding one peer never resets the sessions of the others.
+
+wireguard-go is spoken to through its control socket (/var/run/wireguard/DEV.sock,
+WireGuard's cross-platform userspace API: `get=1` / `set=1`, keys in hex), as `wg`
+itself does, without a process per call; a device with no such socket (kernel
+WireGuard on a real node) goes through the `wg` command. Its state holds the private
+key: it is parsed here and never logged.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import functools
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -100,12 +108,98 @@ def strip(conf_path: Path) -> str:
 
 
 def dump(ifname: str) -> str | None:
+    """The device in `wg show DEV dump` form, None when it does not answer."""
+    if (SOCKET_DIR / f"{ifname}.sock").exists():
+        reply = _uapi(ifname, "get=1\n\n")
+        return None if reply is None else _dump_of_uapi(reply)
     done = subprocess.run(["wg", "show", ifname, "dump"], capture_output=True, text=True, check=False)
     return done.stdout if done.returncode == 0 else None
 
 
 def is_running(ifname: str) -> bool:
     return (SOCKET_DIR / f"{ifname}.sock").exists() and dump(ifname) is not None
+
+
+def _uapi(ifname: str, request: str) -> str | None:
+    """One request on the device's control socket; its reply without the final `errno=0`,
+    None when nothing listens. A refused `set` raises with the errno wireguard-go gave."""
+    buf = b""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(SOCKET_DIR / f"{ifname}.sock"))
+            sock.sendall(request.encode())
+            while not (buf.endswith(b"\n\n") and b"errno=" in buf):
+                data = sock.recv(1 << 16)
+                if not data:
+                    break
+                buf += data
+    except OSError:
+        return None
+    text = buf.decode()
+    lines = text.strip("\n").split("\n")
+    if not lines or not lines[-1].startswith("errno="):
+        return None
+    if lines[-1] != "errno=0":
+        raise RuntimeError(f"wireguard-go {ifname} refused the change ({lines[-1]})")
+    return "\n".join(lines[:-1])
+
+
+def _hex(key_b64: str) -> str:
+    return base64.b64decode(key_b64).hex()
+
+
+def _b64(key_hex: str) -> str:
+    return base64.b64encode(bytes.fromhex(key_hex)).decode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(private_b64: str) -> str:
+    from crossmesh.state.keys import public_key
+
+    return public_key(private_b64)
+
+
+def _dump_of_uapi(reply: str) -> str:
+    """`get=1` reply → the `wg show dump` lines (tab-separated) that parse_dump reads."""
+    private, port, fwmark = "", "0", "off"
+    peers: list[dict[str, list[str]]] = []
+    for line in reply.splitlines():
+        key, _, value = line.partition("=")
+        if key == "public_key":
+            peers.append({})
+        if peers:
+            peers[-1].setdefault(key, []).append(value)
+        elif key == "private_key":
+            private = _b64(value)
+        elif key == "listen_port":
+            port = value
+        elif key == "fwmark" and value != "0":
+            fwmark = value
+    zero = "0" * 64
+    head = [private or "(none)", _public_key(private) if private else "(none)", port, fwmark]
+    out = ["\t".join(head)]
+    for p in peers:
+        def one(k: str, default: str, p: dict[str, list[str]] = p) -> str:
+            return p.get(k, [default])[0]
+
+        psk = one("preshared_key", zero)
+        keepalive = one("persistent_keepalive_interval", "0")
+        out.append(
+            "\t".join(
+                [
+                    _b64(one("public_key", zero)),
+                    "(none)" if psk == zero else _b64(psk),
+                    one("endpoint", "(none)"),
+                    ",".join(p.get("allowed_ip", [])) or "(none)",
+                    one("last_handshake_time_sec", "0"),
+                    one("rx_bytes", "0"),
+                    one("tx_bytes", "0"),
+                    "off" if keepalive == "0" else keepalive,
+                ]
+            )
+        )
+    return "\n".join(out) + "\n"
 
 
 def start(namespace: str, ifname: str, log: Path) -> int:
@@ -161,16 +255,16 @@ def reconcile(ifname: str, desired_text: str) -> list[str]:
         raise RuntimeError(f"WireGuard device {ifname} does not answer")
     current, _ = parse_dump(current_text)
     if current.listen_port != desired.listen_port or current.private_key == "(none)":
-        _wg(["setconf", ifname, "/dev/stdin"], desired_text)
+        _set(ifname, desired, replace=True)
         return [f"{ifname}: configured ({len(desired.peers)} peers)"]
     out = []
     if current.private_key != desired.private_key:
         # A rotated key: replace it alone, so that peers are not reset on this side.
-        _wg(["set", ifname, "private-key", "/dev/stdin"], desired.private_key + "\n")
+        _set(ifname, DeviceConf(desired.private_key, 0, {}))
         out.append(f"{ifname}: private key replaced")
-    for key in sorted(set(current.peers) - set(desired.peers)):
-        _wg(["set", ifname, "peer", key, "remove"])
-        out.append(f"{ifname}: peer {key[:8]}… removed")
+    removed = sorted(set(current.peers) - set(desired.peers))
+    out += [f"{ifname}: peer {key[:8]}… removed" for key in removed]
+    changed: dict[str, PeerConf] = {}
     for key, want in sorted(desired.peers.items()):
         have = current.peers.get(key)
         if (
@@ -180,21 +274,60 @@ def reconcile(ifname: str, desired_text: str) -> list[str]:
             and (want.endpoint is None or have.endpoint == want.endpoint)
         ):
             continue
-        args = [
-            "set",
-            ifname,
-            "peer",
-            key,
-            "allowed-ips",
-            ",".join(want.allowed_ips),
-            "persistent-keepalive",
-            str(want.keepalive) if want.keepalive else "off",
-        ]
-        if want.endpoint is not None:
-            args += ["endpoint", want.endpoint]
-        _wg(args)
+        changed[key] = want
         out.append(f"{ifname}: peer {key[:8]}… {'added' if have is None else 'updated'}")
+    if removed or changed:  # every peer change in one transaction
+        _set(ifname, DeviceConf("", 0, changed), remove=removed)
     return out
+
+
+def _set(ifname: str, conf: DeviceConf, *, replace: bool = False, remove: list[str] | tuple[str, ...] = ()) -> None:
+    """Set what `conf` holds (a private key, a port, peers; empty fields are left alone) and remove
+    the peers `remove`; `replace` drops every peer not in `conf`. Through the control socket of
+    wireguard-go when there is one, else with one `wg set`."""
+    if (SOCKET_DIR / f"{ifname}.sock").exists():
+        lines = ["set=1"]
+        if conf.private_key:
+            lines.append(f"private_key={_hex(conf.private_key)}")
+        if conf.listen_port:
+            lines.append(f"listen_port={conf.listen_port}")
+        if replace:
+            lines.append("replace_peers=true")
+        lines += [f"public_key={_hex(k)}\nremove=true" for k in remove]
+        for key, p in conf.peers.items():
+            lines += [f"public_key={_hex(key)}", "replace_allowed_ips=true"]
+            lines += [f"allowed_ip={a}" for a in p.allowed_ips]
+            lines.append(f"persistent_keepalive_interval={p.keepalive}")
+            if p.endpoint is not None:
+                lines.append(f"endpoint={p.endpoint}")
+        if _uapi(ifname, "\n".join(lines) + "\n\n") is None:
+            raise RuntimeError(f"WireGuard device {ifname} does not answer")
+        return
+    if replace:
+        text = "\n".join(
+            ["[Interface]", f"PrivateKey = {conf.private_key}", f"ListenPort = {conf.listen_port}"]
+            + [
+                line
+                for k, p in conf.peers.items()
+                for line in ["[Peer]", f"PublicKey = {k}", f"AllowedIPs = {', '.join(p.allowed_ips)}"]
+                + ([f"Endpoint = {p.endpoint}"] if p.endpoint else [])
+                + ([f"PersistentKeepalive = {p.keepalive}"] if p.keepalive else [])
+            ]
+        )
+        _wg(["setconf", ifname, "/dev/stdin"], text + "\n")
+        return
+    if conf.private_key:
+        _wg(["set", ifname, "private-key", "/dev/stdin"], conf.private_key + "\n")
+    args: list[str] = []
+    for k in remove:
+        args += ["peer", k, "remove"]
+    for key, p in conf.peers.items():
+        args += ["peer", key, "allowed-ips", ",".join(p.allowed_ips)]
+        args += ["persistent-keepalive", str(p.keepalive) if p.keepalive else "off"]
+        if p.endpoint is not None:
+            args += ["endpoint", p.endpoint]
+    if args:
+        _wg(["set", ifname, *args])
 
 
 def _wg(args: list[str], stdin: str | None = None) -> None:
