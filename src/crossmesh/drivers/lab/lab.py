@@ -314,7 +314,10 @@ def _build(
     conf_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(conf_dir, 0o700)
     started: set[str] = set()  # node namespaces whose tunnel device is new
+    changed_ns = {ns.name for ns in todo}
     for dev in topo.wireguard:
+        if agents and changed_only and dev.namespace not in changed_ns:
+            continue  # an unchanged node: its agent keeps its device
         node = compiled.plan.node(dev.node)
         assert node.tunnel is not None  # noqa: S101 - topology only lists tunnel nodes
         rendered = files[f"nodes/{dev.node}/{node.tunnel.interface}.conf"]
