@@ -65,6 +65,7 @@ def test_reconcile_matches_wg(device: str, path: str, monkeypatch: pytest.Monkey
         ours = wireguard.dump(device)
         assert ours is not None
         assert wireguard.parse_dump(ours) == wg_dump(device)
+        assert wireguard.peer_stats(device) == wg_dump(device)[1]
 
     if path == "wg":
         monkeypatch.setattr(wireguard, "SOCKET_DIR", tmp_path / "no-sockets")
@@ -106,3 +107,34 @@ def test_dead_device_does_not_answer(device: str) -> None:
         subprocess.run(["sleep", "0.02"], check=True)
     assert wireguard.dump(device) is None  # a socket file that nothing listens on
     assert not wireguard.is_running(device)
+
+
+def test_agent_routes_over_rtnetlink() -> None:
+    """The agents' route path (rtnetlink, no process) against what `ip route` then shows."""
+    from crossmesh.drivers import iproute
+
+    ns = f"cm-{secrets.token_hex(2)}-rt"
+    netns.create(ns)
+    try:
+        ip = ["ip", "-n", ns]
+        subprocess.run([*ip, "link", "add", "cm-rt-a", "type", "veth", "peer", "name", "cm-rt-b"], check=True)
+        for dev in ("cm-rt-a", "cm-rt-b"):
+            subprocess.run([*ip, "link", "set", dev, "up"], check=True)
+
+        def shown() -> dict[str, str]:
+            routes = iproute.show(ns, ["route", "show", "table", "main", "proto", "100"]) or []
+            return {r["dst"]: r["dev"] for r in routes}
+
+        iproute.set_routes(ns, "cm-rt-a", ["10.240.1.0/24", "100.64.0.2/32"], [], 100)
+        assert shown() == {"10.240.1.0/24": "cm-rt-a", "100.64.0.2": "cm-rt-a"}
+        # Moved to the other device, one withdrawn, one already gone: no error.
+        iproute.set_routes(ns, "cm-rt-b", ["10.240.1.0/24"], ["100.64.0.2/32", "100.64.0.9/32"], 100)
+        assert shown() == {"10.240.1.0/24": "cm-rt-b"}
+        # Routes of another protocol are not ours to delete.
+        subprocess.run([*ip, "route", "add", "10.9.0.0/16", "dev", "cm-rt-a", "proto", "99"], check=True)
+        iproute.set_routes(ns, "cm-rt-a", [], ["10.9.0.0/16"], 100)
+        assert "10.9.0.0/16" in subprocess.run([*ip, "route"], capture_output=True, text=True, check=True).stdout
+        with pytest.raises(OSError):
+            iproute.set_routes(ns, "cm-rt-missing", ["10.240.2.0/24"], [], 100)
+    finally:
+        netns.remove(ns)

@@ -14,6 +14,7 @@ key file and never leaves the node: etcd holds public keys only.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import json
@@ -107,6 +108,7 @@ class Agent:
         self.applied: dict[str, records.DesiredPeer] = {}  # peers as the device has them
         self.applied_private: str | None = None
         self.full_due = 0.0  # monotonic time of the next full check (see _apply)
+        self.events: collections.deque[float] = collections.deque(maxlen=4)  # when the last watch events came
         self.rotated_at = -ROTATION_WINDOW
         self.own = records.NodeRecord(**{**cfg["record"], "public_key": wgkeys.public_key(self.private)})
         self.records: dict[str, records.NodeRecord] = {}
@@ -126,6 +128,8 @@ class Agent:
         self.stop = asyncio.Event()
         self.put_needed = asyncio.Event()
         self.work = threading.Lock()  # applies and device restores never overlap
+        self.status_lock = threading.Lock()
+        self.peer_count = 0
 
     # --- the loop ---------------------------------------------------------------------------
     async def run(self, await_device: float = 0.0) -> None:
@@ -194,14 +198,16 @@ class Agent:
     async def session(self) -> None:
         client = await self.connect()
         try:
-            lease = await client.lease(self.ttl)
             key = self.prefix + self.node.encode()
             # The mesh first, then our record: once peers learn of this node it has them all, so
-            # each can initiate its handshake at once (see _handshakes).
+            # each can initiate its handshake at once (see _handshakes). The lease is taken after
+            # that apply, which on a loaded host can take longer than the TTL.
             got = await client.get_prefix(self.prefix)
             self.load([(kv.key, kv.value, kv.create_revision) for kv in got])
             self.dirty.clear()
             await asyncio.to_thread(self.apply)
+            lease = await client.lease(self.ttl)
+            granted_at = time.monotonic()  # refreshes count from here, however long the put takes
             await self.publish(client, key, lease)
             self.lease_refreshed = time.time()
             granted = f"ttl {lease.ttl}s"
@@ -211,7 +217,7 @@ class Agent:
             watch = await client.watch_prefix(self.prefix, start_revision=got.header.revision + 1)
 
             async def keep() -> None:
-                due = time.monotonic() + self.ttl / 3
+                due = granted_at + self.ttl / 3
                 while True:
                     # A rotated key (or our record deleted) is published at once, not at the next refresh:
                     # until peers have the new public key, this node's sessions are down.
@@ -221,9 +227,10 @@ class Agent:
                         self.put_needed.clear()
                         await self.publish(client, key, lease)
                     if time.monotonic() >= due:
+                        sent = time.monotonic()
                         await asyncio.wait_for(lease.refresh(), self.ttl)
                         self.lease_refreshed = time.time()
-                        due = time.monotonic() + self.ttl / 3
+                        due = sent + self.ttl / 3
 
             keeper = asyncio.create_task(keep())
             events = asyncio.create_task(self.follow(watch))
@@ -241,6 +248,7 @@ class Agent:
 
     async def follow(self, watch: Any) -> None:
         async for ev in watch:
+            self.events.append(time.monotonic())
             name = ev.kv.key[len(self.prefix) :].decode(errors="replace")
             if name == self.node:
                 if str(ev.kind).endswith("DELETE"):
@@ -291,12 +299,16 @@ class Agent:
     async def apply_loop(self) -> None:
         while True:
             await self.dirty.wait()
-            await asyncio.sleep(0.01)  # coalesce a burst of events into one apply
+            # Coalesce a burst of events into one apply: 10 ms after a quiet spell (a join is
+            # applied at once), 200 ms while events keep coming (sixty agents starting together
+            # would otherwise each apply sixty times).
+            busy = len(self.events) == self.events.maxlen and time.monotonic() - self.events[0] < 1.0
+            await asyncio.sleep(0.2 if busy else 0.01)
             self.dirty.clear()
             try:
                 await asyncio.to_thread(self.apply)
             except Exception as err:  # noqa: BLE001 - log, try again on the next change or tick
-                log(f"apply failed: {err}")
+                log(f"apply failed: {type(err).__name__}: {err}")
 
     def apply(self) -> None:
         with self.work:
@@ -304,7 +316,9 @@ class Agent:
 
     def _apply(self) -> None:
         t0 = time.monotonic()
-        ok, rejected = records.accept(self.own, self.records, self.created)
+        # Copies: the event loop changes these while this runs on a thread (a dict copy is atomic
+        # under the GIL; iterating the live dict is not).
+        ok, rejected = records.accept(self.own, dict(self.records), dict(self.created))
         for name, why in rejected.items():
             if self.rejected.get(name) != why:
                 log(f"rejected record of {name}: {why}")
@@ -435,24 +449,19 @@ class Agent:
     def _routes(self, peers: list[records.DesiredPeer], full: bool) -> list[str]:
         """The agent's routes (protocol 100) to every peer's addresses through the tunnel. `full`
         reads what the kernel has; otherwise the routes of the last apply are taken as there.
-        The changes go to the kernel in one `ip -batch`."""
+        The changes go to the kernel over one rtnetlink socket, no process."""
         want = {str(IPv4Network(a)) for p in peers for a in p.allowed_ips}
         if full:
             shown = iproute.show(self.namespace, ["route", "show", "table", "main", "proto", str(AGENT_ROUTE_PROTO)])
             have = {str(IPv4Network(r["dst"])): r.get("dev") for r in shown or []}
         else:
             have = {str(IPv4Network(a)): self.ifname for p in self.applied.values() for a in p.allowed_ips}
-        out, commands = [], []
-        for dst in sorted(want):
-            if have.get(dst) != self.ifname:
-                commands.append(f"route replace {dst} dev {self.ifname} proto {AGENT_ROUTE_PROTO} scope link")
-                out.append(f"route {dst} dev {self.ifname}")
-        for dst in sorted(set(have) - want):
-            commands.append(f"route del {dst} proto {AGENT_ROUTE_PROTO}")
-            out.append(f"route {dst} withdrawn")
+        replace = [dst for dst in sorted(want) if have.get(dst) != self.ifname]
+        delete = sorted(set(have) - want)
+        out = [f"route {dst} dev {self.ifname}" for dst in replace] + [f"route {dst} withdrawn" for dst in delete]
         try:
-            iproute.batch(self.namespace, commands)
-        except RuntimeError:
+            iproute.set_routes(self.namespace, self.ifname, replace, delete, AGENT_ROUTE_PROTO)
+        except (RuntimeError, OSError):
             self.full_due = 0.0  # the kernel differs from what was applied: read it back next time
             raise
         return out
@@ -528,14 +537,18 @@ class Agent:
             "keyVersion": self.own.version,
             "updated": time.time(),
         }
-        if peers is not None:
-            data["peers"] = peers
-        elif self.status_path.exists():
-            with contextlib.suppress(ValueError):
-                data["peers"] = json.loads(self.status_path.read_text()).get("peers", 0)
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        tmp.replace(self.status_path)
+        # Written from the event loop and from the apply thread: one at a time, or the two
+        # would rename the same temporary file.
+        with self.status_lock:
+            if peers is not None:
+                self.peer_count = peers
+            data["peers"] = self.peer_count
+            tmp = self.status_path.with_suffix(".tmp")
+            try:
+                tmp.write_text(json.dumps(data, sort_keys=True))
+                tmp.replace(self.status_path)
+            except OSError as err:  # a full or vanished state directory must not stop the agent
+                log(f"cannot write status: {err}")
 
 
 def main(argv: list[str]) -> int:

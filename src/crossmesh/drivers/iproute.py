@@ -7,8 +7,13 @@ parse a dump in Python — and in the lab thirty agents react to the same event 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import socket
+import struct
 import subprocess
+from ipaddress import IPv4Network
 from typing import Any
 
 
@@ -34,3 +39,64 @@ def batch(namespace: str | None, commands: list[str]) -> None:
     )
     if done.returncode != 0:
         raise RuntimeError(f"ip -batch: {done.stderr.strip()}")
+
+
+# --- routes over rtnetlink, without a process ------------------------------------------------
+# The agents' hot path (a peer joins or leaves: a few routes) speaks rtnetlink itself: one
+# socket, one message per route, acknowledged — what `ip route replace/del` sends.
+_NLMSG_ERROR = 2
+_RTM_NEWROUTE, _RTM_DELROUTE = 24, 25
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_REPLACE, _NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
+_RTA_DST, _RTA_OIF = 1, 4
+_RT_TABLE_MAIN, _RT_SCOPE_LINK, _RT_SCOPE_NOWHERE, _RTN_UNICAST = 254, 253, 255, 1
+
+
+def _route_message(seq: int, add: bool, dst: IPv4Network, oif: int, proto: int) -> bytes:
+    if add:
+        kind, flags = _RTM_NEWROUTE, _NLM_F_REQUEST | _NLM_F_ACK | _NLM_F_CREATE | _NLM_F_REPLACE
+        rtm = struct.pack("BBBBBBBBI", 2, dst.prefixlen, 0, 0, _RT_TABLE_MAIN, proto, _RT_SCOPE_LINK, _RTN_UNICAST, 0)
+        attrs = struct.pack("HH4s", 8, _RTA_DST, dst.network_address.packed) + struct.pack("HHI", 8, _RTA_OIF, oif)
+    else:  # any scope and type, this protocol: what `ip route del DST proto P` matches
+        kind, flags = _RTM_DELROUTE, _NLM_F_REQUEST | _NLM_F_ACK
+        rtm = struct.pack("BBBBBBBBI", 2, dst.prefixlen, 0, 0, _RT_TABLE_MAIN, proto, _RT_SCOPE_NOWHERE, 0, 0)
+        attrs = struct.pack("HH4s", 8, _RTA_DST, dst.network_address.packed)
+    body = rtm + attrs
+    return struct.pack("IHHII", 16 + len(body), kind, flags, seq, 0) + body
+
+
+def set_routes(namespace: str | None, ifname: str, replace: list[str], delete: list[str], proto: int) -> None:
+    """`ip route replace DST dev IFNAME proto P scope link` for each of `replace` and
+    `ip route del DST proto P` for each of `delete`, in the main table; raises on the first
+    route the kernel refuses (a route already gone counts as deleted)."""
+    if not replace and not delete:
+        return
+
+    def work() -> None:
+        oif = socket.if_nametoindex(ifname)  # in this thread's namespace
+        messages = [(True, IPv4Network(d)) for d in replace] + [(False, IPv4Network(d)) for d in delete]
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+            sock.settimeout(5)
+            sock.bind((0, 0))
+            for seq, (add, dst) in enumerate(messages, start=1):
+                sock.send(_route_message(seq, add, dst, oif, proto))
+            pending = set(range(1, len(messages) + 1))
+            while pending:
+                data = sock.recv(65536)
+                offset = 0
+                while offset + 16 <= len(data):
+                    length, kind, _, seq, _ = struct.unpack_from("IHHII", data, offset)
+                    if kind == _NLMSG_ERROR:
+                        (errno_,) = struct.unpack_from("i", data, offset + 16)
+                        add, dst = messages[seq - 1]
+                        if errno_ and not (not add and -errno_ == errno.ESRCH):
+                            verb = "replace" if add else "del"
+                            raise RuntimeError(f"ip route {verb} {dst} dev {ifname}: {os.strerror(-errno_)}")
+                        pending.discard(seq)
+                    offset += (length + 3) & ~3
+
+    if namespace is None:
+        work()
+    else:
+        from crossmesh.drivers.lab import netns
+
+        netns.run_in(namespace, work)

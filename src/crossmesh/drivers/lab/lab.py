@@ -824,11 +824,15 @@ def _poke(namespace: str, targets: list[str]) -> None:
     netns.run_in(namespace, send)
 
 
-def tunnel_status(topo: LabTopology) -> dict[str, dict[str, tuple[int, int, int, str | None]]]:
+def tunnel_status(
+    topo: LabTopology, skip: frozenset[str] = frozenset()
+) -> dict[str, dict[str, tuple[int, int, int, str | None]]]:
+    """Each node's tunnel peers → (latest handshake, rx, tx, endpoint); nodes in `skip` are not read."""
     out = {}
     for dev in topo.wireguard:
-        text = wireguard.dump(dev.ifname)
-        out[dev.node] = wireguard.parse_dump(text)[1] if text else {}
+        if dev.node in skip:
+            continue
+        out[dev.node] = wireguard.peer_stats(dev.ifname) or {}
     return out
 
 
@@ -836,27 +840,39 @@ def _wait_handshakes(topo: LabTopology, plan: Plan, progress: Progress, *, agent
     """Until every tunnel has completed a handshake. Pokes the silent ones every second; with
     agents only after AGENT_HANDSHAKE_GRACE: they start handshakes themselves, one end of each
     pair first, and a poke from the other end at the same moment would cross theirs."""
-    deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+    # Thirty seconds, and more for a big mesh: on two CPUs, sixty agents starting together
+    # take most of a minute to import, apply and handshake.
+    timeout = max(HANDSHAKE_TIMEOUT, len(topo.wireguard) * (1.5 if agents else 0.5))
+    deadline = time.monotonic() + timeout
     pending: list[str] = []
+    done: set[str] = set()  # nodes with a handshake on every tunnel: not read again
     last_poke = time.monotonic() + AGENT_HANDSHAKE_GRACE - 1.0 if agents else 0.0
     while True:
-        status = tunnel_status(topo)
+        status = tunnel_status(topo, frozenset(done))
         pending = []
         for dev in topo.wireguard:
+            if dev.node in done:
+                continue
             node = plan.node(dev.node)
             assert node.tunnel is not None  # noqa: S101
-            for p in node.tunnel.peers:
-                if status.get(dev.node, {}).get(p.public_key, (0, 0, 0, None))[0] == 0:
-                    pending.append(f"{dev.node} → {p.node}")
+            waiting = [
+                f"{dev.node} → {p.node}"
+                for p in node.tunnel.peers
+                if status.get(dev.node, {}).get(p.public_key, (0, 0, 0, None))[0] == 0
+            ]
+            if not waiting:
+                done.add(dev.node)
+            pending += waiting
         if not pending:
             return
         if time.monotonic() > deadline:
             raise LabError(
-                f"no WireGuard handshake after {HANDSHAKE_TIMEOUT:.0f} s on {len(pending)} tunnel(s): "
+                f"no WireGuard handshake after {timeout:.0f} s on {len(pending)} tunnel(s): "
                 + ", ".join(pending[:10])
                 + (" …" if len(pending) > 10 else "")
             )
         if time.monotonic() - last_poke > 1.0:
+            silent = set(pending)
             for dev in topo.wireguard:
                 node = plan.node(dev.node)
                 assert node.tunnel is not None  # noqa: S101
@@ -864,11 +880,13 @@ def _wait_handshakes(topo: LabTopology, plan: Plan, progress: Progress, *, agent
                 targets = [
                     str(p.allowed_ips[0].network_address)
                     for p in node.tunnel.peers
-                    if node.public_address is None or (p.endpoint is not None and node.name < p.node)
+                    if (node.public_address is None or (p.endpoint is not None and node.name < p.node))
+                    and (f"{dev.node} → {p.node}" in silent or f"{p.node} → {dev.node}" in silent)
                 ]
-                _poke(dev.namespace, targets)
+                if targets:
+                    _poke(dev.namespace, targets)
             last_poke = time.monotonic()
-        time.sleep(0.1)
+        time.sleep(min(1.0, 0.1 + 0.02 * (len(topo.wireguard) - len(done))))  # reading devices costs CPU too
 
 
 def _pod_answers(ep: Any) -> str | None:

@@ -145,10 +145,39 @@ def _uapi(ifname: str, request: str) -> str | None:
     return "\n".join(lines[:-1])
 
 
+def peer_stats(ifname: str) -> dict[str, tuple[int, int, int, str | None]] | None:
+    """Each peer's public key → (latest handshake, rx bytes, tx bytes, endpoint), read cheaply
+    (no private key, no reformatting: the lab polls every device while it waits for handshakes);
+    None when the device does not answer."""
+    if not (SOCKET_DIR / f"{ifname}.sock").exists():
+        text = dump(ifname)
+        return None if text is None else parse_dump(text)[1]
+    reply = _uapi(ifname, "get=1\n\n")
+    if reply is None:
+        return None
+    out: dict[str, tuple[int, int, int, str | None]] = {}
+    key, fields = "", {"last_handshake_time_sec": "0", "rx_bytes": "0", "tx_bytes": "0"}
+    endpoint: str | None = None
+    for line in [*reply.splitlines(), "public_key="]:
+        name, _, value = line.partition("=")
+        if name == "public_key":
+            if key:
+                hs, rx, tx = (int(fields[k]) for k in ("last_handshake_time_sec", "rx_bytes", "tx_bytes"))
+                out[_b64(key)] = (hs, rx, tx, endpoint)
+            key, endpoint = value, None
+            fields = {"last_handshake_time_sec": "0", "rx_bytes": "0", "tx_bytes": "0"}
+        elif name == "endpoint":
+            endpoint = value
+        elif name in fields:
+            fields[name] = value
+    return out
+
+
 def _hex(key_b64: str) -> str:
     return base64.b64decode(key_b64).hex()
 
 
+@functools.lru_cache(maxsize=65536)
 def _b64(key_hex: str) -> str:
     return base64.b64encode(bytes.fromhex(key_hex)).decode()
 
