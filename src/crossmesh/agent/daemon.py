@@ -384,6 +384,7 @@ class Agent:
             if (first and self.announced) or (p in changed and self._initiates(p, before, recent))
         ]
         if now:
+            log(f"initiating handshakes with {', '.join(p.node for p in now[:8])}" + (" …" if len(now) > 8 else ""))
             self._poke(now)
         waiting = [p for p in reachable if p not in now and (rotated or p in changed)]
         joined = [p for p in waiting if p.node not in before]
@@ -409,6 +410,8 @@ class Agent:
             # that received anything got an initiation: answering it is enough.
             if handshake <= int(since) and not (p in fresh and rx):
                 targets.append(p)
+        if targets:
+            log(f"no handshake yet with {', '.join(p.node for p in targets[:8])}: initiating")
         self._poke(targets)
 
     def _poke(self, peers: list[records.DesiredPeer]) -> None:

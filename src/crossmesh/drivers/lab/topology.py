@@ -214,7 +214,10 @@ def build(
         k = site_index[s.name]
         ns = site_ns[s.name]
         bridge, wan_if = f"{prefix}-b{k}", f"{prefix}-w{k}"
-        links = [Link(bridge, "bridge", mtu=s.mtu)]
+        # A bridge takes the lowest MAC of its ports unless it has its own: a node joining or
+        # leaving would change the gateway's MAC under the ARP caches of the site's nodes (their
+        # first datagrams after a membership change went nowhere for seconds).
+        links = [Link(bridge, "bridge", mtu=s.mtu, mac=f"02:cb:00:00:{k // 256:02x}:{k % 256:02x}")]
         site_nodes = [n for n in nodes if n.site == s.name]
         for n in site_nodes:
             i = node_index[n.name]
