@@ -83,6 +83,7 @@ class LabState:
     sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
     inet: str = ""
     applied: dict[str, str] = field(default_factory=dict)  # namespace → digest of the spec it was brought to
+    cut_sites: list[str] = field(default_factory=list)  # cut off from the internet: lab cut-site, heal-site
 
     @property
     def dir(self) -> Path:
@@ -193,6 +194,12 @@ def up(
             "remove them with `crossmesh lab down --all`"
         )
     agents = agents or (existing is not None and existing.control_plane == "etcd")
+    if agents and plan.topology != "full-mesh":
+        raise UsageError(
+            f"the agents build full-mesh tunnels only; mesh {plan.mesh} uses spec.wireguard.topology "
+            f"{plan.topology!r} — bring it up without --agents (the lab applies the planned gateways), "
+            "or set topology: full-mesh"
+        )
     try:
         topo = topology.build(
             plan,
@@ -224,6 +231,8 @@ def up(
             raise
         raise LabError(f"lab up failed: {err}") from err
     state.status = "ready"
+    if not changed_only:  # every namespace was brought to its spec: cut uplinks are up again
+        state.cut_sites = []
     state.save()
     compiled.store.save_applied_plan(_plan_snapshot(plan))
     return result
