@@ -1,8 +1,9 @@
 """Control-plane benchmarks (issue 6): failure detection against the lease TTL, agents at rest,
-packets lost to a key rotation, and add-node convergence — all on real labs.
+packets lost to a key rotation, add-node convergence, and agents under churn — all on real labs.
 
     sudo python3 benchmarks/bench_control_plane.py [--ttls 1,2,3,5] [--crashes 5] [--rest 10]
-        [--rotations 5] [--add-node-sizes 6,30] [--joins 3] [--only detection,rest,rotation,add-node]
+        [--rotations 5] [--add-node-sizes 6,30] [--joins 3] [--churn-nodes 60] [--churn-seconds 30]
+        [--settle 10] [--only detection,rest,rotation,add-node,churn] [--replace]
 
 1. Failure detection: examples/three-clouds (copied under a unique mesh name) with
    `lab up --agents --lease-ttl T` for each T. Each trial crashes one node (the lab's
@@ -21,17 +22,28 @@ packets lost to a key rotation, and add-node convergence — all on real labs.
 4. add-node convergence, when `crossmesh lab add-node` exists: a generated mesh of N-1 nodes
    in 3 sites (public addresses from 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24; one
    cluster per site, no workloads), `lab up --agents`; then `crossmesh lab add-node` of the
-   N-th node is issued and every node of another site is polled (wg dump) until it has
-   the new node's key as a peer with a completed handshake. `lab remove-node` between joins.
+   N-th node is issued and every node of another site is polled (a `get` on its device's
+   control socket) until it has the new node's key as a peer with a completed handshake.
+   `lab remove-node` between joins.
+5. Churn: a generated mesh of `--churn-nodes` nodes, `lab up --agents`; CPU and memory of every
+   agent and etcd member over `--rest` s at rest; then for `--churn-seconds` one `lab add-node`
+   a second — back to back when a command takes longer (lab commands of one lab share its state
+   file and must not overlap), so the join rate achieved is reported — and after each join past
+   3 joined nodes the `lab remove-node` of the oldest. Meanwhile: CPU of the original agents and
+   etcd over the window, their peak RSS (sampled each second), and each join's convergence as in
+   4 (polled in a thread through the devices' control sockets). Then `--settle` s and another
+   `--rest` s: do CPU and RSS come back?
 
 Every lab has its own mesh name (so its own cm-<tag>) and is removed with `crossmesh lab
 down --mesh` in a `finally`; never `--all`: other labs on this host are left alone.
-Prints a table and writes benchmarks/results/control_plane.json.
+Prints a table and writes benchmarks/results/control_plane.json, merged into what is there (a
+run of some parts keeps the others; `run_of` says when and on which commit each was measured).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -42,8 +54,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -99,11 +113,13 @@ def wait(check: Callable[[], bool], timeout: float, what: str, interval: float =
 def running(lab: Lab, *up_args: str) -> Iterator[Lab]:
     try:
         t0 = time.monotonic()
-        lab.up(*up_args)
+        # 60 nodes take a minute or two on a busy host: the timeouts leave room for that
+        crossmesh("lab", "up", str(lab.mesh), "-o", "json", *up_args, check=True, timeout=900)
         log(f"lab {lab.name} (cm-{lab.tag}) up in {time.monotonic() - t0:.1f} s")
         yield lab
     finally:
-        crossmesh("lab", "down", "--mesh", str(lab.mesh))
+        with suppress(subprocess.TimeoutExpired):
+            crossmesh("lab", "down", "--mesh", str(lab.mesh), timeout=600)
         labs.down(lab.tag)
         left = labs.leftovers(lab.tag)
         if left:
@@ -133,13 +149,15 @@ def three_clouds(tmp: Path) -> Lab:
     return Lab(mesh, name)
 
 
-def converged(lab: Lab, nodes: tuple[str, ...] = NODES) -> bool:
+def converged(lab: Lab, nodes: tuple[str, ...] = NODES, sites: dict[str, str] | None = None) -> bool:
+    """Every agent runs with etcd and has exactly the other nodes as WireGuard peers — those of
+    other sites, when `sites` (node → site) is given: a site's own nodes talk over VXLAN."""
     st = state(lab.tag)
     for node in nodes:
         s = labs.agent_status(st, node)
         if not labs._alive(int(s.get("pid", 0))) or not s.get("etcd"):
             return False
-        want = sorted(public_key(st, n) for n in nodes if n != node)
+        want = sorted(public_key(st, n) for n in nodes if n != node and (sites is None or sites[n] != sites[node]))
         if sorted(peers(ifname(st, node))) != want:
             return False
     return True
@@ -208,6 +226,29 @@ def proc_sample(pid: int) -> dict[str, float]:
     }
 
 
+def samples(pids: dict[str, int]) -> dict[str, dict[str, float]]:
+    """proc_sample of each process still there."""
+    out = {}
+    for k, pid in pids.items():
+        with suppress(OSError, KeyError, IndexError):
+            out[k] = proc_sample(pid)
+    return out
+
+
+def usage(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], seconds: float) -> dict[str, Any]:
+    """CPU (% of one core) between two samples, and memory at the second."""
+    return {
+        k: {
+            "cpu_percent": round(100 * (after[k]["self"] - before[k]["self"]) / seconds, 2),
+            "children_cpu_percent": round(100 * (after[k]["children"] - before[k]["children"]) / seconds, 2),
+            "rss_mib": round(after[k]["rss_mib"], 1),
+            "hwm_mib": round(after[k]["hwm_mib"], 1),
+        }
+        for k in after
+        if k in before
+    }
+
+
 def at_rest(lab: Lab, seconds: float) -> dict[str, Any]:
     lab.up("--lease-ttl", "3")
     wait(lambda: converged(lab), 20, "agents converged")
@@ -215,20 +256,12 @@ def at_rest(lab: Lab, seconds: float) -> dict[str, Any]:
     st = state(lab.tag)
     pids = {f"agent {n}": int(labs.agent_status(st, n)["pid"]) for n in NODES}
     pids.update({f"etcd {m}": pid for m, pid in st.etcd_pids.items()})
-    before = {k: proc_sample(p) for k, p in pids.items()}
+    before = samples(pids)
     reconciles = {n: labs.agent_status(st, n).get("reconciles", 0) for n in NODES}
     t0 = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - t0
-    after = {k: proc_sample(p) for k, p in pids.items()}
-    out: dict[str, Any] = {"seconds": round(elapsed, 1), "ttl": 3, "processes": {}}
-    for k in pids:
-        out["processes"][k] = {
-            "cpu_percent": round(100 * (after[k]["self"] - before[k]["self"]) / elapsed, 2),
-            "children_cpu_percent": round(100 * (after[k]["children"] - before[k]["children"]) / elapsed, 2),
-            "rss_mib": round(after[k]["rss_mib"], 1),
-            "hwm_mib": round(after[k]["hwm_mib"], 1),
-        }
+    out: dict[str, Any] = {"seconds": round(elapsed, 1), "ttl": 3, "processes": usage(before, samples(pids), elapsed)}
     out["reconciles_during"] = {n: labs.agent_status(st, n).get("reconciles", 0) - reconciles[n] for n in NODES}
     for k, v in out["processes"].items():
         log(f"at rest: {k}: {v}")
@@ -348,6 +381,28 @@ def published_at(log: Path, near: float) -> float | None:
     return min((at - 86400, at, at + 86400), key=lambda x: abs(x - near))  # across midnight
 
 
+def key_hex(keyfile: Path) -> str:
+    """The public key of a node's private key file, in hex as the control socket has it; "" while
+    the file is being written."""
+    from crossmesh.state import keys
+
+    with suppress(ValueError):
+        return base64.b64decode(keys.public_key(keyfile.read_text().strip())).hex()
+    return ""
+
+
+def handshaken(ifn: str, key_hex: str) -> bool:
+    """Whether device `ifn` has peer `key_hex` with a completed handshake: one `get` on its control
+    socket and a look at that peer's lines only (cheap enough to poll forty devices)."""
+    reply = wireguard._uapi(ifn, "get=1\n\n") or ""
+    at = reply.find(f"public_key={key_hex}\n")
+    if at < 0:
+        return False
+    block = reply[at:].split("\npublic_key=", 1)[0]
+    m = re.search(r"^last_handshake_time_sec=(\d+)$", block, re.M)
+    return bool(m and int(m.group(1)))
+
+
 def add_node(tmp: Path, size: int, joins: int) -> dict[str, Any]:
     lab = generated_mesh(tmp, size - 1)
     runs = []
@@ -369,30 +424,23 @@ def add_node(tmp: Path, size: int, joins: int) -> dict[str, Any]:
                 stderr=subprocess.PIPE,
                 text=True,
             )  # fmt: skip
-            key = None
+            key = ""
             done: dict[str, float] = {}
             while len(done) < len(holders):
-                if key is None and keyfile.exists():
-                    from crossmesh.state import keys
-
-                    with suppress(ValueError):
-                        key = keys.public_key(keyfile.read_text().strip())
-                if key is not None:
+                if not key and keyfile.exists():
+                    key = key_hex(keyfile)
+                if key:
                     for ifn in holders:
-                        if ifn in done:
-                            continue
-                        text = wireguard.dump(ifn)
-                        stats = wireguard.parse_dump(text)[1] if text else {}
-                        if stats.get(key, (0, 0, 0, None))[0]:
+                        if ifn not in done and handshaken(ifn, key):
                             done[ifn] = time.monotonic() - t0
-                if time.monotonic() - t0 > 120:
+                if time.monotonic() - t0 > 300:
                     proc.kill()
-                    raise RuntimeError(f"add-node {name}: {len(done)}/{len(holders)} peers after 120 s")
+                    raise RuntimeError(f"add-node {name}: {len(done)}/{len(holders)} peers after 300 s")
                 if proc.poll() is not None and proc.returncode != 0:
                     raise RuntimeError(f"add-node {name} failed: {proc.stderr.read() if proc.stderr else ''}")
                 time.sleep(0.01)
             converged_s = max(done.values())
-            proc.wait(timeout=120)
+            proc.wait(timeout=300)
             command_s = time.monotonic() - t0
             published = published_at(state(lab.tag).dir / "logs" / f"agent-{name}.log", wall0)
             run = {
@@ -418,6 +466,270 @@ def add_node(tmp: Path, size: int, joins: int) -> dict[str, Any]:
     }
 
 
+# --- 5. churn -----------------------------------------------------------------------------------
+CHURN_KEEP = 3  # joined nodes kept before the oldest is removed: the mesh stays near its size
+
+
+def host_busy() -> tuple[float, float]:
+    """Busy and total jiffies of all CPUs (/proc/stat): how loaded the shared host was."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + f[4]
+    return sum(f) - idle, sum(f)
+
+
+class RssPeaks(threading.Thread):
+    """The largest RSS of each process, sampled every second while the churn runs."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.peak: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            for k, s in samples(self.pids).items():
+                self.peak[k] = max(self.peak.get(k, 0.0), s["rss_mib"])
+
+
+class JoinWatch(threading.Thread):
+    """Issued → every node of another site has the new node's key as a peer with a completed
+    handshake (as add_node measures it), polled in a thread so that the churn loop issues its
+    next command on time. Peers removed meanwhile (`gone`) no longer count."""
+
+    def __init__(self, st: labs.LabState, name: str, site: str, t0: float, gone: set[str], sites: dict[str, str]):
+        super().__init__(daemon=True)
+        self.name_, self.t0, self.gone = name, t0, gone
+        self.keyfile = Path(st.state_dir) / "keys" / f"{name}.key"
+        self.pending = {ifn: d["node"] for ifn, d in st.wireguard.items() if sites.get(d["node"]) != site}
+        self.peers = len(self.pending)
+        self.done: dict[str, float] = {}
+        self.outcome = "pending"
+
+    def run(self) -> None:
+        key = ""
+        while self.pending:
+            if self.name_ in self.gone:
+                self.outcome = "removed before converging"
+                return
+            if time.monotonic() - self.t0 > 300:
+                self.outcome = f"not converged after 300 s on {len(self.pending)} peers"
+                return
+            if not key and self.keyfile.exists():
+                key = key_hex(self.keyfile)
+            for ifn, node in list(self.pending.items()) if key else ():
+                if node in self.gone:
+                    del self.pending[ifn]
+                elif handshaken(ifn, key):
+                    self.done[ifn] = time.monotonic() - self.t0
+                    del self.pending[ifn]
+            time.sleep(0.05)
+        self.outcome = "converged"
+
+    @property
+    def converged_s(self) -> float | None:
+        return max(self.done.values()) if self.outcome == "converged" and self.done else None
+
+
+def timed(argv: list[str], on_start: Callable[[float, float], None] = lambda t0, wall0: None) -> dict[str, Any]:
+    """Run one lab command to its end: when it started (monotonic, wall) and how it went."""
+    t0, wall0 = time.monotonic(), time.time()
+    proc = subprocess.Popen(["crossmesh", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    on_start(t0, wall0)
+    _, err = proc.communicate(timeout=600)
+    return {"t0": t0, "wall0": wall0, "seconds": time.monotonic() - t0, "rc": proc.returncode, "stderr": err}
+
+
+def quantile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return round(s[min(len(s) - 1, int(q * len(s)))], 3)
+
+
+def spread(xs: list[float]) -> dict[str, float] | None:
+    return {**summary(xs), "p90": quantile(xs, 0.9)} if xs else None
+
+
+def churn(tmp: Path, size: int, seconds: float, rest: float, settle: float) -> dict[str, Any]:
+    """`size` nodes with agents; at rest for `rest` s, then one `lab add-node` a second (back to
+    back when a command takes longer: lab commands of one lab must not overlap) for `seconds`,
+    each join past CHURN_KEEP joined nodes followed by the `lab remove-node` of the oldest; then
+    `settle` s and another `rest` s to see whether CPU and memory come back."""
+    lab = generated_mesh(tmp, size)
+    with running(lab, "--agents"):
+        st = state(lab.tag)
+        sites = {n: agent_config(st, n)["record"]["site"] for n in st.nodes}
+        time.sleep(5)
+        wait(lambda: converged(lab, tuple(st.nodes), dict(sites)), 120, "agents converged", interval=1.0)
+        agents = {n: int(labs.agent_status(st, n)["pid"]) for n in st.nodes}
+        pids = {**{f"agent {n}": p for n, p in agents.items()}, **{f"etcd {m}": p for m, p in st.etcd_pids.items()}}
+
+        log(f"churn: {size} nodes at rest for {rest:.0f} s")
+        b0, t0 = samples(pids), time.monotonic()
+        time.sleep(rest)
+        at_rest_ = usage(b0, samples(pids), time.monotonic() - t0)
+
+        log(f"churn: one join a second for {seconds:.0f} s (a remove after each join past {CHURN_KEEP})")
+        peaks = RssPeaks(pids)
+        peaks.start()
+        ops: list[dict[str, Any]] = []
+        watches: list[JoinWatch] = []
+        joined: deque[str] = deque()
+        gone: set[str] = set()
+        before, (busy0, total0), self0 = samples(pids), host_busy(), os.times()
+        start = next_at = time.monotonic()
+        k = 0
+        while k < 149:
+            if max(next_at, time.monotonic()) - start >= seconds:
+                break
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            k += 1
+            s = k % len(SITES)
+            site, provider, prefix = SITES[s]
+            name = f"{provider}-churn{k:03d}"
+            st = state(lab.tag)
+            sites[name] = site
+
+            def watch(t0: float, _: float, st: labs.LabState = st, name: str = name, site: str = site) -> None:
+                watches.append(JoinWatch(st, name, site, t0, gone, sites))
+                watches[-1].start()
+
+            run = timed(
+                ["lab", "add-node", "--mesh", str(lab.mesh), "--cluster", f"c{s}", "--site", site, "--name", name,
+                 "--address", f"10.{s}.2.{k}", "--public-address", f"{prefix}.{100 + k}"],
+                watch,
+            )  # fmt: skip
+            next_at = run["t0"] + 1.0
+            published = published_at(st.dir / "logs" / f"agent-{name}.log", run["wall0"])
+            ops.append({"op": "join", "node": name, "watch": watches[-1], "published": published, **run})
+            log(f"churn: join {name}: {run['seconds']:.2f} s" + (" FAILED" if run["rc"] else ""))
+            if run["rc"]:
+                break
+            joined.append(name)
+            if len(joined) > CHURN_KEEP:
+                old = joined.popleft()
+                gone.add(old)
+                run = timed(["lab", "remove-node", "--mesh", str(lab.mesh), old])
+                ops.append({"op": "remove", "node": old, **run})
+                log(f"churn: remove {old}: {run['seconds']:.2f} s" + (" FAILED" if run["rc"] else ""))
+                if run["rc"]:
+                    break
+        window = time.monotonic() - start
+        during = usage(before, samples(pids), window)
+        busy1, total1 = host_busy()
+        self1 = os.times()
+        peaks.stop.set()
+        peaks.join()
+        for w in watches:
+            w.join(timeout=max(0.0, 300 - (time.monotonic() - w.t0)))
+        after = samples(pids)
+
+        log(f"churn: settling for {settle:.0f} s, then {rest:.0f} s at rest again")
+        time.sleep(settle)
+        b1, t1 = samples(pids), time.monotonic()
+        time.sleep(rest)
+        settled = usage(b1, samples(pids), time.monotonic() - t1)
+        st = state(lab.tag)
+        restarted = sorted(n for n, p in agents.items() if int(labs.agent_status(st, n).get("pid", 0)) != p)
+
+    joins = [o for o in ops if o["op"] == "join"]
+    removes = [o for o in ops if o["op"] == "remove"]
+    for o in joins:
+        w = o.pop("watch")
+        conv = None if w.converged_s is None else round(w.converged_s, 3)
+        o.update(peers=w.peers, outcome=w.outcome, converged_s=conv, published_to_converged_s=None)
+        if w.converged_s is not None and o["published"]:
+            o["published_to_converged_s"] = round(o["wall0"] + w.converged_s - o["published"], 3)
+    parts = {"at_rest": at_rest_, "churn": during, "after_churn": usage(before, after, window), "settled": settled}
+
+    def side(kind: str) -> dict[str, Any]:
+        """CPU and RSS of the agents (those not restarted meanwhile) or etcd members, per part."""
+
+        def of(part: dict[str, Any], field: str) -> dict[str, float] | None:
+            return spread([v[field] for k, v in part.items() if k.startswith(kind) and k[len(kind) :] not in restarted])
+
+        out = {f: {p: of(parts[p], f) for p in ("at_rest", "churn", "settled")} for f in ("cpu_percent", "rss_mib")}
+        out["children_cpu_percent"] = {p: of(parts[p], "children_cpu_percent") for p in ("at_rest", "churn")}
+        out["rss_mib"]["churn"] = spread([v for k, v in peaks.peak.items() if k.startswith(kind)])  # peak
+        out["rss_mib"]["after_churn"] = of(parts["after_churn"], "rss_mib")
+        return out
+
+    agents_ = side("agent ")
+    cpu = agents_["cpu_percent"]
+    cpu_self = self1.user + self1.system - self0.user - self0.system
+    cpu_children = self1.children_user + self1.children_system - self0.children_user - self0.children_system
+    result: dict[str, Any] = {
+        "nodes": size,
+        "keep_joined": CHURN_KEEP,
+        "rest_s": rest,
+        "settle_s": settle,
+        "window_s": round(window, 2),
+        "joins": len(joins),
+        "removes": len(removes),
+        "failed": [{"op": o["op"], "node": o["node"], "stderr": o["stderr"][-500:]} for o in ops if o["rc"]],
+        "joins_per_s": round(len(joins) / window, 3),
+        "join_command_s": spread([o["seconds"] for o in joins]),
+        "remove_command_s": spread([o["seconds"] for o in removes]),
+        "converged_s": spread([o["converged_s"] for o in joins if o["converged_s"] is not None]),
+        "not_converged": [f"{o['node']}: {o['outcome']}" for o in joins if o["converged_s"] is None],
+        "published_to_converged_s": spread(
+            [o["published_to_converged_s"] for o in joins if o["published_to_converged_s"] is not None]
+        ),
+        "agents": agents_,
+        "agent_cpu_ratio_median": None,
+        "agents_restarted": restarted,
+        "etcd": side("etcd "),
+        "host_busy_percent": round(100 * (busy1 - busy0) / max(1, total1 - total0), 1),
+        # this process (its convergence threads), and the lab commands it ran and reaped
+        "bench_cpu_percent": round(100 * cpu_self / window, 1),
+        "commands_cpu_percent": round(100 * cpu_children / window, 1),
+        "ops": [
+            {
+                "op": o["op"],
+                "node": o["node"],
+                "at_s": round(o["t0"] - start, 2),
+                "seconds": round(o["seconds"], 2),
+                **{k: o[k] for k in ("peers", "converged_s", "published_to_converged_s") if k in o},
+            }
+            for o in ops
+        ],
+    }
+    if cpu["at_rest"] and cpu["churn"] and cpu["at_rest"]["median"]:
+        result["agent_cpu_ratio_median"] = round(cpu["churn"]["median"] / cpu["at_rest"]["median"], 1)
+    churn_table(result)
+    return result
+
+
+def churn_table(r: dict[str, Any]) -> None:
+    def mm(d: dict[str, float] | None, unit: str) -> str:
+        return f"{d['median']:.2f} / {d['max']:.2f}{unit}" if d else "–"
+
+    print(
+        f"\nchurn, {r['nodes']} nodes: {r['joins']} joins + {r['removes']} removes in {r['window_s']} s = "
+        f"{r['joins_per_s']} joins/s (target 1); agent CPU x{r['agent_cpu_ratio_median']} (medians); "
+        f"host busy {r['host_busy_percent']} %, this script {r['bench_cpu_percent']} %"
+    )
+    print(f"{'median / max':28}{'at rest':>22}{'churn (RSS: peak)':>22}{'settled':>22}")
+    for who in ("agents", "etcd"):
+        for field, unit in (("cpu_percent", " %"), ("children_cpu_percent", " %"), ("rss_mib", " MiB")):
+            if who == "etcd" and field == "children_cpu_percent":
+                continue
+            row = r[who][field]
+            cols = [mm(row.get(p), unit) for p in ("at_rest", "churn", "settled")]
+            print(f"{who + ' ' + field:28}" + "".join(f"{c:>22}" for c in cols))
+    c, j = r["converged_s"], r["join_command_s"]
+    if c:
+        print(f"issued → every other-site peer handshaken: median {c['median']} s, p90 {c['p90']} s, max {c['max']} s")
+    print(f"not converged: {r['not_converged'] or 'none'}; restarted agents: {r['agents_restarted'] or 'none'}")
+    if j:
+        print(f"add-node command: median {j['median']} s, max {j['max']} s; failed: {r['failed'] or 'none'}\n")
+
+
+def run_of(results: dict[str, Any]) -> dict[str, Any]:
+    """Part → the start and environment of the run that measured it."""
+    meta = {"started", "environment", "etcd_members", "run_of"}
+    return {k: {"started": results.get("started"), **results.get("environment", {})} for k in results if k not in meta}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ttls", default="1,2,3,5")
@@ -426,9 +738,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rotations", type=int, default=5)
     parser.add_argument("--add-node-sizes", default="6,30")
     parser.add_argument("--joins", type=int, default=3, help="add-node trials per size")
-    parser.add_argument("--only", default="detection,rest,rotation,add-node")
+    parser.add_argument("--churn-nodes", type=int, default=60)
+    parser.add_argument("--churn-seconds", type=float, default=30.0, help="joins are issued for this long")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds after the churn, then --rest again")
+    parser.add_argument("--only", default="detection,rest,rotation,add-node,churn")
     parser.add_argument("-o", "--output", type=Path, default=HERE / "results" / "control_plane.json")
-    parser.add_argument("--merge", action="store_true", help="keep the other sections of an existing output")
+    parser.add_argument("--replace", action="store_true", help="write only this run's parts (default: merge)")
+    parser.add_argument("--merge", action="store_true", help=argparse.SUPPRESS)  # the default now
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_control_plane: needs root (the lab)", file=sys.stderr)
@@ -471,11 +787,19 @@ def main(argv: list[str] | None = None) -> int:
                 results["add_node"] = {
                     s: add_node(tmp, int(s), args.joins) for s in args.add_node_sizes.split(",") if s
                 }
+        if "churn" in only:
+            results["churn"] = churn(tmp, args.churn_nodes, args.churn_seconds, args.rest, args.settle)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results["etcd_members"] = etcd.MEMBERS
-    if args.merge and args.output.exists():
-        results = {**json.loads(args.output.read_text()), **results}
+    results["run_of"] = run_of(results)
+    if not args.replace and args.output.exists():
+        # a run of some parts keeps the others' results (and add-node's other sizes); run_of says
+        # when and on which commit and load each part was measured
+        old = json.loads(args.output.read_text())
+        if isinstance(old.get("add_node"), dict) and isinstance(results.get("add_node"), dict):
+            results["add_node"] = {**old["add_node"], **results["add_node"]}
+        results = {**old, **results, "run_of": {**(old.get("run_of") or run_of(old)), **results["run_of"]}}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1) + "\n")
     log(f"wrote {args.output}")
