@@ -336,7 +336,7 @@ def _build(
         if wireguard.is_running(dev.ifname) and not _has_link(dev.namespace, dev.ifname):
             # A wireguard-go that answers but whose device is not in the node's namespace: left
             # by an earlier lab of the same tag whose namespace is gone. It goes.
-            for stray in [p for p in _processes(dev.ifname) if _cmdline_has(p, (dev.ifname,))]:
+            for stray in _wireguard_pids(dev.ifname):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(stray, signal.SIGKILL)
             changes.append(f"stray wireguard-go for {dev.ifname} stopped")
@@ -418,8 +418,11 @@ def _collect_garbage(state: LabState, topo: LabTopology) -> list[str]:
         changes.append(f"agent of removed node {cfg.stem} stopped")
     wanted_wg = {d.ifname for d in topo.wireguard}
     for ifname in sorted(set(state.wireguard) - wanted_wg):
-        for pid in _processes(ifname):
-            wireguard.stop(pid)
+        # Killed, not stopped: wireguard-go takes 1.5 s to close its device on SIGTERM, and the
+        # node's peers dropped it when its agent revoked its lease.
+        for pid in _wireguard_pids(ifname):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         (wireguard.SOCKET_DIR / f"{ifname}.sock").unlink(missing_ok=True)
         del state.wireguard[ifname]
         changes.append(f"wireguard-go {ifname} stopped")
@@ -584,7 +587,7 @@ def crash_node(state: LabState, node: str) -> list[str]:
         done.append(f"agent {pid} killed")
     for ifname, entry in state.wireguard.items():
         if entry["node"] == node:
-            for wpid in _processes(ifname):
+            for wpid in _wireguard_pids(ifname):
                 os.kill(wpid, signal.SIGKILL)
                 done.append(f"wireguard-go {wpid} killed")
     return done
@@ -959,6 +962,11 @@ def _processes(marker: str) -> list[int]:
         if (is_wg or is_workload or is_other) and any(marker in a for a in args):
             pids.append(int(entry.name))
     return pids
+
+
+def _wireguard_pids(ifname: str) -> list[int]:
+    """The wireguard-go of exactly this device (cm-x-g5 is not cm-x-g50)."""
+    return [p for p in _processes(ifname) if _cmdline_has(p, (ifname,))]
 
 
 def _cmdline_has(pid: int, words: tuple[str, ...]) -> bool:
