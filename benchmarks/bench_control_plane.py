@@ -730,6 +730,53 @@ def run_of(results: dict[str, Any]) -> dict[str, Any]:
     return {k: {"started": results.get("started"), **results.get("environment", {})} for k in results if k not in meta}
 
 
+# --- 6. a site cut off from the internet and healed ---------------------------------------------
+def cutoff(tmp: Path, trials: int = 5, durations: tuple[float, ...] = (5.0, 17.0)) -> dict[str, Any]:
+    """`crossmesh lab cut-site azure-we` (the site of the stream's server) under the UDP stream of the
+    rotation part, then `lab heal-site` after each duration; at the start of each cut one HTTP request
+    azure → gcp puts data on the site's other tunnel too. Seconds from issuing heal-site to: its
+    return, the first echo, and (cuts over 15 s, after which WireGuard retries handshakes every 5 s)
+    a fresh handshake on both tunnels of the site, seen from both ends."""
+    from agentkit import cut_off, http_ok
+
+    lab = three_clouds(tmp)
+    out: dict[str, Any] = {}
+    with running(lab, "--agents", "--lease-ttl", "3"):
+        st = state(lab.tag)
+        for seconds in durations:
+            runs = []
+            for _ in range(trials):
+                wait(lambda: converged(lab), 20, "agents converged")
+                probed: list[bool] = []
+
+                def probe(probed: list[bool] = probed) -> None:
+                    if not probed:
+                        probed.append(http_ok(st, "cluster2/default/rebel-base-1", "cluster3/default/relay-0", 8080))
+
+                m = cut_off(
+                    st,
+                    "azure-we",
+                    "azure-talos-1",
+                    nodes=NODES,
+                    seconds=seconds,
+                    stream=(CLIENT, SERVER),
+                    while_cut=probe,
+                )
+                run = {k: round(v, 3) if isinstance(v, float) else v for k, v in m.items() if k not in ("stale", "cut")}
+                runs.append({**run, "crossed_the_cut": probed})
+                log(f"cut-site for {seconds:.0f} s: {runs[-1]}")
+                time.sleep(1.0)
+            fresh = [r["handshakes"] for r in runs if r["handshakes"] is not None]
+            out[f"{seconds:g}s"] = {
+                "runs": runs,
+                "returned_s": summary([r["returned"] for r in runs]),
+                "first_echo_s": summary([r["echo"] for r in runs]),
+                "stream_resumed_s": summary([r["resumed"] for r in runs]),
+                "handshakes_s": summary(fresh) if fresh else None,
+            }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ttls", default="1,2,3,5")
@@ -789,6 +836,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
         if "churn" in only:
             results["churn"] = churn(tmp, args.churn_nodes, args.churn_seconds, args.rest, args.settle)
+        if "cutoff" in only:  # not in the default --only: sudo python3 benchmarks/bench_control_plane.py --only cutoff
+            results["cutoff"] = cutoff(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     results["etcd_members"] = etcd.MEMBERS

@@ -231,3 +231,84 @@ def lab_status(mesh: Path) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     data: dict[str, Any] = json.loads(done.stdout)
     return data
+
+
+def handshakes(st: labs.LabState, node: str, nodes: tuple[str, ...]) -> dict[str, int]:
+    """The node's WireGuard peers among `nodes` (by name) → their latest handshake (epoch seconds)."""
+    from crossmesh.drivers.lab import wireguard
+
+    names = {public_key(st, n): n for n in nodes}
+    stats = wireguard.peer_stats(ifname(st, node)) or {}
+    return {names.get(key, key): hs for key, (hs, _, _, _) in stats.items()}
+
+
+def cut_off(  # noqa: PLR0913 - what the fault needs: where, how long, the stream's ends, a probe
+    st: labs.LabState,
+    site: str,
+    node: str,
+    *,
+    nodes: tuple[str, ...],
+    seconds: float,
+    stream: tuple[str, str],
+    while_cut: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Cut `site` (holding `node`, the stream's server) of lab `st` off the internet for `seconds` with `crossmesh
+    lab cut-site`, under a UDP stream (client pod, server pod; echo port 5353), then `lab heal-site`.
+
+    `while_cut` runs right after the cut and then every 0.5 s until the heal. Times are seconds
+    from issuing heal-site: `returned` (the command), `echo` (the first echo from the server),
+    `resumed` (the stream's first answered datagram: the last one lost, plus its 10 ms),
+    `handshakes` (every tunnel of `node` completed a handshake since the heal, seen from both
+    ends; measured only for cuts over 15.5 s: shorter ones keep their sessions and nothing
+    re-handshakes). `lost_cut`/`lost_after`: datagrams sent while cut / from the heal on."""
+    from labkit import crossmesh
+
+    mesh = st.mesh
+    client, server = stream
+    others = tuple(n for n in nodes if n != node)
+    udp = UdpStream(st.pods[client]["namespace"], st.pods[server]["address"], 5353)
+    try:
+        time.sleep(1.0)
+        cutting = time.time()
+        crossmesh("lab", "cut-site", "--mesh", mesh, site, check=True)
+        cut = time.time()
+        while time.time() - cut < seconds:
+            while_cut()
+            time.sleep(max(0.0, min(0.5, seconds - (time.time() - cut))))
+        stale = {n: handshakes(st, node, nodes)[n] for n in others}
+        healing = time.time()
+        crossmesh("lab", "heal-site", "--mesh", mesh, site, check=True)
+        returned = time.time() - healing
+        _, echo = until(lambda: udp_echo(st, client, server, timeout=0.1), 15, interval=0)
+        fresh_s = None
+        if seconds > 15.5:
+            since = int(healing)  # whole seconds; no handshake can complete while cut
+
+            def fresh() -> bool:
+                """every tunnel of the healed node completed a handshake since the heal, at both ends"""
+                return all(
+                    handshakes(st, node, nodes)[n] >= since and handshakes(st, n, nodes)[node] >= since for n in others
+                )
+
+            fresh_s = until(fresh, 20, interval=0.05)[1] + returned
+        time.sleep(0.5)
+        result = udp.stop()
+    except BaseException:
+        udp.kill()
+        crossmesh("lab", "heal-site", "--mesh", mesh, site)
+        raise
+    lost = result["lost"]
+    return {
+        "cut_s": healing - cut,
+        "cut_command_s": cut - cutting,
+        "returned": returned,
+        "echo": echo + returned,
+        "handshakes": fresh_s,
+        "stale": stale,
+        "cut": cut,
+        "sent": result["sent"],
+        "lost_before": sum(1 for _, t in lost if t < cutting),
+        "lost_cut": sum(1 for _, t in lost if cut <= t < healing),
+        "lost_after": sum(1 for _, t in lost if t >= healing),
+        "resumed": max((t + 0.01 - healing for _, t in lost if t >= healing), default=0.0),
+    }

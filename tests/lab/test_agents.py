@@ -25,6 +25,7 @@ from agentkit import (
     agent_config,
     agent_routes,
     agents_of,
+    cut_off,
     etcd_dump,
     etcdctl,
     http_ok,
@@ -370,3 +371,57 @@ def test_rotate_keys_under_udp_stream(lab: Lab) -> None:
     # The agents have the new keys already: `lab up` restarts none of them.
     again = lab.up()
     assert not [c for c in again["changes"] if "agent" in c], again["changes"]
+
+
+def test_site_cut_off_and_healed(lab: Lab) -> None:
+    """The server's site loses its link to the internet router for 17 s, then gets it back.
+
+    While cut, the site's nodes reach no other site: the stream gets no echoes and WireGuard's
+    handshake initiations go unanswered. The agents keep their etcd leases — etcd runs on
+    loopback in the host namespace, which the cut does not touch — so nobody withdraws the
+    cut nodes: a partition of the data plane only, as when a region's uplink fails and its
+    control-plane connection does not (or, on real nodes, before the lease expires).
+
+    17 s is longer than WireGuard's KEEPALIVE_TIMEOUT + REKEY_TIMEOUT (15 s): a peer that sent
+    data and heard nothing back for that long starts a new handshake and retries it every
+    REKEY_TIMEOUT (5 s, plus up to 1/3 s of jitter), so after the heal each tunnel that carried
+    traffic re-handshakes at its next retry. Data does not wait for it: the sessions are valid
+    for REJECT_AFTER_TIME (180 s), and the first datagram after the routes are back is answered.
+    """
+    st = state(lab.tag)
+    site, node = "azure-we", st.pods[SERVER]["node"]  # the server's site
+    assert node == "azure-talos-1" and traffic(st)
+    probes = []
+
+    def while_cut() -> None:
+        if not probes:
+            sites = {s["site"]: s for s in lab_status(lab.mesh)["sites"]}
+            assert sites[site]["cut"] and sites[site]["uplink"] == "down", sites
+            assert all(s["uplink"] == "up" and not s["cut"] for name, s in sites.items() if name != site), sites
+            # Both tunnels of the site carry data into the cut: the stream (aws→azure), HTTP azure→gcp.
+            probes.append(udp_echo(st, CLIENT, SERVER, timeout=0.5) or http_ok(st, *OTHER))
+        assert converged(lab), "a data-plane cut withdrew nodes from the mesh"
+
+    m = cut_off(st, site, node, nodes=NODES, seconds=17.0, stream=(CLIENT, SERVER), while_cut=while_cut)
+    print(
+        f"\n[agents] site {site} cut off for {m['cut_s']:.1f} s under a UDP stream {CLIENT} → {SERVER}: "
+        f"{m['lost_cut']} datagrams lost while cut; heal-site returned in {m['returned']:.2f} s, the stream "
+        f"answered again {m['resumed']:.2f} s, a probe {m['echo']:.2f} s and a fresh handshake on every tunnel "
+        f"of the site {m['handshakes']:.2f} s after it was issued ({m['lost_after']} datagrams lost after it)"
+    )
+    assert probes == [False], "traffic crossed a cut link"
+    assert all(0 < hs <= m["cut"] for hs in m["stale"].values()), f"a handshake across the cut: {m['stale']}"
+    assert m["lost_before"] == 0 and m["lost_cut"] >= 0.8 * m["cut_s"] * 100, m  # 1 per 10 ms, all lost
+    # The first echo comes once the routes are back: the command's own time, about 1 s here
+    # (Python, the plan, two namespaces), and 5 s for a loaded 2-CPU machine.
+    assert m["resumed"] <= m["returned"] + 0.5, "the stream resumed only after heal-site had returned"
+    assert m["echo"] < 5.0, f"no echo until {m['echo']:.2f} s after heal-site"
+    # WireGuard retries unanswered handshakes every 5 s + jitter: the next retry after the link is
+    # back succeeds. Both ends count; 10 s leaves room for the command.
+    assert m["handshakes"] < 10.0, f"tunnels re-handshook {m['handshakes']:.2f} s after heal-site"
+    sites = {s["site"]: s for s in lab_status(lab.mesh)["sites"]}
+    assert sites[site]["uplink"] == "up" and not sites[site]["cut"], sites
+    assert traffic(st) and converged(lab)
+    # heal-site brought the two namespaces exactly back to the plan: `lab up` has nothing to do.
+    again = lab.up()
+    assert again["changes"] == [], again["changes"]

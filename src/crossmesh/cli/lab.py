@@ -103,6 +103,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
         for ifname, d in sorted(state.wireguard.items())
     ]
     agents_rows, members = _control_plane(state)
+    sites = _sites(state)
     if output is Output.JSON:
         emit_json(
             {
@@ -115,6 +116,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 "pods": state.pods,
                 "agents": agents_rows,
                 "etcd": members,
+                "sites": sites,
             }
         )
         return
@@ -131,6 +133,13 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
             _yes(n["workload"]),
             _yes(running[n["node"]]) if n["node"] in running else "-",
         )
+    out.print(t)
+    t = Table(title="Sites", title_justify="left")
+    for c in ("site", "router namespace", "link to the internet"):
+        t.add_column(c, overflow="fold")
+    for s in sites:
+        link = s["uplink"] if not s["cut"] else f"{s['uplink']}: cut off (`lab heal-site {s['site']}`)"
+        t.add_row(s["site"], s["namespace"], link if link == "up" else f"[red]{link}[/red]")
     out.print(t)
     if agents_rows:
         t = Table(title="Agents", title_justify="left")
@@ -167,6 +176,17 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
     for ref, p in sorted(state.pods.items()):
         t.add_row(ref, p["node"], p["address"], ", ".join(f"{port}/{proto}" for port, proto in p["ports"]))
     out.print(t)
+
+
+def _sites(state: labs.LabState) -> list[dict[str, Any]]:
+    """Each site's router and its link to the internet as the kernel has it (`up`, `down`, `half`:
+    one end down, `missing`), and whether `lab cut-site` cut it."""
+    from crossmesh.drivers.lab import faults
+
+    return [
+        {"site": s, "namespace": ns, "uplink": faults.uplink_state(state, s), "cut": s in state.cut_sites}
+        for s, ns in sorted(state.sites.items())
+    ]
 
 
 def _control_plane(state: labs.LabState) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -294,6 +314,46 @@ def crash_node(
     state = labs.find_lab(mesh)
     for line in labs.crash_node(state, node):
         out.print(line)
+
+
+SITE_ARGUMENT = typer.Argument(..., help="site name (spec.sites[].name)", show_default=False)
+
+
+@app.command("cut-site")
+@friendly
+def cut_site(site: str = SITE_ARGUMENT, mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> None:
+    """Cut a site off from the internet router, as a failed uplink would: both ends of the link
+    between the internet and the site's router go down, and the routes through it with them.
+    The site's nodes, agents and tunnel devices keep running; traffic to and from other sites
+    stops. `lab heal-site SITE` (or `lab up`) brings the link back; `lab status` shows cut sites."""
+    _site_fault(mesh, output, site, cut=True)
+
+
+@app.command("heal-site")
+@friendly
+def heal_site(site: str = SITE_ARGUMENT, mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> None:
+    """Reconnect a site cut off with `lab cut-site`: the link comes up and the site router and the
+    internet are brought back to the plan (the routes the link-down removed). Returns then: traffic
+    resumes with the next packet over the tunnels' sessions; tunnels whose handshakes went unanswered
+    during the cut re-handshake at their next retry (within 5 s), and each node of the site sends one
+    datagram to each peer so that a session that expired in a long cut starts its handshake at once."""
+    _site_fault(mesh, output, site, cut=False)
+
+
+def _site_fault(mesh: Path | None, output: Output, site: str, *, cut: bool) -> None:
+    from crossmesh.drivers.lab import faults
+
+    state = labs.find_lab(mesh)
+    changes = faults.cut_site(state, site) if cut else faults.heal_site(state, site)
+    if output is Output.JSON:
+        emit_json({"site": site, "cut": cut, "changes": changes})
+        return
+    for line in changes:
+        out.print(line)
+    if changes:
+        out.print(f"site {site} {'cut off' if cut else 'healed'}")
+    else:
+        out.print(f"site {site} {'was already cut off' if cut else 'was not cut off: nothing to heal'}")
 
 
 @app.command("rotate-keys")
