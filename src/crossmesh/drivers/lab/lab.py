@@ -233,6 +233,11 @@ def up(
     state.status = "ready"
     if not changed_only:  # every namespace was brought to its spec: cut uplinks are up again
         state.cut_sites = []
+    else:  # a membership change reconciled routers and the internet: sites cut stay cut
+        from crossmesh.drivers.lab import faults
+
+        for site in list(state.cut_sites):
+            result.changes += faults.cut_site(state, site)
     state.save()
     compiled.store.save_applied_plan(_plan_snapshot(plan))
     return result
@@ -598,6 +603,11 @@ def add_node(mesh: Path | None, node: dict[str, Any], cluster: str, progress: Pr
     state = find_lab(mesh)
     if node["name"] in state.nodes:
         raise UsageError(f"node {node['name']} is already in lab {state.mesh_name}")
+    if node.get("site") in state.cut_sites:
+        raise UsageError(
+            f"site {node['site']} is cut off from the internet (lab cut-site): a node there could not reach "
+            f"its peers — heal it first with `crossmesh lab heal-site {node['site']}`"
+        )
     overlay = {"add": list(state.overlay.get("add", [])), "remove": list(state.overlay.get("remove", []))}
     if node["name"] in overlay["remove"]:
         overlay["remove"].remove(node["name"])
