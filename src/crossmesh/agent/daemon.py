@@ -353,7 +353,7 @@ class Agent:
         if rotated:
             self.rotated_at = time.monotonic()
         before, self.applied, self.applied_private = self.applied, {p.node: p for p in peers}, self.private
-        if self.namespace and (changed or rotated):
+        if changed or rotated:
             self._handshakes(peers, changed, first, rotated, before)
         self.write_status(len(peers))
 
@@ -427,7 +427,11 @@ class Agent:
                     with contextlib.suppress(OSError):
                         s.sendto(b"crossmesh-handshake", (t, 9))
 
-        if targets and self.namespace is not None:
+        if not targets:
+            return
+        if self.namespace is None:
+            send()  # a real node: the agent runs where the device is
+        else:
             netns.run_in(self.namespace, send)
 
     def _device(self) -> list[str]:
