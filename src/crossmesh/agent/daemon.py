@@ -50,6 +50,7 @@ POKE_LATER = 0.5
 POKE_LATER_JOIN = 2.0
 ROTATION_WINDOW = 2.0
 FULL_CHECK = 10.0  # seconds between reads of the device settings and routes back from the kernel
+STATUS_EVERY = 5.0  # seconds between status writes when nothing happens (sixty agents share two CPUs)
 
 
 def log(msg: str) -> None:
@@ -129,6 +130,7 @@ class Agent:
         self.put_needed = asyncio.Event()
         self.work = threading.Lock()  # applies and device restores never overlap
         self.status_lock = threading.Lock()
+        self.status_written = 0.0
         self.peer_count = 0
 
     # --- the loop ---------------------------------------------------------------------------
@@ -138,7 +140,8 @@ class Agent:
             log(f"another agent of node {self.node} is running: exiting")
             return
         deadline = time.monotonic() + await_device
-        while time.monotonic() < deadline and not await asyncio.to_thread(wireguard.is_running, self.ifname):
+        sock = wireguard.SOCKET_DIR / f"{self.ifname}.sock"
+        while time.monotonic() < deadline and not (sock.exists() and wireguard.is_running(self.ifname)):
             await asyncio.sleep(0.02)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -230,6 +233,7 @@ class Agent:
                         sent = time.monotonic()
                         await asyncio.wait_for(lease.refresh(), self.ttl)
                         self.lease_refreshed = time.time()
+                        self.write_status()
                         due = sent + self.ttl / 3
 
             keeper = asyncio.create_task(keep())
@@ -501,7 +505,8 @@ class Agent:
                     self.dirty.set()
             except Exception as err:  # noqa: BLE001
                 log(f"cannot restore {self.ifname}: {err}")
-            self.write_status()
+            if time.monotonic() - self.status_written > STATUS_EVERY:
+                self.write_status()  # applies and lease refreshes write it too
 
     def rotate_key(self) -> None:
         """New key on the node: set on the device and published at once when etcd answers (`publish`),
@@ -547,6 +552,7 @@ class Agent:
         # Written from the event loop and from the apply thread: one at a time, or the two
         # would rename the same temporary file.
         with self.status_lock:
+            self.status_written = time.monotonic()
             if peers is not None:
                 self.peer_count = peers
             data["peers"] = self.peer_count

@@ -117,7 +117,18 @@ def dump(ifname: str) -> str | None:
 
 
 def is_running(ifname: str) -> bool:
-    return (SOCKET_DIR / f"{ifname}.sock").exists() and dump(ifname) is not None
+    """Whether the device answers: wireguard-go on its control socket (a dead one leaves the
+    file), kernel WireGuard to `wg`."""
+    path = SOCKET_DIR / f"{ifname}.sock"
+    if not path.exists():
+        return dump(ifname) is not None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(path))
+    except OSError:
+        return False
+    return True
 
 
 def _uapi(ifname: str, request: str) -> str | None:
