@@ -699,6 +699,99 @@ def churn(tmp: Path, size: int, seconds: float, rest: float, settle: float) -> d
     return result
 
 
+def churn_records(tmp: Path, size: int, seconds: float, rest: float, keep: int = 3) -> dict[str, Any]:
+    """The agents' side of churn at exactly one join a second, which `lab add-node` cannot issue
+    on two CPUs at 60 nodes: records of nodes that do not exist (fresh keys, addresses outside
+    the lab's) are put into etcd one a second, the oldest deleted past `keep`, as a real join
+    and leave would publish and withdraw them. Every agent applies each (a peer, three routes,
+    a handshake it starts that nobody answers). Measured: agents' and etcd's CPU and RSS at
+    rest and during, and per join the time until every node of another site has the peer."""
+    from crossmesh.agent import records as recs
+    from crossmesh.state import keys
+
+    sys.path.insert(0, str(REPO / "tests" / "lab"))
+    from agentkit import etcdctl
+
+    lab = generated_mesh(tmp, size)
+    with running(lab, "--agents"):
+        st = state(lab.tag)
+        sites = {n: agent_config(st, n)["record"]["site"] for n in st.nodes}
+        time.sleep(5)
+        wait(lambda: converged(lab, tuple(st.nodes), dict(sites)), 120, "agents converged", interval=1.0)
+        agents = {n: int(labs.agent_status(st, n)["pid"]) for n in st.nodes}
+        pids = {**{f"agent {n}": p for n, p in agents.items()}, **{f"etcd {m}": p for m, p in st.etcd_pids.items()}}
+        prefix = agent_config(st, next(iter(st.nodes)))["prefix"]
+        devices = {d["node"]: ifn for ifn, d in st.wireguard.items()}
+
+        log(f"churn (records): {size} nodes at rest for {rest:.0f} s")
+        b0, t0 = samples(pids), time.monotonic()
+        time.sleep(rest)
+        at_rest_ = usage(b0, samples(pids), time.monotonic() - t0)
+
+        log(f"churn (records): one join a second for {seconds:.0f} s, the oldest leaves past {keep}")
+        peaks = RssPeaks(pids)
+        peaks.start()
+        live: deque[str] = deque()
+        joins: list[dict[str, Any]] = []
+        before, t0 = samples(pids), time.monotonic()
+        k = 0
+        while time.monotonic() - t0 < seconds and k < 200:
+            due = t0 + k
+            time.sleep(max(0.0, due - time.monotonic()))
+            k += 1
+            site, _, public = SITES[k % len(SITES)]
+            pub = keys.public_key(keys.generate_private_key())
+            rec = recs.NodeRecord(
+                name=f"synthetic-{k:03d}", cluster=f"c{k % len(SITES)}", site=site, public_key=pub,
+                address=f"10.{k % len(SITES)}.3.{k}", pod_cidr=f"10.250.{k}.0/24", tunnel_address=f"100.64.1.{k}",
+                listen_port=51820, endpoint=f"{public}.{50 + k}:51820",
+            )  # fmt: skip
+            issued = time.monotonic()
+            done = etcdctl(lab.tag, "put", prefix + rec.name, rec.encode().decode())
+            if done.returncode != 0:
+                raise RuntimeError(f"etcdctl put: {done.stderr}")
+            live.append(rec.name)
+            holders = [devices[n] for n, s in sites.items() if s != site and n in devices]
+            pending = set(holders)
+            while pending and time.monotonic() - issued < 30:
+                for ifn in list(pending):
+                    if pub in (wireguard.peer_stats(ifn) or {}):
+                        pending.discard(ifn)
+                time.sleep(0.01)
+            joins.append({"node": rec.name, "peers": len(holders), "applied_s": round(time.monotonic() - issued, 3),
+                          "missing": len(pending)})  # fmt: skip
+            if len(live) > keep:
+                etcdctl(lab.tag, "del", prefix + live.popleft())
+        window = time.monotonic() - t0
+        during = usage(before, samples(pids), window)
+        peaks.stop.set()
+        peaks.join()
+        for name in live:
+            etcdctl(lab.tag, "del", prefix + name)
+        applied = [j["applied_s"] for j in joins]
+        agent_cpu = [v["cpu_percent"] for n, v in during.items() if n.startswith("agent")]
+        rest_cpu = [v["cpu_percent"] for n, v in at_rest_.items() if n.startswith("agent")]
+        result = {
+            "nodes": size,
+            "joins": len(joins),
+            "joins_per_s": round(len(joins) / window, 2),
+            "applied_by_every_other_site_node_s": spread(applied),
+            "not_applied": sum(j["missing"] for j in joins),
+            "agent_cpu_percent": {"at_rest": spread(rest_cpu), "churn": spread(agent_cpu)},
+            "etcd_cpu_percent": {
+                "at_rest": spread([v["cpu_percent"] for n, v in at_rest_.items() if n.startswith("etcd")]),
+                "churn": spread([v["cpu_percent"] for n, v in during.items() if n.startswith("etcd")]),
+            },
+            "agent_rss_mib": {
+                "at_rest": spread([v["rss_mib"] for n, v in at_rest_.items() if n.startswith("agent")]),
+                "peak": spread([v for n, v in peaks.peak.items() if n.startswith("agent")]),
+            },
+            "runs": joins,
+        }
+        log(f"churn (records): {json.dumps({k: v for k, v in result.items() if k != 'runs'})}")
+        return result
+
+
 def churn_table(r: dict[str, Any]) -> None:
     def mm(d: dict[str, float] | None, unit: str) -> str:
         return f"{d['median']:.2f} / {d['max']:.2f}{unit}" if d else "–"
@@ -788,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn-nodes", type=int, default=60)
     parser.add_argument("--churn-seconds", type=float, default=30.0, help="joins are issued for this long")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds after the churn, then --rest again")
-    parser.add_argument("--only", default="detection,rest,rotation,add-node,churn")
+    parser.add_argument("--only", default="detection,rest,rotation,add-node,churn,churn-records")
     parser.add_argument("-o", "--output", type=Path, default=HERE / "results" / "control_plane.json")
     parser.add_argument("--replace", action="store_true", help="write only this run's parts (default: merge)")
     parser.add_argument("--merge", action="store_true", help=argparse.SUPPRESS)  # the default now
@@ -836,6 +929,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
         if "churn" in only:
             results["churn"] = churn(tmp, args.churn_nodes, args.churn_seconds, args.rest, args.settle)
+        if "churn-records" in only:
+            results["churn_records"] = churn_records(tmp, args.churn_nodes, args.churn_seconds, args.rest)
         if "cutoff" in only:  # not in the default --only: sudo python3 benchmarks/bench_control_plane.py --only cutoff
             results["cutoff"] = cutoff(tmp)
     finally:
