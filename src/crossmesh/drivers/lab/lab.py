@@ -233,11 +233,6 @@ def up(
     state.status = "ready"
     if not changed_only:  # every namespace was brought to its spec: cut uplinks are up again
         state.cut_sites = []
-    else:  # a membership change reconciled routers and the internet: sites cut stay cut
-        from crossmesh.drivers.lab import faults
-
-        for site in list(state.cut_sites):
-            result.changes += faults.cut_site(state, site)
     state.save()
     compiled.store.save_applied_plan(_plan_snapshot(plan))
     return result
@@ -316,6 +311,11 @@ def _build(
     progress(f"links, addresses, routes, NAT: {len(todo)} namespaces" + (" changed" if changed_only else ""))
     wg_names = tuple(d.ifname for d in topo.wireguard)
     changes += _reconcile_namespaces(first, wg_names)
+    if changed_only and state.cut_sites:  # routers and the internet were reconciled: cut sites stay cut
+        from crossmesh.drivers.lab import faults
+
+        for site in list(state.cut_sites):
+            changes += faults.cut_site(state, site)
     lap("links")
 
     if agents:
@@ -366,7 +366,8 @@ def _build(
         changes += _agents(state, topo, compiled, early)
         lap("agents")
     progress("waiting for every tunnel to complete a handshake")
-    _wait_handshakes(topo, compiled.plan, progress, agents=agents)
+    cut_off = frozenset(n.name for n in compiled.plan.nodes if changed_only and n.site in state.cut_sites)
+    _wait_handshakes(topo, compiled.plan, progress, agents=agents, cut_off=cut_off)
     lap("handshakes")
     changes += _reconcile_namespaces([ns for ns in todo if ns not in first], wg_names)
     state.applied.update((ns.name, digests[ns.name]) for ns in todo)
@@ -858,10 +859,13 @@ def tunnel_status(
     return out
 
 
-def _wait_handshakes(topo: LabTopology, plan: Plan, progress: Progress, *, agents: bool = False) -> None:
-    """Until every tunnel has completed a handshake. Pokes the silent ones every second; with
-    agents only after AGENT_HANDSHAKE_GRACE: they start handshakes themselves, one end of each
-    pair first, and a poke from the other end at the same moment would cross theirs."""
+def _wait_handshakes(
+    topo: LabTopology, plan: Plan, progress: Progress, *, agents: bool = False, cut_off: frozenset[str] = frozenset()
+) -> None:
+    """Until every tunnel has completed a handshake, but those of nodes in `cut_off` (sites cut
+    from the internet, which cannot). Pokes the silent ones every second; with agents only after
+    AGENT_HANDSHAKE_GRACE: they start handshakes themselves, one end of each pair first, and a
+    poke from the other end at the same moment would cross theirs."""
     # Thirty seconds, and more for a big mesh: on two CPUs, sixty agents starting together
     # take most of a minute to import, apply and handshake.
     timeout = max(HANDSHAKE_TIMEOUT, len(topo.wireguard) * (1.5 if agents else 0.5))
@@ -881,6 +885,8 @@ def _wait_handshakes(topo: LabTopology, plan: Plan, progress: Progress, *, agent
                 f"{dev.node} → {p.node}"
                 for p in node.tunnel.peers
                 if status.get(dev.node, {}).get(p.public_key, (0, 0, 0, None))[0] == 0
+                and dev.node not in cut_off
+                and p.node not in cut_off
             ]
             if not waiting:
                 done.add(dev.node)
