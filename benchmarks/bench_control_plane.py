@@ -71,6 +71,7 @@ from agentkit import (  # noqa: E402
     UdpStream,
     agent_config,
     agent_routes,
+    etcdctl,
     ifname,
     peers,
     public_key,
@@ -544,6 +545,25 @@ def spread(xs: list[float]) -> dict[str, float] | None:
     return {**summary(xs), "p90": quantile(xs, 0.9)} if xs else None
 
 
+def settled_lab(lab: Lab) -> tuple[labs.LabState, dict[str, str], dict[str, int], dict[str, int]]:
+    """A lab just up with agents, once every node has its peers: its state, each node's site,
+    each agent's pid, and the pids to sample (agents and etcd members by name)."""
+    st = state(lab.tag)
+    sites = {n: agent_config(st, n)["record"]["site"] for n in st.nodes}
+    time.sleep(5)
+    wait(lambda: converged(lab, tuple(st.nodes), dict(sites)), 120, "agents converged", interval=1.0)
+    agents = {n: int(labs.agent_status(st, n)["pid"]) for n in st.nodes}
+    pids = {**{f"agent {n}": p for n, p in agents.items()}, **{f"etcd {m}": p for m, p in st.etcd_pids.items()}}
+    return st, sites, agents, pids
+
+
+def sampled(pids: dict[str, int], seconds: float) -> dict[str, Any]:
+    """CPU and memory of `pids` over `seconds` from now."""
+    b0, t0 = samples(pids), time.monotonic()
+    time.sleep(seconds)
+    return usage(b0, samples(pids), time.monotonic() - t0)
+
+
 def churn(tmp: Path, size: int, seconds: float, rest: float, settle: float) -> dict[str, Any]:
     """`size` nodes with agents; at rest for `rest` s, then one `lab add-node` a second (back to
     back when a command takes longer: lab commands of one lab must not overlap) for `seconds`,
@@ -551,17 +571,10 @@ def churn(tmp: Path, size: int, seconds: float, rest: float, settle: float) -> d
     `settle` s and another `rest` s to see whether CPU and memory come back."""
     lab = generated_mesh(tmp, size)
     with running(lab, "--agents"):
-        st = state(lab.tag)
-        sites = {n: agent_config(st, n)["record"]["site"] for n in st.nodes}
-        time.sleep(5)
-        wait(lambda: converged(lab, tuple(st.nodes), dict(sites)), 120, "agents converged", interval=1.0)
-        agents = {n: int(labs.agent_status(st, n)["pid"]) for n in st.nodes}
-        pids = {**{f"agent {n}": p for n, p in agents.items()}, **{f"etcd {m}": p for m, p in st.etcd_pids.items()}}
+        st, sites, agents, pids = settled_lab(lab)
 
         log(f"churn: {size} nodes at rest for {rest:.0f} s")
-        b0, t0 = samples(pids), time.monotonic()
-        time.sleep(rest)
-        at_rest_ = usage(b0, samples(pids), time.monotonic() - t0)
+        at_rest_ = sampled(pids, rest)
 
         log(f"churn: one join a second for {seconds:.0f} s (a remove after each join past {CHURN_KEEP})")
         peaks = RssPeaks(pids)
@@ -620,9 +633,7 @@ def churn(tmp: Path, size: int, seconds: float, rest: float, settle: float) -> d
 
         log(f"churn: settling for {settle:.0f} s, then {rest:.0f} s at rest again")
         time.sleep(settle)
-        b1, t1 = samples(pids), time.monotonic()
-        time.sleep(rest)
-        settled = usage(b1, samples(pids), time.monotonic() - t1)
+        settled = sampled(pids, rest)
         st = state(lab.tag)
         restarted = sorted(n for n, p in agents.items() if int(labs.agent_status(st, n).get("pid", 0)) != p)
 
@@ -704,24 +715,14 @@ def churn_records(tmp: Path, size: int, seconds: float, rest: float, keep: int =
     from crossmesh.agent import records as recs
     from crossmesh.state import keys
 
-    sys.path.insert(0, str(REPO / "tests" / "lab"))
-    from agentkit import etcdctl
-
     lab = generated_mesh(tmp, size)
     with running(lab, "--agents"):
-        st = state(lab.tag)
-        sites = {n: agent_config(st, n)["record"]["site"] for n in st.nodes}
-        time.sleep(5)
-        wait(lambda: converged(lab, tuple(st.nodes), dict(sites)), 120, "agents converged", interval=1.0)
-        agents = {n: int(labs.agent_status(st, n)["pid"]) for n in st.nodes}
-        pids = {**{f"agent {n}": p for n, p in agents.items()}, **{f"etcd {m}": p for m, p in st.etcd_pids.items()}}
+        st, sites, agents, pids = settled_lab(lab)
         prefix = agent_config(st, next(iter(st.nodes)))["prefix"]
         devices = {d["node"]: ifn for ifn, d in st.wireguard.items()}
 
         log(f"churn (records): {size} nodes at rest for {rest:.0f} s")
-        b0, t0 = samples(pids), time.monotonic()
-        time.sleep(rest)
-        at_rest_ = usage(b0, samples(pids), time.monotonic() - t0)
+        at_rest_ = sampled(pids, rest)
 
         log(f"churn (records): one join a second for {seconds:.0f} s, the oldest leaves past {keep}")
         peaks = RssPeaks(pids)
