@@ -720,6 +720,12 @@ def churn_records(tmp: Path, size: int, seconds: float, rest: float, keep: int =
         st, sites, agents, pids = settled_lab(lab)
         prefix = agent_config(st, next(iter(st.nodes)))["prefix"]
         devices = {d["node"]: ifn for ifn, d in st.wireguard.items()}
+        intent_file = labs.intent_path(st)
+        intent = recs.decode_intent(intent_file.read_text())
+
+        def write_intent(nodes: dict[str, recs.PlannedNode]) -> None:
+            intent_file.with_suffix(".tmp").write_text(recs.encode_intent(nodes))
+            intent_file.with_suffix(".tmp").replace(intent_file)
 
         log(f"churn (records): {size} nodes at rest for {rest:.0f} s")
         at_rest_ = sampled(pids, rest)
@@ -742,6 +748,12 @@ def churn_records(tmp: Path, size: int, seconds: float, rest: float, keep: int =
                 address=f"10.{k % len(SITES)}.3.{k}", pod_cidr=f"10.250.{k}.0/24", tunnel_address=f"100.64.1.{k}",
                 listen_port=51820, endpoint=f"{public}.{50 + k}:51820",
             )  # fmt: skip
+            # A real join is in the mesh the agents hold records to (the lab's intent file): so is this one.
+            intent[rec.name] = recs.PlannedNode(
+                name=rec.name, cluster=rec.cluster, site=site, address=rec.address, pod_cidr=rec.pod_cidr,
+                tunnel_address=rec.tunnel_address, listen_port=51820, public_address=f"{public}.{50 + k}",
+            )  # fmt: skip
+            write_intent(intent)
             issued = time.monotonic()
             done = etcdctl(lab.tag, "put", prefix + rec.name, rec.encode().decode())
             if done.returncode != 0:

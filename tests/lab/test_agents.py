@@ -42,6 +42,7 @@ from labkit import Lab, copy_example, crossmesh
 
 from crossmesh.drivers import etcd
 from crossmesh.drivers.lab import lab as labs
+from crossmesh.drivers.lab import wireguard
 from crossmesh.state import keys as wgkeys
 
 TTL = 2
@@ -289,47 +290,91 @@ def test_all_etcd_stopped(lab: Lab) -> None:
     assert traffic(st)
 
 
+def devices(st: labs.LabState) -> dict[str, object]:
+    """What the data plane holds: every device's peers (key → endpoint, allowed IPs) and every
+    node's agent routes."""
+    out: dict[str, object] = {}
+    for node in NODES:
+        dump = wireguard.dump(ifname(st, node))
+        assert dump is not None
+        conf = wireguard.parse_dump(dump)[0]
+        out[node] = (
+            {k: (p.endpoint, p.allowed_ips) for k, p in conf.peers.items()},
+            sorted(agent_routes(st.nodes[node])),
+        )
+    return out
+
+
 def test_bad_records_rejected(lab: Lab) -> None:
+    """Hostile records put straight into etcd (issue 18): the three that hijacked a lab before —
+    an endpoint smuggling a [Peer] section with another node's key and AllowedIPs 0.0.0.0/0, a pod
+    CIDR of 128.0.0.0/1 under a real node's key, listen_port null under a key that sorts first —
+    and a malformed key, a node the mesh does not have, a copy of a real node's public key. No
+    device or route changes at any moment; each is rejected with its reason in `lab status`."""
     st = state(lab.tag)
     prefix = agent_config(st, NODES[0])["prefix"]
     azure = agent_config(st, "azure-talos-1")["record"]
+    gcp = agent_config(st, "gcp-talos-1")["record"]
+    gcp_key = public_key(st, "gcp-talos-1")
+    fresh = wgkeys.public_key(wgkeys.generate_private_key())
     # Names that sort before every real node: a rule "first name wins" would let them in.
-    bad_key = {**azure, "name": "aaa-bad-key", "public_key": "not-a-wireguard-key"}
-    bad_key.update(pod_cidr="10.11.200.0/24", tunnel_address="100.64.0.200", address="10.1.1.200")
-    bad_key["endpoint"] = "203.0.113.200:51820"
-    intruder = {**azure, "name": "aaa-intruder", "public_key": wgkeys.public_key(wgkeys.generate_private_key())}
-    intruder.update(tunnel_address="100.64.0.201", address="10.1.1.201", endpoint="203.0.113.201:51820")
-    assert intruder["pod_cidr"] == azure["pod_cidr"]  # overlaps azure-talos-1's pod CIDR
+    hostile = {
+        "aaa-bad-key": {**azure, "name": "aaa-bad-key", "public_key": "not-a-wireguard-key"},
+        "aaa-intruder": {**azure, "name": "aaa-intruder", "public_key": fresh, "endpoint": "203.0.113.201:51820"},
+        "aaa-hijack": {
+            **azure,
+            "name": "aaa-hijack",
+            "public_key": fresh,
+            "endpoint": f"203.0.113.66:51820\n\n[Peer]\nPublicKey = {gcp_key}\nAllowedIPs = 0.0.0.0/0",
+        },
+        "aaa": {**azure, "name": "aaa", "listen_port": None},
+        "aaa-copy": {**azure, "name": "aaa-copy", "public_key": gcp_key},
+    }
+    reasons = {  # (start, end) of each reason
+        "aaa-bad-key": ("public key 'not-a-wireguard-key' is not a 32-byte base64 WireGuard key", ""),
+        "aaa-intruder": ("node aaa-intruder is not in the mesh", ""),
+        "aaa-hijack": ("endpoint '203.0.113.66:51820\\n\\n[Peer]\\nPublicKey = ", " is not IPv4-address:port"),
+        "aaa": ("listen_port is None, not an integer", ""),
+        "aaa-copy": ("node aaa-copy is not in the mesh", ""),
+    }
+    before = devices(st)
     try:
-        for rec in (bad_key, intruder):
-            done = etcdctl(lab.tag, "put", prefix + rec["name"], json.dumps(rec, sort_keys=True))
+        for name, rec in hostile.items():
+            done = etcdctl(lab.tag, "put", prefix + name, json.dumps(rec, sort_keys=True))
             assert done.returncode == 0, done.stderr
+        # A real node's key overwritten with a pod CIDR covering every peer's endpoint: the peers
+        # keep its last good record, and its agent puts its own record back.
+        done = etcdctl(lab.tag, "put", prefix + "gcp-talos-1", json.dumps({**gcp, "pod_cidr": "128.0.0.0/1"}))
+        assert done.returncode == 0, done.stderr
         t0 = time.monotonic()
 
         def rejected() -> bool:
-            """every agent rejects both records"""
-            return all(
-                {"aaa-bad-key", "aaa-intruder"} <= set(labs.agent_status(st, n).get("rejected", {})) for n in NODES
-            )
+            """every agent rejects every hostile record"""
+            return all(set(hostile) <= set(labs.agent_status(st, n).get("rejected", {})) for n in NODES)
 
         until(rejected, 10)
-        print(f"\n[agents] bad records rejected by every agent within {time.monotonic() - t0:.2f} s")
+        print(f"\n[agents] hostile records rejected by every agent within {time.monotonic() - t0:.2f} s")
+        for _ in range(20):  # the data plane never moved, at any moment
+            assert devices(st) == before, "a hostile record changed a device or a route"
+            time.sleep(0.1)
+        assert json.loads(etcd_dump(lab.tag)[prefix + "gcp-talos-1"])["pod_cidr"] == gcp["pod_cidr"]
         status = lab_status(lab.mesh)
         for a in status["agents"]:
-            assert set(a["rejected"]) == {"aaa-bad-key", "aaa-intruder"}, a
-            assert "public key" in a["rejected"]["aaa-bad-key"], a["rejected"]
-            assert azure["pod_cidr"] in a["rejected"]["aaa-intruder"], a["rejected"]
+            got = {k: v for k, v in a["rejected"].items() if k in hostile}
+            assert set(got) == set(reasons), got
+            assert all(v.startswith(reasons[k][0]) and v.endswith(reasons[k][1]) for k, v in got.items()), got
             log = (st.dir / "logs" / f"agent-{a['node']}.log").read_text()
             assert "rejected record of aaa-bad-key: public key" in log
-            assert "rejected record of aaa-intruder:" in log
+            if a["node"] != "gcp-talos-1":
+                assert "rejected record of gcp-talos-1: pod_cidr '128.0.0.0/1' is not the mesh's" in log
         assert converged(lab), "a bad record changed the peers"
-        for n in NODES:
-            assert len(agent_routes(st.nodes[n])) == 6
+        assert all(a["running"] and a["etcd"] for a in status["agents"]), status["agents"]
         code, report = lab.test("--test", "cross-cluster")
         assert code == 0, [c["name"] for c in report["checks"] if not c["passed"]]  # type: ignore[attr-defined]
     finally:
-        etcdctl(lab.tag, "del", prefix + "aaa-", "--prefix")
+        etcdctl(lab.tag, "del", prefix + "aaa", "--prefix")
     until(lambda: all(not labs.agent_status(st, n).get("rejected") for n in NODES), 5)
+    assert devices(st) == before
 
 
 def test_rotate_keys_under_udp_stream(lab: Lab) -> None:

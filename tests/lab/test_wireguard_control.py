@@ -71,7 +71,7 @@ def test_reconcile_matches_wg(device: str, path: str, monkeypatch: pytest.Monkey
         monkeypatch.setattr(wireguard, "SOCKET_DIR", tmp_path / "no-sockets")
     private = keys.generate_private_key()
     ps = peers()
-    changes = wireguard.reconcile(device, conf(private, ps[:3]))
+    changes = wireguard.reconcile(device, wireguard.parse_setconf(conf(private, ps[:3])))
     assert changes == [f"{device}: configured (3 peers)"]
     same_view()
     want = wireguard.parse_setconf(conf(private, ps[:3]))
@@ -79,18 +79,20 @@ def test_reconcile_matches_wg(device: str, path: str, monkeypatch: pytest.Monkey
     assert wg_dump(device)[0].private_key == private
 
     # Again: nothing to do.
-    assert wireguard.reconcile(device, conf(private, ps[:3])) == []
+    assert wireguard.reconcile(device, wireguard.parse_setconf(conf(private, ps[:3]))) == []
 
     # One peer added, one removed, one moved to new allowed IPs: only those change, in one go.
     moved = (ps[1][0], ps[1][1], ["100.64.0.3/32", "10.240.2.0/24"], 0)
-    changes = wireguard.reconcile(device, conf(private, [ps[0], moved, ps[3]]))
+    changes = wireguard.reconcile(device, wireguard.parse_setconf(conf(private, [ps[0], moved, ps[3]])))
     assert sorted(c.split(": ", 1)[1].split("… ")[1] for c in changes) == ["added", "removed", "updated"]
     assert wg_dump(device)[0].peers == wireguard.parse_setconf(conf(private, [ps[0], moved, ps[3]])).peers
     same_view()
 
     # A rotated key replaces the key alone; the peers stay.
     rotated = keys.generate_private_key()
-    assert wireguard.reconcile(device, conf(rotated, [ps[0], moved, ps[3]])) == [f"{device}: private key replaced"]
+    assert wireguard.reconcile(device, wireguard.parse_setconf(conf(rotated, [ps[0], moved, ps[3]]))) == [
+        f"{device}: private key replaced"
+    ]
     current = wg_dump(device)[0]
     assert current.private_key == rotated and len(current.peers) == 3
     same_view()

@@ -13,21 +13,19 @@ from hypothesis import strategies as st
 
 from crossmesh.agent import records
 
-KEY = "x" * 43 + "="  # not checked by accept
-
 
 def reference(
     own: records.NodeRecord, recs: dict[str, records.NodeRecord], created: dict[str, int]
 ) -> tuple[list[str], dict[str, set[str]]]:
     """Every candidate network against every network taken so far: O(n²), obviously right.
     A rejected record maps to every node it clashes with (the message names one of them)."""
-    taken = [(IPv4Network(own.pod_cidr), own.name), (IPv4Network(f"{own.tunnel_address}/32"), own.name)]
+    taken = [(n, own.name) for n in claims(own)]
     ok: list[str] = []
     rejected: dict[str, set[str]] = {}
     for name in sorted(recs, key=lambda n: (created.get(n, 0), n)):
         if name == own.name:
             continue
-        nets = [IPv4Network(recs[name].pod_cidr), IPv4Network(f"{recs[name].tunnel_address}/32")]
+        nets = claims(recs[name])
         clashes = {who for n in nets for t, who in taken if n.overlaps(t)}
         if clashes:
             rejected[name] = clashes
@@ -37,14 +35,19 @@ def reference(
     return ok, rejected
 
 
+def claims(rec: records.NodeRecord) -> list[IPv4Network]:
+    return [IPv4Network(a, strict=False) for a in (rec.pod_cidr, rec.tunnel_address, rec.address)]
+
+
 def record(name: str, cidr: tuple[int, int], tunnel: int) -> records.NodeRecord:
+    """Node addresses from 10.0.0.0/21 too, so they clash with pod CIDRs and tunnel addresses."""
     third, prefix = cidr
     return records.NodeRecord(
         name=name,
         cluster="c",
         site="s",
-        public_key=KEY,
-        address="192.0.2.1",
+        public_key=f"{name:x>43}=",
+        address=f"10.0.{(tunnel * 7 + 3) % 2048 // 256}.{(tunnel * 7 + 3) % 256}",
         pod_cidr=str(IPv4Network(f"10.0.{third}.0/{prefix}", strict=False)),
         tunnel_address=f"10.0.{tunnel // 256}.{tunnel % 256}",
         listen_port=51820,

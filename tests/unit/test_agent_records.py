@@ -6,7 +6,9 @@ from crossmesh.agent.records import NodeRecord, accept
 
 
 def rec(name: str, pod_cidr: str, tunnel: str) -> NodeRecord:
-    return NodeRecord(name, "c", "s", "k", "10.0.0.1", pod_cidr, tunnel, 51820, None)
+    """Distinct node address and key per name: only the pod CIDR and tunnel address may clash."""
+    n = sum(name.encode()) % 250 + 1
+    return NodeRecord(name, "c", "s", name, f"10.0.0.{n}", pod_cidr, tunnel, 51820, None)
 
 
 OWN = rec("own", "10.10.0.0/24", "100.64.0.1")

@@ -50,6 +50,8 @@ POKE_LATER = 0.5
 POKE_LATER_JOIN = 2.0
 ROTATION_WINDOW = 2.0
 FULL_CHECK = 10.0  # seconds between reads of the device settings and routes back from the kernel
+MAX_KEYS = 2 * records.MAX_RECORDS  # keys under the prefix the agent holds at all (etcd may hold more)
+STATUS_REJECTED = 100  # rejected records named in the status file (the total is counted)
 STATUS_EVERY = 5.0  # seconds between status writes when nothing happens (sixty agents share two CPUs)
 
 
@@ -112,9 +114,22 @@ class Agent:
         self.events: collections.deque[float] = collections.deque(maxlen=4)  # when the last watch events came
         self.rotated_at = -ROTATION_WINDOW
         self.own = records.NodeRecord(**{**cfg["record"], "public_key": wgkeys.public_key(self.private)})
-        self.records: dict[str, records.NodeRecord] = {}
+        # What the mesh plans for every node: a record may change only its key and endpoint. Inline
+        # (`crossmesh agent` compiles the mesh) or a file the lab rewrites on membership changes.
+        self.intent_path = Path(cfg["intentPath"]) if cfg.get("intentPath") else None
+        self.intent_seen: tuple[int, int] | None = None
+        self.intent: dict[str, records.PlannedNode] = {}
+        if self.intent_path is None:
+            self.intent = {n: records.PlannedNode(**p) for n, p in cfg["intent"].items()}
+        else:
+            self._reload_intent()
+        why = records.bind(self.own, self.intent)
+        if why is not None:
+            raise SystemExit(f"this node's own record does not match the mesh: {why}")
+        self.latest: dict[str, bytes] = {}  # each key's value as etcd last delivered it
+        self.records: dict[str, records.NodeRecord] = {}  # the good record of each node
         self.rejected: dict[str, str] = {}
-        self.bad: dict[str, str] = {}  # records that do not even decode
+        self.bad: dict[str, str] = {}  # records refused on their own (malformed, not the mesh's)
         self.created: dict[str, int] = {}  # etcd create revision of each record: older wins an overlap
         self.own_created = 0  # and of our own
         self.announced = False  # whether peers can know our current public key (it is in etcd)
@@ -255,49 +270,88 @@ class Agent:
             self.events.append(time.monotonic())
             name = ev.kv.key[len(self.prefix) :].decode(errors="replace")
             if name == self.node:
-                if str(ev.kind).endswith("DELETE"):
-                    self.put_needed.set()  # someone deleted us: publish again
-                else:
+                if str(ev.kind).endswith("DELETE") or (ev.kv.value != self.own.encode() and self.announced):
+                    self.put_needed.set()  # someone deleted or overwrote us: publish again
+                if not str(ev.kind).endswith("DELETE"):
                     self.own_created = ev.kv.create_revision
                 continue
             if str(ev.kind).endswith("DELETE"):
                 self.records.pop(name, None)
+                self.latest.pop(name, None)
                 self.bad.pop(name, None)
                 self.created.pop(name, None)
-                log(f"node {name} left")
+                log(f"node {_safe(name)} left")
             else:
                 self.created[name] = ev.kv.create_revision
                 self._take(name, ev.kv.value)
             self.dirty.set()
 
     def load(self, items: list[tuple[bytes, bytes, int]]) -> None:
-        self.records, self.bad, self.created = {}, {}, {}
-        self.announced = False
-        for k, v, created in items:
+        """A full read of the prefix: the record set is swapped for it only once every record has
+        been taken (a read that fails halfway leaves the last one in place)."""
+        self._reload_intent()
+        latest, created, announced = {}, {}, False
+        if len(items) > MAX_KEYS:
+            log(f"{len(items)} keys under {self.prefix.decode()}: only the {MAX_KEYS} oldest are read")
+            items = sorted(items, key=lambda kv: kv[2])[:MAX_KEYS]
+        for k, v, rev in items:
             name = k[len(self.prefix) :].decode(errors="replace")
             if name == self.node:
-                self.own_created = created
+                self.own_created = rev
                 with contextlib.suppress(records.RecordError):
                     # Our record, left by the agent before this one: peers know this key already.
-                    self.announced = records.decode(v).public_key == self.own.public_key
+                    announced = records.decode(v).public_key == self.own.public_key
             else:
-                self.created[name] = created
-                self._take(name, v)
+                created[name], latest[name] = rev, v
+        previous = self.records
+        self.records, self.bad = {}, {}
+        for name, raw in latest.items():
+            self._take(name, raw, previous.get(name))
+        self.latest, self.created, self.announced = latest, created, announced
         self.dirty.set()
 
-    def _take(self, name: str, raw: bytes) -> None:
-        try:
-            rec = records.decode(raw)
-            if rec.name != name:
-                raise records.RecordError(f"record names {rec.name!r} under the key of {name!r}")
-        except records.RecordError as err:
-            if self.bad.get(name) != str(err):
-                log(f"rejected record of {name}: {err}")
-            self.bad[name] = str(err)
-            self.records.pop(name, None)
+    def _take(self, name: str, raw: bytes, previous: records.NodeRecord | None = None) -> None:
+        if name not in self.latest and len(self.latest) >= MAX_KEYS:
+            self.bad["(past the limit)"] = f"more than {MAX_KEYS} keys under the prefix: the newest are ignored"
             return
-        self.bad.pop(name, None)
-        self.records[name] = rec
+        self.latest[name] = raw
+        rec, why = records.take(name, raw, self.intent, previous or self.records.get(name))
+        if why is not None and name not in self.intent and self._reload_intent():
+            rec, why = records.take(name, raw, self.intent, previous or self.records.get(name))
+        if why is not None:
+            if self.bad.get(name) != why:
+                log(f"rejected record of {_safe(name)}: {why}")
+            self.bad[name] = why
+        else:
+            self.bad.pop(name, None)
+        if rec is None:
+            self.records.pop(name, None)
+        else:
+            self.records[name] = rec
+
+    def _reload_intent(self) -> bool:
+        """Read the intent file again if it changed since the last read (the lab rewrites it before
+        a node joins or after one leaves); every record is then judged again. Whether it changed."""
+        if self.intent_path is None:
+            return False
+        try:
+            st = self.intent_path.stat()
+            seen = (st.st_mtime_ns, st.st_size)
+            if seen == self.intent_seen:
+                return False
+            intent = records.decode_intent(self.intent_path.read_text())
+        except (OSError, ValueError) as err:
+            if self.intent_seen is None:
+                raise SystemExit(f"cannot read the mesh intent {self.intent_path}: {err}") from None
+            log(f"cannot read the mesh intent {self.intent_path}: {err}; keeping the last one")
+            return False
+        first, self.intent_seen, self.intent = self.intent_seen is None, seen, intent
+        if not first:
+            log(f"mesh intent reloaded: {len(intent)} nodes")
+            for name, raw in list(self.latest.items()):
+                self._take(name, raw)
+            self.dirty.set()
+        return True
 
     # --- applying -----------------------------------------------------------------------------
     async def apply_loop(self) -> None:
@@ -328,12 +382,16 @@ class Agent:
                 log(f"rejected record of {name}: {why}")
         self.rejected = {**rejected, **self.bad}
         peers = records.desired_peers(self.own, ok, self.keepalive)
-        text = records.setconf(self.private, self.own.listen_port, peers)
+        desired = wireguard.DeviceConf(
+            self.private,
+            self.own.listen_port,
+            {p.public_key: wireguard.PeerConf(p.public_key, p.endpoint, p.allowed_ips, p.keepalive) for p in peers},
+        )
         # Device settings and routes are read back from the kernel on a (re)start and every
         # FULL_CHECK seconds; in between, a change applies the difference from the last apply.
         full = self.applied_private is None or time.monotonic() >= self.full_due
         t1 = time.monotonic()
-        changes = wireguard.reconcile(self.ifname, text)
+        changes = wireguard.reconcile(self.ifname, desired)
         t2 = time.monotonic()
         changes += self._device() if full else []
         t3 = time.monotonic()
@@ -497,6 +555,7 @@ class Agent:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.rotate.wait(), 0.5)
+            self._reload_intent()
             if self.rotate.is_set():
                 self.rotate.clear()
                 self.rotate_key()
@@ -544,7 +603,8 @@ class Agent:
             "lastReconcileMs": round(self.last_reconcile_ms, 2),
             "reconciles": self.reconciles,
             "records": len(self.records),
-            "rejected": self.rejected,
+            "rejected": dict(sorted(self.rejected.items())[:STATUS_REJECTED]),
+            "rejectedTotal": len(self.rejected),
             "wireguardRestarts": self.wg_restarts,
             "keyVersion": self.own.version,
             "updated": time.time(),
@@ -562,6 +622,12 @@ class Agent:
                 tmp.replace(self.status_path)
             except OSError as err:  # a full or vanished state directory must not stop the agent
                 log(f"cannot write status: {err}")
+
+
+def _safe(name: str) -> str:
+    """A node name from an etcd key, fit for one log line (keys are anyone's bytes)."""
+    text = name if name.isprintable() else repr(name)
+    return text if len(text) <= 64 else text[:61] + "..."
 
 
 def main(argv: list[str]) -> int:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
+from typing import Any, TypeVar
 
-from crossmesh.model.plan import NodePlan
+from crossmesh.model.plan import NodePlan, Plan
 from crossmesh.state.keys import is_valid_key
+
+_IP = TypeVar("_IP", IPv4Address, IPv4Network)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,23 +66,188 @@ class RecordError(ValueError):
     """A record that cannot be applied; the message says why."""
 
 
+RECORD_MAX_BYTES = 4096  # a record is ~400 bytes; anything much larger is not one
+MAX_RECORDS = 10_000  # the documented node limit of a mesh: records past it are refused, newest first
+ROUTES_PER_PEER = 3  # tunnel address, node address, pod CIDR: at most 30,000 agent routes
+
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "cluster": (str,),
+    "site": (str,),
+    "public_key": (str,),
+    "address": (str,),
+    "pod_cidr": (str,),
+    "tunnel_address": (str,),
+    "listen_port": (int,),
+    "endpoint": (str, type(None)),
+    "version": (int,),
+}
+_DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_ENDPOINT = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})")
+
+
 def decode(raw: bytes) -> NodeRecord:
+    """A record as etcd holds it → a NodeRecord whose every field is what it claims to be, or
+    RecordError. Total: nothing a record holds raises anything else (the agent decodes records
+    anyone with write access to etcd may have put there)."""
+    if len(raw) > RECORD_MAX_BYTES:
+        raise RecordError(f"{len(raw)} bytes: over the {RECORD_MAX_BYTES}-byte cap of a node record")
     try:
-        data: dict[str, Any] = json.loads(raw)
-        rec = NodeRecord(**data)
-    except (ValueError, TypeError) as err:
-        raise RecordError(f"not a node record: {err}") from err
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise RecordError(f"not JSON: {str(err)[:80]}") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"not a node record: a JSON {type(data).__name__}, not an object")
+    missing, unknown = sorted(set(_FIELDS) - set(data)), sorted(set(data) - set(_FIELDS))
+    if missing or unknown:
+        what = [f"missing {', '.join(missing)}"] if missing else []
+        what += [f"unknown {', '.join(repr(k[:40]) for k in unknown[:5])}"] if unknown else []
+        raise RecordError(f"not a node record: {'; '.join(what)}")
+    for name, types in _FIELDS.items():
+        value = data[name]
+        if type(value) not in types:  # exact: JSON true is not the integer 1
+            want = " or ".join("null" if t is type(None) else {str: "a string", int: "an integer"}[t] for t in types)
+            raise RecordError(f"{name} is {_shown(value)}, not {want}")
+    rec = NodeRecord(**data)
+    for name in ("name", "cluster", "site"):
+        value = getattr(rec, name)
+        if len(value) > 63 or not _DNS1123.fullmatch(value):
+            raise RecordError(f"{name} {_shown(value)} is not a DNS-1123 label")
     if not is_valid_key(rec.public_key):
-        raise RecordError(f"public key {rec.public_key[:12]!r}… is not a 32-byte base64 WireGuard key")
-    try:
-        IPv4Address(rec.address)
-        IPv4Address(rec.tunnel_address)
-        IPv4Network(rec.pod_cidr)
-    except ValueError as err:
-        raise RecordError(f"bad address in record: {err}") from err
+        raise RecordError(f"public key {_shown(rec.public_key)} is not a 32-byte base64 WireGuard key")
+    for name in ("address", "tunnel_address"):
+        _canonical(name, getattr(rec, name), IPv4Address)
+    _canonical("pod_cidr", rec.pod_cidr, IPv4Network)
     if not 1 <= rec.listen_port <= 65535:
-        raise RecordError(f"listen port {rec.listen_port} out of range")
+        raise RecordError(f"listen port {rec.listen_port} out of range 1..65535")
+    if not 1 <= rec.version <= 2**53:
+        raise RecordError(f"version {rec.version} out of range")
+    if rec.endpoint is not None:
+        parse_endpoint(rec.endpoint)
     return rec
+
+
+def parse_endpoint(text: str) -> tuple[IPv4Address, int]:
+    """`a.b.c.d:port` with an address WireGuard can send to; RecordError otherwise."""
+    m = _ENDPOINT.fullmatch(text) if len(text) <= 21 else None
+    if m is None:
+        raise RecordError(f"endpoint {_shown(text)} is not IPv4-address:port")
+    address = _canonical("endpoint", m.group(1), IPv4Address)
+    port = int(m.group(2))
+    if not 1 <= port <= 65535:
+        raise RecordError(f"endpoint port {port} out of range 1..65535")
+    if address.is_unspecified or address.is_loopback or address.is_multicast or address.is_link_local:
+        raise RecordError(f"endpoint {text} is not an address a peer can be reached at")
+    if address.is_reserved:  # 240.0.0.0/4 and the broadcast address
+        raise RecordError(f"endpoint {text} is in reserved space")
+    return address, port
+
+
+def _canonical(name: str, text: str, kind: type[_IP]) -> _IP:
+    """The address or network `text` names, written the one way Python writes it back (no
+    leading zeros, spaces or host bits: what the agent compares is what it applies)."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise RecordError(f"{name} {_shown(text)} is not an IPv4 {kind.__name__[4:].lower()}") from None
+    if str(value) != text:
+        raise RecordError(f"{name} {_shown(text)} is not written as {value}")
+    return value
+
+
+def _shown(value: object) -> str:
+    """A value from a record, quoted and cut short for a log line (newlines and all escaped)."""
+    text = repr(value)
+    return text if len(text) <= 48 else text[:45] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedNode:
+    """What the mesh says of a node that runs an agent: a record must agree with it on all but
+    its public key, endpoint and version."""
+
+    name: str
+    cluster: str
+    site: str
+    address: str
+    pod_cidr: str
+    tunnel_address: str
+    listen_port: int
+    public_address: str | None
+
+
+BOUND_FIELDS = ("cluster", "site", "address", "pod_cidr", "tunnel_address", "listen_port")
+
+
+def intent_of(plan: Plan) -> dict[str, PlannedNode]:
+    """The nodes of the plan that run agents, as records must match them."""
+    out = {}
+    for node in plan.nodes:
+        if node.tunnel is None:
+            continue
+        out[node.name] = PlannedNode(
+            name=node.name,
+            cluster=node.cluster,
+            site=node.site,
+            address=str(node.address),
+            pod_cidr=str(node.pod_cidr),
+            tunnel_address=str(node.tunnel.address),
+            listen_port=node.tunnel.listen_port,
+            public_address=None if node.public_address is None else str(node.public_address),
+        )
+    return out
+
+
+def encode_intent(intent: dict[str, PlannedNode]) -> str:
+    return json.dumps({name: asdict(p) for name, p in sorted(intent.items())}, indent=0, sort_keys=True)
+
+
+def decode_intent(text: str) -> dict[str, PlannedNode]:
+    """The intent file the lab (or `crossmesh agent`) wrote; ValueError when it is not one."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("the mesh intent is not a JSON object")
+    try:
+        out = {name: PlannedNode(**fields) for name, fields in data.items()}
+    except TypeError as err:
+        raise ValueError(f"the mesh intent is malformed: {err}") from None
+    if any(p.name != name for name, p in out.items()):
+        raise ValueError("the mesh intent names a node under another node's key")
+    return out
+
+
+def bind(rec: NodeRecord, intent: dict[str, PlannedNode]) -> str | None:
+    """Why `rec` is not a record of the mesh, or None: a record may carry only a planned node's
+    name with that node's planned cluster, site, addresses, pod CIDR and port."""
+    planned = intent.get(rec.name)
+    if planned is None:
+        return f"node {rec.name} is not in the mesh"
+    for name in BOUND_FIELDS:
+        got, want = getattr(rec, name), getattr(planned, name)
+        if got != want:
+            return f"{name} {_shown(got)} is not the mesh's {want} (a record may change only its key and endpoint)"
+    if planned.public_address is None and rec.endpoint is not None:
+        return f"endpoint {rec.endpoint}: node {rec.name} is behind NAT in the mesh (no publicAddress)"
+    return None
+
+
+def take(
+    name: str, raw: bytes, intent: dict[str, PlannedNode], previous: NodeRecord | None
+) -> tuple[NodeRecord | None, str | None]:
+    """The record to apply for the key of node `name` after `raw` was put there, and why `raw`
+    was refused (None when it was not). A refused record never replaces the last good record
+    of that node: a bad write to a node's key does not take the node off its peers."""
+    try:
+        rec = decode(raw)
+        if rec.name != name:
+            raise RecordError(f"record names {_shown(rec.name)} under the key of {name!r}")
+        why = bind(rec, intent)
+        if why is not None:
+            raise RecordError(why)
+    except RecordError as err:
+        keep = previous if previous is not None and bind(previous, intent) is None else None
+        return keep, str(err) + ("; keeping its last good record" if keep is not None else "")
+    return rec, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,30 +264,53 @@ def accept(
 ) -> tuple[dict[str, NodeRecord], dict[str, str]]:
     """Records this node can apply, and the rejected ones with their reason.
 
-    Overlaps are resolved by age: `created` is each record's etcd create revision, the same for
-    every agent, and the record published first keeps its addresses — a newcomer cannot take an
-    existing node's pod CIDR, whatever its name. Name order breaks ties (and stands in for
-    missing revisions), so every agent rejects the same record."""
+    Records are taken oldest first: `created` is each record's etcd create revision, the same for
+    every agent, and the record published first keeps what it claims — a newcomer cannot take an
+    existing node's pod CIDR, tunnel or node address, or public key, whatever its name. Name order
+    breaks ties (and stands in for missing revisions), so every agent rejects the same record.
+    Past MAX_RECORDS the newest are refused; an endpoint inside an address the mesh routes
+    through the tunnel (WireGuard's own datagrams would loop into it) is refused."""
     age = created or {}
     taken = _Intervals()
-    taken.add(IPv4Network(own.pod_cidr), own.name)
-    taken.add(IPv4Network(f"{own.tunnel_address}/32"), own.name)
+    for net in _networks(own):
+        taken.add(net, own.name)
+    keys = {own.public_key: own.name}
     ok: dict[str, NodeRecord] = {}
     rejected: dict[str, str] = {}
     for name in sorted(records, key=lambda n: (age.get(n, 0), n)):
         rec = records[name]
         if name == own.name:
             continue
-        nets = [IPv4Network(rec.pod_cidr), IPv4Network(f"{rec.tunnel_address}/32")]
+        if len(ok) >= MAX_RECORDS:
+            rejected[name] = f"more than {MAX_RECORDS} node records (the limit of a mesh): the newest are refused"
+            continue
+        nets = _networks(rec)
         clash = next(((n, hit) for n in nets if (hit := taken.overlap(n)) is not None), None)
         if clash is not None:
             net, (other, who) = clash
             rejected[name] = f"{net} overlaps node {who}'s {other}"
             continue
+        if rec.public_key in keys:
+            rejected[name] = f"public key {rec.public_key[:8]}… is node {keys[rec.public_key]}'s"
+            continue
         for n in nets:
             taken.add(n, name)
+        keys[rec.public_key] = name
         ok[name] = rec
+    for name, rec in list(ok.items()):
+        if rec.endpoint is None:
+            continue
+        host = IPv4Network(rec.endpoint.rsplit(":", 1)[0])
+        hit = taken.overlap(host)
+        if hit is not None:
+            del ok[name]
+            rejected[name] = f"endpoint {rec.endpoint} is inside node {hit[1]}'s {hit[0]}, routed through the tunnel"
     return ok, rejected
+
+
+def _networks(rec: NodeRecord) -> list[IPv4Network]:
+    """What a record claims: its pod CIDR, its tunnel address and its node address."""
+    return [IPv4Network(rec.pod_cidr), IPv4Network(f"{rec.tunnel_address}/32"), IPv4Network(f"{rec.address}/32")]
 
 
 class _Intervals:
@@ -167,15 +358,3 @@ def desired_peers(own: NodeRecord, records: dict[str, NodeRecord], keepalive: in
             )
         )
     return out
-
-
-def setconf(private_key: str, listen_port: int, peers: list[DesiredPeer]) -> str:
-    """The `wg setconf` form of the desired device."""
-    lines = ["[Interface]", f"PrivateKey = {private_key}", f"ListenPort = {listen_port}"]
-    for p in peers:
-        lines += ["", "[Peer]", f"PublicKey = {p.public_key}", f"AllowedIPs = {', '.join(p.allowed_ips)}"]
-        if p.endpoint:
-            lines.append(f"Endpoint = {p.endpoint}")
-        if p.keepalive:
-            lines.append(f"PersistentKeepalive = {p.keepalive}")
-    return "\n".join(lines) + "\n"

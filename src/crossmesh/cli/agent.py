@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,9 @@ def agent(
         "status": str(compiled.store.root / f"agent-{node}.status.json"),
         "wireguardLog": str(compiled.store.root / f"wireguard-{node}.log"),
         "record": records.record_of(planned, compiled.store.public_keys([node])[node]),
+        # Records that do not match what this mesh plans are refused (a node may change only its
+        # key and endpoint): the mesh file is the trusted intent.
+        "intent": {name: asdict(p) for name, p in records.intent_of(compiled.plan).items()},
     }
     if all(tls):
         cfg["tls"] = {"ca": str(cacert), "cert": str(cert), "key": str(key)}

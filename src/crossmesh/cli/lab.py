@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
@@ -154,7 +155,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 f"{a['lastReconcileAge']} s ago" if a["lastReconcileAge"] is not None else "-",
                 f"{a['lastReconcileMs']} ms" if a["lastReconcileMs"] is not None else "-",
                 str(a["peers"]),
-                ", ".join(f"{k}: {v}" for k, v in a["rejected"].items()) or "-",
+                escape(", ".join(f"{k}: {v}" for k, v in a["rejected"].items())) or "-",  # etcd's text
             )
         out.print(t)
         t = Table(title="etcd", title_justify="left")

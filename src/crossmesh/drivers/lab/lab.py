@@ -353,7 +353,7 @@ def _build(
         if agents:
             continue  # the node's agent configures its device from etcd
         try:
-            changes += wireguard.reconcile(dev.ifname, wireguard.strip(conf))
+            changes += wireguard.reconcile(dev.ifname, wireguard.parse_setconf(wireguard.strip(conf)))
         except RuntimeError as err:
             raise LabError(f"configuring the tunnel of node {dev.node}: {err}") from err
     lap("wireguard")
@@ -487,7 +487,21 @@ def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_na
         "status": str(agent_dir(state) / f"{node.name}.status.json"),
         "wireguardLog": str(state.dir / "logs" / f"{dev.ifname}.log"),
         "record": records.record_of(node, store.public_keys([node.name])[node.name]),
+        "intentPath": str(intent_path(state)),
     }
+
+
+def intent_path(state: LabState) -> Path:
+    return state.dir / "intent.json"
+
+
+def _write_intent(state: LabState, compiled: Compiled) -> None:
+    """What the mesh (with its membership changes) plans for every node, for the agents to hold
+    records to. Written before any agent starts or learns of a joining node; replaced at once."""
+    path = intent_path(state)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(records.encode_intent(records.intent_of(compiled.plan)))
+    tmp.replace(path)
 
 
 def agent_running(state: LabState, node: str) -> bool:
@@ -528,6 +542,7 @@ def _early_agents(state: LabState, topo: LabTopology, compiled: Compiled, joinin
     about half a second to start, as long as the build of a node, and waits for its device."""
     directory = agent_dir(state)
     directory.mkdir(parents=True, exist_ok=True)
+    _write_intent(state, compiled)
     started = {}
     for dev in topo.wireguard:
         path = directory / f"{dev.node}.json"

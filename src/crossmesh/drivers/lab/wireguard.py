@@ -17,7 +17,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import ipaddress
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crossmesh.drivers.lab import netns
+from crossmesh.state.keys import is_valid_key
 
 SOCKET_DIR = Path("/var/run/wireguard")
 
@@ -287,9 +290,10 @@ def stop(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def reconcile(ifname: str, desired_text: str) -> list[str]:
-    """Bring the device to the stripped configuration `desired_text`; returns what changed."""
-    desired = parse_setconf(desired_text)
+def reconcile(ifname: str, desired: DeviceConf) -> list[str]:
+    """Bring the device to `desired`; returns what changed. Every value is checked before it goes
+    to the device (see `_checked`): nothing a value holds can add a line to what is sent."""
+    _checked(desired)
     current_text = dump(ifname)
     if current_text is None:
         raise RuntimeError(f"WireGuard device {ifname} does not answer")
@@ -321,10 +325,42 @@ def reconcile(ifname: str, desired_text: str) -> list[str]:
     return out
 
 
+_ENDPOINT = re.compile(r"\d{1,3}(\.\d{1,3}){3}:\d{1,5}")
+
+
+def _checked(conf: DeviceConf) -> None:
+    """Refuse a configuration with a value that is not what its field says: a key that is not
+    32 bytes of base64, an endpoint that is not address:port, an allowed IP that is not a
+    network, a port or keepalive out of range. The control socket's protocol and `wg setconf`
+    are line-based: a newline in a value would be a line of its own (another peer, another key)."""
+    bad = []
+    if conf.private_key and not is_valid_key(conf.private_key):
+        bad.append("the private key")
+    if not 0 <= conf.listen_port <= 65535:
+        bad.append(f"listen port {conf.listen_port}")
+    for key, p in conf.peers.items():
+        if key != p.public_key or not is_valid_key(key):
+            bad.append(f"peer key {key[:12]!r}")
+            continue
+        if p.endpoint is not None and not _ENDPOINT.fullmatch(p.endpoint):
+            bad.append(f"endpoint {p.endpoint[:40]!r}")
+        if not 0 <= p.keepalive <= 65535:
+            bad.append(f"keepalive {p.keepalive}")
+        for a in p.allowed_ips:
+            try:
+                ipaddress.ip_network(a)
+            except ValueError:
+                bad.append(f"allowed IP {a[:40]!r}")
+    if bad:
+        raise ValueError(f"refusing to configure WireGuard with {', '.join(bad[:5])}")
+
+
 def _set(ifname: str, conf: DeviceConf, *, replace: bool = False, remove: list[str] | tuple[str, ...] = ()) -> None:
     """Set what `conf` holds (a private key, a port, peers; empty fields are left alone) and remove
     the peers `remove`; `replace` drops every peer not in `conf`. Through the control socket of
     wireguard-go when there is one, else with one `wg set`."""
+    removed = {k: PeerConf(k, None, (), 0) for k in remove}
+    _checked(DeviceConf(conf.private_key, conf.listen_port, {**conf.peers, **removed}))
     if (SOCKET_DIR / f"{ifname}.sock").exists():
         lines = ["set=1"]
         if conf.private_key:
