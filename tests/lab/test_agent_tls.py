@@ -160,7 +160,14 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
         status = json.loads((mesh.parent / ".crossmesh" / "agent-a.status.json").read_text())
         assert status["etcd"] == endpoint and status["peers"] == 1
 
-        # Without a client certificate the server refuses the agent: it never connects.
+        # An https:// endpoint without a client certificate would be dialled in plaintext: refused.
+        plain = subprocess.run([*base, "--node", "a"], capture_output=True, text=True, timeout=30)
+        assert plain.returncode == 2 and "Traceback" not in plain.stderr, plain.stderr
+        assert "is https but no client certificate was given" in plain.stderr + plain.stdout
+
+        # A client certificate from another CA: the server refuses the agent, it never connects.
+        rogue_ca = _cert("rogue CA", None, ca=True)
+        rogue_crt, rogue_key = _write(tmp_path / "rogue", *_cert("agent", (rogue_ca[0].subject, rogue_ca[1])))
         lonely = subprocess.Popen(
             [
                 *base,
@@ -172,15 +179,29 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
                 devices["a"],
                 "--state",
                 str(tmp_path / "other-state"),
+                "--cacert",
+                str(ca_crt),
+                "--cert",
+                str(rogue_crt),
+                "--key",
+                str(rogue_key),
             ],
-            stdout=(tmp_path / "agent-plain.log").open("wb"),
+            stdout=(tmp_path / "agent-rogue.log").open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         agents.append(lonely)
-        time.sleep(3)
-        plain = json.loads((tmp_path / "other-state" / "agent-a.status.json").read_text())
-        assert plain["etcd"] is None
+        status_file = tmp_path / "other-state" / "agent-a.status.json"
+        deadline = time.monotonic() + 20
+        while not status_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)
+        rogue = json.loads(status_file.read_text())
+        assert rogue["etcd"] is None, (tmp_path / "agent-rogue.log").read_text()[-2000:]
+        # An agent that never read etcd leaves the device as it found it (its key, its peer).
+        device = wireguard.parse_dump(wireguard.dump(devices["a"]) or "")[0]
+        assert list(device.peers) == [keys["b"].read_text().strip()]
+        assert device.private_key == (mesh.parent / ".crossmesh" / "keys" / "a.key").read_text().strip()
     finally:
         for p in agents:
             with contextlib.suppress(ProcessLookupError):

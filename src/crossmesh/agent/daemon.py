@@ -27,6 +27,7 @@ from dataclasses import replace
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aetcd
 import grpc
@@ -133,6 +134,7 @@ class Agent:
         self.created: dict[str, int] = {}  # etcd create revision of each record: older wins an overlap
         self.own_created = 0  # and of our own
         self.announced = False  # whether peers can know our current public key (it is in etcd)
+        self.synced = False  # whether etcd has been read once: until then the device keeps what it has
         self.connected: str | None = None
         self.lease_refreshed = 0.0
         self.last_reconcile = 0.0
@@ -197,12 +199,13 @@ class Agent:
         last: Exception | None = None
         tls = self.cfg.get("tls")
         for endpoint in self.cfg["etcd"]:
-            host, _, port = endpoint.removeprefix("http://").removeprefix("https://").partition(":")
+            url = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+            host, port = url.hostname or "", url.port or 2379
             client: aetcd.Client
             if tls:
-                client = TlsClient(host, int(port or 2379), ca=tls["ca"], cert=tls["cert"], key=tls["key"])
+                client = TlsClient(host, port, ca=tls["ca"], cert=tls["cert"], key=tls["key"])
             else:
-                client = aetcd.Client(host=host, port=int(port or 2379), timeout=2, connect_wait_timeout=1)
+                client = aetcd.Client(host=host, port=port, timeout=2, connect_wait_timeout=1)
             try:
                 await client.connect()
                 await client.status()
@@ -308,6 +311,7 @@ class Agent:
         for name, raw in latest.items():
             self._take(name, raw, previous.get(name))
         self.latest, self.created, self.announced = latest, created, announced
+        self.synced = True
         self.dirty.set()
 
     def _take(self, name: str, raw: bytes, previous: records.NodeRecord | None = None) -> None:
@@ -373,6 +377,8 @@ class Agent:
             self._apply()
 
     def _apply(self) -> None:
+        if not self.synced:
+            return  # nothing read yet: an agent started while etcd is down must not empty the device
         t0 = time.monotonic()
         # Copies: the event loop changes these while this runs on a thread (a dict copy is atomic
         # under the GIL; iterating the live dict is not).

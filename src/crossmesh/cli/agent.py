@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import typer
 
@@ -28,6 +29,11 @@ def agent(
     lease_ttl: int = typer.Option(10, "--lease-ttl", min=1, max=600, help="etcd lease TTL in seconds"),
     state: Path | None = typer.Option(None, "--state", help="state directory holding this node's private key"),
     namespace: str | None = typer.Option(None, "--netns", help="network namespace of the device (default: host)"),
+    insecure_plaintext: bool = typer.Option(
+        False,
+        "--insecure-plaintext",
+        help="allow http:// endpoints: anyone on the path can read and rewrite node records (tests only)",
+    ),
 ) -> None:
     """Run this node's agent: publish its record under an etcd lease, watch the other nodes and keep
     the WireGuard peers and routes of the device equal to what they publish. Runs until stopped.
@@ -40,6 +46,7 @@ def agent(
     tls = [cacert, cert, key]
     if any(tls) and not all(tls):
         raise UsageError("TLS needs --cacert, --cert and --key together")
+    endpoints = etcd_urls(etcd_endpoints, tls=all(tls), insecure=insecure_plaintext)
     compiled = compile_mesh(mesh, state)
     try:
         planned = compiled.plan.node(node)
@@ -51,7 +58,7 @@ def agent(
         "node": node,
         "namespace": namespace,
         "ifname": interface,
-        "etcd": [e.strip() for e in etcd_endpoints.split(",") if e.strip()],
+        "etcd": endpoints,
         "prefix": f"/crossmesh/{compiled.plan.mesh}/nodes/",
         "ttl": lease_ttl,
         "keepalive": compiled.loaded.mesh.spec.wireguard.persistent_keepalive,
@@ -67,3 +74,39 @@ def agent(
     if all(tls):
         cfg["tls"] = {"ca": str(cacert), "cert": str(cert), "key": str(key)}
     asyncio.run(Agent(cfg).run())
+
+
+def etcd_urls(text: str, *, tls: bool, insecure: bool) -> list[str]:
+    """`--etcd-endpoints` → `scheme://host:port` URLs, refusing what would silently weaken the
+    agent: an https:// endpoint without the TLS flags (it would be dialled in plaintext), http://
+    with them, and http:// at all unless asked for by name."""
+    urls = []
+    for item in (e.strip() for e in text.split(",")):
+        if not item:
+            continue
+        parsed = urlsplit(item if "://" in item else f"//{item}")
+        try:
+            port = parsed.port or 2379
+        except ValueError:
+            port = 0
+        well_formed = parsed.scheme in ("", "http", "https") and parsed.path in ("", "/") and port
+        if not well_formed or not parsed.hostname:
+            raise UsageError(f"--etcd-endpoints: {item!r} is not a URL like https://10.0.0.10:2379")
+        scheme = parsed.scheme or ("https" if tls else "http")
+        if scheme == "https" and not tls:
+            raise UsageError(
+                f"--etcd-endpoints: {item} is https but no client certificate was given — "
+                "add --cacert, --cert and --key"
+            )
+        if scheme == "http" and tls:
+            raise UsageError(f"--etcd-endpoints: {item} is http:// while TLS flags are given — write https://")
+        if scheme == "http" and not insecure:
+            raise UsageError(
+                f"--etcd-endpoints: {item} is plaintext: anyone on the path could read and rewrite node records — "
+                "use https:// with --cacert, --cert and --key (or --insecure-plaintext for a test etcd)"
+            )
+        host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+        urls.append(f"{scheme}://{host}:{port}")
+    if not urls:
+        raise UsageError("--etcd-endpoints names no endpoint")
+    return urls

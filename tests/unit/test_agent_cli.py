@@ -1,0 +1,38 @@
+"""`crossmesh agent --etcd-endpoints`: what would silently weaken the agent is refused by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from crossmesh.cli.agent import etcd_urls
+from crossmesh.errors import UsageError
+
+
+def test_https_endpoints_with_tls() -> None:
+    urls = etcd_urls(" https://10.0.1.10:2379, https://10.1.1.10 ,", tls=True, insecure=False)
+    assert urls == ["https://10.0.1.10:2379", "https://10.1.1.10:2379"]
+    assert etcd_urls("10.0.1.10:2380", tls=True, insecure=False) == ["https://10.0.1.10:2380"]
+    assert etcd_urls("https://[2001:db8::1]:2379", tls=True, insecure=False) == ["https://[2001:db8::1]:2379"]
+
+
+@pytest.mark.parametrize(
+    ("text", "tls", "insecure", "message"),
+    [
+        ("https://10.0.1.10:2379", False, False, "is https but no client certificate was given"),
+        ("http://10.0.1.10:2379", True, False, "is http:// while TLS flags are given"),
+        ("http://10.0.1.10:2379", False, False, "is plaintext"),
+        ("10.0.1.10:2379", False, False, "is plaintext"),
+        ("ftp://10.0.1.10:2379", True, False, "is not a URL"),
+        ("https://10.0.1.10:99999", True, False, "is not a URL"),
+        ("https://10.0.1.10:2379/v3/kv", True, False, "is not a URL"),
+        ("https://:2379", True, False, "is not a URL"),
+        (" , ", True, False, "names no endpoint"),
+    ],
+)
+def test_refused(text: str, tls: bool, insecure: bool, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        etcd_urls(text, tls=tls, insecure=insecure)
+
+
+def test_plaintext_only_when_asked_for_by_name() -> None:
+    assert etcd_urls("http://127.0.0.1:2379", tls=False, insecure=True) == ["http://127.0.0.1:2379"]
