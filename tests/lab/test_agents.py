@@ -377,6 +377,29 @@ def test_bad_records_rejected(lab: Lab) -> None:
     assert devices(st) == before
 
 
+def test_join_and_leave_follow_the_mesh(lab: Lab) -> None:
+    """A node added with `lab add-node` is in the mesh the agents hold records to (the lab's intent
+    file): every other-site agent takes its record; once removed, its record is gone from every
+    device and nobody is left rejecting anything."""
+    st = state(lab.tag)
+    m = ("--mesh", str(lab.mesh))
+    t0 = time.monotonic()
+    crossmesh(
+        "lab", "add-node", *m, "--cluster", "cluster3", "--site", "gcp-ew", "--name", "gcp-talos-7",
+        "--address", "10.2.1.7", "--public-address", "198.51.100.77", check=True,
+    )  # fmt: skip
+    print(f"\n[agents] add-node with the intent reloaded by every agent: {time.monotonic() - t0:.2f} s")
+    st = state(lab.tag)
+    newcomer = public_key(st, "gcp-talos-7")
+    for node in ("aws-talos-1", "azure-talos-1"):
+        assert newcomer in peers(ifname(st, node)), node
+        assert labs.agent_status(st, node).get("rejected") == {}, labs.agent_status(st, node)
+    crossmesh("lab", "remove-node", *m, "gcp-talos-7", check=True)
+    st = state(lab.tag)
+    until(lambda: converged(lab), 10)
+    assert all(labs.agent_status(st, n).get("rejected") == {} for n in NODES)
+
+
 def test_rotate_keys_under_udp_stream(lab: Lab) -> None:
     st = state(lab.tag)
     old = {n: public_key(st, n) for n in NODES}
