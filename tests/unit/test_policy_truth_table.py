@@ -3,7 +3,7 @@
 Each case is one flow against a small fixed mesh (`policy_world`) under the policies of
 that case only, with the verdict the documentation gives and, where it matters, the
 reason. The first block replays ahmetb's NetworkPolicy recipes (the YAML files under
-../shared/reference/netpol-recipes/, loaded through its manifest.json) with the
+tests/reference/netpol-recipes/, loaded through its manifest.json) with the
 behaviour each recipe's "Try it out" section shows; recipe 14's prose says `app=foo`
 still reaches `web`, but its YAML allows only DNS egress, and Kubernetes follows the
 YAML (see the reference's SOURCES.md). The other blocks quote the documentation section
@@ -24,7 +24,7 @@ from policy_world import build, flow
 from crossmesh.policy.evaluator import Reason, Side, Verdict
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = REPO.parent / "shared" / "reference" / "netpol-recipes"
+RECIPES = REPO / "tests" / "reference" / "netpol-recipes"
 
 Policies = tuple[tuple[str, str], ...]
 
@@ -62,8 +62,7 @@ def ccnp(spec: dict[str, Any], *, name: str = "ccnp", cluster: str = "c1") -> Po
 
 def recipe(*files: str) -> Policies:
     """Recipe policies by file name, checked against the recipes' manifest.json index."""
-    if not RECIPES.exists():
-        return ()
+    assert RECIPES.exists(), f"netpol recipes are missing from the repository ({RECIPES})"
     index = {p["file"]: p for r in json.loads((RECIPES / "manifest.json").read_text()) for p in r["policies"]}
     out = []
     for f in files:
@@ -613,8 +612,6 @@ def test_the_table_is_large_enough() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_truth_table(case: Case) -> None:
-    if not case.policies:
-        pytest.skip(f"netpol recipes are absent ({RECIPES})")
     index = build(case.policies)
     verdict = flow(index, case.src, case.dst, case.port, case.http)
     sides = f"egress: {verdict.egress.message} | ingress: {verdict.ingress.message}"

@@ -1,8 +1,6 @@
-"""Rendered files against the upstream definitions kept in ../shared/reference (SPEC §3):
+"""Rendered files against the upstream definitions kept in tests/reference (SPEC §3; copies of
+the files listed in tests/reference/SOURCES.md, with the check-rendered tool in tests/tools):
 Cilium's Helm values schema, Talos's config schema, and `wg-quick strip` for WireGuard files.
-
-The reference directory sits beside the repository (/work/shared/reference when the repo is
-/work/main); without it these tests skip and say why.
 """
 
 from __future__ import annotations
@@ -23,8 +21,8 @@ from typer.testing import CliRunner
 from crossmesh.cli.main import app
 
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE = REPO.parent / "shared" / "reference"
-CHECK_RENDERED = REPO.parent / "shared" / "tools" / "check-rendered"
+REFERENCE = REPO / "tests" / "reference"
+CHECK_RENDERED = REPO / "tests" / "tools" / "check-rendered"
 CILIUM_SCHEMA = REFERENCE / "cilium" / "v1.20.0" / "values.schema.json"
 TALOS_SCHEMA = REFERENCE / "talos" / "v1.13.9" / "config.schema.json"
 
@@ -33,8 +31,7 @@ MESHES |= {f"golden-{p.parent.name}": p for p in sorted((REPO / "tests" / "golde
 
 
 def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"upstream reference {path} is absent (expected beside the repository, see SPEC §3)")
+    assert path.exists(), f"upstream reference {path} is missing from the repository (see tests/reference/SOURCES.md)"
     return path
 
 
@@ -160,8 +157,7 @@ def test_wg_quick_strip_accepts_every_wireguard_file(trees: dict[str, Path]) -> 
 
 
 def test_check_rendered_accepts_the_examples(trees: dict[str, Path], tmp_path: Path) -> None:
-    if not CHECK_RENDERED.exists():
-        pytest.skip(f"{CHECK_RENDERED} is absent")
+    need(CHECK_RENDERED)
     need(REFERENCE)
     wg_quick()
     # One run over both examples: the tool reads every CRD under reference/ first, which takes seconds.

@@ -37,7 +37,7 @@ from crossmesh.workspace import compile_mesh
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "three-clouds"
-MCS_CRDS = REPO.parent / "shared" / "reference" / "mcs-api" / "v0.5.2"
+MCS_CRDS = REPO / "tests" / "reference" / "mcs-api" / "v0.5.2"
 
 HTTP = ((80, "TCP", "http", "http"),)  # service port 80 → the pods' port named "http"
 
@@ -756,8 +756,7 @@ def strict(schema: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def mcs_validators() -> dict[str, jsonschema.protocols.Validator]:
-    if not MCS_CRDS.is_dir():
-        pytest.skip(f"upstream reference {MCS_CRDS} is absent (expected beside the repository, see SPEC §3)")
+    assert MCS_CRDS.is_dir(), f"upstream reference {MCS_CRDS} is missing from the repository"
     out = {}
     for path in sorted(MCS_CRDS.glob("*.yaml")):
         crd = yaml.safe_load(path.read_text())

@@ -1,5 +1,5 @@
 """Talos documents per node: a machine-config patch and, since Talos 1.12, the WireGuard
-link as its own `WireguardConfig` document (schema in ../shared/reference/talos/)."""
+link as its own `WireguardConfig` document (schema in tests/reference/talos/)."""
 
 from __future__ import annotations
 
