@@ -25,6 +25,26 @@ app.command("trace")(trace.trace)
 app.command("agent")(agent_cli.agent)
 
 
+@app.command("version")
+def version_cmd(
+    output: str = typer.Option("table", "-o", "--output", help="table or json"),
+) -> None:
+    """Print crossmesh's version and the upstream versions it renders for (Cilium, Talos, MCS API)."""
+    import json
+
+    from crossmesh.targets import TARGETS
+
+    if output == "json":
+        typer.echo(json.dumps({"crossmesh": __version__, "targets": TARGETS}, indent=2))
+    elif output == "table":
+        typer.echo(f"crossmesh {__version__}")
+        for name, version in TARGETS.items():
+            typer.echo(f"  {name:<10} {version}")
+    else:
+        typer.echo(f"error: -o {output!r}: use table or json", err=True)
+        raise typer.Exit(2)
+
+
 @app.callback(invoke_without_command=True)
 def _root(version: bool = typer.Option(False, "--version", help="print the version and exit")) -> None:
     if version:
