@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from typer.testing import CliRunner
 
 from crossmesh.cli.agent import etcd_urls
+from crossmesh.cli.main import app
 from crossmesh.errors import UsageError
+
+NODE = "gw-east-1"
 
 
 def test_https_endpoints_with_tls() -> None:
@@ -36,3 +42,27 @@ def test_refused(text: str, tls: bool, insecure: bool, message: str) -> None:
 
 def test_plaintext_only_when_asked_for_by_name() -> None:
     assert etcd_urls("http://127.0.0.1:2379", tls=False, insecure=True) == ["http://127.0.0.1:2379"]
+
+
+def test_the_agent_refuses_a_gateways_mesh(tmp_path: Path) -> None:
+    """Its peers would differ from the plan's on every gateway node (issue 16 brings gateways)."""
+    mesh = Path(__file__).resolve().parents[1] / "golden" / "gateways" / "mesh.yaml"
+    pem = tmp_path / "x.pem"
+    pem.write_text("not used")
+    result = CliRunner().invoke(
+        app,
+        ["agent", str(mesh), "--node", NODE, "--state", str(tmp_path / "state"),
+         "--etcd-endpoints", "https://127.0.0.1:2379", "--cacert", str(pem), "--cert", str(pem), "--key", str(pem)],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "full-mesh tunnels only" in result.output and "topology 'gateways'" in result.output
+
+
+def test_missing_tls_files_are_named(tmp_path: Path) -> None:
+    mesh = Path(__file__).resolve().parents[2] / "examples" / "three-clouds" / "mesh.yaml"
+    result = CliRunner().invoke(
+        app,
+        ["agent", str(mesh), "--node", "aws-talos-1", "--etcd-endpoints", "https://127.0.0.1:2379",
+         "--cacert", str(tmp_path / "ca.crt"), "--cert", str(tmp_path / "a.crt"), "--key", str(tmp_path / "a.key")],
+    )  # fmt: skip
+    assert result.exit_code == 2 and f"--cacert {tmp_path / 'ca.crt'}: no such file" in result.output, result.output

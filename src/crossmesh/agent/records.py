@@ -179,6 +179,17 @@ class PlannedNode:
 BOUND_FIELDS = ("cluster", "site", "address", "pod_cidr", "tunnel_address", "listen_port")
 
 
+def unsupported(plan: Plan) -> str | None:
+    """Why agents cannot run this plan, or None. They build full-mesh tunnels only (issue 16 brings
+    gateways): under `topology: gateways` their peers would differ from the plan's."""
+    if plan.topology == "full-mesh":
+        return None
+    return (
+        f"the agents build full-mesh tunnels only; mesh {plan.mesh} uses spec.wireguard.topology "
+        f"{plan.topology!r}, whose peers they would get wrong"
+    )
+
+
 def intent_of(plan: Plan) -> dict[str, PlannedNode]:
     """The nodes of the plan that run agents, as records must match them."""
     out = {}

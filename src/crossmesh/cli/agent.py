@@ -47,11 +47,19 @@ def agent(
     if any(tls) and not all(tls):
         raise UsageError("TLS needs --cacert, --cert and --key together")
     endpoints = etcd_urls(etcd_endpoints, tls=all(tls), insecure=insecure_plaintext)
+    for flag, path in zip(("--cacert", "--cert", "--key"), tls, strict=True):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{flag} {path}: no such file")
     compiled = compile_mesh(mesh, state)
     try:
         planned = compiled.plan.node(node)
     except KeyError:
         raise UsageError(f"no node {node} in {mesh}") from None
+    why = records.unsupported(compiled.plan)
+    if why is not None:
+        raise UsageError(
+            f"{why} — deploy the rendered files (crossmesh render) without agents, or set topology: full-mesh"
+        )
     if planned.tunnel is None:
         raise UsageError(f"node {node} has no tunnel in this topology: it needs no agent")
     cfg: dict[str, Any] = {

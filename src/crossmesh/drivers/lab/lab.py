@@ -194,11 +194,10 @@ def up(
             "remove them with `crossmesh lab down --all`"
         )
     agents = agents or (existing is not None and existing.control_plane == "etcd")
-    if agents and plan.topology != "full-mesh":
+    why = records.unsupported(plan) if agents else None
+    if why is not None:
         raise UsageError(
-            f"the agents build full-mesh tunnels only; mesh {plan.mesh} uses spec.wireguard.topology "
-            f"{plan.topology!r} — bring it up without --agents (the lab applies the planned gateways), "
-            "or set topology: full-mesh"
+            f"{why} — bring it up without --agents (the lab applies the planned gateways), or set topology: full-mesh"
         )
     try:
         topo = topology.build(
