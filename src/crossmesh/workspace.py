@@ -67,8 +67,13 @@ def compile_mesh(
     persist: bool = True,
     overlay: dict[str, Any] | None = None,
     placements: dict[str, str] | None = None,
+    only_key: str | None = None,
 ) -> Compiled:
-    """Validated plan of the mesh; raises SpecError with every problem when the file is wrong."""
+    """Validated plan of the mesh; raises SpecError with every problem when the file is wrong.
+
+    `only_key` is the node this host is (`crossmesh agent`): only its key is made or read, and the
+    plan's peers carry no public keys — on a node, those come from the peers' agents (each node
+    holds only its own private key)."""
     store = StateStore.beside(path, state_dir)
     loaded, problems = check(path, store, overlay)
     errors = [p for p in problems if p.severity == "error"]
@@ -76,7 +81,11 @@ def compile_mesh(
         raise SpecError(errors)
     alloc, _ = allocate(loaded.mesh, store.load_allocations(), loaded.doc)
     nodes = [n.name for c in loaded.mesh.spec.clusters for n in c.nodes]
-    if persist:
+    if only_key is not None:
+        if persist:
+            store.save_allocations(alloc)
+        keys = dict.fromkeys(nodes, "") | (store.ensure_keys([only_key]) if only_key in nodes else {})
+    elif persist:
         store.save_allocations(alloc)
         keys = store.ensure_keys(nodes)
     else:

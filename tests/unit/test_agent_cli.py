@@ -66,3 +66,19 @@ def test_missing_tls_files_are_named(tmp_path: Path) -> None:
          "--cacert", str(tmp_path / "ca.crt"), "--cert", str(tmp_path / "a.crt"), "--key", str(tmp_path / "a.key")],
     )  # fmt: skip
     assert result.exit_code == 2 and f"--cacert {tmp_path / 'ca.crt'}: no such file" in result.output, result.output
+
+
+def test_an_agent_makes_only_its_own_key(tmp_path: Path) -> None:
+    """Each node holds only its own private key: the agent's compile makes no other node's key (two
+    agents sharing a state folder raced on every node's key before)."""
+    import shutil
+
+    from crossmesh.workspace import compile_mesh
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples" / "three-clouds", tmp_path / "m")
+    compiled = compile_mesh(tmp_path / "m" / "mesh.yaml", None, only_key="azure-talos-1")
+    assert sorted(p.name for p in compiled.store.key_dir.iterdir()) == ["azure-talos-1.key", "azure-talos-1.pub"]
+    peers = [p for n in compiled.plan.nodes if n.tunnel for p in n.tunnel.peers]
+    assert all(p.public_key == "" for p in peers if p.node != "azure-talos-1")
+    compile_mesh(tmp_path / "m" / "mesh.yaml", None, only_key="no-such-node")
+    assert sorted(p.name for p in compiled.store.key_dir.iterdir()) == ["azure-talos-1.key", "azure-talos-1.pub"]

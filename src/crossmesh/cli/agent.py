@@ -50,7 +50,7 @@ def agent(
     for flag, path in zip(("--cacert", "--cert", "--key"), tls, strict=True):
         if path is not None and not path.is_file():
             raise UsageError(f"{flag} {path}: no such file")
-    compiled = compile_mesh(mesh, state)
+    compiled = compile_mesh(mesh, state, only_key=node)
     try:
         planned = compiled.plan.node(node)
     except KeyError:
