@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
@@ -27,7 +28,7 @@ def _progress(started: float) -> labs.Progress:
     """Progress lines on stderr, each with the seconds since the command started."""
 
     def progress(msg: str) -> None:
-        err.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {msg}")
+        err.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {escape(msg)}")
 
     return progress
 
@@ -120,7 +121,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
             }
         )
         return
-    out.print(f"lab [bold]{state.mesh_name}[/bold] (cm-{state.tag}) from {state.mesh}: {state.status}")
+    out.print(f"lab [bold]{state.mesh_name}[/bold] (cm-{state.tag}) from {escape(str(state.mesh))}: {state.status}")
     t = Table(title="Nodes", title_justify="left")
     for c in ("node", "namespace", "namespace up", "workload", "WireGuard"):
         t.add_column(c, overflow="fold")
@@ -154,7 +155,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 f"{a['lastReconcileAge']} s ago" if a["lastReconcileAge"] is not None else "-",
                 f"{a['lastReconcileMs']} ms" if a["lastReconcileMs"] is not None else "-",
                 str(a["peers"]),
-                ", ".join(f"{k}: {v}" for k, v in a["rejected"].items()) or "-",
+                escape(", ".join(f"{k}: {v}" for k, v in a["rejected"].items())) or "-",
             )
         out.print(t)
         t = Table(title="etcd", title_justify="left")
@@ -313,7 +314,7 @@ def crash_node(
     Its etcd lease expires and the other nodes withdraw its peer and routes; `lab up` brings it back."""
     state = labs.find_lab(mesh)
     for line in labs.crash_node(state, node):
-        out.print(line)
+        out.print(line, markup=False)
 
 
 SITE_ARGUMENT = typer.Argument(..., help="site name (spec.sites[].name)", show_default=False)
@@ -349,7 +350,7 @@ def _site_fault(mesh: Path | None, output: Output, site: str, *, cut: bool) -> N
         emit_json({"site": site, "cut": cut, "changes": changes})
         return
     for line in changes:
-        out.print(line)
+        out.print(line, markup=False)
     if changes:
         out.print(f"site {site} {'cut off' if cut else 'healed'}")
     else:
