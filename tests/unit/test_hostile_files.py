@@ -412,3 +412,10 @@ def test_markup_in_render_output_dir_is_printed_literally(bracketed: Path) -> No
     assert code == 0, err
     assert f"to {target} (" in out
     assert (target / ".crossmesh-rendered").is_file()
+
+
+def test_bad_test_pattern_is_a_usage_error_not_a_bug(bracketed: Path) -> None:
+    code, _, err = _run("test", str(bracketed), "--test", "[/x")  # refused before any lab is looked for
+
+    assert code == 2
+    assert "error: --test '[/x' is not a regular expression" in err

@@ -12,7 +12,7 @@ from rich.markup import escape
 from crossmesh.checks import results, suite
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
-from crossmesh.errors import CrossmeshError
+from crossmesh.errors import CrossmeshError, UsageError
 
 
 @friendly
@@ -31,7 +31,7 @@ def test(
         try:
             re.compile(pattern)
         except re.error as e:
-            raise typer.BadParameter(f"--test {pattern!r} is not a regular expression: {e}") from None
+            raise UsageError(f"--test {pattern!r} is not a regular expression: {e}") from None
     state = labs.find_lab(mesh)
     if state.status != "ready":
         raise CrossmeshError(f"lab {state.mesh_name} is {state.status}, not ready — run `crossmesh lab up {mesh}`")
