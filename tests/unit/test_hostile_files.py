@@ -233,6 +233,26 @@ def test_links_inside_are_followed_and_cycles_walked_once(tmp_path: Path) -> Non
     assert _errors(mesh) == []
 
 
+def test_link_loop_is_a_named_refusal(tmp_path: Path) -> None:
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "x.yaml").symlink_to("x.yaml")  # Path.resolve raises RuntimeError on it
+    mesh = _project(tmp_path, "apps")
+
+    (problem,) = _errors(mesh)
+
+    assert problem.file.endswith("apps/x.yaml")
+    assert "cannot read file: Too many levels of symbolic links (named at " in problem.message
+
+
+def test_overlong_manifest_path_is_an_error_shown_briefly(tmp_path: Path) -> None:
+    mesh = _project(tmp_path, "x" * 5000)
+
+    (problem,) = _errors(mesh)
+
+    assert (problem.line, problem.column) == (ENTRY_LINE, ENTRY_COLUMN)
+    assert "cannot be read: File name too long" in problem.message and len(problem.message) < 200
+
+
 def test_folder_walk_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(load_mesh, "MAX_MANIFEST_ENTRIES", 20)
     apps = tmp_path / "apps"

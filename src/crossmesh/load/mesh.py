@@ -35,7 +35,7 @@ class LoadedMesh:
 
 def shown_path(path: Path) -> str:
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(_real(path).relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 
@@ -275,20 +275,28 @@ def manifest_files(base: Path, entry: str) -> tuple[list[Path], str | None]:
     base = base.resolve()
     rule = f"manifest paths must stay inside {base}: copy the file into the project"
     if "\0" in entry:
-        return [], f"manifest path {entry!r} holds a NUL character — fix the path"
+        return [], f"manifest path {_brief(entry)} holds a NUL character — fix the path"
     if Path(entry).is_absolute():
-        return [], f"manifest path {entry!r} is absolute; {rule}"
+        return [], f"manifest path {_brief(entry)} is absolute; {rule}"
     try:
-        target = (base / entry).resolve()
+        target = _real(base / entry)
         if not target.is_relative_to(base):
-            return [], f"manifest path {entry!r} leads to {target}, outside the mesh file's folder; {rule}"
+            return [], f"manifest path {_brief(entry)} leads to {target}, outside the mesh file's folder; {rule}"
         if target.is_dir():
             return _walk(base, target, entry, rule)
         if os.path.lexists(target):
             return [target], None  # not a regular file: reading it says so
     except OSError as err:
-        return [], f"manifest path {entry!r} cannot be read: {err.strerror} — fix the path"
-    return [], f"manifest path {entry!r} does not exist (relative to {shown_path(base)}) — fix the path or remove it"
+        return [], f"manifest path {_brief(entry)} cannot be read: {err.strerror} — fix the path"
+    return [], (
+        f"manifest path {_brief(entry)} does not exist (relative to {shown_path(base)}) — fix the path or remove it"
+    )
+
+
+def _real(path: Path) -> Path:
+    """Where `path` leads. Unlike Path.resolve, a link loop is no exception: its path comes back,
+    and reading it then reports the loop."""
+    return Path(os.path.realpath(path))
 
 
 def _walk(base: Path, top: Path, entry: str, rule: str) -> tuple[list[Path], str | None]:
@@ -304,18 +312,18 @@ def _walk(base: Path, top: Path, entry: str, rule: str) -> tuple[list[Path], str
             looked += 1
             if looked > MAX_MANIFEST_ENTRIES:
                 return [], (
-                    f"manifest folder {entry!r} holds more than {MAX_MANIFEST_ENTRIES} files and folders — "
+                    f"manifest folder {_brief(entry)} holds more than {MAX_MANIFEST_ENTRIES} files and folders — "
                     "point at the folder that holds only the manifests"
                 )
             path = Path(item.path)
-            real = path.resolve() if item.is_symlink() else path
+            real = _real(path) if item.is_symlink() else path
             is_dir = real.is_dir()
             if not is_dir and path.suffix not in YAML_SUFFIXES:
                 continue
             if not real.is_relative_to(base):
                 shown = path.relative_to(base).as_posix()
                 return [], (
-                    f"{shown} (under manifest path {entry!r}) is a link to {real}, outside the mesh file's "
+                    f"{shown} (under manifest path {_brief(entry)}) is a link to {real}, outside the mesh file's "
                     f"folder; {rule}"
                 )
             if is_dir:
