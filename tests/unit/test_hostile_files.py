@@ -166,6 +166,17 @@ def test_cli_refuses_a_fifo_mesh_with_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_mesh_path_that_is_a_link_loop_is_a_named_refusal(tmp_path: Path, command: str) -> None:
+    (tmp_path / "mesh.yaml").symlink_to("mesh.yaml")
+
+    with within(DEADLINE):
+        code, _, err = _run(command, str(tmp_path / "mesh.yaml"))
+
+    assert code == 2  # it was 70, an internal error: Path.resolve raises RuntimeError on a loop
+    assert "mesh.yaml:1:1: cannot read file: Too many levels of symbolic links" in err
+
+
 def test_manifest_that_is_a_device_names_the_mesh_line(tmp_path: Path) -> None:
     mesh = _project(tmp_path, "apps/")
     (tmp_path / "apps").mkdir()
