@@ -256,7 +256,7 @@ def kill(
     Its namespace and address stay, so services see a dead backend."""
     state = labs.find_lab(mesh)
     changed = labs.set_killed(state, pod, True)
-    out.print(f"{pod} killed" if changed else f"{pod} was already killed")
+    out.print(f"{pod} killed" if changed else f"{pod} was already killed", markup=False)
 
 
 @app.command("revive")
@@ -268,7 +268,7 @@ def revive(
     """Start a killed pod's workload again."""
     state = labs.find_lab(mesh)
     changed = labs.set_killed(state, pod, False)
-    out.print(f"{pod} revived" if changed else f"{pod} was running")
+    out.print(f"{pod} revived" if changed else f"{pod} was running", markup=False)
 
 
 @app.command("add-node")
@@ -288,7 +288,8 @@ def add_node(
     if public_address:
         node["publicAddress"] = public_address
     result = labs.add_node(mesh, node, cluster, progress=_progress(started))
-    out.print(f"node {name} joined in {time.monotonic() - started:.2f} s ({len(result.changes)} changes)")
+    took = time.monotonic() - started
+    out.print(f"node {name} joined in {took:.2f} s ({len(result.changes)} changes)", markup=False)
 
 
 @app.command("remove-node")
@@ -301,7 +302,8 @@ def remove_node(
     its pods are placed on the cluster's other nodes."""
     started = time.monotonic()
     result = labs.remove_node(mesh, name, progress=_progress(started))
-    out.print(f"node {name} removed in {time.monotonic() - started:.2f} s ({len(result.changes)} changes)")
+    took = time.monotonic() - started
+    out.print(f"node {name} removed in {took:.2f} s ({len(result.changes)} changes)", markup=False)
 
 
 @app.command("crash-node")
@@ -352,9 +354,9 @@ def _site_fault(mesh: Path | None, output: Output, site: str, *, cut: bool) -> N
     for line in changes:
         out.print(line, markup=False)
     if changes:
-        out.print(f"site {site} {'cut off' if cut else 'healed'}")
+        out.print(f"site {site} {'cut off' if cut else 'healed'}", markup=False)
     else:
-        out.print(f"site {site} {'was already cut off' if cut else 'was not cut off: nothing to heal'}")
+        out.print(f"site {site} {'was already cut off' if cut else 'was not cut off: nothing to heal'}", markup=False)
 
 
 @app.command("rotate-keys")
@@ -370,7 +372,7 @@ def rotate_keys(
     started = time.monotonic()
     keys = labs.rotate_keys(state, nodes)
     for n, k in sorted(keys.items()):
-        out.print(f"{n}: new public key {k}")
+        out.print(f"{n}: new public key {k}", markup=False)
     out.print(f"rotated {len(keys)} keys in {time.monotonic() - started:.2f} s")
 
 
