@@ -204,8 +204,8 @@ def test_folder_manifests_are_read_in_sorted_order(tmp_path: Path) -> None:
         "  manifests: [apps/common]\n"
     )
 
-    found = manifest_files(tmp_path, "apps/")
-    assert found is not None
+    found, why = manifest_files(tmp_path, "apps/")
+    assert why is None
     assert [p.relative_to(apps).as_posix() for p in found] == [
         "a.yml",
         "b-sub/x.yaml",

@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from crossmesh.checks import results, suite
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
-from crossmesh.errors import CrossmeshError
+from crossmesh.errors import CrossmeshError, UsageError
 
 
 @friendly
@@ -30,7 +31,7 @@ def test(
         try:
             re.compile(pattern)
         except re.error as e:
-            raise typer.BadParameter(f"--test {pattern!r} is not a regular expression: {e}") from None
+            raise UsageError(f"--test {pattern!r} is not a regular expression: {e}") from None
     state = labs.find_lab(mesh)
     if state.status != "ready":
         raise CrossmeshError(f"lab {state.mesh_name} is {state.status}, not ready — run `crossmesh lab up {mesh}`")
@@ -38,7 +39,7 @@ def test(
     ctx = suite.Context(compiled.plan, topo, state, labs.policy_index(compiled))
     planned = suite.build(ctx, pattern)
     if not planned:
-        err.print(f"no check matches {pattern!r}")
+        err.print(f"no check matches {pattern!r}", markup=False)
         raise typer.Exit(1)
     started = time.monotonic()
     done = [0]
@@ -48,7 +49,7 @@ def test(
         if output is Output.TABLE:
             mark = "[green]✓[/green]" if c.passed else "[red]✗[/red]"
             err.print(
-                f"[dim]{done[0]:4d}/{len(planned)}[/dim] {mark} {c.name}", markup=True
+                f"[dim]{done[0]:4d}/{len(planned)}[/dim] {mark} {escape(c.name)}", markup=True
             ) if err.is_terminal else None
 
     checks = suite.run(planned, progress=progress)
@@ -58,12 +59,12 @@ def test(
     if output is Output.JSON:
         emit_json(report)
     else:
-        out.print(f"[bold]crossmesh test {compiled.plan.mesh}[/bold]")
+        out.print(f"[bold]crossmesh test {escape(compiled.plan.mesh)}[/bold]")
         for c in checks:
             mark = "[green]✓[/green]" if c.passed else "[red]✗[/red]"
             verdict = c.actual.value if c.passed else f"expected {c.expected.value}, got {c.actual.value}"
             detail = f" — {c.detail}" if c.detail else ""
-            out.print(f"{mark} {c.name}: {verdict}{detail}", markup=True, highlight=False)
+            out.print(f"{mark} {escape(c.name)}: {escape(verdict + detail)}", markup=True, highlight=False)
         s = report["summary"]
         colour = "green" if s["failed"] == 0 else "red"
         out.print(

@@ -13,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from crossmesh.errors import CrossmeshError, EnvironmentProblem, SpecError, StateError, UsageError
 
@@ -49,10 +50,10 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
             err.print(f"[red]{n} problem{'s' if n != 1 else ''}[/red]; nothing was written")
             raise typer.Exit(2) from None
         except (StateError, EnvironmentProblem, UsageError) as e:
-            err.print(f"[red]error:[/red] {e}")
+            err.print(f"[red]error:[/red] {escape(str(e))}")
             raise typer.Exit(2) from None
         except CrossmeshError as e:
-            err.print(f"[red]error:[/red] {e}")
+            err.print(f"[red]error:[/red] {escape(str(e))}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -63,7 +64,7 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
             if os.environ.get("CROSSMESH_DEBUG"):
                 traceback.print_exc()
             err.print(
-                f"[red]internal error:[/red] {type(e).__name__}: {e} "
+                f"[red]internal error:[/red] {type(e).__name__}: {escape(str(e))} "
                 "(a crossmesh bug; CROSSMESH_DEBUG=1 shows the traceback)",
                 markup=True,
             )

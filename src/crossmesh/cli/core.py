@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
@@ -48,7 +49,8 @@ def validate(mesh: Path = MESH_ARG, output: Output = OUTPUT_OPTION, state: Path 
             m = loaded.mesh
             nodes = sum(len(c.nodes) for c in m.spec.clusters)
             out.print(
-                f"[green]valid[/green]: {mesh} — {len(m.spec.sites)} sites, {len(m.spec.clusters)} clusters, "
+                f"[green]valid[/green]: {escape(str(mesh))} — {len(m.spec.sites)} sites, "
+                f"{len(m.spec.clusters)} clusters, "
                 f"{nodes} nodes" + (f", {len(problems)} warnings" if problems else "")
             )
         else:
@@ -195,7 +197,7 @@ def render(
     count, secrets = len(files), sum(1 for f in files.values() if f.secret)
     del files  # 1,000 nodes render to ~160 MB of text (twice that in memory): free it before the snapshot
     compiled.store.save_applied_plan(serialize.plan_json(compiled.plan))
-    out.print(f"wrote {count} files to {output_dir} ({secrets} hold a private key, mode 0600)")
+    out.print(f"wrote {count} files to {output_dir} ({secrets} hold a private key, mode 0600)", markup=False)
 
 
 @friendly

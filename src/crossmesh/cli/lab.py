@@ -28,7 +28,7 @@ def _progress(started: float) -> labs.Progress:
     """Progress lines on stderr, each with the seconds since the command started."""
 
     def progress(msg: str) -> None:
-        err.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {msg}")
+        err.print(f"[dim]{time.monotonic() - started:6.1f}s[/dim] {escape(msg)}")
 
     return progress
 
@@ -121,7 +121,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
             }
         )
         return
-    out.print(f"lab [bold]{state.mesh_name}[/bold] (cm-{state.tag}) from {state.mesh}: {state.status}")
+    out.print(f"lab [bold]{state.mesh_name}[/bold] (cm-{state.tag}) from {escape(str(state.mesh))}: {state.status}")
     t = Table(title="Nodes", title_justify="left")
     for c in ("node", "namespace", "namespace up", "workload", "WireGuard"):
         t.add_column(c, overflow="fold")
@@ -256,7 +256,7 @@ def kill(
     Its namespace and address stay, so services see a dead backend."""
     state = labs.find_lab(mesh)
     changed = labs.set_killed(state, pod, True)
-    out.print(f"{pod} killed" if changed else f"{pod} was already killed")
+    out.print(f"{pod} killed" if changed else f"{pod} was already killed", markup=False)
 
 
 @app.command("revive")
@@ -268,7 +268,7 @@ def revive(
     """Start a killed pod's workload again."""
     state = labs.find_lab(mesh)
     changed = labs.set_killed(state, pod, False)
-    out.print(f"{pod} revived" if changed else f"{pod} was running")
+    out.print(f"{pod} revived" if changed else f"{pod} was running", markup=False)
 
 
 @app.command("add-node")
@@ -288,7 +288,8 @@ def add_node(
     if public_address:
         node["publicAddress"] = public_address
     result = labs.add_node(mesh, node, cluster, progress=_progress(started))
-    out.print(f"node {name} joined in {time.monotonic() - started:.2f} s ({len(result.changes)} changes)")
+    took = time.monotonic() - started
+    out.print(f"node {name} joined in {took:.2f} s ({len(result.changes)} changes)", markup=False)
 
 
 @app.command("remove-node")
@@ -301,7 +302,8 @@ def remove_node(
     its pods are placed on the cluster's other nodes."""
     started = time.monotonic()
     result = labs.remove_node(mesh, name, progress=_progress(started))
-    out.print(f"node {name} removed in {time.monotonic() - started:.2f} s ({len(result.changes)} changes)")
+    took = time.monotonic() - started
+    out.print(f"node {name} removed in {took:.2f} s ({len(result.changes)} changes)", markup=False)
 
 
 @app.command("crash-node")
@@ -314,7 +316,7 @@ def crash_node(
     Its etcd lease expires and the other nodes withdraw its peer and routes; `lab up` brings it back."""
     state = labs.find_lab(mesh)
     for line in labs.crash_node(state, node):
-        out.print(line)
+        out.print(line, markup=False)
 
 
 SITE_ARGUMENT = typer.Argument(..., help="site name (spec.sites[].name)", show_default=False)
@@ -350,11 +352,11 @@ def _site_fault(mesh: Path | None, output: Output, site: str, *, cut: bool) -> N
         emit_json({"site": site, "cut": cut, "changes": changes})
         return
     for line in changes:
-        out.print(line)
+        out.print(line, markup=False)
     if changes:
-        out.print(f"site {site} {'cut off' if cut else 'healed'}")
+        out.print(f"site {site} {'cut off' if cut else 'healed'}", markup=False)
     else:
-        out.print(f"site {site} {'was already cut off' if cut else 'was not cut off: nothing to heal'}")
+        out.print(f"site {site} {'was already cut off' if cut else 'was not cut off: nothing to heal'}", markup=False)
 
 
 @app.command("rotate-keys")
@@ -370,7 +372,7 @@ def rotate_keys(
     started = time.monotonic()
     keys = labs.rotate_keys(state, nodes)
     for n, k in sorted(keys.items()):
-        out.print(f"{n}: new public key {k}")
+        out.print(f"{n}: new public key {k}", markup=False)
     out.print(f"rotated {len(keys)} keys in {time.monotonic() - started:.2f} s")
 
 

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, friendly, out
 from crossmesh.errors import UsageError
 from crossmesh.model.plan import Plan, ServicePlan
 from crossmesh.policy.endpoints import mesh_index, world_endpoint
 from crossmesh.policy.evaluator import PolicyIndex, Side, Verdict, evaluate
-from crossmesh.policy.model import Endpoint, EndpointKind, HttpRequest
+from crossmesh.policy.model import MAX_HTTP_REQUEST, Endpoint, EndpointKind, HttpRequest
 from crossmesh.services.backends import backend_sets
 from crossmesh.workspace import compile_mesh
 
@@ -117,6 +118,12 @@ def _request(method: str | None, path: str | None, headers: list[str]) -> HttpRe
         pairs.append((name.strip(), value.strip()))
     if path is not None and not path.startswith("/"):
         raise UsageError(f"--http-path {path!r}: an HTTP path starts with /")
+    size = len(method or "") + len(path or "") + sum(len(k) + len(v) for k, v in pairs)
+    if size > MAX_HTTP_REQUEST:
+        raise UsageError(
+            f"the HTTP request is {size} characters; Envoy refuses requests whose headers pass "
+            f"{MAX_HTTP_REQUEST // 1024} KiB — shorten --http-path or --http-header"
+        )
     return HttpRequest(method=(method or "GET").upper(), path=path or "/", headers=tuple(pairs))
 
 
@@ -184,12 +191,13 @@ def _print(  # noqa: PLR0913
     request: HttpRequest | None,
 ) -> None:
     ep, dport, first = verdicts[0]
-    what = f"{port}/{proto}" + (f" {request.method} {request.path}" if request else "")
+    what = escape(f"{port}/{proto}" + (f" {request.method} {request.path}" if request else ""))
     if dst.service is not None:
         out.print(
             f"service {dst.service.ref} {port}/{proto} → {len(verdicts)} backend"
             f"{'s' if len(verdicts) != 1 else ''}; in full: the first of the serving tier, {ep.ref} "
-            f"(port {dport} after DNAT)"
+            f"(port {dport} after DNAT)",
+            markup=False,
         )
     out.print(f"[bold]{_name(src)} → {_name(ep)} {what}: {_colour(first.verdict)}[/bold]")
     for side in (first.egress, first.ingress):
@@ -198,7 +206,7 @@ def _print(  # noqa: PLR0913
         out.print("all backends:")
         for bep, bport, v in verdicts:
             why = "" if v.allowed else f" — {_short(v.egress if not v.egress.allowed else v.ingress)}"
-            out.print(f"  {bep.ref} {bport}/{proto}: {_colour(v.verdict)}{why}")
+            out.print(f"  {escape(bep.ref)} {bport}/{proto}: {_colour(v.verdict)}{escape(why)}")
 
 
 def _print_side(index: PolicyIndex, side: Side) -> None:
@@ -218,11 +226,12 @@ def _short(side: Side) -> str:
 
 
 def _name(ep: Endpoint) -> str:
+    """The endpoint as rich markup text (its name escaped)."""
     if ep.kind is EndpointKind.POD:
-        return f"{ep.ref} ({ep.address})"
+        return escape(f"{ep.ref} ({ep.address})")
     if ep.kind is EndpointKind.NODE:
-        return f"node {ep.ref} ({ep.address})"
-    return f"{ep.ref} (world)"
+        return escape(f"node {ep.ref} ({ep.address})")
+    return escape(f"{ep.ref} (world)")
 
 
 def _colour(verdict: str) -> str:

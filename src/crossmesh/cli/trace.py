@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from crossmesh.checks import probes
 from crossmesh.checks.results import Result
@@ -74,12 +75,15 @@ def trace(
             }
         )
         return
-    out.print(f"[bold]{source} → {target} {number}/{proto}[/bold] (backend {planned.backend})")
+    out.print(f"[bold]{escape(source)} → {escape(target)} {number}/{proto}[/bold] (backend {escape(planned.backend)})")
     for h in hops:
         mark = {"yes": "[green]✓[/green]", "no": "[red]✗[/red]"}.get(str(h["confirmed"])[:3].strip(), " ")
-        out.print(f"{h['step']:3d}. {mark} [cyan]{h['at']}[/cyan]: {h['action']}  [dim]({h['confirmed']})[/dim]")
+        out.print(
+            f"{h['step']:3d}. {mark} [cyan]{escape(str(h['at']))}[/cyan]: {escape(str(h['action']))}  "
+            f"[dim]({escape(str(h['confirmed']))})[/dim]"
+        )
     if answer_detail:
-        out.print(answer_detail)
+        out.print(answer_detail, markup=False)
 
 
 def _confirm(

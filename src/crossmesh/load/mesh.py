@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ class LoadedMesh:
 
 def shown_path(path: Path) -> str:
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(_real(path).relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 
@@ -260,25 +261,94 @@ def _drop(data: Any, loc: tuple[Any, ...]) -> None:
 # --- manifests -------------------------------------------------------------------------------
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
+MAX_MANIFEST_ENTRIES = 10_000  # files and folders looked at under one manifests entry
 
 
-def manifest_files(base: Path, entry: str) -> list[Path] | None:
-    target = (base / entry).resolve() if not Path(entry).is_absolute() else Path(entry)
-    if target.is_dir():
-        return sorted(p for p in target.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES)
-    if target.is_file():
-        return [target]
-    return None
+def manifest_files(base: Path, entry: str) -> tuple[list[Path], str | None]:
+    """The manifest files that one `manifests:` entry names, or why it names none.
+
+    `base` is the mesh file's folder, resolved. A manifest is rendered verbatim into the output,
+    so a path that leads outside the project (absolute, `..`, or a link at any depth) would copy
+    whatever it points at: such a path is refused, not followed. Links that stay inside are fine;
+    a folder reached twice (a link cycle) is walked once.
+    """
+    base = base.resolve()
+    rule = f"manifest paths must stay inside {base}: copy the file into the project"
+    if "\0" in entry:
+        return [], f"manifest path {_brief(entry)} holds a NUL character — fix the path"
+    if Path(entry).is_absolute():
+        return [], f"manifest path {_brief(entry)} is absolute; {rule}"
+    try:
+        target = _real(base / entry)
+        if not target.is_relative_to(base):
+            return [], f"manifest path {_brief(entry)} leads to {target}, outside the mesh file's folder; {rule}"
+        if target.is_dir():
+            return _walk(base, target, entry, rule)
+        if os.path.lexists(target):
+            return [target], None  # not a regular file: reading it says so
+    except OSError as err:
+        return [], f"manifest path {_brief(entry)} cannot be read: {err.strerror} — fix the path"
+    return [], (
+        f"manifest path {_brief(entry)} does not exist (relative to {shown_path(base)}) — fix the path or remove it"
+    )
+
+
+def _real(path: Path) -> Path:
+    """Where `path` leads. Unlike Path.resolve, a link loop is no exception: its path comes back,
+    and reading it then reports the loop."""
+    return Path(os.path.realpath(path))
+
+
+def _walk(base: Path, top: Path, entry: str, rule: str) -> tuple[list[Path], str | None]:
+    found: set[Path] = set()
+    walked = {top}
+    pending = [top]
+    looked = 0
+    while pending:
+        folder = pending.pop()
+        with os.scandir(folder) as listing:
+            items = sorted(listing, key=lambda e: e.name)
+        for item in items:
+            looked += 1
+            if looked > MAX_MANIFEST_ENTRIES:
+                return [], (
+                    f"manifest folder {_brief(entry)} holds more than {MAX_MANIFEST_ENTRIES} files and folders — "
+                    "point at the folder that holds only the manifests"
+                )
+            path = Path(item.path)
+            real = _real(path) if item.is_symlink() else path
+            is_dir = real.is_dir()
+            if not is_dir and path.suffix not in YAML_SUFFIXES:
+                continue
+            if not real.is_relative_to(base):
+                shown = path.relative_to(base).as_posix()
+                return [], (
+                    f"{shown} (under manifest path {_brief(entry)}) is a link to {real}, outside the mesh file's "
+                    f"folder; {rule}"
+                )
+            if is_dir:
+                if real not in walked:
+                    walked.add(real)
+                    pending.append(real)
+            elif os.path.lexists(real):
+                found.add(real)
+    return sorted(found), None
 
 
 # A check of one typed object beyond its schema (policy specs): (path in the object, message, severity).
 ObjectCheck = Callable[[k8s.Manifest], Iterable[tuple[PathKey, str, str]]]
 
 
-def load_manifest_file(path: Path, check: ObjectCheck | None = None) -> tuple[list[k8s.Manifest], list[Problem]]:
+def load_manifest_file(
+    path: Path, check: ObjectCheck | None = None, *, named_at: str = ""
+) -> tuple[list[k8s.Manifest], list[Problem]]:
+    """The objects of one manifest file. `named_at` (mesh.yaml:LINE:COL) is where the mesh file
+    names it, added to a refusal to read it so the user sees which entry brought it in."""
     shown = shown_path(path)
     text, problem = read_text(path, shown)
     if problem is not None or text is None:
+        if problem is not None and named_at:
+            problem = replace(problem, message=f"{problem.message} (named at {named_at})")
         return [], [problem] if problem else []
     docs, problems = parse_documents(text, shown)
     out: list[k8s.Manifest] = []
@@ -339,19 +409,14 @@ def load_manifests(
     def read_entries(entries: list[str], path: PathKey) -> list[k8s.Manifest]:
         got: list[k8s.Manifest] = []
         for i, entry in enumerate(entries):
-            files = manifest_files(base, entry)
-            if files is None:
-                problems.append(
-                    doc.problem(
-                        (*path, i),
-                        f"manifest path {entry!r} does not exist (relative to {shown_path(base)}) — "
-                        "fix the path or remove it",
-                    )
-                )
+            files, why = manifest_files(base, entry)
+            if why is not None:
+                problems.append(doc.problem((*path, i), why))
                 continue
+            line, column = doc.where((*path, i))
             for f in files:
                 if f not in cache:
-                    cache[f], probs = load_manifest_file(f, check)
+                    cache[f], probs = load_manifest_file(f, check, named_at=f"{doc.file}:{line}:{column}")
                     problems.extend(probs)
                 got.extend(cache[f])
         return got

@@ -8,6 +8,9 @@ bomb ("billion laughs") fails fast with a clear message instead of eating memory
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,28 +120,68 @@ def _yaml() -> YAML:
     return y
 
 
-def read_text(path: Path, shown: str) -> tuple[str | None, Problem | None]:
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _read_regular(path: Path) -> tuple[bytes | None, str | None]:
+    """The bytes of `path` if it is a regular file within the bound, else why not."""
     try:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None, Problem(shown, 1, 1, "", "file not found — check the path")
+        return None, "file not found — check the path"
     except OSError as err:
-        return None, Problem(shown, 1, 1, "", f"cannot read file: {err.strerror}")
-    if path.is_dir():
-        return None, Problem(shown, 1, 1, "", "is a directory, expected a YAML file")
-    if size > MAX_FILE_BYTES:
-        return None, Problem(
-            shown,
-            1,
-            1,
-            "",
-            f"file is {size / 1e6:.1f} MB; crossmesh reads YAML files up to "
-            f"{MAX_FILE_BYTES // (1024 * 1024)} MiB — split it into several files",
-        )
+        if err.errno == errno.ENXIO:  # a socket (or a FIFO that no one can write to): not a file either way
+            try:
+                return None, f"is {_kind(os.stat(path).st_mode)}, not a regular file — crossmesh reads only files"
+            except OSError:
+                pass
+        return None, f"cannot read file: {err.strerror}"
     try:
-        raw = path.read_bytes()
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            return None, "is a directory, expected a YAML file"
+        if not stat.S_ISREG(mode):
+            return None, f"is {_kind(mode)}, not a regular file — crossmesh reads only files"
+        chunks: list[bytes] = []
+        got = 0
+        while got <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
     except OSError as err:
-        return None, Problem(shown, 1, 1, "", f"cannot read file: {err.strerror}")
+        return None, f"cannot read file: {err.strerror}"
+    finally:
+        os.close(fd)
+    if got > MAX_FILE_BYTES:
+        return None, (
+            f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, the most crossmesh reads — "
+            "split it into several files"
+        )
+    return b"".join(chunks), None
+
+
+def read_text(path: Path, shown: str) -> tuple[str | None, Problem | None]:
+    """The text of a regular file of at most MAX_FILE_BYTES, or the problem that stops it.
+
+    The file is opened before it is judged, so what is judged is what is read: a FIFO opens at
+    once (O_NONBLOCK) instead of waiting forever for a writer, a terminal is not made ours
+    (O_NOCTTY), and a device reports size 0, so the bound is on the bytes read, not the size.
+    """
+    raw, refusal = _read_regular(path)
+    if raw is None:
+        return None, Problem(shown, 1, 1, "", str(refusal))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -26,7 +26,9 @@ ANNOTATION_AFFINITY = "service.cilium.io/affinity"
 
 
 def _subdomain(value: str) -> str:
-    if len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
+    if len(value) > 253:
+        raise ValueError(f"a name of {len(value)} characters is too long for Kubernetes (at most 253)")
+    if not DNS1123_SUBDOMAIN.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid Kubernetes name (DNS-1123 subdomain: lower-case, digits, '-', '.')")
     return value
 
@@ -65,7 +67,7 @@ class ContainerPort(_Strict):
     @field_validator("name")
     @classmethod
     def _port_name(cls, value: str | None) -> str | None:
-        if value is not None and (len(value) > 15 or not IANA_SVC_NAME.match(value)):
+        if value is not None and (len(value) > 15 or not IANA_SVC_NAME.fullmatch(value)):
             raise ValueError(f"port name {value!r} must be an IANA service name: ≤15 lower-case letters, digits, '-'")
         return value
 

@@ -18,9 +18,10 @@ DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def _dns1123(value: str) -> str:
-    if len(value) > 63 or not DNS1123.match(value):
+    if len(value) > 63 or not DNS1123.fullmatch(value):
+        shown = repr(value) if len(value) <= 63 else f"a name of {len(value)} characters"
         raise ValueError(
-            f"{value!r} is not a DNS-1123 label: use lower-case letters, digits and '-', "
+            f"{shown} is not a DNS-1123 label: use lower-case letters, digits and '-', "
             "starting and ending with a letter or digit, at most 63 characters"
         )
     return value

@@ -46,7 +46,8 @@ class StateStore:
 
     @classmethod
     def beside(cls, mesh_path: Path, override: Path | None = None) -> StateStore:
-        return cls(override if override is not None else mesh_path.resolve().parent / ".crossmesh")
+        # realpath, not Path.resolve: a mesh path that is a link loop must reach the reader, which names it
+        return cls(override if override is not None else Path(os.path.realpath(mesh_path)).parent / ".crossmesh")
 
     # allocations ------------------------------------------------------------------------
     def load_allocations(self) -> Allocations:
