@@ -340,3 +340,19 @@ def test_a_planted_key_is_refused(tmp_path: Path, planted: Path, trap: str) -> N
     assert expected in output
     assert "Traceback" not in output
     assert not out.exists() or not planted_key_used(out, planted)
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "dangling-link", "proc"])
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path: Path, where: str) -> None:
+    (tmp_path / "a-file").write_text("not a folder\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    out = {
+        "under-a-file": tmp_path / "a-file" / "out",
+        "dangling-link": tmp_path / "dangling",
+        "proc": Path("/proc/crossmesh-cannot-make-this"),  # not even root makes folders there
+    }[where]
+    result = render(out, tmp_path / "state")
+    assert result.exit_code == 2, result.output
+    assert f"{out}" in result.output and "folder" in result.output
+    assert "internal error" not in result.output
+    assert not (tmp_path / "nowhere").exists()

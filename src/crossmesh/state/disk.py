@@ -106,17 +106,15 @@ def make_dirs(path: Path, mode: int) -> int:
     except FileNotFoundError:
         if path.parent == path:
             raise
-    except NotADirectoryError:
-        raise UnsafePath(f"{path} is not a folder — name a folder, or remove the file") from None
+    except OSError as err:
+        raise UnsafePath(f"cannot use {path} as a folder: {err.strerror}") from None
     os.close(make_dirs(path.parent, mode))
     try:
-        os.mkdir(path, mode)
-    except FileExistsError:  # made meanwhile, or a link to nowhere
-        try:
-            return os.open(path, _DIR)
-        except OSError:
-            raise UnsafePath(not_a(str(path), None, path, "folder")) from None
-    fd = os.open(path, _DIR)
+        with suppress(FileExistsError):  # made meanwhile (or a link to nowhere, refused below)
+            os.mkdir(path, mode)
+        fd = os.open(path, _DIR)
+    except OSError as err:
+        raise UnsafePath(f"cannot make the folder {path}: {err.strerror}") from None
     os.fchmod(fd, mode)
     return fd
 
