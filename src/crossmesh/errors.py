@@ -3,6 +3,7 @@
 CrossmeshError
 ├── SpecError        the mesh file (or a manifest) is wrong: exit 2, lists every problem
 ├── StateError       the state directory is unreadable or inconsistent: exit 2
+├── UnsafePath       a link, a non-file or a folder open to others where crossmesh reads or writes: exit 2
 └── EnvironmentProblem  this host cannot do what was asked (not root, missing package): exit 2
 """
 
@@ -53,6 +54,10 @@ class SpecError(CrossmeshError):
 
 class StateError(CrossmeshError):
     """The state directory cannot be read or written."""
+
+
+class UnsafePath(CrossmeshError):
+    """A path crossmesh would read or write could redirect it or expose a secret: refused, nothing done."""
 
 
 class UsageError(CrossmeshError):

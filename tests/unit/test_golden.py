@@ -61,6 +61,9 @@ def state_copy(case: str, tmp: Path) -> Path:
         pytest.fail(f"{case}: no committed test key for {missing} — run with CROSSMESH_REGEN_GOLDEN=1")
     state = tmp / f"state-{case}"
     shutil.copytree(committed, state)
+    # git keeps no modes: give the copy those crossmesh makes, which it insists on for keys.
+    for path in [state, *state.rglob("*")]:
+        path.chmod(0o700 if path.is_dir() else 0o600)
     return state
 
 

@@ -8,11 +8,9 @@ another node's files, not in the cluster-wide files that are meant to be shared.
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from crossmesh.cli.main import app
-from crossmesh.errors import StateError
+from crossmesh.errors import StateError, UnsafePath
 from crossmesh.state import keys
 from crossmesh.state.store import StateStore
 
@@ -94,16 +92,6 @@ def test_key_syntax() -> None:
 # --- the key store -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def open_umask() -> Iterator[None]:
-    """A umask that would leave files world-readable, so modes are not the umask's doing."""
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 def test_store_writes_private_keys_0600_in_a_0700_directory(tmp_path: Path, open_umask: None) -> None:
     store = StateStore(tmp_path / "state")
     public = store.ensure_keys(["n2", "n1"])
@@ -126,13 +114,15 @@ def test_store_keeps_keys_across_runs(tmp_path: Path) -> None:
     assert StateStore(tmp_path).public_keys(["a", "b", "c"]) == again
 
 
-def test_store_tightens_a_private_key_left_readable(tmp_path: Path) -> None:
+def test_store_refuses_a_private_key_left_readable(tmp_path: Path) -> None:
+    # Others may have read it already: tightening it in silence would hide that.
     store = StateStore(tmp_path)
     store.ensure_keys(["a"])
     path = store.private_key_path("a")
     path.chmod(0o644)
-    store.private_key("a")
-    assert mode(path) == 0o600
+    with pytest.raises(UnsafePath, match=rf"{path} is readable by other users \(mode 0644\) — run `chmod 600 {path}`"):
+        store.private_key("a")
+    assert mode(path) == 0o644
 
 
 def test_store_rotate_key_writes_0600(tmp_path: Path, open_umask: None) -> None:
@@ -150,6 +140,7 @@ def test_store_refuses_a_broken_or_missing_key(tmp_path: Path) -> None:
         store.public_keys(["a"])
     store.key_dir.mkdir(parents=True)
     store.private_key_path("a").write_text("hunter2\n")
+    store.private_key_path("a").chmod(0o600)
     with pytest.raises(StateError, match="does not hold a WireGuard private key"):
         store.public_keys(["a"])
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from crossmesh.errors import CrossmeshError, EnvironmentProblem, SpecError, StateError, UsageError
+from crossmesh.errors import CrossmeshError, EnvironmentProblem, SpecError, StateError, UnsafePath, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -49,7 +49,7 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
             n = sum(1 for p in e.problems if p.severity == "error")
             err.print(f"[red]{n} problem{'s' if n != 1 else ''}[/red]; nothing was written")
             raise typer.Exit(2) from None
-        except (StateError, EnvironmentProblem, UsageError) as e:
+        except (StateError, UnsafePath, EnvironmentProblem, UsageError) as e:
             err.print(f"[red]error:[/red] {escape(str(e))}")
             raise typer.Exit(2) from None
         except CrossmeshError as e:

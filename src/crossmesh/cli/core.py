@@ -12,15 +12,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
+from crossmesh.drivers.files import write_tree
 from crossmesh.model.mesh import Mesh
 from crossmesh.plan import serialize
 from crossmesh.render.tree import render as render_tree
-from crossmesh.state.store import atomic_write
 from crossmesh.workspace import check, compile_mesh
 
 MESH_ARG = typer.Argument(..., help="the mesh file (apiVersion: crossmesh.io/v1alpha1, kind: Mesh)", show_default=False)
 STATE_OPTION = typer.Option(None, "--state", help="state directory (default: .crossmesh/ beside the mesh file)")
-RENDER_INDEX = ".crossmesh-rendered"
+SHOWN_WARNINGS = 20  # a planted list of a million entries must not flood the terminal
 
 
 def register(app: typer.Typer) -> None:
@@ -181,19 +181,18 @@ def render(
     """Write deployable files: per node a wg-quick file (and Talos documents), per cluster Cilium Helm
     values and the manifests as they would be applied.
 
-    Files holding a private key are written 0600. Rendering twice gives identical bytes;
-    files this command wrote before and no longer produces are removed.
+    Files holding a private key are written 0600 (their folder 0700) whatever the umask. Rendering
+    twice gives identical bytes; files this command wrote before and no longer produces are
+    removed. The output folder may be a link (it is followed, as `cp` does); a link or a file
+    where the tree needs a folder inside it is refused before anything is written.
     """
     compiled = compile_mesh(mesh, state)
     files = render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    index = output_dir / RENDER_INDEX
-    previous = set(index.read_text().split()) if index.exists() else set()
-    for rel, f in sorted(files.items()):
-        atomic_write(output_dir / rel, f.content, mode=f.mode)
-    for stale in sorted(previous - set(files)):
-        (output_dir / stale).unlink(missing_ok=True)
-    atomic_write(index, "".join(f"{rel}\n" for rel in sorted(files)))
+    warnings = write_tree(output_dir, files)
+    for warning in warnings[:SHOWN_WARNINGS]:
+        err.print(f"warning: {warning}", markup=False)
+    if len(warnings) > SHOWN_WARNINGS:
+        err.print(f"warning: {len(warnings) - SHOWN_WARNINGS} more entries left alone", markup=False)
     count, secrets = len(files), sum(1 for f in files.values() if f.secret)
     del files  # 1,000 nodes render to ~160 MB of text (twice that in memory): free it before the snapshot
     compiled.store.save_applied_plan(serialize.plan_json(compiled.plan))

@@ -11,33 +11,29 @@ objects, though, shared by all nodes (see `serialize.plan_json`), so the file ho
 each distinct peer and route once and the nodes refer to them by index ("packed"),
 written without indentation.
 
-Writes are atomic (temporary file + rename) so a crash never leaves half a file.
+Every folder and file here is opened without following links and judged before use: the
+state folder and `keys/` must be real folders of this user (or root) that no one else may
+write to, a key a regular file no one else may read (see `disk`); anything else is refused
+with the fix, never followed. Writes are atomic (temporary file + rename) with explicit
+modes, so neither a crash nor the umask leaves a key half-written or readable.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from crossmesh.errors import StateError
 from crossmesh.ipam.allocate import Allocations
+from crossmesh.state import disk
 from crossmesh.state import keys as wgkeys
 
-
-def atomic_write(path: Path, data: str | bytes, *, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+KEY_FILE_LIMIT = 4096  # a key file holds 45 bytes
+STATE_FILE_LIMIT = 1 << 30  # applied-plan.json of the largest documented mesh is far smaller
 
 
 class StateStore:
@@ -73,46 +69,103 @@ class StateStore:
     def ensure_keys(self, nodes: list[str]) -> dict[str, str]:
         """Public key per node, generating a private key (0600) where none exists yet."""
         out = {}
-        for node in sorted(nodes):
-            out[node] = wgkeys.public_key(self._private_key(node, create=True))
+        with self._folder(keys=True) as fd:
+            for node in sorted(nodes):
+                text = self._read_key(fd, node)
+                if text is None:
+                    text = wgkeys.generate_private_key()
+                    self._write_key(fd, node, text)
+                out[node] = wgkeys.public_key(text)
         return out
 
     def public_keys(self, nodes: list[str]) -> dict[str, str]:
-        return {n: wgkeys.public_key(self._private_key(n, create=False)) for n in sorted(nodes)}
+        with self._existing(keys=True) as fd:
+            return {n: wgkeys.public_key(self._existing_key(fd, n)) for n in sorted(nodes)}
 
     def private_key(self, node: str) -> str:
-        return self._private_key(node, create=False)
+        with self._existing(keys=True) as fd:
+            return self._existing_key(fd, node)
 
     def rotate_key(self, node: str) -> str:
         priv = wgkeys.generate_private_key()
-        self._write_private(node, priv)
+        with self._folder(keys=True) as fd:
+            self._write_key(fd, node, priv)
         return wgkeys.public_key(priv)
 
-    def _private_key(self, node: str, *, create: bool) -> str:
-        path = self.private_key_path(node)
-        try:
-            text = path.read_text().strip()
-        except FileNotFoundError:
-            if not create:
-                raise StateError(
-                    f"no key for node {node} in {self.key_dir} — run `crossmesh plan` or `render` first"
-                ) from None
-            text = wgkeys.generate_private_key()
-            self._write_private(node, text)
-            return text
-        except OSError as err:
-            raise StateError(f"cannot read {path}: {err.strerror}") from err
-        if not wgkeys.is_valid_key(text):
-            raise StateError(f"{path} does not hold a WireGuard private key — delete it to generate a new one")
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
+    def _existing_key(self, fd: int | None, node: str) -> str:
+        text = None if fd is None else self._read_key(fd, node)
+        if text is None:
+            raise StateError(f"no key for node {node} in {self.key_dir} — run `crossmesh plan` or `render` first")
         return text
 
-    def _write_private(self, node: str, text: str) -> None:
-        self.key_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.key_dir, 0o700)
-        atomic_write(self.private_key_path(node), text + "\n", mode=0o600)
-        atomic_write(self.key_dir / f"{node}.pub", wgkeys.public_key(text) + "\n", mode=0o644)
+    def _read_key(self, fd: int, node: str) -> str | None:
+        path = self.private_key_path(node)
+        try:
+            got = disk.read_at(fd, f"{node}.key", path, limit=KEY_FILE_LIMIT)
+        except OSError as err:
+            raise StateError(f"cannot read {path}: {err.strerror}") from err
+        if got is None:
+            return None
+        data, st = got
+        disk.refuse_shared(st, path, bits=0o077, chmod="600")
+        text = data.decode("utf-8", errors="replace").strip()
+        if not wgkeys.is_valid_key(text):
+            raise StateError(f"{path} does not hold a WireGuard private key — delete it to generate a new one")
+        return text
+
+    def _write_key(self, fd: int, node: str, text: str) -> None:
+        os.fchmod(fd, disk.PRIVATE_DIR)  # a keys/ folder left 0755 by hand is tightened
+        disk.write_private(self.private_key_path(node), text + "\n", folder=fd)
+        pub = wgkeys.public_key(text) + "\n"
+        disk.write_at(fd, f"{node}.pub", pub.encode(), disk.SHARED, self.key_dir / f"{node}.pub")
+
+    # the folders ------------------------------------------------------------------------
+    def _open(self, *, keys: bool, create: bool) -> int:
+        """A descriptor of the state folder (or of its `keys/`), judged at each step; missing
+        folders are made 0700 (their missing parents 0755) or, without `create`, FileNotFoundError."""
+        root = self.root.absolute()
+        try:
+            fd = disk.make_dirs(root.parent, disk.SHARED_DIR) if create else os.open(root.parent, os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise StateError(f"cannot open {root.parent}: {err.strerror}") from err
+        steps = [(root.name, self.root, "give --state a real folder, or replace it with one")]
+        if keys:
+            steps.append(("keys", self.key_dir, "replace it with a real folder holding the keys"))
+        for name, shown, fix in steps:
+            try:
+                child = disk.open_dir(name, shown, dir_fd=fd, create=disk.PRIVATE_DIR if create else None, fix=fix)
+            finally:
+                os.close(fd)
+            fd = child
+            try:
+                disk.refuse_shared(os.fstat(fd), shown, bits=0o022, chmod="700")
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+
+    @contextmanager
+    def _folder(self, *, keys: bool) -> Iterator[int]:
+        fd = self._open(keys=keys, create=True)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _existing(self, *, keys: bool) -> Iterator[int | None]:
+        """The folder as `_folder` gives it, or None when it does not exist yet."""
+        try:
+            fd = self._open(keys=keys, create=False)
+        except FileNotFoundError:
+            yield None
+            return
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     # applied plan -----------------------------------------------------------------------
     def load_applied_plan(self) -> dict[str, Any] | None:
@@ -131,9 +184,9 @@ class StateStore:
     def _read_json(self, name: str) -> Any:
         path = self.root / name
         try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
+            with self._existing(keys=False) as fd:
+                got = None if fd is None else disk.read_at(fd, name, path, limit=STATE_FILE_LIMIT)
+            return None if got is None else json.loads(got[0])
         except (OSError, ValueError) as err:
             raise StateError(f"{path} is unreadable ({err}) — fix or delete it") from err
 
@@ -145,8 +198,8 @@ class StateStore:
             else json.dumps(data, indent=2, sort_keys=True)
         )
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.root / name, text + "\n")
+            with self._folder(keys=False) as fd:
+                disk.write_at(fd, name, (text + "\n").encode(), disk.SHARED, self.root / name)
         except OSError as err:
             raise StateError(f"cannot write {self.root / name}: {err.strerror}") from err
 

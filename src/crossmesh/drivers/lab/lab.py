@@ -35,6 +35,7 @@ from crossmesh.model.plan import Plan
 from crossmesh.policy.endpoints import mesh_index
 from crossmesh.policy.evaluator import PolicyIndex
 from crossmesh.render.tree import render as render_tree
+from crossmesh.state.disk import write_private
 from crossmesh.workspace import Compiled, compile_mesh
 
 LAB_ROOT = Path("/run/crossmesh")
@@ -701,10 +702,7 @@ def _device_peers(state: LabState) -> dict[str, dict[str, tuple[int, int, int, s
 def _write_private(path: Path, content: str) -> None:
     if path.exists() and path.read_text() == content:
         return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(content)
-    os.chmod(path, 0o600)
+    write_private(path, content)
 
 
 def _alive(pid: int) -> bool:
