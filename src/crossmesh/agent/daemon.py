@@ -37,6 +37,8 @@ from aetcd import watcher as aetcd_watcher
 from crossmesh.agent import records
 from crossmesh.drivers import iproute
 from crossmesh.drivers.lab import netns, wireguard
+from crossmesh.errors import CrossmeshError
+from crossmesh.state import disk
 from crossmesh.state import keys as wgkeys
 
 AGENT_ROUTE_PROTO = 100  # the lab's own routes use 99; these belong to the agent
@@ -107,7 +109,7 @@ class Agent:
         # previous public key. The device uses `private`; a rotated key waits in `pending`
         # until its public key is published, so the node is never re-keyed while peers cannot
         # learn it (etcd unreachable).
-        self.private = self.key_path.read_text().strip()
+        self.private = disk.read_private(self.key_path).strip()
         self.pending: str | None = None
         self.applied: dict[str, records.DesiredPeer] = {}  # peers as the device has them
         self.applied_private: str | None = None
@@ -577,14 +579,14 @@ class Agent:
         """New key on the node: set on the device and published at once when etcd answers (`publish`),
         not before, so that a node never takes a key its peers cannot learn; peers follow."""
         private = wgkeys.generate_private_key()
-        tmp = self.key_path.with_suffix(".new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(private + "\n")
-        os.replace(tmp, self.key_path)
+        disk.write_private(self.key_path, private + "\n")  # the one writer of private keys: 0600, no link followed
         pub = self.key_path.with_suffix(".pub")
         if pub.exists():
-            pub.write_text(wgkeys.public_key(private) + "\n")
+            folder = disk.open_dir(pub.parent, pub.parent)
+            try:
+                disk.write_at(folder, pub.name, (wgkeys.public_key(private) + "\n").encode(), disk.SHARED, pub)
+            finally:
+                os.close(folder)
         self.own = replace(self.own, public_key=wgkeys.public_key(private), version=self.own.version + 1)
         self.pending = private
         self.put_needed.set()
@@ -644,7 +646,12 @@ def main(argv: list[str]) -> int:
         print("usage: python -m crossmesh.agent.daemon CONFIG.json [AWAIT_DEVICE_SECONDS]", file=sys.stderr)
         return 2
     cfg = json.loads(Path(argv[0]).read_text())
-    asyncio.run(Agent(cfg).run(await_device=float(argv[1]) if len(argv) == 2 else 0.0))
+    try:
+        agent = Agent(cfg)
+    except CrossmeshError as err:  # its key file unsafe or missing: nothing to run with
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    asyncio.run(agent.run(await_device=float(argv[1]) if len(argv) == 2 else 0.0))
     return 0
 
 

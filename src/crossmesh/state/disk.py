@@ -188,3 +188,18 @@ def write_private(path: Path, text: str, *, folder: int | None = None) -> None:
     finally:
         if folder is None:
             os.close(fd)
+
+
+def read_private(path: Path, *, limit: int = 4096) -> str:
+    """The text of a private file (a key) that only this user can read: a regular file reached
+    through no link at the file or its folder; UnsafePath otherwise (a missing file included)."""
+    fd = open_dir(path.parent, path.parent)
+    try:
+        got = read_at(fd, path.name, path, limit=limit)
+    finally:
+        os.close(fd)
+    if got is None:
+        raise UnsafePath(f"{path} does not exist")
+    data, st = got
+    refuse_shared(st, path, bits=0o077, chmod="600")
+    return data.decode("utf-8", errors="replace")
