@@ -13,8 +13,9 @@ from rich.table import Table
 
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
-from crossmesh.drivers.lab import netns, wireguard
-from crossmesh.errors import UsageError
+from crossmesh.drivers.lab import netns, topology, wireguard
+from crossmesh.errors import SpecError, UsageError
+from crossmesh.load.mesh import load_mesh_model
 
 app = typer.Typer(
     help="The lab: the whole mesh built for real on this Linux host (network namespaces, wireguard-go, "
@@ -389,11 +390,15 @@ def down(
         removed = labs.down(None)
     else:
         try:
-            state = labs.find_lab(mesh)
+            tag = labs.find_lab(mesh).tag
         except UsageError:
             if mesh is None:
                 out.print("no lab is running; nothing to remove (`--all` sweeps leftovers of crashed labs)")
                 return
-            raise
-        removed = labs.down(state.tag)
+            # No state (a `lab up` killed before it wrote any): sweep what carries this mesh's tag.
+            _, model, problems = load_mesh_model(mesh)
+            if model is None:
+                raise SpecError(problems) from None
+            tag = topology.lab_tag(model.metadata.name)
+        removed = labs.down(tag)
     out.print(f"removed {len(removed)} things" if removed else "nothing to remove")
