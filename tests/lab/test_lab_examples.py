@@ -12,6 +12,8 @@ from pathlib import Path
 
 from labkit import crossmesh
 
+from crossmesh.drivers.lab import lab as labs
+
 
 def _failed(report: dict[str, object]) -> list[str]:
     return [f"{c['name']}: {c['actual']} ({c['detail']})" for c in report["checks"] if not c["passed"]]  # type: ignore[index, union-attr, attr-defined]
@@ -150,3 +152,21 @@ def test_kill_moves_service_traffic_and_revive_brings_it_back(make_lab) -> None:
     crossmesh("lab", "kill", *mesh, "cluster1/default/relay-0", check=True)
     time.sleep(1.0)
     assert lab.up()["changes"] == []
+
+
+def test_a_filtered_failover_run_leaves_the_lab_as_it_found_it(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """`--test failover` alone kills the preferred backends and revives them before it ends (the
+    revive was the separate `return` check, which the filter left out)."""
+    lab = make_lab("three-clouds")
+    lab.up()
+    code, report = lab.test("--test", "failover")
+    names = [c["name"] for c in report["checks"]]  # type: ignore[attr-defined]
+    assert names and all("failover" in n for n in names), names
+    assert code == 0, [c for c in report["checks"] if not c["passed"]]  # type: ignore[attr-defined]
+    st = labs.LabState.load(lab.tag)
+    assert st is not None
+    killed = st.dir / "killed"
+    assert not killed.is_dir() or not any(killed.iterdir()), sorted(p.name for p in killed.iterdir())
+    code, report = lab.test("--test", "return")
+    assert code == 0, [c for c in report["checks"] if not c["passed"]]  # type: ignore[attr-defined]
+    assert not killed.is_dir() or not any(killed.iterdir())

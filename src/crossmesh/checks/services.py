@@ -6,7 +6,8 @@
 - failover: every backend of the preferred tier killed → the next tier answers;
 - return:   revived → the preferred tier answers again.
 
-Failover and return stage real failures with `lab kill`/`revive` and always revive.
+Failover and return stage real failures with `lab kill`/`revive`; each revives what it killed
+before it ends, so any one of them runs alone and leaves the lab as it found it.
 """
 
 from __future__ import annotations
@@ -121,19 +122,28 @@ def _checks(
                 f"; also by {wrong}" if wrong else ""
             )
 
+        def answered_by(group: set[str]) -> tuple[str | None, float]:
+            """Poll the service until a pod of `group` answers: that pod and how long it took."""
+            t0, who = time.monotonic(), None
+            while time.monotonic() - t0 < FAILOVER_TIMEOUT:
+                who = _ask(ns, ip, port)
+                if who in group:
+                    break
+                time.sleep(POLL)
+            return who, time.monotonic() - t0
+
+        def staged(killed: list[str], kill: bool) -> None:
+            for ref in killed:
+                labs.set_killed(state, ref, kill)
+
         def failover(c: Check) -> None:
+            """Kill the preferred tier, the next one answers; revive it whatever happens, so that a
+            run of this check alone (`--test failover`) leaves the lab as it found it."""
             killed = sorted(first)
+            c.extra["killed"] = killed
             try:
-                for ref in killed:
-                    labs.set_killed(state, ref, True)
-                t0 = time.monotonic()
-                who = None
-                while time.monotonic() - t0 < FAILOVER_TIMEOUT:
-                    who = _ask(ns, ip, port)
-                    if who in second:
-                        break
-                    time.sleep(POLL)
-                took = time.monotonic() - t0
+                staged(killed, True)
+                who, took = answered_by(second)
                 if who not in second:
                     c.actual, c.detail = Result.TIMEOUT, f"no answer from the next tier within {FAILOVER_TIMEOUT:.0f} s"
                     return
@@ -144,20 +154,18 @@ def _checks(
                     f"; but also {wrong}" if wrong else ""
                 )
             finally:
-                c.extra["killed"] = killed
+                staged(killed, False)
+                answered_by(first)  # back to where it was before the next check runs
 
         def back(c: Check) -> None:
+            """The preferred tier down (the next one answering), then revived: it answers again."""
             killed = sorted(first)
-            for ref in killed:
-                labs.set_killed(state, ref, False)
-            t0 = time.monotonic()
-            who = None
-            while time.monotonic() - t0 < FAILOVER_TIMEOUT:
-                who = _ask(ns, ip, port)
-                if who in first:
-                    break
-                time.sleep(POLL)
-            took = time.monotonic() - t0
+            try:
+                staged(killed, True)
+                answered_by(second)
+            finally:
+                staged(killed, False)
+            who, took = answered_by(first)
             c.actual = Result.OK if who in first else Result.TIMEOUT
             c.detail = f"preferred tier answered again {took:.2f} s after revive" if who in first else "never returned"
 
