@@ -382,7 +382,7 @@ def test_policy_trace_with_catastrophic_regex_answers(tmp_path: Path) -> None:
         check=False,
     )
 
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # denied
     assert json.loads(proc.stdout)["verdict"] == "denied"
 
 
@@ -424,7 +424,7 @@ def test_markup_in_http_path_and_mesh_path_is_printed_literally(bracketed: Path)
         "/[/x][bold]",
     )
 
-    assert code == 0, err
+    assert code == 1, err  # denied
     assert "80/TCP GET /[/x][bold]: denied" in out
 
 

@@ -63,6 +63,8 @@ def trace(  # noqa: PLR0913 - the command's options
 
     A service is traced to each of its backends after DNAT (policy sees the backend and its target
     port); the first backend of the serving tier is the one shown in full.
+
+    Exit status: 0 when the flow is allowed, 1 when it is denied, 2 on bad input.
     """
     m = PORT_RE.match(port)
     if not m or not 1 <= int(m.group(1)) <= 65535:
@@ -103,8 +105,10 @@ def trace(  # noqa: PLR0913 - the command's options
         ]
     if output is Output.JSON:
         emit_json(data)
-        return
-    _print(index, src, dst, verdicts, number, proto, request)
+    else:
+        _print(index, src, dst, verdicts, number, proto, request)
+    if not first.allowed:
+        raise typer.Exit(1)  # as `kubectl auth can-i`: scripts test the verdict by the exit code
 
 
 def _request(method: str | None, path: str | None, headers: list[str]) -> HttpRequest | None:
