@@ -14,6 +14,17 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+# Cilium's cluster ids run 1..255, or 1..511 with `clustermesh.maxConnectedClusters: 511` (Cilium
+# 1.15+, which halves the cluster-local identities); crossmesh sets that when an id passes 255.
+MAX_CLUSTER_ID = 511
+CILIUM_DEFAULT_MAX_CLUSTER_ID = 255
+
+# The documented limits (README, "Limits"): validate and plan are measured fast up to them
+# (benchmarks/bench_scale.py); past them validate refuses the file before any other work.
+MAX_NODES = 10_000
+MAX_SITES = 500
+MAX_CLUSTERS = MAX_CLUSTER_ID
+
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -156,7 +167,7 @@ class Node(_Model):
 
 class Cluster(_Model):
     name: Name
-    id: int | None = Field(default=None, ge=1, le=255)
+    id: int | None = Field(default=None, ge=1, le=MAX_CLUSTER_ID)
     distribution: Distribution = Distribution.KUBEADM
     cni: Cni = Cni.CILIUM
     pod_cidr: Cidr | None = Field(default=None, alias="podCIDR")
