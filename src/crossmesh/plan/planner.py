@@ -325,12 +325,44 @@ def build_plan(
 ) -> Plan:
     planner = _Planner(mesh, alloc, public_keys)
     node_plans = planner.gateways() if mesh.spec.wireguard.topology is Topology.GATEWAYS else planner.full_mesh()
+    hc = mesh.spec.health_check
+    return Plan(
+        mesh=mesh.metadata.name,
+        topology=mesh.spec.wireguard.topology.value,
+        trust_domain=mesh.spec.trust_domain,
+        listen_port=mesh.spec.wireguard.listen_port,
+        sites=tuple(
+            SitePlan(s.name, s.provider.value, s.region, s.network, s.mtu)
+            for s in sorted(mesh.spec.sites, key=lambda s: s.name)
+        ),
+        clusters=cluster_plans(mesh, alloc, manifests, placements),
+        nodes=tuple(node_plans),
+        health=HealthPlan(
+            probe=hc.probe.value,
+            path=hc.path,
+            interval_ms=hc.interval_ms,
+            timeout_ms=hc.timeout_ms,
+            failure_threshold=hc.failure_threshold,
+            success_threshold=hc.success_threshold,
+        ),
+    )
+
+
+def cluster_plans(
+    mesh: Mesh,
+    alloc: Allocations,
+    manifests: dict[str, list[k8s.Manifest]] | None = None,
+    placements: dict[str, str] | None = None,
+) -> tuple[ClusterPlan, ...]:
+    """Every cluster with its pods and services. `validate` runs this too, so that a workload that
+    does not fit its nodes' pod CIDRs is refused by validate and not first by plan: raises
+    `workloads.PlacementError` naming the manifest."""
     clusters = []
     for c in sorted(mesh.spec.clusters, key=lambda c: c.name):
         names = [n.name for n in c.nodes]
         cluster_manifests = (manifests or {}).get(c.name, [])
         expanded = workloads.expand_pods(c.name, cluster_manifests, names, placements)
-        pods = workloads.place_pods(c.name, expanded, {n: alloc.nodes[n].pod_cidr for n in names})
+        pods = workloads.place_pods(c.name, expanded, {n: alloc.nodes[n].pod_cidr for n in names}, cluster_manifests)
         services = workloads.plan_services(c.name, cluster_manifests, pods, c.service_cidr)
         clusters.append(
             ClusterPlan(
@@ -346,24 +378,4 @@ def build_plan(
                 services=services,
             )
         )
-    hc = mesh.spec.health_check
-    return Plan(
-        mesh=mesh.metadata.name,
-        topology=mesh.spec.wireguard.topology.value,
-        trust_domain=mesh.spec.trust_domain,
-        listen_port=mesh.spec.wireguard.listen_port,
-        sites=tuple(
-            SitePlan(s.name, s.provider.value, s.region, s.network, s.mtu)
-            for s in sorted(mesh.spec.sites, key=lambda s: s.name)
-        ),
-        clusters=tuple(clusters),
-        nodes=tuple(node_plans),
-        health=HealthPlan(
-            probe=hc.probe.value,
-            path=hc.path,
-            interval_ms=hc.interval_ms,
-            timeout_ms=hc.timeout_ms,
-            failure_threshold=hc.failure_threshold,
-            success_threshold=hc.success_threshold,
-        ),
-    )
+    return tuple(clusters)
