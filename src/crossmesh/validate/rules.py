@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from itertools import islice
 
 from crossmesh.errors import Problem
@@ -110,6 +110,15 @@ def _addresses(mesh: Mesh, doc: Document) -> list[Problem]:
             per_site.append((f"{n.address} in site {n.site}", (*base, "address")))
             if n.public_address is not None:
                 public.append((str(n.public_address), (*base, "publicAddress")))
+                why = _public_address_problem(n.public_address, sites.values())
+                if why is not None:
+                    out.append(
+                        doc.problem(
+                            (*base, "publicAddress"),
+                            f"{why} — use the address the node is dialled at from the other sites, "
+                            "or leave publicAddress out (behind NAT)",
+                        )
+                    )
             if site is None:
                 continue
             if n.address not in site.network:
@@ -130,6 +139,28 @@ def _addresses(mesh: Mesh, doc: Document) -> list[Problem]:
     out += _dupes(doc, per_site, "node address", "each node in a site needs its own address")
     out += _dupes(doc, public, "public address", "each node needs its own public address")
     return out
+
+
+# Addresses no other site can dial. Private ranges are not refused as such (a mesh over a private
+# WAN dials them), only when they lie inside a site network, nor are the documentation and
+# benchmarking ranges that examples and tests use.
+_UNUSABLE_PUBLIC = (
+    (IPv4Network("0.0.0.0/8"), "an unspecified (\"this network\") address"),
+    (IPv4Network("127.0.0.0/8"), "a loopback address"),
+    (IPv4Network("169.254.0.0/16"), "a link-local address"),
+    (IPv4Network("224.0.0.0/4"), "a multicast address"),
+    (IPv4Network("240.0.0.0/4"), "a reserved address (or the broadcast address)"),
+)
+
+
+def _public_address_problem(address: IPv4Address, sites: Iterable[Site]) -> str | None:
+    for net, what in _UNUSABLE_PUBLIC:
+        if address in net:
+            return f"{address} is {what}: no other site can reach it"
+    for site in sites:
+        if address in site.network:
+            return f"{address} is inside site {site.name}'s network {site.network}: that is a private side"
+    return None
 
 
 def _claims(mesh: Mesh) -> list[Claim]:
