@@ -46,7 +46,8 @@ def emit_json(data: Any) -> None:
 
 class _JsonWriter:
     # Containers this shallow (the document, the plan, its node list) or this long are written piece
-    # by piece, not held as one text; texts up to CACHE_UP_TO characters (a peer, a route) are kept.
+    # by piece, not held as one text; texts up to CACHE_UP_TO characters (a peer, a route) are kept,
+    # longer ones only once met a second time (a site's shared peer list, not each node's routes).
     STREAM_DEPTH = 3
     STREAM_AT = 64
     CACHE_UP_TO = 4096
@@ -54,6 +55,7 @@ class _JsonWriter:
     def __init__(self, write: Callable[[str], Any]) -> None:
         self.out = write
         self.cache: dict[int, dict[int, str]] = {}  # depth → id → text; the data outlives the writer
+        self.seen: set[tuple[int, int]] = set()  # (depth, id) of long texts made once
 
     def text(self, obj: Any, depth: int) -> str:
         if type(obj) is str:
@@ -66,8 +68,10 @@ class _JsonWriter:
             parts: list[str] = []
             self._container(obj, depth, parts.append)
             done = "".join(parts)
-            if len(done) <= self.CACHE_UP_TO:
+            if len(done) <= self.CACHE_UP_TO or (depth, id(obj)) in self.seen:
                 cache[id(obj)] = done
+            else:
+                self.seen.add((depth, id(obj)))
         return done
 
     def write(self, obj: Any, depth: int) -> None:
