@@ -83,8 +83,13 @@ def test_the_libyaml_path_gives_ruamels_data_and_positions(monkeypatch: pytest.M
 
 @pytest.mark.parametrize(
     "extra",
-    ["        - &anchor {name: x}\n", "        - !!str 5\n", "        - {name: a, name: b}\n", "        - [\n"],
-    ids=["anchor", "tag", "duplicate-key", "malformed"],
+    [
+        "        - &a {name: x}\n        - *a\n",
+        "        - !!str 5\n",
+        "        - {name: a, name: b}\n",
+        "        - [\n",
+    ],
+    ids=["alias", "tag", "duplicate-key", "malformed"],
 )
 def test_what_the_fast_path_cannot_word_goes_to_ruamel(extra: str, monkeypatch: pytest.MonkeyPatch) -> None:
     text = big_mesh(400) + extra

@@ -27,10 +27,10 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_NODES = 200_000
 # Above this size a document is composed by libyaml (C) and converted here with YAML 1.2's rules:
 # ruamel's pure-Python round-trip parser takes ~4.5 s for a 10,000-node mesh file, libyaml 0.1 s.
-# Smaller files, and any file with tags, anchors, merge keys or directives, keep ruamel's path,
+# Smaller files, and any file with tags, aliases, merge keys or directives, keep ruamel's path,
 # whose error messages the fast path falls back to.
 FAST_PATH_BYTES = 64 * 1024
-_FAST_PATH_REFUSES = ("!", "&", "*", "<<", "%")
+_FAST_PATH_REFUSES = ("!", "<<", "\n%")  # tags, merge keys, directives; aliases are found while converting
 
 PathKey = tuple[str | int, ...]
 
@@ -137,6 +137,7 @@ class _FastConverter:
     def __init__(self) -> None:
         self.count = 0
         self.positions: dict[PathKey, tuple[int, int]] = {}
+        self.seen: set[int] = set()  # an alias is a node met twice: ruamel expands and counts it
         # ruamel's YAML 1.2 implicit resolvers by first character, read once (its `resolve` looks
         # the version up again for every scalar, a third of this conversion's time).
         implicit = VersionedResolver(version=(1, 2)).versioned_resolver
@@ -171,6 +172,9 @@ class _FastConverter:
         self.count += 1
         if self.count > MAX_NODES:
             raise _TooBig
+        if id(node) in self.seen:
+            raise _Slow
+        self.seen.add(id(node))
         if isinstance(node, libyaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -200,7 +204,7 @@ class _Composer(libyaml.CSafeLoader):  # type: ignore[misc]  # PyYAML has no typ
 
 def _fast_documents(text: str, shown: str) -> list[Document] | None:
     """The documents through libyaml, or None when ruamel must read this text."""
-    if len(text) < FAST_PATH_BYTES or any(mark in text for mark in _FAST_PATH_REFUSES):
+    if len(text) < FAST_PATH_BYTES or text.startswith("%") or any(mark in text for mark in _FAST_PATH_REFUSES):
         return None
     docs = []
     try:
