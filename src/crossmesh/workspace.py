@@ -17,7 +17,8 @@ from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.mesh import Mesh
 from crossmesh.model.plan import Plan
-from crossmesh.plan.planner import build_plan
+from crossmesh.plan.planner import build_plan, cluster_plans
+from crossmesh.plan.workloads import PlacementError
 from crossmesh.policy import parse as policy_parse
 from crossmesh.state.store import StateStore
 from crossmesh.validate import rules
@@ -46,10 +47,23 @@ def check(
     errors = [p for p in problems if p.severity == "error"]
     if not errors:
         previous = (store or StateStore.beside(path)).load_allocations()
-        _, alloc_problems = allocate(mesh, previous, doc)
-        problems += alloc_problems
+        alloc, alloc_problems = allocate(mesh, previous, doc)
+        problems += alloc_problems or _placement_problems(mesh, alloc, manifests)
     loaded.warnings = [p for p in problems if p.severity != "error"]
     return loaded, problems
+
+
+def _placement_problems(mesh: Mesh, alloc: Allocations, manifests: dict[str, list[Manifest]]) -> list[Problem]:
+    """What plan would refuse about pods and services (the same code: `cluster_plans`)."""
+    try:
+        cluster_plans(mesh, alloc, manifests)
+    except PlacementError as err:
+        return [_placement_problem(err)]
+    return []
+
+
+def _placement_problem(err: PlacementError) -> Problem:
+    return Problem(err.manifest.file, err.manifest.line, 1, ".".join(err.path), str(err))
 
 
 def _unenforced_policies(mesh: Mesh, manifests: dict[str, list[Manifest]]) -> list[Problem]:
@@ -92,6 +106,8 @@ def compile_mesh(
         keys = store.public_keys(nodes)
     try:
         plan = build_plan(loaded.mesh, alloc, keys, loaded.manifests, placements)
+    except PlacementError as err:
+        raise SpecError([_placement_problem(err)]) from err
     except ValueError as err:
         raise SpecError([loaded.doc.problem(("spec",), str(err))]) from err
     return Compiled(loaded=loaded, allocations=alloc, plan=plan, store=store)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from crossmesh.ipam.allocate import Allocations, ClusterAllocation, NodeAllocation, allocate
 from crossmesh.load.yamlpos import Document
-from crossmesh.model.mesh import Mesh
+from crossmesh.model.mesh import MAX_CLUSTER_ID, Mesh
 from crossmesh.validate import rules
 
 SETTINGS = settings(  # cheap enough for every run: ~1 s a property
@@ -138,7 +138,7 @@ def check_laws(mesh: Mesh, alloc: Allocations, *, sizes: bool = True) -> None:
 
     ids = [a.id for a in alloc.clusters.values()]
     assert len(set(ids)) == len(ids), f"duplicate cluster ids {ids}"
-    assert all(1 <= i <= 255 for i in ids), ids
+    assert all(1 <= i <= MAX_CLUSTER_ID for i in ids), ids  # past 255 the Cilium values say maxConnectedClusters 511
 
     # Cluster pod CIDRs: disjoint from each other and from every other range of the mesh.
     pods = [(f"cluster {k}", a.pod_cidr) for k, a in alloc.clusters.items()]

@@ -251,7 +251,7 @@ def test_every_independent_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_every_schema_problem_is_reported_at_once(tmp_path: Path) -> None:
     text = (
         VALID.replace("      provider: gcp\n", "      provider: gcp\n      mtu: big\n")
-        .replace("      id: 1\n", "      id: 300\n")
+        .replace("      id: 1\n", "      id: 600\n")
         .replace("          address: 10.0.1.5\n", "          address: 10.0.1\n")
     )
     (tmp_path / "mesh.yaml").write_text(text)

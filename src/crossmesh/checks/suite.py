@@ -20,7 +20,7 @@ from crossmesh.checks import probes
 from crossmesh.checks.results import Check, Result
 from crossmesh.drivers.lab.lab import LabState
 from crossmesh.drivers.lab.servicesd import ECHO_PORT
-from crossmesh.drivers.lab.topology import PRIVATE_RANGES, LabTopology, PodEndpoint
+from crossmesh.drivers.lab.topology import PRIVATE_RANGES, LabTopology, PodEndpoint, spoof_comment
 from crossmesh.model.plan import Plan, PodPlan
 from crossmesh.policy.evaluator import PolicyIndex, Reason, Verdict, evaluate
 from crossmesh.policy.model import HttpRequest
@@ -502,7 +502,7 @@ def anti_spoofing(ctx: Context) -> list[Planned]:
 
         def run(c: Check, src: PodPlan = src, dst: PodPlan = dst, forged: str = forged) -> None:
             ep = ctx.ep(src)
-            comment = f"anti-spoofing {src.ref}"
+            comment = spoof_comment(src)
             before = probes.nft_counter(ep.node_namespace, comment)
             probes.spoofed_udp(ep.namespace, forged, str(dst.address), _ports(dst, "UDP")[0])
             time.sleep(0.1)

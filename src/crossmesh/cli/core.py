@@ -88,8 +88,14 @@ def _table(title: str, *cols: str) -> Table:
     return t
 
 
+# Past this many nodes (without --node) the per-node tables become one summary line per site: a full
+# mesh of 1,000 nodes has 950,000 peer rows and 2.85 million route rows, which no one reads in a table.
+DETAIL_NODES = 100
+
+
 def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) -> None:
     nodes = [n for n in data["nodes"] if not only or n["name"] in only]
+    detail = bool(only) or len(nodes) <= DETAIL_NODES
     t = _table("Clusters", "cluster", "id", "distribution", "cni", "pod CIDR", "service CIDR", "pods", "services")
     for c in data["clusters"]:
         t.add_row(
@@ -103,6 +109,59 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
             str(len(c["services"])),
         )
     out.print(t)
+    if detail:
+        _print_nodes(nodes)
+    else:
+        _print_site_summary(data, nodes)
+    t = _table("Services", "service", "cluster IP", "port", "global", "affinity", "backends by tier")
+    for c in data["clusters"]:
+        for svc in c["services"]:
+            for bs in svc["backendSets"]:
+                tiers = " | then | ".join(", ".join(tier) or "(none)" for tier in bs["tiers"]) or "(no backends)"
+                flags = ("yes" + ("" if svc["shared"] else ", not shared")) if svc["global"] else "no"
+                t.add_row(svc["ref"], svc["clusterIP"], bs["port"], flags, svc["affinity"], tiers)
+    out.print(t)
+    if detail:
+        t = _table("Routes", "node", "destination", "via", "next hop", "towards")
+        for n in nodes:
+            for r in n["routes"]:
+                t.add_row(n["name"], r["dst"], r["via"], r["gateway"] or "-", r["peer"])
+        out.print(t)
+    _print_change(change, detail)
+
+
+def _print_site_summary(data: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
+    """The per-node tables, folded into one row per site."""
+    t = _table("Sites", "site", "nodes", "behind NAT", "gateways", "peers per node", "routes per node", "pod MTU")
+    by_site: dict[str, list[dict[str, Any]]] = {}
+    for n in nodes:
+        by_site.setdefault(n["site"], []).append(n)
+
+    def spread(values: list[int]) -> str:
+        low, high = min(values), max(values)
+        return str(low) if low == high else f"{low}–{high}"
+
+    for site in data["sites"]:
+        members = by_site.get(site["name"], [])
+        if not members:
+            continue
+        t.add_row(
+            site["name"],
+            str(len(members)),
+            str(sum(1 for n in members if n["publicAddress"] is None)),
+            str(sum(1 for n in members if n["gateway"])),
+            spread([len((n["tunnel"] or {}).get("peers", [])) for n in members]),
+            spread([len(n["routes"]) for n in members]),
+            spread([n["podMTU"]["value"] for n in members]),
+        )
+    out.print(t)
+    out.print(
+        f"{len(nodes)} nodes: the nodes, MTU, peers and routes tables are shown for up to {DETAIL_NODES} nodes — "
+        "pick nodes with --node NAME (repeatable), or use -o json for everything"
+    )
+
+
+def _print_nodes(nodes: list[dict[str, Any]]) -> None:
     t = _table("Nodes", "node", "cluster", "site", "address", "public", "pod CIDR", "tunnel address")
     for n in nodes:
         t.add_row(
@@ -134,23 +193,22 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
                 f"{p['persistentKeepalive']}s" if p["persistentKeepalive"] else "-",
             )
     out.print(t)
-    t = _table("Services", "service", "cluster IP", "port", "global", "affinity", "backends by tier")
-    for c in data["clusters"]:
-        for svc in c["services"]:
-            for bs in svc["backendSets"]:
-                tiers = " | then | ".join(", ".join(tier) or "(none)" for tier in bs["tiers"]) or "(no backends)"
-                flags = ("yes" + ("" if svc["shared"] else ", not shared")) if svc["global"] else "no"
-                t.add_row(svc["ref"], svc["clusterIP"], bs["port"], flags, svc["affinity"], tiers)
-    out.print(t)
-    t = _table("Routes", "node", "destination", "via", "next hop", "towards")
-    for n in nodes:
-        for r in n["routes"]:
-            t.add_row(n["name"], r["dst"], r["via"], r["gateway"] or "-", r["peer"])
-    out.print(t)
+
+
+def _print_change(change: dict[str, Any], detail: bool) -> None:
     if change["empty"]:
         out.print("[bold]Difference from last applied state:[/bold] none")
         return
     out.print("[bold]Difference from last applied state:[/bold]")
+    if not detail:
+        changed = sum(
+            1 for name, c in change["nodes"].items() if not c.get("removed") and name not in change["nodesAdded"]
+        )
+        out.print(
+            f"  {len(change['nodesAdded'])} nodes added, {len(change['nodesRemoved'])} removed, "
+            f"{changed} with changed peers or routes (-o json lists them)"
+        )
+        return
     for name in change["nodesAdded"]:
         out.print(f"  [green]+ node {name}[/green]")
     for name in change["nodesRemoved"]:

@@ -10,13 +10,14 @@ renumber by insertion order).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from crossmesh.errors import Problem
 from crossmesh.load.yamlpos import Document
-from crossmesh.model.mesh import Mesh
+from crossmesh.model.mesh import MAX_CLUSTER_ID, Mesh
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,33 +61,51 @@ class Allocations:
 
 
 class _Free:
-    """Ranges taken so far; finds the lowest free aligned subnet quickly."""
+    """Ranges taken so far, kept as sorted disjoint intervals, so that a conflict check is a
+    binary search and the lowest free aligned subnet is found without rescanning what an earlier
+    search already found full: taking only ever adds, so the answer for a pool never moves down.
+    (Rescanning made 10,000 node pod CIDRs in one cluster quadratic.)"""
 
     def __init__(self, taken: Iterable[IPv4Network]) -> None:
-        self.taken = sorted(set(taken), key=lambda n: int(n.network_address))
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.floor: dict[tuple[IPv4Network, int], int] = {}
+        for net in taken:
+            self.take(net)
 
     def conflicts(self, net: IPv4Network) -> bool:
-        return any(net.overlaps(t) for t in self.taken)
+        i = bisect_right(self.starts, int(net.broadcast_address))  # intervals starting at or before its end
+        return i > 0 and self.ends[i - 1] >= int(net.network_address)
 
     def take(self, net: IPv4Network) -> None:
-        self.taken.append(net)
-        self.taken.sort(key=lambda n: int(n.network_address))
+        start, end = int(net.network_address), int(net.broadcast_address)
+        lo = hi = bisect_left(self.starts, start)
+        if lo > 0 and self.ends[lo - 1] >= start - 1:
+            lo -= 1
+            start, end = self.starts[lo], max(end, self.ends[lo])
+        while hi < len(self.starts) and self.starts[hi] <= end + 1:
+            end = max(end, self.ends[hi])
+            hi += 1
+        self.starts[lo:hi] = [start]
+        self.ends[lo:hi] = [end]
 
     def first(self, pool: IPv4Network, prefix: int) -> IPv4Network | None:
         if prefix < pool.prefixlen:
             return None
         step = 1 << (32 - prefix)
-        start, end = int(pool.network_address), int(pool.broadcast_address)
-        relevant = [t for t in self.taken if t.overlaps(pool)]
-        cursor = start
-        for t in relevant + [None]:
-            limit = end + 1 if t is None else int(t.network_address)
+        end = int(pool.broadcast_address)
+        cursor = self.floor.get((pool, prefix), int(pool.network_address))
+        i = max(bisect_right(self.starts, cursor) - 1, 0)
+        while True:
             aligned = (cursor + step - 1) // step * step
-            if aligned + step - 1 < limit and aligned + step - 1 <= end:
+            if aligned + step - 1 > end:
+                return None
+            while i < len(self.starts) and self.ends[i] < aligned:
+                i += 1
+            if i == len(self.starts) or self.starts[i] > aligned + step - 1:
+                self.floor[(pool, prefix)] = aligned
                 return IPv4Network((aligned, prefix))
-            if t is not None:
-                cursor = max(cursor, int(t.broadcast_address) + 1)
-        return None
+            cursor = self.ends[i] + 1
 
 
 def _hosts(pool: IPv4Network) -> Iterator[IPv4Address]:
@@ -111,15 +130,19 @@ def allocate(mesh: Mesh, previous: Allocations, doc: Document | None = None) -> 
             continue
         prev = previous.clusters.get(c.name)
         # A hand-edited or stale state file may hold an id Cilium rejects: allocate a new one then.
-        if prev is not None and 1 <= prev.id <= 255 and prev.id not in used_ids:
+        if prev is not None and 1 <= prev.id <= MAX_CLUSTER_ID and prev.id not in used_ids:
             ids[c.name] = prev.id
             used_ids.add(prev.id)
     for c in sorted(spec.clusters, key=lambda c: c.name):
         if c.name in ids:
             continue
-        free_id = next((i for i in range(1, 256) if i not in used_ids), None)
+        # Past 255 only when the ids below are used up: 256..511 need maxConnectedClusters 511.
+        free_id = next((i for i in range(1, MAX_CLUSTER_ID + 1) if i not in used_ids), None)
         if free_id is None:
-            fail(("spec", "clusters"), "more than 255 clusters: Cilium cluster ids run 1..255 — split the mesh")
+            fail(
+                ("spec", "clusters"),
+                f"more than {MAX_CLUSTER_ID} clusters: Cilium cluster ids run 1..{MAX_CLUSTER_ID} — split the mesh",
+            )
             continue
         ids[c.name] = free_id
         used_ids.add(free_id)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from crossmesh.errors import Problem
 from crossmesh.load.yamlpos import Document, PathKey, dotted, parse_documents, read_text
 from crossmesh.model import k8s
-from crossmesh.model.mesh import Mesh
+from crossmesh.model.mesh import MAX_CLUSTERS, MAX_NODES, MAX_SITES, Mesh
 
 
 @dataclass(slots=True)
@@ -187,6 +187,9 @@ def load_mesh_model(
         problems = apply_overlay(doc, overlay)
         if problems:
             return doc, None, problems
+    problems = _limits(doc)
+    if problems:
+        return doc, None, problems
     try:
         return doc, Mesh.model_validate(doc.data), []
     except ValidationError as err:
@@ -203,6 +206,39 @@ def load_mesh_model(
             except ValidationError:
                 pass
         return doc, None, problems
+
+
+def _limits(doc: Document) -> list[Problem]:
+    """Counts past the documented limits, read from the raw data so that nothing bigger is validated."""
+    spec = doc.data.get("spec")
+    if not isinstance(spec, dict):
+        return []
+    out = []
+    for key, limit in (("sites", MAX_SITES), ("clusters", MAX_CLUSTERS)):
+        items = spec.get(key)
+        if isinstance(items, list) and len(items) > limit:
+            out.append(
+                doc.problem(
+                    ("spec", key, limit),
+                    f"{len(items)} {key}: crossmesh handles at most {limit} {key} in one mesh — split the mesh",
+                )
+            )
+    clusters = spec.get("clusters")
+    nodes = [
+        ("spec", "clusters", ci, "nodes", ni)
+        for ci, c in enumerate(clusters if isinstance(clusters, list) else [])
+        if isinstance(c, dict) and isinstance(c.get("nodes"), list)
+        for ni in range(len(c["nodes"]))
+    ]
+    if len(nodes) > MAX_NODES:
+        out.append(
+            doc.problem(
+                nodes[MAX_NODES],
+                f"{len(nodes)} nodes: crossmesh handles at most {MAX_NODES} nodes in one mesh "
+                f"(this is node {MAX_NODES + 1}) — split the mesh",
+            )
+        )
+    return out
 
 
 def apply_overlay(doc: Document, overlay: dict[str, Any]) -> list[Problem]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from ipaddress import IPv4Address
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +24,17 @@ IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ANNOTATION_GLOBAL = "service.cilium.io/global"
 ANNOTATION_SHARED = "service.cilium.io/shared"
 ANNOTATION_AFFINITY = "service.cilium.io/affinity"
+
+
+def _cluster_ip(value: str | None) -> str | None:
+    """`None` (headless), empty (allocate one) or an IPv4 address, as the API server accepts."""
+    if value in (None, "", "None"):
+        return value
+    try:
+        IPv4Address(value)
+    except ValueError as err:
+        raise ValueError("not an IPv4 address — write it as 10.96.0.10, or None for a headless Service") from err
+    return value
 
 
 def _subdomain(value: str) -> str:
@@ -139,7 +151,7 @@ class ServiceSpec(_Open):
     selector: dict[str, str] = Field(default_factory=dict)
     ports: list[ServicePort] = Field(min_length=1)
     type: Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"] = "ClusterIP"
-    cluster_ip: str | None = Field(default=None, alias="clusterIP")
+    cluster_ip: Annotated[str | None, AfterValidator(_cluster_ip)] = Field(default=None, alias="clusterIP")
 
 
 CILIUM_ANNOTATION_VALUES = {

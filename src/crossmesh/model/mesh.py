@@ -11,8 +11,19 @@ from enum import StrEnum
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic.alias_generators import to_camel
+
+# Cilium's cluster ids run 1..255, or 1..511 with `clustermesh.maxConnectedClusters: 511` (Cilium
+# 1.15+, which halves the cluster-local identities); crossmesh sets that when an id passes 255.
+MAX_CLUSTER_ID = 511
+CILIUM_DEFAULT_MAX_CLUSTER_ID = 255
+
+# The documented limits (README, "Limits"): validate and plan are measured fast up to them
+# (benchmarks/bench_scale.py); past them validate refuses the file before any other work.
+MAX_NODES = 10_000
+MAX_SITES = 500
+MAX_CLUSTERS = MAX_CLUSTER_ID
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -68,6 +79,9 @@ Address = Annotated[IPv4Address, BeforeValidator(_address)]
 
 
 class _Model(BaseModel):
+    """Numbers, booleans and text are strict (StrictInt, StrictBool, StrictStr): YAML gives them their
+    type, and pydantic's lax mode would read `listenPort: true` as port 1 or `mtu: "1500"` as a number."""
+
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
@@ -110,14 +124,14 @@ class Metadata(_Model):
 
 class WireGuard(_Model):
     topology: Topology = Topology.FULL_MESH
-    listen_port: int = Field(default=51820, ge=1, le=65535)
-    persistent_keepalive: int = Field(default=25, ge=0, le=65535)
+    listen_port: StrictInt = Field(default=51820, ge=1, le=65535)
+    persistent_keepalive: StrictInt = Field(default=25, ge=0, le=65535)
 
 
 class Ipam(_Model):
     pod_pool: Cidr = IPv4Network("10.240.0.0/12")
-    cluster_prefix: int = Field(default=16, ge=8, le=28)
-    node_prefix: int = Field(default=24, ge=16, le=30)
+    cluster_prefix: StrictInt = Field(default=16, ge=8, le=28)
+    node_prefix: StrictInt = Field(default=24, ge=16, le=30)
     tunnel_pool: Cidr = IPv4Network("100.64.0.0/16")
 
 
@@ -130,19 +144,19 @@ class HealthCheck(_Model):
     """How the lab decides that a service backend is healthy (defaults favour fast failover)."""
 
     probe: Probe = Probe.TCP  # tcp: connect; http: GET `path` answered 200 (UDP ports: an echo)
-    path: str = "/"
-    interval_ms: int = Field(default=200, ge=50, le=60_000)
-    timeout_ms: int = Field(default=500, ge=10, le=60_000)
-    failure_threshold: int = Field(default=2, ge=1, le=100)
-    success_threshold: int = Field(default=1, ge=1, le=100)
+    path: StrictStr = "/"
+    interval_ms: StrictInt = Field(default=200, ge=50, le=60_000)
+    timeout_ms: StrictInt = Field(default=500, ge=10, le=60_000)
+    failure_threshold: StrictInt = Field(default=2, ge=1, le=100)
+    success_threshold: StrictInt = Field(default=1, ge=1, le=100)
 
 
 class Site(_Model):
     name: Name
     provider: Provider
-    region: str = ""
+    region: StrictStr = ""
     network: Cidr
-    mtu: int = Field(default=1500, ge=1280, le=9216)
+    mtu: StrictInt = Field(default=1500, ge=1280, le=9216)
 
 
 class Node(_Model):
@@ -150,30 +164,30 @@ class Node(_Model):
     site: Name
     address: Address
     public_address: Address | None = None
-    gateway: bool = False
+    gateway: StrictBool = False
     pod_cidr: Cidr | None = Field(default=None, alias="podCIDR")
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
 
 
 class Cluster(_Model):
     name: Name
-    id: int | None = Field(default=None, ge=1, le=255)
+    id: StrictInt | None = Field(default=None, ge=1, le=MAX_CLUSTER_ID)
     distribution: Distribution = Distribution.KUBEADM
     cni: Cni = Cni.CILIUM
     pod_cidr: Cidr | None = Field(default=None, alias="podCIDR")
     service_cidr: Cidr = Field(default=IPv4Network("10.96.0.0/16"), alias="serviceCIDR")
     nodes: list[Node] = Field(min_length=1)
-    manifests: list[str] = Field(default_factory=list)
+    manifests: list[StrictStr] = Field(default_factory=list)
 
 
 class MeshSpec(_Model):
-    trust_domain: str = "cluster.local"
+    trust_domain: StrictStr = "cluster.local"
     wireguard: WireGuard = Field(default_factory=WireGuard)
     ipam: Ipam = Field(default_factory=Ipam)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     sites: list[Site] = Field(min_length=1)
     clusters: list[Cluster] = Field(min_length=1)
-    manifests: list[str] = Field(default_factory=list)
+    manifests: list[StrictStr] = Field(default_factory=list)
 
 
 class Mesh(_Model):

@@ -136,6 +136,25 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     }
 
 
+_NO_PEERS: list[dict[str, Any]] = []  # one object, so that its id is a stable memo key
+
+
+def _peer_change(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
+    peers_b = {p["node"]: p for p in before}
+    peers_a = {p["node"]: p for p in after}
+    return {
+        "peersAdded": sorted(set(peers_a) - set(peers_b)),
+        "peersRemoved": sorted(set(peers_b) - set(peers_a)),
+        "peersChanged": sorted(
+            {
+                k: [f for f in peers_a[k] if peers_a[k][f] != peers_b[k].get(f)]
+                for k in set(peers_a) & set(peers_b)
+                if peers_a[k] != peers_b[k]
+            }.items()
+        ),
+    }
+
+
 def diff(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
     """Peers and routes added, removed or changed per node since the last applied plan."""
     prev_nodes = {n["name"]: n for n in (previous or {}).get("nodes", [])}
@@ -145,22 +164,19 @@ def diff(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, 
         "nodesRemoved": sorted(set(prev_nodes) - set(cur_nodes)),
         "nodes": {},
     }
+    # Nodes of a full mesh share their peer lists (see plan_json): compare each pair of lists once.
+    peer_changes: dict[tuple[int, int], dict[str, Any]] = {}
     for name in sorted(cur_nodes):
         before, after = prev_nodes.get(name), cur_nodes[name]
-        peers_b = {p["node"]: p for p in ((before or {}).get("tunnel") or {}).get("peers", [])}
-        peers_a = {p["node"]: p for p in (after.get("tunnel") or {}).get("peers", [])}
+        list_b = ((before or {}).get("tunnel") or {}).get("peers", _NO_PEERS)
+        list_a = (after.get("tunnel") or {}).get("peers", _NO_PEERS)
+        peers = peer_changes.get((id(list_b), id(list_a)))
+        if peers is None:
+            peers = peer_changes[id(list_b), id(list_a)] = _peer_change(list_b, list_a)
         routes_b = {r["dst"]: r for r in (before or {}).get("routes", [])}
         routes_a = {r["dst"]: r for r in after.get("routes", [])}
         change = {
-            "peersAdded": sorted(set(peers_a) - set(peers_b)),
-            "peersRemoved": sorted(set(peers_b) - set(peers_a)),
-            "peersChanged": sorted(
-                {
-                    k: [f for f in peers_a[k] if peers_a[k][f] != peers_b[k].get(f)]
-                    for k in set(peers_a) & set(peers_b)
-                    if peers_a[k] != peers_b[k]
-                }.items()
-            ),
+            **peers,
             "routesAdded": sorted(set(routes_a) - set(routes_b)),
             "routesRemoved": sorted(set(routes_b) - set(routes_a)),
             "routesChanged": sorted(k for k in set(routes_a) & set(routes_b) if routes_a[k] != routes_b[k]),

@@ -18,6 +18,15 @@ from crossmesh.model.plan import PodPlan, ServicePlan
 RESERVED_SERVICE_IPS = 16  # .1 is the kubernetes service, .10 the DNS service in most clusters
 
 
+class PlacementError(ValueError):
+    """A cluster's pods or services do not fit its address ranges: names the manifest at fault."""
+
+    def __init__(self, manifest: k8s.Manifest, path: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.manifest = manifest
+        self.path = path
+
+
 def _stable_hash(text: str) -> int:
     return zlib.crc32(text.encode())
 
@@ -73,7 +82,10 @@ def _instance(
 
 
 def place_pods(
-    cluster: str, expanded: list[tuple[k8s.PodInstance, str]], node_cidrs: dict[str, IPv4Network]
+    cluster: str,
+    expanded: list[tuple[k8s.PodInstance, str]],
+    node_cidrs: dict[str, IPv4Network],
+    manifests: list[k8s.Manifest] | None = None,
 ) -> tuple[PodPlan, ...]:
     """Addresses from each node's pod CIDR: .1 is the node's side, pods from .2 in name order."""
     counters: dict[str, int] = defaultdict(int)
@@ -83,7 +95,16 @@ def place_pods(
         counters[node] += 1
         index = 1 + counters[node]
         if index >= cidr.num_addresses - 1:
-            raise ValueError(f"node {node}'s pod CIDR {cidr} has no address left for pod {pod.ref}")
+            room = max(cidr.num_addresses - 3, 0)
+            message = (
+                f"node {node}'s pod CIDR {cidr} has no address left for pod {pod.ref} (it holds {room} pods) — "
+                "use a larger ipam.nodePrefix or node podCIDR, fewer replicas, or pin pods to other nodes"
+            )
+            source = next((m for m in manifests or [] if m.name == pod.workload and m.namespace == pod.namespace), None)
+            if source is None:
+                raise ValueError(message)
+            path = ("spec", "replicas") if isinstance(source.obj, k8s.Workload) else ("metadata", "name")
+            raise PlacementError(source, path, message)
         pods.append(
             PodPlan(
                 cluster=cluster,
@@ -105,11 +126,40 @@ def plan_services(
         ((m, m.obj) for m in manifests if isinstance(m.obj, k8s.Service)),
         key=lambda t: (t[0].namespace, t[0].name),
     )
-    used: set[IPv4Address] = set()
-    for _, svc in services:
+    stated: dict[IPv4Address, k8s.Manifest] = {}
+    for m, svc in services:
         if svc.spec.cluster_ip and svc.spec.cluster_ip != "None":
-            used.add(IPv4Address(svc.spec.cluster_ip))
+            ip = IPv4Address(svc.spec.cluster_ip)
+            where = ("spec", "clusterIP")
+            if ip not in service_cidr or ip in (service_cidr.network_address, service_cidr.broadcast_address):
+                raise PlacementError(
+                    m,
+                    where,
+                    f"clusterIP {ip} is not a host address of cluster {cluster}'s service CIDR "
+                    f"{service_cidr} — use one inside it, or leave clusterIP out to allocate one",
+                )
+            if ip in stated:
+                first = stated[ip]
+                raise PlacementError(
+                    m,
+                    where,
+                    f"clusterIP {ip} is already Service {first.namespace}/{first.name}'s "
+                    f"({first.file}:{first.line}) — give each Service its own, or leave it out",
+                )
+            stated[ip] = m
+    used = set(stated)
     size = service_cidr.num_addresses - RESERVED_SERVICE_IPS - 1
+    low = int(service_cidr.network_address) + RESERVED_SERVICE_IPS
+    taken = sum(1 for ip in used if low <= int(ip) < low + size)
+    allocated = [m for m, svc in services if not (svc.spec.cluster_ip and svc.spec.cluster_ip != "None")]
+    if allocated and len(allocated) > size - taken:
+        raise PlacementError(
+            allocated[0],
+            ("metadata", "name"),
+            f"cluster {cluster}'s service CIDR {service_cidr} has room for "
+            f"{max(size, 0)} ClusterIPs (the first {RESERVED_SERVICE_IPS} are reserved); {len(allocated) + len(used)} "
+            "Services need one — use a larger serviceCIDR",
+        )
     out = []
     for m, svc in services:
         if svc.spec.cluster_ip and svc.spec.cluster_ip != "None":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from crossmesh.model.mesh import CILIUM_DEFAULT_MAX_CLUSTER_ID, MAX_CLUSTER_ID
 from crossmesh.model.plan import ClusterPlan, NodePlan, Plan, RouteVia
 
 CLUSTERMESH_NODEPORT = 32379  # clustermesh-apiserver's default NodePort
@@ -35,6 +36,14 @@ def values(plan: Plan, cluster: ClusterPlan) -> dict[str, Any]:
                 "ips": [str(by_name[n].address) for n in other.nodes],
             }
         )
+    clustermesh: dict[str, Any] = {
+        "useAPIServer": True,
+        "apiserver": {"service": {"type": "NodePort", "nodePort": CLUSTERMESH_NODEPORT}},
+        "config": {"enabled": True, "clusters": peers},
+    }
+    if max(c.id for c in plan.clusters) > CILIUM_DEFAULT_MAX_CLUSTER_ID:
+        # Every cluster of a Cluster Mesh must carry the same value, so it depends on the whole plan.
+        clustermesh["maxConnectedClusters"] = MAX_CLUSTER_ID
     return {
         "cluster": {"name": cluster.name, "id": cluster.id},
         "ipam": {
@@ -50,10 +59,6 @@ def values(plan: Plan, cluster: ClusterPlan) -> dict[str, Any]:
         "encryption": {"enabled": True, "type": "wireguard"},
         "kubeProxyReplacement": True,
         "MTU": underlay,
-        "clustermesh": {
-            "useAPIServer": True,
-            "apiserver": {"service": {"type": "NodePort", "nodePort": CLUSTERMESH_NODEPORT}},
-            "config": {"enabled": True, "clusters": peers},
-        },
+        "clustermesh": clustermesh,
         "hubble": {"enabled": True, "relay": {"enabled": True}, "ui": {"enabled": True}},
     }

@@ -16,6 +16,7 @@ internet router never holds or sees a private address.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -407,6 +408,22 @@ def _router_nft(wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan]) 
     )
 
 
+NFT_COMMENT_MAX = 128  # nftables refuses a longer comment, and with it the whole table
+
+
+def spoof_comment(pod: PodPlan) -> str:
+    """The comment of a pod's anti-spoofing rule, which `crossmesh test` reads its counter by.
+
+    Kubernetes allows a 253-character pod name in a 63-character namespace, so a pod's reference
+    can pass nftables' limit: then it is cut and ends in a digest of the whole (12 hex digits of
+    SHA-256), so two long names that share their first 115 characters still differ."""
+    text = f"anti-spoofing {pod.ref}"
+    if len(text) <= NFT_COMMENT_MAX:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"{text[: NFT_COMMENT_MAX - len(digest) - 1]}~{digest}"
+
+
 def node_nft(  # noqa: PLR0913 - the parts of a node's table
     plan: Plan,
     node: NodePlan,
@@ -419,7 +436,7 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
     """The node's table: ClusterIP DNAT (`services_nft`), anti-spoofing — a pod may send
     only from its own address, as Cilium enforces per endpoint — and network policy."""
     spoof = "".join(
-        f'    iifname "{prefix}-v{j}" ip saddr != {p.address} counter drop comment "anti-spoofing {p.ref}"\n'
+        f'    iifname "{prefix}-v{j}" ip saddr != {p.address} counter drop comment "{spoof_comment(p)}"\n'
         for j, p in local_pods
     )
     extra = ""
