@@ -77,11 +77,12 @@ def check(case: Case, root: Path, only: tuple[str, ...] = ()) -> tuple[list[str]
 
 
 def _may_write(command: str, run: Run, state: Path, out: Path) -> list[Path]:
-    """Where a command may write: validate nowhere; a mesh refused, nowhere; the traces keep the
-    allocations they compiled even when they then refuse an argument (`--from` names no pod)."""
-    if command == "validate" or (run.code != 0 and not (command.endswith("trace") and REFUSAL.search(run.err))):
+    """Where a command may write: validate nowhere; a mesh refused, nowhere; a command that compiled
+    the mesh and then refused something else by name (`--from` names no pod, a linked output folder)
+    may keep the allocations it made in the state directory, but writes no output."""
+    if command == "validate" or run.code not in (0, 2) or run.code == 2 and not REFUSAL.search(run.err):
         return []
-    return [state, out] if command == "render" else [state]
+    return [state, out] if command == "render" and run.code == 0 else [state]
 
 
 def _run_problems(run: Run, ws: Workspace) -> list[str]:
@@ -126,7 +127,9 @@ def _output_problems(ws: Workspace, state: Path) -> list[str]:
 
 
 def _agreement(case: Case, runs: dict[str, Run]) -> list[str]:
-    codes = {name: runs[name].code for name in ("validate", "plan", "plan-json", "render") if name in runs}
+    # A named refusal of something other than the mesh (a linked output folder) is not a verdict on the mesh.
+    mesh_runs = {n: r for n, r in runs.items() if n in ("validate", "plan", "plan-json", "render")}
+    codes = {n: r.code for n, r in mesh_runs.items() if not (r.code == 2 and REFUSAL.search(r.err))}
     if not all(c in (0, 2) for c in codes.values()):
         return []  # already reported
     if case.expect == "reject" and any(c != 2 for c in codes.values()):

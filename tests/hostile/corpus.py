@@ -863,7 +863,7 @@ def _scaled(sites: int, clusters: int, nodes_per_cluster: int, topology: str = "
 
 
 def scale(full: bool) -> Iterator[Case]:
-    yield Case("scale/generated/20000-nodes-gateways", "hybrid", _scaled(200, 500, 40, "gateways"), slow=True)
+    yield Case("scale/generated/12000-nodes-gateways", "hybrid", _scaled(200, 240, 50, "gateways"), slow=True)
     if full:
         yield Case("scale/generated/3000-nodes-full-mesh", "hybrid", _scaled(12, 30, 100), slow=True)
         yield Case("scale/generated/600-clusters", "hybrid", _scaled(3, 600, 1), slow=True)

@@ -14,6 +14,7 @@ from hostile.corpus import Case
 B = "issue 18 part B (files & text)"
 C = "issue 18 part C (render output & state)"
 D = "issue 18 part D (limits, validate = plan)"
+NONE = "issue 18, in no part's scope"
 
 KNOWN: list[tuple[str, str]] = [
     # part B: files read safely, manifest paths confined, regexes bounded, user text escaped for rich
@@ -35,10 +36,10 @@ KNOWN: list[tuple[str, str]] = [
         (f"argument/*/{what}-markup", f"{B}: user text printed as rich markup ([/x] raises MarkupError, exit 1)")
         for what in ("from", "to", "port", "http-path", "http-method", "output-dir", "mesh-path")
     ),
-    ("yaml*/*/deep-lists", f"{B}: YAML nested 10,000 lists deep takes minutes to parse (no depth bound)"),
-    ("yaml/*/very-deep-lists", f"{B}: YAML nested 200,000 lists deep takes minutes to parse (no depth bound)"),
-    ("yaml/*/many-nodes", f"{B}: a list of a million items is parsed before the node cap applies (hang)"),
-    ("yaml*/*/alias-long-string", f"{B}: a 3 MB string aliased 2,000 times is copied out (MemoryError, exit 70)"),
+    # no part yet: the YAML parser's own work is unbounded (ruamel composes the whole file first)
+    ("yaml*/*/deep-lists", f"{NONE}: YAML nested 10,000 lists deep takes minutes to parse (no depth bound)"),
+    ("yaml/*/very-deep-lists", f"{NONE}: YAML nested 200,000 lists deep takes minutes to parse (no depth bound)"),
+    ("yaml/*/many-nodes", f"{NONE}: a list of a million items is parsed before the node cap applies (hang)"),
     # part C: render removes only what it made, follows no link, sets modes whatever the umask
     ("output/*/planted-index", f"{C}: render deletes the paths its index lists, ../ and absolute ones included"),
     ("output/*/symlinked-nodes", f"{C}: render follows a linked nodes/ folder and writes private keys outside"),
