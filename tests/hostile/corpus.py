@@ -425,10 +425,9 @@ def manifest_paths(full: bool) -> Iterator[Case]:
             "directory": _mesh_dir,
             "link-to-fifo": _mesh_replaced_by(_fifo),
         }
-        for what, make in mesh_files.items():
-            yield Case(f"mesh-file/{name}/{what}", name, make, expect="reject")
-        if not full:
-            break  # the mesh file's own kind does not depend on the example
+        if full or name == CI_BASES[0]:  # the mesh file's own kind does not depend on the example
+            for what, make in mesh_files.items():
+                yield Case(f"mesh-file/{name}/{what}", name, make, expect="reject")
 
 
 # --- YAML features --------------------------------------------------------------------------------

@@ -15,6 +15,10 @@ B = "issue 18 part B (files & text)"
 C = "issue 18 part C (render output & state)"
 D = "issue 18 part D (limits, validate = plan)"
 NONE = "issue 18, in no part's scope"
+OWN_STATE = (
+    f"{NONE}: manifests '.' or '' read the mesh's own .crossmesh/*.json as manifests, so plan passes once "
+    "and then every command refuses (validate 0, plan -o json 2)"
+)
 
 KNOWN: list[tuple[str, str]] = [
     # part B: files read safely, manifest paths confined, regexes bounded, user text escaped for rich
@@ -40,6 +44,10 @@ KNOWN: list[tuple[str, str]] = [
     ("yaml*/*/deep-lists", f"{NONE}: YAML nested 10,000 lists deep takes minutes to parse (no depth bound)"),
     ("yaml/*/very-deep-lists", f"{NONE}: YAML nested 200,000 lists deep takes minutes to parse (no depth bound)"),
     ("yaml/*/many-nodes", f"{NONE}: a list of a million items is parsed before the node cap applies (hang)"),
+    ("manifest-path/hybrid/empty-entry", OWN_STATE),
+    ("manifest-path/hybrid/own-folder", OWN_STATE),
+    ("manifest-path/golden-*/empty-entry", OWN_STATE),
+    ("manifest-path/golden-*/own-folder", OWN_STATE),
     # part C: render removes only what it made, follows no link, sets modes whatever the umask
     ("output/*/planted-index", f"{C}: render deletes the paths its index lists, ../ and absolute ones included"),
     ("output/*/symlinked-nodes", f"{C}: render follows a linked nodes/ folder and writes private keys outside"),
