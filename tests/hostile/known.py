@@ -63,6 +63,7 @@ KNOWN: list[tuple[str, str]] = [
     ("k8s/*/pod-name-over-nft-comment", f"{D}: a pod name too long for the lab's nft comments is accepted"),
     ("k8s/*/cluster-ip-outside-service-cidr", f"{D}: a Service clusterIP outside the service CIDR is accepted"),
     ("k8s/*/cluster-ip-ipv6", f"{D}: validate accepts an IPv6 clusterIP that plan refuses (after writing state)"),
+    ("address/*serviceCIDR='255.255.255.255/32'", f"{D}: validate accepts a /32 service CIDR; plan fails on it"),
     ("scale/*", f"{D}: no limit on nodes; validate and plan of the mesh take longer than the time limit"),
     ("k8s/*/policies-5k", f"{D}: 5,000 policies take longer than the time limit (no limit on rules)"),
     ("k8s/*/rules-20k", f"{D}: 20,000 rules take longer than the time limit (no limit on rules)"),
