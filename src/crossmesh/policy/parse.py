@@ -304,6 +304,7 @@ class _Parser:
         if labels is not None and not isinstance(labels, dict):
             self.error((*path, "matchLabels"), f"found {_brief(labels)}, expected a mapping of label: value")
             ok = False
+            labels = None
         for key, value in (labels or {}).items():
             where = (*path, "matchLabels", key)
             nkey = self.label_key(str(key), where, cilium=cilium)
