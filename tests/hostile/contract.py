@@ -1,6 +1,7 @@
 """What every file-facing command promises on any input (README, *Commands*), checked on one case.
 
-- it ends within the time limit and the memory limit, exit 0 or 2 (never 1, 70 or a signal);
+- it ends within the time limit and the memory limit, exit 0 or 2 (1 only for a denied policy trace;
+  never 70 or a signal);
 - no traceback, on either stream;
 - exit 2 names where: a `file:line:col:` problem in a file that exists, or an `error: …` refusal;
 - validate writes nothing; plan and the traces write only the state directory, render only that
@@ -55,7 +56,7 @@ def check(case: Case, root: Path, only: tuple[str, ...] = ()) -> tuple[list[str]
         run = crossmesh(args, cwd=ws.project, time_limit=limit, umask=case.umask)
         runs[name] = run
         after = Tree.of(root)
-        problems += [f"{name}: {p} — {run.shown()}" for p in _run_problems(run, ws)]
+        problems += [f"{name}: {p} — {run.shown()}" for p in _run_problems(name, run, ws)]
         if run.timed_out:
             problems += [f"{name}: still running after {limit:.0f} s (killed) — {run.shown()}"]
             break  # the next commands read the same file the same way: one hang is enough to know
@@ -80,17 +81,22 @@ def _may_write(command: str, run: Run, state: Path, out: Path) -> list[Path]:
     """Where a command may write: validate nowhere; a mesh refused, nowhere; a command that compiled
     the mesh and then refused something else by name (`--from` names no pod, a linked output folder)
     may keep the allocations it made in the state directory, but writes no output."""
-    if command == "validate" or run.code not in (0, 2) or run.code == 2 and not REFUSAL.search(run.err):
+    if command == "validate" or run.code not in _ok(command) or run.code == 2 and not REFUSAL.search(run.err):
         return []
     return [state, out] if command == "render" and run.code == 0 else [state]
 
 
-def _run_problems(run: Run, ws: Workspace) -> list[str]:
+def _ok(command: str) -> tuple[int, ...]:
+    """The exit codes a command may end with: policy trace says a denied flow with 1 (SPEC §2)."""
+    return (0, 1, 2) if command == "policy-trace" else (0, 2)
+
+
+def _run_problems(command: str, run: Run, ws: Workspace) -> list[str]:
     if run.timed_out:
         return []  # reported by the caller
     found = []
-    if run.code not in (0, 2):
-        found.append(f"exit {run.code}, expected 0 or 2")
+    if run.code not in _ok(command):
+        found.append(f"exit {run.code}, expected {' or '.join(map(str, _ok(command)))}")
     if "Traceback" in run.both:
         found.append("printed a traceback")
     if run.code == 2 and not REFUSAL.search(run.err):

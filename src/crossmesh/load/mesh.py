@@ -345,6 +345,8 @@ def _walk(base: Path, top: Path, entry: str, rule: str) -> tuple[list[Path], str
         with os.scandir(folder) as listing:
             items = sorted(listing, key=lambda e: e.name)
         for item in items:
+            if item.name.startswith("."):
+                continue  # hidden: the state folder (.crossmesh, whose JSON is no manifest), .git, editors' files
             looked += 1
             if looked > MAX_MANIFEST_ENTRIES:
                 return [], (

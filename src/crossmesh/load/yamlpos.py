@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate, islice
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,9 @@ _FAST_PATH_REFUSES = ("!", "<<", "\n%")  # tags, merge keys, directives; aliases
 # Characters of all keys and scalars once aliases are expanded; a file without aliases holds at most a
 # quarter of it. Counting nodes alone lets one 3 MB string aliased 2,000 times through (6 GB of copies).
 MAX_CHARS = 4 * MAX_FILE_BYTES
+MAX_DEPTH = 100  # flow collections inside each other
+_DEPTH = {"[": 1, "{": 1, "]": -1, "}": -1}
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 
 PathKey = tuple[str | int, ...]
 
@@ -210,6 +215,9 @@ class _FastConverter:
         return self.scalar(node)
 
 
+_NODE_EVENTS = (libyaml.ScalarEvent, libyaml.MappingStartEvent, libyaml.SequenceStartEvent, libyaml.AliasEvent)
+
+
 class _Composer(libyaml.CSafeLoader):  # type: ignore[misc]  # PyYAML has no type hints
     """libyaml's composer without PyYAML's (YAML 1.1) implicit resolvers: `_FastConverter`
     resolves plain scalars itself."""
@@ -223,6 +231,11 @@ def _fast_documents(text: str, shown: str) -> list[Document] | None:
         return None
     docs = []
     try:
+        # Count the nodes from libyaml's event stream first (lazy, no objects built): a million-item
+        # list would otherwise be composed in full (seconds) before the node cap could refuse it.
+        events = libyaml.parse(text, Loader=_Composer)
+        if sum(1 for _ in islice((e for e in events if isinstance(e, _NODE_EVENTS)), MAX_NODES + 1)) > MAX_NODES:
+            raise _TooBig
         for root in libyaml.compose_all(text, Loader=_Composer):
             conv = _FastConverter()
             start = 1
@@ -231,8 +244,8 @@ def _fast_documents(text: str, shown: str) -> list[Document] | None:
                 conv.positions[()] = (start, root.start_mark.column + 1)
             data = None if root is None else conv.convert(root, ())
             docs.append(Document(file=shown, data=data, positions=conv.positions, start_line=start))
-    except (libyaml.YAMLError, _Slow, _TooBig, RecursionError):
-        return None
+    except (libyaml.YAMLError, _Slow, RecursionError):
+        return None  # _TooBig goes to the caller: ruamel would only take longer to say the same
     return docs
 
 
@@ -316,9 +329,32 @@ def read_text(path: Path, shown: str) -> tuple[str | None, Problem | None]:
     return text.replace("\r\n", "\n").replace("\r", "\n"), None  # newlines as text mode reads them
 
 
+def _too_deep(text: str, shown: str) -> Problem | None:
+    """Flow collections nested deeper than MAX_DEPTH (`[[[[…`), found before any parser sees them:
+    ruamel takes minutes over 10,000 levels, and no Kubernetes object or mesh nests past a few dozen.
+    Brackets inside quoted strings count too; a real file never holds a hundred unclosed ones."""
+    brackets = _NOT_BRACKETS.sub("", text)
+    if not brackets or max(accumulate(map(_DEPTH.__getitem__, brackets))) <= MAX_DEPTH:
+        return None
+    depth = 0
+    for i, ch in enumerate(text):  # hostile input only: stops at the first bracket too many
+        depth += _DEPTH.get(ch, 0)
+        if depth > MAX_DEPTH:
+            line = text.count("\n", 0, i) + 1
+            col = i - (text.rfind("\n", 0, i) + 1) + 1
+            return Problem(shown, line, col, "", f"YAML nested deeper than {MAX_DEPTH} levels — flatten the document")
+    return None
+
+
 def parse_documents(text: str, shown: str) -> tuple[list[Document], list[Problem]]:
     """Every document of a (multi-document) YAML stream, or the problem that stopped parsing."""
-    fast = _fast_documents(text, shown)
+    deep = _too_deep(text, shown)
+    if deep is not None:
+        return [], [deep]
+    try:
+        fast = _fast_documents(text, shown)
+    except _TooBig:
+        return [], [_too_big(shown, 1)]
     if fast is not None:
         return fast, []
     docs: list[Document] = []
@@ -351,21 +387,22 @@ def parse_documents(text: str, shown: str) -> tuple[list[Document], list[Problem
         try:
             data = conv.convert(raw, ())
         except _TooBig:
-            return [], [
-                Problem(
-                    shown,
-                    start,
-                    1,
-                    "",
-                    f"document expands to more than {MAX_NODES} YAML nodes or {MAX_CHARS} characters "
-                    "(an alias bomb?) — "
-                    "write the values out instead of nesting aliases",
-                )
-            ]
+            return [], [_too_big(shown, start)]
         except RecursionError:
             return [], [Problem(shown, start, 1, "", "YAML nested too deeply — flatten the document")]
         docs.append(Document(file=shown, data=data, positions=conv.positions, start_line=start))
     return docs, []
+
+
+def _too_big(shown: str, line: int) -> Problem:
+    return Problem(
+        shown,
+        line,
+        1,
+        "",
+        f"document expands to more than {MAX_NODES} YAML nodes or {MAX_CHARS} characters (an alias bomb?) — "
+        "write the values out instead of nesting aliases, or split the file",
+    )
 
 
 def _iter_raw(text: str) -> Iterator[Any]:
