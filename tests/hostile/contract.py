@@ -21,6 +21,7 @@ from pathlib import Path
 from hostile.corpus import BASES, FULL, SECRET, Case, Workspace
 from hostile.runner import POSITIONED, REFUSAL, TIME_LIMIT, Run, Tree, crossmesh
 
+MEMORY_LIMIT_MB = 200  # the budget for a refusal: peak resident memory beyond the forked parent's
 SLOW_LIMIT = 6.0  # scale cases: the budget is 5 s for validate and plan at the documented maximum
 
 
@@ -57,6 +58,8 @@ def check(case: Case, root: Path, only: tuple[str, ...] = ()) -> tuple[list[str]
         runs[name] = run
         after = Tree.of(root)
         problems += [f"{name}: {p} — {run.shown()}" for p in _run_problems(name, run, ws)]
+        if not case.slow and run.rss_growth_mb > MEMORY_LIMIT_MB:
+            problems += [f"{name}: grew by {run.rss_growth_mb:.0f} MB, over {MEMORY_LIMIT_MB} MB — {run.shown()}"]
         if run.timed_out:
             problems += [f"{name}: still running after {limit:.0f} s (killed) — {run.shown()}"]
             break  # the next commands read the same file the same way: one hang is enough to know
