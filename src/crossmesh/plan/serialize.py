@@ -31,12 +31,12 @@ def _shared(items: tuple[Any, ...], cache: dict[int, Any], convert: Callable[[An
     out: list[Any] | None = cache.get(id(items))
     if out is None:
         try:
-            out = [cache[id(x)] for x in items]
+            out = list(map(cache.__getitem__, map(id, items)))  # C-level: 12 million refs at 10,000 nodes
         except KeyError:
             for x in items:
                 if id(x) not in cache:
                     cache[id(x)] = convert(x)
-            out = [cache[id(x)] for x in items]
+            out = list(map(cache.__getitem__, map(id, items)))
         cache[id(items)] = out
     return out
 
@@ -156,7 +156,8 @@ def _peer_change(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> d
 
 
 def diff(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
-    """Peers and routes added, removed or changed per node since the last applied plan."""
+    """Peers and routes added, removed or changed per node since the last applied plan. A node that was
+    not there is listed in `nodesAdded` only: every peer and route of it is new."""
     prev_nodes = {n["name"]: n for n in (previous or {}).get("nodes", [])}
     cur_nodes = {n["name"]: n for n in current.get("nodes", [])}
     out: dict[str, Any] = {
@@ -168,6 +169,8 @@ def diff(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, 
     peer_changes: dict[tuple[int, int], dict[str, Any]] = {}
     for name in sorted(cur_nodes):
         before, after = prev_nodes.get(name), cur_nodes[name]
+        if before is None or before == after:
+            continue  # an added node is in nodesAdded (all its peers and routes are new); equal: nothing
         list_b = ((before or {}).get("tunnel") or {}).get("peers", _NO_PEERS)
         list_a = (after.get("tunnel") or {}).get("peers", _NO_PEERS)
         peers = peer_changes.get((id(list_b), id(list_a)))
