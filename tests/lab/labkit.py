@@ -44,8 +44,11 @@ class Lab:
 
 
 def copy_example(tmp: Path, example: str) -> tuple[Path, str]:
-    target = tmp / example
-    shutil.copytree(EXAMPLES / example, target, ignore=shutil.ignore_patterns(".crossmesh"))
+    """A copy of examples/EXAMPLE (or of a repository folder such as tests/golden/gateways) under a
+    unique mesh name, without state or expected output."""
+    source = EXAMPLES / example if "/" not in example else EXAMPLES.parent / example
+    target = tmp / source.name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".crossmesh", "state", "expected"))
     mesh = target / "mesh.yaml"
     name = f"t{uuid.uuid4().hex[:10]}"
     text = mesh.read_text()

@@ -170,3 +170,18 @@ def test_a_filtered_failover_run_leaves_the_lab_as_it_found_it(make_lab) -> None
     code, report = lab.test("--test", "return")
     assert code == 0, [c for c in report["checks"] if not c["passed"]]  # type: ignore[attr-defined]
     assert not killed.is_dir() or not any(killed.iterdir())
+
+
+def test_gateways_topology(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """`topology: gateways` (tests/golden/gateways: an active and a standby gateway in one site, workers
+    behind NAT routing through them): up, every check, MTU through the gateways, and a second up that
+    changes nothing."""
+    lab = make_lab("tests/golden/gateways")
+    lab.up()
+    code, report = lab.test()
+    checks = report["checks"]  # type: ignore[index]
+    assert code == 0, [c["name"] for c in checks if not c["passed"]]  # type: ignore[attr-defined]
+    names = {c["name"].split(":")[0] for c in checks}  # type: ignore[attr-defined]
+    assert {"encryption/marker", "nat/reached-through-tunnel"} <= names, sorted(names)
+    assert any(n.startswith("mtu/") for n in names), sorted(names)
+    assert lab.up()["changes"] == []
