@@ -88,7 +88,8 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
     ca_cert, ca_key = _cert("crossmesh test CA", None, ca=True)
     ca_crt, _ = _write(tmp_path / "ca", ca_cert, ca_key)
     srv_crt, srv_key = _write(tmp_path / "server", *_cert("etcd", (ca_cert.subject, ca_key), server=True))
-    cli_crt, cli_key = _write(tmp_path / "client", *_cert("agent", (ca_cert.subject, ca_key)))
+    # etcd knows a client by its certificate's CN: one per node (its agent) and root (the admin).
+    certs = {cn: _write(tmp_path / cn, *_cert(cn, (ca_cert.subject, ca_key))) for cn in ("a", "b", "root")}
     client_port, peer_port = _free_port(), _free_port()
     etcd = subprocess.Popen(
         [
@@ -129,9 +130,26 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
             netns.create(spaces[n])
             wireguard.start(spaces[n], devices[n], tmp_path / f"wg-{n}.log")
         endpoint = f"https://127.0.0.1:{client_port}"
+
+        def etcdctl(cn: str, *args: str) -> subprocess.CompletedProcess[str]:
+            env = dict(os.environ, ETCDCTL_API="3", ETCDCTL_ENDPOINTS=endpoint, ETCDCTL_CACERT=str(ca_crt))
+            env |= {"ETCDCTL_CERT": str(certs[cn][0]), "ETCDCTL_KEY": str(certs[cn][1])}
+            return subprocess.run(["etcdctl", *args], capture_output=True, text=True, env=env, timeout=30)
+
+        # The permissions `render` writes: each agent writes only its own record.
+        out = tmp_path / "rendered"
+        subprocess.run(["crossmesh", "render", str(mesh), "-o", str(out)], check=True, capture_output=True)
+        deadline = time.monotonic() + 20
+        while etcdctl("root", "endpoint", "health").returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        env = dict(os.environ, ETCDCTL_API="3", ETCDCTL_ENDPOINTS=endpoint, ETCDCTL_CACERT=str(ca_crt))
+        env |= {"ETCDCTL_CERT": str(certs["root"][0]), "ETCDCTL_KEY": str(certs["root"][1])}
+        done = subprocess.run(["sh", str(out / "etcd" / "rbac.sh")], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+
         base = ["crossmesh", "agent", str(mesh), "--etcd-endpoints", endpoint, "--lease-ttl", "2"]
-        tls = ["--cacert", str(ca_crt), "--cert", str(cli_crt), "--key", str(cli_key)]
         for n in ("a", "b"):
+            tls = ["--cacert", str(ca_crt), "--cert", str(certs[n][0]), "--key", str(certs[n][1])]
             agents.append(
                 subprocess.Popen(
                     [*base, "--node", n, "--netns", spaces[n], "--interface", devices[n], *tls],
@@ -159,6 +177,15 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
         assert keys["a"].read_text().strip() in peers["b"], (tmp_path / "agent-b.log").read_text()[-2000:]
         status = json.loads((mesh.parent / ".crossmesh" / "agent-a.status.json").read_text())
         assert status["etcd"] == endpoint and status["peers"] == 1
+
+        # Node a's certificate reads every record but cannot write b's (nor a key of its own making).
+        prefix = "/crossmesh/tls-agents/nodes/"
+        assert etcdctl("a", "get", "--prefix", prefix, "--keys-only").stdout.split() == [prefix + "a", prefix + "b"]
+        for key in (prefix + "b", prefix + "zz-intruder"):
+            refused = etcdctl("a", "put", key, "{}")
+            assert refused.returncode != 0 and "permission denied" in refused.stderr, refused
+        assert etcdctl("a", "del", prefix + "b").returncode != 0
+        assert keys["a"].read_text().strip() in etcdctl("root", "get", prefix + "a").stdout
 
         # An https:// endpoint without a client certificate would be dialled in plaintext: refused.
         plain = subprocess.run([*base, "--node", "a"], capture_output=True, text=True, timeout=30)

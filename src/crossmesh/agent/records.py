@@ -179,6 +179,11 @@ class PlannedNode:
 BOUND_FIELDS = ("cluster", "site", "address", "pod_cidr", "tunnel_address", "listen_port")
 
 
+def prefix(mesh: str) -> str:
+    """The etcd prefix under which the nodes of mesh `mesh` publish their records (key: prefix + node)."""
+    return f"/crossmesh/{mesh}/nodes/"
+
+
 def unsupported(plan: Plan) -> str | None:
     """Why agents cannot run this plan, or None. They build full-mesh tunnels only (issue 16 brings
     gateways): under `topology: gateways` their peers would differ from the plan's."""

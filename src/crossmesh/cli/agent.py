@@ -67,7 +67,7 @@ def agent(
         "namespace": namespace,
         "ifname": interface,
         "etcd": endpoints,
-        "prefix": f"/crossmesh/{compiled.plan.mesh}/nodes/",
+        "prefix": records.prefix(compiled.plan.mesh),
         "ttl": lease_ttl,
         "keepalive": compiled.loaded.mesh.spec.wireguard.persistent_keepalive,
         "mtu": planned.tunnel.mtu.value,

@@ -6,6 +6,7 @@ nodes/<node>/wg-crossmesh.conf          wg-quick file (0600: holds the node's pr
 nodes/<node>/talos.yaml                 Talos patch + WireguardConfig (0600), distribution: talos
 nodes/<node>/routes.sh                  routes beyond wg-quick and the CNI (other clusters in the site,
                                         gateways topology), IP forwarding on gateways
+etcd/rbac.sh                            etcd roles: each node's agent writes only its own record
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
-from crossmesh.render import cilium, mcs, routes, talos, wireguard
+from crossmesh.render import cilium, etcd, mcs, routes, talos, wireguard
 from crossmesh.render.files import RenderedFile, yaml_dump
 
 KIND_ORDER = {
@@ -63,4 +64,7 @@ def render(
             if wg_doc is not None:
                 docs.append(wg_doc)
             out[f"{base}/talos.yaml"] = RenderedFile(yaml_dump(*docs), 0o600, wg_doc is not None)
+    rbac = etcd.rbac_script(plan)
+    if rbac is not None:
+        out["etcd/rbac.sh"] = RenderedFile(rbac, 0o755)
     return out

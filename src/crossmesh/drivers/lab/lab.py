@@ -479,7 +479,7 @@ def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_na
         "namespace": dev.namespace,
         "ifname": dev.ifname,
         "etcd": etcd.endpoints(state.tag),
-        "prefix": f"/crossmesh/{compiled.plan.mesh}/nodes/",
+        "prefix": records.prefix(compiled.plan.mesh),
         "ttl": state.lease_ttl,
         "keepalive": compiled.loaded.mesh.spec.wireguard.persistent_keepalive,
         "mtu": node.tunnel.mtu.value,
