@@ -34,14 +34,13 @@ import grpc
 from aetcd import rpc
 from aetcd import watcher as aetcd_watcher
 
-from crossmesh.agent import records
-from crossmesh.drivers import iproute
-from crossmesh.drivers.lab import netns, wireguard
+from crossmesh.agent import dataplane, records
+from crossmesh.drivers.lab import wireguard
 from crossmesh.errors import CrossmeshError
 from crossmesh.state import disk
 from crossmesh.state import keys as wgkeys
 
-AGENT_ROUTE_PROTO = 100  # the lab's own routes use 99; these belong to the agent
+AGENT_ROUTE_PROTO = dataplane.AGENT_ROUTE_PROTO
 # Handshakes after a change: one end of a pair initiates at once, the other only if nothing came
 # from it after this long (two initiations that cross each other both fail, and WireGuard retries
 # only after 5 s). Longer after a join: each of the other nodes initiates when its watch delivers
@@ -95,7 +94,7 @@ class TlsClient(aetcd.Client):  # type: ignore[misc]
 
 
 class Agent:
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], dp: dataplane.Dataplane | None = None) -> None:
         self.cfg = cfg
         self.node: str = cfg["node"]
         self.ifname: str = cfg["ifname"]
@@ -104,6 +103,8 @@ class Agent:
         self.ttl: int = int(cfg.get("ttl", 3))
         self.keepalive: int = int(cfg.get("keepalive", 25))
         self.key_path = Path(cfg["privateKeyPath"])
+        # The device, its link and the agent's routes: the kernel's, or a fake in unit tests.
+        self.dp = dp or dataplane.Kernel(self.ifname, self.namespace, Path(cfg["wireguardLog"]))
         self.status_path = Path(cfg["status"])
         # The key on disk is the node's: after a rotation the configuration may still name the
         # previous public key. The device uses `private`; a rotated key waits in `pending`
@@ -160,7 +161,7 @@ class Agent:
             return
         deadline = time.monotonic() + await_device
         sock = wireguard.SOCKET_DIR / f"{self.ifname}.sock"
-        while time.monotonic() < deadline and not (sock.exists() and wireguard.is_running(self.ifname)):
+        while time.monotonic() < deadline and not (sock.exists() and self.dp.running()):
             await asyncio.sleep(0.02)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -399,7 +400,7 @@ class Agent:
         # FULL_CHECK seconds; in between, a change applies the difference from the last apply.
         full = self.applied_private is None or time.monotonic() >= self.full_due
         t1 = time.monotonic()
-        changes = wireguard.reconcile(self.ifname, desired)
+        changes = self.dp.reconcile(desired)
         t2 = time.monotonic()
         changes += self._device() if full else []
         t3 = time.monotonic()
@@ -470,8 +471,7 @@ class Agent:
         return not (recent and self.own.name > p.node)
 
     def _poke_unanswered(self, peers: list[records.DesiredPeer], since: float, fresh: set[records.DesiredPeer]) -> None:
-        text = wireguard.dump(self.ifname)
-        stats = wireguard.parse_dump(text)[1] if text else {}
+        stats = self.dp.peer_stats()
         targets = []
         for p in peers:
             handshake, rx, _, _ = stats.get(p.public_key, (0, 0, 0, None))
@@ -487,29 +487,15 @@ class Agent:
     def _poke(self, peers: list[records.DesiredPeer]) -> None:
         """One datagram to each peer's tunnel address: WireGuard initiates a handshake for it
         now instead of when a session times out."""
-        import socket
-
-        targets = [p.allowed_ips[0].split("/")[0] for p in peers]
-
-        def send() -> None:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                for t in targets:
-                    with contextlib.suppress(OSError):
-                        s.sendto(b"crossmesh-handshake", (t, 9))
-
-        if not targets:
-            return
-        if self.namespace is None:
-            send()  # a real node: the agent runs where the device is
-        else:
-            netns.run_in(self.namespace, send)
+        self.dp.poke([p.allowed_ips[0].split("/")[0] for p in peers])
 
     def _device(self) -> list[str]:
         """MTU, up, and the node's tunnel address on the device."""
-        shown = iproute.show(self.namespace, ["addr", "show", "dev", self.ifname])
-        if not shown:
+        link = self.dp.link()
+        if link is None:
             return [f"device {self.ifname} missing"]
-        link, out, commands = shown[0], [], []
+        out: list[str] = []
+        commands: list[str] = []
         if link.get("mtu") != self.cfg["mtu"]:
             commands.append(f"link set dev {self.ifname} mtu {self.cfg['mtu']}")
             out.append(f"{self.ifname} mtu {self.cfg['mtu']}")
@@ -520,7 +506,7 @@ class Agent:
         if self.own.tunnel_address not in have:
             commands.append(f"addr replace {self.own.tunnel_address}/32 dev {self.ifname}")
             out.append(f"{self.ifname} address {self.own.tunnel_address}/32")
-        iproute.batch(self.namespace, commands)
+        self.dp.link_commands(commands)
         return out
 
     def _routes(self, peers: list[records.DesiredPeer], full: bool) -> list[str]:
@@ -529,15 +515,14 @@ class Agent:
         The changes go to the kernel over one rtnetlink socket, no process."""
         want = {str(IPv4Network(a)) for p in peers for a in p.allowed_ips}
         if full:
-            shown = iproute.show(self.namespace, ["route", "show", "table", "main", "proto", str(AGENT_ROUTE_PROTO)])
-            have = {str(IPv4Network(r["dst"])): r.get("dev") for r in shown or []}
+            have = self.dp.routes()
         else:
             have = {str(IPv4Network(a)): self.ifname for p in self.applied.values() for a in p.allowed_ips}
         replace = [dst for dst in sorted(want) if have.get(dst) != self.ifname]
         delete = sorted(set(have) - want)
         out = [f"route {dst} dev {self.ifname}" for dst in replace] + [f"route {dst} withdrawn" for dst in delete]
         try:
-            iproute.set_routes(self.namespace, self.ifname, replace, delete, AGENT_ROUTE_PROTO)
+            self.dp.set_routes(replace, delete)
         except (RuntimeError, OSError):
             self.full_due = 0.0  # the kernel differs from what was applied: read it back next time
             raise
@@ -549,12 +534,10 @@ class Agent:
             return self._restore_device()
 
     def _restore_device(self) -> bool:
-        if self.stop.is_set() or wireguard.is_running(self.ifname):
+        if self.stop.is_set() or self.dp.running():
             return False  # stopping: whoever stops the agent may be stopping wireguard-go too
-        if not self.namespace:
-            raise RuntimeError(f"WireGuard device {self.ifname} does not answer")
-        log(f"wireguard-go for {self.ifname} is not running: starting it")
-        wireguard.start(self.namespace, self.ifname, Path(self.cfg["wireguardLog"]))
+        self.dp.start()  # a real node's device is not the agent's to start: this raises there
+        log(f"wireguard-go for {self.ifname} was not running: started it")
         self.applied, self.applied_private = {}, None  # a new device: every peer is new to it
         self.wg_restarts += 1
         return True

@@ -293,7 +293,7 @@ def stop(pid: int) -> None:
 def reconcile(ifname: str, desired: DeviceConf) -> list[str]:
     """Bring the device to `desired`; returns what changed. Every value is checked before it goes
     to the device (see `_checked`): nothing a value holds can add a line to what is sent."""
-    _checked(desired)
+    check(desired)
     current_text = dump(ifname)
     if current_text is None:
         raise RuntimeError(f"WireGuard device {ifname} does not answer")
@@ -328,7 +328,7 @@ def reconcile(ifname: str, desired: DeviceConf) -> list[str]:
 _ENDPOINT = re.compile(r"\d{1,3}(\.\d{1,3}){3}:\d{1,5}")
 
 
-def _checked(conf: DeviceConf) -> None:
+def check(conf: DeviceConf) -> None:
     """Refuse a configuration with a value that is not what its field says: a key that is not
     32 bytes of base64, an endpoint that is not address:port, an allowed IP that is not a
     network, a port or keepalive out of range. The control socket's protocol and `wg setconf`
@@ -360,7 +360,7 @@ def _set(ifname: str, conf: DeviceConf, *, replace: bool = False, remove: list[s
     the peers `remove`; `replace` drops every peer not in `conf`. Through the control socket of
     wireguard-go when there is one, else with one `wg set`."""
     removed = {k: PeerConf(k, None, (), 0) for k in remove}
-    _checked(DeviceConf(conf.private_key, conf.listen_port, {**conf.peers, **removed}))
+    check(DeviceConf(conf.private_key, conf.listen_port, {**conf.peers, **removed}))
     if (SOCKET_DIR / f"{ifname}.sock").exists():
         lines = ["set=1"]
         if conf.private_key:

@@ -1,0 +1,170 @@
+"""The agent's decisions on a fake dataplane (no root, no etcd, no wireguard-go): what it applies
+from the records it read, what it refuses, when it starts handshakes, and what it leaves alone.
+The lab tests (tests/lab/test_agents.py) prove the same against the kernel."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crossmesh.agent import dataplane, records
+from crossmesh.agent.daemon import Agent
+from crossmesh.workspace import compile_mesh
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "three-clouds"
+ME, AZURE, GCP = "aws-talos-1", "azure-talos-1", "gcp-talos-1"
+
+
+class World:
+    """examples/three-clouds compiled in a temporary folder: each node's config and record."""
+
+    def __init__(self, tmp: Path) -> None:
+        shutil.copytree(EXAMPLE, tmp / "mesh")
+        self.compiled = compile_mesh(tmp / "mesh" / "mesh.yaml", None)
+        self.tmp = tmp
+        plan, store = self.compiled.plan, self.compiled.store
+        self.pubs = store.public_keys([n.name for n in plan.nodes])
+        self.records = {n.name: records.NodeRecord(**records.record_of(n, self.pubs[n.name])) for n in plan.nodes}
+        self.intent = tmp / "intent.json"
+        self.intent.write_text(records.encode_intent(records.intent_of(plan)))
+
+    def config(self, node: str) -> dict[str, Any]:
+        planned = self.compiled.plan.node(node)
+        assert planned.tunnel is not None
+        return {
+            "node": node,
+            "namespace": None,
+            "ifname": "wg-fake",
+            "etcd": [],
+            "prefix": records.prefix(self.compiled.plan.mesh),
+            "ttl": 2,
+            "keepalive": 25,
+            "mtu": planned.tunnel.mtu.value,
+            "privateKeyPath": str(self.compiled.store.private_key_path(node)),
+            "status": str(self.tmp / f"{node}.status.json"),
+            "wireguardLog": str(self.tmp / "wg.log"),
+            "record": records.record_of(planned, self.pubs[node]),
+            "intentPath": str(self.intent),
+        }
+
+    def items(self, *nodes: str, rev: int = 10) -> list[tuple[bytes, bytes, int]]:
+        prefix = records.prefix(self.compiled.plan.mesh).encode()
+        return [(prefix + n.encode(), self.records[n].encode(), rev + i) for i, n in enumerate(nodes)]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+def agent(world: World, node: str = ME) -> tuple[Agent, dataplane.Fake]:
+    fake = dataplane.Fake()
+    return Agent(world.config(node), fake), fake
+
+
+def test_nothing_is_applied_before_etcd_was_read(world: World) -> None:
+    """An agent started while etcd is down keeps the device as it found it (it used to empty it)."""
+    a, fake = agent(world)
+    a.apply()
+    assert fake.reconciles == 0 and fake.table == {} and fake.pokes == []
+
+
+def test_a_full_read_builds_the_device_and_routes(world: World) -> None:
+    a, fake = agent(world)
+    a.load(world.items(ME, AZURE, GCP))
+    a.apply()
+    assert set(fake.peers) == {world.pubs[AZURE], world.pubs[GCP]}
+    azure = world.records[AZURE]
+    peer = fake.peers[world.pubs[AZURE]]
+    assert peer.endpoint == azure.endpoint
+    assert set(peer.allowed_ips) == {f"{azure.tunnel_address}/32", f"{azure.address}/32", azure.pod_cidr}
+    assert len(fake.table) == 6 and set(fake.table.values()) == {"wg-fake"}
+    assert fake.up and fake.mtu == world.config(ME)["mtu"] and world.records[ME].tunnel_address in fake.addresses
+    a.apply()
+    assert fake.reconciles == 2 and len(fake.table) == 6  # a second apply changes nothing
+
+
+def test_hostile_records_leave_the_device_alone(world: World) -> None:
+    a, fake = agent(world)
+    a.load(world.items(ME, AZURE, GCP))
+    a.apply()
+    before = (fake.peers, dict(fake.table))
+    victim = world.pubs[GCP]
+    hostile = {
+        "aaa": json.dumps({**asdict(world.records[AZURE]), "name": "aaa", "listen_port": None}).encode(),
+        "aaa-hijack": replace(
+            world.records[AZURE], name="aaa-hijack", endpoint=f"203.0.113.9:1\n[Peer]\nPublicKey = {victim}"
+        ).encode(),
+        GCP: replace(world.records[GCP], pod_cidr="128.0.0.0/1").encode(),
+    }
+    for name, raw in hostile.items():
+        a._take(name, raw)
+    a.apply()
+    assert (fake.peers, fake.table) == before
+    assert set(a.rejected) == set(hostile)
+    assert a.rejected[GCP].endswith("keeping its last good record")
+
+
+def test_a_joining_node_is_taken_once_the_intent_names_it(world: World) -> None:
+    """A record of a node the intent does not know is refused until the intent file names it (the
+    lab rewrites it before a node joins); then it is a peer."""
+    a, fake = agent(world)
+    a.load(world.items(ME, AZURE))
+    a.apply()
+    intent = records.decode_intent(world.intent.read_text())
+    gcp = intent.pop(GCP)
+    world.intent.write_text(records.encode_intent(intent))
+    a._reload_intent()
+    a._take(GCP, world.records[GCP].encode())
+    a.apply()
+    assert world.pubs[GCP] not in fake.peers and "not in the mesh" in a.rejected[GCP]
+    world.intent.write_text(records.encode_intent({**intent, GCP: gcp}))
+    a._take(GCP, world.records[GCP].encode())  # the next event (or the maintain tick) reloads it
+    a.apply()
+    assert world.pubs[GCP] in fake.peers and GCP not in a.rejected
+
+
+def test_the_older_node_initiates_a_join(world: World) -> None:
+    """Between a node that joins and one already there, only the older record initiates at once: two
+    initiations that cross both fail (WireGuard retries after 5 s)."""
+    old, old_fake = agent(world, ME)
+    old.load(world.items(ME, AZURE, rev=10))  # aws published at 10
+    old.apply()
+    old_fake.pokes.clear()
+    old.created[GCP] = 50
+    old._take(GCP, world.records[GCP].encode())
+    old.apply()
+    assert old_fake.pokes == [[world.records[GCP].tunnel_address]]
+
+    # The joining node applies the whole mesh before it publishes: it pokes nobody (its peers, which
+    # do not know its key yet, could not answer); the older nodes initiate once they learn of it.
+    new, new_fake = agent(world, GCP)
+    new.load(world.items(ME, AZURE, rev=10))
+    new.apply()
+    assert set(new_fake.peers) == {world.pubs[ME], world.pubs[AZURE]} and new_fake.pokes == []
+
+
+def test_a_dead_device_is_restarted_and_reconfigured(world: World) -> None:
+    a, fake = agent(world)
+    a.namespace = "cm-fake"  # the lab: the agent owns wireguard-go
+    a.load(world.items(ME, AZURE, GCP))
+    a.apply()
+    fake.alive = False
+    assert a._check_device() is True and fake.starts == 1
+    assert fake.peers == {}  # a new device
+    a.apply()
+    assert set(fake.peers) == {world.pubs[AZURE], world.pubs[GCP]}
+
+
+def test_a_value_that_would_break_out_of_its_line_never_reaches_the_device() -> None:
+    fake = dataplane.Fake()
+    key = "A" * 43 + "="
+    bad = dataplane.DeviceConf("", 51820, {key: dataplane.PeerConf(key, "192.0.2.1:1\nremove=true", (), 0)})
+    with pytest.raises(ValueError, match="endpoint"):
+        fake.reconcile(bad)
+    assert fake.reconciles == 0
