@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from crossmesh.agent import config as agent_config
 from crossmesh.agent import dataplane, records
 from crossmesh.agent.daemon import Agent
 from crossmesh.workspace import compile_mesh
@@ -34,23 +35,17 @@ class World:
         self.intent.write_text(records.encode_intent(records.intent_of(plan)))
 
     def config(self, node: str) -> dict[str, Any]:
-        planned = self.compiled.plan.node(node)
-        assert planned.tunnel is not None
-        return {
-            "node": node,
-            "namespace": None,
-            "ifname": "wg-fake",
-            "etcd": [],
-            "prefix": records.prefix(self.compiled.plan.mesh),
-            "ttl": 2,
-            "keepalive": 25,
-            "mtu": planned.tunnel.mtu.value,
-            "privateKeyPath": str(self.compiled.store.private_key_path(node)),
-            "status": str(self.tmp / f"{node}.status.json"),
-            "wireguardLog": str(self.tmp / "wg.log"),
-            "record": records.record_of(planned, self.pubs[node]),
-            "intentPath": str(self.intent),
-        }
+        return agent_config.build(
+            self.compiled,
+            node,
+            namespace=None,
+            ifname="wg-fake",
+            etcd=[],
+            ttl=2,
+            status=self.tmp / f"{node}.status.json",
+            wireguard_log=self.tmp / "wg.log",
+            intent_path=self.intent,
+        )
 
     def items(self, *nodes: str, rev: int = 10) -> list[tuple[bytes, bytes, int]]:
         prefix = records.prefix(self.compiled.plan.mesh).encode()

@@ -8,15 +8,13 @@ when it initiates, what it refuses — are tested without root, as httpx ships M
 
 from __future__ import annotations
 
-import contextlib
-import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, Protocol
 
 from crossmesh.drivers import iproute
-from crossmesh.drivers.lab import netns, wireguard
+from crossmesh.drivers.lab import wireguard
 from crossmesh.drivers.lab.wireguard import DeviceConf, PeerConf
 
 AGENT_ROUTE_PROTO = 100  # the lab's own routes use 99; these belong to the agent
@@ -91,18 +89,7 @@ class Kernel:
         iproute.set_routes(self.namespace, self.ifname, replace, delete, AGENT_ROUTE_PROTO)
 
     def poke(self, addresses: list[str]) -> None:
-        def send() -> None:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                for a in addresses:
-                    with contextlib.suppress(OSError):
-                        s.sendto(b"crossmesh-handshake", (a, 9))
-
-        if not addresses:
-            return
-        if self.namespace is None:
-            send()
-        else:
-            netns.run_in(self.namespace, send)
+        wireguard.poke(self.namespace, addresses)
 
 
 @dataclass

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import typer
@@ -40,7 +38,8 @@ def agent(
 
     The private key stays in the node's state directory; etcd gets public keys only.
     """
-    from crossmesh.agent import records  # the agent's stack (gRPC, netlink) loads only when it runs
+    from crossmesh.agent import config as agent_config  # the agent's stack (gRPC, netlink) loads only when it runs
+    from crossmesh.agent import records
     from crossmesh.agent.daemon import Agent
 
     tls = [cacert, cert, key]
@@ -62,25 +61,19 @@ def agent(
         )
     if planned.tunnel is None:
         raise UsageError(f"node {node} has no tunnel in this topology: it needs no agent")
-    cfg: dict[str, Any] = {
-        "node": node,
-        "namespace": namespace,
-        "ifname": interface,
-        "etcd": endpoints,
-        "prefix": records.prefix(compiled.plan.mesh),
-        "ttl": lease_ttl,
-        "keepalive": compiled.loaded.mesh.spec.wireguard.persistent_keepalive,
-        "mtu": planned.tunnel.mtu.value,
-        "privateKeyPath": str(compiled.store.private_key_path(node)),
-        "status": str(compiled.store.root / f"agent-{node}.status.json"),
-        "wireguardLog": str(compiled.store.root / f"wireguard-{node}.log"),
-        "record": records.record_of(planned, compiled.store.public_keys([node])[node]),
-        # Records that do not match what this mesh plans are refused (a node may change only its
-        # key and endpoint): the mesh file is the trusted intent.
-        "intent": {name: asdict(p) for name, p in records.intent_of(compiled.plan).items()},
-    }
-    if all(tls):
-        cfg["tls"] = {"ca": str(cacert), "cert": str(cert), "key": str(key)}
+    # Records that do not match what this mesh plans are refused (a node may change only its key and
+    # endpoint): the mesh file is the trusted intent, inline in the configuration.
+    cfg = agent_config.build(
+        compiled,
+        node,
+        namespace=namespace,
+        ifname=interface,
+        etcd=endpoints,
+        ttl=lease_ttl,
+        status=compiled.store.root / f"agent-{node}.status.json",
+        wireguard_log=compiled.store.root / f"wireguard-{node}.log",
+        tls={"ca": str(cacert), "cert": str(cert), "key": str(key)} if all(tls) else None,
+    )
     asyncio.run(Agent(cfg).run())
 
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from crossmesh.drivers.lab import lab as labs
-from crossmesh.drivers.lab import netns, reconcile
+from crossmesh.drivers.lab import netns, reconcile, wireguard
 from crossmesh.drivers.lab.lab import LabState, topology_of
 from crossmesh.drivers.lab.topology import LabTopology, Namespace
 from crossmesh.errors import UsageError
@@ -139,7 +138,7 @@ def heal_site(state: LabState, site: str) -> list[str]:
         for dev in topo.wireguard:
             node = compiled.plan.node(dev.node)
             if node.site == site and node.tunnel is not None:
-                labs._poke(dev.namespace, [str(p.allowed_ips[0].network_address) for p in node.tunnel.peers])
+                wireguard.poke(dev.namespace, [str(p.allowed_ips[0].network_address) for p in node.tunnel.peers])
                 changes.append(f"{dev.namespace}: {dev.node} sent a datagram to each of its peers")
     if site in state.cut_sites:
         state.cut_sites = [s for s in state.cut_sites if s != site]

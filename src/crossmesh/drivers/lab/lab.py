@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crossmesh.agent import config as agent_configs
 from crossmesh.agent import records
 from crossmesh.drivers import etcd
 from crossmesh.drivers.lab import netns, reconcile, topology, wireguard
@@ -470,25 +471,18 @@ def agent_status(state: LabState, node: str) -> dict[str, Any]:
 
 
 def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_name: str) -> dict[str, Any]:
-    node = compiled.plan.node(node_name)
-    assert node.tunnel is not None  # noqa: S101 - agents run on tunnel nodes
     dev = next(d for d in topo.wireguard if d.node == node_name)
-    store = compiled.store
-    return {
-        "node": node.name,
-        "namespace": dev.namespace,
-        "ifname": dev.ifname,
-        "etcd": etcd.endpoints(state.tag),
-        "prefix": records.prefix(compiled.plan.mesh),
-        "ttl": state.lease_ttl,
-        "keepalive": compiled.loaded.mesh.spec.wireguard.persistent_keepalive,
-        "mtu": node.tunnel.mtu.value,
-        "privateKeyPath": str(store.private_key_path(node.name)),
-        "status": str(agent_dir(state) / f"{node.name}.status.json"),
-        "wireguardLog": str(state.dir / "logs" / f"{dev.ifname}.log"),
-        "record": records.record_of(node, store.public_keys([node.name])[node.name]),
-        "intentPath": str(intent_path(state)),
-    }
+    return agent_configs.build(
+        compiled,
+        node_name,
+        namespace=dev.namespace,
+        ifname=dev.ifname,
+        etcd=etcd.endpoints(state.tag),
+        ttl=state.lease_ttl,
+        status=agent_dir(state) / f"{node_name}.status.json",
+        wireguard_log=state.dir / "logs" / f"{dev.ifname}.log",
+        intent_path=intent_path(state),
+    )
 
 
 def intent_path(state: LabState) -> Path:
@@ -847,18 +841,6 @@ def _kill(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _poke(namespace: str, targets: list[str]) -> None:
-    """Send one datagram to each address so WireGuard starts a handshake for it."""
-
-    def send() -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for t in targets:
-                with contextlib.suppress(OSError):
-                    s.sendto(b"crossmesh-handshake", (t, 9))
-
-    netns.run_in(namespace, send)
-
-
 def tunnel_status(
     topo: LabTopology, skip: frozenset[str] = frozenset()
 ) -> dict[str, dict[str, tuple[int, int, int, str | None]]]:
@@ -924,7 +906,7 @@ def _wait_handshakes(
                     and (f"{dev.node} → {p.node}" in silent or f"{p.node} → {dev.node}" in silent)
                 ]
                 if targets:
-                    _poke(dev.namespace, targets)
+                    wireguard.poke(dev.namespace, targets)
             last_poke = time.monotonic()
         time.sleep(min(1.0, 0.1 + 0.02 * (len(topo.wireguard) - len(done))))  # reading devices costs CPU too
 

@@ -187,6 +187,25 @@ def peer_stats(ifname: str) -> dict[str, tuple[int, int, int, str | None]] | Non
     return out
 
 
+def poke(namespace: str | None, addresses: list[str]) -> None:
+    """One datagram to each address (a peer's tunnel address) from `namespace` (None: here): WireGuard
+    starts a handshake for it now instead of when a session times out. The one poker of the lab and
+    the agents."""
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for a in addresses:
+                with contextlib.suppress(OSError):
+                    s.sendto(b"crossmesh-handshake", (a, 9))
+
+    if not addresses:
+        return
+    if namespace is None:
+        send()
+    else:
+        netns.run_in(namespace, send)
+
+
 def _hex(key_b64: str) -> str:
     return base64.b64decode(key_b64).hex()
 
