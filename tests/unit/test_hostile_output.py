@@ -314,7 +314,7 @@ def test_a_planted_key_is_refused(tmp_path: Path, planted: Path, trap: str) -> N
         expected = f"{key} is readable by other users (mode 0644) — run `chmod 600 {key}`"
     elif trap == "fifo":
         os.mkfifo(key, 0o600)
-        expected = f"{key} is a FIFO, not a regular file"
+        expected = f"{key} is a FIFO (named pipe), not a regular file"
     elif trap == "folder":
         key.mkdir()
         expected = f"{key} is a folder, not a regular file"

@@ -27,6 +27,7 @@ from ruamel.yaml.resolver import VersionedResolver
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from crossmesh.errors import Problem
+from crossmesh.state import disk
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_NODES = 200_000
@@ -255,19 +256,6 @@ def _yaml() -> YAML:
     return y
 
 
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def _read_regular(path: Path) -> tuple[bytes | None, str | None]:
     """The bytes of `path` if it is a regular file within the bound, else why not."""
     try:
@@ -277,34 +265,27 @@ def _read_regular(path: Path) -> tuple[bytes | None, str | None]:
     except OSError as err:
         if err.errno == errno.ENXIO:  # a socket (or a FIFO that no one can write to): not a file either way
             try:
-                return None, f"is {_kind(os.stat(path).st_mode)}, not a regular file — crossmesh reads only files"
+                return None, f"is {disk.describe(os.stat(path))}, not a regular file — crossmesh reads only files"
             except OSError:
                 pass
         return None, f"cannot read file: {err.strerror}"
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
             return None, "is a directory, expected a YAML file"
-        if not stat.S_ISREG(mode):
-            return None, f"is {_kind(mode)}, not a regular file — crossmesh reads only files"
-        chunks: list[bytes] = []
-        got = 0
-        while got <= MAX_FILE_BYTES:
-            chunk = os.read(fd, MAX_FILE_BYTES + 1 - got)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"is {disk.describe(st)}, not a regular file — crossmesh reads only files"
+        data = disk.read_bounded(fd, MAX_FILE_BYTES)
     except OSError as err:
         return None, f"cannot read file: {err.strerror}"
     finally:
         os.close(fd)
-    if got > MAX_FILE_BYTES:
+    if data is None:
         return None, (
             f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, the most crossmesh reads — "
             "split it into several files"
         )
-    return b"".join(chunks), None
+    return data, None
 
 
 def read_text(path: Path, shown: str) -> tuple[str | None, Problem | None]:

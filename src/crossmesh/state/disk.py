@@ -38,18 +38,30 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def describe(st: os.stat_result) -> str:
-    """What a directory entry is, for messages."""
+    """What a directory entry is, for messages (here and where user files are read, load/yamlpos)."""
     mode = st.st_mode
     for test, name in (
         (stat.S_ISLNK, "a symbolic link"),
         (stat.S_ISDIR, "a folder"),
         (stat.S_ISREG, "a regular file"),
-        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
         (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
     ):
         if test(mode):
             return name
-    return "a device"
+    return "a block device"
+
+
+def read_bounded(fd: int, limit: int) -> bytes | None:
+    """At most `limit` bytes of the open file `fd`; None when it holds more (a device never ends)."""
+    chunks, got = [], 0
+    while chunk := os.read(fd, limit + 1 - got):
+        chunks.append(chunk)
+        got += len(chunk)
+        if got > limit:
+            return None
+    return b"".join(chunks)
 
 
 def lstat_at(name: str, dir_fd: int) -> os.stat_result | None:
@@ -150,15 +162,12 @@ def read_at(dir_fd: int, name: str, shown: Path, *, limit: int) -> tuple[bytes, 
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePath(not_a(name, dir_fd, shown, "regular file"))
-        chunks, got = [], 0
-        while chunk := os.read(fd, limit + 1 - got):
-            chunks.append(chunk)
-            got += len(chunk)
-            if got > limit:
-                raise UnsafePath(f"{shown} is larger than the {limit} bytes crossmesh reads from it — remove it")
+        data = read_bounded(fd, limit)
+        if data is None:
+            raise UnsafePath(f"{shown} is larger than the {limit} bytes crossmesh reads from it — remove it")
     finally:
         os.close(fd)
-    return b"".join(chunks), st
+    return data, st
 
 
 def write_at(dir_fd: int, name: str, data: bytes, mode: int, shown: Path) -> None:
