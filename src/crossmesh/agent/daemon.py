@@ -27,14 +27,10 @@ from dataclasses import replace
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aetcd
-import grpc
-from aetcd import rpc
-from aetcd import watcher as aetcd_watcher
 
-from crossmesh.agent import dataplane, records
+from crossmesh.agent import dataplane, etcd_client, records
 from crossmesh.drivers.lab import wireguard
 from crossmesh.errors import CrossmeshError
 from crossmesh.state import disk
@@ -60,37 +56,6 @@ STATUS_EVERY = 5.0  # seconds between status writes when nothing happens (sixty 
 def log(msg: str) -> None:
     now = time.time()
     print(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} {msg}", flush=True)
-
-
-class TlsClient(aetcd.Client):  # type: ignore[misc]
-    """aetcd speaks plain gRPC only; real etcd clusters want TLS with client certificates.
-    Same connection steps as aetcd's `connect`, over a secure channel."""
-
-    def __init__(self, host: str, port: int, *, ca: str, cert: str, key: str) -> None:
-        super().__init__(host=host, port=port, timeout=2, connect_wait_timeout=1)
-        self._credentials = grpc.ssl_channel_credentials(
-            root_certificates=Path(ca).read_bytes(),
-            private_key=Path(key).read_bytes(),
-            certificate_chain=Path(cert).read_bytes(),
-        )
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        self._is_connecting = True
-        try:
-            target = f"{self._host}:{self._port}"
-            self.channel = rpc.secure_channel(target, self._credentials, options=self._options.items())
-            self.kvstub = rpc.KVStub(self.channel)
-            self.clusterstub = rpc.ClusterStub(self.channel)
-            self.leasestub = rpc.LeaseStub(self.channel)
-            self.maintenancestub = rpc.MaintenanceStub(self.channel)
-            self._watcher = aetcd_watcher.Watcher(
-                rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
-            )
-            self._connected.set()
-        finally:
-            self._is_connecting = False
 
 
 class Agent:
@@ -199,25 +164,8 @@ class Agent:
         return fd
 
     async def connect(self) -> aetcd.Client:
-        last: Exception | None = None
-        tls = self.cfg.get("tls")
-        for endpoint in self.cfg["etcd"]:
-            url = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-            host, port = url.hostname or "", url.port or 2379
-            client: aetcd.Client
-            if tls:
-                client = TlsClient(host, port, ca=tls["ca"], cert=tls["cert"], key=tls["key"])
-            else:
-                client = aetcd.Client(host=host, port=port, timeout=2, connect_wait_timeout=1)
-            try:
-                await client.connect()
-                await client.status()
-                self.connected = endpoint
-                return client
-            except Exception as err:  # noqa: BLE001
-                last = err
-                await client.close()
-        raise ConnectionError(f"no etcd endpoint answers: {last}")
+        client, self.connected = await etcd_client.connect(self.cfg["etcd"], self.cfg.get("tls"))
+        return client
 
     async def session(self) -> None:
         client = await self.connect()
