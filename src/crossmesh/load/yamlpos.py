@@ -232,11 +232,15 @@ def _fast_documents(text: str, shown: str) -> list[Document] | None:
         return None
     docs = []
     try:
-        # Count the nodes from libyaml's event stream first (lazy, no objects built): a million-item
-        # list would otherwise be composed in full (seconds) before the node cap could refuse it.
-        events = libyaml.parse(text, Loader=_Composer)
-        if sum(1 for _ in islice((e for e in events if isinstance(e, _NODE_EVENTS)), MAX_NODES + 1)) > MAX_NODES:
-            raise _TooBig
+        # A million-item list would be composed in full (seconds) before the node cap could refuse it.
+        # Every node but the first follows a newline or one of `,:-[{?` (a mapping's value a `:`, and
+        # its key whatever precedes it): when that bound is under the cap, nothing to count. Else count
+        # the nodes from libyaml's event stream (lazy, no objects built).
+        bound = text.count(":") + sum(map(text.count, ",:-[{?\n")) + 1
+        if bound > MAX_NODES:
+            nodes = (e for e in libyaml.parse(text, Loader=_Composer) if isinstance(e, _NODE_EVENTS))
+            if sum(1 for _ in islice(nodes, MAX_NODES + 1)) > MAX_NODES:
+                raise _TooBig
         for root in libyaml.compose_all(text, Loader=_Composer):
             conv = _FastConverter()
             start = 1

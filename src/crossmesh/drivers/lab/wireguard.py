@@ -377,9 +377,8 @@ def check(conf: DeviceConf) -> None:
 def _set(ifname: str, conf: DeviceConf, *, replace: bool = False, remove: list[str] | tuple[str, ...] = ()) -> None:
     """Set what `conf` holds (a private key, a port, peers; empty fields are left alone) and remove
     the peers `remove`; `replace` drops every peer not in `conf`. Through the control socket of
-    wireguard-go when there is one, else with one `wg set`."""
-    removed = {k: PeerConf(k, None, (), 0) for k in remove}
-    check(DeviceConf(conf.private_key, conf.listen_port, {**conf.peers, **removed}))
+    wireguard-go when there is one, else with one `wg set`. Its only caller, `reconcile`, has checked
+    every value before the first write."""
     if (SOCKET_DIR / f"{ifname}.sock").exists():
         lines = ["set=1"]
         if conf.private_key:
