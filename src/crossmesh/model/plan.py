@@ -141,6 +141,36 @@ class SitePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class PairClass:
+    """How pod traffic between two pods of one kind of pair travels: who routes, who encapsulates,
+    who encrypts, and the largest packet a pod may send (DF set) with its arithmetic."""
+
+    name: str  # same-node | same-site | cross-site | cross-cluster
+    connected: bool
+    path: str  # the hops, e.g. "pod → cilium_vxlan (VXLAN 8472) → wg-crossmesh → site network"
+    encapsulation: str  # none | vxlan
+    encryption: str  # none | wireguard
+    mtu: Mtu | None  # None when not connected
+    why: str = ""  # why a class is not connected, or a remark
+
+
+@dataclass(frozen=True, slots=True)
+class Datapath:
+    """The one datapath model of a cluster (README, "Datapath"). Every renderer and the lab read it;
+    nothing recomputes it. Model `tunnel`: the CNI carries pod traffic in VXLAN (UDP 8472) between
+    node addresses (the nodes' InternalIP); crossmesh's WireGuard carries the node addresses between
+    sites and never a pod CIDR, so node pod CIDRs need no agreement with the plan unless pinned."""
+
+    mode: str  # tunnel
+    encapsulation: str  # vxlan
+    port: int
+    underlay_mtu: Mtu  # the network the CNI's VXLAN packets cross: Cilium's `MTU` value
+    pod_mtu: Mtu  # underlay − VXLAN overhead: every pod's interface and route MTU
+    pod_cidrs_pinned: bool  # True: nodes state podCIDRs; the rendered files pin them (KCM off + patch)
+    classes: tuple[PairClass, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterPlan:
     name: str
     id: int
@@ -152,6 +182,7 @@ class ClusterPlan:
     sites: tuple[str, ...]
     pods: tuple[PodPlan, ...]
     services: tuple[ServicePlan, ...]
+    datapath: Datapath | None = None  # None only in the cluster plans `validate` builds
 
 
 @dataclass(frozen=True, slots=True)
