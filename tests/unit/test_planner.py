@@ -128,12 +128,14 @@ def test_persistent_keepalive_only_on_the_natted_side(full: Plan) -> None:
             assert all(p.persistent_keepalive == 0 for p in peers_of(n).values()), n.name
 
 
-def test_allowed_ips_are_tunnel_address_node_address_and_pod_cidr(full: Plan) -> None:
+def test_allowed_ips_are_tunnel_address_and_node_address_never_a_pod_cidr(full: Plan) -> None:
+    """Pods travel in the CNI's VXLAN between node addresses: WireGuard never routes a pod CIDR, so
+    the node pod CIDRs a real cluster allocates need not agree with the plan's."""
     for n in full.nodes:
         for name, p in peers_of(n).items():
             other = full.node(name)
             assert other.tunnel is not None
-            assert p.allowed_ips == (host(other.tunnel.address), host(other.address), other.pod_cidr)
+            assert p.allowed_ips == (host(other.tunnel.address), host(other.address))
 
 
 def test_each_allowed_ip_is_routed_into_the_tunnel_towards_its_peer(full: Plan) -> None:
@@ -168,30 +170,45 @@ def test_no_tunnel_when_every_node_is_in_one_site() -> None:
     assert a.pod_mtu.value == 8950
 
 
-# --- VXLAN inside a site ---------------------------------------------------------------------
+# --- the overlay: VXLAN between node addresses -------------------------------------------------
 
 
-def test_vxlan_neighbours_only_same_cluster_and_same_site(full: Plan) -> None:
-    for n in full.nodes:
-        expected = {o.name for o in full.nodes if o.site == n.site and o.cluster == n.cluster and o.name != n.name}
-        got = {v.node for v in n.vxlan.neighbours} if n.vxlan else set()
-        assert got == expected, n.name
+def test_a_cilium_node_has_every_other_cilium_node_of_the_mesh_as_vxlan_neighbour(full: Plan) -> None:
+    """Cluster Mesh: Cilium tunnels to the other cluster's node too; Flannel has no multi-cluster."""
+    cilium = {n.name for n in full.nodes if full.cluster(n.cluster).cni == "cilium"}
+    for name in cilium:
+        n = full.node(name)
+        assert n.vxlan is not None and not n.vxlan.bound
+        assert {v.node for v in n.vxlan.neighbours} == cilium - {name}, name
+        for v in n.vxlan.neighbours:
+            other = full.node(v.node)
+            assert (v.address, v.pod_cidr) == (other.address, other.pod_cidr)
     e1 = full.node("e1")
-    assert e1.vxlan is not None
-    (e2,) = e1.vxlan.neighbours
-    assert (e2.address, e2.pod_cidr) == (IPv4Address("10.1.0.12"), full.node("e2").pod_cidr)
-    assert (e1.vxlan.vni, e1.vxlan.port) == (1, 8472)
-    assert full.node("g1").vxlan is None  # alone in its cluster at gcp
-    assert full.node("e3").vxlan is None  # the only node of cluster three in east
+    assert e1.vxlan is not None and (e1.vxlan.vni, e1.vxlan.port) == (1, 8472)
+    assert full.node("e3").vxlan is None  # Flannel, alone in its cluster
 
 
-def test_other_clusters_in_the_site_are_routed_over_the_site_network(full: Plan) -> None:
-    e1 = full.node("e1")
-    e3 = full.node("e3")
-    site_routes = [r for r in e1.routes if r.via is RouteVia.SITE]
-    assert [(r.dst, r.gateway, r.peer) for r in site_routes] == [(e3.pod_cidr, e3.address, "e3")]
-    vx = [r for r in e1.routes if r.via is RouteVia.VXLAN]
-    assert [(r.dst, r.peer) for r in vx] == [(full.node("e2").pod_cidr, "e2")]
+def test_a_pod_cidr_is_routed_into_vxlan_and_the_remote_vtep_into_the_tunnel(full: Plan) -> None:
+    e1, w1, e3 = full.node("e1"), full.node("w1"), full.node("e3")
+    vx = {r.dst: r for r in e1.routes if r.via is RouteVia.VXLAN}
+    assert vx[w1.pod_cidr].peer == "w1" and vx[w1.pod_cidr].gateway == w1.pod_cidr.network_address
+    wg = {r.dst: r.peer for r in e1.routes if r.via is RouteVia.WIREGUARD}
+    assert wg[host(w1.address)] == "w1"  # the outer VXLAN packet to w1 goes through WireGuard
+    assert not any(e3.pod_cidr.overlaps(r.dst) for r in e1.routes), "Flannel's pods are not in the Cluster Mesh"
+    assert not any(r.via is RouteVia.SITE for n in full.nodes for r in n.routes)
+
+
+def test_the_datapath_states_every_pair_class(full: Plan) -> None:
+    two = full.cluster("two").datapath
+    assert two is not None and two.mode == "tunnel" and not two.pod_cidrs_pinned
+    classes = {k.name: k for k in two.classes}
+    assert set(classes) == {"same-node", "same-site", "cross-site", "cross-cluster"}
+    assert classes["cross-site"].encryption == "wireguard" and classes["same-site"].encryption == "none"
+    assert all(k.mtu == two.pod_mtu for k in two.classes if k.connected)
+    three = full.cluster("three").datapath
+    assert three is not None
+    cross = next(k for k in three.classes if k.name == "cross-cluster")
+    assert not cross.connected and "cni: cilium" in cross.why
 
 
 # --- MTU -------------------------------------------------------------------------------------
@@ -220,20 +237,26 @@ def test_tunnel_mtu_between_sites_of_equal_mtu() -> None:
     assert {n.name: n.tunnel.mtu.value for n in plan.nodes if n.tunnel} == {"a1": 1420, "b1": 1420, "c1": 1420}
 
 
-def test_vxlan_mtu_is_site_mtu_minus_50_and_pods_get_the_smaller_of_both(full: Plan) -> None:
-    for name, vxlan_mtu in [("e1", 1450), ("e2", 1450), ("w1", 1450), ("w2", 1450)]:
+def test_pod_mtu_is_the_clusters_smallest_underlay_minus_50(full: Plan) -> None:
+    """Cilium's `MTU` is one value per cluster: the smallest network its VXLAN crosses (here every
+    node's tunnel, 1380); every pod of the cluster gets that − 50, the same for every pair class."""
+    for name in ["e1", "e2", "w1", "w2", "g1"]:
         n = full.node(name)
-        assert n.vxlan is not None and n.vxlan.mtu.value == vxlan_mtu
-        assert n.vxlan.mtu.arithmetic.endswith(f"− 50 VXLAN = {vxlan_mtu}")
-        assert n.pod_mtu.value == min(vxlan_mtu, 1380)
-    assert full.node("g1").pod_mtu.value == 1380
+        assert n.pod_mtu.value == 1330, name
+        assert n.pod_mtu.arithmetic == "1380 underlay − 50 VXLAN = 1330"
+        assert n.vxlan is not None and n.vxlan.mtu == n.pod_mtu
+    # Flannel's VXLAN never leaves its site network (1500).
+    assert full.node("e3").pod_mtu.value == 1450
+    one = full.cluster("one").datapath
+    assert one is not None and one.underlay_mtu.value == 1380 and one.pod_mtu.value == 1330
 
 
 def test_pod_mtu_without_any_encapsulation_is_the_site_mtu() -> None:
     plan, _ = plan_of(
         mesh_data([site("dc", "10.1.0.0/16", 1450)], [{"name": "x", "nodes": [node("a", "dc", "10.1.0.1")]}])
     )
-    assert plan.node("a").pod_mtu.value == 1450
+    # Cilium's tunnel mode takes the VXLAN overhead off the pods' routes even with no other node.
+    assert plan.node("a").pod_mtu.value == 1400
     assert plan.node("a").tunnel is None and plan.node("a").vxlan is None
 
 
@@ -266,8 +289,8 @@ def gw() -> Plan:
 
 
 def site_prefixes(plan: Plan, site_name: str) -> tuple[IPv4Network, ...]:
-    nets = [plan.site(site_name).network] + [n.pod_cidr for n in plan.nodes if n.site == site_name]
-    return tuple(collapse_addresses(nets))
+    """What a site's active gateway carries: the site network, where the CNI's VXLAN ends."""
+    return tuple(collapse_addresses([plan.site(site_name).network]))
 
 
 def test_non_gateway_nodes_have_no_tunnel_and_route_remote_sites_via_the_active_gateway(gw: Plan) -> None:
@@ -327,18 +350,16 @@ def test_gateway_mtus(gw: Plan) -> None:
     for name in ["e-gw-a", "e-gw-b", "w-gw"]:
         t = gw.node(name).tunnel
         assert t is not None and t.mtu.value == 1450 - 80, name
-    # A node behind a gateway is bound by the gateway's tunnel.
-    for name in ["e-n1", "e-n2", "w-n1"]:
-        assert gw.node(name).pod_mtu.value == 1370, name
+    # Every cluster is bound by the gateways' tunnels: 1370 − 50 VXLAN.
+    for n in gw.nodes:
+        assert n.pod_mtu.value == 1320, n.name
 
 
 def test_vxlan_neighbours_in_a_gateways_topology(gw: Plan) -> None:
-    east_one = {"e-gw-a", "e-gw-b", "e-n1"}
-    for name in east_one:
-        n = gw.node(name)
+    every = {n.name for n in gw.nodes}  # all Cilium: one Cluster Mesh overlay
+    for n in gw.nodes:
         assert n.vxlan is not None
-        assert {v.node for v in n.vxlan.neighbours} == east_one - {name}
-    assert gw.node("e-n2").vxlan is None
+        assert {v.node for v in n.vxlan.neighbours} == every - {n.name}
 
 
 # --- determinism and the difference between plans ----------------------------------------------
@@ -369,12 +390,14 @@ def test_diff_reports_an_added_node(full: Plan) -> None:
     assert change["nodesAdded"] == ["g2"] and change["nodesRemoved"] == []
     g2 = after.node("g2")
     assert g2.tunnel is not None
-    new_routes = sorted(str(a) for a in (host(g2.tunnel.address), host(g2.address), g2.pod_cidr))
-    for name in ["e1", "e2", "e3", "w1", "w2"]:
+    tunnel_routes = [str(a) for a in (host(g2.tunnel.address), host(g2.address))]
+    for name in ["e1", "e2", "w1", "w2"]:  # Cilium: a peer and a VXLAN neighbour
         c = change["nodes"][name]
         assert c["peersAdded"] == ["g2"] and c["peersRemoved"] == [] and c["peersChanged"] == {}, name
-        assert c["routesAdded"] == new_routes and c["routesRemoved"] == [] and c["routesChanged"] == [], name
-    # g1 shares the site and cluster: a VXLAN neighbour, not a peer.
+        assert c["routesAdded"] == sorted([*tunnel_routes, str(g2.pod_cidr)]), name
+        assert c["routesRemoved"] == [] and c["routesChanged"] == [], name
+    assert change["nodes"]["e3"]["routesAdded"] == sorted(tunnel_routes)  # Flannel: a peer only
+    # g1 shares the site: a VXLAN neighbour, not a peer.
     assert change["nodes"]["g1"]["peersAdded"] == []
     assert change["nodes"]["g1"]["routesAdded"] == [str(g2.pod_cidr)]
 
@@ -388,7 +411,7 @@ def test_diff_reports_a_removed_node(full: Plan) -> None:
     assert change["nodesRemoved"] == ["w2"]
     assert change["nodes"]["w2"] == {"removed": True}
     assert change["nodes"]["e1"]["peersRemoved"] == ["w2"]
-    assert len(change["nodes"]["e1"]["routesRemoved"]) == 3
+    assert len(change["nodes"]["e1"]["routesRemoved"]) == 3  # its pod CIDR (VXLAN), tunnel and node address
 
 
 def test_diff_reports_a_changed_endpoint(full: Plan) -> None:

@@ -369,7 +369,8 @@ def desired_peers(own: NodeRecord, records: dict[str, NodeRecord], keepalive: in
                 node=name,
                 public_key=rec.public_key,
                 endpoint=rec.endpoint,
-                allowed_ips=(f"{rec.tunnel_address}/32", f"{rec.address}/32", rec.pod_cidr),
+                # never the pod CIDR: pods travel in the CNI's VXLAN between node addresses (plan/datapath.py)
+                allowed_ips=(f"{rec.tunnel_address}/32", f"{rec.address}/32"),
                 keepalive=keepalive if own.natted else 0,
             )
         )

@@ -109,6 +109,7 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
             str(len(c["services"])),
         )
     out.print(t)
+    _print_datapath(data["clusters"])
     if detail:
         _print_nodes(nodes)
     else:
@@ -128,6 +129,27 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
                 t.add_row(n["name"], r["dst"], r["via"], r["gateway"] or "-", r["peer"])
         out.print(t)
     _print_change(change, detail)
+
+
+def _print_datapath(clusters: list[dict[str, Any]]) -> None:
+    """Who routes, encapsulates and encrypts each kind of pod pair, and its MTU (plan/datapath.py)."""
+    t = _table("Datapath", "cluster", "pair", "path", "encrypted", "MTU", "arithmetic")
+    for c in clusters:
+        d = c["datapath"]
+        for k in d["pairs"]:
+            mtu = k["mtu"]
+            t.add_row(
+                c["name"],
+                k["class"],
+                k["path"] if k["connected"] else f"not connected: {k['note']}",
+                k["encryption"],
+                str(mtu["value"]) if mtu else "-",
+                mtu["arithmetic"] if mtu else "-",
+            )
+        pinned = "pinned by the rendered files" if d["podCIDRsPinned"] else "allocated by the cluster (not pinned)"
+        u = d["underlayMTU"]
+        t.add_row(c["name"], "underlay", f"{d['mode']} {d['encapsulation']}; node pod CIDRs {pinned}", "", str(u["value"]), u["arithmetic"])
+    out.print(t)
 
 
 def _print_site_summary(data: dict[str, Any], nodes: list[dict[str, Any]]) -> None:

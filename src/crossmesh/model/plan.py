@@ -65,11 +65,16 @@ class VxlanNeighbour:
 
 @dataclass(frozen=True, slots=True)
 class Vxlan:
+    """The CNI's VXLAN device on a node. Cilium's is a collect-metadata device the kernel routes by
+    the FIB (its packets to another site's node follow that node's route into wg-crossmesh);
+    Flannel's is bound to one interface (`bound`), so its packets never leave the site network."""
+
     vni: int
     port: int
     mtu: Mtu
     local_mac: str
     neighbours: tuple[VxlanNeighbour, ...]
+    bound: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ Topologies:
   wait for a handshake. WireGuard cannot give one prefix to two peers of a
   device, which is why this is active/standby and not ECMP.
 
-Inside a site, nodes of the same cluster use the VXLAN overlay (Flannel/Cilium
-tunnel mode, UDP 8472); nodes of other clusters are reached by plain routes via
-their site address.
+Pods travel in the CNI's VXLAN (UDP 8472) between node addresses, in a site and
+across sites alike: WireGuard carries node addresses, never pod CIDRs (one
+datapath model, README "Datapath"; plan/datapath.py states it per cluster).
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ from crossmesh.model.plan import (
     Vxlan,
     VxlanNeighbour,
 )
-from crossmesh.plan import workloads
+from crossmesh.plan import datapath, workloads
+
+# A node before its tunnel and VXLAN are made: (node, cluster, peers, routes of the topology).
+Draft = tuple[Node, str, tuple[Peer, ...], tuple[Route, ...]]
 
 
 def vtep_mac(address: IPv4Address) -> str:
@@ -76,10 +79,15 @@ class _Planner:
             self.by_site[n.site].append((n, c))
         self._peer_cache: dict[tuple[str, bool, bool], Peer] = {}
         self._route_cache: dict[tuple[IPv4Network, RouteVia, IPv4Address | None, str], Route] = {}
-        self._local_cache: dict[tuple[str, bool], tuple[VxlanNeighbour | None, Route]] = {}
-        self._site_cache: dict[
-            tuple[str, str], tuple[list[Route], list[VxlanNeighbour], dict[str, tuple[int, int]]]
-        ] = {}
+        self.cni = {c.name: c.cni.value for c in self.spec.clusters}
+        # A Cilium cluster's VXLAN reaches every Cilium node of the mesh (Cluster Mesh); Flannel's
+        # and Calico's reach their own cluster only.
+        self.domain_of = {c: ("cilium" if cni == "cilium" else f"cluster/{c}") for c, cni in self.cni.items()}
+        self.domains: dict[str, list[tuple[Node, str]]] = defaultdict(list)
+        for n, c in self.nodes:
+            self.domains[self.domain_of[c]].append((n, c))
+        self._overlay_cache: dict[str, tuple[list[Route], list[VxlanNeighbour], dict[str, int]]] = {}
+        self.underlays: dict[str, Mtu] = {}  # cluster → its underlay, set by node_plans
 
     # shared building blocks -------------------------------------------------------------
     def pod_cidr(self, node: str) -> IPv4Network:
@@ -117,69 +125,58 @@ class _Planner:
         head = f"min({terms})" if len(sites) > 1 else f"{low} {node.site}"
         return Mtu(low - WIREGUARD_OVERHEAD, f"{head} − {WIREGUARD_OVERHEAD} WireGuard = {low - WIREGUARD_OVERHEAD}")
 
-    def local_part(self, node: Node, cluster: str) -> tuple[Vxlan | None, list[Route]]:
-        """VXLAN neighbours (same cluster) and site routes (other clusters) inside the node's site.
+    def overlay(self, node: Node, cluster: str, pod_mtu: Mtu) -> tuple[Vxlan | None, list[Route]]:
+        """The node's VXLAN device: a neighbour and a route for every other node of its overlay —
+        every Cilium node of the mesh for a Cilium cluster (Cluster Mesh tunnels to the remote
+        cluster's nodes), only its own cluster's nodes for Flannel and Calico.
 
-        What a node holds for its site is the same for every node of its cluster there, less its own
-        entry: built once per (site, cluster) and sliced per node (a site of 200 nodes made 40,000
-        entries one by one)."""
-        group = self._site_cache.get((node.site, cluster))
+        The overlay is the same for all its nodes, less each node's own entry: built once per
+        overlay and sliced per node."""
+        domain = self.domain_of[cluster]
+        group = self._overlay_cache.get(domain)
         if group is None:
             all_routes: list[Route] = []
             all_neighbours: list[VxlanNeighbour] = []
-            index: dict[str, tuple[int, int]] = {}  # a node of the cluster → its place in both lists
-            for other, other_cluster in self.by_site[node.site]:
-                neighbour, route = self.local_entry(other, overlay=other_cluster == cluster)
-                if neighbour is not None:
-                    index[other.name] = (len(all_routes), len(all_neighbours))
-                    all_neighbours.append(neighbour)
-                all_routes.append(route)
-            group = self._site_cache[node.site, cluster] = (all_routes, all_neighbours, index)
+            index: dict[str, int] = {}
+            for other, _ in self.domains[domain]:
+                cidr = self.pod_cidr(other.name)
+                index[other.name] = len(all_neighbours)
+                all_neighbours.append(VxlanNeighbour(other.name, other.address, cidr, vtep_mac(other.address)))
+                all_routes.append(self.route(cidr, RouteVia.VXLAN, cidr.network_address, other.name))
+            group = self._overlay_cache[domain] = (all_routes, all_neighbours, index)
         all_routes, all_neighbours, index = group
-        i, j = index[node.name]
+        i = index[node.name]
         routes = all_routes[:i] + all_routes[i + 1 :]
-        neighbours = all_neighbours[:j] + all_neighbours[j + 1 :]
-        vxlan = None
-        if neighbours:
-            mtu = self.site_mtu[node.site]
-            vxlan = Vxlan(
-                vni=VXLAN_VNI,
-                port=VXLAN_PORT,
-                mtu=Mtu(mtu - VXLAN_OVERHEAD, f"{mtu} {node.site} − {VXLAN_OVERHEAD} VXLAN = {mtu - VXLAN_OVERHEAD}"),
-                local_mac=vtep_mac(node.address),
-                neighbours=tuple(neighbours),
-            )
+        neighbours = all_neighbours[:i] + all_neighbours[i + 1 :]
+        if not neighbours:
+            return None, []
+        vxlan = Vxlan(
+            vni=VXLAN_VNI,
+            port=VXLAN_PORT,
+            mtu=pod_mtu,
+            local_mac=vtep_mac(node.address),
+            neighbours=tuple(neighbours),
+            bound=self.cni[cluster] != "cilium",
+        )
         return vxlan, routes
 
-    def local_entry(self, other: Node, *, overlay: bool) -> tuple[VxlanNeighbour | None, Route]:
-        """What a node holds for `other` in its site; the same on every such node, so built once."""
-        key = (other.name, overlay)
-        entry = self._local_cache.get(key)
-        if entry is None:
-            cidr = self.pod_cidr(other.name)
-            if overlay:
-                neighbour = VxlanNeighbour(other.name, other.address, cidr, vtep_mac(other.address))
-                entry = (neighbour, self.route(cidr, RouteVia.VXLAN, cidr.network_address, other.name))
-            else:
-                entry = (None, self.route(cidr, RouteVia.SITE, other.address, other.name))
-            self._local_cache[key] = entry
-        return entry
-
-    def pod_mtu(self, node: Node, tunnel_mtu: Mtu | None, vxlan: Vxlan | None) -> Mtu:
-        options = [m for m in (vxlan.mtu if vxlan else None, tunnel_mtu) if m is not None]
-        if not options:
-            mtu = self.site_mtu[node.site]
-            return Mtu(mtu, f"{mtu} {node.site} (no encapsulation)")
-        best = min(options, key=lambda m: m.value)
-        if len(options) == 1:
-            return best
-        return Mtu(best.value, f"min({', '.join(str(m.value) for m in options)}) = {best.value}")
+    def underlay(self, node: Node, cluster: str, tunnel: Mtu | None, routes: Sequence[Route]) -> Mtu:
+        """The smallest network this node's VXLAN packets cross: its tunnel, the tunnel of the gateway
+        it routes other sites through, or its site network. Flannel's VXLAN never leaves the site."""
+        if self.cni[cluster] == "cilium":
+            if tunnel is not None:
+                return tunnel
+            via = self._via_gateway_mtu(routes)
+            if via is not None:
+                return via
+        mtu = self.site_mtu[node.site]
+        return Mtu(mtu, f"{mtu} site {node.site}")
 
     # topologies ---------------------------------------------------------------------------
-    def full_mesh(self) -> list[NodePlan]:
+    def full_mesh(self) -> list[Draft]:
         allowed: dict[str, tuple[IPv4Network, ...]] = {
-            n.name: (_host(self.tunnel_addr(n.name)), _host(n.address), self.pod_cidr(n.name)) for n, _ in self.nodes
-        }
+            n.name: (_host(self.tunnel_addr(n.name)), _host(n.address)) for n, _ in self.nodes
+        }  # never a pod CIDR: pods travel in the CNI's VXLAN between node addresses (README, "Datapath")
         towards = {
             name: tuple(self.route(a, RouteVia.WIREGUARD, None, name) for a in nets) for name, nets in allowed.items()
         }
@@ -198,10 +195,10 @@ class _Planner:
                     if other.site != node.site and not (natted and other.public_address is None)
                 )
                 group = groups[node.site, natted] = (peers, tuple(r for p in peers for r in towards[p.node]))
-            out.append(self.node_plan(node, cluster, *group))
+            out.append((node, cluster, *group))
         return out
 
-    def gateways(self) -> list[NodePlan]:
+    def gateways(self) -> list[Draft]:
         active: dict[str, Node] = {}
         standby: dict[str, list[Node]] = {}
         for site, members in self.by_site.items():
@@ -210,8 +207,8 @@ class _Planner:
             standby[site] = gws[1:]
         prefixes: dict[str, tuple[IPv4Network, ...]] = {}
         for site, members in self.by_site.items():
-            nets = [self.site_net[site]] + [self.pod_cidr(n.name) for n, _ in members]
-            prefixes[site] = tuple(collapse_addresses(nets))
+            # The site network: its nodes' addresses, between which the CNI's VXLAN carries the pods.
+            prefixes[site] = tuple(collapse_addresses([self.site_net[site]]))
         # What a node that is not its site's active gateway routes to the other sites: the same for
         # every such node of the site, so built once per site (10,000 nodes × 500 clusters: 10 million).
         via_gateway: dict[str, tuple[Route, ...]] = {
@@ -257,7 +254,7 @@ class _Planner:
                     routes.extend(self.route(a, RouteVia.WIREGUARD, None, p.node) for a in p.allowed_ips)
             if not is_active:
                 routes.extend(via_gateway[site])
-            out.append(self.node_plan(node, cluster, peers, routes))
+            out.append((node, cluster, peers, tuple(routes)))
         return out
 
     def _gateway_peer(
@@ -279,34 +276,51 @@ class _Planner:
             )
         return p
 
-    def node_plan(self, node: Node, cluster: str, peers: tuple[Peer, ...], routes: Sequence[Route]) -> NodePlan:
-        vxlan, local_routes = self.local_part(node, cluster)
-        tunnel = None
-        if peers:
-            tunnel = Tunnel(
-                interface=TUNNEL_INTERFACE,
-                address=self.tunnel_addr(node.name),
-                listen_port=self.port,
-                mtu=self.tunnel_mtu(node, peers),
-                peers=peers,
+    def node_plans(self, drafts: list[Draft]) -> list[NodePlan]:
+        """Tunnels first, then each cluster's underlay (the smallest over its nodes: Cilium's `MTU`
+        is one value per cluster), then every node with its cluster's pod MTU and its VXLAN."""
+        tunnels: list[Tunnel | None] = []
+        for node, cluster, peers, routes in drafts:
+            tunnel = None
+            if peers:
+                tunnel = Tunnel(
+                    interface=TUNNEL_INTERFACE,
+                    address=self.tunnel_addr(node.name),
+                    listen_port=self.port,
+                    mtu=self.tunnel_mtu(node, peers),
+                    peers=peers,
+                )
+            tunnels.append(tunnel)
+            mtu = self.underlay(node, cluster, tunnel.mtu if tunnel else None, routes)
+            low = self.underlays.get(cluster)
+            if low is None or mtu.value < low.value:
+                self.underlays[cluster] = Mtu(mtu.value, f"{mtu.arithmetic} (node {node.name})")
+        pod_mtu = {
+            c: Mtu(u.value - VXLAN_OVERHEAD, f"{u.value} underlay − {VXLAN_OVERHEAD} VXLAN = {u.value - VXLAN_OVERHEAD}")
+            for c, u in self.underlays.items()
+        }
+        out = []
+        for (node, cluster, _, routes), tunnel in zip(drafts, tunnels, strict=True):
+            vxlan, overlay_routes = self.overlay(node, cluster, pod_mtu[cluster])
+            out.append(
+                NodePlan(
+                    name=node.name,
+                    cluster=cluster,
+                    site=node.site,
+                    address=node.address,
+                    public_address=node.public_address,
+                    gateway=node.gateway,
+                    pod_cidr=self.pod_cidr(node.name),
+                    tunnel=tunnel,
+                    vxlan=vxlan,
+                    routes=(*overlay_routes, *routes),  # a stable order: overlay by name, then peers by name
+                    pod_mtu=pod_mtu[cluster],
+                )
             )
-        # A node routing cross-site traffic through its gateway is bound by the gateway's tunnel MTU.
-        cross_site_mtu = tunnel.mtu if tunnel else self._via_gateway_mtu(node, routes)
-        return NodePlan(
-            name=node.name,
-            cluster=cluster,
-            site=node.site,
-            address=node.address,
-            public_address=node.public_address,
-            gateway=node.gateway,
-            pod_cidr=self.pod_cidr(node.name),
-            tunnel=tunnel,
-            vxlan=vxlan,
-            routes=(*local_routes, *routes),  # already in a stable order: site, then peers by name
-            pod_mtu=self.pod_mtu(node, cross_site_mtu, vxlan),
-        )
+        return out
 
-    def _via_gateway_mtu(self, node: Node, routes: Sequence[Route]) -> Mtu | None:
+    def _via_gateway_mtu(self, routes: Sequence[Route]) -> Mtu | None:
+        """A node routing cross-site traffic through its gateway is bound by the gateway's tunnel MTU."""
         if not any(r.via is RouteVia.GATEWAY for r in routes):
             return None
         low = min(self.site_mtu.values())
@@ -324,7 +338,9 @@ def build_plan(
     placements: dict[str, str] | None = None,
 ) -> Plan:
     planner = _Planner(mesh, alloc, public_keys)
-    node_plans = planner.gateways() if mesh.spec.wireguard.topology is Topology.GATEWAYS else planner.full_mesh()
+    drafts = planner.gateways() if mesh.spec.wireguard.topology is Topology.GATEWAYS else planner.full_mesh()
+    node_plans = planner.node_plans(drafts)
+    clusters = datapath.attach(mesh, cluster_plans(mesh, alloc, manifests, placements), node_plans, planner.underlays)
     hc = mesh.spec.health_check
     return Plan(
         mesh=mesh.metadata.name,
@@ -335,7 +351,7 @@ def build_plan(
             SitePlan(s.name, s.provider.value, s.region, s.network, s.mtu)
             for s in sorted(mesh.spec.sites, key=lambda s: s.name)
         ),
-        clusters=cluster_plans(mesh, alloc, manifests, placements),
+        clusters=clusters,
         nodes=tuple(node_plans),
         health=HealthPlan(
             probe=hc.probe.value,

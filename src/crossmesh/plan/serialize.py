@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from crossmesh.model.plan import NodePlan, Peer, Plan, Route, VxlanNeighbour
+from crossmesh.model.plan import Datapath, Mtu, NodePlan, Peer, Plan, Route, VxlanNeighbour
 from crossmesh.services.backends import backend_sets
 
 
@@ -43,6 +43,34 @@ def _shared(items: tuple[Any, ...], cache: dict[int, Any], convert: Callable[[An
 
 def _neighbour_json(v: VxlanNeighbour) -> dict[str, Any]:
     return {"node": v.node, "address": str(v.address), "podCIDR": str(v.pod_cidr), "mac": v.mac}
+
+
+def _mtu_json(m: Mtu | None) -> dict[str, Any] | None:
+    return None if m is None else {"value": m.value, "arithmetic": m.arithmetic}
+
+
+def datapath_json(d: Datapath | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {
+        "mode": d.mode,
+        "encapsulation": f"{d.encapsulation} (UDP {d.port})",
+        "underlayMTU": _mtu_json(d.underlay_mtu),
+        "podMTU": _mtu_json(d.pod_mtu),
+        "podCIDRsPinned": d.pod_cidrs_pinned,
+        "pairs": [
+            {
+                "class": k.name,
+                "connected": k.connected,
+                "path": k.path,
+                "encapsulation": k.encapsulation,
+                "encryption": k.encryption,
+                "mtu": _mtu_json(k.mtu),
+                "note": k.why,
+            }
+            for k in d.classes
+        ],
+    }
 
 
 def node_json(n: NodePlan, cache: dict[int, Any] | None = None) -> dict[str, Any]:
@@ -99,6 +127,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "cni": c.cni,
                 "podCIDR": str(c.pod_cidr),
                 "serviceCIDR": str(c.service_cidr),
+                "datapath": datapath_json(c.datapath),
                 "nodes": list(c.nodes),
                 "pods": [
                     {

@@ -89,63 +89,70 @@ def trace(plan: Plan, source: str, target: str, port: int, protocol: str, *, bac
             raise TraceError(f"node {node.name} has no route to {dst}")
         nxt = plan.node(route.peer)
         if route.via is RouteVia.VXLAN:
+            where = f"in site {node.site}" if nxt.site == node.site else f"in site {nxt.site}, by its route"
             add(
                 node.name,
-                f"VXLAN (VNI 1, UDP 8472) to node {nxt.name} at {nxt.address} in site {node.site}",
+                f"VXLAN (VNI 1, UDP 8472) to node {nxt.name} at {nxt.address} {where}",
                 "vxlan",
                 node.name,
                 nxt.name,
             )
-            node = nxt
-        elif route.via is RouteVia.SITE:
-            add(
-                node.name,
-                f"routed on site network {node.site} to node {nxt.name} ({nxt.address})",
-                "site",
-                node.name,
-                nxt.name,
-            )
-            node = nxt
-        elif route.via is RouteVia.GATEWAY:
-            add(
-                node.name,
-                f"to site {node.site}'s WireGuard gateway {nxt.name} ({nxt.address})",
-                "site",
-                node.name,
-                nxt.name,
-            )
-            node = nxt
+            _underlay(plan, node, nxt, add)
         else:
-            assert node.tunnel is not None  # noqa: S101 - a WireGuard route implies a tunnel
-            peer = next(p for p in node.tunnel.peers if p.node == nxt.name)
-            nat_out = (
-                f"1:1 NAT {node.address} → {node.public_address}"
-                if node.public_address
-                else "source NAT to the site router's address"
-            )
-            endpoint = peer.endpoint_text or "the address it last dialled from (peer behind NAT)"
-            add(
-                node.name,
-                f"WireGuard {node.tunnel.interface} encrypts for peer {nxt.name}, endpoint {endpoint}",
-                "wireguard",
-                node.name,
-                nxt.name,
-            )
-            add(f"router {node.site}", f"leaves site {node.site} through its NAT ({nat_out})", "nat", "")
-            nat_in = (
-                f"1:1 NAT {nxt.public_address} → {nxt.address}"
-                if nxt.public_address
-                else "connection tracking of the tunnel its node dialled"
-            )
-            add(
-                f"router {nxt.site}",
-                f"enters site {nxt.site} ({nat_in}) as encrypted UDP {plan.listen_port}",
-                "nat",
-                "",
-            )
-            add(nxt.name, f"WireGuard decrypts from {node.name}, checks allowed IPs", "wireguard", nxt.name, node.name)
-            node = nxt
+            _step(plan, node, nxt, route.via, add)
+        node = nxt
     raise TraceError(f"no path from {source} to {target} within {MAX_HOPS} hops")
+
+
+def _underlay(plan: Plan, node: NodePlan, target: NodePlan, add: AddHop) -> None:
+    """The hops of a VXLAN packet from `node` to node `target`'s address: the site network, or
+    across sites through WireGuard (the node's own tunnel, or its site's gateway)."""
+    start = node
+    for _ in range(MAX_HOPS):
+        if node.site == target.site:
+            if node is not start and node.name != target.name:  # a remote gateway hands it on
+                _step(plan, node, target, RouteVia.SITE, add)
+            return
+        route = _route(node, target.address)
+        if route is None:
+            raise TraceError(f"node {node.name} has no route to node {target.name} ({target.address})")
+        nxt = plan.node(route.peer)
+        _step(plan, node, nxt, route.via, add)
+        node = nxt
+    raise TraceError(f"no path from node {node.name} to node {target.name} within {MAX_HOPS} hops")
+
+
+def _step(plan: Plan, node: NodePlan, nxt: NodePlan, via: RouteVia, add: AddHop) -> None:
+    """One hop from `node` to `nxt`: on the site network, to the site's gateway, or through WireGuard."""
+    if via is RouteVia.SITE:
+        add(node.name, f"routed on site network {node.site} to node {nxt.name} ({nxt.address})", "site", node.name, nxt.name)
+        return
+    if via is RouteVia.GATEWAY:
+        add(node.name, f"to site {node.site}'s WireGuard gateway {nxt.name} ({nxt.address})", "site", node.name, nxt.name)
+        return
+    assert node.tunnel is not None  # noqa: S101 - a WireGuard route implies a tunnel
+    peer = next(p for p in node.tunnel.peers if p.node == nxt.name)
+    nat_out = (
+        f"1:1 NAT {node.address} → {node.public_address}"
+        if node.public_address
+        else "source NAT to the site router's address"
+    )
+    endpoint = peer.endpoint_text or "the address it last dialled from (peer behind NAT)"
+    add(
+        node.name,
+        f"WireGuard {node.tunnel.interface} encrypts for peer {nxt.name}, endpoint {endpoint}",
+        "wireguard",
+        node.name,
+        nxt.name,
+    )
+    add(f"router {node.site}", f"leaves site {node.site} through its NAT ({nat_out})", "nat", "")
+    nat_in = (
+        f"1:1 NAT {nxt.public_address} → {nxt.address}"
+        if nxt.public_address
+        else "connection tracking of the tunnel its node dialled"
+    )
+    add(f"router {nxt.site}", f"enters site {nxt.site} ({nat_in}) as encrypted UDP {plan.listen_port}", "nat", "")
+    add(nxt.name, f"WireGuard decrypts from {node.name}, checks allowed IPs", "wireguard", nxt.name, node.name)
 
 
 def _target(  # noqa: PLR0913

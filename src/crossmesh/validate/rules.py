@@ -31,7 +31,7 @@ class Claim:
 
 def check(mesh: Mesh, doc: Document) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_unique_names, _sites_exist, _addresses, _cidrs, _reachability):
+    for rule in (_unique_names, _sites_exist, _addresses, _cidrs, _reachability, _datapath):
         problems.extend(rule(mesh, doc))
     return problems
 
@@ -313,4 +313,24 @@ def _reachability(mesh: Mesh, doc: Document) -> list[Problem]:
                 ("spec", "wireguard", "topology"), f"{hidden} more node pairs cannot dial each other (both behind NAT)"
             )
         )
+    return out
+
+
+def _datapath(mesh: Mesh, doc: Document) -> list[Problem]:
+    """Flannel's (and Calico's) VXLAN device is bound to one interface (flannel-iface): its packets to a
+    node of another site would leave by that interface's default route, not through wg-crossmesh
+    (flannel-io/flannel#895, #2141), so such a cluster cannot span sites. Cilium's VXLAN device is
+    routed by the kernel's table and can (README, "Datapath")."""
+    out = []
+    for i, c in enumerate(mesh.spec.clusters):
+        sites = sorted({n.site for n in c.nodes})
+        if c.cni.value != "cilium" and len(sites) > 1:
+            out.append(
+                doc.problem(
+                    ("spec", "clusters", i, "cni"),
+                    f"cluster {c.name} uses {c.cni.value} across sites {', '.join(sites)}: {c.cni.value}'s VXLAN is "
+                    "bound to one interface and cannot reach nodes through wg-crossmesh — use cni: cilium, or "
+                    "keep the cluster's nodes in one site",
+                )
+            )
     return out

@@ -121,6 +121,7 @@ def _link_matches(ipr: NetNS, link: Link, current: Any) -> bool:
             and data.get_attr("IFLA_VXLAN_ID") == link.vxlan_id
             and data.get_attr("IFLA_VXLAN_PORT") == link.vxlan_port
             and data.get_attr("IFLA_VXLAN_LOCAL") == str(link.vxlan_local)
+            and bool(data.get_attr("IFLA_VXLAN_LINK")) == (link.vxlan_dev is not None)
         )
     return True
 
@@ -143,7 +144,9 @@ def _create_link(ipr: NetNS, spec: Namespace, link: Link) -> None:
             peer={"ifname": link.peer, "net_ns_fd": link.peer_ns, "mtu": link.peer_mtu or link.mtu},
         )
     elif link.kind == "vxlan":
-        dev = ipr.link_lookup(ifname=link.vxlan_dev)
+        # Bound to an interface (Flannel) or routed by the kernel's table like Cilium's
+        # cilium_vxlan, whose packets to another site's node then take that node's route into wg.
+        bound = {} if link.vxlan_dev is None else {"vxlan_link": ipr.link_lookup(ifname=link.vxlan_dev)[0]}
         ipr.link(
             "add",
             ifname=link.ifname,
@@ -152,8 +155,8 @@ def _create_link(ipr: NetNS, spec: Namespace, link: Link) -> None:
             vxlan_id=link.vxlan_id,
             vxlan_port=link.vxlan_port,
             vxlan_local=str(link.vxlan_local),
-            vxlan_link=dev[0],
             vxlan_learning=0,
+            **bound,
         )
     else:
         raise ValueError(f"cannot create link kind {link.kind}")

@@ -285,7 +285,7 @@ def build(
                     vxlan_id=n.vxlan.vni,
                     vxlan_port=n.vxlan.port,
                     vxlan_local=n.address,
-                    vxlan_dev=eth,
+                    vxlan_dev=eth if n.vxlan.bound else None,
                     mac=n.vxlan.local_mac,
                 )
             )
