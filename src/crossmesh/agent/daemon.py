@@ -398,9 +398,7 @@ class Agent:
         reachable = [p for p in peers if p.endpoint or self.own.natted]
         recent = time.monotonic() - self.rotated_at < ROTATION_WINDOW
         now = [
-            p
-            for p in reachable
-            if (first and self.announced) or (p in changed and self._initiates(p, before, recent))
+            p for p in reachable if (first and self.announced) or (p in changed and self._initiates(p, before, recent))
         ]
         if now:
             log(f"initiating handshakes with {', '.join(p.node for p in now[:8])}" + (" …" if len(now) > 8 else ""))

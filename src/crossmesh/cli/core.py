@@ -148,7 +148,14 @@ def _print_datapath(clusters: list[dict[str, Any]]) -> None:
             )
         pinned = "pinned by the rendered files" if d["podCIDRsPinned"] else "allocated by the cluster (not pinned)"
         u = d["underlayMTU"]
-        t.add_row(c["name"], "underlay", f"{d['mode']} {d['encapsulation']}; node pod CIDRs {pinned}", "", str(u["value"]), u["arithmetic"])
+        t.add_row(
+            c["name"],
+            "underlay",
+            f"{d['mode']} {d['encapsulation']}; node pod CIDRs {pinned}",
+            "",
+            str(u["value"]),
+            u["arithmetic"],
+        )
     out.print(t)
 
 

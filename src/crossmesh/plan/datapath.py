@@ -26,7 +26,9 @@ from crossmesh.model.plan import (
 VXLAN_HOP = f"VXLAN (UDP {VXLAN_PORT})"
 
 
-def _classes(cluster: ClusterPlan, plan_clusters: Sequence[ClusterPlan], pod_mtu: Mtu, topology: str) -> list[PairClass]:
+def _classes(
+    cluster: ClusterPlan, plan_clusters: Sequence[ClusterPlan], pod_mtu: Mtu, topology: str
+) -> list[PairClass]:
     dev = "cilium_vxlan" if cluster.cni == "cilium" else "flannel.1" if cluster.cni == "flannel" else "vxlan"
     out = [
         PairClass(

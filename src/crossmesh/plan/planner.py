@@ -205,10 +205,9 @@ class _Planner:
             gws = sorted((n for n, _ in members if n.gateway), key=lambda n: (n.public_address is None, n.name))
             active[site] = gws[0]
             standby[site] = gws[1:]
-        prefixes: dict[str, tuple[IPv4Network, ...]] = {}
-        for site, members in self.by_site.items():
-            # The site network: its nodes' addresses, between which the CNI's VXLAN carries the pods.
-            prefixes[site] = tuple(collapse_addresses([self.site_net[site]]))
+        # What a site's active gateway carries: the site network, its nodes' addresses, between
+        # which the CNI's VXLAN carries the pods.
+        prefixes = {site: (self.site_net[site],) for site in self.by_site}
         # What a node that is not its site's active gateway routes to the other sites: the same for
         # every such node of the site, so built once per site (10,000 nodes × 500 clusters: 10 million).
         via_gateway: dict[str, tuple[Route, ...]] = {
@@ -296,7 +295,9 @@ class _Planner:
             if low is None or mtu.value < low.value:
                 self.underlays[cluster] = Mtu(mtu.value, f"{mtu.arithmetic} (node {node.name})")
         pod_mtu = {
-            c: Mtu(u.value - VXLAN_OVERHEAD, f"{u.value} underlay − {VXLAN_OVERHEAD} VXLAN = {u.value - VXLAN_OVERHEAD}")
+            c: Mtu(
+                u.value - VXLAN_OVERHEAD, f"{u.value} underlay − {VXLAN_OVERHEAD} VXLAN = {u.value - VXLAN_OVERHEAD}"
+            )
             for c, u in self.underlays.items()
         }
         out = []

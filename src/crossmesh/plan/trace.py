@@ -125,10 +125,22 @@ def _underlay(plan: Plan, node: NodePlan, target: NodePlan, add: AddHop) -> None
 def _step(plan: Plan, node: NodePlan, nxt: NodePlan, via: RouteVia, add: AddHop) -> None:
     """One hop from `node` to `nxt`: on the site network, to the site's gateway, or through WireGuard."""
     if via is RouteVia.SITE:
-        add(node.name, f"routed on site network {node.site} to node {nxt.name} ({nxt.address})", "site", node.name, nxt.name)
+        add(
+            node.name,
+            f"routed on site network {node.site} to node {nxt.name} ({nxt.address})",
+            "site",
+            node.name,
+            nxt.name,
+        )
         return
     if via is RouteVia.GATEWAY:
-        add(node.name, f"to site {node.site}'s WireGuard gateway {nxt.name} ({nxt.address})", "site", node.name, nxt.name)
+        add(
+            node.name,
+            f"to site {node.site}'s WireGuard gateway {nxt.name} ({nxt.address})",
+            "site",
+            node.name,
+            nxt.name,
+        )
         return
     assert node.tunnel is not None  # noqa: S101 - a WireGuard route implies a tunnel
     peer = next(p for p in node.tunnel.peers if p.node == nxt.name)

@@ -145,7 +145,7 @@ def _addresses(mesh: Mesh, doc: Document) -> list[Problem]:
 # WAN dials them), only when they lie inside a site network, nor are the documentation and
 # benchmarking ranges that examples and tests use.
 _UNUSABLE_PUBLIC = (
-    (IPv4Network("0.0.0.0/8"), "an unspecified (\"this network\") address"),
+    (IPv4Network("0.0.0.0/8"), 'an unspecified ("this network") address'),
     (IPv4Network("127.0.0.0/8"), "a loopback address"),
     (IPv4Network("169.254.0.0/16"), "a link-local address"),
     (IPv4Network("224.0.0.0/4"), "a multicast address"),

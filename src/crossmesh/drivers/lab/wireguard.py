@@ -242,6 +242,7 @@ def _dump_of_uapi(reply: str) -> str:
     head = [private or "(none)", _public_key(private) if private else "(none)", port, fwmark]
     out = ["\t".join(head)]
     for p in peers:
+
         def one(k: str, default: str, p: dict[str, list[str]] = p) -> str:
             return p.get(k, [default])[0]
 
