@@ -59,7 +59,7 @@ def _route(node: NodePlan, dst: IPv4Address) -> Route | None:
     return best
 
 
-AddHop = Callable[[str, str, str, str], None]
+AddHop = Callable[..., None]  # add(where, action, device, node, peer="")
 
 
 def trace(plan: Plan, source: str, target: str, port: int, protocol: str, *, backend: str | None = None) -> Trace:
