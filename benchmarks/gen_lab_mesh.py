@@ -54,7 +54,7 @@ def cluster_layout(sizes: list[int]) -> list[tuple[str, str, str, list[tuple[int
         ("aws", "eks", "cilium", [(0, i) for i in range(a - 2)]),
         ("aws-azure", "talos", "cilium", [(0, i) for i in range(a - 2, a)] + [(1, i) for i in range(b)]),
         ("gcp", "gke", "cilium", [(2, i) for i in range(c - 2)]),
-        ("gcp-onprem", "k3s", "flannel", [(2, i) for i in range(c - 2, c)] + [(3, i) for i in range(d)]),
+        ("gcp-onprem", "k3s", "cilium", [(2, i) for i in range(c - 2, c)] + [(3, i) for i in range(d)]),
     ]
 
 

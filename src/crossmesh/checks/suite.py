@@ -21,7 +21,8 @@ from crossmesh.checks.results import Check, Result
 from crossmesh.drivers.lab.lab import LabState
 from crossmesh.drivers.lab.servicesd import ECHO_PORT
 from crossmesh.drivers.lab.topology import PRIVATE_RANGES, LabTopology, PodEndpoint, spoof_comment
-from crossmesh.model.plan import Plan, PodPlan
+from crossmesh.model.plan import NodePlan, Plan, PodPlan
+from crossmesh.plan import datapath
 from crossmesh.policy.evaluator import PolicyIndex, Reason, Verdict, evaluate
 from crossmesh.policy.model import HttpRequest
 from crossmesh.services.backends import backend_sets
@@ -69,6 +70,10 @@ class Context:
             return Result.FORBIDDEN
         return Result.TIMEOUT
 
+    def connected(self, src: PodPlan, dst: PodPlan) -> bool:
+        """Whether the plan's datapath connects the two pods' clusters (plan/datapath.py)."""
+        return datapath.connects(self.plan.cluster(src.cluster), self.plan.cluster(dst.cluster))
+
     def ep(self, pod: PodPlan) -> PodEndpoint:
         return self.topo.pod(pod.ref)
 
@@ -110,7 +115,9 @@ def pod_to_pod(ctx: Context) -> list[Planned]:
                 dst = candidates[i % len(candidates)]  # rotate so that sources spread over destinations
                 port = _ports(dst, proto)[0]
                 kind = "http" if proto == "TCP" else "udp"
-                if proto == "TCP":
+                if not ctx.connected(src, dst):
+                    expected = Result.TIMEOUT  # the plan's datapath does not connect them (Flannel across clusters)
+                elif proto == "TCP":
                     expected = ctx.expect_http(src, dst, port)
                 else:
                     expected = Result.OK if ctx.allowed(src, dst, port, proto) else Result.TIMEOUT
@@ -209,40 +216,57 @@ def _service_runner(ctx: Context, src: PodPlan, ip: str, port: int, allowed: set
     return run
 
 
+def node_pair_class(a: NodePlan, b: NodePlan) -> str:
+    """The plan's pair class of pods on nodes `a` and `b` (plan/datapath.py)."""
+    if a.cluster != b.cluster:
+        return "cross-cluster"
+    if a.name == b.name:
+        return "same-node"
+    return "same-site" if a.site == b.site else "cross-site"
+
+
 def mtu(ctx: Context) -> list[Planned]:
-    """For every node pair across sites: exactly the pod MTU passes with DF; one byte more is refused."""
+    """The pod MTU of every pair class the plan states (same node, same site, cross site, cross cluster):
+    for every node pair across sites and one pair of each other class per cluster, exactly the pod MTU
+    passes with DF (inner and VXLAN outer); one byte more is refused."""
     out = []
     by_node: dict[str, list[PodPlan]] = {}
     for p in sorted(ctx.plan.pods(), key=lambda p: p.ref):
         by_node.setdefault(p.node, []).append(p)
     nodes = {n.name: n for n in ctx.plan.nodes}
+    clusters = {c.name: c for c in ctx.plan.clusters}
+    seen: set[tuple[str, str]] = set()  # (cluster, class) probed once, except cross-site: every node pair
     for a in sorted(by_node):
         for b in sorted(by_node):
-            if nodes[a].site == nodes[b].site:
+            kind = node_pair_class(nodes[a], nodes[b])
+            if not datapath.connects(clusters[nodes[a].cluster], clusters[nodes[b].cluster]):
+                continue
+            if kind != "cross-site" and (nodes[a].cluster, kind) in seen:
                 continue
             pair = next(
                 (
                     (s, d)
                     for s in by_node[a]
                     for d in by_node[b]
-                    if _ports(d, "UDP") and ctx.allowed(s, d, _ports(d, "UDP")[0], "UDP")
+                    if s.ref != d.ref and _ports(d, "UDP") and ctx.allowed(s, d, _ports(d, "UDP")[0], "UDP")
                 ),
                 None,
             )
             if pair is None:
                 continue
+            seen.add((nodes[a].cluster, kind))
             src, dst = pair
             size = min(nodes[a].pod_mtu.value, nodes[b].pod_mtu.value)
             port = _ports(dst, "UDP")[0]
             for total, expected, label in ((size, Result.OK, "fits"), (size + 1, Result.MSG_TOO_LONG, "one-byte-over")):
                 check = Check(
-                    name=f"mtu/{label}: {src.ref} -> {dst.ref} ({total} bytes, DF)",
+                    name=f"mtu/{label}: {src.ref} -> {dst.ref} ({kind}, {total} bytes, DF)",
                     kind="mtu",
                     source=src.ref,
                     target=dst.ref,
                     port=f"{port}/UDP",
                     expected=expected,
-                    extra={"packetSize": total, "arithmetic": nodes[a].pod_mtu.arithmetic},
+                    extra={"packetSize": total, "arithmetic": nodes[a].pod_mtu.arithmetic, "pairClass": kind},
                 )
                 out.append(Planned(check, _mtu_runner(ctx, src, dst, port, total)))
     return out
@@ -530,7 +554,9 @@ def policy_matrix(ctx: Context) -> list[Planned]:
                     continue
                 verdict = ctx.verdict(src, dst, port, proto)
                 assert verdict is not None  # noqa: S101 - policies exist
-                if proto == "TCP":
+                if not ctx.connected(src, dst):
+                    expected = Result.TIMEOUT  # the plan's datapath does not connect them (Flannel across clusters)
+                elif proto == "TCP":
                     expected = ctx.expect_http(src, dst, port)
                 else:
                     expected = Result.OK if verdict.allowed else Result.TIMEOUT

@@ -26,6 +26,12 @@ from crossmesh.model.plan import (
 VXLAN_HOP = f"VXLAN (UDP {VXLAN_PORT})"
 
 
+def connects(a: ClusterPlan, b: ClusterPlan) -> bool:
+    """Whether pods of clusters `a` and `b` reach each other: always within a cluster; across
+    clusters only in Cilium's Cluster Mesh (Flannel and Calico have no multi-cluster routing)."""
+    return a.name == b.name or a.cni == b.cni == "cilium"
+
+
 def _classes(
     cluster: ClusterPlan, plan_clusters: Sequence[ClusterPlan], pod_mtu: Mtu, topology: str
 ) -> list[PairClass]:
@@ -80,8 +86,8 @@ def _classes(
                 )
             )
         else:
-            meshed = [c.name for c in others if c.cni == "cilium"]
-            apart = [c.name for c in others if c.cni != "cilium"]
+            meshed = [c.name for c in others if connects(cluster, c)]
+            apart = [c.name for c in others if not connects(cluster, c)]
             why = f"not connected to {', '.join(apart)} (not Cilium: no Cluster Mesh)" if apart else ""
             out.append(
                 PairClass(

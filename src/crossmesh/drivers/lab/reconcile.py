@@ -156,6 +156,9 @@ def _create_link(ipr: NetNS, spec: Namespace, link: Link) -> None:
             vxlan_port=link.vxlan_port,
             vxlan_local=str(link.vxlan_local),
             vxlan_learning=0,
+            # DF on the outer packet: one that outgrows a hop (wg-crossmesh) fails loudly instead of
+            # being fragmented, so the pod-MTU probes of `crossmesh test` prove the whole budget.
+            vxlan_df=1,
             **bound,
         )
     else:
