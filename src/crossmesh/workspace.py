@@ -20,6 +20,8 @@ from crossmesh.model.plan import Plan
 from crossmesh.plan.planner import build_plan, cluster_plans
 from crossmesh.plan.workloads import PlacementError
 from crossmesh.policy import parse as policy_parse
+from crossmesh.render.files import RenderedFile
+from crossmesh.render.tree import render as render_tree
 from crossmesh.state.store import StateStore
 from crossmesh.validate import rules
 
@@ -111,3 +113,9 @@ def compile_mesh(
     except ValueError as err:
         raise SpecError([loaded.doc.problem(("spec",), str(err))]) from err
     return Compiled(loaded=loaded, allocations=alloc, plan=plan, store=store)
+
+
+def rendered(compiled: Compiled) -> dict[str, RenderedFile]:
+    """What `crossmesh render` writes for this mesh, in memory: the CLI writes it, the lab runs it,
+    the fidelity checks compare the running lab with it."""
+    return render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-from crossmesh.checks import probes
+from crossmesh.checks import fidelity, probes
 from crossmesh.checks.results import Check, Result
 from crossmesh.drivers.lab.lab import LabState
 from crossmesh.drivers.lab.servicesd import ECHO_PORT
@@ -39,6 +40,7 @@ class Context:
     topo: LabTopology
     state: LabState | None = None  # needed by checks that stage failures (kill / revive)
     policy: PolicyIndex | None = None  # expectations of pod-to-pod flows come from the evaluator
+    files: Mapping[str, Any] | None = None  # what `render` writes for this mesh: the fidelity checks
 
     def site_of(self, pod: PodPlan) -> str:
         return self.plan.node(pod.node).site
@@ -630,7 +632,17 @@ def services(ctx: Context) -> list[Planned]:
     return [Planned(c, r) for c, r in service_checks.build(ctx, ctx.state)]
 
 
+def fidelity_checks(ctx: Context) -> list[Planned]:
+    if ctx.files is None:
+        return []
+    pairs = fidelity.tunnel_checks(ctx.plan, ctx.topo, ctx.files) + fidelity.pod_mtu_checks(
+        ctx.plan, ctx.topo, ctx.files
+    )
+    return [Planned(check, run) for check, run in pairs]
+
+
 BUILDERS = (
+    fidelity_checks,
     pod_to_pod,
     pod_to_service,
     tunnel_mtu,

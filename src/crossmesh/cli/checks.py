@@ -13,6 +13,7 @@ from crossmesh.checks import results, suite
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.errors import CrossmeshError, UsageError
+from crossmesh.workspace import rendered
 
 
 @friendly
@@ -23,7 +24,8 @@ def test(
     junit: Path | None = typer.Option(None, "--junit", help="also write a JUnit XML report here"),
 ) -> None:
     """Check the running lab: pod→pod for every pair class (HTTP and UDP), pod→service, MTU with DF
-    across every tunnel, encryption (a marker never crosses the internet in clear) and NAT.
+    across every tunnel, encryption (a marker never crosses the internet in clear) and NAT, and fidelity:
+    every tunnel, pod and VXLAN device as the files `crossmesh render` writes give it.
 
     Expectations come from the plan. Exit code 1 when any check fails.
     """
@@ -36,7 +38,7 @@ def test(
     if state.status != "ready":
         raise CrossmeshError(f"lab {state.mesh_name} is {state.status}, not ready — run `crossmesh lab up {mesh}`")
     compiled, topo = labs.topology_of(state)
-    ctx = suite.Context(compiled.plan, topo, state, labs.policy_index(compiled))
+    ctx = suite.Context(compiled.plan, topo, state, labs.policy_index(compiled), rendered(compiled))
     planned = suite.build(ctx, pattern)
     if not planned:
         err.print(f"no check matches {pattern!r}", markup=False)

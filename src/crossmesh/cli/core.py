@@ -15,8 +15,7 @@ from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly
 from crossmesh.drivers.files import write_tree
 from crossmesh.model.mesh import Mesh
 from crossmesh.plan import serialize
-from crossmesh.render.tree import render as render_tree
-from crossmesh.workspace import check, compile_mesh
+from crossmesh.workspace import check, compile_mesh, rendered
 
 MESH_ARG = typer.Argument(..., help="the mesh file (apiVersion: crossmesh.io/v1alpha1, kind: Mesh)", show_default=False)
 STATE_OPTION = typer.Option(None, "--state", help="state directory (default: .crossmesh/ beside the mesh file)")
@@ -274,7 +273,7 @@ def render(
     where the tree needs a folder inside it is refused before anything is written.
     """
     compiled = compile_mesh(mesh, state)
-    files = render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key)
+    files = rendered(compiled)
     warnings = write_tree(output_dir, files)
     for warning in warnings[:SHOWN_WARNINGS]:
         err.print(f"warning: {warning}", markup=False)

@@ -35,9 +35,10 @@ from crossmesh.errors import CrossmeshError, EnvironmentProblem, UsageError
 from crossmesh.model.plan import Plan
 from crossmesh.policy.endpoints import mesh_index
 from crossmesh.policy.evaluator import PolicyIndex
-from crossmesh.render.tree import render as render_tree
+from crossmesh.render import readback
+from crossmesh.render.files import RenderedFile
 from crossmesh.state.disk import write_private
-from crossmesh.workspace import Compiled, compile_mesh
+from crossmesh.workspace import Compiled, compile_mesh, rendered
 
 LAB_ROOT = Path("/run/crossmesh")
 REQUIRED = {
@@ -324,7 +325,7 @@ def _build(
         changes += _etcd(state)
         lap("etcd")
     progress(f"WireGuard: {len(topo.wireguard)} wireguard-go devices")
-    files = render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key)
+    files = rendered(compiled)
     conf_dir = state.dir / "wireguard"
     conf_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(conf_dir, 0o700)
@@ -335,9 +336,12 @@ def _build(
             continue  # an unchanged node: its agent keeps its device
         node = compiled.plan.node(dev.node)
         assert node.tunnel is not None  # noqa: S101 - topology only lists tunnel nodes
-        rendered = files[f"nodes/{dev.node}/{node.tunnel.interface}.conf"]
+        # Each device is configured from the node's own rendered file, read as its consumer reads it:
+        # a wg-quick file through `wg-quick strip`, a Talos WireguardConfig document as Talos does.
+        wg_quick = files.get(f"nodes/{dev.node}/{node.tunnel.interface}.conf")
         conf = conf_dir / f"{dev.ifname}.conf"  # wg-quick wants an interface name
-        _write_private(conf, rendered.content)
+        if wg_quick is not None:
+            _write_private(conf, wg_quick.content)
         entry = state.wireguard[dev.ifname]
         if wireguard.is_running(dev.ifname) and not _has_link(dev.namespace, dev.ifname):
             # A wireguard-go that answers but whose device is not in the node's namespace: left
@@ -354,8 +358,8 @@ def _build(
         if agents:
             continue  # the node's agent configures its device from etcd
         try:
-            changes += wireguard.reconcile(dev.ifname, wireguard.parse_setconf(wireguard.strip(conf)))
-        except RuntimeError as err:
+            changes += wireguard.reconcile(dev.ifname, _desired_device(files, dev.node, conf if wg_quick else None))
+        except (RuntimeError, readback.ReadbackError) as err:
             raise LabError(f"configuring the tunnel of node {dev.node}: {err}") from err
     lap("wireguard")
     # Second pass: new tunnel devices now exist, so their addresses and routes can be set.
@@ -1041,6 +1045,16 @@ def leftovers(tag: str | None = None) -> list[str]:
     if LAB_ROOT.is_dir():
         found += [f"state {d}" for d in LAB_ROOT.glob(f"{marker}*")]
     return found
+
+
+def _desired_device(files: dict[str, RenderedFile], node: str, wg_quick: Path | None) -> wireguard.DeviceConf:
+    if wg_quick is not None:
+        return wireguard.parse_setconf(wireguard.strip(wg_quick))
+    tunnel = readback.node_tunnel(files, node)
+    if tunnel is None:
+        raise readback.ReadbackError(f"the rendered files of node {node} give it no tunnel")
+    peers = {k: wireguard.PeerConf(k, p.endpoint, p.allowed_ips, p.keepalive) for k, p in tunnel.peers.items()}
+    return wireguard.DeviceConf(tunnel.private_key, tunnel.listen_port, peers)
 
 
 def topology_of(state: LabState) -> tuple[Compiled, LabTopology]:
