@@ -17,7 +17,8 @@ from crossmesh.render.common import pod_cidrs_pinned
 _FUNCTION = r"""pin() {
   node=$1 cidr=$2
   if ! current=$($KUBECTL get node "$node" -o 'jsonpath={.spec.podCIDR}'); then
-    echo "pin-pod-cidrs: node $node is not in the cluster (yet?): its Kubernetes node name must be $node; run this again once it has joined" >&2
+    echo "pin-pod-cidrs: node $node is not in the cluster (yet?): its Kubernetes node name must be $node;" \
+      "run this again once it has joined" >&2
     return 1
   fi
   if [ -z "$current" ]; then
@@ -26,7 +27,9 @@ _FUNCTION = r"""pin() {
   elif [ "$current" = "$cidr" ]; then
     echo "pin-pod-cidrs: node $node: podCIDR $cidr (already)"
   else
-    echo "pin-pod-cidrs: node $node has podCIDR $current but the mesh file states $cidr; Kubernetes cannot change it: delete the Node object (kubectl delete node $node) and restart its kubelet, with kube-controller-manager's allocate-node-cidrs=false in place, then run this again" >&2
+    echo "pin-pod-cidrs: node $node has podCIDR $current but the mesh file states $cidr; Kubernetes cannot" \
+      "change it: delete the Node object (kubectl delete node $node) and restart its kubelet, with" \
+      "kube-controller-manager's allocate-node-cidrs=false in place, then run this again" >&2
     return 1
   fi
 }

@@ -56,7 +56,7 @@ def wireguard_document(node: NodePlan, private_key: str) -> dict[str, Any] | Non
     if tunnel is None:
         return None
     peers = []
-    routes = []
+    routes: list[dict[str, str]] = []
     for p in tunnel.peers:
         entry: dict[str, Any] = {"publicKey": p.public_key, "allowedIPs": [str(a) for a in p.allowed_ips]}
         if p.endpoint is not None:
