@@ -84,14 +84,17 @@ def test_k3s_files_carry_cidrs_node_ip_and_pinning(tmp_path: Path) -> None:
     plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path, pinned=True)
     files = tree(plan)
     cluster = plan.clusters[0]
-    assert cluster.distribution == "k3s" and cluster.cni == "flannel"
+    assert cluster.distribution == "k3s" and cluster.cni == "cilium"
     server = yaml.safe_load(files[f"clusters/{cluster.name}/k3s-server.yaml"])
     assert server == {
         "cluster-cidr": str(cluster.pod_cidr),
         "service-cidr": str(cluster.service_cidr),
-        "flannel-backend": "vxlan",
+        "flannel-backend": "none",
+        "disable-network-policy": True,
         "kube-controller-manager-arg": ["node-cidr-mask-size=24", "allocate-node-cidrs=false"],
     }
+    flannel = k3s.server_config(plan, dataclasses.replace(cluster, cni="flannel"))
+    assert flannel["flannel-backend"] == "vxlan" and "disable-network-policy" not in flannel
     for name in cluster.nodes:
         node = plan.node(name)
         assert yaml.safe_load(files[f"nodes/{name}/k3s-config.yaml"]) == {
@@ -102,7 +105,7 @@ def test_k3s_files_carry_cidrs_node_ip_and_pinning(tmp_path: Path) -> None:
 
 
 def test_k3s_with_cilium_disables_flannel_and_keeps_kube_proxy(tmp_path: Path) -> None:
-    plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path)
+    plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path, pinned=False)
     cluster = dataclasses.replace(plan.clusters[0], cni="cilium")
     server = k3s.server_config(plan, cluster)
     assert server["flannel-backend"] == "none" and server["disable-network-policy"] is True
@@ -170,7 +173,8 @@ def test_pin_script_patches_only_an_empty_pod_cidr(tmp_path: Path) -> None:
 
 def test_no_pin_script_without_a_datapath_or_pinning(tmp_path: Path) -> None:
     plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path)
-    assert podcidrs.script(plan, plan.clusters[0]) is None
+    assert plan.clusters[0].datapath is not None and plan.clusters[0].datapath.pod_cidrs_pinned  # the planner's
+    assert podcidrs.script(dataclasses.replace(plan), dataclasses.replace(plan.clusters[0], datapath=None)) is None
     plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path, pinned=False)
     assert podcidrs.script(plan, plan.clusters[0]) is None
 
