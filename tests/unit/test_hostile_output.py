@@ -219,7 +219,7 @@ def test_modes_under_umask_000(tmp_path: Path, open_umask: None) -> None:
         "nodes": 0o755,
         f"nodes/{NODE}": 0o700,  # holds the node's private key
         f"nodes/{NODE}/wg-crossmesh.conf": 0o600,
-        f"nodes/{NODE}/talos.yaml": 0o600,
+        f"nodes/{NODE}/k3s-config.yaml": 0o644,
         f"nodes/{NODE}/routes.sh": 0o755,
         "nodes/east-worker-1": 0o755,  # no tunnel, no key
         ".crossmesh-rendered": 0o644,

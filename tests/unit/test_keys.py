@@ -187,7 +187,11 @@ def test_private_keys_only_in_the_nodes_own_files_which_are_0600(mesh: Path, tmp
                 assert mode(path) == 0o600, f"{rel} holds a private key but is {oct(mode(path))}"
                 holders[node].add(rel)
     for node, files in holders.items():
-        assert f"nodes/{node}/wg-crossmesh.conf" in files, f"{node}'s wg-quick file lacks its key"
+        # A Talos node's key is in its WireguardConfig document; it gets no wg-quick file.
+        talos = (out / "nodes" / node / "talos.yaml").exists()
+        own = f"nodes/{node}/talos.yaml" if talos else f"nodes/{node}/wg-crossmesh.conf"
+        assert own in files, f"{node}'s {own} lacks its key"
+        assert not (talos and (out / "nodes" / node / "wg-crossmesh.conf").exists()), f"Talos node {node} got a .conf"
     # The state directory's shared files (allocations, applied plan) hold no private key either.
     for name in ("allocations.json", "applied-plan.json"):
         text = (state / name).read_text()

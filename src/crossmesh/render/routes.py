@@ -1,7 +1,8 @@
 """Routes a node needs beyond what wg-quick and the CNI install: other clusters' pods in
 the same site (via their node) and, with topology gateways, other sites via the site's
 gateway. Rendered as an idempotent script (`ip route replace`), plus IP forwarding on
-nodes that carry others' traffic."""
+nodes that carry others' traffic. Not for Talos nodes, which run no script: their documents
+(render/talos.py) carry the tunnel routes and forwarding, and validate refuses the rest."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from itertools import compress
 from operator import attrgetter
 
 from crossmesh.model.plan import NodePlan, Plan, RouteVia
+from crossmesh.render.common import forwards as forwarding
 
 _SCRIPTED = (RouteVia.SITE, RouteVia.GATEWAY)
 _VIA = attrgetter("via")
@@ -18,7 +20,7 @@ def script(plan: Plan, node: NodePlan) -> str | None:
     # In a full mesh a node has ~3 routes per peer (2.9 million for 1,000 nodes), nearly all into
     # the tunnel: pick the few this script writes with C-level iteration, not a Python loop.
     routes = list(compress(node.routes, map(_SCRIPTED.__contains__, map(_VIA, node.routes))))
-    forwards = node.gateway and node.tunnel is not None
+    forwards = forwarding(node)
     if not routes and not forwards:
         return None
     lines = [

@@ -1,27 +1,51 @@
-"""Talos documents per node: a machine-config patch and, since Talos 1.12, the WireGuard
-link as its own `WireguardConfig` document (schema in tests/reference/talos/)."""
+"""Talos documents per node (schema in tests/reference/talos/): a machine-config patch and, since
+Talos 1.12, the WireGuard link as its own `WireguardConfig` document.
+
+A Talos node runs no shell script and no wg-quick: everything it needs is in these documents. The
+WireGuard link carries a route per allowed IP of every peer (Talos does not route AllowedIPs by
+itself; wg-quick would install the same routes). Routes via another host on the site network
+(topology gateways) would need a `LinkConfig` naming the node's interface, which crossmesh cannot
+know: validate refuses such Talos nodes (validate/rules.py), and `machine_patch` asserts it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from crossmesh.model.plan import ClusterPlan, NodePlan
+from crossmesh.model.plan import ClusterPlan, NodePlan, Plan, RouteVia
+from crossmesh.render.common import controller_manager_args, forwards, kube_proxy_replacement
+
+KUBEPRISM_PORT = 7445  # Sidero's Cilium guide: KubePrism enabled on 7445 (k8sServicePort of the values)
 
 
-def machine_patch(cluster: ClusterPlan, node: NodePlan) -> dict[str, Any]:
+def machine_patch(plan: Plan, cluster: ClusterPlan, node: NodePlan) -> dict[str, Any]:
+    via_gateway = [r for r in node.routes if r.via is RouteVia.GATEWAY]
+    if via_gateway:  # validate refuses these meshes; reaching here is a bug, not a user error
+        raise ValueError(f"Talos node {node.name} needs a route via its site gateway ({via_gateway[0].dst})")
     network: dict[str, Any] = {
         "podSubnets": [str(cluster.pod_cidr)],
         "serviceSubnets": [str(cluster.service_cidr)],
     }
+    machine: dict[str, Any] = {
+        "nodeLabels": {"crossmesh.io/site": node.site, "crossmesh.io/cluster": cluster.name},
+        "features": {"kubePrism": {"enabled": True, "port": KUBEPRISM_PORT}},
+        # The node's InternalIP is its site address, never the wg-crossmesh one.
+        "kubelet": {"nodeIP": {"validSubnets": [str(plan.site(node.site).network)]}},
+    }
+    if forwards(node):
+        machine["sysctls"] = {"net.ipv4.ip_forward": "1"}
     patch: dict[str, Any] = {
-        "machine": {
-            "nodeLabels": {"crossmesh.io/site": node.site, "crossmesh.io/cluster": cluster.name},
+        "machine": machine,
+        "cluster": {
+            "clusterName": cluster.name,
+            "network": network,
+            "controllerManager": {"extraArgs": controller_manager_args(plan, cluster)},
         },
-        "cluster": {"clusterName": cluster.name, "network": network},
     }
     if cluster.cni == "cilium":
         network["cni"] = {"name": "none"}  # Cilium is installed from the rendered Helm values
-        patch["cluster"]["proxy"] = {"disabled": True}  # Cilium's kube-proxy replacement
+        if kube_proxy_replacement(cluster):
+            patch["cluster"]["proxy"] = {"disabled": True}
     elif cluster.cni == "flannel":
         network["cni"] = {"name": "flannel"}
     return patch
@@ -32,6 +56,7 @@ def wireguard_document(node: NodePlan, private_key: str) -> dict[str, Any] | Non
     if tunnel is None:
         return None
     peers = []
+    routes: list[dict[str, str]] = []
     for p in tunnel.peers:
         entry: dict[str, Any] = {"publicKey": p.public_key, "allowedIPs": [str(a) for a in p.allowed_ips]}
         if p.endpoint is not None:
@@ -39,6 +64,7 @@ def wireguard_document(node: NodePlan, private_key: str) -> dict[str, Any] | Non
         if p.persistent_keepalive:
             entry["persistentKeepaliveInterval"] = f"{p.persistent_keepalive}s"
         peers.append(entry)
+        routes.extend({"destination": str(a)} for a in p.allowed_ips)  # link-scope, as wg-quick's
     return {
         "apiVersion": "v1alpha1",
         "kind": "WireguardConfig",
@@ -48,4 +74,5 @@ def wireguard_document(node: NodePlan, private_key: str) -> dict[str, Any] | Non
         "mtu": tunnel.mtu.value,
         "addresses": [{"address": f"{tunnel.address}/32"}],
         "peers": peers,
+        "routes": routes,
     }

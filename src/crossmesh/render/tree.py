@@ -2,11 +2,21 @@
 
 clusters/<cluster>/cilium-values.yaml   (cni: cilium)
 clusters/<cluster>/manifests.yaml       the cluster's objects as they would be applied
-nodes/<node>/wg-crossmesh.conf          wg-quick file (0600: holds the node's private key)
-nodes/<node>/talos.yaml                 Talos patch + WireguardConfig (0600), distribution: talos
-nodes/<node>/routes.sh                  routes beyond wg-quick and the CNI (other clusters in the site,
-                                        gateways topology), IP forwarding on gateways
+clusters/<cluster>/mcs.yaml             ServiceExport/ServiceImport of its global Services
+clusters/<cluster>/k3s-server.yaml      distribution k3s: every server's shared config.yaml.d file
+clusters/<cluster>/kubeadm-config.yaml  distribution kubeadm: ClusterConfiguration for `kubeadm init`
+clusters/<cluster>/pin-pod-cidrs.sh     the mesh file states node podCIDRs: sets each Node's (once, from
+                                        empty) while kube-controller-manager's allocator is off
+nodes/<node>/talos.yaml                 distribution talos: machine-config patch + WireguardConfig with its
+                                        routes (0600) — everything a Talos node gets
+nodes/<node>/wg-crossmesh.conf          other distributions: wg-quick file (0600: the node's private key)
+nodes/<node>/routes.sh                  other distributions: routes beyond wg-quick and the CNI (other
+                                        clusters in the site, gateways topology), IP forwarding on gateways
+nodes/<node>/k3s-config.yaml            distribution k3s: the node's config.yaml (node-ip, node-name)
+nodes/<node>/kubelet.env                distribution kubeadm: KUBELET_EXTRA_ARGS (node-ip)
 etcd/rbac.sh                            etcd roles: each node's agent writes only its own record
+
+Managed distributions (eks, aks, gke) get no distribution file: their control plane is the cloud's.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from collections.abc import Callable
 
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
-from crossmesh.render import cilium, etcd, mcs, routes, talos, wireguard
+from crossmesh.render import cilium, etcd, k3s, kubeadm, mcs, podcidrs, routes, talos, wireguard
 from crossmesh.render.files import RenderedFile, yaml_dump
 
 KIND_ORDER = {
@@ -48,22 +58,36 @@ def render(
         mcs_objects = mcs.objects(plan, cluster)
         if mcs_objects:
             out[f"{base}/mcs.yaml"] = RenderedFile(yaml_dump(*mcs_objects))
+        if cluster.distribution == "k3s":
+            out[f"{base}/k3s-server.yaml"] = RenderedFile(yaml_dump(k3s.server_config(plan, cluster)))
+        elif cluster.distribution == "kubeadm":
+            out[f"{base}/kubeadm-config.yaml"] = RenderedFile(yaml_dump(kubeadm.cluster_config(plan, cluster)))
+        pin = podcidrs.script(plan, cluster)
+        if pin is not None:
+            out[f"{base}/pin-pod-cidrs.sh"] = RenderedFile(pin, 0o755)
+    clusters = {c.name: c for c in plan.clusters}  # Plan.cluster() is a linear scan; this runs per node
     for node in plan.nodes:
         base = f"nodes/{node.name}"
-        cluster = plan.cluster(node.cluster)
+        cluster = clusters[node.cluster]
         key = private_key(node.name) if node.tunnel is not None else ""
+        if cluster.distribution == "talos":
+            # A Talos node runs no wg-quick and no script: its documents carry the link and its routes.
+            docs = [talos.machine_patch(plan, cluster, node)]
+            wg_doc = talos.wireguard_document(node, key)
+            if wg_doc is not None:
+                docs.append(wg_doc)
+            out[f"{base}/talos.yaml"] = RenderedFile(yaml_dump(*docs), 0o600, wg_doc is not None)
+            continue
         conf = wireguard.wg_quick(plan, node, key, cache)
         if conf is not None:
             out[f"{base}/{node.tunnel.interface if node.tunnel else 'wg'}.conf"] = RenderedFile(conf, 0o600, True)
         route_script = routes.script(plan, node)
         if route_script is not None:
             out[f"{base}/routes.sh"] = RenderedFile(route_script, 0o755)
-        if cluster.distribution == "talos":
-            docs = [talos.machine_patch(cluster, node)]
-            wg_doc = talos.wireguard_document(node, key)
-            if wg_doc is not None:
-                docs.append(wg_doc)
-            out[f"{base}/talos.yaml"] = RenderedFile(yaml_dump(*docs), 0o600, wg_doc is not None)
+        if cluster.distribution == "k3s":
+            out[f"{base}/k3s-config.yaml"] = RenderedFile(yaml_dump(k3s.node_config(node)))
+        elif cluster.distribution == "kubeadm":
+            out[f"{base}/kubelet.env"] = RenderedFile(kubeadm.kubelet_env(plan, node))
     rbac = etcd.rbac_script(plan)
     if rbac is not None:
         out["etcd/rbac.sh"] = RenderedFile(rbac, 0o755)

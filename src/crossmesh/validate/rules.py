@@ -15,7 +15,7 @@ from itertools import islice
 
 from crossmesh.errors import Problem
 from crossmesh.load.yamlpos import Document, PathKey, dotted
-from crossmesh.model.mesh import Mesh, Site, Topology
+from crossmesh.model.mesh import Distribution, Mesh, Site, Topology
 
 MAX_PAIR_REPORTS = 20
 
@@ -31,7 +31,16 @@ class Claim:
 
 def check(mesh: Mesh, doc: Document) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_unique_names, _sites_exist, _addresses, _cidrs, _reachability, _datapath):
+    for rule in (
+        _unique_names,
+        _sites_exist,
+        _addresses,
+        _cidrs,
+        _reachability,
+        _datapath,
+        _managed_pod_cidrs,
+        _talos_routes,
+    ):
         problems.extend(rule(mesh, doc))
     return problems
 
@@ -331,6 +340,66 @@ def _datapath(mesh: Mesh, doc: Document) -> list[Problem]:
                     f"cluster {c.name} uses {c.cni.value} across sites {', '.join(sites)}: {c.cni.value}'s VXLAN is "
                     "bound to one interface and cannot reach nodes through wg-crossmesh — use cni: cilium, or "
                     "keep the cluster's nodes in one site",
+                )
+            )
+    return out
+
+
+MANAGED = (Distribution.EKS, Distribution.AKS, Distribution.GKE)
+
+
+def _managed_pod_cidrs(mesh: Mesh, doc: Document) -> list[Problem]:
+    """A stated node podCIDR is pinned by turning kube-controller-manager's allocator off, which a
+    managed control plane does not let anyone do."""
+    out = []
+    for ci, c in enumerate(mesh.spec.clusters):
+        if c.distribution not in MANAGED:
+            continue
+        for ni, n in enumerate(c.nodes):
+            if n.pod_cidr is not None:
+                out.append(
+                    doc.problem(
+                        ("spec", "clusters", ci, "nodes", ni, "podCIDR"),
+                        f"node {n.name} states podCIDR {n.pod_cidr} but cluster {c.name} runs on {c.distribution}: "
+                        "its managed control plane allocates node pod CIDRs and its kube-controller-manager "
+                        "cannot be told not to (allocate-node-cidrs=false) — remove the node's podCIDR",
+                    )
+                )
+    return out
+
+
+def _talos_routes(mesh: Mesh, doc: Document) -> list[Problem]:
+    """Under topology gateways every node but its site's active gateway routes the other sites via that
+    gateway. A Talos 1.13 machine config attaches a route only to a link it names (LinkConfig; a
+    LinkAliasConfig selects by hardware, not address), and crossmesh knows no interface names."""
+    if mesh.spec.wireguard.topology is not Topology.GATEWAYS:
+        return []
+    by_site: dict[str, list[tuple[str, bool, bool]]] = defaultdict(list)
+    for c in mesh.spec.clusters:
+        for n in c.nodes:
+            by_site[n.site].append((n.name, n.gateway, n.public_address is not None))
+    if len(by_site) < 2:
+        return []  # no other site to route to
+    active = {}
+    for site, members in by_site.items():
+        gateways = sorted((not public, name) for name, gateway, public in members if gateway)
+        if gateways:
+            active[site] = gateways[0][1]
+    out = []
+    for ci, c in enumerate(mesh.spec.clusters):
+        if c.distribution is not Distribution.TALOS:
+            continue
+        for ni, n in enumerate(c.nodes):
+            gateway = active.get(n.site)
+            if gateway is None or gateway == n.name:
+                continue  # a site without a gateway is reported by _reachability
+            out.append(
+                doc.problem(
+                    ("spec", "clusters", ci, "nodes", ni),
+                    f"Talos node {n.name} must route the other sites via its site's active gateway {gateway} "
+                    "(topology gateways), and a Talos machine config can attach a route only to an interface "
+                    "it names, which crossmesh does not know — use topology: full-mesh, or distribution "
+                    f"k3s or kubeadm for cluster {c.name} (their nodes get routes.sh)",
                 )
             )
     return out

@@ -1,0 +1,39 @@
+"""What several distribution renderers (Talos, K3s, kubeadm) and the Cilium values must agree on:
+one predicate or one computation each, read by all of them, so the files cannot disagree."""
+
+from __future__ import annotations
+
+from crossmesh.model.plan import ClusterPlan, NodePlan, Plan
+
+MANAGED = frozenset({"eks", "aks", "gke"})  # their control plane (and its controller manager) is not ours
+
+
+def kube_proxy_replacement(cluster: ClusterPlan) -> bool:
+    """Cilium replaces kube-proxy only on Talos, where KubePrism (localhost:7445) gives the agent an
+    API server address before any Service works; elsewhere kube-proxy stays and Cilium runs beside it."""
+    return cluster.cni == "cilium" and cluster.distribution == "talos"
+
+
+def pod_cidrs_pinned(cluster: ClusterPlan) -> bool:
+    """The mesh file states node podCIDRs for this cluster: the controller manager must not allocate
+    them (`allocate-node-cidrs=false`) and pin-pod-cidrs.sh sets each Node's from the plan."""
+    return cluster.datapath is not None and cluster.datapath.pod_cidrs_pinned
+
+
+def node_cidr_mask(plan: Plan, cluster: ClusterPlan) -> int:
+    """The prefix length of the plan's node pod CIDRs: the controller manager's `node-cidr-mask-size`."""
+    by_name = {n.name: n for n in plan.nodes}
+    return min(by_name[n].pod_cidr.prefixlen for n in cluster.nodes)
+
+
+def controller_manager_args(plan: Plan, cluster: ClusterPlan) -> dict[str, str]:
+    """kube-controller-manager flags (name → value) every self-managed distribution passes on."""
+    args = {"node-cidr-mask-size": str(node_cidr_mask(plan, cluster))}
+    if pod_cidrs_pinned(cluster):
+        args["allocate-node-cidrs"] = "false"
+    return args
+
+
+def forwards(node: NodePlan) -> bool:
+    """IP forwarding: a gateway with a tunnel carries its site's traffic to the other sites."""
+    return node.gateway and node.tunnel is not None
