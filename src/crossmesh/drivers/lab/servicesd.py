@@ -30,7 +30,7 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from crossmesh.drivers.lab import lab as labs
-from crossmesh.drivers.lab import netns, reconcile, topology
+from crossmesh.drivers.lab import netns, reconcile, servicenat, topology
 from crossmesh.model.plan import Plan
 from crossmesh.policy.compile import L7_PROXY_PORT
 from crossmesh.policy.endpoints import world_endpoint
@@ -127,7 +127,7 @@ class Daemon:
             for svc in cluster.services:
                 for bs in backend_sets(self.plan, svc):
                     for b in bs.all:
-                        key = topology.backend_key(b.pod, b.address, b.port)
+                        key = servicenat.backend_key(b.pod, b.address, b.port)
                         pod_node = next(p.node for p in self.plan.pods() if p.ref == b.pod)
                         self.backends.setdefault(
                             key, Backend(key, b.pod, b.address, b.port, bs.protocol, pod_node, since=time.time())
