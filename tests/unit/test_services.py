@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from crossmesh.drivers.lab import servicenat
-from crossmesh.drivers.lab.servicesd import dns_answer, dns_records
+from crossmesh.drivers.lab.dns import dns_answer, dns_records
 from crossmesh.model.plan import ClusterPlan, Plan, PodPlan, ServicePlan
 from crossmesh.render import mcs
 from crossmesh.services.backends import Backend, BackendSet, backend_sets
