@@ -46,6 +46,8 @@ def build(ctx: object, state: labs.LabState) -> list[tuple[Check, Runner]]:
     out: list[tuple[Check, Runner]] = []
     for cluster in plan.clusters:
         for svc in cluster.services:
+            if svc.cluster_ip is None:
+                continue  # headless: no VIP to spread, prefer or fail over; its name answers every ready pod
             for bs in backend_sets(plan, svc):
                 if bs.protocol != "TCP" or not bs.all:
                     continue

@@ -172,16 +172,16 @@ def plan_services(
     node_ports = _node_ports(cluster, services)
     out = []
     for m, svc in services:
-        ip: IPv4Address | None = None
+        cluster_ip: IPv4Address | None = None
         if svc.spec.cluster_ip and svc.spec.cluster_ip != "None":
-            ip = IPv4Address(svc.spec.cluster_ip)
+            cluster_ip = IPv4Address(svc.spec.cluster_ip)
         elif svc.spec.cluster_ip != "None":  # "None" is headless: no ClusterIP at all
             # Hash, then probe: a service keeps its address when others are added.
             offset = _stable_hash(f"{m.namespace}/{m.name}") % size
             while service_cidr.network_address + RESERVED_SERVICE_IPS + offset in used:
                 offset = (offset + 1) % size
-            ip = service_cidr.network_address + RESERVED_SERVICE_IPS + offset
-            used.add(ip)
+            cluster_ip = service_cidr.network_address + RESERVED_SERVICE_IPS + offset
+            used.add(cluster_ip)
         selector = svc.spec.selector
         backends = tuple(
             p.ref
@@ -197,7 +197,7 @@ def plan_services(
                 cluster=cluster,
                 namespace=m.namespace,
                 name=m.name,
-                cluster_ip=ip,
+                cluster_ip=cluster_ip,
                 ports=ports,
                 backends=backends,
                 is_global=svc.is_global,

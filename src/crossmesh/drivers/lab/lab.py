@@ -796,7 +796,9 @@ def _services(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[st
     from crossmesh.drivers.lab import dns, servicenat, servicesd
 
     # A new daemon (its names and its tables included) restarts it too.
-    code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (servicesd, dns, servicenat))).hexdigest()
+    code = hashlib.sha256(
+        b"".join(Path(f).read_bytes() for f in (servicesd.__file__, dns.__file__, servicenat.__file__))
+    ).hexdigest()
     digest = reconcile.nft_digest(
         json.dumps(
             [plan_services_view(plan), dataclasses.asdict(plan.health), code, policies], sort_keys=True, default=str
