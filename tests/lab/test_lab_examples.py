@@ -40,7 +40,7 @@ def test_three_clouds_up_test_reapply_down(make_lab, tmp_path: Path) -> None:  #
     assert suite is not None and suite.get("failures") == "0" and int(suite.get("tests", "0")) == len(report["checks"])  # type: ignore[arg-type]
 
     # exec passes output and exit status through; DNS answers the MCS name of the global service.
-    plan = json.loads(crossmesh("plan", str(lab.mesh), "-o", "json", check=True).stdout)["plan"]["plan"]
+    plan = json.loads(crossmesh("plan", str(lab.mesh), "-o", "json", check=True).stdout)["plan"]
     pods = {p["ref"]: p for c in plan["clusters"] for p in c["pods"]}
     client = pods["cluster1/default/x-wing-0"]["address"]
     target = pods["cluster2/default/rebel-base-0"]["address"]
