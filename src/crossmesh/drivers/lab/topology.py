@@ -432,7 +432,7 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
     prefix: str,
     policy: PolicyIndex | None,
 ) -> str:
-    """The node's table: ClusterIP DNAT (`services_nft`), anti-spoofing — a pod may send
+    """The node's table: ClusterIP and NodePort DNAT (`servicenat.services_nft`), anti-spoofing — a pod may send
     only from its own address, as Cilium enforces per endpoint — and network policy."""
     spoof = "".join(
         f'    iifname "{prefix}-v{j}" ip saddr != {p.address} counter drop comment "{spoof_comment(p)}"\n'
