@@ -23,7 +23,7 @@
    balancer): namespaces cm-<u>-lb-c (client) and cm-<u>-lb-s (server) joined by a veth.
    The server owns 10.251.0.0/21 through an AnyIP route (`ip route add local ... dev lo`),
    so one listener on 0.0.0.0:8080 answers every backend address. The client namespace
-   gets the table `topology.services_nft` generates for a cluster with four services of
+   gets the table `servicenat.services_nft` generates for a cluster with four services of
    N = 1 (the baseline), 10, 100 and 1000 backends — one `numgen random mod N map` DNAT
    rule each — loaded with nft. A client process connects and closes (SO_LINGER 0: RST, no
    TIME_WAIT) as fast as it can, sending connection i to target i mod 5: the four
@@ -245,7 +245,7 @@ def three_clouds(workdir: Path, name: str) -> Path:
 
 def failover(trials: int) -> dict[str, Any]:
     from crossmesh.drivers.lab import lab as labs
-    from crossmesh.drivers.lab import topology
+    from crossmesh.drivers.lab import servicenat
 
     tag = free_tag()
     workdir = Path(tempfile.mkdtemp(prefix=f"cm-bench-svc-{tag}-"))
@@ -263,7 +263,7 @@ def failover(trials: int) -> dict[str, Any]:
         svc = next(s for s in plan.cluster(SERVICE[0]).services if (s.namespace, s.name) == (SERVICE[1], SERVICE[2]))
         port = svc.ports[0][0]
         pods = {p.ref: p for p in plan.pods()}
-        local_key = topology.backend_key(LOCAL_BACKEND, str(pods[LOCAL_BACKEND].address), 8080)
+        local_key = servicenat.backend_key(LOCAL_BACKEND, str(pods[LOCAL_BACKEND].address), 8080)
         client_ns = state.pods[CLIENT_POD]["namespace"]
         health = plan.health
         log(
@@ -454,7 +454,7 @@ def lb_services() -> list[LbService]:
 def lb_table(services: list[LbService]) -> str:
     """The node table `services_nft` writes for a cluster with these services (N=1 first in
     the chain, N=1000 last: the rule order, if anything, costs the large sets)."""
-    from crossmesh.drivers.lab import topology
+    from crossmesh.drivers.lab import servicenat
     from crossmesh.model.plan import ClusterPlan, Plan, PodPlan, ServicePlan
 
     pods: list[PodPlan] = []
@@ -490,7 +490,7 @@ def lb_table(services: list[LbService]) -> str:
         "c", 1, "talos", "cilium", LB_BACKENDS, LB_SERVICE_CIDR, ("n",), ("s",), tuple(pods), tuple(plans)
     )
     plan = Plan("bench", "full-mesh", "cluster.local", 51820, (), (cluster,), ())
-    return topology.services_nft(plan, "c", [], IPv4Address(LB_LINK[0]))
+    return servicenat.services_nft(plan, "c", [], IPv4Address(LB_LINK[0]))
 
 
 class LbLab:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -185,3 +186,99 @@ def test_gateways_topology(make_lab) -> None:  # type: ignore[no-untyped-def]
     assert {"encryption/marker", "nat/reached-through-tunnel"} <= names, sorted(names)
     assert any(n.startswith("mtu/") for n in names), sorted(names)
     assert lab.up()["changes"] == []
+
+
+HEADLESS = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: tkb-headless
+  namespace: demo
+spec:
+  clusterIP: None
+  selector: {app: tkb}
+  ports:
+    - {port: 3000, protocol: TCP, name: http}
+"""
+
+
+def test_nodeport_on_every_node_and_a_headless_service_without_vip(make_lab) -> None:  # type: ignore[no-untyped-def]
+    """Seed 001's NodePort 30080 answers on every node of the stretched cluster — the two OpenStack
+    nodes have no tkb pod, theirs are on AWS — from a pod, another node and the site network; a
+    headless Service beside it gets no ClusterIP and no rule, and its name answers its ready pods."""
+    lab = make_lab("hybrid-openstack-aws")
+    (lab.mesh.parent / "apps" / "headless.yaml").write_text(HEADLESS)
+    lab.up()
+    mesh = ("--mesh", str(lab.mesh))
+
+    plan = json.loads(crossmesh("plan", str(lab.mesh), "-o", "json", check=True).stdout)["plan"]
+    services = {s["ref"]: s for c in plan["clusters"] for s in c["services"]}
+    assert services["k3s/demo/tkb-service"]["nodePorts"] == {"30080/TCP": 30080}
+    assert services["k3s/demo/tkb-headless"]["clusterIP"] is None and services["k3s/demo/tkb-headless"]["headless"]
+
+    code, report = lab.test("--test", "^(nodeport|headless|pod-to-service)/")
+    assert code == 0, _failed(report)
+    checks = [c for c in report["checks"] if c["kind"] == "nodeport"]  # type: ignore[union-attr, attr-defined]
+    seen = {(c["name"].split(" -> ")[1].split()[0], c["name"].split(":")[0]) for c in checks}
+    nodes = ("openstack-master", "openstack-worker", "aws-worker-1")
+    origins = ("nodeport/from-pod/http", "nodeport/from-node/http", "nodeport/from-site/http")
+    assert seen == {(n, o) for n in nodes for o in origins}, sorted(seen)
+    assert all("answered by k3s/demo/tkb-" in c["detail"] for c in checks), [c["detail"] for c in checks]
+    assert any(c["kind"] == "headless" and c["passed"] for c in report["checks"])  # type: ignore[union-attr, attr-defined]
+
+    # No VIP: each node's service chain holds tkb-service's ClusterIP and node port rules, nothing else.
+    state = labs.LabState.load(lab.tag)
+    assert state is not None
+    _, topo = labs.topology_of(state)
+    for node in nodes:
+        table = subprocess.run(
+            ["ip", "netns", "exec", topo.node_ns[node], "nft", "list", "chain", "ip", "crossmesh", "services"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        dnat = [line.strip() for line in table.splitlines() if "dnat" in line]
+        assert len(dnat) == 2, dnat
+        vip = services["k3s/demo/tkb-service"]["clusterIP"]
+        address = next(n["address"] for n in plan["nodes"] if n["name"] == node)
+        assert dnat[0].startswith(f"ip daddr {vip} tcp dport 30080 dnat"), dnat
+        assert (
+            dnat[1].startswith("ip daddr {")
+            and f"{address}" in dnat[1].split("}")[0].replace(",", " ").split()
+            and "tcp dport 30080 dnat" in dnat[1]
+        ), dnat
+        assert all(". 3000" in rule for rule in dnat), dnat  # to the tkb pods' container port
+
+    def resolve() -> set[str]:
+        out = crossmesh(
+            "lab",
+            "exec",
+            *mesh,
+            "k3s/demo/demo-app-0",
+            "--",
+            "getent",
+            "ahostsv4",
+            "tkb-headless.demo.svc.cluster.local",
+            check=True,
+        )
+        return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+    pods = {p["ref"]: p["address"] for c in plan["clusters"] for p in c["pods"]}
+    tkb = {pods["k3s/demo/tkb-0"], pods["k3s/demo/tkb-1"]}
+    assert resolve() == tkb
+    # A dead pod leaves the headless name's answers; the node port keeps answering from the other one.
+    crossmesh("lab", "kill", *mesh, "k3s/demo/tkb-0", check=True)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and resolve() != {pods["k3s/demo/tkb-1"]}:
+            time.sleep(0.2)
+        assert resolve() == {pods["k3s/demo/tkb-1"]}
+        code, report = lab.test("--test", "^nodeport/from-site")
+        assert code == 0, _failed(report)
+        assert all("answered by k3s/demo/tkb-1" in c["detail"] for c in report["checks"])  # type: ignore[union-attr, attr-defined]
+    finally:
+        crossmesh("lab", "revive", *mesh, "k3s/demo/tkb-0", check=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and resolve() != tkb:
+        time.sleep(0.2)
+    assert resolve() == tkb

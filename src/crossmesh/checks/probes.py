@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import struct
 import threading
@@ -102,6 +103,39 @@ def udp_echo(  # noqa: PLR0913
             except OSError as err:
                 return _classify(err), str(err)
         return (Result.OK, "") if data == data_out else (Result.WRONG_ANSWER, f"{len(data)} bytes came back")
+
+    return netns.run_in(ns, run)
+
+
+def dns_a(ns: str, server: str, name: str, *, timeout: float = TIMEOUT) -> tuple[Result, tuple[str, ...], str]:
+    """Ask resolver `server` (UDP 53) from namespace `ns` for the A records of `name`, as a pod's
+    resolver does; (result, addresses in the order answered, detail). NXDOMAIN is `refused`."""
+
+    def run() -> tuple[Result, tuple[str, ...], str]:
+        ident = int.from_bytes(os.urandom(2), "big")
+        qname = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+        query = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            try:
+                s.connect((server, 53))
+                s.send(query)
+                reply = s.recv(4096)
+            except OSError as err:
+                return _classify(err), (), str(err)
+        if len(reply) < 12 or struct.unpack("!H", reply[:2])[0] != ident:
+            return Result.WRONG_ANSWER, (), "not an answer to the query"
+        flags, _, count = struct.unpack("!HHH", reply[2:8])
+        if flags & 0xF:
+            return Result.REFUSED, (), f"rcode {flags & 0xF}"
+        pos, found = 12 + len(qname) + 4, []
+        for _ in range(count):
+            pos += 2 if reply[pos] & 0xC0 == 0xC0 else reply.index(b"\0", pos) - pos + 1
+            rtype, _, _, length = struct.unpack("!HHIH", reply[pos : pos + 10])
+            if rtype == 1 and length == 4:
+                found.append(socket.inet_ntoa(reply[pos + 10 : pos + 14]))
+            pos += 10 + length
+        return Result.OK, tuple(found), ""
 
     return netns.run_in(ns, run)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from crossmesh.checks import probes
 from crossmesh.checks.results import Check, Result
 from crossmesh.drivers.lab import lab as labs
-from crossmesh.drivers.lab import topology
+from crossmesh.drivers.lab import servicenat
 from crossmesh.model.plan import PodPlan, ServicePlan
 from crossmesh.services.backends import BackendSet, backend_sets
 
@@ -46,6 +46,8 @@ def build(ctx: object, state: labs.LabState) -> list[tuple[Check, Runner]]:
     out: list[tuple[Check, Runner]] = []
     for cluster in plan.clusters:
         for svc in cluster.services:
+            if svc.cluster_ip is None:
+                continue  # headless: no VIP to spread, prefer or fail over; its name answers every ready pod
             for bs in backend_sets(plan, svc):
                 if bs.protocol != "TCP" or not bs.all:
                     continue
@@ -99,7 +101,7 @@ def _checks(
             # A backend the health checker has taken out (a loaded host can time a probe out)
             # is rightly not reached: compare with the healthy ones.
             down = labs.unhealthy_backends(state.tag)
-            healthy = {b.pod for b in bs.tiers[0] if topology.backend_key(b.pod, b.address, b.port) not in down}
+            healthy = {b.pod for b in bs.tiers[0] if servicenat.backend_key(b.pod, b.address, b.port) not in down}
             c.actual = Result.OK if seen >= healthy and healthy and not stray else Result.WRONG_ANSWER
             c.detail = (
                 f"reached {len(seen)}/{len(first)} backends"

@@ -177,8 +177,8 @@ def pod_to_service(ctx: Context) -> list[Planned]:
         for svc in cluster.services:
             for bs in backend_sets(ctx.plan, svc):
                 tier = next((t for t in bs.tiers if t), ())
-                if bs.protocol != "TCP" or not tier:
-                    continue
+                if bs.protocol != "TCP" or not tier or svc.cluster_ip is None:
+                    continue  # a headless Service has no ClusterIP: `headless/dns` checks its name
                 allowed = {b.pod for b in tier}
                 pods = {p.ref: p for p in ctx.plan.pods()}
                 for src in clients:
@@ -641,10 +641,24 @@ def fidelity_checks(ctx: Context) -> list[Planned]:
     return [Planned(check, run) for check, run in pairs]
 
 
+def node_ports(ctx: Context) -> list[Planned]:
+    from crossmesh.checks import service_types
+
+    return [Planned(c, r) for c, r in service_types.node_ports(ctx)]
+
+
+def headless(ctx: Context) -> list[Planned]:
+    from crossmesh.checks import service_types
+
+    return [Planned(c, r) for c, r in service_types.headless(ctx)]
+
+
 BUILDERS = (
     fidelity_checks,
     pod_to_pod,
     pod_to_service,
+    node_ports,
+    headless,
     tunnel_mtu,
     mtu,
     underlay,

@@ -113,13 +113,15 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
         _print_nodes(nodes)
     else:
         _print_site_summary(data, nodes)
-    t = _table("Services", "service", "cluster IP", "port", "global", "affinity", "backends by tier")
+    t = _table("Services", "service", "cluster IP", "port", "node port", "global", "affinity", "backends by tier")
     for c in data["clusters"]:
         for svc in c["services"]:
+            ip = "None (headless)" if svc["clusterIP"] is None else svc["clusterIP"]
             for bs in svc["backendSets"]:
                 tiers = " | then | ".join(", ".join(tier) or "(none)" for tier in bs["tiers"]) or "(no backends)"
                 flags = ("yes" + ("" if svc["shared"] else ", not shared")) if svc["global"] else "no"
-                t.add_row(svc["ref"], svc["clusterIP"], bs["port"], flags, svc["affinity"], tiers)
+                node_port = str(svc["nodePorts"].get(bs["port"], "-"))
+                t.add_row(svc["ref"], ip, bs["port"], node_port, flags, svc["affinity"], tiers)
     out.print(t)
     if detail:
         t = _table("Routes", "node", "destination", "via", "next hop", "towards")

@@ -200,7 +200,11 @@ def _print(  # noqa: PLR0913
         out.print(
             f"service {dst.service.ref} {port}/{proto} → {len(verdicts)} backend"
             f"{'s' if len(verdicts) != 1 else ''}; in full: the first of the serving tier, {ep.ref} "
-            f"(port {dport} after DNAT)",
+            + (
+                f"(headless: the client connects to the pod itself, port {dport})"
+                if dst.service.headless
+                else f"(port {dport} after DNAT)"
+            ),
             markup=False,
         )
     out.print(f"[bold]{_name(src)} → {_name(ep)} {what}: {_colour(first.verdict)}[/bold]")

@@ -109,7 +109,12 @@ def _confirm(
     }
     before = {k: tracing.snapshot(v) for k, v in counters.items()}
     ep = topo.pod(source)
-    dest_ip = str(candidates[0].destination) if planned.backend == target else _service_ip(plan, source, target)
+    if planned.headless:  # no VIP: the client connects to the pod its name resolved to
+        dest_ip, port = str(planned.destination), planned.delivered_port
+    elif planned.backend == target:
+        dest_ip = str(candidates[0].destination)
+    else:
+        dest_ip = _service_ip(plan, source, target)
     if proto == "TCP":
         result, answer, detail = probes.http(ep.namespace, dest_ip, port, path="/crossmesh-trace")
         answered = f"{answer['cluster']}/{answer['namespace']}/{answer['pod']}" if answer else ""

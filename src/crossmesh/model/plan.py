@@ -105,16 +105,26 @@ class ServicePlan:
     cluster: str
     namespace: str
     name: str
-    cluster_ip: IPv4Address
+    cluster_ip: IPv4Address | None  # None: headless (`clusterIP: None`), its name resolves to the pods
     ports: tuple[tuple[int, str, str, str], ...]  # (port, protocol, targetPort, name)
     backends: tuple[str, ...]  # pod refs
     is_global: bool
     shared: bool
     affinity: str
+    type: str = "ClusterIP"  # ClusterIP | NodePort | LoadBalancer | ExternalName
+    node_ports: tuple[tuple[int, str, int], ...] = ()  # (port, protocol, nodePort): NodePort, LoadBalancer
 
     @property
     def ref(self) -> str:
         return f"{self.cluster}/{self.namespace}/{self.name}"
+
+    @property
+    def headless(self) -> bool:
+        return self.cluster_ip is None
+
+    def node_port(self, port: int, protocol: str) -> int | None:
+        """The node port of service port `port`/`protocol`, if it has one."""
+        return next((n for p, proto, n in self.node_ports if p == port and proto == protocol), None)
 
 
 @dataclass(frozen=True, slots=True)

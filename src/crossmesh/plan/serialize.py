@@ -142,7 +142,10 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "services": [
                     {
                         "ref": s.ref,
-                        "clusterIP": str(s.cluster_ip),
+                        "type": s.type,
+                        "clusterIP": None if s.cluster_ip is None else str(s.cluster_ip),
+                        "headless": s.headless,
+                        "nodePorts": {f"{port}/{proto}": node_port for port, proto, node_port in s.node_ports},
                         "ports": [f"{port}/{proto}" for port, proto, _, _ in s.ports],
                         "backends": list(s.backends),
                         "global": s.is_global,

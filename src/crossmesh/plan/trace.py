@@ -42,6 +42,8 @@ class Trace:
     destination: IPv4Address
     backend: str  # the pod that answers
     hops: tuple[Hop, ...]
+    delivered_port: int = 0  # the port the pod receives on (a service's targetPort); 0: `port`
+    headless: bool = False  # a headless Service: the client connects to `destination` itself
 
 
 def _pod(plan: Plan, ref: str) -> PodPlan:
@@ -73,17 +75,17 @@ def trace(plan: Plan, source: str, target: str, port: int, protocol: str, *, bac
 
     node = plan.node(src.node)
     add(src.ref, f"leaves pod {src.name} ({src.address}) on its veth", "veth", node.name)
-    target_pod = _target(plan, src, target, port, protocol, node, add, backend)
+    target_pod, delivered, headless = _target(plan, src, target, port, protocol, node, add, backend)
     dst = target_pod.address
     for _ in range(MAX_HOPS):
         if node.name == target_pod.node:
             add(
                 node.name,
-                f"delivered on the veth of pod {target_pod.name} ({dst}:{port}/{protocol})",
+                f"delivered on the veth of pod {target_pod.name} ({dst}:{delivered}/{protocol})",
                 "veth",
                 node.name,
             )
-            return Trace(source, target, port, protocol, dst, target_pod.ref, tuple(hops))
+            return Trace(source, target, port, protocol, dst, target_pod.ref, tuple(hops), delivered, headless)
         route = _route(node, dst)
         if route is None:
             raise TraceError(f"node {node.name} has no route to {dst}")
@@ -169,10 +171,12 @@ def _step(plan: Plan, node: NodePlan, nxt: NodePlan, via: RouteVia, add: AddHop)
 
 def _target(  # noqa: PLR0913
     plan: Plan, src: PodPlan, target: str, port: int, protocol: str, node: NodePlan, add: AddHop, backend: str | None
-) -> PodPlan:
+) -> tuple[PodPlan, int, bool]:
+    """The pod the request reaches, the port it arrives on, and whether it went through a
+    headless Service's name (no DNAT: the client resolves the name to a pod and connects to it)."""
     pods = {p.ref: p for p in plan.pods()}
     if target in pods:
-        return pods[target]
+        return pods[target], port, False
     parts = target.split("/")
     if len(parts) not in (2, 3):
         raise TraceError(f"{target} is neither CLUSTER/NS/POD, CLUSTER/NS/SERVICE nor NS/SERVICE")
@@ -191,6 +195,16 @@ def _target(  # noqa: PLR0913
     if not tier:
         raise TraceError(f"service {svc.ref} has no backends")
     chosen = next((b for b in tier if b.pod == backend), tier[0])
+    if svc.cluster_ip is None:
+        pool = sorted({b.address for b in bs.all}, key=lambda a: IPv4Address(a))
+        add(
+            src.ref,
+            f"headless service {svc.ref} (no ClusterIP): its name resolves to its ready pods "
+            f"({', '.join(pool)}); connects to {chosen.pod} ({chosen.address}:{chosen.port}) itself",
+            "service",
+            node.name,
+        )
+        return pods[chosen.pod], chosen.port, True
     add(
         node.name,
         f"service {svc.ref} {svc.cluster_ip}:{port} DNAT to one of {len(tier)} backends: "
@@ -198,4 +212,4 @@ def _target(  # noqa: PLR0913
         "service",
         node.name,
     )
-    return pods[chosen.pod]
+    return pods[chosen.pod], chosen.port, False

@@ -16,6 +16,8 @@ from crossmesh.model import k8s
 from crossmesh.model.plan import PodPlan, ServicePlan
 
 RESERVED_SERVICE_IPS = 16  # .1 is the kubernetes service, .10 the DNS service in most clusters
+NODE_PORT_RANGE = range(30000, 32768)  # the API server's default --service-node-port-range
+NODE_PORT_TYPES = ("NodePort", "LoadBalancer")  # the types the control plane gives node ports
 
 
 class PlacementError(ValueError):
@@ -128,6 +130,13 @@ def plan_services(
     )
     stated: dict[IPv4Address, k8s.Manifest] = {}
     for m, svc in services:
+        if svc.spec.cluster_ip == "None" and svc.spec.type in NODE_PORT_TYPES:
+            raise PlacementError(
+                m,
+                ("spec", "clusterIP"),
+                f"a {svc.spec.type} Service cannot be headless (clusterIP: None), as the API server refuses it "
+                "— leave clusterIP out, or make it type ClusterIP",
+            )
         if svc.spec.cluster_ip and svc.spec.cluster_ip != "None":
             ip = IPv4Address(svc.spec.cluster_ip)
             where = ("spec", "clusterIP")
@@ -151,7 +160,7 @@ def plan_services(
     size = service_cidr.num_addresses - RESERVED_SERVICE_IPS - 1
     low = int(service_cidr.network_address) + RESERVED_SERVICE_IPS
     taken = sum(1 for ip in used if low <= int(ip) < low + size)
-    allocated = [m for m, svc in services if not (svc.spec.cluster_ip and svc.spec.cluster_ip != "None")]
+    allocated = [m for m, svc in services if not svc.spec.cluster_ip]
     if allocated and len(allocated) > size - taken:
         raise PlacementError(
             allocated[0],
@@ -160,17 +169,19 @@ def plan_services(
             f"{max(size, 0)} ClusterIPs (the first {RESERVED_SERVICE_IPS} are reserved); {len(allocated) + len(used)} "
             "Services need one — use a larger serviceCIDR",
         )
+    node_ports = _node_ports(cluster, services)
     out = []
     for m, svc in services:
+        cluster_ip: IPv4Address | None = None
         if svc.spec.cluster_ip and svc.spec.cluster_ip != "None":
-            ip = IPv4Address(svc.spec.cluster_ip)
-        else:
+            cluster_ip = IPv4Address(svc.spec.cluster_ip)
+        elif svc.spec.cluster_ip != "None":  # "None" is headless: no ClusterIP at all
             # Hash, then probe: a service keeps its address when others are added.
             offset = _stable_hash(f"{m.namespace}/{m.name}") % size
             while service_cidr.network_address + RESERVED_SERVICE_IPS + offset in used:
                 offset = (offset + 1) % size
-            ip = service_cidr.network_address + RESERVED_SERVICE_IPS + offset
-            used.add(ip)
+            cluster_ip = service_cidr.network_address + RESERVED_SERVICE_IPS + offset
+            used.add(cluster_ip)
         selector = svc.spec.selector
         backends = tuple(
             p.ref
@@ -186,12 +197,83 @@ def plan_services(
                 cluster=cluster,
                 namespace=m.namespace,
                 name=m.name,
-                cluster_ip=ip,
+                cluster_ip=cluster_ip,
                 ports=ports,
                 backends=backends,
                 is_global=svc.is_global,
                 shared=svc.is_shared,
                 affinity=svc.affinity,
+                type=svc.spec.type,
+                node_ports=node_ports.get((m.namespace, m.name), ()),
             )
         )
     return tuple(out)
+
+
+def _node_ports(
+    cluster: str, services: list[tuple[k8s.Manifest, k8s.Service]]
+) -> dict[tuple[str, str], tuple[tuple[int, str, int], ...]]:
+    """(namespace, name) → (port, protocol, nodePort) of every NodePort and LoadBalancer Service.
+
+    As the API server does: a stated nodePort must lie in 30000-32767 and be free in the cluster
+    (one Service may use a number once per protocol); a port without one gets one. Allocation is
+    hash-then-probe over the range in name order, so a port keeps its number when Services are
+    added (the API server picks at random; a plan must be reproducible)."""
+    owner: dict[int, tuple[k8s.Manifest, str]] = {}  # node port → the Service holding it, its protocol
+    wanted: list[tuple[k8s.Manifest, int, k8s.ServicePort]] = []
+    for m, svc in services:
+        for i, p in enumerate(svc.spec.ports):
+            where = ("spec", "ports", str(i), "nodePort")
+            if p.node_port is None:
+                continue
+            if svc.spec.type not in NODE_PORT_TYPES:
+                raise PlacementError(
+                    m,
+                    where,
+                    f"nodePort {p.node_port} on a Service of type {svc.spec.type}: only NodePort and LoadBalancer "
+                    "Services have node ports — set type: NodePort, or remove nodePort",
+                )
+            if p.node_port not in NODE_PORT_RANGE:
+                raise PlacementError(
+                    m,
+                    where,
+                    f"nodePort {p.node_port} is outside the node port range {NODE_PORT_RANGE.start}-"
+                    f"{NODE_PORT_RANGE.stop - 1} — use one inside it, or leave nodePort out to allocate one",
+                )
+            held = owner.get(p.node_port)
+            if held is not None and (held[0] is not m or held[1] == p.protocol.value):
+                first = held[0]
+                raise PlacementError(
+                    m,
+                    where,
+                    f"nodePort {p.node_port} is already used by Service {first.namespace}/{first.name} "
+                    f"({first.file}:{first.line}) in cluster {cluster} — give each port its own, or leave it out",
+                )
+            owner[p.node_port] = (m, p.protocol.value)
+    for m, svc in services:
+        if svc.spec.type in NODE_PORT_TYPES:
+            wanted += [(m, i, p) for i, p in enumerate(svc.spec.ports) if p.node_port is None]
+    if len(wanted) > len(NODE_PORT_RANGE) - len(owner):
+        m = wanted[0][0]
+        raise PlacementError(
+            m,
+            ("spec", "ports"),
+            f"cluster {cluster} has {len(NODE_PORT_RANGE)} node ports ({NODE_PORT_RANGE.start}-"
+            f"{NODE_PORT_RANGE.stop - 1}); {len(wanted) + len(owner)} Service ports need one — "
+            "use type ClusterIP for some",
+        )
+    allocated: dict[tuple[str, str, int], int] = {}
+    for m, i, p in wanted:
+        offset = _stable_hash(f"{m.namespace}/{m.name}/{p.port}/{p.protocol.value}") % len(NODE_PORT_RANGE)
+        while NODE_PORT_RANGE[offset] in owner:
+            offset = (offset + 1) % len(NODE_PORT_RANGE)
+        owner[NODE_PORT_RANGE[offset]] = (m, p.protocol.value)
+        allocated[(m.namespace, m.name, i)] = NODE_PORT_RANGE[offset]
+    out: dict[tuple[str, str], tuple[tuple[int, str, int], ...]] = {}
+    for m, svc in services:
+        if svc.spec.type in NODE_PORT_TYPES:
+            out[(m.namespace, m.name)] = tuple(
+                (p.port, p.protocol.value, p.node_port or allocated[(m.namespace, m.name, i)])
+                for i, p in enumerate(svc.spec.ports)
+            )
+    return out

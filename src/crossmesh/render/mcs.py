@@ -1,7 +1,8 @@
 """Multi-Cluster Services API objects (multicluster.x-k8s.io/v1beta1), the alternative to
 Cilium's annotations: a `ServiceExport` for every global Service a cluster shares, and a
-`ServiceImport` (type ClusterSetIP) for every global Service the cluster uses — the name
-`<svc>.<ns>.svc.clusterset.local` resolves to it (KEP-1645)."""
+`ServiceImport` for every global Service the cluster uses — the name
+`<svc>.<ns>.svc.clusterset.local` resolves to it (KEP-1645): type `ClusterSetIP`, or `Headless`
+for a headless Service (`clusterIP: None`), whose name resolves to the pods themselves."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def objects(plan: Plan, cluster: ClusterPlan) -> list[dict[str, Any]]:
                     "annotations": {"crossmesh.io/exported-by": ",".join(exporters)},
                 },
                 "spec": {
-                    "type": "ClusterSetIP",
+                    "type": "Headless" if svc.headless else "ClusterSetIP",
                     "ports": [
                         {"name": name or f"{proto.lower()}-{port}", "port": port, "protocol": proto}
                         for port, proto, _, name in svc.ports

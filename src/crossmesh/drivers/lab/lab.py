@@ -797,9 +797,12 @@ def _services(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[st
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         changes.append(f"{ns}: resolv.conf")
-    from crossmesh.drivers.lab import servicesd
+    from crossmesh.drivers.lab import dns, servicenat, servicesd
 
-    code = hashlib.sha256(Path(servicesd.__file__).read_bytes()).hexdigest()  # a new daemon restarts it too
+    # A new daemon (its names and its tables included) restarts it too.
+    code = hashlib.sha256(
+        b"".join(Path(f).read_bytes() for f in (servicesd.__file__, dns.__file__, servicenat.__file__))
+    ).hexdigest()
     digest = reconcile.nft_digest(
         json.dumps(
             [plan_services_view(plan), dataclasses.asdict(plan.health), code, policies], sort_keys=True, default=str

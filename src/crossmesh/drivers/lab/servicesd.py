@@ -1,16 +1,14 @@
-"""The lab's service daemon: backend health checks, ClusterIP tables that follow them, and DNS.
+"""The lab's service daemon: backend health checks, service tables that follow them, and DNS.
 
 One thread per node namespace (entered once with setns) runs an asyncio loop that
 probes the backends living on that node, as a kubelet probes its own pods, and
-answers DNS for the pods of that node on the node's pod-side address, port 53:
-
-    <svc>.<ns>.svc.cluster.local      → the ClusterIP in the asking pod's cluster
-    <svc>.<ns>.svc.clusterset.local   → a global service (MCS convention): the local
-                                         ClusterIP, whose backends span the clusters
+answers DNS for the pods of that node on the node's pod-side address, port 53 (the
+names: dns.py; a headless Service's name answers its pods that pass their checks).
 
 When a backend crosses its failure (or success) threshold, the nftables table of
-every node is regenerated from the plan with the new health and replaced
-atomically, so new connections move off a dead backend and back when it recovers.
+every node (ClusterIPs and NodePorts: servicenat.py) is regenerated from the plan with
+the new health and replaced atomically, so new connections move off a dead backend
+and back when it recovers.
 
     python -m crossmesh.drivers.lab.servicesd LAB_DIR
 """
@@ -30,7 +28,8 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from crossmesh.drivers.lab import lab as labs
-from crossmesh.drivers.lab import netns, reconcile, topology
+from crossmesh.drivers.lab import netns, reconcile, servicenat, topology
+from crossmesh.drivers.lab.dns import dns_answer, dns_records, headless_records, ready
 from crossmesh.model.plan import Plan
 from crossmesh.policy.compile import L7_PROXY_PORT
 from crossmesh.policy.endpoints import world_endpoint
@@ -50,54 +49,6 @@ class Echo(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.transport.sendto(data, addr)  # type: ignore[attr-defined]
-
-
-def dns_records(plan: Plan) -> dict[str, dict[str, str]]:
-    """cluster → name → address: the names the pods of each cluster can resolve."""
-    out: dict[str, dict[str, str]] = {}
-    for c in plan.clusters:
-        names = out.setdefault(c.name, {})
-        for s in c.services:
-            names[f"{s.name}.{s.namespace}.svc.cluster.local"] = str(s.cluster_ip)
-            if s.is_global:
-                names[f"{s.name}.{s.namespace}.svc.clusterset.local"] = str(s.cluster_ip)
-    return out
-
-
-def dns_answer(records: dict[str, str], query: bytes) -> bytes | None:
-    """The reply to one DNS query (RFC 1035 wire format) from `records` (name → IPv4 address).
-
-    A known name answers A (and ANY) with its address, TTL 5 s, and any other type with an
-    empty answer (the name exists, no such record: AAAA must not fail the lookup); an unknown
-    name under cluster.local or clusterset.local is NXDOMAIN, any other name SERVFAIL (this
-    resolver knows nothing else). Responses (QR set), queries without exactly one question
-    and truncated queries get no reply.
-    """
-    if len(query) < 12:
-        return None
-    ident, flags, qd = struct.unpack("!HHH", query[:6])
-    if flags & 0x8000 or qd != 1:
-        return None
-    pos, labels = 12, []
-    while pos < len(query) and query[pos]:
-        n = query[pos]
-        labels.append(query[pos + 1 : pos + 1 + n].decode("ascii", "replace").lower())
-        pos += 1 + n
-    pos += 1
-    if pos + 4 > len(query):
-        return None
-    qtype, _ = struct.unpack("!HH", query[pos : pos + 4])
-    question = query[12 : pos + 4]
-    name = ".".join(labels)
-    address = records.get(name)
-    rd = flags & 0x0100
-    if address is None:
-        rcode = 3 if name.endswith((".cluster.local", ".clusterset.local")) else 2  # NXDOMAIN / SERVFAIL
-        return struct.pack("!HHHHHH", ident, 0x8080 | rd | rcode, 1, 0, 0, 0) + question
-    if qtype not in (1, 255):  # AAAA and others: the name exists, no such record
-        return struct.pack("!HHHHHH", ident, 0x8480 | rd, 1, 0, 0, 0) + question
-    record = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + socket.inet_aton(address)
-    return struct.pack("!HHHHHH", ident, 0x8480 | rd, 1, 1, 0, 0) + question + record
 
 
 @dataclass
@@ -127,18 +78,24 @@ class Daemon:
             for svc in cluster.services:
                 for bs in backend_sets(self.plan, svc):
                     for b in bs.all:
-                        key = topology.backend_key(b.pod, b.address, b.port)
+                        key = servicenat.backend_key(b.pod, b.address, b.port)
                         pod_node = next(p.node for p in self.plan.pods() if p.ref == b.pod)
                         self.backends.setdefault(
                             key, Backend(key, b.pod, b.address, b.port, bs.protocol, pod_node, since=time.time())
                         )
         self.dns = dns_records(self.plan)
+        self.headless = headless_records(self.plan)
         self.policy = labs.policy_index(self.compiled)
         self.started_agents: dict[str, float] = {}
 
     # --- DNS -------------------------------------------------------------------------------
     def answer(self, cluster: str, query: bytes) -> bytes | None:
-        return dns_answer(self.dns.get(cluster, {}), query)
+        records: dict[str, str | tuple[str, ...]] = dict(self.dns.get(cluster, {}))
+        if self.headless.get(cluster):
+            with self.lock:
+                unhealthy = {k for k, b in self.backends.items() if not b.healthy}
+            records.update(ready(self.headless[cluster], unhealthy))
+        return dns_answer(records, query)
 
     # --- L7 proxy --------------------------------------------------------------------------
     async def l7_proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -20,12 +20,11 @@ import hashlib
 import zlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
 
+from crossmesh.drivers.lab.servicenat import services_nft
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, RouteVia
 from crossmesh.policy import compile as compile_policy
 from crossmesh.policy.evaluator import PolicyIndex
-from crossmesh.services.backends import backend_sets
 
 PRIVATE_RANGES = (
     IPv4Network("10.0.0.0/8"),
@@ -433,7 +432,7 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
     prefix: str,
     policy: PolicyIndex | None,
 ) -> str:
-    """The node's table: ClusterIP DNAT (`services_nft`), anti-spoofing — a pod may send
+    """The node's table: ClusterIP and NodePort DNAT (`servicenat.services_nft`), anti-spoofing — a pod may send
     only from its own address, as Cilium enforces per endpoint — and network policy."""
     spoof = "".join(
         f'    iifname "{prefix}-v{j}" ip saddr != {p.address} counter drop comment "{spoof_comment(p)}"\n'
@@ -454,75 +453,6 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
             spoof += "    jump netpol\n"
             l7_set, l7_rule = compile_policy.nft_l7(compiled)
             extra += l7_set
-    return services_nft(plan, node.cluster, [p for _, p in local_pods], node_side, unhealthy, spoof, extra, l7_rule)
-
-
-def services_nft(
-    plan: Plan,
-    cluster: str,
-    local_pods: list[PodPlan],
-    node_side: IPv4Address,
-    unhealthy: frozenset[str] = frozenset(),
-    spoof: str = "",
-    extra: str = "",
-    l7_rule: str = "",
-) -> str:
-    """ClusterIP DNAT on a node: each service port to a random healthy backend of the first
-    tier that has one (Cilium's affinity semantics), or a reset when none is healthy.
-
-    One rule per service port with a numgen map: the cost per new connection does not
-    grow with the number of backends. `unhealthy` holds `POD@ADDRESS:PORT` keys from the
-    health checker; the whole table is replaced atomically when it changes.
-    """
-    rules = []
-    rejects = []
-    for svc in plan.cluster(cluster).services:
-        for bs in backend_sets(plan, svc):
-            if bs.protocol not in ("TCP", "UDP"):
-                continue  # a service without any backend is rejected below, as kube-proxy does
-            proto = bs.protocol.lower()
-            tier: tuple[Any, ...] = ()
-            for candidate in bs.tiers:
-                tier = tuple(b for b in candidate if backend_key(b.pod, b.address, b.port) not in unhealthy)
-                if tier:
-                    break
-            if not tier:
-                reset = "tcp reset" if proto == "tcp" else "icmp type port-unreachable"
-                rejects.append(f"    ip daddr {svc.cluster_ip} {proto} dport {bs.port} reject with {reset}\n")
-                continue
-            targets = ", ".join(f"{i} : {b.address} . {b.port}" for i, b in enumerate(tier))
-            rules.append(
-                f"    ip daddr {svc.cluster_ip} {proto} dport {bs.port} "
-                f"dnat ip addr . port to numgen random mod {len(tier)} map {{ {targets} }}\n"
-            )
-    # Hairpin: a pod reaching itself through its service would see its own address as
-    # source and drop the packet as martian; like kube-proxy, masquerade that case.
-    hairpin = "".join(
-        f"    ct status dnat ip saddr {p.address} ip daddr {p.address} snat to {node_side}\n" for p in local_pods
+    return services_nft(
+        plan, node.cluster, [p for _, p in local_pods], node_side, unhealthy, spoof, extra, l7_rule, node=node
     )
-    return (
-        "table ip crossmesh {\n" + extra + "  chain services {\n" + "".join(rules) + "  }\n"
-        "  chain no_endpoints {\n" + "".join(rejects) + "  }\n"
-        "  chain postrouting {\n"
-        "    type nat hook postrouting priority srcnat; policy accept;\n" + hairpin + "  }\n"
-        "  chain prerouting {\n"
-        "    type nat hook prerouting priority dstnat; policy accept;\n" + l7_rule + "    jump services\n"
-        "  }\n"
-        "  chain output {\n"
-        "    type nat hook output priority -100; policy accept;\n"
-        "    jump services\n"
-        "  }\n"
-        "  chain forward {\n"
-        "    type filter hook forward priority 0; policy accept;\n    jump no_endpoints\n" + spoof + "  }\n"
-        "  chain local_in {\n"
-        "    type filter hook input priority 0; policy accept;\n" + spoof + "  }\n"
-        "  chain local_out {\n"
-        "    type filter hook output priority 0; policy accept;\n"
-        "    jump no_endpoints\n"
-        "  }\n"
-        "}\n"
-    )
-
-
-def backend_key(pod: str, address: str, port: int) -> str:
-    return f"{pod}@{address}:{port}"
