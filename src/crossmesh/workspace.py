@@ -8,6 +8,7 @@ runs without touching the state; the others persist allocations and keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.mesh import Mesh
 from crossmesh.model.plan import Plan
+from crossmesh.model.tls import ClusterMeshTLS
 from crossmesh.plan.planner import build_plan, cluster_plans
 from crossmesh.plan.workloads import PlacementError
 from crossmesh.policy import parse as policy_parse
@@ -30,6 +32,12 @@ class Compiled:
     allocations: Allocations
     plan: Plan
     store: StateStore
+
+    def clustermesh_tls(self, now: datetime) -> dict[str, ClusterMeshTLS]:
+        """The ClusterMesh certificates of the plan's Cilium clusters, from the state directory
+        (the mesh CA and each certificate are made there once)."""
+        cilium = [c.name for c in self.plan.clusters if c.cni == "cilium"]
+        return self.store.clustermesh_tls(self.plan.mesh, cilium, now) if cilium else {}
 
 
 def check(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +275,8 @@ def render(
     where the tree needs a folder inside it is refused before anything is written.
     """
     compiled = compile_mesh(mesh, state)
-    files = render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key)
+    tls = compiled.clustermesh_tls(datetime.now(UTC))
+    files = render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key, tls)
     warnings = write_tree(output_dir, files)
     for warning in warnings[:SHOWN_WARNINGS]:
         err.print(f"warning: {warning}", markup=False)

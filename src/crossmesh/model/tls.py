@@ -40,7 +40,11 @@ def clustermesh_specs(cluster: str) -> tuple[CertSpec, ...]:
     """The four Secrets of a cluster's clustermesh-apiserver with `authMode: cluster` (the CN of the
     remote certificate is `remote-<cluster>`, the etcd user every other cluster's apiserver creates
     for it from its `clustermesh.config.clusters`)."""
-    server_dns = ("clustermesh-apiserver.cilium.io", "*.mesh.cilium.io", f"clustermesh-apiserver.{CILIUM_NAMESPACE}.svc")
+    server_dns = (
+        "clustermesh-apiserver.cilium.io",
+        "*.mesh.cilium.io",  # <cluster>.mesh.cilium.io: how the other clusters name it (config.domain)
+        f"clustermesh-apiserver.{CILIUM_NAMESPACE}.svc",
+    )
     return (
         CertSpec(
             "clustermesh-apiserver-server-cert",

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -324,7 +325,8 @@ def _build(
         changes += _etcd(state)
         lap("etcd")
     progress(f"WireGuard: {len(topo.wireguard)} wireguard-go devices")
-    files = render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key)
+    tls = compiled.clustermesh_tls(datetime.now(UTC))
+    files = render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key, tls)
     conf_dir = state.dir / "wireguard"
     conf_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(conf_dir, 0o700)
