@@ -18,7 +18,7 @@ from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.mesh import Mesh
 from crossmesh.model.plan import Plan
-from crossmesh.model.tls import ClusterMeshTLS
+from crossmesh.model.tls import ClusterMeshTLS, clustermesh_clusters
 from crossmesh.plan.planner import build_plan, cluster_plans
 from crossmesh.plan.workloads import PlacementError
 from crossmesh.policy import parse as policy_parse
@@ -34,10 +34,10 @@ class Compiled:
     store: StateStore
 
     def clustermesh_tls(self, now: datetime) -> dict[str, ClusterMeshTLS]:
-        """The ClusterMesh certificates of the plan's Cilium clusters, from the state directory
+        """The ClusterMesh certificates of the plan's Cluster Mesh members, from the state directory
         (the mesh CA and each certificate are made there once)."""
-        cilium = [c.name for c in self.plan.clusters if c.cni == "cilium"]
-        return self.store.clustermesh_tls(self.plan.mesh, cilium, now) if cilium else {}
+        members = clustermesh_clusters(self.plan)
+        return self.store.clustermesh_tls(self.plan.mesh, members, now) if members else {}
 
 
 def check(

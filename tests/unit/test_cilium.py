@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from crossmesh.errors import StateError, UnsafePath
-from crossmesh.model.plan import Datapath, Mtu, Plan
+from crossmesh.model.plan import Plan
+from crossmesh.model.tls import clustermesh_clusters
 from crossmesh.render import cilium
 from crossmesh.render.files import RenderedFile
 from crossmesh.render.tree import render
@@ -42,20 +43,6 @@ MESHES = {
     "golden-gateways": REPO / "tests" / "golden" / "gateways" / "mesh.yaml",
 }
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def with_datapath(plan: Plan) -> Plan:
-    """The plan with a datapath in every cluster: the planner's when it made one, otherwise (until
-    it fills `ClusterPlan.datapath`) a hand-made tunnel/vxlan one over the nodes' tunnel MTU."""
-    clusters = []
-    for c in plan.clusters:
-        if c.datapath is None:
-            nodes = [plan.node(n) for n in c.nodes]
-            under = min(n.tunnel.mtu.value if n.tunnel else plan.site(n.site).mtu for n in nodes)
-            dp = Datapath("tunnel", "vxlan", 8472, Mtu(under, "test"), Mtu(under - 50, "test"), False, ())
-            c = dataclasses.replace(c, datapath=dp)
-        clusters.append(c)
-    return dataclasses.replace(plan, clusters=tuple(clusters))
 
 
 @dataclasses.dataclass
@@ -74,7 +61,7 @@ class Rendered:
 
 def render_mesh(mesh: Path, state: Path, now: datetime = NOW) -> Rendered:
     compiled = compile_mesh(mesh, state)
-    plan = with_datapath(compiled.plan)
+    plan = compiled.plan
     files = render(plan, compiled.loaded.manifests, compiled.store.private_key, compiled.clustermesh_tls(now))
     return Rendered(compiled, plan, files)
 
@@ -201,8 +188,24 @@ def test_mcs_api_is_on_exactly_where_mcs_objects_are_rendered(rendered: dict[str
         for cluster, values in r.values().items():
             has_mcs = f"clusters/{cluster}/mcs.yaml" in r.files
             seen.add(has_mcs)
-            assert values["clustermesh"].get("mcsapi") == ({"enabled": True} if has_mcs else None), f"{name}: {cluster}"
+            mcsapi = values.get("clustermesh", {}).get("mcsapi")
+            assert mcsapi == ({"enabled": True} if has_mcs else None), f"{name}: {cluster}"
     assert seen == {True, False}  # both cases are covered by the meshes
+
+
+def test_a_lone_cilium_cluster_has_no_cluster_mesh(rendered: dict[str, Rendered]) -> None:
+    r = rendered["hybrid-openstack-aws"]
+    assert [c.cni for c in r.plan.clusters] == ["cilium"] and clustermesh_clusters(r.plan) == []
+    for values in r.values().values():
+        assert "useAPIServer" not in values.get("clustermesh", {})
+    assert not [f for f in r.files if f.endswith("clustermesh-secrets.yaml")]
+    assert not (r.compiled.store.root / "pki").exists()  # no Cluster Mesh, no CA
+    for name in ("three-clouds", "golden-gateways"):
+        members = clustermesh_clusters(rendered[name].plan)
+        assert len(members) >= 2
+        for cluster, values in rendered[name].values().items():
+            assert values["clustermesh"]["useAPIServer"] is True, f"{name}: {cluster}"
+            assert f"clusters/{cluster}/clustermesh-secrets.yaml" in rendered[name].files
 
 
 def secrets_of(r: Rendered, cluster: str) -> dict[str, dict[str, bytes]]:
@@ -230,11 +233,9 @@ def verify_signed(cert: x509.Certificate, ca: x509.Certificate) -> None:
 
 def test_every_clusters_certificates_chain_to_one_mesh_ca(rendered: dict[str, Rendered]) -> None:
     for name, r in rendered.items():
-        cilium_clusters = [c.name for c in r.plan.clusters if c.cni == "cilium"]
+        cilium_clusters = clustermesh_clusters(r.plan)
         if not cilium_clusters:
-            assert not [f for f in r.files if f.endswith("clustermesh-secrets.yaml")]
-            assert not (r.compiled.store.root / "pki").exists()  # no Cilium, no CA
-            continue
+            continue  # see test_a_lone_cilium_cluster_has_no_cluster_mesh
         ca_on_disk = (r.compiled.store.root / "pki" / "ca.crt").read_bytes()
         ca = x509.load_pem_x509_certificate(ca_on_disk)
         verify_signed(ca, ca)

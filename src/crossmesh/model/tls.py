@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crossmesh.model.plan import Plan
+
 CILIUM_NAMESPACE = "kube-system"  # the release namespace of every rendered Cilium install
 
 
@@ -34,6 +36,13 @@ class ClusterMeshTLS:
     cluster: str
     ca_cert_pem: str  # the mesh CA's certificate only; its key never leaves the state directory
     certs: tuple[IssuedCert, ...]
+
+
+def clustermesh_clusters(plan: Plan) -> list[str]:
+    """The clusters of the mesh's Cilium Cluster Mesh: its Cilium clusters when there are two or more.
+    A Cilium cluster alone has no one to connect to: no clustermesh-apiserver, no certificates."""
+    names = [c.name for c in plan.clusters if c.cni == "cilium"]
+    return names if len(names) > 1 else []
 
 
 def clustermesh_specs(cluster: str) -> tuple[CertSpec, ...]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from crossmesh.model.mesh import CILIUM_DEFAULT_MAX_CLUSTER_ID, MAX_CLUSTER_ID
 from crossmesh.model.plan import ClusterPlan, Plan
-from crossmesh.model.tls import CILIUM_NAMESPACE, ClusterMeshTLS
+from crossmesh.model.tls import CILIUM_NAMESPACE, ClusterMeshTLS, clustermesh_clusters
 
 CLUSTERMESH_NODEPORT = 32379  # clustermesh-apiserver's default NodePort
 
@@ -54,6 +54,28 @@ def values(plan: Plan, cluster: ClusterPlan, *, mcs_api: bool) -> dict[str, Any]
         raise ValueError(f"cluster {cluster.name}: the plan has no datapath — Cilium values need the planner's")
     if (dp.mode, dp.encapsulation) != ("tunnel", "vxlan"):
         raise ValueError(f"cluster {cluster.name}: Cilium values support the tunnel/vxlan datapath, not {dp.mode}")
+    clustermesh: dict[str, Any] = {}
+    if cluster.name in clustermesh_clusters(plan):
+        clustermesh = _clustermesh(plan, cluster)
+    if mcs_api:
+        clustermesh["mcsapi"] = {"enabled": True}
+    return {
+        "cluster": {"name": cluster.name, "id": cluster.id},
+        # Node pod CIDRs come from Node.spec.podCIDRs (kube-controller-manager allocates them from
+        # the cluster pod CIDR, or crossmesh pins them); Cilium's own pool would ignore both.
+        "ipam": {"mode": "kubernetes"},
+        "routingMode": dp.mode,
+        "tunnelProtocol": dp.encapsulation,
+        "tunnelPort": dp.port,
+        "encryption": {"enabled": False},  # wg-crossmesh encrypts between sites; see the module's doc
+        "MTU": dp.underlay_mtu.value,
+        **({"clustermesh": clustermesh} if clustermesh else {}),
+        "hubble": {"enabled": True, "relay": {"enabled": True}, "ui": {"enabled": True}},
+        **_distribution(cluster.distribution),
+    }
+
+
+def _clustermesh(plan: Plan, cluster: ClusterPlan) -> dict[str, Any]:
     by_name = {n.name: n for n in plan.nodes}  # Plan.node() is a linear scan; this runs per cluster
     peers = [
         {"name": other.name, "port": CLUSTERMESH_NODEPORT, "ips": [str(by_name[n].address) for n in other.nodes]}
@@ -74,22 +96,7 @@ def values(plan: Plan, cluster: ClusterPlan, *, mcs_api: bool) -> dict[str, Any]
     if max(c.id for c in plan.clusters) > CILIUM_DEFAULT_MAX_CLUSTER_ID:
         # Every cluster of a Cluster Mesh must carry the same value, so it depends on the whole plan.
         clustermesh["maxConnectedClusters"] = MAX_CLUSTER_ID
-    if mcs_api:
-        clustermesh["mcsapi"] = {"enabled": True}
-    return {
-        "cluster": {"name": cluster.name, "id": cluster.id},
-        # Node pod CIDRs come from Node.spec.podCIDRs (kube-controller-manager allocates them from
-        # the cluster pod CIDR, or crossmesh pins them); Cilium's own pool would ignore both.
-        "ipam": {"mode": "kubernetes"},
-        "routingMode": dp.mode,
-        "tunnelProtocol": dp.encapsulation,
-        "tunnelPort": dp.port,
-        "encryption": {"enabled": False},  # wg-crossmesh encrypts between sites; see the module's doc
-        "MTU": dp.underlay_mtu.value,
-        "clustermesh": clustermesh,
-        "hubble": {"enabled": True, "relay": {"enabled": True}, "ui": {"enabled": True}},
-        **_distribution(cluster.distribution),
-    }
+    return clustermesh
 
 
 def _distribution(distribution: str) -> dict[str, Any]:

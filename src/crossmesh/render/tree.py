@@ -1,7 +1,7 @@
 """The whole rendered tree for a plan.
 
 clusters/<cluster>/cilium-values.yaml   (cni: cilium)
-clusters/<cluster>/clustermesh-secrets.yaml  (cni: cilium) the clustermesh-apiserver's certificates,
+clusters/<cluster>/clustermesh-secrets.yaml  (two Cilium clusters or more) the clustermesh-apiserver's certificates,
                                         signed by the mesh CA; apply before `helm install` (0600)
 clusters/<cluster>/manifests.yaml       the cluster's objects as they would be applied
 nodes/<node>/wg-crossmesh.conf          wg-quick file (0600: holds the node's private key)
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
-from crossmesh.model.tls import ClusterMeshTLS
+from crossmesh.model.tls import ClusterMeshTLS, clustermesh_clusters
 from crossmesh.render import cilium, etcd, mcs, routes, talos, wireguard
 from crossmesh.render.files import RenderedFile, yaml_dump
 
@@ -39,15 +39,17 @@ def render(
     private_key: Callable[[str], str],
     clustermesh: Mapping[str, ClusterMeshTLS],
 ) -> dict[str, RenderedFile]:
-    """`clustermesh`: the TLS material of every Cilium cluster (`StateStore.clustermesh_tls`)."""
+    """`clustermesh`: the TLS material of every Cluster Mesh member (`Compiled.clustermesh_tls`)."""
     out: dict[str, RenderedFile] = {}
     cache: dict[int, str] = {}
+    members = clustermesh_clusters(plan)
     for cluster in plan.clusters:
         base = f"clusters/{cluster.name}"
         mcs_objects = mcs.objects(plan, cluster)
         if cluster.cni == "cilium":
             values = cilium.values(plan, cluster, mcs_api=bool(mcs_objects))
             out[f"{base}/cilium-values.yaml"] = RenderedFile(yaml_dump(values))
+        if cluster.name in members:
             tls = clustermesh.get(cluster.name)
             if tls is None:
                 raise ValueError(f"cluster {cluster.name}: no ClusterMesh certificates were given to render")
