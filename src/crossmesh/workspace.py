@@ -8,6 +8,7 @@ runs without touching the state; the others persist allocations and keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.mesh import Mesh
 from crossmesh.model.plan import Plan
+from crossmesh.model.tls import ClusterMeshTLS, clustermesh_clusters
 from crossmesh.plan.planner import build_plan, cluster_plans
 from crossmesh.plan.workloads import PlacementError
 from crossmesh.policy import parse as policy_parse
@@ -32,6 +34,12 @@ class Compiled:
     allocations: Allocations
     plan: Plan
     store: StateStore
+
+    def clustermesh_tls(self, now: datetime) -> dict[str, ClusterMeshTLS]:
+        """The ClusterMesh certificates of the plan's Cluster Mesh members, from the state directory
+        (the mesh CA and each certificate are made there once)."""
+        members = clustermesh_clusters(self.plan)
+        return self.store.clustermesh_tls(self.plan.mesh, members, now) if members else {}
 
 
 def check(
@@ -118,4 +126,5 @@ def compile_mesh(
 def rendered(compiled: Compiled) -> dict[str, RenderedFile]:
     """What `crossmesh render` writes for this mesh, in memory: the CLI writes it, the lab runs it,
     the fidelity checks compare the running lab with it."""
-    return render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key)
+    tls = compiled.clustermesh_tls(datetime.now(UTC))
+    return render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key, tls)

@@ -8,7 +8,8 @@ never written to. To accept new output, run
 
     CROSSMESH_REGEN_GOLDEN=1 python3 -m pytest tests/unit/test_golden.py
 
-and review `git diff tests/golden`. Regenerating also writes a key for any node that has none.
+and review `git diff tests/golden`. Regenerating also writes a key for any node that has none,
+and keeps the ClusterMesh CA and certificates a case's first render makes in its `state/pki/`.
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ def state_copy(case: str, tmp: Path) -> Path:
     return state
 
 
+def keep_test_pki(case: str, state: Path) -> None:
+    """The ClusterMesh CA and certificates a render made, kept with the case's test keys (certificates
+    are random: without them every render would differ from the golden files). Test-only, like the keys."""
+    committed = GOLDEN / case / "state" / "pki"
+    if (state / "pki").is_dir() and not committed.exists():
+        shutil.copytree(state / "pki", committed)
+
+
 def render(case: str, out: Path, state: Path) -> Path:
     result = CliRunner().invoke(
         app, ["render", str(GOLDEN / case / "mesh.yaml"), "-o", str(out), "--state", str(state)]
@@ -114,9 +123,11 @@ def test_there_are_golden_cases() -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_render_matches_golden(case: str, tmp_path: Path) -> None:
-    out = render(case, tmp_path / "out", state_copy(case, tmp_path))
+    state = state_copy(case, tmp_path)
+    out = render(case, tmp_path / "out", state)
     expected = GOLDEN / case / "expected"
     if REGEN:
+        keep_test_pki(case, state)
         shutil.rmtree(expected, ignore_errors=True)
         shutil.copytree(out, expected)
         for path in expected.rglob("*"):

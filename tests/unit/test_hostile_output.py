@@ -209,13 +209,17 @@ def test_modes_under_umask_000(tmp_path: Path, open_umask: None) -> None:
     assert mode(state) == 0o700 and mode(state / "keys") == 0o700
     for key in (state / "keys").glob("*.key"):
         assert mode(key) == 0o600, key
+    assert mode(state / "pki") == 0o700
+    for key in (state / "pki").glob("*.key"):
+        assert mode(key) == 0o600, key
     for name in ("allocations.json", "applied-plan.json"):
         assert mode(state / name) == 0o644
     assert mode(out) == 0o755
     expected = {
         "clusters": 0o755,
-        "clusters/core": 0o755,
+        "clusters/core": 0o700,  # holds the clustermesh-apiserver's private keys
         "clusters/core/cilium-values.yaml": 0o644,
+        "clusters/core/clustermesh-secrets.yaml": 0o600,
         "nodes": 0o755,
         f"nodes/{NODE}": 0o700,  # holds the node's private key
         f"nodes/{NODE}/wg-crossmesh.conf": 0o600,

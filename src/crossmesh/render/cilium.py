@@ -1,64 +1,152 @@
-"""Cilium Helm values per cluster (validated against Cilium's values.schema.json in tests)."""
+"""Cilium Helm values per cluster, and the Secrets of its clustermesh-apiserver, for the Cilium 1.20
+chart (tests/reference/cilium/v1.20.0: every key below exists in its values.yaml, the values pass
+its values.schema.json).
+
+The datapath is the plan's (`ClusterPlan.datapath`, README "Datapath"), never recomputed here:
+Cilium carries pods in VXLAN between node addresses, and crossmesh's own WireGuard device
+(wg-crossmesh) is the one encryption layer between sites — Cilium's encryption stays off, or every
+cross-site packet would be encrypted twice and lose 80 more bytes of MTU. `MTU` is the underlay the
+VXLAN packets cross, stated so that Cilium never derives it from whatever device it finds
+(wg-crossmesh included).
+"""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from crossmesh.model.mesh import CILIUM_DEFAULT_MAX_CLUSTER_ID, MAX_CLUSTER_ID
-from crossmesh.model.plan import ClusterPlan, NodePlan, Plan, RouteVia
+from crossmesh.model.plan import ClusterPlan, Plan
+from crossmesh.model.tls import CILIUM_NAMESPACE, ClusterMeshTLS, clustermesh_clusters
+from crossmesh.render.common import kube_proxy_replacement
 
 CLUSTERMESH_NODEPORT = 32379  # clustermesh-apiserver's default NodePort
 
+# Sidero's "Deploying Cilium CNI" guide (docs.siderolabs.com/kubernetes-guides/cni/deploying-cilium):
+# Talos lets no workload load kernel modules, so SYS_MODULE (and SYSLOG) leave the chart's default
+# capability list; Talos mounts cgroup2 itself; KubePrism serves the API server on every node at
+# localhost:7445, which the agent needs before any Service works (there is no kube-proxy).
+TALOS_AGENT_CAPABILITIES = (
+    "CHOWN",
+    "KILL",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "SYS_ADMIN",
+    "SYS_RESOURCE",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "SETGID",
+    "SETUID",
+)
+TALOS_CLEAN_STATE_CAPABILITIES = ("NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE")
+KUBEPRISM = ("localhost", 7445)
+# K3s runs its supervisor client load balancer on every node, servers and agents alike (`--lb-server-port`,
+# default 6444), and it proxies the API server: the node-local endpoint a kube-proxy-free Cilium needs
+# (as cilium/cilium#19038 and K3s users run it). The K3s side — `flannel-backend: none`,
+# `disable-network-policy: true`, `disable-kube-proxy: true` — is the K3s configuration's to state.
+K3S_API_LOAD_BALANCER = ("127.0.0.1", 6444)
 
-def _underlay_mtu(plan: Plan, node: NodePlan, by_name: dict[str, NodePlan]) -> int:
-    """The network Cilium's packets cross: the node's tunnel for cross-site paths, or the tunnel of
-    the gateway it sends them through (topology: gateways), else the site."""
-    if node.tunnel is not None:
-        return node.tunnel.mtu.value
-    gateways = sorted({r.peer for r in node.routes if r.via is RouteVia.GATEWAY})
-    tunnels = [t.mtu.value for t in (by_name[g].tunnel for g in gateways) if t is not None]
-    return min([plan.site(node.site).mtu, *tunnels])
+
+def values(plan: Plan, cluster: ClusterPlan, *, mcs_api: bool) -> dict[str, Any]:
+    """The cluster's values; `mcs_api` when crossmesh renders MCS-API objects for it (render/mcs.py)."""
+    dp = cluster.datapath
+    if dp is None:
+        raise ValueError(f"cluster {cluster.name}: the plan has no datapath — Cilium values need the planner's")
+    if (dp.mode, dp.encapsulation) != ("tunnel", "vxlan"):
+        raise ValueError(f"cluster {cluster.name}: Cilium values support the tunnel/vxlan datapath, not {dp.mode}")
+    clustermesh: dict[str, Any] = {}
+    if cluster.name in clustermesh_clusters(plan):
+        clustermesh = _clustermesh(plan, cluster)
+    if mcs_api:
+        clustermesh["mcsapi"] = {"enabled": True}
+    return {
+        "cluster": {"name": cluster.name, "id": cluster.id},
+        # Node pod CIDRs come from Node.spec.podCIDRs (kube-controller-manager allocates them from
+        # the cluster pod CIDR, or crossmesh pins them); Cilium's own pool would ignore both.
+        "ipam": {"mode": "kubernetes"},
+        "routingMode": dp.mode,
+        "tunnelProtocol": dp.encapsulation,
+        "tunnelPort": dp.port,
+        "encryption": {"enabled": False},  # wg-crossmesh encrypts between sites; see the module's doc
+        "MTU": dp.underlay_mtu.value,
+        **({"clustermesh": clustermesh} if clustermesh else {}),
+        "hubble": {"enabled": True, "relay": {"enabled": True}, "ui": {"enabled": True}},
+        **_distribution(cluster),
+    }
 
 
-def values(plan: Plan, cluster: ClusterPlan) -> dict[str, Any]:
+def _clustermesh(plan: Plan, cluster: ClusterPlan) -> dict[str, Any]:
     by_name = {n.name: n for n in plan.nodes}  # Plan.node() is a linear scan; this runs per cluster
-    nodes = [by_name[n] for n in cluster.nodes]
-    underlay = min(_underlay_mtu(plan, n, by_name) for n in nodes)
-    node_prefix = min(n.pod_cidr.prefixlen for n in nodes)
-    peers = []
-    for other in plan.clusters:
-        if other.name == cluster.name:
-            continue
-        peers.append(
-            {
-                "name": other.name,
-                "port": CLUSTERMESH_NODEPORT,
-                "ips": [str(by_name[n].address) for n in other.nodes],
-            }
-        )
+    peers = [
+        {"name": other.name, "port": CLUSTERMESH_NODEPORT, "ips": [str(by_name[n].address) for n in other.nodes]}
+        for other in plan.clusters
+        if other.name != cluster.name and other.cni == "cilium"  # only Cilium clusters run a clustermesh-apiserver
+    ]
     clustermesh: dict[str, Any] = {
         "useAPIServer": True,
-        "apiserver": {"service": {"type": "NodePort", "nodePort": CLUSTERMESH_NODEPORT}},
+        "apiserver": {
+            "service": {"type": "NodePort", "nodePort": CLUSTERMESH_NODEPORT},
+            # The certificates are crossmesh's, signed by the one mesh CA (clustermesh_secrets): the
+            # chart would make a CA per install, and clusters of different CAs never connect.
+            # `cluster`: each cluster reaches the others as remote-<its name>, which one CA makes safe.
+            "tls": {"authMode": "cluster", "auto": {"enabled": False}},
+        },
         "config": {"enabled": True, "clusters": peers},
     }
     if max(c.id for c in plan.clusters) > CILIUM_DEFAULT_MAX_CLUSTER_ID:
         # Every cluster of a Cluster Mesh must carry the same value, so it depends on the whole plan.
         clustermesh["maxConnectedClusters"] = MAX_CLUSTER_ID
-    return {
-        "cluster": {"name": cluster.name, "id": cluster.id},
-        "ipam": {
-            "mode": "cluster-pool",
-            "operator": {
-                "clusterPoolIPv4PodCIDRList": [str(cluster.pod_cidr)],
-                "clusterPoolIPv4MaskSize": node_prefix,
+    return clustermesh
+
+
+def _distribution(cluster: ClusterPlan) -> dict[str, Any]:
+    """How the agent reaches the API server, and whether Cilium replaces kube-proxy (one predicate with
+    the distributions' files, which disable kube-proxy exactly then: render/common.py)."""
+    replaces = "true" if kube_proxy_replacement(cluster) else "false"
+    if cluster.distribution == "talos":
+        return {
+            "kubeProxyReplacement": replaces,
+            "k8sServiceHost": KUBEPRISM[0],
+            "k8sServicePort": KUBEPRISM[1],
+            "securityContext": {
+                "capabilities": {
+                    "ciliumAgent": list(TALOS_AGENT_CAPABILITIES),
+                    "cleanCiliumState": list(TALOS_CLEAN_STATE_CAPABILITIES),
+                }
             },
-        },
-        "routingMode": "tunnel",
-        "tunnelProtocol": "vxlan",
-        "tunnelPort": 8472,
-        "encryption": {"enabled": True, "type": "wireguard"},
-        "kubeProxyReplacement": True,
-        "MTU": underlay,
-        "clustermesh": clustermesh,
-        "hubble": {"enabled": True, "relay": {"enabled": True}, "ui": {"enabled": True}},
-    }
+            "cgroup": {"autoMount": {"enabled": False}, "hostRoot": "/sys/fs/cgroup"},
+        }
+    if cluster.distribution == "k3s":
+        return {
+            "kubeProxyReplacement": replaces,
+            "k8sServiceHost": K3S_API_LOAD_BALANCER[0],
+            "k8sServicePort": K3S_API_LOAD_BALANCER[1],
+        }
+    # kubeadm and managed clusters: no node-local API endpoint, and the mesh file names no
+    # control-plane endpoint. Without kube-proxy the agent could reach the API server only through
+    # the `kubernetes` Service, which nothing would serve yet: kube-proxy stays, Cilium does not replace it.
+    return {"kubeProxyReplacement": replaces}
+
+
+def clustermesh_secrets(tls: ClusterMeshTLS) -> list[dict[str, Any]]:
+    """The Secrets the chart wants with `clustermesh.apiserver.tls.auto.enabled: false`: `tls.crt`,
+    `tls.key` and `ca.crt` (the mesh CA's certificate — its key stays in the state directory)."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {
+                "name": c.spec.secret,
+                "namespace": CILIUM_NAMESPACE,
+                "labels": {"app.kubernetes.io/managed-by": "crossmesh", "app.kubernetes.io/part-of": "cilium"},
+            },
+            "data": {"ca.crt": _b64(tls.ca_cert_pem), "tls.crt": _b64(c.cert_pem), "tls.key": _b64(c.key_pem)},
+        }
+        for c in tls.certs
+    ]
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("ascii")).decode("ascii")

@@ -9,9 +9,10 @@ MANAGED = frozenset({"eks", "aks", "gke"})  # their control plane (and its contr
 
 
 def kube_proxy_replacement(cluster: ClusterPlan) -> bool:
-    """Cilium replaces kube-proxy only on Talos, where KubePrism (localhost:7445) gives the agent an
-    API server address before any Service works; elsewhere kube-proxy stays and Cilium runs beside it."""
-    return cluster.cni == "cilium" and cluster.distribution == "talos"
+    """Cilium replaces kube-proxy where every node has a local API server endpoint before any Service
+    works: Talos (KubePrism, localhost:7445) and K3s (its client load balancer, 127.0.0.1:6444). On
+    kubeadm and managed clusters kube-proxy stays and Cilium runs beside it (render/cilium.py)."""
+    return cluster.cni == "cilium" and cluster.distribution in ("talos", "k3s")
 
 
 def pod_cidrs_pinned(cluster: ClusterPlan) -> bool:

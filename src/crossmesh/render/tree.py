@@ -1,6 +1,8 @@
 """The whole rendered tree for a plan.
 
 clusters/<cluster>/cilium-values.yaml   (cni: cilium)
+clusters/<cluster>/clustermesh-secrets.yaml  (two Cilium clusters or more) the clustermesh-apiserver's certificates,
+                                        signed by the mesh CA; apply before `helm install` (0600)
 clusters/<cluster>/manifests.yaml       the cluster's objects as they would be applied
 clusters/<cluster>/mcs.yaml             ServiceExport/ServiceImport of its global Services
 clusters/<cluster>/k3s-server.yaml      distribution k3s: every server's shared config.yaml.d file
@@ -21,10 +23,11 @@ Managed distributions (eks, aks, gke) get no distribution file: their control pl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
+from crossmesh.model.tls import ClusterMeshTLS, clustermesh_clusters
 from crossmesh.render import cilium, etcd, k3s, kubeadm, mcs, podcidrs, routes, talos, wireguard
 from crossmesh.render.files import RenderedFile, yaml_dump
 
@@ -41,21 +44,33 @@ KIND_ORDER = {
 
 
 def render(
-    plan: Plan, manifests: dict[str, list[Manifest]], private_key: Callable[[str], str]
+    plan: Plan,
+    manifests: dict[str, list[Manifest]],
+    private_key: Callable[[str], str],
+    clustermesh: Mapping[str, ClusterMeshTLS],
 ) -> dict[str, RenderedFile]:
+    """`clustermesh`: the TLS material of every Cluster Mesh member (`Compiled.clustermesh_tls`)."""
     out: dict[str, RenderedFile] = {}
     cache: dict[int, str] = {}
+    members = clustermesh_clusters(plan)
     for cluster in plan.clusters:
         base = f"clusters/{cluster.name}"
+        mcs_objects = mcs.objects(plan, cluster)
         if cluster.cni == "cilium":
-            out[f"{base}/cilium-values.yaml"] = RenderedFile(yaml_dump(cilium.values(plan, cluster)))
+            values = cilium.values(plan, cluster, mcs_api=bool(mcs_objects))
+            out[f"{base}/cilium-values.yaml"] = RenderedFile(yaml_dump(values))
+        if cluster.name in members:
+            tls = clustermesh.get(cluster.name)
+            if tls is None:
+                raise ValueError(f"cluster {cluster.name}: no ClusterMesh certificates were given to render")
+            secrets = cilium.clustermesh_secrets(tls)
+            out[f"{base}/clustermesh-secrets.yaml"] = RenderedFile(yaml_dump(*secrets), 0o600, True)
         objects = sorted(
             manifests.get(cluster.name, []),
             key=lambda m: (KIND_ORDER.get(m.kind, 9), m.kind, m.namespace, m.name),
         )
         if objects:
             out[f"{base}/manifests.yaml"] = RenderedFile(yaml_dump(*[m.raw for m in objects]))
-        mcs_objects = mcs.objects(plan, cluster)
         if mcs_objects:
             out[f"{base}/mcs.yaml"] = RenderedFile(yaml_dump(*mcs_objects))
         if cluster.distribution == "k3s":

@@ -4,6 +4,7 @@
     keys/<node>.key       WireGuard private keys, mode 0600, directory 0700
     keys/<node>.pub       public keys
     applied-plan.json     the plan last rendered or applied, for `plan`'s difference
+    pki/                  the mesh's ClusterMesh CA and the clusters' certificates (see `pki`), 0700
 
 In a full mesh of n nodes every node lists ~n peers and ~3n routes: written out per
 node, applied-plan.json grows as n² (810 MB in the 1,000-node benchmark). They are few distinct
@@ -22,16 +23,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from crossmesh.errors import StateError
 from crossmesh.ipam.allocate import Allocations
-from crossmesh.state import disk
+from crossmesh.model.tls import ClusterMeshTLS
+from crossmesh.state import disk, pki
 from crossmesh.state import keys as wgkeys
 
+KEYS, PKI = "keys", "pki"
+SUBFOLDERS = {KEYS: "keys", PKI: "ClusterMesh CA and certificates"}
 KEY_FILE_LIMIT = 4096  # a key file holds 45 bytes
 STATE_FILE_LIMIT = 1 << 30  # applied-plan.json of the largest documented mesh is far smaller
 
@@ -69,7 +74,7 @@ class StateStore:
     def ensure_keys(self, nodes: list[str]) -> dict[str, str]:
         """Public key per node, generating a private key (0600) where none exists yet."""
         out = {}
-        with self._folder(keys=True) as fd:
+        with self._folder(KEYS) as fd:
             for node in sorted(nodes):
                 text = self._read_key(fd, node)
                 if text is None:
@@ -79,16 +84,16 @@ class StateStore:
         return out
 
     def public_keys(self, nodes: list[str]) -> dict[str, str]:
-        with self._existing(keys=True) as fd:
+        with self._existing(KEYS) as fd:
             return {n: wgkeys.public_key(self._existing_key(fd, n)) for n in sorted(nodes)}
 
     def private_key(self, node: str) -> str:
-        with self._existing(keys=True) as fd:
+        with self._existing(KEYS) as fd:
             return self._existing_key(fd, node)
 
     def rotate_key(self, node: str) -> str:
         priv = wgkeys.generate_private_key()
-        with self._folder(keys=True) as fd:
+        with self._folder(KEYS) as fd:
             self._write_key(fd, node, priv)
         return wgkeys.public_key(priv)
 
@@ -119,10 +124,18 @@ class StateStore:
         pub = wgkeys.public_key(text) + "\n"
         disk.write_at(fd, f"{node}.pub", pub.encode(), disk.SHARED, self.key_dir / f"{node}.pub")
 
+    # ClusterMesh PKI --------------------------------------------------------------------
+    def clustermesh_tls(self, mesh: str, clusters: Iterable[str], now: datetime) -> dict[str, ClusterMeshTLS]:
+        """The mesh CA (made once) and each cluster's clustermesh-apiserver certificates (see `pki`)."""
+        with self._folder(PKI) as fd:
+            os.fchmod(fd, disk.PRIVATE_DIR)  # a pki/ folder left 0755 by hand is tightened
+            return pki.clustermesh_tls(fd, self.root / PKI, mesh, clusters, now)
+
     # the folders ------------------------------------------------------------------------
-    def _open(self, *, keys: bool, create: bool) -> int:
-        """A descriptor of the state folder (or of its `keys/`), judged at each step; missing
-        folders are made 0700 (their missing parents 0755) or, without `create`, FileNotFoundError."""
+    def _open(self, sub: str | None, *, create: bool) -> int:
+        """A descriptor of the state folder (or of its `sub` folder: `keys/`, `pki/`), judged at each
+        step; missing folders are made 0700 (their missing parents 0755) or, without `create`,
+        FileNotFoundError."""
         root = self.root.absolute()
         try:
             fd = disk.make_dirs(root.parent, disk.SHARED_DIR) if create else os.open(root.parent, os.O_DIRECTORY)
@@ -131,8 +144,8 @@ class StateStore:
         except OSError as err:
             raise StateError(f"cannot open {root.parent}: {err.strerror}") from err
         steps = [(root.name, self.root, "give --state a real folder, or replace it with one")]
-        if keys:
-            steps.append(("keys", self.key_dir, "replace it with a real folder holding the keys"))
+        if sub is not None:
+            steps.append((sub, self.root / sub, f"replace it with a real folder holding the {SUBFOLDERS[sub]}"))
         for name, shown, fix in steps:
             try:
                 child = disk.open_dir(name, shown, dir_fd=fd, create=disk.PRIVATE_DIR if create else None, fix=fix)
@@ -147,18 +160,18 @@ class StateStore:
         return fd
 
     @contextmanager
-    def _folder(self, *, keys: bool) -> Iterator[int]:
-        fd = self._open(keys=keys, create=True)
+    def _folder(self, sub: str | None) -> Iterator[int]:
+        fd = self._open(sub, create=True)
         try:
             yield fd
         finally:
             os.close(fd)
 
     @contextmanager
-    def _existing(self, *, keys: bool) -> Iterator[int | None]:
+    def _existing(self, sub: str | None) -> Iterator[int | None]:
         """The folder as `_folder` gives it, or None when it does not exist yet."""
         try:
-            fd = self._open(keys=keys, create=False)
+            fd = self._open(sub, create=False)
         except FileNotFoundError:
             yield None
             return
@@ -184,7 +197,7 @@ class StateStore:
     def _read_json(self, name: str) -> Any:
         path = self.root / name
         try:
-            with self._existing(keys=False) as fd:
+            with self._existing(None) as fd:
                 got = None if fd is None else disk.read_at(fd, name, path, limit=STATE_FILE_LIMIT)
             return None if got is None else json.loads(got[0])
         except (OSError, ValueError) as err:
@@ -198,7 +211,7 @@ class StateStore:
             else json.dumps(data, indent=2, sort_keys=True)
         )
         try:
-            with self._folder(keys=False) as fd:
+            with self._folder(None) as fd:
                 disk.write_at(fd, name, (text + "\n").encode(), disk.SHARED, self.root / name)
         except OSError as err:
             raise StateError(f"cannot write {self.root / name}: {err.strerror}") from err

@@ -1,0 +1,68 @@
+"""The TLS material a Cilium ClusterMesh needs, as data: one mesh CA that every cluster trusts and,
+per cluster, the clustermesh-apiserver certificates the chart names (values.yaml of Cilium 1.20,
+`clustermesh.apiserver.tls.auto`: "pre-create the following secrets"). Issued by `state.pki`,
+rendered as Secrets by `render.cilium`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crossmesh.model.plan import Plan
+
+CILIUM_NAMESPACE = "kube-system"  # the release namespace of every rendered Cilium install
+
+
+@dataclass(frozen=True, slots=True)
+class CertSpec:
+    """What Cilium expects of one certificate (the chart's own generators: tls-helm, tls-cronjob,
+    tls-certmanager): the Secret it lives in, its subject CN, its names, and whether it serves TLS."""
+
+    secret: str
+    common_name: str
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    server: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCert:
+    spec: CertSpec
+    cert_pem: str
+    key_pem: str  # private: whatever holds it is written 0600
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMeshTLS:
+    cluster: str
+    ca_cert_pem: str  # the mesh CA's certificate only; its key never leaves the state directory
+    certs: tuple[IssuedCert, ...]
+
+
+def clustermesh_clusters(plan: Plan) -> list[str]:
+    """The clusters of the mesh's Cilium Cluster Mesh: its Cilium clusters when there are two or more.
+    A Cilium cluster alone has no one to connect to: no clustermesh-apiserver, no certificates."""
+    names = [c.name for c in plan.clusters if c.cni == "cilium"]
+    return names if len(names) > 1 else []
+
+
+def clustermesh_specs(cluster: str) -> tuple[CertSpec, ...]:
+    """The four Secrets of a cluster's clustermesh-apiserver with `authMode: cluster` (the CN of the
+    remote certificate is `remote-<cluster>`, the etcd user every other cluster's apiserver creates
+    for it from its `clustermesh.config.clusters`)."""
+    server_dns = (
+        "clustermesh-apiserver.cilium.io",
+        "*.mesh.cilium.io",  # <cluster>.mesh.cilium.io: how the other clusters name it (config.domain)
+        f"clustermesh-apiserver.{CILIUM_NAMESPACE}.svc",
+    )
+    return (
+        CertSpec(
+            "clustermesh-apiserver-server-cert",
+            "clustermesh-apiserver.cilium.io",
+            server_dns,
+            ("127.0.0.1", "::1"),
+            server=True,
+        ),
+        CertSpec("clustermesh-apiserver-admin-cert", f"admin-{cluster}"),
+        CertSpec("clustermesh-apiserver-remote-cert", f"remote-{cluster}"),
+        CertSpec("clustermesh-apiserver-local-cert", f"local-{cluster}"),
+    )
