@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 from test_schemas import problems, talos_validator
 
 from crossmesh.model.plan import Datapath, Mtu, Plan
+from crossmesh.model.tls import clustermesh_clusters
 from crossmesh.render import common, k3s, kubeadm, podcidrs, talos
+from crossmesh.render.files import RenderedFile
 from crossmesh.render.tree import render
+from crossmesh.state.store import StateStore
 from crossmesh.workspace import compile_mesh
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
+
+
+NOW = datetime(2026, 12, 6, tzinfo=UTC)
 
 
 def plan_of(mesh: Path, tmp: Path, *, pinned: bool | None = None) -> Plan:
@@ -30,13 +38,21 @@ def plan_of(mesh: Path, tmp: Path, *, pinned: bool | None = None) -> Plan:
     return dataclasses.replace(plan, clusters=tuple(dataclasses.replace(c, datapath=datapath) for c in plan.clusters))
 
 
+def render_plan(plan: Plan) -> dict[str, RenderedFile]:
+    """The tree, with test ClusterMesh certificates made in memory-backed temporary state."""
+    with tempfile.TemporaryDirectory() as tmp:
+        members = clustermesh_clusters(plan)
+        tls = StateStore(Path(tmp) / ".crossmesh").clustermesh_tls(plan.mesh, members, NOW) if members else {}
+        return render(plan, {}, lambda n: f"key-of-{n}", tls)
+
+
 def tree(plan: Plan) -> dict[str, str]:
-    return {rel: f.content for rel, f in render(plan, {}, lambda n: f"key-of-{n}").items()}
+    return {rel: f.content for rel, f in render_plan(plan).items()}
 
 
 def test_talos_nodes_get_only_their_documents_which_validate(tmp_path: Path) -> None:
     plan = plan_of(EXAMPLES / "three-clouds" / "mesh.yaml", tmp_path, pinned=True)
-    files = render(plan, {}, lambda n: f"key-of-{n}")
+    files = render_plan(plan)
     patch_schema = talos_validator("v1alpha1.Config", partial=True)
     wg_schema = talos_validator("network.WireguardConfigV1Alpha1", partial=False)
     for node in plan.nodes:
@@ -91,6 +107,7 @@ def test_k3s_files_carry_cidrs_node_ip_and_pinning(tmp_path: Path) -> None:
         "service-cidr": str(cluster.service_cidr),
         "flannel-backend": "none",
         "disable-network-policy": True,
+        "disable-kube-proxy": True,
         "kube-controller-manager-arg": ["node-cidr-mask-size=24", "allocate-node-cidrs=false"],
     }
     flannel = k3s.server_config(plan, dataclasses.replace(cluster, cni="flannel"))
@@ -109,7 +126,7 @@ def test_k3s_with_cilium_disables_flannel_and_keeps_kube_proxy(tmp_path: Path) -
     cluster = dataclasses.replace(plan.clusters[0], cni="cilium")
     server = k3s.server_config(plan, cluster)
     assert server["flannel-backend"] == "none" and server["disable-network-policy"] is True
-    assert "disable-kube-proxy" not in server  # kube_proxy_replacement is Talos-only
+    assert server["disable-kube-proxy"] is True  # Cilium replaces it through K3s's API load balancer
     assert server["kube-controller-manager-arg"] == ["node-cidr-mask-size=24"]
 
 
