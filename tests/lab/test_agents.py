@@ -206,7 +206,7 @@ def test_agent_killed(lab: Lab) -> None:
         listed = peers(ifname(st, n))
         assert len(listed) == len(set(listed)) == 2, f"{n}: {listed}"
         routes = agent_routes(st.nodes[n])
-        assert len(routes) == len(set(routes)) == 6, f"{n}: {routes}"
+        assert len(routes) == len(set(routes)) == 4, f"{n}: {routes}"
     assert traffic(st)
 
 
@@ -270,7 +270,7 @@ def test_all_etcd_stopped(lab: Lab) -> None:
         assert traffic(st), "traffic stopped with etcd down"
         assert all(old_key in peers(ifname(st, n)) for n in NODES if n != rotated)
         for n in NODES:
-            assert len(peers(ifname(st, n))) == 2 and len(agent_routes(st.nodes[n])) == 6, n
+            assert len(peers(ifname(st, n))) == 2 and len(agent_routes(st.nodes[n])) == 4, n
         status = lab_status(lab.mesh)
         assert not any(m["healthy"] for m in status["etcd"])
         assert all(a["running"] and a["etcd"] is None for a in status["agents"]), status["agents"]

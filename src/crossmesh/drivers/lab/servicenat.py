@@ -10,6 +10,11 @@ Pure: text only, applied by `reconcile` (at `lab up`) and by the service daemon 
   `externalTrafficPolicy: Cluster`), so that the answer comes back through the node that
   translated the request. Nothing listens on a node port: with no healthy backend, the node's
   own stack refuses it (TCP reset, ICMP port unreachable).
+  A local pod's connection to *another* node's node port is translated on the pod's own node, as
+  Cilium's socket load balancer does (kube-proxy replacement: Talos, K3s): it then travels pod to
+  pod in the VXLAN. (Under kube-proxy, the packet would cross to that node inside Cilium's tunnel
+  and be translated there: the same answer; the lab does not route pods to node addresses through
+  its VXLAN, and wg-crossmesh rightly refuses a pod source address.)
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ def services_nft(  # noqa: PLR0913 - the parts of a node's table
     rules = []
     rejects = []
     own = _set(node_addresses(node)) if node is not None else ""
+    others = ""
+    if node is not None:
+        peers = [a for n in plan.cluster(cluster).nodes if n != node.name for a in node_addresses(plan.node(n))]
+        pods = _set(tuple(p.address for p in local_pods)) if local_pods else ""
+        others = f"ip saddr {pods} ip daddr {_set(tuple(peers))} " if peers and pods else ""
     for svc in plan.cluster(cluster).services:
         for bs in backend_sets(plan, svc):
             if bs.protocol not in ("TCP", "UDP"):
@@ -80,6 +90,8 @@ def services_nft(  # noqa: PLR0913 - the parts of a node's table
                 rules.append(f"    ip daddr {svc.cluster_ip} {proto} dport {bs.port} {to}")
             if node_port is not None:
                 rules.append(f"    ip daddr {own} {proto} dport {node_port} {to}")
+                if others:
+                    rules.append(f"    {others}{proto} dport {node_port} {to}")
     # Hairpin: a pod reaching itself through its service would see its own address as
     # source and drop the packet as martian; like kube-proxy, masquerade that case.
     hairpin = "".join(
