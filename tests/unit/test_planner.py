@@ -179,7 +179,10 @@ def test_a_cilium_node_has_every_other_cilium_node_of_the_mesh_as_vxlan_neighbou
     for name in cilium:
         n = full.node(name)
         assert n.vxlan is not None and not n.vxlan.bound
-        assert {v.node for v in n.vxlan.neighbours} == cilium - {name}, name
+        # One list per overlay, shared by its nodes (each skips its own entry): O(n), not O(n²).
+        assert {v.node for v in n.vxlan.neighbours} == cilium, name
+        assert n.vxlan.neighbours is full.node("e1").vxlan.neighbours  # type: ignore[union-attr]
+        assert {r.peer for r in n.overlay_routes()} == cilium - {name}, name
         for v in n.vxlan.neighbours:
             other = full.node(v.node)
             assert (v.address, v.pod_cidr) == (other.address, other.pod_cidr)
@@ -190,12 +193,12 @@ def test_a_cilium_node_has_every_other_cilium_node_of_the_mesh_as_vxlan_neighbou
 
 def test_a_pod_cidr_is_routed_into_vxlan_and_the_remote_vtep_into_the_tunnel(full: Plan) -> None:
     e1, w1, e3 = full.node("e1"), full.node("w1"), full.node("e3")
-    vx = {r.dst: r for r in e1.routes if r.via is RouteVia.VXLAN}
+    vx = {r.dst: r for r in e1.all_routes() if r.via is RouteVia.VXLAN}
     assert vx[w1.pod_cidr].peer == "w1" and vx[w1.pod_cidr].gateway == w1.pod_cidr.network_address
     wg = {r.dst: r.peer for r in e1.routes if r.via is RouteVia.WIREGUARD}
     assert wg[host(w1.address)] == "w1"  # the outer VXLAN packet to w1 goes through WireGuard
-    assert not any(e3.pod_cidr.overlaps(r.dst) for r in e1.routes), "Flannel's pods are not in the Cluster Mesh"
-    assert not any(r.via is RouteVia.SITE for n in full.nodes for r in n.routes)
+    assert not any(e3.pod_cidr.overlaps(r.dst) for r in e1.all_routes()), "Flannel's pods are not in the Cluster Mesh"
+    assert not any(r.via is RouteVia.SITE for n in full.nodes for r in n.all_routes())
 
 
 def test_the_datapath_states_every_pair_class(full: Plan) -> None:
@@ -359,7 +362,7 @@ def test_vxlan_neighbours_in_a_gateways_topology(gw: Plan) -> None:
     every = {n.name for n in gw.nodes}  # all Cilium: one Cluster Mesh overlay
     for n in gw.nodes:
         assert n.vxlan is not None
-        assert {v.node for v in n.vxlan.neighbours} == every - {n.name}
+        assert {r.peer for r in n.overlay_routes()} == every - {n.name}
 
 
 # --- determinism and the difference between plans ----------------------------------------------

@@ -126,7 +126,7 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
     if detail:
         t = _table("Routes", "node", "destination", "via", "next hop", "towards")
         for n in nodes:
-            for r in n["routes"]:
+            for r in [*serialize.overlay_routes(data, n), *n["routes"]]:
                 t.add_row(n["name"], r["dst"], r["via"], r["gateway"] or "-", r["peer"])
         out.print(t)
     _print_change(change, detail)
@@ -160,6 +160,12 @@ def _print_datapath(clusters: list[dict[str, Any]]) -> None:
     out.print(t)
 
 
+def _overlay_size(data: dict[str, Any], node: dict[str, Any]) -> int:
+    """How many VXLAN routes a node has: the other members of its overlay."""
+    overlay = (node.get("vxlan") or {}).get("overlay")
+    return max(len(data.get("overlays", {}).get(overlay, [])) - 1, 0) if overlay else 0
+
+
 def _print_site_summary(data: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
     """The per-node tables, folded into one row per site."""
     t = _table("Sites", "site", "nodes", "behind NAT", "gateways", "peers per node", "routes per node", "pod MTU")
@@ -181,7 +187,7 @@ def _print_site_summary(data: dict[str, Any], nodes: list[dict[str, Any]]) -> No
             str(sum(1 for n in members if n["publicAddress"] is None)),
             str(sum(1 for n in members if n["gateway"])),
             spread([len((n["tunnel"] or {}).get("peers", [])) for n in members]),
-            spread([len(n["routes"]) for n in members]),
+            spread([len(n["routes"]) + _overlay_size(data, n) for n in members]),
             spread([n["podMTU"]["value"] for n in members]),
         )
     out.print(t)

@@ -73,8 +73,11 @@ class Vxlan:
     port: int
     mtu: Mtu
     local_mac: str
+    # Every node of the overlay, this one included (skip your own): one tuple shared by all of them,
+    # so a Cluster Mesh of n nodes holds n entries, not n² (NodePlan.overlay_routes derives the routes).
     neighbours: tuple[VxlanNeighbour, ...]
     bound: bool = False
+    overlay: str = ""  # the overlay's name: "cilium" (the Cluster Mesh) or "cluster/<name>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +141,26 @@ class NodePlan:
     pod_cidr: IPv4Network
     tunnel: Tunnel | None
     vxlan: Vxlan | None
-    routes: tuple[Route, ...]
+    routes: tuple[Route, ...]  # the topology's: tunnel, gateway (VXLAN routes: overlay_routes)
     pod_mtu: Mtu
 
     @property
     def natted(self) -> bool:
         return self.public_address is None
+
+    def overlay_routes(self) -> tuple[Route, ...]:
+        """Every other overlay node's pod CIDR into the VXLAN device, via its VXLAN address (the
+        network address of its pod CIDR, onlink), derived from the shared neighbour list."""
+        if self.vxlan is None:
+            return ()
+        return tuple(
+            Route(v.pod_cidr, RouteVia.VXLAN, v.pod_cidr.network_address, v.node)
+            for v in self.vxlan.neighbours
+            if v.node != self.name
+        )
+
+    def all_routes(self) -> tuple[Route, ...]:
+        return (*self.overlay_routes(), *self.routes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,7 +86,7 @@ class _Planner:
         self.domains: dict[str, list[tuple[Node, str]]] = defaultdict(list)
         for n, c in self.nodes:
             self.domains[self.domain_of[c]].append((n, c))
-        self._overlay_cache: dict[str, tuple[list[Route], list[VxlanNeighbour], dict[str, int]]] = {}
+        self._overlay_cache: dict[str, tuple[VxlanNeighbour, ...]] = {}
         self.underlays: dict[str, Mtu] = {}  # cluster → its underlay, set by node_plans
 
     # shared building blocks -------------------------------------------------------------
@@ -125,40 +125,29 @@ class _Planner:
         head = f"min({terms})" if len(sites) > 1 else f"{low} {node.site}"
         return Mtu(low - WIREGUARD_OVERHEAD, f"{head} − {WIREGUARD_OVERHEAD} WireGuard = {low - WIREGUARD_OVERHEAD}")
 
-    def overlay(self, node: Node, cluster: str, pod_mtu: Mtu) -> tuple[Vxlan | None, list[Route]]:
-        """The node's VXLAN device: a neighbour and a route for every other node of its overlay —
-        every Cilium node of the mesh for a Cilium cluster (Cluster Mesh tunnels to the remote
-        cluster's nodes), only its own cluster's nodes for Flannel and Calico.
-
-        The overlay is the same for all its nodes, less each node's own entry: built once per
-        overlay and sliced per node."""
+    def overlay(self, node: Node, cluster: str, pod_mtu: Mtu) -> Vxlan | None:
+        """The node's VXLAN device: every node of its overlay as a neighbour — every Cilium node of
+        the mesh for a Cilium cluster (Cluster Mesh tunnels to the remote cluster's nodes), only its
+        own cluster's nodes for Flannel and Calico. One neighbour tuple per overlay, shared by its
+        nodes (each skips its own entry): a Cluster Mesh of 10,000 nodes holds 10,000 entries."""
         domain = self.domain_of[cluster]
-        group = self._overlay_cache.get(domain)
-        if group is None:
-            all_routes: list[Route] = []
-            all_neighbours: list[VxlanNeighbour] = []
-            index: dict[str, int] = {}
-            for other, _ in self.domains[domain]:
-                cidr = self.pod_cidr(other.name)
-                index[other.name] = len(all_neighbours)
-                all_neighbours.append(VxlanNeighbour(other.name, other.address, cidr, vtep_mac(other.address)))
-                all_routes.append(self.route(cidr, RouteVia.VXLAN, cidr.network_address, other.name))
-            group = self._overlay_cache[domain] = (all_routes, all_neighbours, index)
-        all_routes, all_neighbours, index = group
-        i = index[node.name]
-        routes = all_routes[:i] + all_routes[i + 1 :]
-        neighbours = all_neighbours[:i] + all_neighbours[i + 1 :]
-        if not neighbours:
-            return None, []
-        vxlan = Vxlan(
+        neighbours = self._overlay_cache.get(domain)
+        if neighbours is None:
+            neighbours = self._overlay_cache[domain] = tuple(
+                VxlanNeighbour(other.name, other.address, self.pod_cidr(other.name), vtep_mac(other.address))
+                for other, _ in self.domains[domain]
+            )
+        if len(neighbours) < 2:
+            return None
+        return Vxlan(
             vni=VXLAN_VNI,
             port=VXLAN_PORT,
             mtu=pod_mtu,
             local_mac=vtep_mac(node.address),
-            neighbours=tuple(neighbours),
+            neighbours=neighbours,
             bound=self.cni[cluster] != "cilium",
+            overlay=domain,
         )
-        return vxlan, routes
 
     def underlay(self, node: Node, cluster: str, tunnel: Mtu | None, routes: Sequence[Route]) -> Mtu:
         """The smallest network this node's VXLAN packets cross: its tunnel, the tunnel of the gateway
@@ -302,7 +291,7 @@ class _Planner:
         }
         out = []
         for (node, cluster, _, routes), tunnel in zip(drafts, tunnels, strict=True):
-            vxlan, overlay_routes = self.overlay(node, cluster, pod_mtu[cluster])
+            vxlan = self.overlay(node, cluster, pod_mtu[cluster])
             out.append(
                 NodePlan(
                     name=node.name,
@@ -314,7 +303,7 @@ class _Planner:
                     pod_cidr=self.pod_cidr(node.name),
                     tunnel=tunnel,
                     vxlan=vxlan,
-                    routes=(*overlay_routes, *routes),  # a stable order: overlay by name, then peers by name
+                    routes=routes,  # shared by a group of nodes where the topology allows (full mesh)
                     pod_mtu=pod_mtu[cluster],
                 )
             )

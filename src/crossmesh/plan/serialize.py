@@ -100,7 +100,7 @@ def node_json(n: NodePlan, cache: dict[int, Any] | None = None) -> dict[str, Any
             "port": n.vxlan.port,
             "mtu": {"value": n.vxlan.mtu.value, "arithmetic": n.vxlan.mtu.arithmetic},
             "mac": n.vxlan.local_mac,
-            "neighbours": _shared(n.vxlan.neighbours, cache, _neighbour_json),
+            "overlay": n.vxlan.overlay,  # its neighbours: the plan's "overlays" (each listed once)
         },
         "routes": _shared(n.routes, cache, route_json),
     }
@@ -164,8 +164,33 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             }
             for c in plan.clusters
         ],
+        "overlays": {
+            n.vxlan.overlay: [_neighbour_json(v) for v in n.vxlan.neighbours]
+            for n in _first_of_each_overlay(plan)
+            if n.vxlan is not None
+        },
         "nodes": [node_json(n, cache) for n in plan.nodes],
     }
+
+
+def _first_of_each_overlay(plan: Plan) -> list[NodePlan]:
+    seen: dict[str, NodePlan] = {}
+    for n in plan.nodes:
+        if n.vxlan is not None and n.vxlan.overlay not in seen:
+            seen[n.vxlan.overlay] = n
+    return list(seen.values())
+
+
+def overlay_routes(data: dict[str, Any], node: dict[str, Any]) -> list[dict[str, Any]]:
+    """The VXLAN routes of a node of `plan_json`: every other node of its overlay."""
+    vxlan = node.get("vxlan")
+    if not vxlan:
+        return []
+    return [
+        {"dst": v["podCIDR"], "via": "vxlan", "gateway": v["podCIDR"].split("/")[0], "peer": v["node"]}
+        for v in data.get("overlays", {}).get(vxlan.get("overlay", ""), [])
+        if v["node"] != node["name"]
+    ]
 
 
 _NO_PEERS: list[dict[str, Any]] = []  # one object, so that its id is a stable memo key
@@ -187,6 +212,17 @@ def _peer_change(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> d
     }
 
 
+def _overlay_change(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Pod CIDRs (VXLAN routes) added, removed or changed (another node or address) in an overlay."""
+    b = {v["podCIDR"]: v for v in before}
+    a = {v["podCIDR"]: v for v in after}
+    return {
+        "added": set(a) - set(b),
+        "removed": set(b) - set(a),
+        "changed": {k for k in set(a) & set(b) if a[k] != b[k]},
+    }
+
+
 def diff(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
     """Peers and routes added, removed or changed per node since the last applied plan. A node that was
     not there is listed in `nodesAdded` only: every peer and route of it is new."""
@@ -199,10 +235,26 @@ def diff(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, 
     }
     # Nodes of a full mesh share their peer lists (see plan_json): compare each pair of lists once.
     peer_changes: dict[tuple[int, int], dict[str, Any]] = {}
+    # A node's VXLAN routes are its overlay's members: compare each overlay once, each node then
+    # takes its overlay's change (less its own entry, which an existing node keeps).
+    overlays_b, overlays_a = (previous or {}).get("overlays", {}), current.get("overlays", {})
+    overlay_changes = {
+        name: _overlay_change(overlays_b.get(name, []), overlays_a.get(name, []))
+        for name in set(overlays_b) | set(overlays_a)
+    }
     for name in sorted(cur_nodes):
         before, after = prev_nodes.get(name), cur_nodes[name]
-        if before is None or before == after:
-            continue  # an added node is in nodesAdded (all its peers and routes are new); equal: nothing
+        if before is None:
+            continue  # an added node is in nodesAdded (all its peers and routes are new)
+        ov_b = (before.get("vxlan") or {}).get("overlay")
+        ov_a = (after.get("vxlan") or {}).get("overlay")
+        overlay = _overlay_change([], []) if ov_a is None and ov_b is None else None
+        if ov_b == ov_a and ov_a is not None:
+            overlay = overlay_changes[ov_a]
+        elif overlay is None:  # the node moved to another overlay (or gained or lost its VXLAN)
+            overlay = _overlay_change(overlays_b.get(ov_b or "", []), overlays_a.get(ov_a or "", []))
+        if before == after and not any(overlay.values()):
+            continue
         list_b = ((before or {}).get("tunnel") or {}).get("peers", _NO_PEERS)
         list_a = (after.get("tunnel") or {}).get("peers", _NO_PEERS)
         peers = peer_changes.get((id(list_b), id(list_a)))
@@ -210,11 +262,14 @@ def diff(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, 
             peers = peer_changes[id(list_b), id(list_a)] = _peer_change(list_b, list_a)
         routes_b = {r["dst"]: r for r in (before or {}).get("routes", [])}
         routes_a = {r["dst"]: r for r in after.get("routes", [])}
+        own = {before.get("podCIDR"), after.get("podCIDR")}
         change = {
             **peers,
-            "routesAdded": sorted(set(routes_a) - set(routes_b)),
-            "routesRemoved": sorted(set(routes_b) - set(routes_a)),
-            "routesChanged": sorted(k for k in set(routes_a) & set(routes_b) if routes_a[k] != routes_b[k]),
+            "routesAdded": sorted((set(routes_a) - set(routes_b)) | (overlay["added"] - own)),
+            "routesRemoved": sorted((set(routes_b) - set(routes_a)) | (overlay["removed"] - own)),
+            "routesChanged": sorted(
+                {k for k in set(routes_a) & set(routes_b) if routes_a[k] != routes_b[k]} | (overlay["changed"] - own)
+            ),
         }
         if any(change.values()):
             out["nodes"][name] = {k: (dict(v) if k == "peersChanged" else v) for k, v in change.items()}

@@ -55,7 +55,7 @@ def _pod(plan: Plan, ref: str) -> PodPlan:
 
 def _route(node: NodePlan, dst: IPv4Address) -> Route | None:
     best = None
-    for r in node.routes:
+    for r in node.all_routes():
         if dst in r.dst and (best is None or r.dst.prefixlen > best.dst.prefixlen):
             best = r
     return best

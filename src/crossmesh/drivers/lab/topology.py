@@ -290,8 +290,10 @@ def build(
             )
             addrs.append((vx_if, IPv4Interface(f"{n.pod_cidr.network_address}/32")))
             for v in n.vxlan.neighbours:
+                if v.node == n.name:
+                    continue  # the overlay's list holds this node too
                 neigh.append(Neighbour(vx_if, v.pod_cidr.network_address, v.mac, v.address))
-        for r in n.routes:
+        for r in n.all_routes():
             if r.via is RouteVia.WIREGUARD:
                 if not agent_routes:
                     routes.append(Route(r.dst, wg_if))
