@@ -133,14 +133,22 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
 
 
 def _print_datapath(clusters: list[dict[str, Any]]) -> None:
-    """Who routes, encapsulates and encrypts each kind of pod pair, and its MTU (plan/datapath.py)."""
-    t = _table("Datapath", "cluster", "pair", "path", "encrypted", "MTU", "arithmetic")
+    """Who routes, encapsulates and encrypts each kind of pod pair, and its MTU (plan/datapath.py).
+    Clusters with the same datapath share their rows (500 clusters are a few rows, not 2,500)."""
+    groups: dict[str, list[str]] = {}
+    datapaths: dict[str, dict[str, Any]] = {}
     for c in clusters:
-        d = c["datapath"]
+        key = json.dumps(c["datapath"], sort_keys=True)
+        groups.setdefault(key, []).append(c["name"])
+        datapaths[key] = c["datapath"]
+    t = _table("Datapath", "clusters", "pair", "path", "encrypted", "MTU", "arithmetic")
+    for key, names in groups.items():
+        d = datapaths[key]
+        who = ", ".join(names) if len(names) <= 3 else f"{names[0]} … {names[-1]} ({len(names)} clusters)"
         for k in d["pairs"]:
             mtu = k["mtu"]
             t.add_row(
-                c["name"],
+                who,
                 k["class"],
                 k["path"] if k["connected"] else f"not connected: {k['note']}",
                 k["encryption"],
@@ -150,7 +158,7 @@ def _print_datapath(clusters: list[dict[str, Any]]) -> None:
         pinned = "pinned by the rendered files" if d["podCIDRsPinned"] else "allocated by the cluster (not pinned)"
         u = d["underlayMTU"]
         t.add_row(
-            c["name"],
+            who,
             "underlay",
             f"{d['mode']} {d['encapsulation']}; node pod CIDRs {pinned}",
             "",

@@ -282,7 +282,7 @@ class _Planner:
             mtu = self.underlay(node, cluster, tunnel.mtu if tunnel else None, routes)
             low = self.underlays.get(cluster)
             if low is None or mtu.value < low.value:
-                self.underlays[cluster] = Mtu(mtu.value, f"{mtu.arithmetic} (node {node.name})")
+                self.underlays[cluster] = mtu
         pod_mtu = {
             c: Mtu(
                 u.value - VXLAN_OVERHEAD, f"{u.value} underlay − {VXLAN_OVERHEAD} VXLAN = {u.value - VXLAN_OVERHEAD}"
