@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
 
 from crossmesh.model.plan import NodePlan, Plan
+from crossmesh.plan import peers as peer_rule
 from crossmesh.state.keys import is_valid_key
 
 _IP = TypeVar("_IP", IPv4Address, IPv4Network)
@@ -359,19 +360,19 @@ class _Intervals:
 
 
 def desired_peers(own: NodeRecord, records: dict[str, NodeRecord], keepalive: int) -> list[DesiredPeer]:
-    """Full mesh: every node of every other site, except where both ends are behind NAT."""
+    """Full mesh, by the planner's own rule (plan/peers.py)."""
     out = []
     for name, rec in sorted(records.items()):
-        if rec.site == own.site or (own.natted and rec.natted):
+        if not peer_rule.is_peer(own.site, own.natted, rec.site, rec.natted):
             continue
+        allowed = peer_rule.allowed_ips(IPv4Address(rec.tunnel_address), IPv4Address(rec.address))
         out.append(
             DesiredPeer(
                 node=name,
                 public_key=rec.public_key,
                 endpoint=rec.endpoint,
-                # never the pod CIDR: pods travel in the CNI's VXLAN between node addresses (plan/datapath.py)
-                allowed_ips=(f"{rec.tunnel_address}/32", f"{rec.address}/32"),
-                keepalive=keepalive if own.natted else 0,
+                allowed_ips=tuple(str(a) for a in allowed),
+                keepalive=peer_rule.keepalive(own.natted, keepalive),
             )
         )
     return out

@@ -46,6 +46,7 @@ from crossmesh.model.plan import (
     VxlanNeighbour,
 )
 from crossmesh.plan import datapath, workloads
+from crossmesh.plan import peers as peer_rule
 
 # A node before its tunnel and VXLAN are made: (node, cluster, peers, routes of the topology).
 Draft = tuple[Node, str, tuple[Peer, ...], tuple[Route, ...]]
@@ -113,7 +114,7 @@ class _Planner:
                 public_key=self.keys[node.name],
                 endpoint=(node.public_address, self.port) if node.public_address is not None else None,
                 allowed_ips=allowed,
-                persistent_keepalive=self.keepalive if keepalive else 0,
+                persistent_keepalive=peer_rule.keepalive(keepalive, self.keepalive),
                 standby=standby,
             )
         return p
@@ -164,8 +165,8 @@ class _Planner:
     # topologies ---------------------------------------------------------------------------
     def full_mesh(self) -> list[Draft]:
         allowed: dict[str, tuple[IPv4Network, ...]] = {
-            n.name: (_host(self.tunnel_addr(n.name)), _host(n.address)) for n, _ in self.nodes
-        }  # never a pod CIDR: pods travel in the CNI's VXLAN between node addresses (README, "Datapath")
+            n.name: peer_rule.allowed_ips(self.tunnel_addr(n.name), n.address) for n, _ in self.nodes
+        }
         towards = {
             name: tuple(self.route(a, RouteVia.WIREGUARD, None, name) for a in nets) for name, nets in allowed.items()
         }
@@ -181,7 +182,7 @@ class _Planner:
                 peers = tuple(
                     self.peer(other, allowed[other.name], keepalive=natted, standby=False)
                     for other, _ in self.nodes
-                    if other.site != node.site and not (natted and other.public_address is None)
+                    if peer_rule.is_peer(node.site, natted, other.site, other.public_address is None)
                 )
                 group = groups[node.site, natted] = (peers, tuple(r for p in peers for r in towards[p.node]))
             out.append((node, cluster, *group))
