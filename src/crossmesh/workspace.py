@@ -84,6 +84,9 @@ def _unenforced_policies(mesh: Mesh, manifests: dict[str, list[Manifest]]) -> li
     ]
 
 
+NO_KEY_YET = "(made at the first plan or render)"
+
+
 def compile_mesh(
     path: Path,
     state_dir: Path | None = None,
@@ -92,9 +95,11 @@ def compile_mesh(
     overlay: dict[str, Any] | None = None,
     placements: dict[str, str] | None = None,
     only_key: str | None = None,
+    dry_run: bool = False,
 ) -> Compiled:
     """Validated plan of the mesh; raises SpecError with every problem when the file is wrong.
 
+    `dry_run`: write nothing; a node without a key yet shows NO_KEY_YET as its public key.
     `only_key` is the node this host is (`crossmesh agent`): only its key is made or read, and the
     plan's peers carry no public keys — on a node, those come from the peers' agents (each node
     holds only its own private key)."""
@@ -105,7 +110,9 @@ def compile_mesh(
         raise SpecError(errors)
     alloc, _ = allocate(loaded.mesh, store.load_allocations(), loaded.doc)
     nodes = [n.name for c in loaded.mesh.spec.clusters for n in c.nodes]
-    if only_key is not None:
+    if dry_run:  # nothing written: allocations in memory, keys only where they exist already
+        keys = dict.fromkeys(nodes, NO_KEY_YET) | store.known_public_keys(nodes)
+    elif only_key is not None:
         if persist:
             store.save_allocations(alloc)
         keys = dict.fromkeys(nodes, "") | (store.ensure_keys([only_key]) if only_key in nodes else {})

@@ -64,14 +64,18 @@ def plan(
     output: Output = OUTPUT_OPTION,
     state: Path | None = STATE_OPTION,
     node: list[str] = typer.Option([], "--node", help="show only these nodes (repeatable)"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="write nothing: allocations in memory, keys only where they exist already"
+    ),
 ) -> None:
     """Show allocations and the desired network (tunnels, peers, routes, MTU) and what changed since the
     last `render` or `lab up`.
 
     Allocations and keys are created in the state directory on first use, so that
-    the plan shown is the plan that will be applied.
+    the plan shown is the plan that will be applied; `--dry-run` writes nothing (a node without a key
+    yet shows no public key).
     """
-    compiled = compile_mesh(mesh, state)
+    compiled = compile_mesh(mesh, state, persist=not dry_run, dry_run=dry_run)
     data = serialize.plan_json(compiled.plan)
     change = serialize.diff(compiled.store.load_applied_plan(), data)
     if output is Output.JSON:

@@ -87,6 +87,18 @@ class StateStore:
         with self._existing(KEYS) as fd:
             return {n: wgkeys.public_key(self._existing_key(fd, n)) for n in sorted(nodes)}
 
+    def known_public_keys(self, nodes: list[str]) -> dict[str, str]:
+        """The public keys of the nodes that have a key already; creates nothing."""
+        out = {}
+        with self._existing(KEYS) as fd:
+            if fd is None:
+                return {}
+            for n in sorted(nodes):
+                text = self._read_key(fd, n)
+                if text is not None:
+                    out[n] = wgkeys.public_key(text)
+        return out
+
     def private_key(self, node: str) -> str:
         with self._existing(KEYS) as fd:
             return self._existing_key(fd, node)
