@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
-from crossmesh.drivers.files import write_tree
+from crossmesh.drivers.files import diff_tree, write_tree
 from crossmesh.model.mesh import Mesh
 from crossmesh.plan import serialize
+from crossmesh.render.files import RenderedFile
 from crossmesh.workspace import check, compile_mesh, rendered
 
 MESH_ARG = typer.Argument(..., help="the mesh file (apiVersion: crossmesh.io/v1alpha1, kind: Mesh)", show_default=False)
@@ -283,17 +285,25 @@ def render(
     mesh: Path = MESH_ARG,
     output_dir: Path = typer.Option(..., "-o", "--output-dir", help="directory to write into"),
     state: Path | None = STATE_OPTION,
+    diff: bool = typer.Option(
+        False, "--diff", help="write nothing: show what would be added, changed and removed (exit 1 if anything)"
+    ),
 ) -> None:
-    """Write deployable files: per node a wg-quick file (and Talos documents), per cluster Cilium Helm
-    values and the manifests as they would be applied.
+    """Write deployable files: per node a wg-quick file or Talos documents, per cluster Cilium Helm
+    values, distribution configuration and the manifests as they would be applied.
 
     Files holding a private key are written 0600 (their folder 0700) whatever the umask. Rendering
     twice gives identical bytes; files this command wrote before and no longer produces are
     removed. The output folder may be a link (it is followed, as `cp` does); a link or a file
-    where the tree needs a folder inside it is refused before anything is written.
+    where the tree needs a folder inside it is refused before anything is written. `--diff` writes
+    nothing to the folder (allocations and keys are made in the state on first use, as `plan` does)
+    and exits 1 when the folder differs, as `kubectl diff` does; files holding a key are named, never shown.
     """
     compiled = compile_mesh(mesh, state)
     files = rendered(compiled)
+    if diff:
+        _print_tree_diff(output_dir, files)
+        return
     warnings = write_tree(output_dir, files)
     for warning in warnings[:SHOWN_WARNINGS]:
         err.print(f"warning: {warning}", markup=False)
@@ -303,6 +313,31 @@ def render(
     del files  # 1,000 nodes render to ~160 MB of text (twice that in memory): free it before the snapshot
     compiled.store.save_applied_plan(serialize.plan_json(compiled.plan))
     out.print(f"wrote {count} files to {output_dir} ({secrets} hold a private key, mode 0600)", markup=False)
+
+
+def _print_tree_diff(output_dir: Path, files: dict[str, RenderedFile]) -> None:
+    change = diff_tree(output_dir, files)
+    for rel in change.added:
+        out.print(f"+ {rel}", markup=False, highlight=False)
+    for rel, now, mode in change.changed:
+        if mode is not None:
+            out.print(f"~ {rel} (mode {mode})", markup=False, highlight=False)
+        elif files[rel].secret:
+            out.print(f"~ {rel} (holds a private key: content not shown)", markup=False, highlight=False)
+        else:
+            out.print(f"~ {rel}", markup=False, highlight=False)
+            lines = difflib.unified_diff(
+                now.splitlines(keepends=True), files[rel].content.splitlines(keepends=True), rel, rel, n=1
+            )
+            out.print("".join(lines).rstrip("\n"), markup=False, highlight=False)
+    for rel in change.removed:
+        out.print(f"- {rel}", markup=False, highlight=False)
+    if change.empty:
+        out.print(f"{output_dir} is up to date: {len(files)} files", markup=False)
+        return
+    n = (len(change.added), len(change.changed), len(change.removed))
+    out.print(f"{n[0]} to add, {n[1]} to change, {n[2]} to remove in {output_dir}", markup=False)
+    raise typer.Exit(1)
 
 
 @friendly

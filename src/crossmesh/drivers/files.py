@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from crossmesh.errors import UnsafePath
@@ -152,3 +153,53 @@ def _remove(top: int, out: Path, rel: str, warnings: list[str]) -> None:
         os.unlink(parts[-1], dir_fd=fd)  # removes the name: never follows anything
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class TreeDiff:
+    added: list[str]
+    changed: list[tuple[str, str, str | None]]  # path, what is there now, its mode when only that differs
+    removed: list[str]  # listed by the last render and no longer produced
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.changed or self.removed)
+
+
+def diff_tree(output_dir: Path, files: dict[str, RenderedFile]) -> TreeDiff:
+    """What `write_tree(output_dir, files)` would change, reading the folder as write_tree would
+    (nothing followed inside it, UnsafePath where it would refuse) and writing nothing."""
+    if not output_dir.exists():
+        return TreeDiff(sorted(files), [], [])
+    top = disk.open_dir(output_dir, output_dir)  # the named folder is followed, as write_tree does
+    try:
+        refusals = _refusals(top, output_dir, files, _folder_modes(files))
+        if refusals:
+            raise UnsafePath("\n".join(refusals))
+        added: list[str] = []
+        changed: list[tuple[str, str, str | None]] = []
+        for rel, f in sorted(files.items()):
+            parent, _, name = rel.rpartition("/")
+            try:
+                fd = _open_folder(top, output_dir, parent, None)
+            except FileNotFoundError:
+                added.append(rel)
+                continue
+            try:
+                got = disk.read_at(fd, name, output_dir / rel, limit=max(len(f.content.encode()) * 2, 1 << 20))
+            finally:
+                os.close(fd)
+            if got is None:
+                added.append(rel)
+                continue
+            data, st = got
+            mode = stat.S_IMODE(st.st_mode)
+            if data != f.content.encode():
+                changed.append((rel, data.decode("utf-8", "replace"), None))
+            elif mode != f.mode:
+                changed.append((rel, "", f"{mode:04o} → {f.mode:04o}"))
+        warnings: list[str] = []
+        removed = sorted(p for p in _previous(top, output_dir, warnings) - set(files))
+        return TreeDiff(added, changed, removed)
+    finally:
+        os.close(top)
