@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -11,6 +12,12 @@ import typer
 from crossmesh.cli.common import friendly
 from crossmesh.errors import UsageError
 from crossmesh.workspace import compile_mesh
+
+
+def require_agent_extra() -> None:
+    """The agent's etcd client is an extra (`crossmesh[agent]`): name it when it is missing."""
+    if importlib.util.find_spec("aetcd") is None:
+        raise UsageError("the agent needs its etcd client, which is not installed — pip install 'crossmesh[agent]'")
 
 
 @friendly
@@ -38,6 +45,7 @@ def agent(
 
     The private key stays in the node's state directory; etcd gets public keys only.
     """
+    require_agent_extra()
     from crossmesh.agent import config as agent_config  # the agent's stack (gRPC, netlink) loads only when it runs
     from crossmesh.agent import records
     from crossmesh.agent.daemon import Agent

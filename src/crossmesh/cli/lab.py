@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from crossmesh.cli.agent import require_agent_extra
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import netns, topology, wireguard
@@ -51,6 +52,8 @@ def up(
 ) -> None:
     """Build the mesh on this host and return when every tunnel has completed a handshake and every pod
     answers. Running it again changes only what differs from the plan."""
+    if agents:
+        require_agent_extra()  # before anything is built
     started = time.monotonic()
     result = labs.up(
         mesh,
