@@ -32,3 +32,18 @@ def test_version_refuses_an_unknown_format() -> None:
 def test_python_dash_m() -> None:
     done = subprocess.run([sys.executable, "-m", "crossmesh", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == f"crossmesh {__version__}", done.stderr
+
+
+def test_every_machine_output_is_also_yaml() -> None:
+    """`-o yaml` gives the same data as `-o json` (issue 17: formats as the ecosystem expects)."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from crossmesh.cli.main import app
+
+    as_json = CliRunner().invoke(app, ["version", "-o", "json"])
+    as_yaml = CliRunner().invoke(app, ["version", "-o", "yaml"])
+    assert as_json.exit_code == as_yaml.exit_code == 0
+    assert yaml.safe_load(as_yaml.output) == json.loads(as_json.output)

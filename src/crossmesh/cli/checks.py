@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from crossmesh.checks import results, suite
-from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.errors import CrossmeshError, UsageError
 from crossmesh.workspace import rendered
@@ -58,8 +58,8 @@ def test(
     report = results.report(checks)
     if junit is not None:
         junit.write_text(results.junit(checks, f"crossmesh.{compiled.plan.mesh}"))
-    if output is Output.JSON:
-        emit_json(report)
+    if output is not Output.TABLE:
+        emit(report, output)
     else:
         out.print(f"[bold]crossmesh test {escape(compiled.plan.mesh)}[/bold]")
         for c in checks:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from crossmesh.errors import CrossmeshError, EnvironmentProblem, SpecError, StateError, UnsafePath, UsageError
+from crossmesh.render.files import yaml_dump
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -28,9 +29,18 @@ R = TypeVar("R")
 class Output(StrEnum):
     TABLE = "table"
     JSON = "json"
+    YAML = "yaml"
 
 
-OUTPUT_OPTION = typer.Option(Output.TABLE, "-o", "--output", help="table for people, json for tools")
+OUTPUT_OPTION = typer.Option(Output.TABLE, "-o", "--output", help="table for people; json or yaml for tools")
+
+
+def emit(data: Any, output: Output) -> None:
+    """Machine output: JSON (streamed, see emit_json) or the same data as YAML (sorted keys)."""
+    if output is Output.YAML:
+        sys.stdout.write(yaml_dump(data))
+    else:
+        emit_json(data)
 
 
 def emit_json(data: Any) -> None:

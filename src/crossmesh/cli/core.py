@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
 from crossmesh.drivers.files import diff_tree, write_tree
 from crossmesh.model.mesh import Mesh
 from crossmesh.plan import serialize
@@ -41,8 +41,8 @@ def validate(mesh: Path = MESH_ARG, output: Output = OUTPUT_OPTION, state: Path 
 
     loaded, problems = check(mesh, StateStore.beside(mesh, state))
     errors = [p for p in problems if p.severity == "error"]
-    if output is Output.JSON:
-        emit_json({"valid": not errors, "problems": [p.as_json() for p in problems]})
+    if output is not Output.TABLE:
+        emit({"valid": not errors, "problems": [p.as_json() for p in problems]}, output)
     else:
         for p in problems:
             err.print(str(p), markup=False)
@@ -80,8 +80,8 @@ def plan(
     compiled = compile_mesh(mesh, state, persist=not dry_run, dry_run=dry_run)
     data = serialize.plan_json(compiled.plan)
     change = serialize.diff(compiled.store.load_applied_plan(), data)
-    if output is Output.JSON:
-        emit_json({"plan": data, "diff": change})
+    if output is not Output.TABLE:
+        emit({"plan": data, "diff": change}, output)
         return
     _print_plan(data, change, set(node))
 

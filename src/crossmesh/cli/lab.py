@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from crossmesh.cli.agent import require_agent_extra
-from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, err, friendly, out
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import netns, topology, wireguard
 from crossmesh.errors import SpecError, UsageError
@@ -65,8 +65,8 @@ def up(
         progress=_progress(started),
     )
     total = time.monotonic() - started
-    if output is Output.JSON:
-        emit_json({"tag": result.state.tag, "changes": result.changes, "seconds": result.seconds, "total": total})
+    if output is not Output.TABLE:
+        emit({"tag": result.state.tag, "changes": result.changes, "seconds": result.seconds, "total": total}, output)
         return
     s = result.state
     out.print(
@@ -109,8 +109,8 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
     ]
     agents_rows, members = _control_plane(state)
     sites = _sites(state)
-    if output is Output.JSON:
-        emit_json(
+    if output is not Output.TABLE:
+        emit(
             {
                 "lab": state.mesh_name,
                 "tag": state.tag,
@@ -122,7 +122,8 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 "agents": agents_rows,
                 "etcd": members,
                 "sites": sites,
-            }
+            },
+            output,
         )
         return
     out.print(f"lab [bold]{state.mesh_name}[/bold] (cm-{state.tag}) from {escape(str(state.mesh))}: {state.status}")
@@ -352,8 +353,8 @@ def _site_fault(mesh: Path | None, output: Output, site: str, *, cut: bool) -> N
 
     state = labs.find_lab(mesh)
     changes = faults.cut_site(state, site) if cut else faults.heal_site(state, site)
-    if output is Output.JSON:
-        emit_json({"site": site, "cut": cut, "changes": changes})
+    if output is not Output.TABLE:
+        emit({"site": site, "cut": cut, "changes": changes}, output)
         return
     for line in changes:
         out.print(line, markup=False)

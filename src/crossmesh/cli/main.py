@@ -7,6 +7,7 @@ import typer
 from crossmesh import __version__
 from crossmesh.cli import agent as agent_cli
 from crossmesh.cli import checks, core, lab, policy, trace
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit
 
 app = typer.Typer(
     name="crossmesh",
@@ -26,23 +27,16 @@ app.command("agent")(agent_cli.agent)
 
 
 @app.command("version")
-def version_cmd(
-    output: str = typer.Option("table", "-o", "--output", help="table or json"),
-) -> None:
+def version_cmd(output: Output = OUTPUT_OPTION) -> None:
     """Print crossmesh's version and the upstream versions it renders for (Cilium, Talos, MCS API)."""
-    import json
-
     from crossmesh.targets import TARGETS
 
-    if output == "json":
-        typer.echo(json.dumps({"crossmesh": __version__, "targets": TARGETS}, indent=2))
-    elif output == "table":
-        typer.echo(f"crossmesh {__version__}")
-        for name, version in TARGETS.items():
-            typer.echo(f"  {name:<10} {version}")
-    else:
-        typer.echo(f"error: -o {output!r}: use table or json", err=True)
-        raise typer.Exit(2)
+    if output is not Output.TABLE:
+        emit({"crossmesh": __version__, "targets": TARGETS}, output)
+        return
+    typer.echo(f"crossmesh {__version__}")
+    for name, version in TARGETS.items():
+        typer.echo(f"  {name:<10} {version}")
 
 
 @app.callback(invoke_without_command=True)

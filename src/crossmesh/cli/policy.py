@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, friendly, out
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, friendly, out
 from crossmesh.errors import UsageError
 from crossmesh.model.plan import Plan, ServicePlan
 from crossmesh.policy.endpoints import mesh_index, world_endpoint
@@ -103,8 +103,8 @@ def trace(  # noqa: PLR0913 - the command's options
             }
             for ep, p, v in verdicts
         ]
-    if output is Output.JSON:
-        emit_json(data)
+    if output is not Output.TABLE:
+        emit(data, output)
     else:
         _print(index, src, dst, verdicts, number, proto, request)
     if not first.allowed:

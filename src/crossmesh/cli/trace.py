@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from crossmesh.checks import probes
 from crossmesh.checks.results import Result
-from crossmesh.cli.common import OUTPUT_OPTION, Output, emit_json, friendly, out
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import tracing
 from crossmesh.errors import UsageError
@@ -62,8 +62,8 @@ def trace(
         }
         for i, h in enumerate(planned.hops)
     ]
-    if output is Output.JSON:
-        emit_json(
+    if output is not Output.TABLE:
+        emit(
             {
                 "from": source,
                 "to": target,
@@ -72,7 +72,8 @@ def trace(
                 "destination": str(planned.destination),
                 "hops": hops,
                 "probe": answer_detail,
-            }
+            },
+            output,
         )
         return
     out.print(f"[bold]{escape(source)} → {escape(target)} {number}/{proto}[/bold] (backend {escape(planned.backend)})")
