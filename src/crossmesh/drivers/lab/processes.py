@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not)."""
     if pid <= 0:
         return False
     try:
@@ -23,6 +24,7 @@ def alive(pid: int) -> bool:
 
 
 def stop_group(pid: int) -> None:
+    """SIGTERM to the process group of `pid` (a process the lab started in a new session), SIGKILL after 2 s."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:

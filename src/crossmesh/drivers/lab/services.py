@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crossmesh.drivers.lab import dns, reconcile, servicenat, servicesd, topology
+from crossmesh.drivers.lab import dns, reconcile, servicenat, servicesd
 from crossmesh.drivers.lab.processes import alive, stop_group
 from crossmesh.drivers.lab.state import LabError, LabState
 from crossmesh.drivers.lab.topology import LabTopology
@@ -29,7 +29,7 @@ def plan_services_view(plan: Plan) -> list[Any]:
     ]
 
 
-def resolv_conf(plan: Plan, topo: topology.LabTopology) -> dict[str, str]:
+def resolv_conf(plan: Plan, topo: LabTopology) -> dict[str, str]:
     """/etc/netns/<pod namespace>/resolv.conf for every pod: the node's address as resolver."""
     out = {}
     for ep in topo.pods:
