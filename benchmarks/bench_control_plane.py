@@ -156,7 +156,7 @@ def converged(lab: Lab, nodes: tuple[str, ...] = NODES, sites: dict[str, str] | 
     st = state(lab.tag)
     for node in nodes:
         s = labs.agent_status(st, node)
-        if not labs._alive(int(s.get("pid", 0))) or not s.get("etcd"):
+        if not labs.alive(int(s.get("pid", 0))) or not s.get("etcd"):
             return False
         want = sorted(public_key(st, n) for n in nodes if n != node and (sites is None or sites[n] != sites[node]))
         if sorted(peers(ifname(st, node))) != want:

@@ -84,7 +84,7 @@ def converged(lab: Lab) -> bool:
     st = state(lab.tag)
     for node in NODES:
         status = labs.agent_status(st, node)
-        if not labs._alive(int(status.get("pid", 0))) or not status.get("etcd") or status.get("peers") != 2:
+        if not labs.alive(int(status.get("pid", 0))) or not status.get("etcd") or status.get("peers") != 2:
             return False
         want = sorted(public_key(st, n) for n in NODES if n != node)
         if sorted(peers(ifname(st, node))) != want:
@@ -189,7 +189,7 @@ def test_agent_killed(lab: Lab) -> None:
         s = labs.agent_status(st, node)
         return (
             s.get("pid") != old["pid"]
-            and labs._alive(int(s.get("pid", 0)))
+            and labs.alive(int(s.get("pid", 0)))
             and bool(s.get("etcd"))
             and s.get("lastReconcile", 0) > old["updated"]
         )
@@ -215,7 +215,7 @@ def test_one_etcd_member_killed(lab: Lab) -> None:
     used = labs.agent_status(st, NODES[0])["etcd"]
     member = next(m for m in etcd.members(lab.tag) if m.endpoint == used)
     pid = st.etcd_pids[member.name]
-    assert labs._alive(pid)
+    assert labs.alive(pid)
     # Watch peers and traffic throughout: nothing may blink.
     try:
         os.kill(pid, signal.SIGKILL)

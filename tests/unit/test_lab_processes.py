@@ -30,6 +30,6 @@ def fake_devices() -> Iterator[dict[str, int]]:
 
 
 def test_wireguard_pids_match_the_exact_device(fake_devices: dict[str, int]) -> None:
-    assert labs._wireguard_pids("cm-zq9x-g5") == [fake_devices["cm-zq9x-g5"]]
-    assert labs._wireguard_pids("cm-zq9x-g50") == [fake_devices["cm-zq9x-g50"]]
-    assert labs._wireguard_pids("cm-zq9x-g") == []
+    assert labs.wireguard_pids("cm-zq9x-g5") == [fake_devices["cm-zq9x-g5"]]
+    assert labs.wireguard_pids("cm-zq9x-g50") == [fake_devices["cm-zq9x-g50"]]
+    assert labs.wireguard_pids("cm-zq9x-g") == []

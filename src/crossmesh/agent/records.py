@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from crossmesh.model.plan import NodePlan, Plan
 from crossmesh.plan import peers as peer_rule
+from crossmesh.render.etcd import records_prefix
 from crossmesh.state.keys import is_valid_key
 
 _IP = TypeVar("_IP", IPv4Address, IPv4Network)
@@ -182,7 +183,7 @@ BOUND_FIELDS = ("cluster", "site", "address", "pod_cidr", "tunnel_address", "lis
 
 def prefix(mesh: str) -> str:
     """The etcd prefix under which the nodes of mesh `mesh` publish their records (key: prefix + node)."""
-    return f"/crossmesh/{mesh}/nodes/"
+    return records_prefix(mesh)
 
 
 def unsupported(plan: Plan) -> str | None:

@@ -13,8 +13,9 @@ from rich.table import Table
 
 from crossmesh.cli.agent import require_agent_extra
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
+from crossmesh.drivers import etcd
+from crossmesh.drivers.lab import faults, netns, topology, wireguard
 from crossmesh.drivers.lab import lab as labs
-from crossmesh.drivers.lab import netns, topology, wireguard
 from crossmesh.errors import SpecError, UsageError
 from crossmesh.load.mesh import load_mesh_model
 
@@ -100,7 +101,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 }
             )
     nodes: list[dict[str, Any]] = [
-        {"node": n, "namespace": ns, "up": netns.exists(ns), "workload": labs._alive(state.workloads.get(n, 0))}
+        {"node": n, "namespace": ns, "up": netns.exists(ns), "workload": labs.alive(state.workloads.get(n, 0))}
         for n, ns in sorted(state.nodes.items())
     ]
     wg: list[dict[str, Any]] = [
@@ -187,8 +188,6 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
 def _sites(state: labs.LabState) -> list[dict[str, Any]]:
     """Each site's router and its link to the internet as the kernel has it (`up`, `down`, `half`:
     one end down, `missing`), and whether `lab cut-site` cut it."""
-    from crossmesh.drivers.lab import faults
-
     return [
         {"site": s, "namespace": ns, "uplink": faults.uplink_state(state, s), "cut": s in state.cut_sites}
         for s, ns in sorted(state.sites.items())
@@ -199,8 +198,6 @@ def _control_plane(state: labs.LabState) -> tuple[list[dict[str, Any]], list[dic
     """Each agent's health, lease age, last reconcile and its duration; etcd member health."""
     if state.control_plane != "etcd":
         return [], []
-    from crossmesh.drivers import etcd
-
     now = time.time()
     rows = []
     for n in sorted(d["node"] for d in state.wireguard.values()):
@@ -208,7 +205,7 @@ def _control_plane(state: labs.LabState) -> tuple[list[dict[str, Any]], list[dic
         rows.append(
             {
                 "node": n,
-                "running": labs._alive(int(st.get("pid", 0))),
+                "running": labs.alive(int(st.get("pid", 0))),
                 "etcd": st.get("etcd"),
                 "leaseAge": round(now - st["leaseRefreshed"], 1) if st.get("leaseRefreshed") else None,
                 "lastReconcileAge": round(now - st["lastReconcile"], 1) if st.get("lastReconcile") else None,
@@ -349,8 +346,6 @@ def heal_site(site: str = SITE_ARGUMENT, mesh: Path | None = MESH_OPTION, output
 
 
 def _site_fault(mesh: Path | None, output: Output, site: str, *, cut: bool) -> None:
-    from crossmesh.drivers.lab import faults
-
     state = labs.find_lab(mesh)
     changes = faults.cut_site(state, site) if cut else faults.heal_site(state, site)
     if output is not Output.TABLE:

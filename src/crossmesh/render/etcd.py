@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import shlex
 
-from crossmesh.agent import records
 from crossmesh.model.plan import Plan
+
+
+def records_prefix(mesh: str) -> str:
+    """The etcd prefix under which the nodes of mesh `mesh` publish their records (key: prefix + node):
+    what the roles below grant, and where the agents (agent/records.py) read and write."""
+    return f"/crossmesh/{mesh}/nodes/"
 
 
 def rbac_script(plan: Plan) -> str | None:
     nodes = [n.name for n in plan.nodes if n.tunnel is not None]
     if not nodes:
         return None
-    prefix = records.prefix(plan.mesh)
+    prefix = records_prefix(plan.mesh)
     lines = [
         "#!/bin/sh",
         f"# crossmesh {plan.mesh}: etcd permissions for the agents. etcd knows a client by its certificate's",

@@ -22,7 +22,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from crossmesh.drivers.lab import netns, reconcile, wireguard
-from crossmesh.drivers.lab.lab import LabState, topology_of
+from crossmesh.drivers.lab.desired import topology_of
+from crossmesh.drivers.lab.state import LabState
 from crossmesh.drivers.lab.topology import LabTopology, Namespace
 from crossmesh.errors import UsageError
 

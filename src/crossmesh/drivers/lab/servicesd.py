@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 
-from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import netns, reconcile, servicenat, topology
+from crossmesh.drivers.lab.control_plane import agent_dir, agent_running, start_agent
+from crossmesh.drivers.lab.desired import policy_index, topology_of
 from crossmesh.drivers.lab.dns import dns_answer, dns_records, headless_records, ready
+from crossmesh.drivers.lab.state import LabState
 from crossmesh.model.plan import Plan
 from crossmesh.policy.compile import L7_PROXY_PORT
 from crossmesh.policy.endpoints import world_endpoint
@@ -65,9 +67,9 @@ class Backend:
 
 
 class Daemon:
-    def __init__(self, state: labs.LabState) -> None:
+    def __init__(self, state: LabState) -> None:
         self.state = state
-        self.compiled, self.topo = labs.topology_of(state)
+        self.compiled, self.topo = topology_of(state)
         self.plan: Plan = self.compiled.plan
         self.health = self.plan.health
         self.lock = threading.Lock()
@@ -85,7 +87,7 @@ class Daemon:
                         )
         self.dns = dns_records(self.plan)
         self.headless = headless_records(self.plan)
-        self.policy = labs.policy_index(self.compiled)
+        self.policy = policy_index(self.compiled)
         self.started_agents: dict[str, float] = {}
 
     # --- DNS -------------------------------------------------------------------------------
@@ -278,7 +280,7 @@ class Daemon:
 
     def supervise_agents(self) -> None:
         """Restart a node agent that died — unless `lab crash-node` stopped it on purpose."""
-        directory = labs.agent_dir(self.state)
+        directory = agent_dir(self.state)
         if not directory.is_dir():
             return
         now = time.monotonic()
@@ -293,26 +295,10 @@ class Daemon:
                 age = time.time() - cfg.stat().st_mtime
             except FileNotFoundError:
                 continue  # the node is being removed
-            if age > 3 and not labs.agent_running(self.state, node):
-                labs.start_agent(self.state, node)
+            if age > 3 and not agent_running(self.state, node):
+                start_agent(self.state, node)
                 self.started_agents[node] = now
                 print(f"agent of {node} was not running: restarted", flush=True)
-
-
-def resolv_conf(plan: Plan, topo: topology.LabTopology) -> dict[str, str]:
-    """/etc/netns/<pod namespace>/resolv.conf for every pod: the node's address as resolver."""
-    out = {}
-    for ep in topo.pods:
-        node = plan.node(ep.pod.node)
-        server = node.pod_cidr.network_address + 1
-        ns = ep.pod.namespace
-        out[ep.namespace] = (
-            f"# crossmesh lab: pod {ep.pod.ref}\n"
-            f"nameserver {server}\n"
-            f"search {ns}.svc.cluster.local svc.cluster.local cluster.local\n"
-            "options ndots:5 timeout:1 attempts:2\n"
-        )
-    return out
 
 
 def main(argv: list[str]) -> int:
@@ -320,7 +306,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m crossmesh.drivers.lab.servicesd LAB_DIR", file=sys.stderr)
         return 2
     tag = Path(argv[0]).name.removeprefix("cm-")
-    state = labs.LabState.load(tag)
+    state = LabState.load(tag)
     if state is None:
         print(f"no lab state in {argv[0]}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crossmesh.drivers.lab import netns
-from crossmesh.state.keys import is_valid_key
+from crossmesh.state.keys import is_valid_key, public_key
 
 SOCKET_DIR = Path("/var/run/wireguard")
 
@@ -217,8 +217,6 @@ def _b64(key_hex: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _public_key(private_b64: str) -> str:
-    from crossmesh.state.keys import public_key
-
     return public_key(private_b64)
 
 

@@ -1,0 +1,239 @@
+"""The lab's control plane: a 3-member etcd on loopback and one agent per node (their
+configurations, status files and the mesh intent they are held to); crashing a node and
+rotating keys through the agents."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from crossmesh.agent import config as agent_configs
+from crossmesh.agent import records
+from crossmesh.drivers import etcd
+from crossmesh.drivers.lab import wireguard
+from crossmesh.drivers.lab.processes import alive, stop_group, wireguard_pids
+from crossmesh.drivers.lab.state import LabError, LabState
+from crossmesh.drivers.lab.topology import LabTopology
+from crossmesh.errors import UsageError
+from crossmesh.state.store import StateStore
+from crossmesh.workspace import Compiled
+
+
+def start_etcd(state: LabState) -> list[str]:
+    changes = []
+    for m in etcd.members(state.tag):
+        if etcd.healthy(m) or alive(state.etcd_pids.get(m.name, 0)):
+            continue
+        state.etcd_pids[m.name] = etcd.start_member(state.dir, state.tag, m)
+        changes.append(f"etcd member {m.name} started on 127.0.0.1:{m.client}")
+    state.save()
+    etcd.wait_healthy(state.tag)
+    return changes
+
+
+def agent_dir(state: LabState) -> Path:
+    return state.dir / "agents"
+
+
+def agent_status(state: LabState, node: str) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((agent_dir(state) / f"{node}.status.json").read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_name: str) -> dict[str, Any]:
+    dev = next(d for d in topo.wireguard if d.node == node_name)
+    return agent_configs.build(
+        compiled,
+        node_name,
+        namespace=dev.namespace,
+        ifname=dev.ifname,
+        etcd=etcd.endpoints(state.tag),
+        ttl=state.lease_ttl,
+        status=agent_dir(state) / f"{node_name}.status.json",
+        wireguard_log=state.dir / "logs" / f"{dev.ifname}.log",
+        intent_path=intent_path(state),
+    )
+
+
+def intent_path(state: LabState) -> Path:
+    return state.dir / "intent.json"
+
+
+def _write_intent(state: LabState, compiled: Compiled) -> None:
+    """What the mesh (with its membership changes) plans for every node, for the agents to hold
+    records to. Written before any agent starts or learns of a joining node; replaced at once."""
+    path = intent_path(state)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(records.encode_intent(records.intent_of(compiled.plan)))
+    tmp.replace(path)
+
+
+def agent_running(state: LabState, node: str) -> bool:
+    """Whether an agent runs for `node`: its pid is alive or it holds the node's agent lock
+    (taken at start, before it has written any status)."""
+    if alive(int(agent_status(state, node).get("pid", 0))):
+        return True
+    try:
+        fd = os.open(agent_dir(state) / f"{node}.status.lock", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return False
+
+
+def start_agent(state: LabState, node: str, *, await_device: float = 0.0) -> int:
+    cfg = agent_dir(state) / f"{node}.json"
+    log = state.dir / "logs" / f"agent-{node}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crossmesh.agent.daemon", str(cfg), *([str(await_device)] if await_device else [])],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def start_joining_agents(
+    state: LabState, topo: LabTopology, compiled: Compiled, joining: frozenset[str]
+) -> dict[str, int]:
+    """Start the agents of nodes that join now, before their namespaces are built: an agent takes
+    about half a second to start, as long as the build of a node, and waits for its device."""
+    directory = agent_dir(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_intent(state, compiled)
+    started = {}
+    for dev in topo.wireguard:
+        path = directory / f"{dev.node}.json"
+        if dev.node not in joining or path.exists() or agent_running(state, dev.node):
+            continue
+        path.write_text(json.dumps(agent_config(state, topo, compiled, dev.node), indent=1, sort_keys=True))
+        started[dev.node] = start_agent(state, dev.node, await_device=10.0)
+    return started
+
+
+def start_agents(state: LabState, topo: LabTopology, compiled: Compiled, early: dict[str, int]) -> list[str]:
+    changes = [f"agent for node {node} started" for node in early]
+    directory = agent_dir(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    crashed = directory / "crashed"
+    for dev in topo.wireguard:
+        (crashed / dev.node).unlink(missing_ok=True)  # `up` brings crashed nodes back
+        if alive(early.get(dev.node, 0)):
+            continue
+        cfg = agent_config(state, topo, compiled, dev.node)
+        path = directory / f"{dev.node}.json"
+        text = json.dumps(cfg, indent=1, sort_keys=True)
+        pid = int(agent_status(state, dev.node).get("pid", 0))
+        if alive(pid) and path.exists() and _same_agent_config(path.read_text(), cfg):
+            if path.read_text() != text:
+                path.write_text(text)  # a rotated key: the running agent has it already
+            continue
+        if alive(pid):
+            stop_group(pid)
+        path.write_text(text)
+        start_agent(state, dev.node)
+        changes.append(f"agent for node {dev.node} started")
+    return changes
+
+
+def _same_agent_config(text: str, cfg: dict[str, Any]) -> bool:
+    """Whether a running agent's configuration differs from `cfg` in nothing but the public key,
+    which the agent reads from the node's key file (it changes with `rotate-keys`): no restart,
+    which would withdraw the node from its peers for a moment."""
+    try:
+        old = json.loads(text)
+        return {**old, "record": {**old["record"], "public_key": ""}} == {
+            **cfg,
+            "record": {**cfg["record"], "public_key": ""},
+        }
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def crash_node(state: LabState, node: str) -> list[str]:
+    """Kill a node's agent and wireguard-go without any cleanup, as a crash would."""
+    if node not in state.nodes:
+        raise UsageError(f"no node {node} in lab {state.mesh_name}")
+    if state.control_plane != "etcd":
+        raise UsageError("crash-node needs the control plane: bring the lab up with `crossmesh lab up --agents`")
+    crashed = agent_dir(state) / "crashed"
+    crashed.mkdir(parents=True, exist_ok=True)
+    (crashed / node).touch()
+    done = []
+    pid = int(agent_status(state, node).get("pid", 0))
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        done.append(f"agent {pid} killed")
+    for ifname, entry in state.wireguard.items():
+        if entry["node"] == node:
+            for wpid in wireguard_pids(ifname):
+                os.kill(wpid, signal.SIGKILL)
+                done.append(f"wireguard-go {wpid} killed")
+    return done
+
+
+def rotate_keys(state: LabState, nodes: list[str]) -> dict[str, str]:
+    """Ask the agents of `nodes` for a new key, one node after the other; returns node → the new
+    public key once every peer has it and has completed a handshake with it. One at a time, so
+    the two ends of a tunnel never change keys at the same moment (their agents can handle it,
+    at the cost of a deferred handshake)."""
+    if state.control_plane != "etcd":
+        raise UsageError("rotate-keys needs the control plane: bring the lab up with `crossmesh lab up --agents`")
+    store = StateStore(Path(state.state_dir))
+    for n in nodes:
+        if not alive(int(agent_status(state, n).get("pid", 0))):
+            raise LabError(f"the agent of node {n} is not running")
+    deadline = time.monotonic() + 30 * len(nodes)
+    keys: dict[str, str] = {}
+    for n in nodes:
+        old = store.public_keys([n])[n]
+        # The devices that have the node as peer now must have its new key, with a handshake.
+        holders = [dev for dev, peers in _device_peers(state).items() if old in peers]
+        before = int(agent_status(state, n).get("keyVersion", 0))
+        os.kill(int(agent_status(state, n).get("pid", 0)), signal.SIGUSR1)
+        while int(agent_status(state, n).get("keyVersion", 0)) <= before:
+            if time.monotonic() > deadline:
+                raise LabError(f"the agent of node {n} did not rotate its key")
+            time.sleep(0.01)
+        keys[n] = store.public_keys([n])[n]
+        while True:
+            peers = _device_peers(state)
+            waiting = [
+                dev
+                for dev in holders
+                if old in peers.get(dev, {}) or peers.get(dev, {}).get(keys[n], (0, 0, 0, None))[0] == 0
+            ]
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                raise LabError(f"no handshake with the new key of {n} on {', '.join(waiting[:10])}")
+            time.sleep(0.01)
+    return keys
+
+
+def _device_peers(state: LabState) -> dict[str, dict[str, tuple[int, int, int, str | None]]]:
+    """Each running WireGuard device of the lab → its peers' (latest handshake, rx, tx, endpoint)."""
+    out = {}
+    for ifname in state.wireguard:
+        text = wireguard.dump(ifname)
+        if text:
+            out[ifname] = wireguard.parse_dump(text)[1]
+    return out

@@ -1,0 +1,49 @@
+"""What a running lab is to be: its compiled mesh and its topology, as `up`, the service
+daemon and the faults read them, and the digest of a namespace's spec."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from crossmesh.drivers.lab import topology
+from crossmesh.drivers.lab.state import LAB_ROOT, LabState
+from crossmesh.drivers.lab.topology import LabTopology, Namespace
+from crossmesh.policy.endpoints import mesh_index
+from crossmesh.policy.evaluator import PolicyIndex
+from crossmesh.workspace import Compiled, compile_mesh
+
+
+def namespace_digest(spec: Namespace) -> str:
+    """What a namespace is to be brought to, as a digest (specs are frozen dataclasses of
+    strings, numbers and addresses: their repr is stable)."""
+    return hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
+
+
+def policy_index(compiled: Compiled) -> PolicyIndex:
+    """The policies of every cluster, read as `policy trace` reads them, for the data plane."""
+    return mesh_index(compiled.plan, compiled.loaded.manifests)
+
+
+def unhealthy_backends(tag: str) -> frozenset[str]:
+    """Backends the running service daemon found dead, so that `up` keeps its tables."""
+    try:
+        data = json.loads((LAB_ROOT / f"cm-{tag}" / "health.json").read_text())
+    except (OSError, ValueError):
+        return frozenset()
+    return frozenset(k for k, b in data.get("backends", {}).items() if not b.get("healthy", True))
+
+
+def topology_of(state: LabState) -> tuple[Compiled, LabTopology]:
+    compiled = compile_mesh(
+        Path(state.mesh), Path(state.state_dir), persist=False, overlay=state.overlay, placements=state.placements
+    )
+    return compiled, topology.build(
+        compiled.plan,
+        state.tag,
+        unhealthy_backends(state.tag),
+        policy_index(compiled),
+        agent_routes=state.control_plane == "etcd",
+        indices=state.indices or None,
+    )

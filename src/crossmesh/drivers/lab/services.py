@@ -1,0 +1,93 @@
+"""Starting the service daemon (servicesd.py) from `up`: the pods' resolv.conf, and a
+(re)start when the services, the policies or the daemon's own code changed."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from crossmesh.drivers.lab import dns, reconcile, servicenat, servicesd
+from crossmesh.drivers.lab.processes import alive, stop_group
+from crossmesh.drivers.lab.state import LabError, LabState
+from crossmesh.drivers.lab.topology import LabTopology
+from crossmesh.model.plan import Plan
+from crossmesh.plan.serialize import plan_json
+
+
+def plan_services_view(plan: Plan) -> list[Any]:
+    """What the service daemon depends on: services, their backends and ClusterIPs, pods, nodes."""
+    data = plan_json(plan)
+    return [
+        [c["name"], c["services"], [(p["ref"], p["address"], p["node"]) for p in c["pods"]], c["nodes"]]
+        for c in data["clusters"]
+    ]
+
+
+def resolv_conf(plan: Plan, topo: LabTopology) -> dict[str, str]:
+    """/etc/netns/<pod namespace>/resolv.conf for every pod: the node's address as resolver."""
+    out = {}
+    for ep in topo.pods:
+        node = plan.node(ep.pod.node)
+        server = node.pod_cidr.network_address + 1
+        ns = ep.pod.namespace
+        out[ep.namespace] = (
+            f"# crossmesh lab: pod {ep.pod.ref}\n"
+            f"nameserver {server}\n"
+            f"search {ns}.svc.cluster.local svc.cluster.local cluster.local\n"
+            "options ndots:5 timeout:1 attempts:2\n"
+        )
+    return out
+
+
+def start_services(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[str, list[Any]]) -> list[str]:
+    # The daemon rewrites node tables with its own reading of the policies: a new one restarts it.
+    policies = sorted(json.dumps(m.raw, sort_keys=True) for ms in manifests.values() for m in ms)
+
+    changes = []
+    for ns, text in resolv_conf(plan, topo).items():
+        path = Path("/etc/netns") / ns / "resolv.conf"
+        if path.exists() and path.read_text() == text:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        changes.append(f"{ns}: resolv.conf")
+    # A new daemon (its names and its tables included) restarts it too.
+    code = hashlib.sha256(
+        b"".join(Path(f).read_bytes() for f in (servicesd.__file__, dns.__file__, servicenat.__file__))
+    ).hexdigest()
+    digest = reconcile.nft_digest(
+        json.dumps(
+            [plan_services_view(plan), dataclasses.asdict(plan.health), code, policies], sort_keys=True, default=str
+        )
+    )
+    if alive(state.services_pid) and state.services_digest == digest:
+        return changes
+    if alive(state.services_pid):
+        stop_group(state.services_pid)
+        changes.append("service daemon stopped (the services changed)")
+    log = state.dir / "logs" / "servicesd.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crossmesh.drivers.lab.servicesd", str(state.dir)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    state.services_pid = proc.pid
+    state.services_digest = digest
+    state.save()
+    deadline = time.monotonic() + 10
+    while not (state.dir / "health.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"the service daemon did not start; see {log}")
+        time.sleep(0.02)
+    changes.append("service daemon started")
+    return changes
