@@ -73,9 +73,11 @@ def mtu(ctx: Context) -> list[Planned]:
     clusters = {c.name: c for c in ctx.plan.clusters}
     seen: set[tuple[str, str]] = set()  # (cluster, class) probed once, except cross-site: every node pair
     missed: dict[tuple[str, str], str] = {}  # (cluster, class) with a node pair but no pod pair to probe
+    tried: set[tuple[str, str]] = set()  # (cluster, class) of some node pair that runs pods
     for a in sorted(by_node):
         for b in sorted(by_node):
             kind = node_pair_class(nodes[a], nodes[b])
+            tried.add((nodes[a].cluster, kind))
             if not datapath.connects(clusters[nodes[a].cluster], clusters[nodes[b].cluster]):
                 # pod-to-pod checks these pairs time out; there is no path whose MTU to measure
                 skips.add(f"{kind}: the plan's datapath does not connect these clusters", f"{a} -> {b}")
@@ -115,6 +117,10 @@ def mtu(ctx: Context) -> list[Planned]:
     for (cluster, kind), case in missed.items():
         if (cluster, kind) not in seen:
             skips.add(f"{kind}: no pod pair with a UDP port the policies let through", case)
+    for c in ctx.plan.clusters:  # a class the plan states, and no two nodes of it run pods
+        for k in c.datapath.classes if c.datapath else ():
+            if k.connected and (c.name, k.name) not in seen | set(missed) | tried:
+                skips.add(f"{k.name}: no node pair of this class runs pods", f"cluster {c.name}")
     return out + skips.planned()
 
 
