@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from crossmesh.checks.framework import Context, Planned, Skips, register
 from crossmesh.checks.results import Check, Result
 from crossmesh.drivers.lab import netns, wireguard
 from crossmesh.drivers.lab.topology import LabTopology
@@ -64,7 +65,18 @@ def compare_tunnel(rendered: readback.RenderedTunnel, dump: str | None, live: Li
     return out
 
 
-def tunnel_checks(plan: Plan, topo: LabTopology, files: Mapping[str, Any]) -> list[tuple[Check, Any]]:
+@register(10)
+def fidelity_checks(ctx: Context) -> list[Planned]:
+    """Every tunnel node and every Cilium cluster against the rendered files."""
+    skips = Skips("fidelity")
+    if ctx.files is None:
+        skips.add("no rendered files to compare with", ctx.plan.mesh)
+        return skips.planned()
+    out = tunnel_checks(ctx.plan, ctx.topo, ctx.files) + pod_mtu_checks(ctx.plan, ctx.topo, ctx.files, skips)
+    return out + skips.planned()
+
+
+def tunnel_checks(plan: Plan, topo: LabTopology, files: Mapping[str, Any]) -> list[Planned]:
     out = []
     for dev in topo.wireguard:
         rendered = readback.node_tunnel(files, dev.node)
@@ -87,16 +99,20 @@ def tunnel_checks(plan: Plan, topo: LabTopology, files: Mapping[str, Any]) -> li
                 f"{len(rendered.peers)} peers, MTU {rendered.mtu}, {len(rendered.routes)} routes: as rendered"
             )
 
-        out.append((check, run))
+        out.append(Planned(check, run))
     return out
 
 
-def pod_mtu_checks(plan: Plan, topo: LabTopology, files: Mapping[str, Any]) -> list[tuple[Check, Any]]:
+def pod_mtu_checks(
+    plan: Plan, topo: LabTopology, files: Mapping[str, Any], skips: Skips | None = None
+) -> list[Planned]:
     """Every pod interface and VXLAN device of a cluster has the pod MTU Cilium derives from its values."""
     out = []
     for cluster in plan.clusters:
         rendered = readback.cluster_datapath(files, cluster.name)
         if rendered is None:
+            if skips is not None:
+                skips.add(f"pod MTU of a {cluster.cni} cluster: no Cilium values state it", cluster.name)
             continue
         check = Check(
             name=f"fidelity/pod-mtu: cluster {cluster.name} = {rendered.pod_mtu} from {rendered.source}",
@@ -131,5 +147,5 @@ def pod_mtu_checks(plan: Plan, topo: LabTopology, files: Mapping[str, Any]) -> l
                 else f"every pod and VXLAN device at {rendered.pod_mtu}"
             )
 
-        out.append((check, run))
+        out.append(Planned(check, run))
     return out

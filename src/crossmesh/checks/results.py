@@ -38,7 +38,13 @@ class Check:
 
     @property
     def passed(self) -> bool:
+        """As expected; a skipped check (expected and actual `skipped`) passes: it never fails a run."""
         return self.actual == self.expected
+
+    @property
+    def skipped(self) -> bool:
+        """A case the builder could not check, planned as such with its reason in `detail`."""
+        return self.expected is Result.SKIPPED
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -50,13 +56,19 @@ class Check:
             "expected": self.expected.value,
             "actual": self.actual.value,
             "passed": self.passed,
+            "skipped": self.skipped,
             "detail": self.detail,
         }
 
 
 def report(checks: list[Check]) -> dict[str, Any]:
-    passed = sum(1 for c in checks if c.passed)
-    return {"checks": [c.as_json() for c in checks], "summary": {"passed": passed, "failed": len(checks) - passed}}
+    """Every check and the counts: `passed` and `failed` count the checks that ran, `skipped` the others."""
+    skipped = sum(1 for c in checks if c.skipped)
+    failed = sum(1 for c in checks if not c.passed)
+    return {
+        "checks": [c.as_json() for c in checks],
+        "summary": {"passed": len(checks) - skipped - failed, "failed": failed, "skipped": skipped},
+    }
 
 
 def junit(checks: list[Check], suite: str) -> str:
@@ -68,11 +80,14 @@ def junit(checks: list[Check], suite: str) -> str:
         name=suite,
         tests=str(len(checks)),
         failures=str(failed),
+        skipped=str(sum(1 for c in checks if c.skipped)),
         time=f"{sum(c.seconds for c in checks):.3f}",
     )
     for c in checks:
         tc = ET.SubElement(ts, "testcase", classname=f"{suite}.{c.kind}", name=c.name, time=f"{c.seconds:.3f}")
-        if not c.passed:
+        if c.skipped:
+            ET.SubElement(tc, "skipped", message=c.detail)
+        elif not c.passed:
             f = ET.SubElement(tc, "failure", message=f"expected {c.expected.value}, got {c.actual.value}")
             f.text = c.detail
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

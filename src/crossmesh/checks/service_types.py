@@ -15,11 +15,9 @@ the node's address — the backend's ingress.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from crossmesh.checks import probes
+from crossmesh.checks.framework import CHECK_PATH, Context, Planned, Runner, Skips, register
 from crossmesh.checks.results import Check, Result
-from crossmesh.checks.suite import CHECK_PATH, Context
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab.servicenat import backend_key
 from crossmesh.model.plan import NodePlan, PodPlan
@@ -27,8 +25,6 @@ from crossmesh.policy.endpoints import node_endpoint, pod_endpoint, world_endpoi
 from crossmesh.policy.evaluator import evaluate
 from crossmesh.policy.model import Endpoint, EndpointKind, HttpRequest
 from crossmesh.services.backends import Backend, backend_sets
-
-Runner = Callable[[Check], None]
 
 
 def _passes(ctx: Context, src: Endpoint, dst: Endpoint, port: int, protocol: str) -> bool:
@@ -49,9 +45,11 @@ def _clear(ctx: Context, src: Endpoint, node: NodePlan, node_port: int, tier: tu
     )
 
 
-def node_ports(ctx: Context) -> list[tuple[Check, Runner]]:
+@register(40)
+def node_ports(ctx: Context) -> list[Planned]:
     plan = ctx.plan
-    out: list[tuple[Check, Runner]] = []
+    out: list[Planned] = []
+    skips = Skips("nodeport")
     for cluster in plan.clusters:
         nodes = [plan.node(n) for n in sorted(cluster.nodes)]
         pods = sorted(cluster.pods, key=lambda p: p.ref)
@@ -59,7 +57,11 @@ def node_ports(ctx: Context) -> list[tuple[Check, Runner]]:
             for bs in backend_sets(plan, svc):
                 node_port = svc.node_port(bs.port, bs.protocol)
                 tier = next((t for t in bs.tiers if t), ())
-                if node_port is None or not tier or bs.protocol not in ("TCP", "UDP"):
+                if node_port is None:
+                    continue  # not a NodePort / LoadBalancer port
+                if not tier or bs.protocol not in ("TCP", "UDP"):
+                    why = "no backend pod" if not tier else f"{bs.protocol} node port: the probes speak TCP and UDP"
+                    skips.add(why, f"{svc.ref} {node_port}/{bs.protocol}")
                     continue
                 for i, node in enumerate(nodes):
                     origins: list[tuple[str, str, str, Endpoint]] = []  # (label, who, namespace, policy source)
@@ -83,6 +85,10 @@ def node_ports(ctx: Context) -> list[tuple[Check, Runner]]:
                     )
                     for label, who, ns, source in origins:
                         if not _clear(ctx, source, node, node_port, tier, bs.protocol):
+                            skips.add(
+                                "a policy on the way decides this flow (the policy checks cover policies)",
+                                f"{label}: {who} -> {node.name}:{node_port} for {svc.ref}",
+                            )
                             continue
                         kind = "http" if bs.protocol == "TCP" else "udp"
                         check = Check(
@@ -95,8 +101,8 @@ def node_ports(ctx: Context) -> list[tuple[Check, Runner]]:
                             expected=Result.OK,
                             extra={"node": node.name, "nodePort": node_port},
                         )
-                        out.append((check, _runner(ns, str(node.address), node_port, bs.protocol, tier)))
-    return out
+                        out.append(Planned(check, _runner(ns, str(node.address), node_port, bs.protocol, tier)))
+    return out + skips.planned()
 
 
 def _pod_endpoint(ctx: Context, pod: PodPlan) -> Endpoint:
@@ -132,14 +138,19 @@ def _runner(ns: str, ip: str, port: int, protocol: str, tier: tuple[Backend, ...
     return run
 
 
-def headless(ctx: Context) -> list[tuple[Check, Runner]]:
+@register(50)
+def headless(ctx: Context) -> list[Planned]:
     """From one pod of the cluster per headless Service: the name answers the ready pods."""
     plan = ctx.plan
-    out: list[tuple[Check, Runner]] = []
+    out: list[Planned] = []
+    skips = Skips("headless")
     for cluster in plan.clusters:
         pods = sorted(cluster.pods, key=lambda p: p.ref)
         for svc in cluster.services:
-            if svc.cluster_ip is not None or not pods:
+            if svc.cluster_ip is not None:
+                continue
+            if not pods:
+                skips.add("no pod in the cluster to ask its resolver", svc.ref)
                 continue
             client = pods[0]
             server = str(plan.node(client.node).pod_cidr.network_address + 1)  # the pod's resolver
@@ -158,8 +169,8 @@ def headless(ctx: Context) -> list[tuple[Check, Runner]]:
                 port="53/UDP",
                 expected=Result.OK,
             )
-            out.append((check, _dns_runner(ctx.ep(client).namespace, server, name, own, ctx.state)))
-    return out
+            out.append(Planned(check, _dns_runner(ctx.ep(client).namespace, server, name, own, ctx.state)))
+    return out + skips.planned()
 
 
 def _dns_runner(

@@ -13,9 +13,9 @@ before it ends, so any one of them runs alone and leaves the lab as it found it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from crossmesh.checks import probes
+from crossmesh.checks.framework import Context, Planned, Runner, Skips, register
 from crossmesh.checks.results import Check, Result
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import servicenat
@@ -27,8 +27,6 @@ SAMPLE = 12
 FAILOVER_TIMEOUT = 15.0
 POLL = 0.05
 
-Runner = Callable[[Check], None]
-
 
 def _ask(ns: str, ip: str, port: int) -> str | None:
     result, answer, _ = probes.http(ns, ip, port, path="/crossmesh-service-check", timeout=1.0)
@@ -37,21 +35,25 @@ def _ask(ns: str, ip: str, port: int) -> str | None:
     return f"{answer['cluster']}/{answer['namespace']}/{answer['pod']}"
 
 
-def build(ctx: object, state: labs.LabState) -> list[tuple[Check, Runner]]:
-    from crossmesh.checks.suite import Context
-
-    assert isinstance(ctx, Context)  # noqa: S101 - typing aid for a circular import
+@register(130)
+def services(ctx: Context) -> list[Planned]:
+    """From one client per global backend set: spread, affinity, shared, failover and return."""
     plan = ctx.plan
     pods = list(plan.pods())
+    by_ref = {p.ref: p for p in pods}
     out: list[tuple[Check, Runner]] = []
+    skips = Skips("service")
     for cluster in plan.clusters:
         for svc in cluster.services:
             if svc.cluster_ip is None:
                 continue  # headless: no VIP to spread, prefer or fail over; its name answers every ready pod
             for bs in backend_sets(plan, svc):
-                if bs.protocol != "TCP" or not bs.all:
+                if bs.protocol != "TCP":
+                    skips.add(f"{bs.protocol} service port: the checks ask over HTTP", f"{svc.ref} {bs.port}")
                     continue
-                by_ref = {p.ref: p for p in pods}
+                if not bs.all:
+                    skips.add("no backend pod", f"{svc.ref} {bs.port}")
+                    continue
                 client = next(
                     (
                         c
@@ -63,10 +65,14 @@ def build(ctx: object, state: labs.LabState) -> list[tuple[Check, Runner]]:
                     None,
                 )
                 if client is None:
-                    continue  # no client the policies let reach every backend: the checks would be a coin toss
-                ns = ctx.ep(client).namespace
-                out += _checks(svc, bs, client, ns, state)
-    return out
+                    # the answers would be a coin toss between allowed and dropped backends
+                    skips.add("no client the policies let reach every backend", f"{svc.ref} {bs.port}")
+                    continue
+                if ctx.state is None:
+                    skips.add("no running lab to stage failures in", f"{svc.ref} {bs.port}")
+                    continue
+                out += _checks(svc, bs, client, ctx.ep(client).namespace, ctx.state)
+    return [Planned(c, r) for c, r in out] + skips.planned()
 
 
 def _checks(

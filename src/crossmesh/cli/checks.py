@@ -49,7 +49,7 @@ def test(
     def progress(c: results.Check) -> None:
         done[0] += 1
         if output is Output.TABLE:
-            mark = "[green]✓[/green]" if c.passed else "[red]✗[/red]"
+            mark = _mark(c)
             err.print(
                 f"[dim]{done[0]:4d}/{len(planned)}[/dim] {mark} {escape(c.name)}", markup=True
             ) if err.is_terminal else None
@@ -63,14 +63,23 @@ def test(
     else:
         out.print(f"[bold]crossmesh test {escape(compiled.plan.mesh)}[/bold]")
         for c in checks:
-            mark = "[green]✓[/green]" if c.passed else "[red]✗[/red]"
+            if c.skipped:  # the detail names the reason and the cases left out
+                out.print(f"{_mark(c)} {escape(f'{c.kind}/skipped: {c.detail}')}", markup=True, highlight=False)
+                continue
             verdict = c.actual.value if c.passed else f"expected {c.expected.value}, got {c.actual.value}"
             detail = f" — {c.detail}" if c.detail else ""
-            out.print(f"{mark} {escape(c.name)}: {escape(verdict + detail)}", markup=True, highlight=False)
+            out.print(f"{_mark(c)} {escape(c.name)}: {escape(verdict + detail)}", markup=True, highlight=False)
         s = report["summary"]
         colour = "green" if s["failed"] == 0 else "red"
         out.print(
-            f"[{colour}]{s['passed']} passed, {s['failed']} failed[/{colour}] in {time.monotonic() - started:.1f} s"
+            f"[{colour}]{s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped[/{colour}]"
+            f" in {time.monotonic() - started:.1f} s"
         )
     if report["summary"]["failed"]:
         raise typer.Exit(1)
+
+
+def _mark(c: results.Check) -> str:
+    if c.skipped:
+        return "[yellow]-[/yellow]"
+    return "[green]✓[/green]" if c.passed else "[red]✗[/red]"

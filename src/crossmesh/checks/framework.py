@@ -1,0 +1,196 @@
+"""The checks framework, apart from the scenarios (as Cilium's connectivity test): the `Context`
+builders read, a check `Planned` with its `Runner`, the builder registry, `build` and `run`.
+
+Builders are pure (plan + lab topology → `Planned` checks with expectations); `run` executes
+them in the lab's namespaces. A case a builder cannot check is not dropped in silence: `Skips`
+turns it into a skipped check whose detail says why — one per reason, not one per case.
+The scenarios live in modules by concern and register themselves here; `checks/suite.py`
+imports them all.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from crossmesh.checks import probes
+from crossmesh.checks.results import Check, Result
+from crossmesh.drivers.lab.lab import LabState
+from crossmesh.drivers.lab.topology import LabTopology, PodEndpoint
+from crossmesh.model.plan import Plan, PodPlan
+from crossmesh.plan import datapath
+from crossmesh.policy.evaluator import PolicyIndex, Reason, Verdict, evaluate
+from crossmesh.policy.model import HttpRequest
+
+DENIED_TIMEOUT = 1.5
+CHECK_PATH = "/crossmesh-check"
+# Captures and staged failures run alone, so that other checks' traffic and kills do not mix in.
+ALONE = ("encryption", "nat", "service")
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    plan: Plan
+    topo: LabTopology
+    state: LabState | None = None  # needed by checks that stage failures (kill / revive)
+    policy: PolicyIndex | None = None  # expectations of pod-to-pod flows come from the evaluator
+    files: Mapping[str, Any] | None = None  # what `render` writes for this mesh: the fidelity checks
+
+    def site_of(self, pod: PodPlan) -> str:
+        return self.plan.node(pod.node).site
+
+    def verdict(self, src: PodPlan, dst: PodPlan, port: int, protocol: str) -> Verdict | None:
+        if self.policy is None or not self.policy.policies:
+            return None
+        return evaluate(self.policy, self.policy.endpoints[src.ref], self.policy.endpoints[dst.ref], port, protocol)
+
+    def allowed(self, src: PodPlan, dst: PodPlan, port: int, protocol: str) -> bool:
+        """Whether the checks' own request gets through (for TCP: GET CHECK_PATH, HTTP rules included)."""
+        if protocol == "TCP":
+            return self.expect_http(src, dst, port) is Result.OK
+        v = self.verdict(src, dst, port, protocol)
+        return v is None or v.allowed
+
+    def expect_http(self, src: PodPlan, dst: PodPlan, port: int, method: str = "GET", path: str = "") -> Result:
+        """What an HTTP request should meet: an answer, the L7 proxy's 403, or a drop."""
+        if self.policy is None or not self.policy.policies:
+            return Result.OK
+        request = HttpRequest(method, path or CHECK_PATH, (("Host", str(dst.address)),))
+        v = evaluate(self.policy, self.policy.endpoints[src.ref], self.policy.endpoints[dst.ref], port, "TCP", request)
+        if v.allowed:
+            return Result.OK
+        sides = (v.egress, v.ingress)
+        if any(x.reason is Reason.L7_DENIED for x in sides) and all(
+            x.allowed or x.reason is Reason.L7_DENIED for x in sides
+        ):
+            return Result.FORBIDDEN
+        return Result.TIMEOUT
+
+    def connected(self, src: PodPlan, dst: PodPlan) -> bool:
+        """Whether the plan's datapath connects the two pods' clusters (plan/datapath.py)."""
+        return datapath.connects(self.plan.cluster(src.cluster), self.plan.cluster(dst.cluster))
+
+    def ep(self, pod: PodPlan) -> PodEndpoint:
+        return self.topo.pod(pod.ref)
+
+    def pods(self) -> list[PodPlan]:
+        """Every pod of the plan, by reference: the builders' stable order."""
+        return sorted(self.plan.pods(), key=lambda p: p.ref)
+
+
+Runner = Callable[[Check], None]
+
+
+@dataclass(slots=True)
+class Planned:
+    check: Check
+    run: Runner
+
+
+Builder = Callable[[Context], list[Planned]]
+
+
+def ports(pod: PodPlan, proto: str) -> list[int]:
+    return [p for p, pr, _ in pod.ports if pr == proto]
+
+
+def timeout(check: Check) -> float:
+    # A flow the policy denies is dropped: waiting for it is the cost of checking it.
+    return DENIED_TIMEOUT if check.expected is Result.TIMEOUT else probes.TIMEOUT
+
+
+def _not_run(_: Check) -> None:
+    """A skipped check has nothing to run: its result is its expectation."""
+
+
+@dataclass(slots=True)
+class Skips:
+    """The cases a builder leaves out, grouped by reason: one skipped check per reason."""
+
+    kind: str
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, case: str) -> None:
+        self.groups.setdefault(reason, []).append(case)
+
+    def planned(self) -> list[Planned]:
+        out = []
+        for reason, cases in self.groups.items():
+            more = f" (and {len(cases) - 1} more)" if len(cases) > 1 else ""
+            check = Check(
+                name=f"{self.kind}/skipped: {reason}",
+                kind=self.kind,
+                source="-",
+                target="-",
+                port="-",
+                expected=Result.SKIPPED,
+                actual=Result.SKIPPED,
+                detail=f"{reason}: {cases[0]}{more}",
+                extra={"skipped": len(cases)},
+            )
+            out.append(Planned(check, _not_run))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    builder: Builder
+    rank: int  # the order of the report: fidelity first, staged failures last
+    together: bool  # its checks share one run (a capture): selecting any of them selects all
+
+
+REGISTRY: dict[str, Registered] = {}
+
+
+def register(rank: int, *, together: bool = False) -> Callable[[Builder], Builder]:
+    def add(builder: Builder) -> Builder:
+        REGISTRY[f"{builder.__module__}.{builder.__name__}"] = Registered(builder, rank, together)
+        return builder
+
+    return add
+
+
+def builders() -> list[Registered]:
+    return sorted(REGISTRY.values(), key=lambda r: r.rank)
+
+
+def build(ctx: Context, pattern: str | None = None) -> list[Planned]:
+    rx = re.compile(pattern) if pattern else None
+    out: list[Planned] = []
+    for entry in builders():
+        items = entry.builder(ctx)
+        if rx is None:
+            out += items
+        elif entry.together:
+            if any(rx.search(p.check.name) for p in items):
+                out += items
+        else:
+            out += [p for p in items if rx.search(p.check.name)]
+    return out
+
+
+def run(planned: list[Planned], *, workers: int = 8, progress: Callable[[Check], None] | None = None) -> list[Check]:
+    parallel = [p for p in planned if p.check.kind not in ALONE]
+    serial = [p for p in planned if p.check.kind in ALONE]
+
+    def one(p: Planned) -> Check:
+        t = time.monotonic()
+        if not p.check.skipped:
+            try:
+                p.run(p.check)
+            except Exception as err:  # a probe bug must show as a failed check, not stop the run
+                p.check.actual, p.check.detail = Result.ERROR, f"{type(err).__name__}: {err}"
+        p.check.seconds = time.monotonic() - t
+        if progress:
+            progress(p.check)
+        return p.check
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, parallel))
+    for p in serial:
+        one(p)
+    return [p.check for p in planned]
