@@ -4,11 +4,11 @@ For each size (default 250, 500 and 1,000 nodes over 20 sites, every node public
 cluster per site) this generates a mesh file with gen_mesh.py and measures, each in a
 fresh subprocess, repeated (default 3 times) and reported as the median:
 
-- cold:    `crossmesh render MESH -o DIR` with an empty state directory (generates keys);
+- cold:    `crossmesh render MESH --output-dir DIR` with an empty state directory (generates keys);
 - stages:  in one process, the YAML load alone (ruamel round-trip + positions), then
            `compile_mesh` (load, validate, allocate, keys, plan: what `crossmesh plan`
            computes) and `render.tree.render` (all files in memory, nothing written);
-- cli:     `crossmesh render MESH -o DIR` with the state of a previous run (keys exist),
+- cli:     `crossmesh render MESH --output-dir DIR` with the state of a previous run (keys exist),
            end to end: interpreter start, compile, render, writing files, applied plan;
 - wg-meshconf: `wg-meshconf -d DB.csv genconfig -o DIR` on the same nodes. DB.csv is
            written directly (its `addpeer` rewrites the whole CSV per peer) with the
@@ -183,16 +183,21 @@ def bench_size(nodes: int, sites: int, repeat: int, work: Path, wg: str | None) 
         shutil.rmtree(path, ignore_errors=True)
         return path
 
-    cold = [run_child([*cm, "render", str(mesh), "--state", str(fresh("state")), "-o", str(fresh("out"))])]
+    cold = [run_child([*cm, "render", str(mesh), "--state", str(fresh("state")), "--output-dir", str(fresh("out"))])]
     for _ in range(repeat - 1):
-        cold.append(run_child([*cm, "render", str(mesh), "--state", str(fresh("state")), "-o", str(fresh("out"))]))
+        cold.append(
+            run_child([*cm, "render", str(mesh), "--state", str(fresh("state")), "--output-dir", str(fresh("out"))])
+        )
     state = base / "state"  # from the last cold run: keys and allocations exist from here on
 
     stages = []
     for _ in range(repeat):
         child = run_child([*me, "--worker", "stages", str(mesh), str(state)])
         stages.append({**json.loads(child["stdout"]), "wall_s": child["wall_s"], "peak_mb": child["peak_mb"]})
-    cli = [run_child([*cm, "render", str(mesh), "--state", str(state), "-o", str(fresh("out"))]) for _ in range(repeat)]
+    cli = [
+        run_child([*cm, "render", str(mesh), "--state", str(state), "--output-dir", str(fresh("out"))])
+        for _ in range(repeat)
+    ]
     peers_cm = count_peer_entries(base / "out", "nodes/*/*.conf")
     if peers_cm != expected or stages[0]["peer_entries"] != expected:
         raise RuntimeError(f"{nodes} nodes: expected {expected} peer entries, wrote {peers_cm}")
@@ -333,7 +338,17 @@ def main(argv: list[str] | None = None) -> int:
             nodes = max(sizes)
             mesh, state = work / "profile.yaml", work / "profile-state"
             mesh.write_text(gen_mesh.mesh_yaml(args.sites, nodes))
-            run_child([*crossmesh_cmd(), "render", str(mesh), "--state", str(state), "-o", str(work / "profile-out")])
+            run_child(
+                [
+                    *crossmesh_cmd(),
+                    "render",
+                    str(mesh),
+                    "--state",
+                    str(state),
+                    "--output-dir",
+                    str(work / "profile-out"),
+                ]
+            )
             prof = run_child(
                 [sys.executable, str(Path(__file__).resolve()), "--worker", "profile", str(mesh), str(state)]
             )

@@ -25,7 +25,7 @@ def _warm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     for args in (
         ["validate", mesh],
         ["plan", mesh],
-        ["render", mesh, "-o", str(root / "out")],
+        ["render", mesh, "--output-dir", str(root / "out")],
         ["policy", "trace", mesh, *flow],
         ["trace", mesh, *flow],
     ):

@@ -34,7 +34,7 @@ def commands(case: Case, ws: Workspace) -> list[tuple[str, tuple[str, ...]]]:
         ("validate", ("validate", mesh)),
         ("plan", ("plan", mesh, *case.args.get("plan", ()))),
         ("plan-json", ("plan", mesh, "-o", "json")),
-        ("render", ("render", mesh, *case.args.get("render", ("-o", out)))),
+        ("render", ("render", mesh, *case.args.get("render", ("--output-dir", out)))),
         ("policy-trace", ("policy", "trace", mesh, *case.args.get("policy", flow), *case.http)),
         ("trace", ("trace", mesh, *case.args.get("trace", flow))),
     ]

@@ -931,7 +931,7 @@ def arguments(full: bool) -> Iterator[Case]:
         },
         "from-newline": {"policy": ("--from", "a\nb", "--to", b.target, "--port", b.port)},
         "plan-node-markup": {"plan": ("--node", markup)},
-        "output-dir-markup": {"render": ("-o", "../out/" + markup)},
+        "output-dir-markup": {"render": ("--output-dir", "../out/" + markup)},
         "mesh-path-markup": {"mesh": ("dir" + markup + "/mesh.yaml",)},
     }
     for what, args in variants.items():

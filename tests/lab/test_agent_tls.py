@@ -138,7 +138,7 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
 
         # The permissions `render` writes: each agent writes only its own record.
         out = tmp_path / "rendered"
-        subprocess.run(["crossmesh", "render", str(mesh), "-o", str(out)], check=True, capture_output=True)
+        subprocess.run(["crossmesh", "render", str(mesh), "--output-dir", str(out)], check=True, capture_output=True)
         deadline = time.monotonic() + 20
         while etcdctl("root", "endpoint", "health").returncode != 0 and time.monotonic() < deadline:
             time.sleep(0.2)

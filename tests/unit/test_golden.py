@@ -78,7 +78,7 @@ def keep_test_pki(case: str, state: Path) -> None:
 
 def render(case: str, out: Path, state: Path) -> Path:
     result = CliRunner().invoke(
-        app, ["render", str(GOLDEN / case / "mesh.yaml"), "-o", str(out), "--state", str(state)]
+        app, ["render", str(GOLDEN / case / "mesh.yaml"), "--output-dir", str(out), "--state", str(state)]
     )
     assert result.exit_code == 0, result.output
     return out

@@ -438,7 +438,7 @@ def test_markup_in_validated_path_is_printed_literally(bracketed: Path) -> None:
 def test_markup_in_render_output_dir_is_printed_literally(bracketed: Path) -> None:
     target = bracketed.parent / "out[/x]"
 
-    code, out, err = _run("render", str(bracketed), "-o", str(target))
+    code, out, err = _run("render", str(bracketed), "--output-dir", str(target))
 
     assert code == 0, err
     assert f"to {target} (" in out

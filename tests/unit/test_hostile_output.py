@@ -32,7 +32,7 @@ def run(*args: str | Path) -> Result:
 
 
 def render(out: Path, state: Path) -> Result:
-    return run("render", MESH, "-o", out, "--state", state)
+    return run("render", MESH, "--output-dir", out, "--state", state)
 
 
 def mode(path: Path) -> int:
@@ -331,7 +331,17 @@ def test_a_planted_key_is_refused(tmp_path: Path, planted: Path, trap: str) -> N
         expected = f"{key} belongs to uid 4321, not to you (uid 0)"
     if trap == "fifo":  # in a child process with a deadline: a FIFO opened the old way blocks forever
         proc = subprocess.run(
-            [sys.executable, "-m", "crossmesh.cli.main", "render", str(MESH), "-o", str(out), "--state", str(state)],
+            [
+                sys.executable,
+                "-m",
+                "crossmesh.cli.main",
+                "render",
+                str(MESH),
+                "--output-dir",
+                str(out),
+                "--state",
+                str(state),
+            ],
             capture_output=True,
             text=True,
             timeout=60,

@@ -171,7 +171,7 @@ def test_private_keys_stay_out_of_plan_output(mesh: Path, tmp_path: Path) -> Non
 @pytest.mark.parametrize("mesh", EXAMPLES, ids=[p.parent.name for p in EXAMPLES])
 def test_private_keys_only_in_the_nodes_own_files_which_are_0600(mesh: Path, tmp_path: Path) -> None:
     state, out = tmp_path / "state", tmp_path / "out"
-    result = CliRunner().invoke(app, ["render", str(mesh), "-o", str(out), "--state", str(state)])
+    result = CliRunner().invoke(app, ["render", str(mesh), "--output-dir", str(out), "--state", str(state)])
     assert result.exit_code == 0, result.output
     secrets = private_keys(state)
     assert secrets

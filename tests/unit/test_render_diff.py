@@ -30,3 +30,19 @@ def test_render_diff_shows_changes_and_writes_nothing(tmp_path: Path) -> None:
     assert "nodes/aws-talos-1/talos.yaml (holds a private key: content not shown)" in changed.output
     assert "privateKey" not in changed.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_render_output_format_is_o_and_the_folder_is_output_dir(tmp_path: Path) -> None:
+    """`-o` is a format, as everywhere; the folder is `--output-dir` (a folder given to `-o` is refused, exit 2)."""
+    import json
+
+    shutil.copytree(ROOT / "examples" / "three-clouds", tmp_path / "m", ignore=shutil.ignore_patterns(".crossmesh"))
+    mesh, out = tmp_path / "m" / "mesh.yaml", tmp_path / "out"
+    done = CliRunner().invoke(app, ["render", str(mesh), "-d", str(out), "-o", "json"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.output)
+    assert summary["files"] == len([p for p in out.rglob("*") if p.is_file()]) - 1  # less the render's own list
+    private = [p for p in out.rglob("*") if p.is_file() and p.stat().st_mode & 0o777 == 0o600]
+    assert summary["secrets"] == len(private) == 6 and summary["warnings"] == []  # 3 talos.yaml, 3 Secrets
+    old = CliRunner().invoke(app, ["render", str(mesh), "-o", str(tmp_path / "elsewhere")])
+    assert old.exit_code == 2 and not (tmp_path / "elsewhere").exists()

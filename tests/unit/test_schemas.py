@@ -38,7 +38,7 @@ def need(path: Path) -> Path:
 def rendered_tree(name: str, tmp: Path) -> Path:
     out = tmp / name / "out"
     result = CliRunner().invoke(
-        app, ["render", str(MESHES[name]), "-o", str(out), "--state", str(tmp / name / "state")]
+        app, ["render", str(MESHES[name]), "--output-dir", str(out), "--state", str(tmp / name / "state")]
     )
     assert result.exit_code == 0, result.output
     return out

@@ -283,11 +283,12 @@ def _print_change(change: dict[str, Any], detail: bool) -> None:
 @friendly
 def render(
     mesh: Path = MESH_ARG,
-    output_dir: Path = typer.Option(..., "-o", "--output-dir", help="directory to write into"),
+    output_dir: Path = typer.Option(..., "--output-dir", "-d", help="directory to write into"),
     state: Path | None = STATE_OPTION,
     diff: bool = typer.Option(
         False, "--diff", help="write nothing: show what would be added, changed and removed (exit 1 if anything)"
     ),
+    output: Output = OUTPUT_OPTION,
 ) -> None:
     """Write deployable files: per node a wg-quick file or Talos documents, per cluster Cilium Helm
     values, distribution configuration and the manifests as they would be applied.
@@ -298,11 +299,12 @@ def render(
     where the tree needs a folder inside it is refused before anything is written. `--diff` writes
     nothing to the folder (allocations and keys are made in the state on first use, as `plan` does)
     and exits 1 when the folder differs, as `kubectl diff` does; files holding a key are named, never shown.
+    `-o` is the format of this summary, as everywhere (the folder is `--output-dir`).
     """
     compiled = compile_mesh(mesh, state)
     files = rendered(compiled)
     if diff:
-        _print_tree_diff(output_dir, files)
+        _print_tree_diff(output_dir, files, output)
         return
     warnings = write_tree(output_dir, files)
     for warning in warnings[:SHOWN_WARNINGS]:
@@ -312,11 +314,27 @@ def render(
     count, secrets = len(files), sum(1 for f in files.values() if f.secret)
     del files  # 1,000 nodes render to ~160 MB of text (twice that in memory): free it before the snapshot
     compiled.store.save_applied_plan(serialize.plan_json(compiled.plan))
+    if output is not Output.TABLE:
+        emit({"outputDir": str(output_dir), "files": count, "secrets": secrets, "warnings": warnings}, output)
+        return
     out.print(f"wrote {count} files to {output_dir} ({secrets} hold a private key, mode 0600)", markup=False)
 
 
-def _print_tree_diff(output_dir: Path, files: dict[str, RenderedFile]) -> None:
+def _print_tree_diff(output_dir: Path, files: dict[str, RenderedFile], output: Output) -> None:
     change = diff_tree(output_dir, files)
+    if output is not Output.TABLE:
+        emit(
+            {
+                "outputDir": str(output_dir),
+                "added": change.added,
+                "changed": [rel for rel, _, _ in change.changed],
+                "removed": change.removed,
+            },
+            output,
+        )
+        if not change.empty:
+            raise typer.Exit(1)
+        return
     for rel in change.added:
         out.print(f"+ {rel}", markup=False, highlight=False)
     for rel, now, mode in change.changed:
