@@ -8,7 +8,6 @@ import json
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,7 +33,7 @@ class World:
         self.intent = tmp / "intent.json"
         self.intent.write_text(records.encode_intent(records.intent_of(plan)))
 
-    def config(self, node: str) -> dict[str, Any]:
+    def config(self, node: str) -> agent_config.AgentConfig:
         return agent_config.build(
             self.compiled,
             node,
@@ -80,7 +79,7 @@ def test_a_full_read_builds_the_device_and_routes(world: World) -> None:
     # node addresses only: pods travel in the CNI's VXLAN between them (plan/datapath.py)
     assert set(peer.allowed_ips) == {f"{azure.tunnel_address}/32", f"{azure.address}/32"}
     assert len(fake.table) == 4 and set(fake.table.values()) == {"wg-fake"}
-    assert fake.up and fake.mtu == world.config(ME)["mtu"] and world.records[ME].tunnel_address in fake.addresses
+    assert fake.up and fake.mtu == world.config(ME).mtu and world.records[ME].tunnel_address in fake.addresses
     a.apply()
     assert fake.reconciles == 2 and len(fake.table) == 4  # a second apply changes nothing
 
@@ -164,3 +163,23 @@ def test_a_value_that_would_break_out_of_its_line_never_reaches_the_device() -> 
     with pytest.raises(ValueError, match="endpoint"):
         fake.reconcile(bad)
     assert fake.reconciles == 0
+
+
+def test_the_configuration_round_trips_and_a_wrong_one_is_named(world: World) -> None:
+    """The lab writes the agent's configuration as JSON and the agent process reads it back: the same
+    typed data, and a file that is not one is refused naming its field (never a KeyError deep inside)."""
+    from crossmesh.agent.config import AgentConfig, ConfigError
+
+    cfg = world.config(ME)
+    assert AgentConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    for broken, field in (
+        ({**cfg.to_json(), "ttl": "3"}, "ttl"),
+        ({**cfg.to_json(), "ttl": True}, "ttl"),
+        ({**cfg.to_json(), "etcd": "http://x"}, "etcd"),
+        ({k: v for k, v in cfg.to_json().items() if k != "node"}, "node"),
+        ({**cfg.to_json(), "intent": {}}, "intent"),  # both intent and intentPath
+    ):
+        with pytest.raises(ConfigError, match=field):
+            AgentConfig.from_json(broken)
+    with pytest.raises(ConfigError, match="record"):
+        Agent(AgentConfig.from_json({**cfg.to_json(), "record": {"nonsense": 1}}), dataplane.Fake())

@@ -31,6 +31,7 @@ from typing import Any
 import aetcd
 
 from crossmesh.agent import dataplane, etcd_client, records
+from crossmesh.agent.config import AgentConfig, ConfigError
 from crossmesh.drivers.lab import wireguard
 from crossmesh.errors import CrossmeshError
 from crossmesh.state import disk
@@ -59,18 +60,18 @@ def log(msg: str) -> None:
 
 
 class Agent:
-    def __init__(self, cfg: dict[str, Any], dp: dataplane.Dataplane | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, dp: dataplane.Dataplane | None = None) -> None:
         self.cfg = cfg
-        self.node: str = cfg["node"]
-        self.ifname: str = cfg["ifname"]
-        self.namespace: str | None = cfg.get("namespace")
-        self.prefix: bytes = cfg["prefix"].encode()
-        self.ttl: int = int(cfg.get("ttl", 3))
-        self.keepalive: int = int(cfg.get("keepalive", 25))
-        self.key_path = Path(cfg["privateKeyPath"])
+        self.node = cfg.node
+        self.ifname = cfg.ifname
+        self.namespace = cfg.namespace
+        self.prefix: bytes = cfg.prefix.encode()
+        self.ttl = cfg.ttl
+        self.keepalive = cfg.keepalive
+        self.key_path = cfg.private_key_path
         # The device, its link and the agent's routes: the kernel's, or a fake in unit tests.
-        self.dp = dp or dataplane.Kernel(self.ifname, self.namespace, Path(cfg["wireguardLog"]))
-        self.status_path = Path(cfg["status"])
+        self.dp = dp or dataplane.Kernel(self.ifname, self.namespace, cfg.wireguard_log)
+        self.status_path = cfg.status
         # The key on disk is the node's: after a rotation the configuration may still name the
         # previous public key. The device uses `private`; a rotated key waits in `pending`
         # until its public key is published, so the node is never re-keyed while peers cannot
@@ -82,14 +83,20 @@ class Agent:
         self.full_due = 0.0  # monotonic time of the next full check (see _apply)
         self.events: collections.deque[float] = collections.deque(maxlen=4)  # when the last watch events came
         self.rotated_at = -ROTATION_WINDOW
-        self.own = records.NodeRecord(**{**cfg["record"], "public_key": wgkeys.public_key(self.private)})
+        try:
+            self.own = records.NodeRecord(**{**cfg.record, "public_key": wgkeys.public_key(self.private)})
+        except TypeError as err:
+            raise ConfigError(f"agent configuration: record is not a node record ({err})") from None
         # What the mesh plans for every node: a record may change only its key and endpoint. Inline
         # (`crossmesh agent` compiles the mesh) or a file the lab rewrites on membership changes.
-        self.intent_path = Path(cfg["intentPath"]) if cfg.get("intentPath") else None
+        self.intent_path = cfg.intent_path
         self.intent_seen: tuple[int, int] | None = None
         self.intent: dict[str, records.PlannedNode] = {}
         if self.intent_path is None:
-            self.intent = {n: records.PlannedNode(**p) for n, p in cfg["intent"].items()}
+            try:
+                self.intent = {n: records.PlannedNode(**p) for n, p in (cfg.intent or {}).items()}
+            except TypeError as err:
+                raise ConfigError(f"agent configuration: intent is not the mesh's ({err})") from None
         else:
             self._reload_intent()
         why = records.bind(self.own, self.intent)
@@ -164,7 +171,7 @@ class Agent:
         return fd
 
     async def connect(self) -> aetcd.Client:
-        client, self.connected = await etcd_client.connect(self.cfg["etcd"], self.cfg.get("tls"))
+        client, self.connected = await etcd_client.connect(list(self.cfg.etcd), self.cfg.tls)
         return client
 
     async def session(self) -> None:
@@ -442,9 +449,9 @@ class Agent:
             return [f"device {self.ifname} missing"]
         out: list[str] = []
         commands: list[str] = []
-        if link.get("mtu") != self.cfg["mtu"]:
-            commands.append(f"link set dev {self.ifname} mtu {self.cfg['mtu']}")
-            out.append(f"{self.ifname} mtu {self.cfg['mtu']}")
+        if link.get("mtu") != self.cfg.mtu:
+            commands.append(f"link set dev {self.ifname} mtu {self.cfg.mtu}")
+            out.append(f"{self.ifname} mtu {self.cfg.mtu}")
         if "UP" not in link.get("flags", []):
             commands.append(f"link set dev {self.ifname} up")
             out.append(f"{self.ifname} up")
@@ -574,10 +581,9 @@ def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2):
         print("usage: python -m crossmesh.agent.daemon CONFIG.json [AWAIT_DEVICE_SECONDS]", file=sys.stderr)
         return 2
-    cfg = json.loads(Path(argv[0]).read_text())
     try:
-        agent = Agent(cfg)
-    except CrossmeshError as err:  # its key file unsafe or missing: nothing to run with
+        agent = Agent(AgentConfig.from_json(json.loads(Path(argv[0]).read_text())))
+    except (CrossmeshError, ValueError) as err:  # its configuration or key file wrong: nothing to run with
         print(f"error: {err}", file=sys.stderr)
         return 2
     asyncio.run(agent.run(await_device=float(argv[1]) if len(argv) == 2 else 0.0))

@@ -51,6 +51,7 @@ def agent_status(state: LabState, node: str) -> dict[str, Any]:
 
 
 def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_name: str) -> dict[str, Any]:
+    """The node's agent configuration as the JSON document its process reads."""
     dev = next(d for d in topo.wireguard if d.node == node_name)
     return agent_configs.build(
         compiled,
@@ -62,7 +63,7 @@ def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_na
         status=agent_dir(state) / f"{node_name}.status.json",
         wireguard_log=state.dir / "logs" / f"{dev.ifname}.log",
         intent_path=intent_path(state),
-    )
+    ).to_json()
 
 
 def intent_path(state: LabState) -> Path:
