@@ -15,7 +15,7 @@ app = typer.Typer(
     "Cilium and Talos files, and build the whole mesh for real on this Linux host (the lab).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     rich_markup_mode="rich",
 )
 core.register(app)
