@@ -17,7 +17,9 @@ from crossmesh.drivers.lab import tracing
 from crossmesh.errors import UsageError
 from crossmesh.plan.trace import Trace, TraceError
 from crossmesh.plan.trace import trace as plan_trace
-from crossmesh.workspace import compile_mesh
+from crossmesh.policy.endpoints import mesh_index
+from crossmesh.policy.evaluator import evaluate
+from crossmesh.workspace import Compiled, compile_mesh
 
 PORT_RE = re.compile(r"^(\d{1,5})/(TCP|UDP)$", re.IGNORECASE)
 
@@ -46,6 +48,7 @@ def trace(
         planned = plan_trace(plan, source, target, number, proto)
     except TraceError as err:
         raise UsageError(str(err)) from err
+    decided = _policy(compiled, planned)
     confirmations: list[str] = []
     answer_detail = ""
     running = next((lab for lab in labs.running_labs() if lab.mesh == str(mesh.resolve())), None)
@@ -71,6 +74,7 @@ def trace(
                 "backend": planned.backend,
                 "destination": str(planned.destination),
                 "hops": hops,
+                "policy": decided,
                 "probe": answer_detail,
             },
             output,
@@ -83,8 +87,45 @@ def trace(
             f"{h['step']:3d}. {mark} [cyan]{escape(str(h['at']))}[/cyan]: {escape(str(h['action']))}  "
             f"[dim]({escape(str(h['confirmed']))})[/dim]"
         )
+    for side in ("egress", "ingress"):
+        d = decided[side]
+        colour = "green" if d["allowed"] else "red"
+        out.print(
+            f"     policy at hop {d['hop']}: {side} of {escape(d['endpoint'])}: "
+            f"[{colour}]{'allowed' if d['allowed'] else 'denied'}[/{colour}] — {escape(d['reason'])}"
+        )
     if answer_detail:
         out.print(answer_detail, markup=False)
+
+
+def _policy(compiled: Compiled, planned: Trace) -> dict[str, Any]:
+    """The policy verdict of the traced flow, on the hop that decides each side: the source's egress
+    where the packet leaves its pod, the destination's ingress where it is delivered (as Cilium
+    enforces them, on the endpoints' own nodes). `policy trace` gives the rule-by-rule detail."""
+    index = mesh_index(compiled.plan, compiled.loaded.manifests)
+    verdict = evaluate(
+        index,
+        index.endpoints[planned.source],
+        index.endpoints[planned.backend],
+        planned.delivered_port or planned.port,
+        planned.protocol,
+    )
+    first, last = planned.hops[0].step, planned.hops[-1].step
+    return {
+        "verdict": verdict.verdict,
+        "egress": {
+            "hop": first,
+            "endpoint": verdict.egress.endpoint.ref,
+            "allowed": verdict.egress.allowed,
+            "reason": verdict.egress.message,
+        },
+        "ingress": {
+            "hop": last,
+            "endpoint": verdict.ingress.endpoint.ref,
+            "allowed": verdict.ingress.allowed,
+            "reason": verdict.ingress.message,
+        },
+    }
 
 
 def _confirm(
