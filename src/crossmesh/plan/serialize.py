@@ -248,10 +248,9 @@ def diff(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, 
             continue  # an added node is in nodesAdded (all its peers and routes are new)
         ov_b = (before.get("vxlan") or {}).get("overlay")
         ov_a = (after.get("vxlan") or {}).get("overlay")
-        overlay = _overlay_change([], []) if ov_a is None and ov_b is None else None
-        if ov_b == ov_a and ov_a is not None:
-            overlay = overlay_changes[ov_a]
-        elif overlay is None:  # the node moved to another overlay (or gained or lost its VXLAN)
+        if ov_b == ov_a:
+            overlay = overlay_changes[ov_a] if ov_a else _overlay_change([], [])
+        else:  # the node moved to another overlay, or gained or lost its VXLAN
             overlay = _overlay_change(overlays_b.get(ov_b or "", []), overlays_a.get(ov_a or "", []))
         if before == after and not any(overlay.values()):
             continue

@@ -142,7 +142,8 @@ def _from_wg_quick(node: str, source: str, text: str) -> RenderedTunnel:
             source=source,
             private_key=iface["PrivateKey"],
             listen_port=int(iface.get("ListenPort", "0")),
-            mtu=int(iface.get("MTU", "1420")),  # wg-quick's own default when MTU is not set
+            # crossmesh always states it; without, wg-quick takes its endpoint route's MTU − 80
+            mtu=int(iface["MTU"]),
             addresses=tuple(a.strip() for a in iface.get("Address", "").split(",") if a.strip()),
             peers=peers,
             routes=routes,
@@ -188,14 +189,15 @@ class DerivedClass:
     mtu: int  # the largest pod packet every pair of the class carries
 
 
-def _carrier(src: InventoryNode, dst: InventoryNode, inventory: list[InventoryNode], tunnels: dict[str, Any]) -> Any:
+def _carrier(src: InventoryNode, dst: InventoryNode, site_mates: list[str], routed: dict[str, Any]) -> Any:
     """The tunnel that carries packets from node `src` to node `dst`'s address: src's own when it routes
-    that address, else that of the node of src's site that does (its gateway); None when none does."""
+    that address, else that of the node of src's site that does (its gateway); None when none does.
+    `routed`: node → (its tunnel, the networks routed into it)."""
     target = ipaddress.ip_address(dst.address)
-    for n in [src, *(n for n in inventory if n.site == src.site and n.name != src.name)]:
-        t = tunnels.get(n.name)
-        if t is not None and any(target in ipaddress.ip_network(r) for r in t.routes):
-            return t
+    for name in [src.name, *(n for n in site_mates if n != src.name)]:
+        tunnel, nets = routed.get(name, (None, ()))
+        if tunnel is not None and any(target in net for net in nets):
+            return tunnel
     return None
 
 
@@ -204,6 +206,12 @@ def derive(files: Mapping[str, Any], inventory: list[InventoryNode]) -> list[Der
     from the Cilium values, the pod MTU by Cilium's rules, bounded by every WireGuard tunnel a pair's
     VXLAN packets cross (the wg-quick / Talos MTU of the node or of its site's gateway)."""
     tunnels = {n.name: node_tunnel(files, n.name) for n in inventory}
+    routed = {
+        name: (t, tuple(ipaddress.ip_network(r) for r in t.routes)) for name, t in tunnels.items() if t is not None
+    }
+    site_mates: dict[str, list[str]] = {}
+    for n in inventory:
+        site_mates.setdefault(n.site, []).append(n.name)
     datapaths = {c: cluster_datapath(files, c) for c in sorted({n.cluster for n in inventory})}
     out = []
     for cluster, dp in datapaths.items():
@@ -221,7 +229,7 @@ def derive(files: Mapping[str, Any], inventory: list[InventoryNode]) -> list[Der
                 kind = "cross-cluster" if b.cluster != cluster else "same-site" if a.site == b.site else "cross-site"
                 mtu, layers = dp.pod_mtu, cni_encrypts
                 if a.site != b.site:
-                    carrier = _carrier(a, b, inventory, tunnels)
+                    carrier = _carrier(a, b, site_mates[a.site], routed)
                     if carrier is None:
                         continue  # not connected (both behind NAT): no class member
                     mtu, layers = min(mtu, carrier.mtu - cni_overhead), layers + 1
