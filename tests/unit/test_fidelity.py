@@ -43,9 +43,20 @@ def test_every_pair_class_from_the_files_alone_is_the_plans(case: str, tmp_path:
         assert k.mtu is not None and d.mtu == k.mtu.value, (d.cluster, d.name, d.mtu, k.mtu)
         assert d.encryptions <= 1, f"{d.cluster} {d.name}: encrypted {d.encryptions} times"
         assert d.encapsulation == k.encapsulation, (d.cluster, d.name)
-        assert d.encryptions == (1 if k.encryption.startswith("wireguard") and d.name != "same-site" else 0) or (
-            d.name == "cross-cluster"
-        )
+        # Exactly one layer wherever a pair crosses sites (wg-crossmesh), none inside a site or node.
+        crosses = {
+            "same-node": False,
+            "same-site": False,
+            "cross-site": True,
+            "cross-cluster": any(
+                a.site != b.site
+                for a in plan.nodes
+                if a.cluster == d.cluster
+                for b in plan.nodes
+                if b.cluster != d.cluster and plan.cluster(b.cluster).cni == "cilium"
+            ),
+        }[d.name]
+        assert d.encryptions == int(crosses), (d.cluster, d.name, d.encryptions)
     # Every class the plan connects is made by the files too.
     for c in plan.clusters:
         assert c.datapath is not None
