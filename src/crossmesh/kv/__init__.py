@@ -1,0 +1,1 @@
+"""The control plane\x27s key-value store: a protocol, etcd behind it, and an in-memory fake."""
