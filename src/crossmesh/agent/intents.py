@@ -1,0 +1,111 @@
+"""What the operator tells each node (`intents/<node>`) and what the node's agent answers
+(`status/<node>`), as etcd holds them. Pure, and total on input: both are read from a store
+others can write, so decoding checks every field and raises IntentError, nothing else.
+
+An intent carries the node's planned record (what its own and everyone's records must agree
+with, `records.PlannedNode`), the tunnel MTU and keepalive, and the desired revision it was
+computed from; a status, the revision the node runs and whether its last apply succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from crossmesh.agent.records import PlannedNode
+
+MAX_BYTES = 4096
+
+
+class IntentError(ValueError):
+    """An intent or status that is not one; the message says which field."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIntent:
+    revision: int  # the applied (desired) revision this intent was computed from
+    node: PlannedNode
+    mtu: int
+    keepalive: int
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"revision": self.revision, "node": asdict(self.node), "mtu": self.mtu, "keepalive": self.keepalive},
+            sort_keys=True,
+        ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    revision: int  # the intent revision the node has applied (0: none yet)
+    ok: bool
+    error: str | None  # why the last apply failed, or why the node's intent is refused
+    peers: int
+    public_key: str
+    at: float  # unix time of the report
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+
+def _load(raw: bytes, what: str) -> dict[str, Any]:
+    if len(raw) > MAX_BYTES:
+        raise IntentError(f"{what}: {len(raw)} bytes, over the cap of {MAX_BYTES}")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise IntentError(f"{what}: not JSON ({str(err)[:80]})") from None
+    if not isinstance(data, dict):
+        raise IntentError(f"{what}: not a JSON object")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
+    if name not in data:
+        raise IntentError(f"{what}: missing {name}")
+    value = data[name]
+    if type(value) not in kinds:
+        raise IntentError(f"{what}: {name} is {type(value).__name__}, not {' or '.join(k.__name__ for k in kinds)}")
+    return value
+
+
+def _int(data: dict[str, Any], name: str, low: int, high: int, what: str) -> int:
+    value: int = _field(data, name, (int,), what)
+    if not low <= value <= high:
+        raise IntentError(f"{what}: {name} {value} out of range {low}..{high}")
+    return value
+
+
+def decode_intent(raw: bytes, key_node: str) -> NodeIntent:
+    """The intent stored under `intents/<key_node>`."""
+    what = f"intent of {key_node[:63]!r}"
+    data = _load(raw, what)
+    node = _field(data, "node", (dict,), what)
+    kinds = {f.name: (str,) for f in fields(PlannedNode)} | {"listen_port": (int,), "public_address": (str, type(None))}
+    unknown = sorted(set(node) - set(kinds))
+    if unknown:
+        raise IntentError(f"{what}: node has unknown field {unknown[0][:40]!r}")
+    planned = PlannedNode(**{name: _field(node, name, k, what) for name, k in kinds.items()})
+    if planned.name != key_node:
+        raise IntentError(f"{what}: names node {planned.name[:63]!r}")
+    return NodeIntent(
+        revision=_int(data, "revision", 1, 2**53, what),
+        node=planned,
+        mtu=_int(data, "mtu", 576, 9000, what),
+        keepalive=_int(data, "keepalive", 0, 65535, what),
+    )
+
+
+def decode_status(raw: bytes, key_node: str) -> NodeStatus:
+    what = f"status of {key_node[:63]!r}"
+    data = _load(raw, what)
+    error = _field(data, "error", (str, type(None)), what)
+    return NodeStatus(
+        revision=_int(data, "revision", 0, 2**53, what),
+        ok=_field(data, "ok", (bool,), what),
+        error=None if error is None else error[:500],
+        peers=_int(data, "peers", 0, 2**31, what),
+        public_key=_field(data, "public_key", (str,), what)[:64],
+        at=float(_field(data, "at", (int, float), what)),
+    )
