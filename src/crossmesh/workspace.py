@@ -43,10 +43,14 @@ class Compiled:
 
 
 def check(
-    path: Path, store: StateStore | None = None, overlay: dict[str, Any] | None = None
+    path: Path,
+    store: StateStore | None = None,
+    overlay: dict[str, Any] | None = None,
+    previous: Allocations | None = None,
 ) -> tuple[LoadedMesh | None, list[Problem]]:
     """Everything `validate` reports: schema, manifests, rules, allocation. Writes nothing.
-    `overlay` holds membership changes made on a running lab."""
+    `overlay` holds membership changes made on a running lab; `previous`, the allocations to keep
+    (default: the state directory's; the operator's come from etcd)."""
     doc, mesh, problems = load_mesh_model(path, overlay)
     if doc is None or mesh is None:
         return None, problems
@@ -56,7 +60,8 @@ def check(
     loaded = LoadedMesh(path=path, doc=doc, mesh=mesh, manifests=manifests)
     errors = [p for p in problems if p.severity == "error"]
     if not errors:
-        previous = (store or StateStore.beside(path)).load_allocations()
+        if previous is None:
+            previous = (store or StateStore.beside(path)).load_allocations()
         alloc, alloc_problems = allocate(mesh, previous, doc)
         problems += alloc_problems or _placement_problems(mesh, alloc, manifests)
     loaded.warnings = [p for p in problems if p.severity != "error"]
@@ -128,6 +133,23 @@ def compile_mesh(
     except ValueError as err:
         raise SpecError([loaded.doc.problem(("spec",), str(err))]) from err
     return Compiled(loaded=loaded, allocations=alloc, plan=plan, store=store)
+
+
+def plan_against(path: Path, previous: Allocations) -> tuple[LoadedMesh, Allocations, Plan]:
+    """The mesh validated, allocated on top of `previous` (which never moves) and planned, without a
+    state directory and without keys: what the operator publishes and `diff` compares. SpecError
+    with every problem when the file is wrong."""
+    loaded, problems = check(path, previous=previous)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or loaded is None:
+        raise SpecError(errors)
+    alloc, _ = allocate(loaded.mesh, previous, loaded.doc)
+    keys = {n.name: "" for c in loaded.mesh.spec.clusters for n in c.nodes}
+    try:
+        plan = build_plan(loaded.mesh, alloc, keys, loaded.manifests)
+    except (PlacementError, ValueError) as err:
+        raise SpecError([loaded.doc.problem(("spec",), str(err))]) from err
+    return loaded, alloc, plan
 
 
 def rendered(compiled: Compiled) -> dict[str, RenderedFile]:

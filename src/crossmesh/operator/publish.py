@@ -1,0 +1,109 @@
+"""From a plan to what the agents read: one intent per node that runs an agent, written only
+where it changed, then the rollout record naming the revision and the nodes it expects.
+
+Agents watch the mesh's keys in revision order, so an agent that sees the rollout record has
+seen every intent written before it."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+
+from crossmesh.agent.intents import NodeIntent
+from crossmesh.agent.records import intent_of
+from crossmesh.kv.api import MAX_TXN_OPS, Compare, Delete, Kv, KvError, Put
+from crossmesh.kv.layout import Layout
+from crossmesh.model.plan import Plan
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    revision: int  # the desired revision the intents are at
+    digest: str
+    nodes: list[str]  # the nodes expected to run it (those with a tunnel)
+    error: str | None  # why the operator could not publish this revision (the intents stay as they were)
+    leader: str
+    at: float
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+
+def decode_rollout(raw: bytes) -> Rollout:
+    data = json.loads(raw)
+    nodes = data["nodes"]
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        raise ValueError("rollout: nodes is not a list of names")
+    error = data["error"]
+    return Rollout(
+        revision=int(data["revision"]),
+        digest=str(data["digest"]),
+        nodes=nodes,
+        error=None if error is None else str(error),
+        leader=str(data["leader"]),
+        at=float(data["at"]),
+    )
+
+
+def intents_for(plan: Plan, revision: int, keepalive: int) -> dict[str, NodeIntent]:
+    """What each node that runs an agent must run, as of desired revision `revision`
+    (`keepalive`: the mesh's spec.wireguard.persistentKeepalive)."""
+    mtu = {n.name: n.tunnel.mtu.value for n in plan.nodes if n.tunnel is not None}
+    return {
+        name: NodeIntent(revision=revision, node=planned, mtu=mtu[name], keepalive=keepalive)
+        for name, planned in intent_of(plan).items()
+    }
+
+
+def _same(old: bytes, new: NodeIntent) -> bool:
+    """Whether the stored intent says what `new` says (the revision aside: an unchanged node is not rewritten)."""
+    try:
+        data = json.loads(old)
+    except ValueError:
+        return False
+    mine = json.loads(new.encode())
+    return {k: v for k, v in data.items() if k != "revision"} == {k: v for k, v in mine.items() if k != "revision"}
+
+
+async def publish(kv: Kv, layout: Layout, intents: dict[str, NodeIntent], fence: list[Compare]) -> tuple[int, int]:
+    """Make `intents/` hold exactly `intents`, rewriting only what changed; (written, deleted).
+    Every write holds only under `fence` (the leader key still ours): a deposed leader writes nothing."""
+    snap = await kv.range(layout.intents)
+    stored = {e.key[len(layout.intents) :].decode(errors="replace"): e.value for e in snap.entries}
+    ops: list[Put | Delete] = [
+        Put(layout.intent(name), intent.encode())
+        for name, intent in sorted(intents.items())
+        if name not in stored or not _same(stored[name], intent)
+    ]
+    written = len(ops)
+    ops += [Delete(layout.intent(name)) for name in sorted(set(stored) - set(intents))]
+    for i in range(0, len(ops), MAX_TXN_OPS):
+        await fenced(kv, fence, ops[i : i + MAX_TXN_OPS])
+    return written, len(ops) - written
+
+
+async def finish(kv: Kv, layout: Layout, rollout: Rollout, fence: list[Compare]) -> None:
+    await fenced(kv, fence, [Put(layout.rollout, rollout.encode())])
+
+
+class Deposed(KvError):
+    """The leader key is no longer this operator's: it must stop writing."""
+
+
+async def fenced(kv: Kv, fence: list[Compare], ops: list[Put | Delete]) -> int:
+    got = await kv.txn(fence, ops)
+    if not got.succeeded:
+        raise Deposed("this operator no longer holds the leader key: it writes nothing more")
+    return got.revision
+
+
+def now() -> float:
+    return time.time()
+
+
+def leader_id(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw)["id"])[:64]
+    except (ValueError, KeyError, TypeError):
+        return "(unreadable leader key)"
