@@ -66,3 +66,8 @@ class UsageError(CrossmeshError):
 
 class EnvironmentProblem(CrossmeshError):
     """This host lacks something the command needs (root, a package)."""
+
+
+class Refused(CrossmeshError):
+    """A running system refused the request for a reason the user must fix first (a certificate etcd
+    does not accept, an apply that raced another): exit 2, nothing changed."""

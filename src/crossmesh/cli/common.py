@@ -16,7 +16,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from crossmesh.errors import CrossmeshError, EnvironmentProblem, SpecError, StateError, UnsafePath, UsageError
+from crossmesh.errors import (
+    CrossmeshError,
+    EnvironmentProblem,
+    Refused,
+    SpecError,
+    StateError,
+    UnsafePath,
+    UsageError,
+)
 from crossmesh.render.files import yaml_dump
 
 out = Console(highlight=False, soft_wrap=True)
@@ -131,7 +139,7 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
             n = sum(1 for p in e.problems if p.severity == "error")
             err.print(f"[red]{n} problem{'s' if n != 1 else ''}[/red]; nothing was written")
             raise typer.Exit(2) from None
-        except (StateError, UnsafePath, EnvironmentProblem, UsageError) as e:
+        except (StateError, UnsafePath, EnvironmentProblem, UsageError, Refused) as e:
             err.print(f"[red]error:[/red] {escape(str(e))}")
             raise typer.Exit(2) from None
         except CrossmeshError as e:

@@ -6,7 +6,7 @@ import typer
 
 from crossmesh import __version__
 from crossmesh.cli import agent as agent_cli
-from crossmesh.cli import checks, core, lab, policy, trace
+from crossmesh.cli import checks, control, core, lab, policy, trace
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit
 
 app = typer.Typer(
@@ -24,6 +24,10 @@ app.add_typer(policy.app, name="policy")
 app.command("test")(checks.test)
 app.command("trace")(trace.trace)
 app.command("agent")(agent_cli.agent)
+app.command("apply")(control.apply)
+app.command("diff")(control.diff)
+app.command("status")(control.status)
+app.command("operator")(control.operator)
 
 
 @app.command("version")

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from crossmesh.errors import CrossmeshError
+from crossmesh.errors import CrossmeshError, Refused
 
 
 class KvError(CrossmeshError):
@@ -26,7 +26,7 @@ class KvUnavailable(KvError):
     """No member answers (down, unreachable, no quorum)."""
 
 
-class KvDenied(KvError):
+class KvDenied(KvError, Refused):
     """The caller's identity may not do this (etcd roles, or a certificate etcd refuses)."""
 
 

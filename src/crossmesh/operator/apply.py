@@ -14,7 +14,7 @@ from typing import Any
 
 from crossmesh.agent import intents as agent_intents
 from crossmesh.agent.records import unsupported
-from crossmesh.errors import CrossmeshError, SpecError, UsageError
+from crossmesh.errors import CrossmeshError, Refused, SpecError, UsageError
 from crossmesh.ipam.allocate import Allocations
 from crossmesh.kv.api import Compare, Kv, Put
 from crossmesh.kv.layout import Layout
@@ -24,7 +24,7 @@ from crossmesh.operator import ipam, publish
 from crossmesh.workspace import plan_against
 
 
-class ApplyConflict(CrossmeshError):
+class ApplyConflict(Refused):
     """Another apply landed between our read and our write: nothing was changed."""
 
 
