@@ -105,10 +105,10 @@ async def bench_ipam(endpoint: str, work: Path, nodes: int, joins: int) -> dict[
     for j in range(joins):
         step = _only_joined(grown, {f"join-{k}" for k in range(j + 1)})
         t0 = time.perf_counter()
-        previous, guard = await ipam.read(kv, layout)
+        previous, guard = await op.ipam.read(kv)
         alloc, problems = allocate(step, previous)
         assert not problems, problems
-        ok = await ipam.commit(kv, layout, previous, guard, alloc, op.fence)
+        ok = await op.ipam.commit(kv, previous, guard, alloc, op.fence)
         latencies.append(time.perf_counter() - t0)
         assert ok
     assert joined

@@ -80,18 +80,45 @@ def _diff(kind: str, old: Mapping[str, _A], new: Mapping[str, _A], key: Callable
 
 async def commit(
     kv: Kv, layout: Layout, before: Allocations, guard: int, after: Allocations, fence: list[Compare] | None = None
-) -> bool:
+) -> int | None:
     """Write the difference, in transactions of at most etcd's operation limit, each one only if
-    nobody else wrote the allocations since. False when someone did (read again, plan again)."""
+    nobody else wrote the allocations since: the guard's new mod revision, or None when someone
+    did (read again, plan again)."""
     ops = changes(before, after, layout)
     if not ops:
-        return True
+        return guard
     step = MAX_TXN_OPS - 1
     for i in range(0, len(ops), step):
         chunk = ops[i : i + step]
         compares = [Compare(layout.ipam_guard, "mod", guard), *(fence or [])]
         result = await kv.txn(compares, [*chunk, Put(layout.ipam_guard, b"")])
         if not result.succeeded:
-            return False
+            return None
         guard = result.revision
-    return True
+    return guard
+
+
+class View:
+    """The allocations as this process last read or wrote them, re-read only when the guard moved
+    (parsing 1,000 allocations costs more than the join being allocated)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.guard = -1
+        self.allocations = Allocations()
+
+    async def read(self, kv: Kv) -> tuple[Allocations, int]:
+        got = await kv.get(self.layout.ipam_guard)
+        if (got.mod_revision if got is not None else 0) != self.guard:
+            self.allocations, self.guard = await read(kv, self.layout)
+        return self.allocations, self.guard
+
+    async def commit(
+        self, kv: Kv, before: Allocations, guard: int, after: Allocations, fence: list[Compare] | None = None
+    ) -> bool:
+        new_guard = await commit(kv, self.layout, before, guard, after, fence)
+        if new_guard is None:
+            self.guard = -1
+            return False
+        self.allocations, self.guard = after, new_guard
+        return True

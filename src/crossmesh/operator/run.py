@@ -52,6 +52,7 @@ class Operator:
         self.leading = asyncio.Event()
         self.led_at: float | None = None  # monotonic time leadership was last won
         self.reconciles = 0
+        self.ipam = ipam.View(self.layout)
         self.fence: list[Compare] = []  # every write holds only while the leader key is ours
 
     async def run(self) -> None:
@@ -172,12 +173,12 @@ class Operator:
         with tempfile.TemporaryDirectory(prefix="crossmesh-operator-") as tmp:
             path = desired_mod.materialize(wanted, Path(tmp))
             for _ in range(ALLOCATE_ATTEMPTS):
-                previous, guard = await ipam.read(kv, self.layout)
+                previous, guard = await self.ipam.read(kv)
                 loaded, alloc, plan = await asyncio.to_thread(plan_against, path, previous)
                 why = unsupported(plan)
                 if why is not None:
                     raise ipam.AllocationError(why)
-                if await ipam.commit(kv, self.layout, previous, guard, alloc, self.fence):
+                if await self.ipam.commit(kv, previous, guard, alloc, self.fence):
                     keepalive = loaded.mesh.spec.wireguard.persistent_keepalive
                     return publish.intents_for(plan, wanted.revision, keepalive)
             raise ipam.AllocationError(f"allocations kept changing under the operator ({ALLOCATE_ATTEMPTS} attempts)")
