@@ -9,6 +9,7 @@ computed from; a status, the revision the node runs and whether its last apply s
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -28,12 +29,21 @@ class NodeIntent:
     node: PlannedNode
     mtu: int
     keepalive: int
+    key_rotation: int = 0  # seconds between the node's key rotations (spec.wireguard.keyRotation); 0: off
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"revision": self.revision, "node": asdict(self.node), "mtu": self.mtu, "keepalive": self.keepalive},
-            sort_keys=True,
-        ).encode()
+        data = {"revision": self.revision, "node": asdict(self.node), "mtu": self.mtu, "keepalive": self.keepalive}
+        if self.key_rotation:
+            data["key_rotation"] = self.key_rotation
+        return json.dumps(data, sort_keys=True).encode()
+
+    def rotation_period(self) -> float:
+        """This node's period, jittered by ±10 % from its name: the mesh never re-keys all at once,
+        and a restarted agent keeps the same period."""
+        if not self.key_rotation:
+            return 0.0
+        spread = int.from_bytes(hashlib.sha256(self.node.name.encode()).digest()[:8], "big") / 2**64
+        return self.key_rotation * (0.9 + 0.2 * spread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +104,7 @@ def decode_intent(raw: bytes, key_node: str) -> NodeIntent:
         node=planned,
         mtu=_int(data, "mtu", 576, 9000, what),
         keepalive=_int(data, "keepalive", 0, 65535, what),
+        key_rotation=_int(data, "key_rotation", 60, 365 * 86400, what) if "key_rotation" in data else 0,
     )
 
 

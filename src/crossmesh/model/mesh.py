@@ -77,6 +77,28 @@ def _address(value: Any) -> Any:
 Cidr = Annotated[IPv4Network, BeforeValidator(_cidr)]
 Address = Annotated[IPv4Address, BeforeValidator(_address)]
 
+_DURATION = re.compile(r"([1-9][0-9]{0,5})(m|h|d)")
+_UNIT = {"m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> int:
+    m = _DURATION.fullmatch(text)
+    assert m is not None  # noqa: S101 - validated by _duration
+    return int(m.group(1)) * _UNIT[m.group(2)]
+
+
+def _duration(value: str) -> str:
+    if not _DURATION.fullmatch(value):
+        raise ValueError(
+            f"{value[:20]!r} is not a duration — write a whole number of minutes, hours or days: 30m, 24h, 7d"
+        )
+    if not 60 <= duration_seconds(value) <= 365 * 86400:
+        raise ValueError(f"{value} is out of range: between 1m and 365d")
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+
 
 class _Model(BaseModel):
     """Numbers, booleans and text are strict (StrictInt, StrictBool, StrictStr): YAML gives them their
@@ -126,6 +148,9 @@ class WireGuard(_Model):
     topology: Topology = Topology.FULL_MESH
     listen_port: StrictInt = Field(default=51820, ge=1, le=65535)
     persistent_keepalive: StrictInt = Field(default=25, ge=0, le=65535)
+    # Each agent makes a new key this often (jittered ±10 % per node so the mesh never re-keys at once),
+    # with the zero-loss procedure of `lab rotate-keys`. None: only when asked.
+    key_rotation: Duration | None = None
 
 
 class Ipam(_Model):

@@ -54,12 +54,11 @@ async def propose(kv: Kv, path: Path) -> Proposal:
         raise UsageError(f"{why} — the operator publishes full-mesh intents only")
     entry = await kv.get(layout.desired)
     base = desired_mod.decode(entry.value) if entry is not None else None
-    keepalive = loaded.mesh.spec.wireguard.persistent_keepalive
     return Proposal(
         files=desired_mod.bundle(path, loaded.doc, loaded.mesh),
         mesh=plan.mesh,
         mesh_file=path.name,
-        intents=publish.intents_for(plan, (base.revision if base else 0) + 1, keepalive),
+        intents=publish.intents_for(plan, (base.revision if base else 0) + 1, loaded.mesh.spec.wireguard),
         base=base,
         base_mod=entry.mod_revision if entry is not None else 0,
     )

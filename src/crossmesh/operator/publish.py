@@ -14,6 +14,7 @@ from crossmesh.agent.intents import NodeIntent
 from crossmesh.agent.records import intent_of
 from crossmesh.kv.api import MAX_TXN_OPS, Compare, Delete, Kv, KvError, Put
 from crossmesh.kv.layout import Layout
+from crossmesh.model.mesh import WireGuard, duration_seconds
 from crossmesh.model.plan import Plan
 
 
@@ -46,12 +47,13 @@ def decode_rollout(raw: bytes) -> Rollout:
     )
 
 
-def intents_for(plan: Plan, revision: int, keepalive: int) -> dict[str, NodeIntent]:
+def intents_for(plan: Plan, revision: int, wireguard: WireGuard) -> dict[str, NodeIntent]:
     """What each node that runs an agent must run, as of desired revision `revision`
-    (`keepalive`: the mesh's spec.wireguard.persistentKeepalive)."""
+    (`wireguard`: the mesh's spec.wireguard, for the keepalive and key rotation)."""
     mtu = {n.name: n.tunnel.mtu.value for n in plan.nodes if n.tunnel is not None}
+    rotation = duration_seconds(wireguard.key_rotation) if wireguard.key_rotation else 0
     return {
-        name: NodeIntent(revision=revision, node=planned, mtu=mtu[name], keepalive=keepalive)
+        name: NodeIntent(revision, planned, mtu[name], wireguard.persistent_keepalive, rotation)
         for name, planned in intent_of(plan).items()
     }
 

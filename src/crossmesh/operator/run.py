@@ -179,8 +179,7 @@ class Operator:
                 if why is not None:
                     raise ipam.AllocationError(why)
                 if await self.ipam.commit(kv, previous, guard, alloc, self.fence):
-                    keepalive = loaded.mesh.spec.wireguard.persistent_keepalive
-                    return publish.intents_for(plan, wanted.revision, keepalive)
+                    return publish.intents_for(plan, wanted.revision, loaded.mesh.spec.wireguard)
             raise ipam.AllocationError(f"allocations kept changing under the operator ({ALLOCATE_ATTEMPTS} attempts)")
 
     async def _rollout(self, kv: Kv) -> publish.Rollout | None:
