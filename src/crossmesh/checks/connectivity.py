@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from crossmesh.checks import probes
 from crossmesh.checks.framework import CHECK_PATH, Context, Planned, Runner, Skips, ports, register, timeout
-from crossmesh.checks.results import Check, Result
+from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.model.plan import ClusterPlan, PodPlan
 from crossmesh.services.backends import backend_sets
 
@@ -32,7 +32,7 @@ def pair_class(ctx: Context, a: PodPlan, b: PodPlan) -> str:
 def pod_to_pod(ctx: Context) -> list[Planned]:
     pods = ctx.pods()
     out = []
-    skips = Skips("pod-to-pod")
+    skips = Skips(Kind.POD_TO_POD)
     stated = {c.name: _stated_classes(c) for c in ctx.plan.clusters}
     for i, src in enumerate(pods):
         for cls in PAIR_CLASSES:
@@ -55,7 +55,7 @@ def pod_to_pod(ctx: Context) -> list[Planned]:
                     expected = Result.OK if ctx.allowed(src, dst, port, proto) else Result.TIMEOUT
                 check = Check(
                     name=f"pod-to-pod/{cls}/{kind}: {src.ref} -> {dst.ref}:{port}",
-                    kind="pod-to-pod",
+                    kind=Kind.POD_TO_POD,
                     source=src.ref,
                     target=dst.ref,
                     port=f"{port}/{proto}",
@@ -100,7 +100,7 @@ def udp_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int) -> Runner:
 @register(30)
 def pod_to_service(ctx: Context) -> list[Planned]:
     out = []
-    skips = Skips("pod-to-service")
+    skips = Skips(Kind.POD_TO_SERVICE)
     pods = {p.ref: p for p in ctx.plan.pods()}
     for cluster in ctx.plan.clusters:
         clients = _one_pod_per_node(cluster.pods)
@@ -124,7 +124,7 @@ def pod_to_service(ctx: Context) -> list[Planned]:
                         continue
                     check = Check(
                         name=f"pod-to-service/http: {src.ref} -> {svc.ref} ({svc.cluster_ip}:{bs.port})",
-                        kind="pod-to-service",
+                        kind=Kind.POD_TO_SERVICE,
                         source=src.ref,
                         target=svc.ref,
                         port=f"{bs.port}/TCP",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossmesh.checks.framework import Context, Planned, Skips, register
-from crossmesh.checks.results import Check, Result
+from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab import netns, wireguard
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.model.plan import Plan
@@ -68,7 +68,7 @@ def compare_tunnel(rendered: readback.RenderedTunnel, dump: str | None, live: Li
 @register(10)
 def fidelity_checks(ctx: Context) -> list[Planned]:
     """Every tunnel node and every Cilium cluster against the rendered files."""
-    skips = Skips("fidelity")
+    skips = Skips(Kind.FIDELITY)
     if ctx.files is None:
         skips.add("no rendered files to compare with", ctx.plan.mesh)
         return skips.planned()
@@ -82,7 +82,7 @@ def tunnel_checks(plan: Plan, topo: LabTopology, files: Mapping[str, Any]) -> li
         rendered = readback.node_tunnel(files, dev.node)
         check = Check(
             name=f"fidelity/tunnel: {dev.node} runs nodes/{dev.node}/ as rendered",
-            kind="fidelity",
+            kind=Kind.FIDELITY,
             source=dev.node,
             target=rendered.source if rendered else f"nodes/{dev.node}/",
             port="-",
@@ -116,7 +116,7 @@ def pod_mtu_checks(
             continue
         check = Check(
             name=f"fidelity/pod-mtu: cluster {cluster.name} = {rendered.pod_mtu} from {rendered.source}",
-            kind="fidelity",
+            kind=Kind.FIDELITY,
             source=cluster.name,
             target=rendered.source,
             port="-",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossmesh.checks import probes
-from crossmesh.checks.results import Check, Result
+from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab.lab import LabState
 from crossmesh.drivers.lab.topology import LabTopology, PodEndpoint
 from crossmesh.model.plan import Plan, PodPlan
@@ -111,7 +111,7 @@ def _not_run(_: Check) -> None:
 class Skips:
     """The cases a builder leaves out, grouped by reason: one skipped check per reason."""
 
-    kind: str
+    kind: Kind
     groups: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, reason: str, case: str) -> None:

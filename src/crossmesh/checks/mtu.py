@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from crossmesh.checks import probes
 from crossmesh.checks.framework import Context, Planned, Runner, Skips, ports, register
-from crossmesh.checks.results import Check, Result
+from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab.servicesd import ECHO_PORT
 from crossmesh.model.plan import NodePlan, PodPlan
 from crossmesh.plan import datapath
@@ -25,7 +25,7 @@ def tunnel_mtu(ctx: Context) -> list[Planned]:
     """Every tunnel, node to node (the lab's UDP echo on port 7, whatever pod policies say):
     a packet of exactly the tunnel MTU with DF crosses; one byte more is refused locally."""
     out = []
-    skips = Skips("mtu")
+    skips = Skips(Kind.MTU)
     nodes = {n.name: n for n in ctx.plan.nodes}
     for a in ctx.plan.nodes:
         if a.tunnel is None:
@@ -41,7 +41,7 @@ def tunnel_mtu(ctx: Context) -> list[Planned]:
             for total, expected, label in ((size, Result.OK, "fits"), (size + 1, Result.MSG_TOO_LONG, "one-byte-over")):
                 check = Check(
                     name=f"mtu/tunnel-{label}: {a.name} -> {b.name} ({total} bytes, DF)",
-                    kind="mtu",
+                    kind=Kind.MTU,
                     source=a.name,
                     target=b.name,
                     port=f"{ECHO_PORT}/UDP",
@@ -65,7 +65,7 @@ def mtu(ctx: Context) -> list[Planned]:
     for every node pair across sites and one pair of each other class per cluster, exactly the pod MTU
     passes with DF (inner and VXLAN outer); one byte more is refused."""
     out = []
-    skips = Skips("mtu")
+    skips = Skips(Kind.MTU)
     by_node: dict[str, list[PodPlan]] = {}
     for p in ctx.pods():
         by_node.setdefault(p.node, []).append(p)
@@ -106,7 +106,7 @@ def mtu(ctx: Context) -> list[Planned]:
             for total, expected, label in ((size, Result.OK, "fits"), (size + 1, Result.MSG_TOO_LONG, "one-byte-over")):
                 check = Check(
                     name=f"mtu/{label}: {src.ref} -> {dst.ref} ({kind}, {total} bytes, DF)",
-                    kind="mtu",
+                    kind=Kind.MTU,
                     source=src.ref,
                     target=dst.ref,
                     port=f"{port}/UDP",

@@ -7,7 +7,7 @@ import re
 
 from crossmesh.checks.connectivity import http_runner, udp_runner
 from crossmesh.checks.framework import Context, Planned, Runner, Skips, ports, register
-from crossmesh.checks.results import Check, Result
+from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.policy.evaluator import Verdict
 
 MAX_POLICY_CHECKS = 2000
@@ -20,7 +20,7 @@ def policy_matrix(ctx: Context) -> list[Planned]:
     if ctx.policy is None or not ctx.policy.policies:
         return []  # no policy: pod-to-pod already expects every flow through
     out: list[Planned] = []
-    skips = Skips("policy")
+    skips = Skips(Kind.POLICY)
     pods = ctx.pods()
     for src in pods:
         for dst in pods:
@@ -45,7 +45,7 @@ def policy_matrix(ctx: Context) -> list[Planned]:
                 word = {Result.OK: "allowed", Result.FORBIDDEN: "http-403"}.get(expected, "denied")
                 check = Check(
                     name=f"policy/{word}: {src.ref} -> {dst.ref}:{port}/{proto}",
-                    kind="policy",
+                    kind=Kind.POLICY,
                     source=src.ref,
                     target=dst.ref,
                     port=f"{port}/{proto}",
@@ -81,7 +81,7 @@ def l7(ctx: Context) -> list[Planned]:
                     expected = ctx.expect_http(src, dst, port, method, path)
                     check = Check(
                         name=f"l7/{method} {path}: {src.ref} -> {dst.ref}:{port}",
-                        kind="l7",
+                        kind=Kind.L7,
                         source=src.ref,
                         target=dst.ref,
                         port=f"{port}/TCP",

@@ -23,10 +23,27 @@ class Result(StrEnum):
     SKIPPED = "skipped"
 
 
+class Kind(StrEnum):
+    """What a check checks: its group in output, JSON and JUnit (`classname`)."""
+
+    POD_TO_POD = "pod-to-pod"
+    POD_TO_SERVICE = "pod-to-service"
+    SERVICE = "service"
+    NODEPORT = "nodeport"
+    HEADLESS = "headless"
+    MTU = "mtu"
+    POLICY = "policy"
+    L7 = "l7"
+    SECURITY = "security"
+    ENCRYPTION = "encryption"
+    NAT = "nat"
+    FIDELITY = "fidelity"
+
+
 @dataclass(slots=True)
 class Check:
     name: str
-    kind: str
+    kind: Kind
     source: str
     target: str
     port: str

@@ -7,7 +7,7 @@ import time
 
 from crossmesh.checks import probes
 from crossmesh.checks.framework import Context, Planned, Skips, ports, register
-from crossmesh.checks.results import Check, Result
+from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab.topology import spoof_comment
 from crossmesh.model.plan import PodPlan
 
@@ -16,7 +16,7 @@ from crossmesh.model.plan import PodPlan
 def anti_spoofing(ctx: Context) -> list[Planned]:
     """From one pod of every node, a datagram with a forged source address of the node's pod CIDR."""
     out = []
-    skips = Skips("security")
+    skips = Skips(Kind.SECURITY)
     pods = ctx.pods()
     for node in ctx.plan.nodes:
         src = next((p for p in pods if p.node == node.name), None)
@@ -30,7 +30,7 @@ def anti_spoofing(ctx: Context) -> list[Planned]:
         forged = str(node.pod_cidr.broadcast_address - 1)
         check = Check(
             name=f"security/anti-spoofing: {src.ref} sends as {forged}",
-            kind="security",
+            kind=Kind.SECURITY,
             source=src.ref,
             target=dst.ref,
             port=f"{ports(dst, 'UDP')[0]}/UDP",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from crossmesh.checks import probes
 from crossmesh.checks.framework import CHECK_PATH, Context, Planned, Runner, Skips, register
-from crossmesh.checks.results import Check, Result
+from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab.servicenat import backend_key
 from crossmesh.model.plan import NodePlan, PodPlan
@@ -49,7 +49,7 @@ def _clear(ctx: Context, src: Endpoint, node: NodePlan, node_port: int, tier: tu
 def node_ports(ctx: Context) -> list[Planned]:
     plan = ctx.plan
     out: list[Planned] = []
-    skips = Skips("nodeport")
+    skips = Skips(Kind.NODEPORT)
     for cluster in plan.clusters:
         nodes = [plan.node(n) for n in sorted(cluster.nodes)]
         pods = sorted(cluster.pods, key=lambda p: p.ref)
@@ -94,7 +94,7 @@ def node_ports(ctx: Context) -> list[Planned]:
                         check = Check(
                             name=f"nodeport/{label}/{kind}: {who} -> {node.name} ({node.address}:{node_port}) "
                             f"for {svc.ref} port {bs.port}",
-                            kind="nodeport",
+                            kind=Kind.NODEPORT,
                             source=who,
                             target=svc.ref,
                             port=f"{node_port}/{bs.protocol}",
@@ -143,7 +143,7 @@ def headless(ctx: Context) -> list[Planned]:
     """From one pod of the cluster per headless Service: the name answers the ready pods."""
     plan = ctx.plan
     out: list[Planned] = []
-    skips = Skips("headless")
+    skips = Skips(Kind.HEADLESS)
     for cluster in plan.clusters:
         pods = sorted(cluster.pods, key=lambda p: p.ref)
         for svc in cluster.services:
@@ -163,7 +163,7 @@ def headless(ctx: Context) -> list[Planned]:
             )
             check = Check(
                 name=f"headless/dns: {client.ref} -> {name} (no ClusterIP)",
-                kind="headless",
+                kind=Kind.HEADLESS,
                 source=client.ref,
                 target=svc.ref,
                 port="53/UDP",

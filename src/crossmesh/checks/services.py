@@ -16,7 +16,7 @@ import time
 
 from crossmesh.checks import probes
 from crossmesh.checks.framework import Context, Planned, Runner, Skips, register
-from crossmesh.checks.results import Check, Result
+from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import servicenat
 from crossmesh.model.plan import PodPlan, ServicePlan
@@ -42,7 +42,7 @@ def services(ctx: Context) -> list[Planned]:
     pods = list(plan.pods())
     by_ref = {p.ref: p for p in pods}
     out: list[tuple[Check, Runner]] = []
-    skips = Skips("service")
+    skips = Skips(Kind.SERVICE)
     for cluster in plan.clusters:
         for svc in cluster.services:
             if svc.cluster_ip is None:
@@ -86,7 +86,7 @@ def _checks(
     def check(label: str, expected: Result = Result.OK) -> Check:
         return Check(
             name=f"service/{label}: {where}",
-            kind="service",
+            kind=Kind.SERVICE,
             source=client.ref,
             target=svc.ref,
             port=f"{port}/TCP",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from crossmesh.checks import probes
 from crossmesh.checks.connectivity import http_runner
 from crossmesh.checks.framework import Context, Planned, Skips, ports, register
-from crossmesh.checks.results import Check, Result
+from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab.servicesd import ECHO_PORT
 from crossmesh.drivers.lab.topology import PRIVATE_RANGES
 from crossmesh.model.plan import PodPlan
@@ -72,7 +72,7 @@ def site_crossings(ctx: Context, skips: Skips | None = None) -> list[Crossing]:
 @register(80, together=True)
 def underlay(ctx: Context) -> list[Planned]:
     """Encryption and NAT proofs from one capture on the internet router."""
-    skips = Skips("encryption")
+    skips = Skips(Kind.ENCRYPTION)
     pairs = site_crossings(ctx, skips)
     if not pairs:
         if len({n.site for n in ctx.plan.nodes}) < 2:
@@ -82,7 +82,7 @@ def underlay(ctx: Context) -> list[Planned]:
     checks = [
         Check(
             name=f"encryption/marker: {x.source} -> {x.target}",
-            kind="encryption",
+            kind=Kind.ENCRYPTION,
             source=x.source,
             target=x.target,
             port=f"{x.port}/{x.protocol}",
@@ -92,7 +92,7 @@ def underlay(ctx: Context) -> list[Planned]:
     ]
     only_wg = Check(
         name="encryption/internet-carries-only-wireguard",
-        kind="encryption",
+        kind=Kind.ENCRYPTION,
         source="internet",
         target="*",
         port=f"{ctx.plan.listen_port}/UDP",
@@ -100,7 +100,7 @@ def underlay(ctx: Context) -> list[Planned]:
     )
     no_private = Check(
         name="nat/internet-never-sees-a-private-address",
-        kind="nat",
+        kind=Kind.NAT,
         source="internet",
         target="*",
         port="*",
@@ -174,7 +174,7 @@ def _filled_by_capture(_: Check) -> None:
 def nat(ctx: Context) -> list[Planned]:
     """A node behind NAT is reached through its tunnel, never from the internet directly."""
     out = []
-    skips = Skips("nat")
+    skips = Skips(Kind.NAT)
     inet = f"{ctx.topo.prefix}-inet"
     pods = ctx.pods()
     for node in ctx.plan.nodes:
@@ -188,7 +188,7 @@ def nat(ctx: Context) -> list[Planned]:
         wan = str(ctx.topo.site_wan[node.site])
         direct = Check(
             name=f"nat/unsolicited-from-internet: internet -> {wan}:{port} ({node.name} behind NAT)",
-            kind="nat",
+            kind=Kind.NAT,
             source="internet",
             target=target.ref,
             port=f"{port}/TCP",
@@ -206,7 +206,7 @@ def nat(ctx: Context) -> list[Planned]:
             continue
         via = Check(
             name=f"nat/reached-through-tunnel: {remote.ref} -> {target.ref}:{port}",
-            kind="nat",
+            kind=Kind.NAT,
             source=remote.ref,
             target=target.ref,
             port=f"{port}/TCP",
