@@ -57,9 +57,15 @@ def test_talos_nodes_get_only_their_documents_which_validate(tmp_path: Path) -> 
     wg_schema = talos_validator("network.WireguardConfigV1Alpha1", partial=False)
     for node in plan.nodes:
         base = f"nodes/{node.name}"
-        assert sorted(rel for rel in files if rel.startswith(base + "/")) == [f"{base}/talos.yaml"]
+        # talos-agent.yaml: the same patch without the link, for the agents' DaemonSet (no key: 0644).
+        assert sorted(rel for rel in files if rel.startswith(base + "/")) == [
+            f"{base}/talos-agent.yaml",
+            f"{base}/talos.yaml",
+        ]
         assert files[f"{base}/talos.yaml"].mode == 0o600 and files[f"{base}/talos.yaml"].secret
+        assert files[f"{base}/talos-agent.yaml"].mode == 0o644 and not files[f"{base}/talos-agent.yaml"].secret
         patch, wg = yaml.safe_load_all(files[f"{base}/talos.yaml"].content)
+        assert list(yaml.safe_load_all(files[f"{base}/talos-agent.yaml"].content)) == [patch]
         assert problems(patch_schema, patch) == []
         assert problems(wg_schema, wg) == []
         machine, cluster = patch["machine"], patch["cluster"]

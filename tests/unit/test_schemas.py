@@ -1,10 +1,13 @@
 """Rendered files against the upstream definitions kept in tests/reference (SPEC §3; copies of
 the files listed in tests/reference/SOURCES.md, with the check-rendered tool in tests/tools):
-Cilium's Helm values schema, Talos's config schema, and `wg-quick strip` for WireGuard files.
+Cilium's Helm values schema, Talos's config schema, and `wg-quick strip` for WireGuard files; the
+agents' DaemonSets against Kubernetes's OpenAPI schemas (kubernetes-validate, a test dependency)
+and their systemd units with `systemd-analyze verify`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -14,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
+from packaging.version import Version
 from typer.testing import CliRunner
 
 from crossmesh.cli.main import app
+from crossmesh.render import agent_deploy
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "tests" / "reference"
@@ -102,12 +108,13 @@ def test_talos_machine_config_patches_validate_as_partial_v1alpha1_config(trees:
     validator = talos_validator("v1alpha1.Config", partial=True)
     checked = 0
     for name, root in trees.items():
-        for rel, doc in yaml_docs(root, "talos.yaml"):
+        # talos-agent.yaml: the same patch for nodes whose link the agent owns (render/agent_deploy.py)
+        for rel, doc in yaml_docs(root, "talos.yaml") + yaml_docs(root, "talos-agent.yaml"):
             if "kind" in doc:
                 continue
             assert problems(validator, doc) == [], f"{name}: {rel}"
             checked += 1
-    assert checked >= 3
+    assert checked >= 3 + 3
 
 
 def test_talos_wireguard_documents_validate_whole(trees: dict[str, Path]) -> None:
@@ -169,3 +176,85 @@ def test_check_rendered_accepts_the_examples(trees: dict[str, Path], tmp_path: P
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "problems: 0" in result.stdout
+
+
+# The agents' deployment (render/agent_deploy.py) ------------------------------------------------
+
+# The oldest and the newest Kubernetes whose OpenAPI schemas kubernetes-validate ships (strict: an
+# unknown field is an error, as `kubectl apply --validate=strict` makes it).
+KUBERNETES_VERSIONS = (min(kubernetes_validate.utils.all_versions(), key=Version), kubernetes_validate.latest_version())
+
+
+def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
+    out = []
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            out.append(f"Kubernetes {version}: {err.message}")
+    return out
+
+
+def test_agent_daemonsets_validate_against_the_kubernetes_schema(trees: dict[str, Path]) -> None:
+    kinds: set[str] = set()
+    for name, root in trees.items():
+        for rel, doc in yaml_docs(root, "crossmesh-agent.yaml"):
+            assert kubernetes_problems(doc) == [], f"{name}: {rel} {doc['kind']}"
+            kinds.add(doc["kind"])
+    assert kinds == {"Namespace", "ServiceAccount", "DaemonSet"}
+
+
+def test_the_kubernetes_validator_does_reject_wrong_documents(trees: dict[str, Path]) -> None:
+    (_, daemonset), *_ = [
+        (r, d) for r, d in yaml_docs(trees["three-clouds"], "crossmesh-agent.yaml") if d["kind"] == "DaemonSet"
+    ]
+    assert kubernetes_problems(daemonset) == []
+    misspelt = copy.deepcopy(daemonset)
+    misspelt["spec"]["template"]["spec"]["hostNetwrk"] = True
+    assert kubernetes_problems(misspelt)
+    wrong_type = copy.deepcopy(daemonset)
+    wrong_type["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = "NET_ADMIN"
+    assert kubernetes_problems(wrong_type)
+
+
+def systemd_verify(unit: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """`systemd-analyze verify` of `unit` in a root of its own: the host's unit files (for the targets
+    and wg-quick@ it names) and a stand-in for crossmesh at the path the unit runs, since verify
+    refuses a unit whose program is missing and crossmesh need not be installed there on this host."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze (systemd) is not installed: cannot check the agent's unit files")
+    root = tmp / "root"
+    if not root.exists():
+        shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+        program = root / agent_deploy.EXECUTABLE.lstrip("/")
+        program.parent.mkdir(parents=True)
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    target = root / "etc/systemd/system" / unit.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(unit, target)
+    return subprocess.run(
+        [tool, "verify", f"--root={root}", "--man=no", unit.name], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_systemd_accepts_every_agent_unit(trees: dict[str, Path], tmp_path: Path) -> None:
+    checked = 0
+    for name, root in trees.items():
+        for unit in sorted(root.rglob("crossmesh-agent.service")):
+            result = systemd_verify(unit, tmp_path)
+            # An unknown directive is only a warning to systemd (exit 0): any output fails the check.
+            assert (result.returncode, result.stdout + result.stderr) == (0, ""), f"{name}: {unit.relative_to(root)}"
+            checked += 1
+    assert checked >= 3 + 3  # the hybrid example and its golden case: three nodes each
+
+
+def test_systemd_verify_does_reject_wrong_units(trees: dict[str, Path], tmp_path: Path) -> None:
+    unit = next(trees["hybrid-openstack-aws"].rglob("crossmesh-agent.service"))
+    text = unit.read_text()
+    bad = tmp_path / "crossmesh-agent.service"
+    bad.write_text(text.replace("ProtectClock=yes", "ProtectClocks=yes"))
+    assert "ProtectClocks" in systemd_verify(bad, tmp_path).stderr
+    bad.write_text(text.replace("ExecStart=/usr/local/bin/crossmesh", "ExecStart=/nonexistent/crossmesh"))
+    assert systemd_verify(bad, tmp_path).returncode != 0

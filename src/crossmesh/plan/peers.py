@@ -27,3 +27,16 @@ def carried(tunnel_address: A, address: A) -> tuple[A, A]:
 def keepalive(own_natted: bool, interval: int) -> int:
     """The side behind NAT keeps its mapping open; a public side never needs to."""
     return interval if own_natted else 0
+
+
+def agents_unsupported(topology: str, mesh: str) -> str | None:
+    """Why agents cannot run a mesh of this topology, or None. They build full-mesh tunnels with the
+    rule above only (issue 16 brings gateways): under `topology: gateways` their peers would differ
+    from the plan's. Read by `render` (whether to write the agents' units and DaemonSets) as well as
+    by the agents and the lab."""
+    if topology == "full-mesh":
+        return None
+    return (
+        f"the agents build full-mesh tunnels only; mesh {mesh} uses spec.wireguard.topology "
+        f"{topology!r}, whose peers they would get wrong"
+    )

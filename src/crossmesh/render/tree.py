@@ -9,13 +9,18 @@ clusters/<cluster>/k3s-server.yaml      distribution k3s: every server's shared 
 clusters/<cluster>/kubeadm-config.yaml  distribution kubeadm: ClusterConfiguration for `kubeadm init`
 clusters/<cluster>/pin-pod-cidrs.sh     the mesh file states node podCIDRs: sets each Node's (once, from
                                         empty) while kube-controller-manager's allocator is off
+clusters/<cluster>/crossmesh-agent.yaml nodes with a tunnel, full mesh: the agents' DaemonSet (hostNetwork,
+                                        NET_ADMIN; the only way on Talos) with its Namespace and ServiceAccount
 nodes/<node>/talos.yaml                 distribution talos: machine-config patch + WireguardConfig with its
                                         routes (0600) — everything a Talos node gets
+nodes/<node>/talos-agent.yaml           distribution talos, with the agents' DaemonSet instead: the same
+                                        machine-config patch without the WireguardConfig (the agent owns the link)
 nodes/<node>/wg-crossmesh.conf          other distributions: wg-quick file (0600: the node's private key)
 nodes/<node>/routes.sh                  other distributions: routes beyond wg-quick and the CNI (other
                                         clusters in the site, gateways topology), IP forwarding on gateways
 nodes/<node>/k3s-config.yaml            distribution k3s: the node's config.yaml (node-ip, node-name)
 nodes/<node>/kubelet.env                distribution kubeadm: KUBELET_EXTRA_ARGS (node-ip)
+nodes/<node>/crossmesh-agent.service    other distributions, full mesh: the agent's systemd unit (after wg-quick)
 etcd/rbac.sh                            etcd roles: each node's agent writes only its own record
 
 Managed distributions (eks, aks, gke) get no distribution file: their control plane is the cloud's.
@@ -28,7 +33,7 @@ from collections.abc import Callable, Mapping
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
 from crossmesh.model.tls import ClusterMeshTLS, clustermesh_clusters
-from crossmesh.render import cilium, etcd, k3s, kubeadm, mcs, podcidrs, routes, talos, wireguard
+from crossmesh.render import agent_deploy, cilium, etcd, k3s, kubeadm, mcs, podcidrs, routes, talos, wireguard
 from crossmesh.render.files import RenderedFile, yaml_dump
 
 KIND_ORDER = {
@@ -52,6 +57,7 @@ def render(
     """`clustermesh`: the TLS material of every Cluster Mesh member (`Compiled.clustermesh_tls`)."""
     out: dict[str, RenderedFile] = {}
     cache: dict[int, str] = {}
+    agent_names: set[str] = set()
     members = clustermesh_clusters(plan)
     for cluster in plan.clusters:
         base = f"clusters/{cluster.name}"
@@ -80,6 +86,11 @@ def render(
         pin = podcidrs.script(plan, cluster)
         if pin is not None:
             out[f"{base}/pin-pod-cidrs.sh"] = RenderedFile(pin, 0o755)
+        agents = agent_deploy.agent_nodes(plan, cluster)
+        if agents:
+            deploy = agent_deploy.daemonset_objects(plan, cluster, agents)
+            out[f"{base}/crossmesh-agent.yaml"] = RenderedFile(yaml_dump(*deploy))
+            agent_names.update(n.name for n in agents)
     clusters = {c.name: c for c in plan.clusters}  # Plan.cluster() is a linear scan; this runs per node
     for node in plan.nodes:
         base = f"nodes/{node.name}"
@@ -87,11 +98,14 @@ def render(
         key = private_key(node.name) if node.tunnel is not None else ""
         if cluster.distribution == "talos":
             # A Talos node runs no wg-quick and no script: its documents carry the link and its routes.
-            docs = [talos.machine_patch(plan, cluster, node)]
+            patch = talos.machine_patch(plan, cluster, node)
+            docs = [patch]
             wg_doc = talos.wireguard_document(node, key)
             if wg_doc is not None:
                 docs.append(wg_doc)
             out[f"{base}/talos.yaml"] = RenderedFile(yaml_dump(*docs), 0o600, wg_doc is not None)
+            if node.name in agent_names:
+                out[f"{base}/talos-agent.yaml"] = RenderedFile(yaml_dump(patch))
             continue
         conf = wireguard.wg_quick(plan, node, key, cache)
         if conf is not None:
@@ -103,6 +117,8 @@ def render(
             out[f"{base}/k3s-config.yaml"] = RenderedFile(yaml_dump(k3s.node_config(node)))
         elif cluster.distribution == "kubeadm":
             out[f"{base}/kubelet.env"] = RenderedFile(kubeadm.kubelet_env(plan, node))
+        if node.name in agent_names:
+            out[f"{base}/crossmesh-agent.service"] = RenderedFile(agent_deploy.systemd_unit(plan, node))
     rbac = etcd.rbac_script(plan)
     if rbac is not None:
         out["etcd/rbac.sh"] = RenderedFile(rbac, 0o755)
