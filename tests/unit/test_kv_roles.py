@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,3 +113,22 @@ def test_another_mesh_is_left_alone() -> None:
         assert "crossmesh:prod-eu:node:x" in [r.name for r in await root.roles()]
 
     asyncio.run(main())
+
+
+def test_the_command(tls_etcd: EtcdServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crossmesh.cli.main import app
+
+    mesh = Path(__file__).resolve().parents[2] / "examples" / "three-clouds" / "mesh.yaml"
+    root = tls_etcd.tls("root")
+    assert root is not None
+    args = ["pki", "etcd-roles", str(mesh), "--state", str(tmp_path / "state"), "--etcd-endpoints", tls_etcd.endpoint]
+    args += ["--cacert", str(root.ca), "--cert", str(root.cert), "--key", str(root.key)]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "etcd user aws-talos-1 (role crossmesh:three-clouds:node:aws-talos-1)" in first.output
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0 and "0 changes; auth enabled" in second.output, second.output
+    missing = CliRunner().invoke(app, args[:7])  # no certificate named, none in the state folder yet
+    assert missing.exit_code == 2 and "run `crossmesh pki etcd" in missing.output, missing.output
