@@ -7,6 +7,7 @@ runs without touching the state; the others persist allocations and keys.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,11 +15,12 @@ from typing import Any
 
 from crossmesh.errors import Problem, SpecError
 from crossmesh.ipam.allocate import Allocations, allocate
+from crossmesh.kv import identities
 from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.mesh import Mesh
 from crossmesh.model.plan import Plan
-from crossmesh.model.tls import ClusterMeshTLS, clustermesh_clusters
+from crossmesh.model.tls import ClusterMeshTLS, EtcdTLS, clustermesh_clusters
 from crossmesh.plan.planner import build_plan, cluster_plans
 from crossmesh.plan.workloads import PlacementError
 from crossmesh.policy import parse as policy_parse
@@ -40,6 +42,19 @@ class Compiled:
         (the mesh CA and each certificate are made there once)."""
         members = clustermesh_clusters(self.plan)
         return self.store.clustermesh_tls(self.plan.mesh, members, now) if members else {}
+
+    def etcd_tls(
+        self,
+        now: datetime,
+        *,
+        server_ips: Sequence[str] = identities.DEFAULT_SERVER_IPS,
+        server_names: Sequence[str] = (),
+    ) -> EtcdTLS:
+        """The certificates of every etcd identity of the plan (`kv.identities`), from the state
+        directory's etcd CA (made there once); a certificate is issued anew only when it is missing,
+        changed or near its end."""
+        specs = identities.etcd_specs(self.plan, server_ips=server_ips, server_names=server_names)
+        return self.store.etcd_tls(self.plan.mesh, specs, now)
 
 
 def check(

@@ -174,15 +174,18 @@ def until(check: Callable[[], T], timeout: float, interval: float = 0.02) -> tup
         time.sleep(interval)
 
 
-def etcdctl(tag: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def etcdctl(tag: str, *args: str, input: str | None = None, user: str = "root") -> subprocess.CompletedProcess[str]:
+    """etcdctl against the lab's etcd with the certificate of `user` (etcd's root by default)."""
     endpoints = ",".join(etcd.endpoints(tag))
+    me = etcd.identity(etcd.pki_dir(labs.LAB_ROOT / f"cm-{tag}"), user)
+    tls = {"ETCDCTL_CACERT": str(me.ca), "ETCDCTL_CERT": str(me.cert), "ETCDCTL_KEY": str(me.key)}
     return subprocess.run(
         ["etcdctl", f"--endpoints={endpoints}", "--dial-timeout=2s", "--command-timeout=3s", *args],
         capture_output=True,
         text=True,
         input=input,
         timeout=15,
-        env=dict(os.environ, ETCDCTL_API="3"),
+        env=dict(os.environ, ETCDCTL_API="3", **tls),
         check=False,
     )
 

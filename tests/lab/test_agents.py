@@ -12,6 +12,7 @@ stream can cross sites (x-wing-0 on aws-talos-1 → rebel-base-0 on azure-talos-
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -120,6 +121,51 @@ def test_up_with_agents(lab: Lab) -> None:
     for a in status["agents"]:
         assert a["running"] and a["etcd"] and a["peers"] == 2 and a["rejected"] == {}, a
         assert a["leaseAge"] is not None and a["leaseAge"] <= TTL, a
+
+
+def test_a_node_certificate_cannot_write_another_nodes_record(lab: Lab) -> None:
+    """etcd runs with client certificates and roles (issue 15): the certificate the lab gave node b's
+    agent can read the mesh and write b's keys, and etcd refuses it a's record, a's status, the
+    operator's intents and the admin's desired state. A transaction whose compare fails proves the
+    permission without writing: etcd checks every operation of a transaction before comparing."""
+    from crossmesh.kv.api import Compare, KvDenied, Put
+    from crossmesh.kv.etcd import Tls, connect
+    from crossmesh.kv.layout import Layout
+
+    st = state(lab.tag)
+    a, b = NODES[0], NODES[1]
+    tls = agent_config(st, b)["tls"]
+    assert tls["cert"].endswith(f"/users/{b}/tls.crt") and all(Path(v).is_file() for v in tls.values()), tls
+    assert all(u.startswith("https://") for u in agent_config(st, b)["etcd"])
+    layout = Layout(st.mesh_name)
+
+    async def main() -> tuple[list[bytes], list[bytes]]:
+        kv = await connect(etcd.endpoints(lab.tag), Tls(Path(tls["ca"]), Path(tls["cert"]), Path(tls["key"])))
+        allowed, refused = [], []
+        try:
+            assert [e.key for e in (await kv.range(layout.nodes)).entries] == [layout.node(n) for n in NODES]
+            for key in (layout.node(b), layout.status(b), layout.node(a), layout.status(a), layout.intent(a)):
+                try:
+                    done = await kv.txn([Compare(key, "version", 999_999)], [Put(key, b"hijack")])
+                    assert not done.succeeded
+                    allowed.append(key)
+                except KvDenied as err:
+                    assert "permission denied" in str(err), err
+                    refused.append(key)
+            for key in (layout.node(a), layout.desired):
+                with pytest.raises(KvDenied, match="permission denied"):
+                    await kv.put(key, b"hijack")
+        finally:
+            await kv.close()
+        return allowed, refused
+
+    allowed, refused = asyncio.run(main())
+    assert allowed == [layout.node(b), layout.status(b)]
+    assert refused == [layout.node(a), layout.status(a), layout.intent(a)]
+    assert json.loads(etcd_dump(lab.tag)[layout.node(a).decode()])["public_key"] == public_key(st, a)
+    # etcdctl with the same certificate, as a user would see the refusal
+    done = etcdctl(lab.tag, "put", layout.node(a).decode(), "{}", user=b)
+    assert done.returncode != 0 and "permission denied" in done.stderr, done
 
 
 def test_crash_node(lab: Lab) -> None:

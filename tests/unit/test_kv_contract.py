@@ -12,8 +12,20 @@ from typing import Any
 import pytest
 from etcdkit import EtcdServer, etcd
 
-from crossmesh.kv.api import Compare, Delete, Event, Kv, KvDenied, KvUnavailable, LeaseExpired, Permission, Put, Role
-from crossmesh.kv.etcd import EtcdKv, connect
+from crossmesh.kv.api import (
+    Compare,
+    Delete,
+    Event,
+    Kv,
+    KvAdmin,
+    KvDenied,
+    KvUnavailable,
+    LeaseExpired,
+    Permission,
+    Put,
+    Role,
+)
+from crossmesh.kv.etcd import connect
 from crossmesh.kv.memory import MemoryStore
 
 
@@ -135,18 +147,17 @@ def test_a_lease_takes_its_keys_with_it(run: Callable[[Body], None]) -> None:
     run(body)
 
 
-async def _setup_roles(admin: Any, p: bytes) -> None:
+async def _setup_roles(admin: KvAdmin, p: bytes) -> None:
+    """The same administration calls on both stores."""
     role = Role(f"node-a-{p.hex()[-8:]}", [Permission("readwrite", p + b"nodes/a"), Permission("read", p, prefix=True)])
-    if isinstance(admin, EtcdKv):
-        await admin.ensure_role(Role("root", []))
-        await admin.ensure_user("root", ["root"])
-        await admin.ensure_role(role)
-        await admin.ensure_user("a", [role.name])
-        await admin.enable_auth()
-    else:
-        admin.store.add_role(role)
-        admin.store.grant_role("a", role.name)
-        admin.store.auth = True
+    await admin.ensure_user("root", ["root"])
+    assert await admin.ensure_role(role)
+    assert not await admin.ensure_role(role), "the same role again changed something"
+    await admin.ensure_user("a", [role.name])
+    assert not await admin.ensure_user("a", [role.name])
+    await admin.enable_auth()
+    await admin.enable_auth()  # enabled already: nothing to do, no error
+    assert role.name in [r.name for r in await admin.roles()]
 
 
 @pytest.mark.parametrize("store", ["memory", "etcd"])

@@ -216,7 +216,10 @@ def _control_plane(state: labs.LabState) -> tuple[list[dict[str, Any]], list[dic
                 "wireguardRestarts": st.get("wireguardRestarts", 0),
             }
         )
-    members = [{"member": m.name, "endpoint": m.endpoint, "healthy": etcd.healthy(m)} for m in etcd.members(state.tag)]
+    pki = etcd.pki_dir(state.dir)
+    members = [
+        {"member": m.name, "endpoint": m.endpoint, "healthy": etcd.healthy(m, pki)} for m in etcd.members(state.tag)
+    ]
     return rows, members
 
 

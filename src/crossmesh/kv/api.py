@@ -151,6 +151,33 @@ class Kv(Protocol):
     async def close(self) -> None: ...
 
 
+class KvAdmin(Protocol):
+    """etcd's administration, as its `root` user: roles, users, auth (`kv.roles.ensure_roles`).
+    A caller that is not root gets KvDenied once auth is enabled."""
+
+    async def roles(self) -> list[Role]:
+        """Every role but etcd's own `root`, with its permissions, sorted by name."""
+        ...
+
+    async def ensure_role(self, role: Role) -> bool:
+        """Create `role` if missing and make its permissions exactly `role.permissions`; whether
+        anything changed."""
+        ...
+
+    async def delete_role(self, name: str) -> None:
+        """Remove the role (and with it, every user's grant of it)."""
+        ...
+
+    async def ensure_user(self, user: str, roles: list[str]) -> bool:
+        """A user without password (it authenticates by certificate common name) holding exactly
+        `roles`; whether anything changed."""
+        ...
+
+    async def enable_auth(self) -> None:
+        """Turn authentication on (it stays on). etcd refuses it while user root lacks role root."""
+        ...
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The first key after every key that starts with `prefix` (etcd's range_end for a prefix)."""
     end = bytearray(prefix)

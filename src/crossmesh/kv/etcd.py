@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import grpc
@@ -33,6 +33,7 @@ from crossmesh.kv.api import (
     KvUnavailable,
     Lease,
     LeaseExpired,
+    Permission,
     Put,
     Role,
     Snapshot,
@@ -205,12 +206,27 @@ class EtcdKv:
         await self.channel.close()
 
     # --- administration: roles, users, auth (the `root` user's certificate) -------------------
-    async def ensure_role(self, role: Role) -> None:
-        """Create `role` if missing and make its permissions exactly `role.permissions`."""
+    async def roles(self) -> list[Role]:
+        got = await self._call("role list", self._auth.RoleList, rpc.AuthRoleListRequest())
+        out = []
+        for name in sorted(set(got.roles) - {"root"}):
+            have = await self._role_permissions(name)
+            out.append(Role(name, [_permission(kind, key, end) for kind, key, end in sorted(have or ())]))
+        return out
+
+    async def _role_permissions(self, name: str) -> set[tuple[int, bytes, bytes]] | None:
+        """The role's permissions as (type, key, range end), None when there is no such role."""
         try:
-            got = await self._call("role get", self._auth.RoleGet, rpc.AuthRoleGetRequest(role=role.name))
-            have = {(p.permType, p.key, p.range_end) for p in got.perm}
-        except KvError:
+            got = await self._call("role get", self._auth.RoleGet, rpc.AuthRoleGetRequest(role=name))
+        except KvError as err:
+            if isinstance(err, KvDenied) or "role name not found" not in str(err):
+                raise
+            return None
+        return {(int(p.permType), bytes(p.key), bytes(p.range_end)) for p in got.perm}
+
+    async def ensure_role(self, role: Role) -> bool:
+        have = await self._role_permissions(role.name)
+        if have is None:
             await self._call("role add", self._auth.RoleAdd, rpc.AuthRoleAddRequest(name=role.name))
             have = set()
         want = {(_PERMS[p.kind], p.key, prefix_end(p.key) if p.prefix else b"") for p in role.permissions}
@@ -221,21 +237,38 @@ class EtcdKv:
             perm = rpc.Permission(permType=kind, key=key, range_end=end)
             request = rpc.AuthRoleGrantPermissionRequest(name=role.name, perm=perm)
             await self._call("role grant", self._auth.RoleGrantPermission, request)
+        return have != want
 
-    async def ensure_user(self, user: str, roles: list[str]) -> None:
-        """A user without password (it authenticates by certificate common name) holding `roles`."""
+    async def delete_role(self, name: str) -> None:
+        await self._call("role delete", self._auth.RoleDelete, rpc.AuthRoleDeleteRequest(role=name))
+
+    async def ensure_user(self, user: str, roles: list[str]) -> bool:
         try:
             got = await self._call("user get", self._auth.UserGet, rpc.AuthUserGetRequest(name=user))
-            have = set(got.roles)
-        except KvError:
+            have, made = set(got.roles), False
+        except KvError as err:
+            if isinstance(err, KvDenied) or "user name not found" not in str(err):
+                raise
             options = rpc.UserAddOptions(no_password=True)
             await self._call("user add", self._auth.UserAdd, rpc.AuthUserAddRequest(name=user, options=options))
-            have = set()
+            have, made = set(), True
+        for role in sorted(have - set(roles)):
+            request = rpc.AuthUserRevokeRoleRequest(name=user, role=role)
+            await self._call("user revoke", self._auth.UserRevokeRole, request)
         for role in sorted(set(roles) - have):
             await self._call("user grant", self._auth.UserGrantRole, rpc.AuthUserGrantRoleRequest(user=user, role=role))
+        return made or have != set(roles)
 
     async def enable_auth(self) -> None:
         await self._call("auth enable", self._auth.AuthEnable, rpc.AuthEnableRequest())
+
+
+_KINDS: dict[int, Literal["read", "write", "readwrite"]] = {0: "read", 1: "write", 2: "readwrite"}
+
+
+def _permission(kind: int, key: bytes, end: bytes) -> Permission:
+    """A permission as etcd holds it; any range end counts as a prefix (crossmesh grants no other range)."""
+    return Permission(_KINDS.get(kind, "readwrite"), key, prefix=bool(end))
 
 
 def _event(e: Any) -> Event:

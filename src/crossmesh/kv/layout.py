@@ -12,7 +12,10 @@
     /crossmesh/<mesh>/status/<n>        the revision node n runs, or why it does not (its agent)
 
 etcd knows a client by its certificate's common name: an agent's is its node's name, the operator's
-`crossmesh-operator`, `apply`'s `crossmesh-admin`.
+`crossmesh-operator`, `apply`'s `crossmesh-admin` (`kv.identities` lists them). Role names are
+`crossmesh:<mesh>:node:<n>`, `crossmesh:<mesh>:operator`, `crossmesh:<mesh>:admin`: a colon is in
+no mesh or node name, so no role of one mesh or node can be taken for another's (with dashes,
+node `operator` had the operator's role, and mesh `a`'s node `b-admin` mesh `a-b`'s admin role).
 """
 
 from __future__ import annotations
@@ -80,10 +83,15 @@ class Layout:
     def status(self, node: str) -> bytes:
         return self.statuses + node.encode()
 
+    @property
+    def role_prefix(self) -> str:
+        """Every role of this mesh, and no other mesh's, starts so."""
+        return f"crossmesh:{self.mesh}:"
+
     def node_role(self, node: str) -> Role:
         """A node's agent reads the whole mesh and writes only its own record and status."""
         return Role(
-            f"crossmesh-{self.mesh}-{node}",
+            f"{self.role_prefix}node:{node}",
             [
                 Permission("read", self.root, prefix=True),
                 Permission("readwrite", self.node(node)),
@@ -92,10 +100,10 @@ class Layout:
         )
 
     def operator_role(self) -> Role:
-        return Role(f"crossmesh-{self.mesh}-operator", [Permission("readwrite", self.root, prefix=True)])
+        return Role(f"{self.role_prefix}operator", [Permission("readwrite", self.root, prefix=True)])
 
     def admin_role(self) -> Role:
-        return Role(f"crossmesh-{self.mesh}-admin", [Permission("readwrite", self.root, prefix=True)])
+        return Role(f"{self.role_prefix}admin", [Permission("readwrite", self.root, prefix=True)])
 
     def users(self, nodes: list[str]) -> dict[str, Role]:
         """Every etcd user of the mesh and its role (user name = certificate common name)."""

@@ -20,6 +20,7 @@ from crossmesh.kv.api import (
     Event,
     KvCompacted,
     KvDenied,
+    KvError,
     KvUnavailable,
     Lease,
     LeaseExpired,
@@ -243,3 +244,55 @@ class MemoryKv:
 
     async def close(self) -> None:
         return None
+
+    # --- administration, as etcd's `root` -------------------------------------------------------
+    def _admin(self) -> MemoryStore:
+        s = self._live()
+        if s.auth and self.user != "root":
+            raise KvDenied(f"etcdserver: permission denied ({self.user} is not root)")
+        return s
+
+    async def roles(self) -> list[Role]:
+        s = self._admin()
+        return [_copy(s.roles[name]) for name in sorted(s.roles) if name != "root"]
+
+    async def ensure_role(self, role: Role) -> bool:
+        s = self._admin()
+        old = s.roles.get(role.name)
+        s.add_role(_copy(role))
+        return old is None or _perms(old) != _perms(role)
+
+    async def delete_role(self, name: str) -> None:
+        s = self._admin()
+        if name not in s.roles:
+            raise KvError(f"role delete: etcdserver: role name not found ({name})")
+        del s.roles[name]
+        for held in s.users.values():
+            held.discard(name)
+
+    async def ensure_user(self, user: str, roles: list[str]) -> bool:
+        s = self._admin()
+        missing = [r for r in roles if r not in s.roles and r != "root"]
+        if missing:
+            raise KvError(f"user grant: etcdserver: role name not found ({missing[0]})")
+        old = s.users.get(user)
+        s.users[user] = set(roles)
+        return old != set(roles)
+
+    async def enable_auth(self) -> None:
+        s = self._admin()
+        if "root" not in s.users.get("root", set()):
+            raise KvError("auth enable: etcdserver: root user does not exist or does not have the root role")
+        s.auth = True
+
+
+def _perms(role: Role) -> set[tuple[str, bytes, bool]]:
+    return {(p.kind, p.key, p.prefix) for p in role.permissions}
+
+
+def _copy(role: Role) -> Role:
+    return Role(role.name, [Permission(p.kind, p.key, p.prefix) for p in sorted(role.permissions, key=_order)])
+
+
+def _order(p: Permission) -> tuple[bytes, str, bool]:
+    return (p.key, p.kind, p.prefix)

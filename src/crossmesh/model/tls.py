@@ -17,7 +17,7 @@ class CertSpec:
     """What Cilium expects of one certificate (the chart's own generators: tls-helm, tls-cronjob,
     tls-certmanager): the Secret it lives in, its subject CN, its names, and whether it serves TLS."""
 
-    secret: str
+    secret: str  # the name it is kept under: a Secret of the chart, an etcd identity
     common_name: str
     dns_names: tuple[str, ...] = ()
     ip_addresses: tuple[str, ...] = ()
@@ -66,3 +66,14 @@ def clustermesh_specs(cluster: str) -> tuple[CertSpec, ...]:
         CertSpec("clustermesh-apiserver-remote-cert", f"remote-{cluster}"),
         CertSpec("clustermesh-apiserver-local-cert", f"local-{cluster}"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdTLS:
+    """The control plane's etcd PKI as issued (`crossmesh.kv.identities` says who gets what): the etcd
+    CA's certificate, and per identity its certificate and key. `renewed`: the identities issued
+    anew by this call (missing, changed or near their end); the others were kept as they were."""
+
+    ca_cert_pem: str  # the etcd CA's certificate only; its key never leaves the state directory
+    certs: tuple[IssuedCert, ...]
+    renewed: frozenset[str] = frozenset()  # CertSpec.secret of each certificate issued now

@@ -36,9 +36,10 @@ def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def new_ca(mesh: str, now: datetime) -> Authority:
+def new_ca(mesh: str, now: datetime, *, purpose: str = "ClusterMesh") -> Authority:
+    """A new CA of mesh `mesh` for `purpose` (its name says which: the ClusterMesh CA, the etcd CA)."""
     key = new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"crossmesh ClusterMesh CA ({mesh})")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"crossmesh {purpose} CA ({mesh})")])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -92,10 +93,16 @@ def signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 
 def usable(
-    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, ca: Authority, spec: CertSpec, now: datetime
+    cert: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+    ca: Authority,
+    spec: CertSpec,
+    now: datetime,
+    *,
+    renew_before: timedelta = RENEW_BEFORE,
 ) -> bool:
     """Whether a stored certificate can be rendered again: it is `key`'s, `ca` signed it, it says
-    what `spec` says, and more than RENEW_BEFORE of it is left."""
+    what `spec` says, and more than `renew_before` of it is left."""
     return (
         _public_bytes(cert.public_key()) == _public_bytes(key.public_key())
         and signed_by(cert, ca.cert)
@@ -103,7 +110,7 @@ def usable(
         and _san(cert) == set(_names(spec))
         and _usages(cert) == set(_usages_for(spec))
         and cert.not_valid_before_utc <= now
-        and cert.not_valid_after_utc - now > RENEW_BEFORE
+        and cert.not_valid_after_utc - now > renew_before
     )
 
 

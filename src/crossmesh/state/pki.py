@@ -12,20 +12,46 @@ Everything is made once and read back on every run, so rendering twice gives the
 cluster certificate is issued anew only when it is missing, no longer matches its key, the CA or
 what Cilium expects, or has less than a year left (`certs.RENEW_BEFORE`). The folder is opened by
 the state store (no links followed, 0700); the clock comes from the caller.
+
+The control plane's etcd has a CA of its own (`etcd_tls`, in `etcd-pki/` of the state directory,
+laid out the same way: `ca.key`, `ca.crt`, `server.key`, `server.crt`, `user.<CN>.key`,
+`user.<CN>.crt` — a dot is in no node name, so no node's files can be the CA's): etcd takes any
+certificate its CA signed as the user its common name names, so a ClusterMesh certificate must not
+be one it accepts. Its certificates are issued anew with less than ETCD_RENEW_BEFORE left.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from crossmesh.errors import StateError
-from crossmesh.model.tls import CertSpec, ClusterMeshTLS, IssuedCert, clustermesh_specs
+from crossmesh.model.tls import CertSpec, ClusterMeshTLS, EtcdTLS, IssuedCert, clustermesh_specs
 from crossmesh.state import certs, disk
 
 FILE_LIMIT = 64 * 1024  # a PEM key or certificate here is under 1 KiB
 CA_KEY, CA_CERT = "ca.key", "ca.crt"
+ETCD_RENEW_BEFORE = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class _Purpose:
+    """Which CA a folder holds: its name, and what replacing it means (said when it is unusable)."""
+
+    name: str
+    consequence: str
+
+
+CLUSTERMESH = _Purpose(
+    "ClusterMesh",
+    "then every cluster gets new ClusterMesh certificates: apply them to all clusters together",
+)
+ETCD = _Purpose(
+    "etcd",
+    "then the etcd members and every client get new certificates: install them on all of them together",
+)
 
 
 def clustermesh_tls(
@@ -33,25 +59,51 @@ def clustermesh_tls(
 ) -> dict[str, ClusterMeshTLS]:
     """The TLS material of every cluster in `clusters`, from the PKI folder `fd` (shown as
     `folder`), making the CA and whatever certificate is missing or due."""
-    ca = _authority(fd, folder, mesh, now)
+    ca = _authority(fd, folder, mesh, now, CLUSTERMESH)
     ca_pem = certs.cert_pem(ca.cert)
     return {
-        c: ClusterMeshTLS(c, ca_pem, tuple(_issued(fd, folder, ca, c, spec, now) for spec in clustermesh_specs(c)))
+        c: ClusterMeshTLS(
+            c,
+            ca_pem,
+            tuple(
+                _issued(fd, folder, ca, f"{c}.{spec.secret}", spec, now, certs.RENEW_BEFORE)[0]
+                for spec in clustermesh_specs(c)
+            ),
+        )
         for c in sorted(set(clusters))
     }
 
 
-def _authority(fd: int, folder: Path, mesh: str, now: datetime) -> certs.Authority:
+def etcd_tls(fd: int, folder: Path, mesh: str, specs: Iterable[CertSpec], now: datetime) -> EtcdTLS:
+    """The etcd certificates `specs` describe (`crossmesh.kv.identities.etcd_specs`), from the etcd
+    PKI folder `fd` (shown as `folder`), making its CA and whatever certificate is missing or due.
+    Certificates of identities no longer in `specs` stay in the folder, unused."""
+    ca = _authority(fd, folder, mesh, now, ETCD)
+    issued, renewed = [], set()
+    for spec in sorted(specs, key=lambda s: s.secret):
+        cert, fresh = _issued(fd, folder, ca, etcd_stem(spec), spec, now, ETCD_RENEW_BEFORE)
+        issued.append(cert)
+        if fresh:
+            renewed.add(spec.secret)
+    return EtcdTLS(certs.cert_pem(ca.cert), tuple(issued), frozenset(renewed))
+
+
+def etcd_stem(spec: CertSpec) -> str:
+    """The name an etcd certificate and its key are kept under (`.crt`, `.key`)."""
+    return "server" if spec.server else f"user.{spec.common_name}"
+
+
+def _authority(fd: int, folder: Path, mesh: str, now: datetime, purpose: _Purpose) -> certs.Authority:
     key_text = _read(fd, folder, CA_KEY, private=True)
     cert_text = _read(fd, folder, CA_CERT, private=False)
     if key_text is None and cert_text is None:
-        ca = certs.new_ca(mesh, now)
+        ca = certs.new_ca(mesh, now, purpose=purpose.name)
         _write(fd, folder, CA_KEY, certs.key_pem(ca.key), private=True)
         _write(fd, folder, CA_CERT, certs.cert_pem(ca.cert), private=False)
         return ca
     fix = (
         f"restore it from a backup, or delete both {folder / CA_KEY} and {folder / CA_CERT} to make a new "
-        "mesh CA (then every cluster gets new ClusterMesh certificates: apply them to all clusters together)"
+        f"{purpose.name} CA ({purpose.consequence})"
     )
     if key_text is None or cert_text is None:
         missing = CA_KEY if key_text is None else CA_CERT
@@ -59,17 +111,19 @@ def _authority(fd: int, folder: Path, mesh: str, now: datetime) -> certs.Authori
     try:
         ca = certs.Authority(certs.load_cert(cert_text), certs.load_key(key_text))
     except ValueError as err:
-        raise StateError(f"the mesh CA in {folder} is unreadable ({_first_line(err)}) — {fix}") from None
+        raise StateError(f"the {purpose.name} CA in {folder} is unreadable ({_first_line(err)}) — {fix}") from None
     if not certs.ca_usable(ca, now):
         raise StateError(
-            f"the mesh CA in {folder} does not match its key, or expires within "
-            f"{certs.RENEW_BEFORE.days} days ({ca.cert.not_valid_after_utc:%Y-%m-%d}) — {fix}"
+            f"the {purpose.name} CA in {folder} does not match its key, or expires within "
+            f"{certs.CERT_VALIDITY.days} days ({ca.cert.not_valid_after_utc:%Y-%m-%d}) — {fix}"
         )
     return ca
 
 
-def _issued(fd: int, folder: Path, ca: certs.Authority, cluster: str, spec: CertSpec, now: datetime) -> IssuedCert:
-    stem = f"{cluster}.{spec.secret}"
+def _issued(
+    fd: int, folder: Path, ca: certs.Authority, stem: str, spec: CertSpec, now: datetime, renew_before: timedelta
+) -> tuple[IssuedCert, bool]:
+    """The certificate kept as `stem`.crt/.key if still usable, else a new one; True when new."""
     key_text = _read(fd, folder, f"{stem}.key", private=True)
     cert_text = _read(fd, folder, f"{stem}.crt", private=False)
     if key_text is not None and cert_text is not None:
@@ -78,14 +132,14 @@ def _issued(fd: int, folder: Path, ca: certs.Authority, cluster: str, spec: Cert
         except ValueError:
             pass  # unreadable: issued anew below, as a missing one would be
         else:
-            if certs.usable(cert, key, ca, spec, now):
-                return IssuedCert(spec, cert_text, key_text)
+            if certs.usable(cert, key, ca, spec, now, renew_before=renew_before):
+                return IssuedCert(spec, cert_text, key_text), False
     key = certs.new_key()
     cert_text = certs.cert_pem(certs.issue(ca, spec, key, now))
     key_text = certs.key_pem(key)
     _write(fd, folder, f"{stem}.key", key_text, private=True)
     _write(fd, folder, f"{stem}.crt", cert_text, private=False)
-    return IssuedCert(spec, cert_text, key_text)
+    return IssuedCert(spec, cert_text, key_text), True
 
 
 def _read(fd: int, folder: Path, name: str, *, private: bool) -> str | None:

@@ -5,6 +5,7 @@
     keys/<node>.pub       public keys
     applied-plan.json     the plan last rendered or applied, for `plan`'s difference
     pki/                  the mesh's ClusterMesh CA and the clusters' certificates (see `pki`), 0700
+    etcd-pki/             the control plane's etcd CA and its identities' certificates (`crossmesh pki etcd`), 0700
 
 In a full mesh of n nodes every node lists ~n peers and ~3n routes: written out per
 node, applied-plan.json grows as n² (810 MB in the 1,000-node benchmark). They are few distinct
@@ -31,12 +32,12 @@ from typing import Any
 
 from crossmesh.errors import StateError
 from crossmesh.ipam.allocate import Allocations
-from crossmesh.model.tls import ClusterMeshTLS
+from crossmesh.model.tls import CertSpec, ClusterMeshTLS, EtcdTLS
 from crossmesh.state import disk, pki
 from crossmesh.state import keys as wgkeys
 
-KEYS, PKI = "keys", "pki"
-SUBFOLDERS = {KEYS: "keys", PKI: "ClusterMesh CA and certificates"}
+KEYS, PKI, ETCD_PKI = "keys", "pki", "etcd-pki"
+SUBFOLDERS = {KEYS: "keys", PKI: "ClusterMesh CA and certificates", ETCD_PKI: "etcd CA and certificates"}
 KEY_FILE_LIMIT = 4096  # a key file holds 45 bytes
 STATE_FILE_LIMIT = 1 << 30  # applied-plan.json of the largest documented mesh is far smaller
 
@@ -142,6 +143,12 @@ class StateStore:
         with self._folder(PKI) as fd:
             os.fchmod(fd, disk.PRIVATE_DIR)  # a pki/ folder left 0755 by hand is tightened
             return pki.clustermesh_tls(fd, self.root / PKI, mesh, clusters, now)
+
+    def etcd_tls(self, mesh: str, specs: Iterable[CertSpec], now: datetime) -> EtcdTLS:
+        """The etcd CA (made once) and the certificates `specs` describe (see `pki.etcd_tls`)."""
+        with self._folder(ETCD_PKI) as fd:
+            os.fchmod(fd, disk.PRIVATE_DIR)
+            return pki.etcd_tls(fd, self.root / ETCD_PKI, mesh, specs, now)
 
     # the folders ------------------------------------------------------------------------
     def _open(self, sub: str | None, *, create: bool) -> int:

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 from itertools import islice
 
 from crossmesh.errors import Problem
+from crossmesh.kv import identities
 from crossmesh.load.yamlpos import Document, PathKey, dotted
 from crossmesh.model.mesh import Distribution, Mesh, Site, Topology
 
@@ -33,6 +34,7 @@ def check(mesh: Mesh, doc: Document) -> list[Problem]:
     problems: list[Problem] = []
     for rule in (
         _unique_names,
+        _reserved_names,
         _sites_exist,
         _addresses,
         _cidrs,
@@ -88,6 +90,21 @@ def _unique_names(mesh: Mesh, doc: Document) -> list[Problem]:
         "node names must be unique across the mesh",
     )
     return out
+
+
+def _reserved_names(mesh: Mesh, doc: Document) -> list[Problem]:
+    """etcd takes a node's agent certificate (CN = the node) as the user of that name: a node named
+    `root` would administer the control plane's etcd."""
+    return [
+        doc.problem(
+            ("spec", "clusters", ci, "nodes", ni, "name"),
+            f"node name {n.name} is reserved: etcd would take this node's agent for the user {n.name} — "
+            f"rename the node ({', '.join(identities.RESERVED)} are reserved)",
+        )
+        for ci, c in enumerate(mesh.spec.clusters)
+        for ni, n in enumerate(c.nodes)
+        if n.name in identities.RESERVED
+    ]
 
 
 def _sites_exist(mesh: Mesh, doc: Document) -> list[Problem]:

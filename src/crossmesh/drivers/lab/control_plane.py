@@ -1,9 +1,15 @@
 """The lab's control plane: a 3-member etcd on loopback and one agent per node (their
 configurations, status files and the mesh intent they are held to); crashing a node and
-rotating keys through the agents."""
+rotating keys through the agents.
+
+etcd runs as on real nodes: TLS with client certificates from the mesh's etcd CA (the state
+directory's, as `crossmesh pki etcd` issues them), users and roles made by `ensure_roles` with
+root's certificate, auth enabled; each agent holds its own node's certificate only, so it can
+write its own record and no other's."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -11,31 +17,62 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from crossmesh.agent import config as agent_configs
 from crossmesh.agent import records
 from crossmesh.drivers import etcd
+from crossmesh.drivers.files import write_tree
 from crossmesh.drivers.lab import wireguard
 from crossmesh.drivers.lab.processes import alive, stop_group, wireguard_pids
 from crossmesh.drivers.lab.state import LabError, LabState
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.errors import UsageError
+from crossmesh.kv import identities
+from crossmesh.render.etcd import tls_files
 from crossmesh.state.store import StateStore
 from crossmesh.workspace import Compiled
 
 
-def start_etcd(state: LabState) -> list[str]:
+def start_etcd(state: LabState, compiled: Compiled) -> list[str]:
+    pki = issue_etcd_identities(state, compiled)
     changes = []
     for m in etcd.members(state.tag):
-        if etcd.healthy(m) or alive(state.etcd_pids.get(m.name, 0)):
+        if etcd.healthy(m, pki) or alive(state.etcd_pids.get(m.name, 0)):
             continue
-        state.etcd_pids[m.name] = etcd.start_member(state.dir, state.tag, m)
+        state.etcd_pids[m.name] = etcd.start_member(state.dir, state.tag, m, pki)
         changes.append(f"etcd member {m.name} started on 127.0.0.1:{m.client}")
     state.save()
-    etcd.wait_healthy(state.tag)
-    return changes
+    etcd.wait_healthy(state.tag, pki)
+    return changes + ensure_etcd_roles(state, compiled)
+
+
+def issue_etcd_identities(state: LabState, compiled: Compiled) -> Path:
+    """The certificates of the mesh's etcd identities (`kv.identities`), issued once from the state
+    directory's etcd CA and kept there, written where the members and agents read them."""
+    pki = etcd.pki_dir(state.dir)
+    write_tree(pki, tls_files(compiled.etcd_tls(datetime.now(UTC))))
+    return pki
+
+
+def ensure_etcd_roles(state: LabState, compiled: Compiled) -> list[str]:
+    """etcd's users and roles for the mesh's nodes as they are now, as root; auth on."""
+    from crossmesh.kv.etcd import Tls, connect  # gRPC loads only with the control plane
+    from crossmesh.kv.layout import Layout
+    from crossmesh.kv.roles import ensure_roles
+
+    root = etcd.identity(etcd.pki_dir(state.dir), identities.ROOT_USER)
+
+    async def run() -> list[str]:
+        kv = await connect(etcd.endpoints(state.tag), Tls(root.ca, root.cert, root.key))
+        try:
+            return await ensure_roles(kv, Layout(compiled.plan.mesh), identities.agent_nodes(compiled.plan))
+        finally:
+            await kv.close()
+
+    return asyncio.run(run())
 
 
 def agent_dir(state: LabState) -> Path:
@@ -63,6 +100,7 @@ def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_na
         status=agent_dir(state) / f"{node_name}.status.json",
         wireguard_log=state.dir / "logs" / f"{dev.ifname}.log",
         intent_path=intent_path(state),
+        tls=etcd.identity(etcd.pki_dir(state.dir), node_name).as_dict(),
     ).to_json()
 
 
@@ -120,6 +158,10 @@ def start_joining_agents(
     directory = agent_dir(state)
     directory.mkdir(parents=True, exist_ok=True)
     _write_intent(state, compiled)
+    if joining:  # their certificates, and their roles if etcd runs (else start_etcd makes them)
+        pki = issue_etcd_identities(state, compiled)
+        if any(etcd.healthy(m, pki) for m in etcd.members(state.tag)):
+            ensure_etcd_roles(state, compiled)
     started = {}
     for dev in topo.wireguard:
         path = directory / f"{dev.node}.json"

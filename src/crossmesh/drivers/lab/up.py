@@ -216,7 +216,7 @@ def _build(
 
     if agents:
         progress("control plane: 3-member etcd on loopback")
-        changes += start_etcd(state)
+        changes += start_etcd(state, compiled)
         lap("etcd")
     progress(f"WireGuard: {len(topo.wireguard)} wireguard-go devices")
     files = rendered(compiled)

@@ -1,0 +1,169 @@
+"""`crossmesh pki`: the control plane's etcd certificates and roles."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, friendly, out
+from crossmesh.errors import UsageError
+from crossmesh.kv import identities
+from crossmesh.model.tls import CertSpec, EtcdTLS
+from crossmesh.state import certs, pki
+from crossmesh.state.store import ETCD_PKI
+
+app = typer.Typer(
+    help="The control plane's etcd PKI: certificates for its members and clients, and its users and roles.",
+    no_args_is_help=True,
+)
+
+MESH_ARG = typer.Argument(..., help="the mesh file", show_default=False)
+STATE_OPTION = typer.Option(None, "--state", help="state directory (default: .crossmesh/ beside the mesh file)")
+
+
+@app.command("etcd")
+@friendly
+def etcd_certs(
+    mesh: Path = MESH_ARG,
+    state: Path | None = STATE_OPTION,
+    server_ip: list[str] = typer.Option(
+        [],
+        "--server-ip",
+        help="an address of the etcd members, in the server certificate (repeatable; default 127.0.0.1)",
+    ),
+    server_name: list[str] = typer.Option(
+        [], "--server-name", help="a DNS name of the etcd members, in the server certificate (repeatable)"
+    ),
+    output_dir: Path | None = typer.Option(
+        None, "--output-dir", "-d", help="also write each identity's files here (see below)"
+    ),
+    output: Output = OUTPUT_OPTION,
+) -> None:
+    """Issue the etcd certificates of the mesh from an etcd CA in the state directory.
+
+    Identities: [bold]server[/bold] (the etcd members: serverAuth and clientAuth, named by --server-ip and
+    --server-name), one client certificate (clientAuth, CN = the name) per node that runs an agent, and
+    [bold]crossmesh-operator[/bold], [bold]crossmesh-admin[/bold] and [bold]root[/bold]. etcd with
+    --client-cert-auth takes each as the user its CN names; `crossmesh pki etcd-roles` gives them their roles.
+
+    The state directory keeps them: etcd-pki/ca.key (the etcd CA's key, 0600, never printed nor written
+    elsewhere), etcd-pki/ca.crt, etcd-pki/server.key and user.<CN>.key (0600) with their .crt; folder
+    0700. The CA is made once and kept; running again keeps every certificate still valid and issues anew
+    those missing, changed (other --server-ip or --server-name) or with less than 30 days left. This
+    writes no WireGuard key and no allocation.
+
+    With --output-dir, one folder per identity: DIR/server/ and DIR/users/<CN>/, each holding ca.crt
+    (0644), tls.crt (0644) and tls.key (0600; its folder 0700). Folders of identities the mesh no longer
+    has are removed.
+    """
+    from crossmesh.drivers.files import write_tree
+    from crossmesh.render.etcd import tls_files
+    from crossmesh.workspace import compile_mesh
+
+    ips = server_ip or list(identities.DEFAULT_SERVER_IPS)
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise UsageError(f"--server-ip {ip!r} is not an IP address — give one per flag, e.g. 10.0.1.10") from None
+    compiled = compile_mesh(mesh, state, dry_run=True)  # names only: no key, no allocation written
+    now = datetime.now(UTC)
+    tls = compiled.etcd_tls(now, server_ips=ips, server_names=server_name)
+    if output_dir is not None:
+        write_tree(output_dir, tls_files(tls))
+    rows = _rows(tls, output_dir)
+    if output is not Output.TABLE:
+        emit(
+            {"stateDir": str(compiled.store.root / ETCD_PKI), "outputDir": _text(output_dir), "identities": rows},
+            output,
+        )
+        return
+    for row in rows:
+        what = "issued" if row["issued"] else "kept"
+        where = f"  {row['folder']}" if row["folder"] else ""
+        out.print(
+            f"{what:<6} {escape(str(row['name'])):<24} CN={escape(str(row['commonName']))}, "
+            f"until {str(row['notAfter'])[:10]}{escape(where)}"
+        )
+    fresh = sum(1 for r in rows if r["issued"])
+    target = f", files in {output_dir} (keys 0600)" if output_dir is not None else ""
+    out.print(f"{len(rows)} etcd identities: {fresh} issued, {len(rows) - fresh} kept{target}", markup=False)
+
+
+def _rows(tls: EtcdTLS, output_dir: Path | None) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for issued in tls.certs:
+        cert = certs.load_cert(issued.cert_pem)
+        spec = issued.spec
+        rows.append(
+            {
+                "name": spec.secret,
+                "commonName": spec.common_name,
+                "kind": "server" if spec.server else "client",
+                "names": [*spec.dns_names, *spec.ip_addresses],
+                "notAfter": cert.not_valid_after_utc.isoformat(),
+                "issued": spec.secret in tls.renewed,
+                "folder": _text(output_dir / identities.folder(spec)) if output_dir is not None else None,
+            }
+        )
+    return rows
+
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+@app.command("etcd-roles")
+@friendly
+def etcd_roles(
+    mesh: Path = MESH_ARG,
+    etcd_endpoints: str = typer.Option(
+        ..., "--etcd-endpoints", help="comma-separated https:// client URLs of the etcd members"
+    ),
+    state: Path | None = STATE_OPTION,
+    cacert: Path | None = typer.Option(None, "--cacert", help="the etcd CA (default: the state directory's)"),
+    cert: Path | None = typer.Option(None, "--cert", help="root's certificate (default: the state directory's)"),
+    key: Path | None = typer.Option(None, "--key", help="root's key (default: the state directory's)"),
+) -> None:
+    """Make etcd's users and roles what the mesh needs, as root, then enable auth.
+
+    Each node's agent (user = its node name) reads the mesh and writes only its own record and status;
+    crossmesh-operator and crossmesh-admin write the mesh's keys. Every role is made exactly that:
+    permissions it should no longer have are revoked, and the role of a node the mesh no longer has is
+    deleted. Safe to run again (it then changes nothing). Run `crossmesh pki etcd` first: by default the
+    CA and root's certificate come from the state directory's etcd-pki/.
+    """
+    from crossmesh.cli.agent import etcd_urls, require_agent_extra
+    from crossmesh.workspace import compile_mesh
+
+    require_agent_extra()
+    from crossmesh.kv.etcd import Tls, connect
+    from crossmesh.kv.layout import Layout
+    from crossmesh.kv.roles import ensure_roles
+
+    compiled = compile_mesh(mesh, state, dry_run=True)
+    folder = compiled.store.root / ETCD_PKI
+    root = pki.etcd_stem(CertSpec(identities.ROOT_USER, identities.ROOT_USER))
+    tls = Tls(cacert or folder / pki.CA_CERT, cert or folder / f"{root}.crt", key or folder / f"{root}.key")
+    for flag, path in (("--cacert", tls.ca), ("--cert", tls.cert), ("--key", tls.key)):
+        if not path.is_file():
+            raise UsageError(f"{flag} {path}: no such file — run `crossmesh pki etcd {mesh}` first, or name it")
+    endpoints = etcd_urls(etcd_endpoints, tls=True, insecure=False)
+    nodes = identities.agent_nodes(compiled.plan)  # a node with a reserved name: refused by validation
+
+    async def run() -> list[str]:
+        kv = await connect(endpoints, tls)
+        try:
+            return await ensure_roles(kv, Layout(compiled.plan.mesh), nodes)
+        finally:
+            await kv.close()
+
+    changes = asyncio.run(run())
+    for change in changes:
+        out.print(escape(change))
+    out.print(f"etcd users and roles of {compiled.plan.mesh}: {len(changes)} changes; auth enabled", markup=False)
