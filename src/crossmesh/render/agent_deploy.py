@@ -35,7 +35,7 @@ NAME = "crossmesh-agent"
 NAMESPACE = "crossmesh-system"
 STATE_DIR = "/var/lib/crossmesh"
 ETCD_CA = f"{STATE_DIR}/etcd/ca.crt"  # the etcd servers' CA
-ETCD_CERT = f"{STATE_DIR}/etcd/tls.crt"  # `crossmesh pki etcd`: users/<node>/; this node's etcd client certificate, CN = node name
+ETCD_CERT = f"{STATE_DIR}/etcd/tls.crt"  # this node's etcd client certificate (CN = node), as `pki etcd` writes it
 ETCD_KEY = f"{STATE_DIR}/etcd/tls.key"  # its key, 0600
 ENV_FILE = "/etc/crossmesh/agent.env"  # systemd: CROSSMESH_ETCD_ENDPOINTS=https://…
 ENDPOINTS_VAR = "CROSSMESH_ETCD_ENDPOINTS"
