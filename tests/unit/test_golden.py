@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -110,6 +111,8 @@ def parsed(path: Path) -> Any:
         return list(yaml.safe_load_all(text))
     if path.suffix == ".conf":
         return parse_wg_quick(text)
+    if path.suffix == ".json":
+        return json.loads(text)
     return text.splitlines()
 
 

@@ -16,6 +16,8 @@ VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 VXLAN_PORT = 8472  # Linux/Flannel/Cilium default, not IANA's 4789
 VXLAN_VNI = 1  # Flannel's VNI in K3s
 TUNNEL_INTERFACE = "wg-crossmesh"
+# Managed distributions: their control plane (and its controller manager) is the cloud's, not ours.
+MANAGED_DISTRIBUTIONS = frozenset({"eks", "aks", "gke"})
 
 
 class RouteVia(StrEnum):
@@ -147,6 +149,12 @@ class NodePlan:
     @property
     def natted(self) -> bool:
         return self.public_address is None
+
+    @property
+    def forwards(self) -> bool:
+        """IP forwarding: a gateway with a tunnel carries its site's traffic to the other sites (a standby
+        one once it takes over), so it sends and receives packets that are neither from nor to itself."""
+        return self.gateway and self.tunnel is not None
 
     def overlay_routes(self) -> tuple[Route, ...]:
         """Every other overlay node's pod CIDR into the VXLAN device, via its VXLAN address (the

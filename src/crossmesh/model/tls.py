@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from crossmesh.model.plan import Plan
 
 CILIUM_NAMESPACE = "kube-system"  # the release namespace of every rendered Cilium install
+CLUSTERMESH_NODEPORT = 32379  # clustermesh-apiserver's default NodePort: the other clusters dial it on node addresses
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,8 @@ from typing import Any
 
 from crossmesh.model.mesh import CILIUM_DEFAULT_MAX_CLUSTER_ID, MAX_CLUSTER_ID
 from crossmesh.model.plan import ClusterPlan, Plan
-from crossmesh.model.tls import CILIUM_NAMESPACE, ClusterMeshTLS, clustermesh_clusters
+from crossmesh.model.tls import CILIUM_NAMESPACE, CLUSTERMESH_NODEPORT, ClusterMeshTLS, clustermesh_clusters
 from crossmesh.render.common import kube_proxy_replacement
-
-CLUSTERMESH_NODEPORT = 32379  # clustermesh-apiserver's default NodePort
 
 # Sidero's "Deploying Cilium CNI" guide (docs.siderolabs.com/kubernetes-guides/cni/deploying-cilium):
 # Talos lets no workload load kernel modules, so SYS_MODULE (and SYSLOG) leave the chart's default

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from crossmesh.model.plan import ClusterPlan, NodePlan, Plan
 
-MANAGED = frozenset({"eks", "aks", "gke"})  # their control plane (and its controller manager) is not ours
-
 
 def kube_proxy_replacement(cluster: ClusterPlan) -> bool:
     """Cilium replaces kube-proxy where every node has a local API server endpoint before any Service
@@ -37,4 +35,4 @@ def controller_manager_args(plan: Plan, cluster: ClusterPlan) -> dict[str, str]:
 
 def forwards(node: NodePlan) -> bool:
     """IP forwarding: a gateway with a tunnel carries its site's traffic to the other sites."""
-    return node.gateway and node.tunnel is not None
+    return node.forwards

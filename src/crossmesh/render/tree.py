@@ -22,6 +22,8 @@ nodes/<node>/k3s-config.yaml            distribution k3s: the node's config.yaml
 nodes/<node>/kubelet.env                distribution kubeadm: KUBELET_EXTRA_ARGS (node-ip)
 nodes/<node>/crossmesh-agent.service    other distributions, full mesh: the agent's systemd unit (after wg-quick)
 etcd/rbac.sh                            etcd roles: each node's agent writes only its own record
+sites/<site>/prerequisites.tf.json      cloud sites: what the cloud must allow and carry (inbound rules, routes,
+                                        forwarding checks) as a Terraform/OpenTofu root module (render/providers.py)
 
 Managed distributions (eks, aks, gke) get no distribution file: their control plane is the cloud's.
 """
@@ -33,7 +35,20 @@ from collections.abc import Callable, Mapping
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
 from crossmesh.model.tls import ClusterMeshTLS, clustermesh_clusters
-from crossmesh.render import agent_deploy, cilium, etcd, k3s, kubeadm, mcs, podcidrs, routes, talos, wireguard
+from crossmesh.plan import prerequisites
+from crossmesh.render import (
+    agent_deploy,
+    cilium,
+    etcd,
+    k3s,
+    kubeadm,
+    mcs,
+    podcidrs,
+    providers,
+    routes,
+    talos,
+    wireguard,
+)
 from crossmesh.render.files import RenderedFile, yaml_dump
 
 KIND_ORDER = {
@@ -122,4 +137,8 @@ def render(
     rbac = etcd.rbac_script(plan)
     if rbac is not None:
         out["etcd/rbac.sh"] = RenderedFile(rbac, 0o755)
+    for site in prerequisites.derive(plan):
+        module = providers.render(site)
+        if module is not None:
+            out[f"sites/{site.site.name}/prerequisites.tf.json"] = RenderedFile(module)
     return out

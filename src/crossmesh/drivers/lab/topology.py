@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from crossmesh.drivers.lab import firewall
+from crossmesh.drivers.lab.firewall import NFT_COMMENT_MAX
 from crossmesh.drivers.lab.servicenat import services_nft
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, RouteVia
+from crossmesh.plan.prerequisites import SitePrerequisites
+from crossmesh.plan.prerequisites import derive as derive_prerequisites
 from crossmesh.policy import compile as compile_policy
 from crossmesh.policy.evaluator import PolicyIndex
 
@@ -163,11 +168,14 @@ def build(
     *,
     agent_routes: bool = False,
     indices: dict[str, dict[str, int]] | None = None,
+    prerequisites: Mapping[str, SitePrerequisites] | None = None,
 ) -> LabTopology:
     """The lab's desired state. With `agent_routes`, routes into the tunnels are left to the
-    nodes' agents (they follow etcd), and the lab sets up everything else."""
+    nodes' agents (they follow etcd), and the lab sets up everything else. Site routers enforce
+    the sites' inbound prerequisites (`prerequisites`, by site: the plan's own when not given)."""
     prefix = f"cm-{tag}"
     sites = list(plan.sites)
+    firewall = prerequisites if prerequisites is not None else {p.site.name: p for p in derive_prerequisites(plan)}
     nodes = list(plan.nodes)
     pods = [p for c in plan.clusters for p in c.pods]
     kept = indices or {}
@@ -249,7 +257,7 @@ def build(
                 # A site network is a switch, not a firewall: frames crossing the bridge skip
                 # the router's nftables (the host may have br_netfilter on, which new namespaces inherit).
                 sysctls=FORWARD_SYSCTLS + (("net/bridge/bridge-nf-call-iptables", "0"),),
-                nft=_router_nft(wan_if, site_wan[s.name], site_nodes),
+                nft=_router_nft(wan_if, site_wan[s.name], site_nodes, firewall.get(s.name)),
                 owner=s.name,
             )
         )
@@ -376,8 +384,11 @@ def _inet_nft() -> str:
     )
 
 
-def _router_nft(wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan]) -> str:
-    """The cloud's NAT: 1:1 for nodes with a public address, source NAT for the others."""
+def _router_nft(
+    wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan], prereq: SitePrerequisites | None
+) -> str:
+    """The cloud's NAT — 1:1 for nodes with a public address, source NAT for the others — and its
+    stateful inbound firewall: from the internet only answers and what a prerequisite allows."""
     dnat = []
     snat = []
     for n in site_nodes:
@@ -396,9 +407,9 @@ def _router_nft(wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan]) 
         "  chain forward {\n"
         "    type filter hook forward priority 0; policy accept;\n"
         f'    oifname "{wan_if}" ip daddr {{ {_private_set()} }} counter drop comment "no-private-to-internet"\n'
-        f'    iifname "{wan_if}" ct status dnat accept\n'
         f'    iifname "{wan_if}" ct state established,related accept\n'
-        f'    iifname "{wan_if}" counter drop comment "unsolicited-from-internet"\n'
+        + firewall.inbound_accepts(wan_if, prereq)
+        + f'    iifname "{wan_if}" counter drop comment "unsolicited-from-internet"\n'
         "  }\n"
         "  chain input {\n"
         "    type filter hook input priority 0; policy accept;\n"
@@ -407,9 +418,6 @@ def _router_nft(wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan]) 
         "  }\n"
         "}\n"
     )
-
-
-NFT_COMMENT_MAX = 128  # nftables refuses a longer comment, and with it the whole table
 
 
 def spoof_comment(pod: PodPlan) -> str:
