@@ -64,6 +64,14 @@ async def propose(kv: Kv, path: Path) -> Proposal:
     )
 
 
+async def propose_files(kv: Kv, files: dict[str, str], mesh_file: str) -> Proposal:
+    """`propose` for a mesh held as files (the lab's, with its membership changes written in):
+    validated from a private copy, exactly as the operator will read the revision back."""
+    probe = desired_mod.Desired(1, desired_mod.digest(files), "", "", "", mesh_file, files)
+    with tempfile.TemporaryDirectory(prefix="crossmesh-apply-") as tmp:
+        return await propose(kv, desired_mod.materialize(probe, Path(tmp)))
+
+
 async def apply(kv: Kv, proposal: Proposal, who: str) -> tuple[desired_mod.Desired, bool]:
     """Publish `proposal` as the next revision; (the applied revision, whether it is new). An
     unchanged mesh is not re-applied. ApplyConflict when another apply landed since `propose`."""

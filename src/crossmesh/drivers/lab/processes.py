@@ -53,7 +53,12 @@ def find_processes(marker: str) -> list[int]:
         prog = os.path.basename(argv[0].decode(errors="replace"))
         args = [a.decode(errors="replace") for a in argv[1:]]
         is_wg = prog == "wireguard-go" or (prog == "ip" and "wireguard-go" in args)
-        ours = ("crossmesh.drivers.lab.workload", "crossmesh.drivers.lab.servicesd", "crossmesh.agent.daemon")
+        ours = (
+            "crossmesh.drivers.lab.workload",
+            "crossmesh.drivers.lab.servicesd",
+            "crossmesh.agent.daemon",
+            "crossmesh.operator",
+        )
         is_workload = any(m in args for m in ours)
         # tcpdump captures, and the lab's etcd members (their data directory names the tag).
         is_other = prog in ("tcpdump", "etcd")
