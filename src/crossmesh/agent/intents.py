@@ -108,6 +108,19 @@ def decode_intent(raw: bytes, key_node: str) -> NodeIntent:
     )
 
 
+def judge(key_node: str, raw: bytes | None, previous: NodeIntent | None) -> tuple[NodeIntent | None, str | None]:
+    """The intent to follow for node `key_node` after `raw` was put under its key (None: deleted),
+    and why `raw` is refused (None when it is not). As with records, a refused intent never
+    replaces the last good one: a bad write to a node's key does not take the node off the mesh;
+    a delete does (the operator removed the node)."""
+    if raw is None:
+        return None, None
+    try:
+        return decode_intent(raw, key_node), None
+    except IntentError as err:
+        return previous, str(err) + ("; keeping its last good intent" if previous is not None else "")
+
+
 def decode_status(raw: bytes, key_node: str) -> NodeStatus:
     what = f"status of {key_node[:63]!r}"
     data = _load(raw, what)

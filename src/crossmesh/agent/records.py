@@ -47,20 +47,23 @@ class NodeRecord:
 
 def record_of(node: NodePlan, public_key: str) -> dict[str, Any]:
     """The record a planned node publishes (as a dict: the agent's configuration carries it)."""
-    assert node.tunnel is not None  # noqa: S101 - only tunnel nodes run agents
-    port = node.tunnel.listen_port
-    return asdict(
-        NodeRecord(
-            name=node.name,
-            cluster=node.cluster,
-            site=node.site,
-            public_key=public_key,
-            address=str(node.address),
-            pod_cidr=str(node.pod_cidr),
-            tunnel_address=str(node.tunnel.address),
-            listen_port=port,
-            endpoint=f"{node.public_address}:{port}" if node.public_address else None,
-        )
+    return asdict(record_from(planned_of(node), public_key))
+
+
+def record_from(planned: PlannedNode, public_key: str, version: int = 1) -> NodeRecord:
+    """The record a node publishes: what the mesh plans for it, its public key and key version."""
+    port = planned.listen_port
+    return NodeRecord(
+        name=planned.name,
+        cluster=planned.cluster,
+        site=planned.site,
+        public_key=public_key,
+        address=planned.address,
+        pod_cidr=planned.pod_cidr,
+        tunnel_address=planned.tunnel_address,
+        listen_port=port,
+        endpoint=f"{planned.public_address}:{port}" if planned.public_address else None,
+        version=version,
     )
 
 
@@ -197,23 +200,24 @@ def unsupported(plan: Plan) -> str | None:
     )
 
 
+def planned_of(node: NodePlan) -> PlannedNode:
+    """A node of the plan that runs an agent, as records must match it."""
+    assert node.tunnel is not None  # noqa: S101 - only tunnel nodes run agents
+    return PlannedNode(
+        name=node.name,
+        cluster=node.cluster,
+        site=node.site,
+        address=str(node.address),
+        pod_cidr=str(node.pod_cidr),
+        tunnel_address=str(node.tunnel.address),
+        listen_port=node.tunnel.listen_port,
+        public_address=None if node.public_address is None else str(node.public_address),
+    )
+
+
 def intent_of(plan: Plan) -> dict[str, PlannedNode]:
     """The nodes of the plan that run agents, as records must match them."""
-    out = {}
-    for node in plan.nodes:
-        if node.tunnel is None:
-            continue
-        out[node.name] = PlannedNode(
-            name=node.name,
-            cluster=node.cluster,
-            site=node.site,
-            address=str(node.address),
-            pod_cidr=str(node.pod_cidr),
-            tunnel_address=str(node.tunnel.address),
-            listen_port=node.tunnel.listen_port,
-            public_address=None if node.public_address is None else str(node.public_address),
-        )
-    return out
+    return {node.name: planned_of(node) for node in plan.nodes if node.tunnel is not None}
 
 
 def encode_intent(intent: dict[str, PlannedNode]) -> str:
