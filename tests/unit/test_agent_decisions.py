@@ -14,6 +14,7 @@ import pytest
 from crossmesh.agent import config as agent_config
 from crossmesh.agent import dataplane, records
 from crossmesh.agent.daemon import Agent
+from crossmesh.kv.api import Entry
 from crossmesh.workspace import compile_mesh
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "three-clouds"
@@ -46,9 +47,9 @@ class World:
             intent_path=self.intent,
         )
 
-    def items(self, *nodes: str, rev: int = 10) -> list[tuple[bytes, bytes, int]]:
+    def items(self, *nodes: str, rev: int = 10) -> list[Entry]:
         prefix = records.prefix(self.compiled.plan.mesh).encode()
-        return [(prefix + n.encode(), self.records[n].encode(), rev + i) for i, n in enumerate(nodes)]
+        return [Entry(prefix + n.encode(), self.records[n].encode(), rev + i, rev + i, 1) for i, n in enumerate(nodes)]
 
 
 @pytest.fixture

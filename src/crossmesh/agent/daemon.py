@@ -2,7 +2,12 @@
 and keep the node's WireGuard device and routes equal to what the records say.
 
     python -m crossmesh.agent.daemon CONFIG.json        (the lab starts one per node)
-    crossmesh agent --config CONFIG.json                (a real node)
+    crossmesh agent MESH --node N ... | --mesh NAME ... (a real node)
+
+What the mesh plans for every node — the intent records are held to — comes from the mesh file
+(inline), a file the lab rewrites, or the operator's intents in etcd (config.py); the etcd session
+itself (read, lease, publish, watch, status) is session.py, over any `crossmesh.kv.api.Kv`, so that
+these decisions are unit-tested on the in-memory store.
 
 Changes are applied incrementally (`wg set ... peer`, one route at a time): a node
 joining adds one peer here and resets nobody's session. When etcd is unreachable the
@@ -23,85 +28,61 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
 
-import aetcd
-
-from crossmesh.agent import dataplane, etcd_client, records
+from crossmesh.agent import dataplane, handshakes, intents, records, session
 from crossmesh.agent.config import AgentConfig, ConfigError
+from crossmesh.agent.following import Following
+from crossmesh.agent.log import log
 from crossmesh.drivers.lab import wireguard
 from crossmesh.errors import CrossmeshError
+from crossmesh.kv import etcd as etcd_kv
+from crossmesh.kv.api import Entry, Event, Kv
 from crossmesh.state import disk
 from crossmesh.state import keys as wgkeys
 
+KvFactory = Callable[[], Awaitable[Kv]]  # a connected client of the first member that answers
+
 AGENT_ROUTE_PROTO = dataplane.AGENT_ROUTE_PROTO
-# Handshakes after a change: one end of a pair initiates at once, the other only if nothing came
-# from it after this long (two initiations that cross each other both fail, and WireGuard retries
-# only after 5 s). Longer after a join: each of the other nodes initiates when its watch delivers
-# the newcomer's record and it has applied it, which on a loaded host (thirty agents on two CPUs
-# react to the same event) can take most of a second; a fallback fired meanwhile would cross.
-# Within ROTATION_WINDOW of its own key change a node defers to a lower-named peer that changed
-# too (both rotated at once).
-POKE_LATER = 0.5
-POKE_LATER_JOIN = 2.0
-ROTATION_WINDOW = 2.0
 FULL_CHECK = 10.0  # seconds between reads of the device settings and routes back from the kernel
 MAX_KEYS = 2 * records.MAX_RECORDS  # keys under the prefix the agent holds at all (etcd may hold more)
 STATUS_REJECTED = 100  # rejected records named in the status file (the total is counted)
 STATUS_EVERY = 5.0  # seconds between status writes when nothing happens (sixty agents share two CPUs)
-
-
-def log(msg: str) -> None:
-    now = time.time()
-    print(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} {msg}", flush=True)
+RETRY = 0.5  # seconds between attempts to reach etcd
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, dp: dataplane.Dataplane | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, dp: dataplane.Dataplane | None = None, kv: KvFactory | None = None) -> None:
         self.cfg = cfg
         self.node = cfg.node
         self.ifname = cfg.ifname
         self.namespace = cfg.namespace
-        self.prefix: bytes = cfg.prefix.encode()
+        self.layout = cfg.layout
+        self.prefix: bytes = self.layout.nodes
         self.ttl = cfg.ttl
-        self.keepalive = cfg.keepalive
+        self.refresh_every = cfg.ttl / 3  # lease refreshes (and status heartbeats in etcd)
         self.key_path = cfg.private_key_path
         # The device, its link and the agent's routes: the kernel's, or a fake in unit tests.
         self.dp = dp or dataplane.Kernel(self.ifname, self.namespace, cfg.wireguard_log)
+        # etcd, or the in-memory store in unit tests.
+        self.connect_kv = kv or _etcd(cfg)
         self.status_path = cfg.status
         # The key on disk is the node's: after a rotation the configuration may still name the
         # previous public key. The device uses `private`; a rotated key waits in `pending`
         # until its public key is published, so the node is never re-keyed while peers cannot
         # learn it (etcd unreachable).
         self.private = disk.read_private(self.key_path).strip()
+        self.public_key = wgkeys.public_key(self.private)  # the one published (`pending`'s once rotated)
+        self.key_version = 1
         self.pending: str | None = None
         self.applied: dict[str, records.DesiredPeer] = {}  # peers as the device has them
         self.applied_private: str | None = None
         self.full_due = 0.0  # monotonic time of the next full check (see _apply)
         self.events: collections.deque[float] = collections.deque(maxlen=4)  # when the last watch events came
-        self.rotated_at = -ROTATION_WINDOW
-        try:
-            self.own = records.NodeRecord(**{**cfg.record, "public_key": wgkeys.public_key(self.private)})
-        except TypeError as err:
-            raise ConfigError(f"agent configuration: record is not a node record ({err})") from None
-        # What the mesh plans for every node: a record may change only its key and endpoint. Inline
-        # (`crossmesh agent` compiles the mesh) or a file the lab rewrites on membership changes.
-        self.intent_path = cfg.intent_path
-        self.intent_seen: tuple[int, int] | None = None
-        self.intent: dict[str, records.PlannedNode] = {}
-        if self.intent_path is None:
-            try:
-                self.intent = {n: records.PlannedNode(**p) for n, p in (cfg.intent or {}).items()}
-            except TypeError as err:
-                raise ConfigError(f"agent configuration: intent is not the mesh's ({err})") from None
-        else:
-            self._reload_intent()
-        why = records.bind(self.own, self.intent)
-        if why is not None:
-            raise SystemExit(f"this node's own record does not match the mesh: {why}")
+        self.rotated_at = -handshakes.ROTATION_WINDOW
         self.latest: dict[str, bytes] = {}  # each key's value as etcd last delivered it
         self.records: dict[str, records.NodeRecord] = {}  # the good record of each node
         self.rejected: dict[str, str] = {}
@@ -110,16 +91,34 @@ class Agent:
         self.own_created = 0  # and of our own
         self.announced = False  # whether peers can know our current public key (it is in etcd)
         self.synced = False  # whether etcd has been read once: until then the device keeps what it has
+        self.put_needed = asyncio.Event()
+        self.report = asyncio.Event()  # the node's status in etcd may have changed
+        self.dirty = asyncio.Event()
+        # What the mesh plans for every node (a record may change only its key and endpoint) and for
+        # this one: inline (`crossmesh agent MESH` compiles the mesh), a file the lab rewrites on
+        # membership changes, or the operator's intents in etcd — then this node's own intent gives
+        # its record, MTU and keepalive, and it publishes and applies nothing until it exists.
+        self.following = Following.of(cfg)
+        self.own: records.NodeRecord | None = None  # None: no intent yet (etcd)
+        self.applied_revision = 0  # the intent revision the last successful apply made real
+        self.apply_error: str | None = None
+        if cfg.intent_source != "etcd":
+            try:
+                self.own = records.NodeRecord(**{**(cfg.record or {}), "public_key": self.public_key})
+            except TypeError as err:
+                raise ConfigError(f"agent configuration: record is not a node record ({err})") from None
+            why = records.bind(self.own, self.following.nodes)
+            if why is not None:
+                raise SystemExit(f"this node's own record does not match the mesh: {why}")
         self.connected: str | None = None
+        self.failure: str | None = None  # the last reason etcd could not be used, logged once
         self.lease_refreshed = 0.0
         self.last_reconcile = 0.0
         self.last_reconcile_ms = 0.0
         self.reconciles = 0
         self.wg_restarts = 0
-        self.dirty = asyncio.Event()
         self.rotate = asyncio.Event()
         self.stop = asyncio.Event()
-        self.put_needed = asyncio.Event()
         self.work = threading.Lock()  # applies and device restores never overlap
         self.status_lock = threading.Lock()
         self.status_written = 0.0
@@ -143,19 +142,41 @@ class Agent:
         # The device keeps what it has until etcd has been read: an agent restarted while etcd is
         # down must not empty it.
         await asyncio.to_thread(self._check_device)
-        tasks = [asyncio.create_task(self.maintain()), asyncio.create_task(self.apply_loop())]
-        while not self.stop.is_set():
-            try:
-                await self.session()
-            except Exception as err:  # noqa: BLE001 - etcd down, member gone: keep the data plane, retry
-                if self.connected is not None:
-                    log(f"etcd session lost ({type(err).__name__}: {err}); keeping the last state")
-                self.connected = None
-                self.write_status()
-                await asyncio.sleep(0.5)
-        for t in tasks:
-            t.cancel()
+        await self.serve()
         os.close(lock)
+
+    async def serve(self) -> None:
+        """Sessions with etcd, one after the other, until stopped: etcd down, a member gone or a
+        certificate refused keeps the data plane as it is and tries again."""
+        tasks = [asyncio.create_task(self.maintain()), asyncio.create_task(self.apply_loop())]
+        try:
+            while not self.stop.is_set():
+                try:
+                    kv = await self.connect_kv()
+                except Exception as err:  # noqa: BLE001 - KvUnavailable, KvDenied, unreadable TLS files
+                    self._failed(f"cannot reach etcd ({type(err).__name__}: {err}); keeping the last state")
+                    await asyncio.sleep(RETRY)
+                    continue
+                self.connected, self.failure = kv.endpoint, None
+                try:
+                    await session.run(self, kv)
+                except Exception as err:  # noqa: BLE001 - etcd down, member gone: keep the data plane, retry
+                    self._failed(f"etcd session lost ({type(err).__name__}: {err}); keeping the last state")
+                    await asyncio.sleep(RETRY)
+                finally:
+                    self.connected = None
+                    with contextlib.suppress(Exception):
+                        await kv.close()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _failed(self, why: str) -> None:
+        if why != self.failure:
+            log(why)
+        self.failure, self.connected = why, None
+        self.write_status()
 
     def _lock(self) -> int | None:
         """One agent per node: an exclusive lock beside the status file, released by the kernel
@@ -170,100 +191,48 @@ class Agent:
             return None
         return fd
 
-    async def connect(self) -> aetcd.Client:
-        client, self.connected = await etcd_client.connect(list(self.cfg.etcd), self.cfg.tls)
-        return client
-
-    async def session(self) -> None:
-        client = await self.connect()
-        try:
-            key = self.prefix + self.node.encode()
-            # The mesh first, then our record: once peers learn of this node it has them all, so
-            # each can initiate its handshake at once (see _handshakes). The lease is taken after
-            # that apply, which on a loaded host can take longer than the TTL.
-            got = await client.get_prefix(self.prefix)
-            self.load([(kv.key, kv.value, kv.create_revision) for kv in got])
-            self.dirty.clear()
-            await asyncio.to_thread(self.apply)
-            lease = await client.lease(self.ttl)
-            granted_at = time.monotonic()  # refreshes count from here, however long the put takes
-            await self.publish(client, key, lease)
-            self.lease_refreshed = time.time()
-            granted = f"ttl {lease.ttl}s"
-            if lease.ttl != self.ttl:  # etcd raises a TTL below its minimum (1.5 election timeouts)
-                granted += f": etcd's minimum, not {self.ttl}s"
-            log(f"published {self.node} (lease {lease.id}, {granted}) via {self.connected}")
-            watch = await client.watch_prefix(self.prefix, start_revision=got.header.revision + 1)
-
-            async def keep() -> None:
-                due = granted_at + self.ttl / 3
-                while True:
-                    # A rotated key (or our record deleted) is published at once, not at the next refresh:
-                    # until peers have the new public key, this node's sessions are down.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.put_needed.wait(), max(0.0, due - time.monotonic()))
-                    if self.put_needed.is_set():
-                        self.put_needed.clear()
-                        await self.publish(client, key, lease)
-                    if time.monotonic() >= due:
-                        sent = time.monotonic()
-                        await asyncio.wait_for(lease.refresh(), self.ttl)
-                        self.lease_refreshed = time.time()
-                        self.write_status()
-                        due = sent + self.ttl / 3
-
-            keeper = asyncio.create_task(keep())
-            events = asyncio.create_task(self.follow(watch))
-            stopper = asyncio.create_task(self.stop.wait())
-            done, pending = await asyncio.wait({keeper, events, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
-                t.cancel()
-            for t in done:
-                if t is not stopper and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
-            if self.stop.is_set():
-                await lease.revoke()  # a clean stop withdraws the node at once
-        finally:
-            await client.close()
-
-    async def follow(self, watch: Any) -> None:
-        async for ev in watch:
+    # --- records ------------------------------------------------------------------------------
+    def record_events(self, batch: list[Event]) -> None:
+        for ev in batch:
             self.events.append(time.monotonic())
-            name = ev.kv.key[len(self.prefix) :].decode(errors="replace")
+            name = ev.entry.key[len(self.prefix) :].decode(errors="replace")
+            deleted = ev.kind == "delete"
             if name == self.node:
-                if str(ev.kind).endswith("DELETE") or (ev.kv.value != self.own.encode() and self.announced):
+                if self.own is not None and (deleted or ev.entry.value != self.own.encode() and self.announced):
                     self.put_needed.set()  # someone deleted or overwrote us: publish again
-                if not str(ev.kind).endswith("DELETE"):
-                    self.own_created = ev.kv.create_revision
+                elif self.own is None and not deleted:
+                    self.put_needed.set()  # a record of ours while the mesh has none: withdrawn
+                if not deleted:
+                    self.own_created = ev.entry.create_revision
                 continue
-            if str(ev.kind).endswith("DELETE"):
+            if deleted:
                 self.records.pop(name, None)
                 self.latest.pop(name, None)
                 self.bad.pop(name, None)
                 self.created.pop(name, None)
                 log(f"node {_safe(name)} left")
             else:
-                self.created[name] = ev.kv.create_revision
-                self._take(name, ev.kv.value)
+                self.created[name] = ev.entry.create_revision
+                self._take(name, ev.entry.value)
             self.dirty.set()
 
-    def load(self, items: list[tuple[bytes, bytes, int]]) -> None:
+    def load(self, entries: list[Entry]) -> None:
         """A full read of the prefix: the record set is swapped for it only once every record has
         been taken (a read that fails halfway leaves the last one in place)."""
         self._reload_intent()
         latest, created, announced = {}, {}, False
-        if len(items) > MAX_KEYS:
-            log(f"{len(items)} keys under {self.prefix.decode()}: only the {MAX_KEYS} oldest are read")
-            items = sorted(items, key=lambda kv: kv[2])[:MAX_KEYS]
-        for k, v, rev in items:
-            name = k[len(self.prefix) :].decode(errors="replace")
+        if len(entries) > MAX_KEYS:
+            log(f"{len(entries)} keys under {self.prefix.decode()}: only the {MAX_KEYS} oldest are read")
+            entries = sorted(entries, key=lambda e: e.create_revision)[:MAX_KEYS]
+        for e in entries:
+            name = e.key[len(self.prefix) :].decode(errors="replace")
             if name == self.node:
-                self.own_created = rev
+                self.own_created = e.create_revision
                 with contextlib.suppress(records.RecordError):
                     # Our record, left by the agent before this one: peers know this key already.
-                    announced = records.decode(v).public_key == self.own.public_key
+                    announced = records.decode(e.value).public_key == self.public_key
             else:
-                created[name], latest[name] = rev, v
+                created[name], latest[name] = e.create_revision, e.value
         previous = self.records
         self.records, self.bad = {}, {}
         for name, raw in latest.items():
@@ -291,28 +260,63 @@ class Agent:
         else:
             self.records[name] = rec
 
+    # --- intents --------------------------------------------------------------------------------
+    def load_intents(self, entries: list[Entry]) -> None:
+        self.following.load(entries)
+        self._intents_changed()
+
+    def intent_events(self, batch: list[Event]) -> None:
+        self.following.events(batch)
+        self._intents_changed()
+
+    def _intents_changed(self) -> None:
+        """Act on what the intents now say: this node's record is published again when its planned
+        fields changed (or withdrawn when it has no intent), every record is judged again, and the
+        node applies what follows."""
+        mine = self.following.mine
+        own = None if mine is None else records.record_from(mine.node, self.public_key, self.key_version)
+        if own != self.own:
+            self.own = own
+            self.put_needed.set()
+        self._judge_again()
+        self.report.set()
+
+    def _judge_again(self) -> None:
+        for name, raw in list(self.latest.items()):
+            self._take(name, raw)
+        self.dirty.set()
+
+    @property
+    def intent(self) -> dict[str, records.PlannedNode]:
+        return self.following.nodes
+
+    @property
+    def mtu(self) -> int:
+        mine = self.following.mine
+        return (self.cfg.mtu or 0) if mine is None else mine.mtu
+
+    @property
+    def keepalive(self) -> int:
+        mine = self.following.mine
+        return (self.cfg.keepalive or 0) if mine is None else mine.keepalive
+
+    def node_status(self) -> intents.NodeStatus:
+        """What this node reports under `status/<node>`: the intent revision it runs, or why not."""
+        error = self.following.error or self.apply_error
+        return intents.NodeStatus(
+            revision=self.applied_revision,
+            ok=error is None,
+            error=error,
+            peers=self.peer_count,
+            public_key=self.public_key,
+            at=time.time(),
+        )
+
     def _reload_intent(self) -> bool:
-        """Read the intent file again if it changed since the last read (the lab rewrites it before
-        a node joins or after one leaves); every record is then judged again. Whether it changed."""
-        if self.intent_path is None:
+        """The lab's intent file read again if it changed; every record then judged again."""
+        if not self.following.reload():
             return False
-        try:
-            st = self.intent_path.stat()
-            seen = (st.st_mtime_ns, st.st_size)
-            if seen == self.intent_seen:
-                return False
-            intent = records.decode_intent(self.intent_path.read_text())
-        except (OSError, ValueError) as err:
-            if self.intent_seen is None:
-                raise SystemExit(f"cannot read the mesh intent {self.intent_path}: {err}") from None
-            log(f"cannot read the mesh intent {self.intent_path}: {err}; keeping the last one")
-            return False
-        first, self.intent_seen, self.intent = self.intent_seen is None, seen, intent
-        if not first:
-            log(f"mesh intent reloaded: {len(intent)} nodes")
-            for name, raw in list(self.latest.items()):
-                self._take(name, raw)
-            self.dirty.set()
+        self._judge_again()
         return True
 
     # --- applying -----------------------------------------------------------------------------
@@ -325,30 +329,37 @@ class Agent:
             busy = len(self.events) == self.events.maxlen and time.monotonic() - self.events[0] < 1.0
             await asyncio.sleep(0.2 if busy else 0.01)
             self.dirty.clear()
-            try:
+            with contextlib.suppress(Exception):  # logged; tried again on the next change or tick
                 await asyncio.to_thread(self.apply)
-            except Exception as err:  # noqa: BLE001 - log, try again on the next change or tick
-                log(f"apply failed: {type(err).__name__}: {err}")
+            self.report.set()
 
     def apply(self) -> None:
+        """Apply what the records say; a failure is logged, kept for the status, and raised."""
         with self.work:
-            self._apply()
+            try:
+                self._apply()
+            except Exception as err:
+                self.apply_error = f"apply failed: {type(err).__name__}: {err}"
+                log(self.apply_error)
+                raise
+            self.apply_error = None
 
     def _apply(self) -> None:
-        if not self.synced:
-            return  # nothing read yet: an agent started while etcd is down must not empty the device
+        if not self.synced or self.own is None:
+            return  # nothing read yet (an agent started while etcd is down must not empty the device), or no intent
+        own, revision = self.own, self.following.revision
         t0 = time.monotonic()
         # Copies: the event loop changes these while this runs on a thread (a dict copy is atomic
         # under the GIL; iterating the live dict is not).
-        ok, rejected = records.accept(self.own, dict(self.records), dict(self.created))
+        ok, rejected = records.accept(own, dict(self.records), dict(self.created))
         for name, why in rejected.items():
             if self.rejected.get(name) != why:
                 log(f"rejected record of {name}: {why}")
         self.rejected = {**rejected, **self.bad}
-        peers = records.desired_peers(self.own, ok, self.keepalive)
+        peers = records.desired_peers(own, ok, self.keepalive)
         desired = wireguard.DeviceConf(
             self.private,
-            self.own.listen_port,
+            own.listen_port,
             {p.public_key: wireguard.PeerConf(p.public_key, p.endpoint, p.allowed_ips, p.keepalive) for p in peers},
         )
         # Device settings and routes are read back from the kernel on a (re)start and every
@@ -357,7 +368,7 @@ class Agent:
         t1 = time.monotonic()
         changes = self.dp.reconcile(desired)
         t2 = time.monotonic()
-        changes += self._device() if full else []
+        changes += self._device(own) if full else []
         t3 = time.monotonic()
         changes += self._routes(peers, full)
         if full:
@@ -380,85 +391,27 @@ class Agent:
             self.rotated_at = time.monotonic()
         before, self.applied, self.applied_private = self.applied, {p.node: p for p in peers}, self.private
         if changed or rotated:
-            self._handshakes(peers, changed, first, rotated, before)
+            handshakes.start(self, own, peers, changed, first=first, rotated=rotated, before=before)
+        self.applied_revision = revision
         self.write_status(len(peers))
 
-    def _handshakes(
-        self,
-        peers: list[records.DesiredPeer],
-        changed: list[records.DesiredPeer],
-        first: bool,
-        rotated: bool,
-        before: dict[str, records.DesiredPeer],
-    ) -> None:
-        """Start the handshakes a change needs, with one end of each pair initiating first: two
-        initiations that cross each other both fail and WireGuard retries only after 5 s.
-
-        - This device is new (agent or wireguard-go restarted) and peers know its key: it pokes every
-          peer; they saw nothing. A node that has not published its key yet pokes nobody.
-        - A peer's key changed: that node set its key before publishing it, so it is ready — poke it
-          now; unless this node re-keyed too (both rotated at once): then the lower name goes first.
-        - This node re-keyed: its peers learn the key after it and initiate; no poke now.
-        - A node joined: the one with the older record initiates. The newcomer applied the whole
-          mesh before it published its record, so it is ready when the others learn of it.
-        Whoever did not poke at once pokes later the peers from which nothing came."""
-        reachable = [p for p in peers if p.endpoint or self.own.natted]
-        recent = time.monotonic() - self.rotated_at < ROTATION_WINDOW
-        now = [
-            p for p in reachable if (first and self.announced) or (p in changed and self._initiates(p, before, recent))
-        ]
-        if now:
-            log(f"initiating handshakes with {', '.join(p.node for p in now[:8])}" + (" …" if len(now) > 8 else ""))
-            self._poke(now)
-        waiting = [p for p in reachable if p not in now and (rotated or p in changed)]
-        joined = [p for p in waiting if p.node not in before]
-        for group, delay in (([p for p in waiting if p not in joined], POKE_LATER), (joined, POKE_LATER_JOIN)):
-            if group:
-                timer = threading.Timer(delay, self._poke_unanswered, (group, time.time(), set(changed)))
-                timer.daemon = True
-                timer.start()
-
-    def _initiates(self, p: records.DesiredPeer, before: dict[str, records.DesiredPeer], recent: bool) -> bool:
-        if p.node not in before:
-            return 0 < self.own_created < self.created.get(p.node, 0)
-        return not (recent and self.own.name > p.node)
-
-    def _poke_unanswered(self, peers: list[records.DesiredPeer], since: float, fresh: set[records.DesiredPeer]) -> None:
-        stats = self.dp.peer_stats()
-        targets = []
-        for p in peers:
-            handshake, rx, _, _ = stats.get(p.public_key, (0, 0, 0, None))
-            # Handshake times are whole seconds: one in the same second counts as not seen (a poke
-            # through a session that is up costs one datagram). A peer entry made by that apply
-            # that received anything got an initiation: answering it is enough.
-            if handshake <= int(since) and not (p in fresh and rx):
-                targets.append(p)
-        if targets:
-            log(f"no handshake yet with {', '.join(p.node for p in targets[:8])}: initiating")
-        self._poke(targets)
-
-    def _poke(self, peers: list[records.DesiredPeer]) -> None:
-        """One datagram to each peer's tunnel address: WireGuard initiates a handshake for it
-        now instead of when a session times out."""
-        self.dp.poke([p.allowed_ips[0].split("/")[0] for p in peers])
-
-    def _device(self) -> list[str]:
+    def _device(self, own: records.NodeRecord) -> list[str]:
         """MTU, up, and the node's tunnel address on the device."""
         link = self.dp.link()
         if link is None:
             return [f"device {self.ifname} missing"]
         out: list[str] = []
         commands: list[str] = []
-        if link.get("mtu") != self.cfg.mtu:
-            commands.append(f"link set dev {self.ifname} mtu {self.cfg.mtu}")
-            out.append(f"{self.ifname} mtu {self.cfg.mtu}")
+        if link.get("mtu") != self.mtu:
+            commands.append(f"link set dev {self.ifname} mtu {self.mtu}")
+            out.append(f"{self.ifname} mtu {self.mtu}")
         if "UP" not in link.get("flags", []):
             commands.append(f"link set dev {self.ifname} up")
             out.append(f"{self.ifname} up")
         have = {a.get("local") for a in link.get("addr_info", []) if a.get("family") == "inet"}
-        if self.own.tunnel_address not in have:
-            commands.append(f"addr replace {self.own.tunnel_address}/32 dev {self.ifname}")
-            out.append(f"{self.ifname} address {self.own.tunnel_address}/32")
+        if own.tunnel_address not in have:
+            commands.append(f"addr replace {own.tunnel_address}/32 dev {self.ifname}")
+            out.append(f"{self.ifname} address {own.tunnel_address}/32")
         self.dp.link_commands(commands)
         return out
 
@@ -523,19 +476,12 @@ class Agent:
                 disk.write_at(folder, pub.name, (wgkeys.public_key(private) + "\n").encode(), disk.SHARED, pub)
             finally:
                 os.close(folder)
-        self.own = replace(self.own, public_key=wgkeys.public_key(private), version=self.own.version + 1)
+        self.public_key, self.key_version = wgkeys.public_key(private), self.key_version + 1
+        if self.own is not None:
+            self.own = replace(self.own, public_key=self.public_key, version=self.key_version)
         self.pending = private
         self.put_needed.set()
-        log(f"key rotated (version {self.own.version})")
-
-    async def publish(self, client: aetcd.Client, key: bytes, lease: Any) -> None:
-        """Put our record. A rotated key goes onto the device just before: a peer that learns it
-        from etcd and initiates a handshake at once always finds this end ready."""
-        if self.pending is not None:
-            self.private, self.pending = self.pending, None
-            await asyncio.to_thread(self.apply)
-        await client.put(key, self.own.encode(), lease=lease)
-        self.announced = True
+        log(f"key rotated (version {self.key_version})")
 
     def write_status(self, peers: int | None = None) -> None:
         data = {
@@ -550,7 +496,11 @@ class Agent:
             "rejected": dict(sorted(self.rejected.items())[:STATUS_REJECTED]),
             "rejectedTotal": len(self.rejected),
             "wireguardRestarts": self.wg_restarts,
-            "keyVersion": self.own.version,
+            "keyVersion": self.key_version,
+            "intentSource": self.cfg.intent_source,
+            "intentRevision": self.following.revision,
+            "appliedRevision": self.applied_revision,
+            "error": self.following.error or self.apply_error,
             "updated": time.time(),
         }
         # Written from the event loop and from the apply thread: one at a time, or the two
@@ -566,6 +516,17 @@ class Agent:
                 tmp.replace(self.status_path)
             except OSError as err:  # a full or vanished state directory must not stop the agent
                 log(f"cannot write status: {err}")
+
+
+def _etcd(cfg: AgentConfig) -> KvFactory:
+    """A client of the first of the configuration's etcd members that answers, over TLS when the
+    configuration names its files."""
+    tls = None if cfg.tls is None else etcd_kv.Tls(Path(cfg.tls["ca"]), Path(cfg.tls["cert"]), Path(cfg.tls["key"]))
+
+    async def connect() -> Kv:
+        return await etcd_kv.connect(list(cfg.etcd), tls)
+
+    return connect
 
 
 def _safe(name: str) -> str:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import typer
 
 from crossmesh.cli.common import friendly
 from crossmesh.errors import UsageError
+from crossmesh.state.store import StateStore
 from crossmesh.workspace import compile_mesh
+
+if TYPE_CHECKING:
+    from crossmesh.agent.config import AgentConfig
 
 
 def require_agent_extra() -> None:
@@ -20,10 +27,19 @@ def require_agent_extra() -> None:
         raise UsageError("the agent needs its etcd client, which is not installed — pip install 'crossmesh[agent]'")
 
 
+DEFAULT_STATE = Path("/var/lib/crossmesh")  # an etcd-fed agent's key, status and device log
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
 @friendly
 def agent(
-    mesh: Path = typer.Argument(..., help="the mesh file", show_default=False),
-    node: str = typer.Option(..., "--node", help="this node's name in the mesh file"),
+    mesh: Path | None = typer.Argument(
+        None, help="the mesh file; leave it out to follow the operator's intents in etcd (--mesh)", show_default=False
+    ),
+    node: str = typer.Option(..., "--node", help="this node's name in the mesh"),
+    mesh_name: str | None = typer.Option(
+        None, "--mesh", help="the mesh's name (metadata.name), without a mesh file: its intents come from etcd"
+    ),
     etcd_endpoints: str = typer.Option(
         ..., "--etcd-endpoints", help="comma-separated etcd client URLs, e.g. https://10.0.0.10:2379,https://..."
     ),
@@ -32,7 +48,11 @@ def agent(
     key: Path | None = typer.Option(None, "--key", help="client private key for etcd (TLS)"),
     interface: str = typer.Option("wg-crossmesh", "--interface", help="the WireGuard device (wg-quick up first)"),
     lease_ttl: int = typer.Option(10, "--lease-ttl", min=1, max=600, help="etcd lease TTL in seconds"),
-    state: Path | None = typer.Option(None, "--state", help="state directory holding this node's private key"),
+    state: Path | None = typer.Option(
+        None,
+        "--state",
+        help=f"state directory holding this node's private key (with --mesh: default {DEFAULT_STATE})",
+    ),
     namespace: str | None = typer.Option(None, "--netns", help="network namespace of the device (default: host)"),
     insecure_plaintext: bool = typer.Option(
         False,
@@ -43,12 +63,13 @@ def agent(
     """Run this node's agent: publish its record under an etcd lease, watch the other nodes and keep
     the WireGuard peers and routes of the device equal to what they publish. Runs until stopped.
 
-    The private key stays in the node's state directory; etcd gets public keys only.
+    With a mesh file, records are held to what that file plans. With --mesh NAME and no file, the
+    agent follows the operator's intents in etcd (`intents/<node>`), needs no allocation state and
+    reports what it runs under `status/<node>`. Either way the private key stays in the node's
+    state directory (its own key only); etcd gets public keys only.
     """
     require_agent_extra()
-    from crossmesh.agent import config as agent_config  # the agent's stack (gRPC, netlink) loads only when it runs
-    from crossmesh.agent import records
-    from crossmesh.agent.daemon import Agent
+    from crossmesh.agent.daemon import Agent  # the agent's stack (gRPC, netlink) loads only when it runs
 
     tls = [cacert, cert, key]
     if any(tls) and not all(tls):
@@ -57,6 +78,36 @@ def agent(
     for flag, path in zip(("--cacert", "--cert", "--key"), tls, strict=True):
         if path is not None and not path.is_file():
             raise UsageError(f"{flag} {path}: no such file")
+    files = {"ca": str(cacert), "cert": str(cert), "key": str(key)} if all(tls) else None
+    if (mesh is None) == (mesh_name is None):
+        raise UsageError("give the mesh file, or --mesh NAME to follow the operator's intents in etcd (not both)")
+    where = Where(interface=interface, namespace=namespace, etcd=endpoints, ttl=lease_ttl, tls=files)
+    if mesh_name is not None:
+        cfg = etcd_fed_config(node, mesh_name, state or DEFAULT_STATE, where)
+    else:
+        assert mesh is not None  # noqa: S101 - one of the two, checked above
+        cfg = mesh_file_config(mesh, node, state, where)
+    asyncio.run(Agent(cfg).run())
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """What every agent takes from the command line: its device and its etcd."""
+
+    interface: str
+    namespace: str | None
+    etcd: list[str]
+    ttl: int
+    tls: dict[str, str] | None
+
+
+def mesh_file_config(mesh: Path, node: str, state: Path | None, where: Where) -> AgentConfig:
+    """The agent of a mesh file: compiled with the local state (only this node's key made or read).
+    Records that do not match what this mesh plans are refused (a node may change only its key
+    and endpoint): the mesh file is the trusted intent, inline in the configuration."""
+    from crossmesh.agent import config as agent_config
+    from crossmesh.agent import records
+
     compiled = compile_mesh(mesh, state, only_key=node)
     try:
         planned = compiled.plan.node(node)
@@ -69,20 +120,40 @@ def agent(
         )
     if planned.tunnel is None:
         raise UsageError(f"node {node} has no tunnel in this topology: it needs no agent")
-    # Records that do not match what this mesh plans are refused (a node may change only its key and
-    # endpoint): the mesh file is the trusted intent, inline in the configuration.
-    cfg = agent_config.build(
+    return agent_config.build(
         compiled,
         node,
-        namespace=namespace,
-        ifname=interface,
-        etcd=endpoints,
-        ttl=lease_ttl,
+        namespace=where.namespace,
+        ifname=where.interface,
+        etcd=where.etcd,
+        ttl=where.ttl,
         status=compiled.store.root / f"agent-{node}.status.json",
         wireguard_log=compiled.store.root / f"wireguard-{node}.log",
-        tls={"ca": str(cacert), "cert": str(cert), "key": str(key)} if all(tls) else None,
+        tls=where.tls,
     )
-    asyncio.run(Agent(cfg).run())
+
+
+def etcd_fed_config(node: str, mesh: str, state: Path, where: Where) -> AgentConfig:
+    """The agent of a node the operator drives: its own private key made in `state` (0600, by the
+    state store, the one writer of keys) if it has none — never another node's — and nothing else."""
+    from crossmesh.agent import config as agent_config
+
+    for flag, value in (("--node", node), ("--mesh", mesh)):
+        if not _NAME.fullmatch(value):
+            raise UsageError(f"{flag} {value!r} is not a DNS-1123 name (lower-case letters, digits and '-')")
+    store = StateStore(state)
+    store.ensure_keys([node])
+    return agent_config.etcd_fed(
+        node,
+        mesh,
+        namespace=where.namespace,
+        ifname=where.interface,
+        etcd=where.etcd,
+        ttl=where.ttl,
+        state=state,
+        private_key_path=store.private_key_path(node),
+        tls=where.tls,
+    )
 
 
 def etcd_urls(text: str, *, tls: bool, insecure: bool) -> list[str]:
