@@ -99,6 +99,7 @@ class Agent:
         # membership changes, or the operator's intents in etcd — then this node's own intent gives
         # its record, MTU and keepalive, and it publishes and applies nothing until it exists.
         self.following = Following.of(cfg)
+        self.followed: intents.NodeIntent | None = None  # this node's intent as last acted on
         self.own: records.NodeRecord | None = None  # None: no intent yet (etcd)
         self.applied_revision = 0  # the intent revision the last successful apply made real
         self.apply_error: str | None = None
@@ -274,6 +275,9 @@ class Agent:
         fields changed (or withdrawn when it has no intent), every record is judged again, and the
         node applies what follows."""
         mine = self.following.mine
+        if mine is not None and mine != self.followed:
+            self.full_due = 0.0  # an MTU (or address) of its own may have changed: the device is checked
+        self.followed = mine
         own = None if mine is None else records.record_from(mine.node, self.public_key, self.key_version)
         if own != self.own:
             self.own = own
@@ -451,7 +455,8 @@ class Agent:
     async def maintain(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.rotate.wait(), 0.5)
+                async with asyncio.timeout(0.5):  # not wait_for: see session.keep
+                    await self.rotate.wait()
             self._reload_intent()
             if self.rotate.is_set():
                 self.rotate.clear()

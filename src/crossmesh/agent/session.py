@@ -82,13 +82,17 @@ async def keep(agent: Agent, kv: Kv, lease: int, granted_at: float) -> None:
     while True:
         # A rotated key (or our record deleted) is published at once, not at the next refresh:
         # until peers have the new public key, this node's sessions are down.
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that comes
+        # as its timeout fires, and the session would never end.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(agent.put_needed.wait(), max(0.0, due - time.monotonic()))
+            async with asyncio.timeout(max(0.0, due - time.monotonic())):
+                await agent.put_needed.wait()
         if agent.put_needed.is_set():
             await publish(agent, kv, lease)
         if time.monotonic() >= due:
             sent = time.monotonic()
-            await asyncio.wait_for(kv.refresh(lease), agent.ttl)
+            async with asyncio.timeout(agent.ttl):
+                await kv.refresh(lease)
             agent.lease_refreshed = time.time()
             agent.write_status()
             agent.report.set()
