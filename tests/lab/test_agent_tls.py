@@ -1,9 +1,11 @@
 """`crossmesh agent` against an existing etcd with TLS client certificates, as on real nodes:
-two agents, each driving a wireguard-go device in its own namespace, find each other
-through a TLS-only etcd; without a client certificate an agent gets nowhere."""
+two agents, each driving a wireguard-go device in its own namespace and keeping its own key in
+its own state folder, follow the intents the operator would publish and find each other through
+a TLS-only etcd; without a client certificate an agent gets nowhere."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import ipaddress
@@ -23,7 +25,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from crossmesh.agent import intents
 from crossmesh.drivers.lab import netns, wireguard
+from crossmesh.ipam.allocate import Allocations
+from crossmesh.kv.etcd import Tls, connect
+from crossmesh.kv.layout import Layout
+from crossmesh.operator import publish
+from crossmesh.workspace import plan_against
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd (apt-get install etcd-server)")
 
@@ -136,29 +144,29 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
             env |= {"ETCDCTL_CERT": str(certs[cn][0]), "ETCDCTL_KEY": str(certs[cn][1])}
             return subprocess.run(["etcdctl", *args], capture_output=True, text=True, env=env, timeout=30)
 
-        # The permissions `render` writes: each agent writes only its own record.
-        out = tmp_path / "rendered"
-        subprocess.run(["crossmesh", "render", str(mesh), "--output-dir", str(out)], check=True, capture_output=True)
         deadline = time.monotonic() + 20
         while etcdctl("root", "endpoint", "health").returncode != 0 and time.monotonic() < deadline:
             time.sleep(0.2)
-        env = dict(os.environ, ETCDCTL_API="3", ETCDCTL_ENDPOINTS=endpoint, ETCDCTL_CACERT=str(ca_crt))
-        env |= {"ETCDCTL_CERT": str(certs["root"][0]), "ETCDCTL_KEY": str(certs["root"][1])}
-        done = subprocess.run(["sh", str(out / "etcd" / "rbac.sh")], capture_output=True, text=True, env=env)
-        assert done.returncode == 0, done.stdout + done.stderr
+        # As the operator would: the mesh's roles (each agent writes only its own record and status),
+        # then one intent per node, computed from the plan, written with the admin's certificate.
+        loaded, _, plan = plan_against(mesh, Allocations())
+        told = publish.intents_for(plan, 1, loaded.mesh.spec.wireguard.persistent_keepalive)
+        asyncio.run(_publish_intents(endpoint, Tls(ca_crt, *certs["root"]), Layout("tls-agents"), told))
 
-        base = ["crossmesh", "agent", str(mesh), "--etcd-endpoints", endpoint, "--lease-ttl", "2"]
+        base = ["crossmesh", "agent", "--mesh", "tls-agents", "--etcd-endpoints", endpoint, "--lease-ttl", "2"]
+        states = {n: tmp_path / f"state-{n}" for n in ("a", "b")}  # one per node, as on real nodes
         for n in ("a", "b"):
             tls = ["--cacert", str(ca_crt), "--cert", str(certs[n][0]), "--key", str(certs[n][1])]
             agents.append(
                 subprocess.Popen(
-                    [*base, "--node", n, "--netns", spaces[n], "--interface", devices[n], *tls],
+                    [*base, "--node", n, "--netns", spaces[n], "--interface", devices[n], "--state", str(states[n])]
+                    + tls,
                     stdout=(tmp_path / f"agent-{n}.log").open("wb"),
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
             )
-        keys = {n: (mesh.parent / ".crossmesh" / "keys" / f"{n}.pub") for n in ("a", "b")}
+        keys = {n: (states[n] / "keys" / f"{n}.pub") for n in ("a", "b")}
         deadline = time.monotonic() + 30
         peers: dict[str, str] = {}
         while time.monotonic() < deadline:
@@ -175,8 +183,21 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert keys["b"].read_text().strip() in peers["a"], (tmp_path / "agent-a.log").read_text()[-2000:]
         assert keys["a"].read_text().strip() in peers["b"], (tmp_path / "agent-b.log").read_text()[-2000:]
-        status = json.loads((mesh.parent / ".crossmesh" / "agent-a.status.json").read_text())
+        status = json.loads((states["a"] / "agent-a.status.json").read_text())
         assert status["etcd"] == endpoint and status["peers"] == 1
+        for n in ("a", "b"):  # each node holds its own key only
+            assert sorted(p.name for p in (states[n] / "keys").iterdir()) == [f"{n}.key", f"{n}.pub"]
+            assert (states[n] / "keys" / f"{n}.key").stat().st_mode & 0o777 == 0o600
+        # What the agent reports to the operator: the intent revision it runs.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            reported = etcdctl("root", "get", "--print-value-only", "/crossmesh/tls-agents/status/a").stdout.strip()
+            if reported and intents.decode_status(reported.encode(), "a").peers == 1:
+                break
+            time.sleep(0.2)
+        report = intents.decode_status(reported.encode(), "a")
+        assert (report.revision, report.ok, report.error, report.peers) == (1, True, None, 1), report
+        assert report.public_key == keys["a"].read_text().strip()
 
         # Node a's certificate reads every record but cannot write b's (nor a key of its own making).
         prefix = "/crossmesh/tls-agents/nodes/"
@@ -185,6 +206,10 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
             refused = etcdctl("a", "put", key, "{}")
             assert refused.returncode != 0 and "permission denied" in refused.stderr, refused
         assert etcdctl("a", "del", prefix + "b").returncode != 0
+        # Nor b's status, nor any intent (the operator's).
+        for key in ("/crossmesh/tls-agents/status/b", "/crossmesh/tls-agents/intents/a"):
+            refused = etcdctl("a", "put", key, "{}")
+            assert refused.returncode != 0 and "permission denied" in refused.stderr, refused
         assert keys["a"].read_text().strip() in etcdctl("root", "get", prefix + "a").stdout
 
         # An https:// endpoint without a client certificate would be dialled in plaintext: refused.
@@ -228,7 +253,7 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
         # An agent that never read etcd leaves the device as it found it (its key, its peer).
         device = wireguard.parse_dump(wireguard.dump(devices["a"]) or "")[0]
         assert list(device.peers) == [keys["b"].read_text().strip()]
-        assert device.private_key == (mesh.parent / ".crossmesh" / "keys" / "a.key").read_text().strip()
+        assert device.private_key == (states["a"] / "keys" / "a.key").read_text().strip()
     finally:
         for p in agents:
             with contextlib.suppress(ProcessLookupError):
@@ -239,6 +264,20 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
             (wireguard.SOCKET_DIR / f"{devices[n]}.sock").unlink(missing_ok=True)
             netns.remove(spaces[n])
+
+
+async def _publish_intents(endpoint: str, root: Tls, layout: Layout, told: dict[str, intents.NodeIntent]) -> None:
+    kv = await connect([endpoint], root)
+    try:
+        await kv.ensure_user("root", ["root"])
+        for user, role in layout.users(sorted(told)).items():
+            await kv.ensure_role(role)
+            await kv.ensure_user(user, [role.name])
+        await kv.enable_auth()
+        for node, intent in told.items():
+            await kv.put(layout.intent(node), intent.encode())
+    finally:
+        await kv.close()
 
 
 def _pids(marker: str) -> list[int]:
