@@ -150,7 +150,7 @@ def test_agents_meet_through_tls_etcd(tmp_path: Path) -> None:
         # As the operator would: the mesh's roles (each agent writes only its own record and status),
         # then one intent per node, computed from the plan, written with the admin's certificate.
         loaded, _, plan = plan_against(mesh, Allocations())
-        told = publish.intents_for(plan, 1, loaded.mesh.spec.wireguard.persistent_keepalive)
+        told = publish.intents_for(plan, 1, loaded.mesh.spec.wireguard)
         asyncio.run(_publish_intents(endpoint, Tls(ca_crt, *certs["root"]), Layout("tls-agents"), told))
 
         base = ["crossmesh", "agent", "--mesh", "tls-agents", "--etcd-endpoints", endpoint, "--lease-ttl", "2"]

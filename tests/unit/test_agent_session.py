@@ -44,8 +44,7 @@ class Mesh:
         self.tmp = tmp
         self.plan = compiled.plan
         self.layout = Layout(self.plan.mesh)
-        keepalive = compiled.loaded.mesh.spec.wireguard.persistent_keepalive
-        self.intents = publish.intents_for(self.plan, 1, keepalive)
+        self.intents = publish.intents_for(self.plan, 1, compiled.loaded.mesh.spec.wireguard)
         pubs = compiled.store.public_keys([n.name for n in self.plan.nodes])
         self.records = {n: records.record_from(i.node, pubs[n]) for n, i in self.intents.items()}
         self.store = MemoryStore()
