@@ -108,11 +108,6 @@ def agent_options() -> set[str]:
     return {opt for param in command.params for opt in param.opts if opt.startswith("--")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`crossmesh agent --mesh` (the agent reading its intent from etcd) is on another branch; "
-    "when it lands this passes and the marker must go",
-)
 def test_the_rendered_command_line_is_one_crossmesh_agent_accepts() -> None:
     args = agent_deploy.agent_args("m", "n", "https://10.0.0.1:2379")
     assert {a for a in args if a.startswith("--")} <= agent_options()
