@@ -73,6 +73,7 @@ from agentkit import (  # noqa: E402
     agent_routes,
     etcdctl,
     ifname,
+    node_record,
     peers,
     public_key,
     state,
@@ -176,7 +177,7 @@ def detection(lab: Lab, ttls: list[int], crashes: int) -> dict[str, Any]:
             victim = NODES[k % len(NODES)]
             others = [n for n in NODES if n != victim]
             key = public_key(st, victim)
-            rec = agent_config(st, victim)["record"]
+            rec = node_record(st, victim)
             gone = {rec["pod_cidr"], rec["tunnel_address"], rec["address"]}
 
             def withdrawn(n: str, st: labs.LabState = st, key: str = key, gone: set[str] = gone) -> bool:
@@ -408,7 +409,7 @@ def add_node(tmp: Path, size: int, joins: int) -> dict[str, Any]:
             s = (size - 1 + j) % len(SITES)
             site, provider, prefix = SITES[s]
             name = f"{provider}-join{j + 1}"
-            holders = [ifn for ifn, d in st.wireguard.items() if agent_config(st, d["node"])["record"]["site"] != site]
+            holders = [ifn for ifn, d in st.wireguard.items() if node_record(st, d["node"])["site"] != site]
             keyfile = Path(st.state_dir) / "keys" / f"{name}.key"
             t0, wall0 = time.monotonic(), time.time()
             proc = subprocess.Popen(
@@ -549,7 +550,7 @@ def settled_lab(lab: Lab) -> tuple[labs.LabState, dict[str, str], dict[str, int]
     """A lab just up with agents, once every node has its peers: its state, each node's site,
     each agent's pid, and the pids to sample (agents and etcd members by name)."""
     st = state(lab.tag)
-    sites = {n: agent_config(st, n)["record"]["site"] for n in st.nodes}
+    sites = {n: node_record(st, n)["site"] for n in st.nodes}
     time.sleep(5)
     wait(lambda: converged(lab, tuple(st.nodes), dict(sites)), 120, "agents converged", interval=1.0)
     agents = {n: int(labs.agent_status(st, n)["pid"]) for n in st.nodes}
@@ -712,6 +713,7 @@ def churn_records(tmp: Path, size: int, seconds: float, rest: float, keep: int =
     and leave would publish and withdraw them. Every agent applies each (a peer, three routes,
     a handshake it starts that nobody answers). Measured: agents' and etcd's CPU and RSS at
     rest and during, and per join the time until every node of another site has the peer."""
+    from crossmesh.agent import intents
     from crossmesh.agent import records as recs
     from crossmesh.state import keys
 
@@ -720,12 +722,20 @@ def churn_records(tmp: Path, size: int, seconds: float, rest: float, keep: int =
         st, sites, agents, pids = settled_lab(lab)
         prefix = agent_config(st, next(iter(st.nodes)))["prefix"]
         devices = {d["node"]: ifn for ifn, d in st.wireguard.items()}
-        intent_file = labs.intent_path(st)
-        intent = recs.decode_intent(intent_file.read_text())
+        # A real join is planned by the operator: each synthetic node gets an intent like a real one's.
+        template = intents.decode_intent(
+            etcdctl(lab.tag, "get", prefix.replace("/nodes/", "/intents/") + next(iter(st.nodes)), "--print-value-only")
+            .stdout.strip()
+            .encode(),
+            next(iter(st.nodes)),
+        )
 
-        def write_intent(nodes: dict[str, recs.PlannedNode]) -> None:
-            intent_file.with_suffix(".tmp").write_text(recs.encode_intent(nodes))
-            intent_file.with_suffix(".tmp").replace(intent_file)
+        def write_intent(planned: recs.PlannedNode) -> None:
+            told = intents.NodeIntent(template.revision, planned, template.mtu, template.keepalive)
+            key = prefix.replace("/nodes/", "/intents/") + planned.name
+            done = etcdctl(lab.tag, "put", key, told.encode().decode())
+            if done.returncode != 0:
+                raise RuntimeError(f"etcdctl put: {done.stderr}")
 
         log(f"churn (records): {size} nodes at rest for {rest:.0f} s")
         at_rest_ = sampled(pids, rest)
@@ -748,12 +758,10 @@ def churn_records(tmp: Path, size: int, seconds: float, rest: float, keep: int =
                 address=f"10.{k % len(SITES)}.3.{k}", pod_cidr=f"10.250.{k}.0/24", tunnel_address=f"100.64.1.{k}",
                 listen_port=51820, endpoint=f"{public}.{50 + k}:51820",
             )  # fmt: skip
-            # A real join is in the mesh the agents hold records to (the lab's intent file): so is this one.
-            intent[rec.name] = recs.PlannedNode(
+            write_intent(recs.PlannedNode(
                 name=rec.name, cluster=rec.cluster, site=site, address=rec.address, pod_cidr=rec.pod_cidr,
                 tunnel_address=rec.tunnel_address, listen_port=51820, public_address=f"{public}.{50 + k}",
-            )  # fmt: skip
-            write_intent(intent)
+            ))  # fmt: skip
             issued = time.monotonic()
             done = etcdctl(lab.tag, "put", prefix + rec.name, rec.encode().decode())
             if done.returncode != 0:
@@ -769,13 +777,16 @@ def churn_records(tmp: Path, size: int, seconds: float, rest: float, keep: int =
             joins.append({"node": rec.name, "peers": len(holders), "applied_s": round(time.monotonic() - issued, 3),
                           "missing": len(pending)})  # fmt: skip
             if len(live) > keep:
-                etcdctl(lab.tag, "del", prefix + live.popleft())
+                gone = live.popleft()
+                etcdctl(lab.tag, "del", prefix + gone)
+                etcdctl(lab.tag, "del", prefix.replace("/nodes/", "/intents/") + gone)
         window = time.monotonic() - t0
         during = usage(before, samples(pids), window)
         peaks.stop.set()
         peaks.join()
         for name in live:
             etcdctl(lab.tag, "del", prefix + name)
+            etcdctl(lab.tag, "del", prefix.replace("/nodes/", "/intents/") + name)
         applied = [j["applied_s"] for j in joins]
         agent_cpu = [v["cpu_percent"] for n, v in during.items() if n.startswith("agent")]
         rest_cpu = [v["cpu_percent"] for n, v in at_rest_.items() if n.startswith("agent")]

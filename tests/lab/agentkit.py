@@ -131,6 +131,14 @@ def agent_config(st: labs.LabState, node: str) -> dict[str, Any]:
     return data
 
 
+def node_record(st: labs.LabState, node: str) -> dict[str, Any]:
+    """The record node `node`'s agent published in the lab's etcd."""
+    done = etcdctl(st.tag, "get", agent_config(st, node)["prefix"] + node, "--print-value-only")
+    assert done.returncode == 0 and done.stdout.strip(), f"no record of {node}: {done.stderr}"
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
 def udp_echo(st: labs.LabState, src: str, dst: str, port: int = 5353, timeout: float = 0.2) -> bool:
     """One datagram from pod `src` to pod `dst`'s echo port: did it come back?"""
     address = st.pods[dst]["address"]

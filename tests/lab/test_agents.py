@@ -32,6 +32,7 @@ from agentkit import (
     http_ok,
     ifname,
     lab_status,
+    node_record,
     peers,
     public_key,
     state,
@@ -172,7 +173,7 @@ def test_crash_node(lab: Lab) -> None:
     st = state(lab.tag)
     victim, survivors = "aws-talos-1", ("azure-talos-1", "gcp-talos-1")
     key = public_key(st, victim)
-    cfg = agent_config(st, victim)["record"]
+    cfg = node_record(st, victim)
     gone = {f"{cfg['tunnel_address']}/32", f"{cfg['address']}/32"}  # node addresses: pods ride the VXLAN
     for n in survivors:
         assert key in peers(ifname(st, n)) and gone <= {_net(r) for r in agent_routes(st.nodes[n])}
@@ -359,8 +360,8 @@ def test_bad_records_rejected(lab: Lab) -> None:
     device or route changes at any moment; each is rejected with its reason in `lab status`."""
     st = state(lab.tag)
     prefix = agent_config(st, NODES[0])["prefix"]
-    azure = agent_config(st, "azure-talos-1")["record"]
-    gcp = agent_config(st, "gcp-talos-1")["record"]
+    azure = node_record(st, "azure-talos-1")
+    gcp = node_record(st, "gcp-talos-1")
     gcp_key = public_key(st, "gcp-talos-1")
     fresh = wgkeys.public_key(wgkeys.generate_private_key())
     # Names that sort before every real node: a rule "first name wins" would let them in.

@@ -176,7 +176,7 @@ def status(
             got = await ops.status(kv, mesh)
             if not wait or got.converged or time.monotonic() >= deadline:
                 return got
-            done = sum(1 for n in got.nodes if n.ok and got.desired and n.revision >= got.desired["revision"])
+            done = sum(1 for n in got.nodes if n.converged)
             err.print(f"waiting: {done}/{len(got.nodes)} nodes converged ({time.monotonic() - started:.0f} s)")
             await asyncio.sleep(0.5)
 
@@ -201,7 +201,7 @@ def _print_status(got: Any) -> None:
     if r and r.get("error"):
         out.print(f"  [red]rollout error:[/red] {escape(r['error'])}")
     for n in got.nodes:
-        state = "[green]ok[/green]" if n.ok else "[red]failed[/red]"
+        state = "[green]ok[/green]" if n.converged else "[yellow]…[/yellow]" if n.ok else "[red]failed[/red]"
         line = (
             f"  {escape(n.name):<24} {'online ' if n.online else 'offline'} rev {n.revision:<4} {state} peers {n.peers}"
         )

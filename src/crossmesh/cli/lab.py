@@ -109,6 +109,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
         for ifname, d in sorted(state.wireguard.items())
     ]
     agents_rows, members = _control_plane(state)
+    operator = labs.operator_control(state) if state.control_plane == "etcd" else None
     sites = _sites(state)
     if output is not Output.TABLE:
         emit(
@@ -122,6 +123,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 "pods": state.pods,
                 "agents": agents_rows,
                 "etcd": members,
+                "operator": operator,
                 "sites": sites,
             },
             output,
@@ -164,6 +166,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 escape(", ".join(f"{k}: {v}" for k, v in a["rejected"].items())) or "-",  # etcd's text
             )
         out.print(t)
+        _print_operator(operator or {})
         t = Table(title="etcd", title_justify="left")
         for c in ("member", "endpoint", "healthy"):
             t.add_column(c)
@@ -183,6 +186,22 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
     for ref, p in sorted(state.pods.items()):
         t.add_row(ref, p["node"], p["address"], ", ".join(f"{port}/{proto}" for port, proto in p["ports"]))
     out.print(t)
+
+
+def _print_operator(op: dict[str, Any]) -> None:
+    replicas = ", ".join(
+        f"{rid} {'running' if up else '[red]down[/red]'}" for rid, up in op.get("replicas", {}).items()
+    )
+    out.print(f"operator: {replicas}", highlight=False)
+    if "error" in op:
+        out.print(f"  [red]etcd unreachable:[/red] {escape(op['error'])}")
+        return
+    state = "[green]converged[/green]" if op["converged"] else f"{op['nodesConverged']}/{op['nodes']} nodes converged"
+    out.print(
+        f"  leader {escape(str(op['leader']))}; revision applied {op['applied']}, rolled out {op['rolledOut']}: {state}"
+    )
+    if op.get("rolloutError"):
+        out.print(f"  [red]rollout error:[/red] {escape(op['rolloutError'])}")
 
 
 def _sites(state: labs.LabState) -> list[dict[str, Any]]:
@@ -322,6 +341,17 @@ def crash_node(
     state = labs.find_lab(mesh)
     for line in labs.crash_node(state, node):
         out.print(line, markup=False)
+
+
+@app.command("crash-operator")
+@friendly
+def crash_operator(mesh: Path | None = MESH_OPTION) -> None:
+    """Kill the leading operator replica with no goodbye (needs --agents) and report how long the
+    other took to lead: its lease must run out first (`--lease-ttl`). The lab restarts the killed
+    replica as a standby a little later, as a Deployment would; the agents keep running meanwhile."""
+    state = labs.find_lab(mesh)
+    old, new, took = labs.crash_leader(state)
+    out.print(f"operator {old} (leader) killed; {new} leads after {took:.2f} s (lease TTL {state.lease_ttl} s)")
 
 
 SITE_ARGUMENT = typer.Argument(..., help="site name (spec.sites[].name)", show_default=False)

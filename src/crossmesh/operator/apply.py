@@ -4,6 +4,7 @@ rollout back — which nodes run which revision, which failed and why."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import tempfile
 import time
@@ -21,6 +22,7 @@ from crossmesh.kv.layout import Layout
 from crossmesh.load.mesh import load_mesh_model
 from crossmesh.operator import desired as desired_mod
 from crossmesh.operator import ipam, publish
+from crossmesh.plan import peers as peer_rule
 from crossmesh.workspace import plan_against
 
 
@@ -134,11 +136,17 @@ def _node_changes(proposal: Proposal) -> dict[str, list[str]]:
 class NodeRow:
     name: str
     online: bool  # its record is in etcd (its agent holds a lease)
-    revision: int  # the rollout revision it runs (0: none reported)
+    revision: int  # the intent revision it runs (0: none reported)
+    want_revision: int  # its intent's revision
     ok: bool
     error: str | None
     peers: int
+    want_peers: int  # the peers its intent and the others' give it
     age: float | None  # seconds since its last status
+
+    @property
+    def converged(self) -> bool:
+        return self.online and self.ok and self.revision >= self.want_revision and self.peers == self.want_peers
 
 
 @dataclass(slots=True)
@@ -167,15 +175,34 @@ class Status:
                 {
                     "name": n.name,
                     "online": n.online,
+                    "converged": n.converged,
                     "revision": n.revision,
+                    "intentRevision": n.want_revision,
                     "ok": n.ok,
                     "error": n.error,
                     "peers": n.peers,
+                    "expectedPeers": n.want_peers,
                     "reportedSecondsAgo": None if n.age is None else round(n.age, 1),
                 }
                 for n in self.nodes
             ],
         }
+
+
+def _intents(by_key: dict[bytes, bytes], layout: Layout) -> dict[str, agent_intents.NodeIntent]:
+    out = {}
+    for key, raw in by_key.items():
+        if key.startswith(layout.intents):
+            name = key[len(layout.intents) :].decode(errors="replace")
+            with contextlib.suppress(agent_intents.IntentError):
+                out[name] = agent_intents.decode_intent(raw, name)
+    return out
+
+
+def _peers(mine: agent_intents.NodeIntent, other: agent_intents.NodeIntent) -> bool:
+    """Whether the agents make these two nodes peers: the one peer rule, on their intents."""
+    a, b = mine.node, other.node
+    return a.name != b.name and peer_rule.is_peer(a.site, a.public_address is None, b.site, b.public_address is None)
 
 
 async def status(kv: Kv, mesh: str) -> Status:
@@ -198,9 +225,15 @@ async def status(kv: Kv, mesh: str) -> Status:
             out.rollout = {"revision": 0, "error": "the rollout record is unreadable", "nodes": 0}
     if layout.leader in by_key:
         out.leader = publish.leader_id(by_key[layout.leader])
+    intents = _intents(by_key, layout)
     for name in expected:
+        mine = intents.get(name)
+        want_peers = 0 if mine is None else sum(1 for other in intents.values() if _peers(mine, other))
         raw = by_key.get(layout.status(name))
-        row = NodeRow(name, layout.node(name) in by_key, 0, False, "no status reported yet", 0, None)
+        row = NodeRow(
+            name, layout.node(name) in by_key, 0, mine.revision if mine else 0, False, None, 0, want_peers, None
+        )
+        row.error = "no status reported yet"
         if raw is not None:
             try:
                 s = agent_intents.decode_status(raw, name)
@@ -209,6 +242,8 @@ async def status(kv: Kv, mesh: str) -> Status:
             except agent_intents.IntentError as err:
                 row.error = str(err)
         if not row.online:
-            row.ok, row.error = False, row.error if not row.ok else "offline: no record in etcd (agent down?)"
+            row.ok, row.error = False, "offline: no record in etcd (its agent is down or has not published)"
+        elif row.ok and not row.converged:
+            row.error = f"converging: revision {row.revision}/{row.want_revision}, peers {row.peers}/{row.want_peers}"
         out.nodes.append(row)
     return out

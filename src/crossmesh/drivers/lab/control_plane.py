@@ -17,12 +17,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from crossmesh.agent import config as agent_configs
-from crossmesh.agent import records
 from crossmesh.drivers import etcd
 from crossmesh.drivers.files import write_tree
 from crossmesh.drivers.lab import wireguard
@@ -88,33 +88,22 @@ def agent_status(state: LabState, node: str) -> dict[str, Any]:
 
 
 def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_name: str) -> dict[str, Any]:
-    """The node's agent configuration as the JSON document its process reads."""
+    """The node's agent configuration as the JSON document its process reads: etcd-fed, as on a real
+    node — it follows the operator's intents, holds only its own key and its own etcd certificate."""
     dev = next(d for d in topo.wireguard if d.node == node_name)
-    return agent_configs.build(
-        compiled,
+    cfg = agent_configs.etcd_fed(
         node_name,
+        compiled.plan.mesh,
         namespace=dev.namespace,
         ifname=dev.ifname,
         etcd=etcd.endpoints(state.tag),
         ttl=state.lease_ttl,
-        status=agent_dir(state) / f"{node_name}.status.json",
-        wireguard_log=state.dir / "logs" / f"{dev.ifname}.log",
-        intent_path=intent_path(state),
+        state=agent_dir(state),
+        private_key_path=compiled.store.private_key_path(node_name),
         tls=etcd.identity(etcd.pki_dir(state.dir), node_name).as_dict(),
-    ).to_json()
-
-
-def intent_path(state: LabState) -> Path:
-    return state.dir / "intent.json"
-
-
-def _write_intent(state: LabState, compiled: Compiled) -> None:
-    """What the mesh (with its membership changes) plans for every node, for the agents to hold
-    records to. Written before any agent starts or learns of a joining node; replaced at once."""
-    path = intent_path(state)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(records.encode_intent(records.intent_of(compiled.plan)))
-    tmp.replace(path)
+    )
+    logs = replace(cfg, status=agent_dir(state) / f"{node_name}.status.json")
+    return replace(logs, wireguard_log=state.dir / "logs" / f"{dev.ifname}.log").to_json()
 
 
 def agent_running(state: LabState, node: str) -> bool:
@@ -157,7 +146,6 @@ def start_joining_agents(
     about half a second to start, as long as the build of a node, and waits for its device."""
     directory = agent_dir(state)
     directory.mkdir(parents=True, exist_ok=True)
-    _write_intent(state, compiled)
     if joining:  # their certificates, and their roles if etcd runs (else start_etcd makes them)
         pki = issue_etcd_identities(state, compiled)
         if any(etcd.healthy(m, pki) for m in etcd.members(state.tag)):
@@ -186,8 +174,6 @@ def start_agents(state: LabState, topo: LabTopology, compiled: Compiled, early: 
         text = json.dumps(cfg, indent=1, sort_keys=True)
         pid = int(agent_status(state, dev.node).get("pid", 0))
         if alive(pid) and path.exists() and _same_agent_config(path.read_text(), cfg):
-            if path.read_text() != text:
-                path.write_text(text)  # a rotated key: the running agent has it already
             continue
         if alive(pid):
             stop_group(pid)
@@ -198,16 +184,11 @@ def start_agents(state: LabState, topo: LabTopology, compiled: Compiled, early: 
 
 
 def _same_agent_config(text: str, cfg: dict[str, Any]) -> bool:
-    """Whether a running agent's configuration differs from `cfg` in nothing but the public key,
-    which the agent reads from the node's key file (it changes with `rotate-keys`): no restart,
-    which would withdraw the node from its peers for a moment."""
+    """Whether a running agent runs with `cfg` (its key is read from the node's key file and changes
+    with `rotate-keys` without a restart, which would withdraw the node from its peers for a moment)."""
     try:
-        old = json.loads(text)
-        return {**old, "record": {**old["record"], "public_key": ""}} == {
-            **cfg,
-            "record": {**cfg["record"], "public_key": ""},
-        }
-    except (ValueError, KeyError, TypeError):
+        return bool(json.loads(text) == cfg)
+    except ValueError:
         return False
 
 

@@ -194,3 +194,42 @@ def leader(state: LabState, mesh: str) -> str | None:
         return None if got is None else leader_id(got.value)
 
     return _admin(state, work)
+
+
+def crash_leader(state: LabState) -> tuple[str, str, float]:
+    """SIGKILL the leading replica (no goodbye: its lease must run out) and wait for another to
+    lead; (old leader, new leader, seconds between the kill and the new leader's key)."""
+    if state.control_plane != "etcd":
+        raise LabError("crash-operator needs the control plane: bring the lab up with `crossmesh lab up --agents`")
+    old = leader(state, state.mesh_name)
+    if old is None or not stop_operator(state, old, crash=True):
+        raise LabError(f"no operator replica of lab {state.mesh_name} leads now")
+    killed = time.monotonic()
+    deadline = killed + state.lease_ttl + 15
+    while time.monotonic() < deadline:
+        now = leader(state, state.mesh_name)
+        if now is not None and now != old:
+            return old, now, time.monotonic() - killed
+        time.sleep(0.02)
+    raise LabError(f"no other replica took over within {deadline - killed:.0f} s of killing {old}")
+
+
+def control(state: LabState) -> dict[str, Any]:
+    """The operator as `lab status` shows it: replicas, leader, applied and rolled-out revision."""
+    from crossmesh.operator import apply as ops
+
+    running = replica_pids(state)
+    out: dict[str, Any] = {"replicas": {replica_id(state, k): replica_id(state, k) in running for k in range(REPLICAS)}}
+    try:
+        got = _admin(state, lambda kv: ops.status(kv, state.mesh_name))
+    except Exception as err:  # noqa: BLE001 - etcd down: say so, the rest of the status still shows
+        return out | {"error": str(err)}
+    return out | {
+        "leader": got.leader,
+        "applied": got.desired["revision"] if got.desired else None,
+        "rolledOut": got.rollout["revision"] if got.rollout else None,
+        "rolloutError": got.rollout.get("error") if got.rollout else None,
+        "converged": got.converged,
+        "nodesConverged": sum(1 for n in got.nodes if n.converged),
+        "nodes": len(got.nodes),
+    }

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 
-from crossmesh.drivers.lab import netns, reconcile, servicenat, topology
+from crossmesh.drivers.lab import netns, operators, reconcile, servicenat, topology
 from crossmesh.drivers.lab.control_plane import agent_dir, agent_running, start_agent
 from crossmesh.drivers.lab.desired import policy_index, topology_of
 from crossmesh.drivers.lab.dns import dns_answer, dns_records, headless_records, ready
@@ -89,6 +89,8 @@ class Daemon:
         self.headless = headless_records(self.plan)
         self.policy = policy_index(self.compiled)
         self.started_agents: dict[str, float] = {}
+        self.operators_checked = 0.0
+        self.operators_missing: dict[str, float] = {}  # replica → when it was first seen missing
 
     # --- DNS -------------------------------------------------------------------------------
     def answer(self, cluster: str, query: bytes) -> bytes | None:
@@ -277,6 +279,29 @@ class Daemon:
                 for change in self.apply():
                     print(change, flush=True)
             self.supervise_agents()
+            self.supervise_operators()
+
+    def supervise_operators(self) -> None:
+        """Restart an operator replica that died, as a Deployment would — after the lease TTL and a
+        margin, so that the surviving replica takes over first (`lab crash-operator` measures that)."""
+        if self.state.control_plane != "etcd":
+            return
+        now = time.monotonic()
+        if now < self.operators_checked + 1.0:
+            return
+        self.operators_checked = now
+        running = operators.replica_pids(self.state)
+        for k in range(operators.REPLICAS):
+            rid = operators.replica_id(self.state, k)
+            if rid in running:
+                self.operators_missing.pop(rid, None)
+                continue
+            since = self.operators_missing.setdefault(rid, now)
+            if now - since > self.state.lease_ttl + 2:
+                for change in operators.start_operators(self.state):
+                    print(change, flush=True)
+                self.operators_missing.clear()
+                return
 
     def supervise_agents(self) -> None:
         """Restart a node agent that died — unless `lab crash-node` stopped it on purpose."""

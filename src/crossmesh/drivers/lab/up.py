@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crossmesh.agent import records
-from crossmesh.drivers.lab import faults, netns, reconcile, topology, wireguard
+from crossmesh.drivers.lab import faults, netns, operators, reconcile, topology, wireguard
 from crossmesh.drivers.lab.control_plane import start_agents, start_etcd, start_joining_agents
 from crossmesh.drivers.lab.desired import namespace_digest, policy_index, unhealthy_backends
 from crossmesh.drivers.lab.pods import pod_key, start_workloads, wait_pods
@@ -215,8 +215,11 @@ def _build(
     lap("links")
 
     if agents:
-        progress("control plane: 3-member etcd on loopback")
+        progress("control plane: 3-member etcd on loopback, the mesh applied, 2 operator replicas")
         changes += start_etcd(state, compiled)
+        revision, applied = operators.publish(state, compiled)
+        changes += applied + operators.start_operators(state)
+        operators.wait_rollout(state, compiled, revision)
         lap("etcd")
     progress(f"WireGuard: {len(topo.wireguard)} wireguard-go devices")
     files = rendered(compiled)
