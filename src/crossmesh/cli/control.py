@@ -202,9 +202,8 @@ def _print_status(got: Any) -> None:
         out.print(f"  [red]rollout error:[/red] {escape(r['error'])}")
     for n in got.nodes:
         state = "[green]ok[/green]" if n.converged else "[yellow]…[/yellow]" if n.ok else "[red]failed[/red]"
-        line = (
-            f"  {escape(n.name):<24} {'online ' if n.online else 'offline'} rev {n.revision:<4} {state} peers {n.peers}"
-        )
+        online = "online " if n.online else "offline"
+        line = f"  {escape(n.name):<24} {online} rev {n.revision:<4} {state} peers {n.peers}/{n.want_peers}"
         if n.error:
             line += f"  {escape(n.error)}"
         out.print(line)

@@ -161,8 +161,7 @@ class Status:
     def converged(self) -> bool:
         if self.desired is None or self.rollout is None or self.rollout.get("error"):
             return False
-        want = self.desired["revision"]
-        return self.rollout["revision"] == want and all(n.online and n.ok and n.revision >= want for n in self.nodes)
+        return self.rollout["revision"] == self.desired["revision"] and all(n.converged for n in self.nodes)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -69,6 +69,30 @@ def start_operators(state: LabState) -> list[str]:
     return changes
 
 
+def start_provisioner(state: LabState) -> list[str]:
+    """The process that follows `crossmesh apply` for this lab (provisioner.py), if it does not run."""
+    marker = str(state.dir)
+    if any(alive(p) for p in find_processes(marker) if _is_provisioner(p)):
+        return []
+    log = state.dir / "logs" / "provisioner.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as fh:
+        subprocess.Popen(
+            [sys.executable, "-m", "crossmesh.drivers.lab.provisioner", marker],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return ["provisioner started: the lab follows crossmesh apply"]
+
+
+def _is_provisioner(pid: int) -> bool:
+    from crossmesh.drivers.lab.processes import cmdline_has
+
+    return cmdline_has(pid, ("crossmesh.drivers.lab.provisioner",))
+
+
 def stop_operator(state: LabState, rid: str, *, crash: bool = False) -> int:
     """Stop replica `rid` (SIGKILL with `crash`: its lease must run out); its pid, 0 if none ran."""
     pid = replica_pids(state).get(rid, 0)
@@ -124,9 +148,9 @@ def _plain(data: Any) -> Any:
     return data
 
 
-def publish(state: LabState, compiled: Compiled) -> tuple[int, list[str]]:
+def publish(state: LabState, compiled: Compiled) -> tuple[int, str, list[str]]:
     """Apply the lab's mesh to its etcd (seeding etcd's allocations from the lab's when it has
-    none); the applied revision and what changed."""
+    none); the applied revision, its digest and what changed."""
     from crossmesh.kv.layout import Layout
     from crossmesh.operator import apply as ops
     from crossmesh.operator import ipam
@@ -134,7 +158,7 @@ def publish(state: LabState, compiled: Compiled) -> tuple[int, list[str]]:
     files, mesh_file = mesh_files(compiled, state.overlay)
     layout = Layout(compiled.plan.mesh)
 
-    async def work(kv: Any) -> tuple[int, list[str]]:
+    async def work(kv: Any) -> tuple[int, str, list[str]]:
         changes = []
         _, guard = await ipam.read(kv, layout)
         if guard == 0:
@@ -145,7 +169,7 @@ def publish(state: LabState, compiled: Compiled) -> tuple[int, list[str]]:
         desired, new = await ops.apply(kv, await ops.propose_files(kv, files, mesh_file), "crossmesh lab")
         if new:
             changes.append(f"mesh revision {desired.revision} applied")
-        return desired.revision, changes
+        return desired.revision, desired.digest, changes
 
     return _admin(state, work)
 

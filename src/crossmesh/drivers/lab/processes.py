@@ -58,6 +58,7 @@ def find_processes(marker: str) -> list[int]:
             "crossmesh.drivers.lab.servicesd",
             "crossmesh.agent.daemon",
             "crossmesh.operator",
+            "crossmesh.drivers.lab.provisioner",
         )
         is_workload = any(m in args for m in ours)
         # tcpdump captures, and the lab's etcd members (their data directory names the tag).

@@ -6,11 +6,13 @@ wireguard-go sockets, processes whose command line names the tag (processes.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ class LabState:
     sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
     inet: str = ""
     applied: dict[str, str] = field(default_factory=dict)  # namespace → digest of the spec it was brought to
+    built_digest: str = ""  # of the applied revision (crossmesh apply) the lab was last brought to
     cut_sites: list[str] = field(default_factory=list)  # cut off from the internet: lab cut-site, heal-site
 
     @property
@@ -101,3 +104,20 @@ def find_lab(mesh: Path | None) -> LabState:
         names = ", ".join(f"{lab.mesh_name} ({lab.mesh})" for lab in labs)
         raise UsageError(f"{len(labs)} labs are running ({names}) — say which with --mesh MESH")
     return labs[0]
+
+
+@contextlib.contextmanager
+def lab_lock(tag: str | None) -> Iterator[None]:
+    """One `lab up` at a time for lab `tag` (the CLI's and the provisioner's, which follows
+    `crossmesh apply`): an exclusive lock in the lab's folder, released by the kernel if the holder
+    dies. A new lab (`tag` None) has nothing to share yet."""
+    folder = LAB_ROOT / f"cm-{tag}"
+    if tag is None or not folder.is_dir():
+        yield
+        return
+    fd = os.open(folder / "up.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

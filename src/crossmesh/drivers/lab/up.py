@@ -20,7 +20,7 @@ from crossmesh.drivers.lab.desired import namespace_digest, policy_index, unheal
 from crossmesh.drivers.lab.pods import pod_key, start_workloads, wait_pods
 from crossmesh.drivers.lab.processes import wireguard_pids
 from crossmesh.drivers.lab.services import start_services
-from crossmesh.drivers.lab.state import LabError, LabState, Progress, quiet, running_labs
+from crossmesh.drivers.lab.state import LabError, LabState, Progress, lab_lock, quiet, running_labs
 from crossmesh.drivers.lab.teardown import collect_garbage, down
 from crossmesh.drivers.lab.topology import LabTopology, Namespace
 from crossmesh.errors import EnvironmentProblem, UsageError
@@ -73,19 +73,43 @@ def up(
     overlay: dict[str, Any] | None = None,
     changed_only: bool = False,
     progress: Progress = quiet,
+    source: Path | None = None,
 ) -> UpResult:
     """Build (or bring back to the plan) the lab of `mesh`; returns when every tunnel has
     completed a handshake and every pod answers. With `agents`, a 3-member etcd cluster and
     one agent per node run the tunnels (the control plane); a lab keeps the mode it has.
     `changed_only` (membership changes) reconciles only the namespaces whose desired state
-    differs from the one they were last brought to; a plain `up` checks every namespace."""
+    differs from the one they were last brought to; a plain `up` checks every namespace.
+    `source`: build from these files instead of `mesh`'s (the revision `crossmesh apply` published
+    for this lab, which the provisioner follows); the lab stays `mesh`'s. One `up` at a time per lab."""
     preflight()
     mesh_abs = str(mesh.resolve())
     running = next((lab for lab in running_labs() if lab.mesh == mesh_abs), None)
+    with lab_lock(running.tag if running is not None else None):
+        return _up(mesh, mesh_abs, running, state_dir, tag, keep_on_error, agents, lease_ttl, overlay, changed_only,
+                   progress, source)  # fmt: skip
+
+
+def _up(
+    mesh: Path,
+    mesh_abs: str,
+    running: LabState | None,
+    state_dir: Path | None,
+    tag: str | None,
+    keep_on_error: bool,
+    agents: bool,
+    lease_ttl: int | None,
+    overlay: dict[str, Any] | None,
+    changed_only: bool,
+    progress: Progress,
+    source: Path | None,
+) -> UpResult:
+    if running is not None:
+        running = LabState.load(running.tag) or running  # another `up` may have changed it meanwhile
     if overlay is None:
         overlay = running.overlay if running is not None else {}
     compiled = compile_mesh(  # SpecError before anything is built
-        mesh, state_dir, overlay=overlay, placements=running.placements if running is not None else None
+        source or mesh, state_dir, overlay=overlay, placements=running.placements if running is not None else None
     )
     plan = compiled.plan
     tag = tag or (running.tag if running is not None else topology.lab_tag(plan.mesh))
@@ -217,9 +241,11 @@ def _build(
     if agents:
         progress("control plane: 3-member etcd on loopback, the mesh applied, 2 operator replicas")
         changes += start_etcd(state, compiled)
-        revision, applied = operators.publish(state, compiled)
+        revision, digest, applied = operators.publish(state, compiled)
         changes += applied + operators.start_operators(state)
         operators.wait_rollout(state, compiled, revision)
+        state.built_digest = digest
+        changes += operators.start_provisioner(state)
         lap("etcd")
     progress(f"WireGuard: {len(topo.wireguard)} wireguard-go devices")
     files = rendered(compiled)

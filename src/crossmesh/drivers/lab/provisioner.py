@@ -1,0 +1,115 @@
+"""The lab's stand-in for the cloud: it follows `crossmesh apply`.
+
+On real nodes a new node's machine is booted by whoever runs the cloud (Terraform, an autoscaler),
+and its agent joins from the operator's intents. In the lab, this process plays that part: it
+watches the lab's applied revision, and when one arrives that the lab has not built (someone ran
+`crossmesh apply` against the lab's etcd), it brings the lab to it — namespaces of new nodes,
+their devices and agents, policies and services — with `lab up` on the revision's own files, under
+the lab's lock. The operator and the agents do the rest, as on real nodes.
+
+    python -m crossmesh.drivers.lab.provisioner /run/crossmesh/cm-<tag>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from crossmesh.drivers import etcd
+from crossmesh.drivers.lab.state import LabState, lab_lock
+from crossmesh.drivers.lab.up import up
+from crossmesh.errors import CrossmeshError
+from crossmesh.kv.api import KvError
+from crossmesh.kv.layout import ADMIN_USER, Layout
+from crossmesh.operator import desired as desired_mod
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def build(state: LabState, wanted: desired_mod.Desired) -> None:
+    """Bring the lab to revision `wanted` (its own files, written under the lab's folder)."""
+    folder = state.dir / "applied" / f"r{wanted.revision}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, mode=0o700)
+    path = desired_mod.materialize(wanted, folder)
+    log(f"revision {wanted.revision} ({wanted.digest[:19]}…) by {wanted.applied_by}: bringing the lab to it")
+    started = time.monotonic()
+    try:
+        result = up(Path(state.mesh), Path(state.state_dir), overlay={}, changed_only=True, source=path, progress=log)
+        log(f"revision {wanted.revision} built: {len(result.changes)} changes in {time.monotonic() - started:.1f} s")
+    except CrossmeshError as err:
+        log(f"revision {wanted.revision} cannot be built: {err}")
+
+
+async def follow(lab_dir: Path) -> None:
+    from crossmesh.kv.etcd import Tls, connect
+
+    tag = lab_dir.name.removeprefix("cm-")
+    me = etcd.identity(etcd.pki_dir(lab_dir), ADMIN_USER)
+    while True:
+        state = LabState.load(tag)
+        if state is None:
+            return  # the lab is gone
+        layout = Layout(state.mesh_name)
+        try:
+            kv = await connect(etcd.endpoints(tag), Tls(me.ca, me.cert, me.key))
+        except KvError as err:
+            log(f"etcd: {err}; retrying")
+            await asyncio.sleep(1.0)
+            continue
+        try:
+            await _watch(kv, layout, tag)
+        except KvError as err:
+            log(f"etcd: {err}; reconnecting")
+            await asyncio.sleep(0.5)
+        finally:
+            await kv.close()
+
+
+async def _watch(kv: Any, layout: Layout, tag: str) -> None:
+    snap = await kv.range(layout.desired)
+    pending = next((e.value for e in snap.entries if e.key == layout.desired), None)
+    revision = snap.revision + 1
+    while True:
+        if pending is not None:
+            await asyncio.to_thread(_consider, tag, pending)
+            pending = None
+        async for batch in kv.watch(layout.desired, revision):
+            revision = batch[-1].entry.mod_revision + 1
+            puts = [e for e in batch if e.kind == "put" and e.entry.key == layout.desired]
+            if puts:
+                pending = puts[-1].entry.value
+                break
+
+
+def _consider(tag: str, raw: bytes) -> None:
+    try:
+        wanted = desired_mod.decode(raw)
+    except desired_mod.DesiredError as err:
+        log(f"the applied revision is unreadable: {err}")
+        return
+    with lab_lock(tag):  # a `lab up` under way may be building this very revision: wait for it
+        state = LabState.load(tag)
+    if state is None or state.built_digest == wanted.digest:
+        return
+    build(state, wanted)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m crossmesh.drivers.lab.provisioner LAB_DIR", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(follow(Path(argv[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
