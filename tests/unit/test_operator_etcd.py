@@ -182,3 +182,23 @@ def test_allocations_never_move_through_etcd(
             await kv.close()
 
     asyncio.run(run())
+
+
+def test_an_etcd_that_refuses_the_certificate_exits_2(tmp_path: Path) -> None:
+    """A client certificate from another CA: etcd refuses the handshake; apply says so, exit 2."""
+    from crossmesh.kv.testing import make_cert, write_cert
+
+    path = _mesh(tmp_path, "op-rogue")
+    (tmp_path / "tls").mkdir()
+    with etcd(tmp_path / "tls", tls=True) as tls_server:
+        assert tls_server.ca_path is not None
+        crt, key = write_cert(tmp_path / "rogue", make_cert("crossmesh-admin", make_cert("rogue CA", None)))
+        flags = ["--etcd-endpoints", tls_server.endpoint, "--cacert", str(tls_server.ca_path)]
+        done = subprocess.run(
+            ["crossmesh", "apply", str(path), *flags, "--cert", str(crt), "--key", str(key)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "refused the TLS handshake" in done.stderr and "Traceback" not in done.stderr
