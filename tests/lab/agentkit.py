@@ -205,7 +205,7 @@ def etcd_dump(tag: str) -> dict[str, str]:
     import base64
 
     kvs = json.loads(done.stdout).get("kvs", [])
-    return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode() for kv in kvs}
+    return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode() for kv in kvs}
 
 
 def processes(marker: str) -> list[int]:

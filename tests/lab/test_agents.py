@@ -106,7 +106,12 @@ def test_up_with_agents(lab: Lab) -> None:
     st = state(lab.tag)
     dump = etcd_dump(lab.tag)
     prefix = agent_config(st, NODES[0])["prefix"]
-    assert sorted(dump) == sorted(prefix + n for n in NODES)
+    assert sorted(k for k in dump if k.startswith(prefix)) == sorted(prefix + n for n in NODES)
+    # Beside the records: what the operator and `apply` keep (desired, allocations, intents, rollout,
+    # the leader) and each agent's status — every key under the mesh's own prefix.
+    root = prefix.removesuffix("nodes/")
+    assert all(k.startswith(root) for k in dump)
+    assert {k.split("/")[3] for k in dump} == {"desired", "ipam", "intents", "rollout", "operator", "nodes", "status"}
     secrets = [p.read_text().strip() for p in (Path(st.state_dir) / "keys").glob("*.key")]
     assert len(secrets) == len(NODES)
     text = json.dumps(dump)
@@ -480,7 +485,8 @@ def test_rotate_keys_under_udp_stream(lab: Lab) -> None:
         for other in NODES:
             if other != n:
                 assert new[other] in peers(ifname(st, n))
-    assert set(json.loads(v)["public_key"] for v in etcd_dump(lab.tag).values()) == set(new.values())
+    published = [json.loads(v)["public_key"] for k, v in etcd_dump(lab.tag).items() if k.split("/")[3] == "nodes"]
+    assert set(published) == set(new.values())
     code, report = lab.test("--test", "cross-cluster")
     assert code == 0, [c["name"] for c in report["checks"] if not c["passed"]]  # type: ignore[attr-defined]
     # The agents have the new keys already: `lab up` restarts none of them.
