@@ -190,14 +190,8 @@ def prefix(mesh: str) -> str:
 
 
 def unsupported(plan: Plan) -> str | None:
-    """Why agents cannot run this plan, or None. They build full-mesh tunnels only (issue 16 brings
-    gateways): under `topology: gateways` their peers would differ from the plan's."""
-    if plan.topology == "full-mesh":
-        return None
-    return (
-        f"the agents build full-mesh tunnels only; mesh {plan.mesh} uses spec.wireguard.topology "
-        f"{plan.topology!r}, whose peers they would get wrong"
-    )
+    """Why agents cannot run this plan, or None (the one rule: plan/peers.agents_unsupported)."""
+    return peer_rule.agents_unsupported(plan.topology, plan.mesh)
 
 
 def planned_of(node: NodePlan) -> PlannedNode:
