@@ -316,9 +316,10 @@ class Agent:
     @property
     def schedule(self) -> rotation.Schedule:
         """When the key is due: its age and this node's jittered period, from the intent followed now
-        (a new intent's period applies at once)."""
+        (a new intent's period applies at once) or the mesh file's."""
         mine = self.following.mine
-        return rotation.Schedule(self.key_born, 0.0 if mine is None else mine.rotation_period())
+        period = mine.key_rotation if mine is not None else self.cfg.key_rotation or 0
+        return rotation.Schedule(self.key_born, intents.rotation_period(period, self.node))
 
     def node_status(self) -> intents.NodeStatus:
         """What this node reports under `status/<node>`: the intent revision it runs, or why not."""

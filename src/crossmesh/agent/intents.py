@@ -39,12 +39,16 @@ class NodeIntent:
         return json.dumps(data, sort_keys=True).encode()
 
     def rotation_period(self) -> float:
-        """This node's period, jittered by ±10 % from its name: the mesh never re-keys all at once,
-        and a restarted agent keeps the same period."""
-        if not self.key_rotation:
-            return 0.0
-        spread = int.from_bytes(hashlib.sha256(self.node.name.encode()).digest()[:8], "big") / 2**64
-        return self.key_rotation * (0.9 + 0.2 * spread)
+        return rotation_period(self.key_rotation, self.node.name)
+
+
+def rotation_period(key_rotation: int, node: str) -> float:
+    """Node `node`'s period for keyRotation `key_rotation` seconds (0: off), jittered by ±10 % from its
+    name: the mesh never re-keys all at once, and a restarted agent keeps the same period."""
+    if not key_rotation:
+        return 0.0
+    spread = int.from_bytes(hashlib.sha256(node.encode()).digest()[:8], "big") / 2**64
+    return key_rotation * (0.9 + 0.2 * spread)
 
 
 @dataclass(frozen=True, slots=True)
