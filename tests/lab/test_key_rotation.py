@@ -50,14 +50,13 @@ def test_agents_rotate_their_keys_on_schedule_under_a_udp_stream(tmp_path: Path)
         assert len(set(periods.values())) == len(NODES), "two nodes share a period"
         old = {n: public_key(st, n) for n in NODES}
 
-        stream = UdpStream(st.pods[CLIENT]["namespace"], st.pods[SERVER]["address"], 5353)
-        try:
+        with UdpStream(st.pods[CLIENT]["namespace"], st.pods[SERVER]["address"], 5353) as stream:
             rotated: dict[str, float] = {}
 
             def all_rotated() -> bool:
                 """every agent rotated its key on its own"""
                 for n in NODES:
-                    if n not in rotated and labs.agent_status(st, n).get("keyVersion", 1) >= 2:  # noqa: PLR2004
+                    if n not in rotated and labs.agent_status(st, n).get("keyVersion", 1) >= 2:
                         rotated[n] = time.time()
                 return len(rotated) == len(NODES)
 
@@ -76,9 +75,6 @@ def test_agents_rotate_their_keys_on_schedule_under_a_udp_stream(tmp_path: Path)
             until(handshaken, 10)
             time.sleep(1.0)
             result = stream.stop()
-        except BaseException:
-            stream.kill()
-            raise
         lost = result["lost"]
         late = {n: round(rotated[n] - planned[n], 2) for n in NODES}
         print(
@@ -90,10 +86,10 @@ def test_agents_rotate_their_keys_on_schedule_under_a_udp_stream(tmp_path: Path)
         for n in NODES:
             assert public_key(st, n) != old[n], n
             # each at its own time: polled every 0.5 s by the agent and every 0.05 s here
-            assert -0.1 <= late[n] < 2.0, late  # noqa: PLR2004
+            assert -0.1 <= late[n] < 2.0, late
             assert labs.agent_status(st, n)["keyVersion"] == 2, n  # once per period, not every round
             assert sorted(peers(ifname(st, n))) == sorted(public_key(st, o) for o in NODES if o != n)
-        assert result["sent"] > 1000, result  # noqa: PLR2004
+        assert result["sent"] > 1000, result
         assert result["gap"] < 1.0, "traffic stopped for a handshake retry (5 s) or worse"
         assert len(lost) <= 0.01 * result["sent"], result
     finally:
