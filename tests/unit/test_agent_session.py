@@ -605,3 +605,24 @@ def test_a_status_without_next_rotation_still_decodes() -> None:
     assert intents.decode_status(new.encode(), "n") == new
     with pytest.raises(intents.IntentError, match="next_rotation is str"):
         intents.decode_status(old.replace(b"}", b', "next_rotation": "soon"}'), "n")
+
+
+def test_a_rotation_that_cannot_write_the_key_is_tried_again_later(mesh: Mesh) -> None:
+    period = _rotating(mesh).rotation_period()
+
+    async def body() -> None:
+        clock = Clock()
+        a, fake, task = await _started(mesh, clock)
+        key_path, old_private = a.key_path, fake.device.private_key
+        a.key_path = mesh.tmp / "gone" / "key"  # its folder vanished: the write fails
+        clock.now = a.key_born + period
+        await until(lambda: a.schedule.next_at == clock.now + daemon.ROTATE_RETRY)
+        await asyncio.sleep(0.2)
+        assert a.key_version == 1 and fake.device.private_key == old_private  # not retried every round
+        a.key_path = key_path
+        clock.now += daemon.ROTATE_RETRY
+        await until(lambda: a.key_version == 2)  # the maintenance loop lived through it
+        await until(_published(mesh, a))
+        await stopped(a, task)
+
+    run(body)

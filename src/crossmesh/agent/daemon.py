@@ -52,6 +52,7 @@ MAX_KEYS = 2 * records.MAX_RECORDS  # keys under the prefix the agent holds at a
 STATUS_REJECTED = 100  # rejected records named in the status file (the total is counted)
 STATUS_EVERY = 5.0  # seconds between status writes when nothing happens (sixty agents share two CPUs)
 RETRY = 0.5  # seconds between attempts to reach etcd
+ROTATE_RETRY = 60.0  # seconds before a scheduled rotation that failed is tried again
 TICK = 0.5  # seconds between the maintenance loop's rounds (device check, scheduled rotation, status)
 
 
@@ -482,7 +483,11 @@ class Agent:
                 self.rotate.set()  # the path SIGUSR1 takes
             if self.rotate.is_set():
                 self.rotate.clear()
-                self.rotate_key()
+                try:
+                    self.rotate_key()
+                except (OSError, CrossmeshError) as err:  # the key file not writable: the old key stays
+                    log(f"cannot rotate the key: {err}; a scheduled rotation is tried again in {ROTATE_RETRY:.0f} s")
+                    self.key_born = max(self.key_born, self.clock() - self.schedule.period + ROTATE_RETRY)
             try:
                 if await asyncio.to_thread(self._check_device) or time.monotonic() >= self.full_due:
                     self.dirty.set()
