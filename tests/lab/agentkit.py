@@ -95,6 +95,14 @@ class UdpStream:
             self.proc.kill()
         self.proc.wait(timeout=5)
 
+    def __enter__(self) -> UdpStream:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """A failure inside `with` kills the sender; `stop()` is the caller's on success."""
+        if kind is not None:
+            self.kill()
+
 
 def state(tag: str) -> labs.LabState:
     st = labs.LabState.load(tag)
@@ -198,9 +206,10 @@ def etcdctl(tag: str, *args: str, input: str | None = None, user: str = "root") 
     )
 
 
-def etcd_dump(tag: str) -> dict[str, str]:
-    """Every key under /crossmesh/ and its value."""
-    done = etcdctl(tag, "get", "--prefix", "/crossmesh/", "-w", "json")
+def etcd_dump(tag: str, prefix: str = "/crossmesh/") -> dict[str, str]:
+    """Every key under `prefix` (all of crossmesh's by default: records, and the operator's desired
+    state, allocations, intents, statuses) and its value; etcd's JSON leaves out an empty value."""
+    done = etcdctl(tag, "get", "--prefix", prefix, "-w", "json")
     assert done.returncode == 0, done.stderr
     import base64
 

@@ -22,10 +22,14 @@ ME, AZURE, GCP = "aws-talos-1", "azure-talos-1", "gcp-talos-1"
 
 
 class World:
-    """examples/three-clouds compiled in a temporary folder: each node's config and record."""
+    """examples/three-clouds compiled in a temporary folder (with `keyRotation` when given): each
+    node's config and record."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, key_rotation: str | None = None) -> None:
         shutil.copytree(EXAMPLE, tmp / "mesh")
+        if key_rotation is not None:
+            mesh, keepalive = tmp / "mesh" / "mesh.yaml", "    persistentKeepalive: 25\n"
+            mesh.write_text(mesh.read_text().replace(keepalive, f"{keepalive}    keyRotation: {key_rotation}\n", 1))
         self.compiled = compile_mesh(tmp / "mesh" / "mesh.yaml", None)
         self.tmp = tmp
         plan, store = self.compiled.plan, self.compiled.store
@@ -184,3 +188,17 @@ def test_the_configuration_round_trips_and_a_wrong_one_is_named(world: World) ->
             AgentConfig.from_json(broken)
     with pytest.raises(ConfigError, match="record"):
         Agent(AgentConfig.from_json({**cfg.to_json(), "record": {"nonsense": 1}}), dataplane.Fake())
+
+
+def test_a_mesh_files_key_rotation_schedules_its_agent(tmp_path: Path) -> None:
+    """`crossmesh agent MESH`: keyRotation comes from the mesh file (etcd-fed agents take their intent's)."""
+    cfg = World(tmp_path / "rotating", "2h").config(ME)
+    assert cfg.key_rotation == 7200 and agent_config.AgentConfig.from_json(cfg.to_json()) == cfg
+    a = Agent(cfg, dataplane.Fake())
+    period = a.schedule.period
+    assert 0.9 * 7200 <= period <= 1.1 * 7200
+    assert a.schedule.next_at == cfg.private_key_path.stat().st_mtime + period
+    with pytest.raises(agent_config.ConfigError, match="keyRotation is not read with intentSource etcd"):
+        replace(cfg, intent_source="etcd", record=None, keepalive=None, mtu=None, intent_path=None)
+    # without keyRotation: only when asked (SIGUSR1)
+    assert Agent(World(tmp_path / "plain").config(ME), dataplane.Fake()).schedule.next_at is None

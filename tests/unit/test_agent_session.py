@@ -6,9 +6,11 @@ test runs the agent's real loop for well under a second."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -66,13 +68,13 @@ class Mesh:
     def config(self, node: str = ME) -> AgentConfig:
         return etcd_fed_config(node, self.plan.mesh, self.tmp / f"state-{node}", WHERE)
 
-    def agent(self, node: str = ME) -> tuple[Agent, dataplane.Fake]:
+    def agent(self, node: str = ME, clock: Callable[[], float] = time.time) -> tuple[Agent, dataplane.Fake]:
         fake = dataplane.Fake()
 
         async def connect() -> Kv:
             return self.store.client(node)
 
-        a = Agent(self.config(node), fake, connect)
+        a = Agent(self.config(node), fake, connect, clock)
         a.refresh_every = 0.05
         return a, fake
 
@@ -97,6 +99,7 @@ class Mesh:
 @pytest.fixture
 def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Mesh:
     monkeypatch.setattr(daemon, "RETRY", 0.02)
+    monkeypatch.setattr(daemon, "TICK", 0.02)
     return Mesh(tmp_path)
 
 
@@ -397,3 +400,229 @@ def test_the_etcd_fed_configuration_round_trips(mesh: Mesh) -> None:
         AgentConfig.from_json({**cfg.to_json(), "mtu": 1400})
     with pytest.raises(ConfigError, match="intentSource"):
         AgentConfig.from_json({**cfg.to_json(), "intentSource": "guess"})
+
+
+# --- scheduled key rotation (spec.wireguard.keyRotation) --------------------------------------------
+HOUR = 3600
+
+
+class Clock:
+    """Wall time the test moves: the agent's schedule reads it, nothing sleeps for it."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _rotating(mesh: Mesh, seconds: int = HOUR, revision: int = 1) -> intents.NodeIntent:
+    """This node's intent with keyRotation `seconds`."""
+    mesh.intents[ME] = replace(mesh.intents[ME], key_rotation=seconds, revision=revision)
+    return mesh.intents[ME]
+
+
+async def _started(mesh: Mesh, clock: Clock) -> tuple[Agent, dataplane.Fake, asyncio.Task[None]]:
+    await mesh.put_intents(ME, AZURE, GCP)
+    await mesh.put_records(AZURE, GCP)
+    a, fake = mesh.agent(clock=clock)
+    task = asyncio.create_task(a.serve())
+    await until(mesh.record)
+    return a, fake, task
+
+
+def _published(mesh: Mesh, a: Agent) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        r = await mesh.record()
+        return r is not None and r.public_key == a.public_key
+
+    return check
+
+
+def test_the_key_rotates_when_it_is_a_period_old_and_not_before(mesh: Mesh) -> None:
+    period = _rotating(mesh).rotation_period()
+
+    async def body() -> None:
+        clock = Clock()
+        a, fake, task = await _started(mesh, clock)
+        old_private, old_public = fake.device.private_key, a.public_key
+        born = a.key_born
+        assert born <= clock.now and clock.now - born < 60  # the key file's mtime: made a moment ago
+        status = await until(mesh.status)
+        assert status.next_rotation == born + period
+        assert json.loads(a.status_path.read_text())["nextKeyRotation"] == born + period
+        clock.now = born + period - 1
+        await asyncio.sleep(0.2)  # ten rounds of the maintenance loop
+        assert a.key_version == 1 and fake.device.private_key == old_private
+        clock.now = born + period
+        await until(lambda: a.key_version == 2)
+        assert a.public_key != old_public
+        await until(_published(mesh, a))
+        await until(lambda: fake.device.private_key not in ("", old_private))  # the new key, once published
+        assert a.pending is None and a.key_born == clock.now
+        # the next rotation is a period after this one, in the status too
+        await until(lambda: _next_rotation(mesh, clock.now + period))
+        await asyncio.sleep(0.2)
+        assert a.key_version == 2  # once, not every round
+        await stopped(a, task)
+
+    run(body)
+
+
+def _next_rotation(mesh: Mesh, at: float) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        s = await mesh.status()
+        return s is not None and s.next_rotation == at
+
+    return check
+
+
+def test_no_scheduled_rotation_without_a_period(mesh: Mesh) -> None:
+    async def body() -> None:
+        clock = Clock()
+        a, _, task = await _started(mesh, clock)
+        clock.now += 400 * 86400
+        await asyncio.sleep(0.2)
+        assert a.key_version == 1
+        status = await until(mesh.status)
+        assert status.next_rotation is None and b"next_rotation" not in status.encode()
+        file = json.loads(a.status_path.read_text())
+        assert (file["nextKeyRotation"], file["keyRotationPeriod"]) == (None, 0)
+        await stopped(a, task)
+
+    run(body)
+
+
+def test_a_rotation_due_during_an_etcd_outage_waits_for_etcd(mesh: Mesh) -> None:
+    period = _rotating(mesh).rotation_period()
+
+    async def body() -> None:
+        clock = Clock()
+        a, fake, task = await _started(mesh, clock)
+        old_private = fake.device.private_key
+        mesh.store.down = True
+        await until(lambda: a.connected is None)
+        clock.now = a.key_born + 2 * period  # overdue while no etcd answers
+        await asyncio.sleep(0.3)
+        assert a.key_version == 1 and a.pending is None and fake.device.private_key == old_private
+        mesh.store.down = False
+        await until(lambda: a.key_version == 2)
+        await until(_published(mesh, a))
+        await until(lambda: fake.device.private_key != old_private)
+        await stopped(a, task)
+
+    run(body)
+
+
+def test_a_rotated_key_that_cannot_be_published_stays_off_the_device(mesh: Mesh) -> None:
+    """etcd goes away between the rotation and its publication (before the session notices): the
+    device keeps the key its peers know; the next session publishes the new one and takes it."""
+
+    async def body() -> None:
+        a, fake, task = await _started(mesh, Clock())
+        old_private = fake.device.private_key
+        mesh.store.down = True
+        a.rotate_key()  # as SIGUSR1 would, while the agent still believes it is connected
+        await until(lambda: a.connected is None)
+        await asyncio.sleep(0.1)
+        assert fake.device.private_key == old_private and a.pending is not None
+        mesh.store.down = False
+        await until(_published(mesh, a))
+        await until(lambda: fake.device.private_key == a.private != old_private)
+        assert a.pending is None
+        await stopped(a, task)
+
+    run(body)
+
+
+def test_a_new_period_applies_without_a_restart(mesh: Mesh) -> None:
+    _rotating(mesh, 30 * 86400)
+
+    async def body() -> None:
+        clock = Clock()
+        a, _, task = await _started(mesh, clock)
+        clock.now = a.key_born + 100
+        await asyncio.sleep(0.2)
+        assert a.key_version == 1
+        quick = _rotating(mesh, 60, revision=2)  # the operator published keyRotation: 1m
+        await mesh.put_intents(ME)
+        await until(lambda: a.key_version == 2)
+        assert 54 <= quick.rotation_period() <= 66
+        await until(_published(mesh, a))
+        await stopped(a, task)
+
+    run(body)
+
+
+def test_a_restarted_agent_keeps_the_schedule_of_its_key(mesh: Mesh) -> None:
+    """The key's age is its file's: a restart neither rotates at once nor starts the period again."""
+    period = _rotating(mesh).rotation_period()
+
+    async def body() -> None:
+        mesh.config(ME)  # the key file made before the clock starts
+        clock = Clock()
+        a, _, task = await _started(mesh, clock)
+        born = a.key_born
+        await stopped(a, task)
+        clock.now = born + period / 2  # restarted half a period later
+        b, _, task = await _started(mesh, clock)
+        assert b.key_born == born and b.schedule.next_at == born + period
+        await asyncio.sleep(0.2)
+        assert b.key_version == 1
+        await stopped(b, task)
+        # the key file last written two periods ago: due, and rotated once the agent is connected
+        os.utime(b.key_path, (born - 2 * period, born - 2 * period))
+        c, _, task = await _started(mesh, clock)
+        assert c.key_born == born - 2 * period
+        await until(lambda: c.key_version == 2)
+        await until(_published(mesh, c))
+        await stopped(c, task)
+
+    run(body)
+
+
+def test_the_period_is_jittered_per_node_deterministically_within_ten_percent() -> None:
+    planned = records.PlannedNode(
+        name="n", cluster="c", site="s", address="10.0.0.1", tunnel_address="100.64.0.1", pod_cidr="10.1.0.0/24",
+        listen_port=51820, public_address=None,
+    )  # fmt: skip
+    periods = {}
+    for i in range(200):
+        node = replace(planned, name=f"node-{i}")
+        intent = intents.NodeIntent(1, node, 1420, 25, 86400)
+        periods[node.name] = intent.rotation_period()
+        assert 0.9 * 86400 <= periods[node.name] <= 1.1 * 86400
+        assert replace(intent, revision=7, mtu=1300).rotation_period() == periods[node.name]  # the name decides
+    assert len(set(periods.values())) == len(periods)  # no two nodes re-key together
+    assert min(periods.values()) < 0.92 * 86400 and max(periods.values()) > 1.08 * 86400  # the whole band is used
+    assert intents.NodeIntent(1, planned, 1420, 25, 0).rotation_period() == 0.0
+
+
+def test_a_status_without_next_rotation_still_decodes() -> None:
+    old = b'{"at": 1.5, "error": null, "ok": true, "peers": 2, "public_key": "k", "revision": 3}'
+    assert intents.decode_status(old, "n") == intents.NodeStatus(3, True, None, 2, "k", 1.5)
+    new = intents.NodeStatus(3, True, None, 2, "k", 1.5, next_rotation=86400.25)
+    assert intents.decode_status(new.encode(), "n") == new
+    with pytest.raises(intents.IntentError, match="next_rotation is str"):
+        intents.decode_status(old.replace(b"}", b', "next_rotation": "soon"}'), "n")
+
+
+def test_a_rotation_that_cannot_write_the_key_is_tried_again_later(mesh: Mesh) -> None:
+    period = _rotating(mesh).rotation_period()
+
+    async def body() -> None:
+        clock = Clock()
+        a, fake, task = await _started(mesh, clock)
+        key_path, old_private = a.key_path, fake.device.private_key
+        a.key_path = mesh.tmp / "gone" / "key"  # its folder vanished: the write fails
+        clock.now = a.key_born + period
+        await until(lambda: a.schedule.next_at == clock.now + daemon.ROTATE_RETRY)
+        await asyncio.sleep(0.2)
+        assert a.key_version == 1 and fake.device.private_key == old_private  # not retried every round
+        a.key_path = key_path
+        clock.now += daemon.ROTATE_RETRY
+        await until(lambda: a.key_version == 2)  # the maintenance loop lived through it
+        await until(_published(mesh, a))
+        await stopped(a, task)
+
+    run(body)

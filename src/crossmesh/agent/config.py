@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 from crossmesh.agent import records
 from crossmesh.errors import CrossmeshError
 from crossmesh.kv.layout import Layout
+from crossmesh.model.mesh import duration_seconds
 from crossmesh.workspace import Compiled
 
 IntentSource = Literal["inline", "file", "etcd"]
@@ -46,6 +47,7 @@ class AgentConfig:
     intent: dict[str, dict[str, Any]] | None = None  # inline: every node's records.PlannedNode fields
     intent_path: Path | None = None  # file
     tls: dict[str, str] | None = None  # ca, cert, key
+    key_rotation: int | None = None  # inline and file: spec.wireguard.keyRotation in seconds (etcd: the intent's)
 
     def __post_init__(self) -> None:
         if self.intent_source not in get_args(IntentSource):
@@ -63,6 +65,8 @@ class AgentConfig:
         for name, value in given.items():
             if name not in wanted and value is not None:
                 raise ConfigError(f"agent configuration: {name} is not read with intentSource {self.intent_source}")
+        if self.key_rotation is not None and self.intent_source == "etcd":
+            raise ConfigError("agent configuration: keyRotation is not read with intentSource etcd")
         if self.tls is not None and sorted(self.tls) != ["ca", "cert", "key"]:
             raise ConfigError("agent configuration: tls needs exactly ca, cert and key")
 
@@ -96,6 +100,7 @@ class AgentConfig:
             "intent": self.intent,
             "intentPath": None if self.intent_path is None else str(self.intent_path),
             "tls": self.tls,
+            "keyRotation": self.key_rotation,
         }
         return out | {k: v for k, v in optional.items() if v is not None}
 
@@ -137,6 +142,7 @@ class AgentConfig:
             intent=get("intent", dict, optional=True),
             intent_path=None if intent_path is None else Path(intent_path),
             tls=tls,
+            key_rotation=get("keyRotation", int, optional=True),
         )
 
 
@@ -178,6 +184,9 @@ def build(
         else {name: asdict(p) for name, p in records.intent_of(compiled.plan).items()},
         intent_path=intent_path,
         tls=tls,
+        key_rotation=duration_seconds(rotation)
+        if (rotation := compiled.loaded.mesh.spec.wireguard.key_rotation)
+        else None,
     )
 
 

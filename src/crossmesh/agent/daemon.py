@@ -33,7 +33,7 @@ from dataclasses import replace
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from crossmesh.agent import dataplane, handshakes, intents, records, session
+from crossmesh.agent import dataplane, handshakes, intents, records, rotation, session
 from crossmesh.agent.config import AgentConfig, ConfigError
 from crossmesh.agent.following import Following
 from crossmesh.agent.log import log
@@ -52,11 +52,20 @@ MAX_KEYS = 2 * records.MAX_RECORDS  # keys under the prefix the agent holds at a
 STATUS_REJECTED = 100  # rejected records named in the status file (the total is counted)
 STATUS_EVERY = 5.0  # seconds between status writes when nothing happens (sixty agents share two CPUs)
 RETRY = 0.5  # seconds between attempts to reach etcd
+ROTATE_RETRY = 60.0  # seconds before a scheduled rotation that failed is tried again
+TICK = 0.5  # seconds between the maintenance loop's rounds (device check, scheduled rotation, status)
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, dp: dataplane.Dataplane | None = None, kv: KvFactory | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        dp: dataplane.Dataplane | None = None,
+        kv: KvFactory | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cfg = cfg
+        self.clock = clock  # wall time, for the key's age (a key file's mtime is wall time too)
         self.node = cfg.node
         self.ifname = cfg.ifname
         self.namespace = cfg.namespace
@@ -77,6 +86,7 @@ class Agent:
         self.private = disk.read_private(self.key_path).strip()
         self.public_key = wgkeys.public_key(self.private)  # the one published (`pending`'s once rotated)
         self.key_version = 1
+        self.key_born = rotation.born(self.key_path, clock())  # when the key on disk was made
         self.pending: str | None = None
         self.applied: dict[str, records.DesiredPeer] = {}  # peers as the device has them
         self.applied_private: str | None = None
@@ -304,6 +314,14 @@ class Agent:
         mine = self.following.mine
         return (self.cfg.keepalive or 0) if mine is None else mine.keepalive
 
+    @property
+    def schedule(self) -> rotation.Schedule:
+        """When the key is due: its age and this node's jittered period, from the intent followed now
+        (a new intent's period applies at once) or the mesh file's."""
+        mine = self.following.mine
+        period = mine.key_rotation if mine is not None else self.cfg.key_rotation or 0
+        return rotation.Schedule(self.key_born, intents.rotation_period(period, self.node))
+
     def node_status(self) -> intents.NodeStatus:
         """What this node reports under `status/<node>`: the intent revision it runs, or why not."""
         error = self.following.error or self.apply_error
@@ -314,6 +332,7 @@ class Agent:
             peers=self.peer_count,
             public_key=self.public_key,
             at=time.time(),
+            next_rotation=self.schedule.next_at,
         )
 
     def _reload_intent(self) -> bool:
@@ -455,12 +474,20 @@ class Agent:
     async def maintain(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):  # not wait_for: see session.keep
+                async with asyncio.timeout(TICK):  # not wait_for: see session.keep
                     await self.rotate.wait()
             self._reload_intent()
+            reachable = self.connected is not None and self.synced
+            if self.schedule.due(self.clock(), reachable=reachable, pending=self.pending is not None):
+                log(f"key due for rotation (every {self.schedule.period:.0f} s on this node)")
+                self.rotate.set()  # the path SIGUSR1 takes
             if self.rotate.is_set():
                 self.rotate.clear()
-                self.rotate_key()
+                try:
+                    self.rotate_key()
+                except (OSError, CrossmeshError) as err:  # the key file not writable: the old key stays
+                    log(f"cannot rotate the key: {err}; a scheduled rotation is tried again in {ROTATE_RETRY:.0f} s")
+                    self.key_born = max(self.key_born, self.clock() - self.schedule.period + ROTATE_RETRY)
             try:
                 if await asyncio.to_thread(self._check_device) or time.monotonic() >= self.full_due:
                     self.dirty.set()
@@ -482,11 +509,13 @@ class Agent:
             finally:
                 os.close(folder)
         self.public_key, self.key_version = wgkeys.public_key(private), self.key_version + 1
+        self.key_born = self.clock()
         if self.own is not None:
             self.own = replace(self.own, public_key=self.public_key, version=self.key_version)
         self.pending = private
         self.put_needed.set()
         log(f"key rotated (version {self.key_version})")
+        self.report.set()  # the next rotation moved
 
     def write_status(self, peers: int | None = None) -> None:
         data = {
@@ -502,6 +531,8 @@ class Agent:
             "rejectedTotal": len(self.rejected),
             "wireguardRestarts": self.wg_restarts,
             "keyVersion": self.key_version,
+            "keyRotationPeriod": round(self.schedule.period, 1),  # seconds, jittered; 0: only when asked
+            "nextKeyRotation": self.schedule.next_at,  # unix time (past while etcd is unreachable)
             "intentSource": self.cfg.intent_source,
             "intentRevision": self.following.revision,
             "appliedRevision": self.applied_revision,

@@ -4,7 +4,8 @@ others can write, so decoding checks every field and raises IntentError, nothing
 
 An intent carries the node's planned record (what its own and everyone's records must agree
 with, `records.PlannedNode`), the tunnel MTU and keepalive, and the desired revision it was
-computed from; a status, the revision the node runs and whether its last apply succeeded.
+computed from; a status, the revision the node runs, whether its last apply succeeded and when it
+next rotates its key.
 """
 
 from __future__ import annotations
@@ -38,12 +39,16 @@ class NodeIntent:
         return json.dumps(data, sort_keys=True).encode()
 
     def rotation_period(self) -> float:
-        """This node's period, jittered by ±10 % from its name: the mesh never re-keys all at once,
-        and a restarted agent keeps the same period."""
-        if not self.key_rotation:
-            return 0.0
-        spread = int.from_bytes(hashlib.sha256(self.node.name.encode()).digest()[:8], "big") / 2**64
-        return self.key_rotation * (0.9 + 0.2 * spread)
+        return rotation_period(self.key_rotation, self.node.name)
+
+
+def rotation_period(key_rotation: int, node: str) -> float:
+    """Node `node`'s period for keyRotation `key_rotation` seconds (0: off), jittered by ±10 % from its
+    name: the mesh never re-keys all at once, and a restarted agent keeps the same period."""
+    if not key_rotation:
+        return 0.0
+    spread = int.from_bytes(hashlib.sha256(node.encode()).digest()[:8], "big") / 2**64
+    return key_rotation * (0.9 + 0.2 * spread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +59,13 @@ class NodeStatus:
     peers: int
     public_key: str
     at: float  # unix time of the report
+    next_rotation: float | None = None  # unix time of the next scheduled key rotation; None: not scheduled
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        data = asdict(self)
+        if self.next_rotation is None:
+            del data["next_rotation"]  # as agents without scheduled rotation wrote it
+        return json.dumps(data, sort_keys=True).encode()
 
 
 def _load(raw: bytes, what: str) -> dict[str, Any]:
@@ -122,9 +131,11 @@ def judge(key_node: str, raw: bytes | None, previous: NodeIntent | None) -> tupl
 
 
 def decode_status(raw: bytes, key_node: str) -> NodeStatus:
+    """A node's status; `next_rotation` is optional (agents before scheduled rotation wrote none)."""
     what = f"status of {key_node[:63]!r}"
     data = _load(raw, what)
     error = _field(data, "error", (str, type(None)), what)
+    rotation = _field(data, "next_rotation", (int, float, type(None)), what) if "next_rotation" in data else None
     return NodeStatus(
         revision=_int(data, "revision", 0, 2**53, what),
         ok=_field(data, "ok", (bool,), what),
@@ -132,4 +143,5 @@ def decode_status(raw: bytes, key_node: str) -> NodeStatus:
         peers=_int(data, "peers", 0, 2**31, what),
         public_key=_field(data, "public_key", (str,), what)[:64],
         at=float(_field(data, "at", (int, float), what)),
+        next_rotation=None if rotation is None else float(rotation),
     )

@@ -103,18 +103,29 @@ async def publish(agent: Agent, kv: Kv, lease: int) -> None:
     """Put our record (or withdraw it, without an intent). A rotated key goes onto the device just
     before: a peer that learns it from etcd and initiates a handshake at once finds this end ready."""
     agent.put_needed.clear()
-    if agent.pending is not None:
-        agent.private, agent.pending = agent.pending, None
-        with contextlib.suppress(Exception):  # logged; the record goes out all the same
-            await asyncio.to_thread(agent.apply)
-    key = agent.layout.node(agent.node)
-    if agent.own is None:
-        if agent.announced or await kv.get(key) is not None:
-            await kv.delete(key)
-            log(f"withdrew the record of {agent.node}")
-        agent.announced = False
-        return
-    await kv.put(key, agent.own.encode(), lease=lease)
+    previous = None
+    try:
+        if agent.pending is not None:
+            previous, agent.private, agent.pending = agent.private, agent.pending, None
+            with contextlib.suppress(Exception):  # logged; the record goes out all the same
+                await asyncio.to_thread(agent.apply)
+        key = agent.layout.node(agent.node)
+        if agent.own is None:
+            if agent.announced or await kv.get(key) is not None:
+                await kv.delete(key)
+                log(f"withdrew the record of {agent.node}")
+            agent.announced = False
+            return
+        await kv.put(key, agent.own.encode(), lease=lease)
+    except BaseException:  # the session ending (etcd gone) cancels this too
+        if previous is not None:
+            # The rotated key was not published: the device goes back to the key its peers know
+            # (the apply loop sets it), and the new one waits for the next session to publish it.
+            # Had the put landed after all, that session's publish puts the new key on at once.
+            agent.private, agent.pending = previous, agent.private
+            agent.dirty.set()
+            log("the rotated key could not be published: the device keeps the previous one")
+        raise
     agent.announced = True
 
 
