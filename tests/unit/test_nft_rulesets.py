@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from crossmesh import nft
 from crossmesh.drivers.lab import topology
 from crossmesh.drivers.lab.desired import policy_index
 from crossmesh.workspace import compile_mesh
@@ -36,7 +37,11 @@ def test_every_ruleset_passes_nft_check(case: str, tmp_path: Path) -> None:
         if ns.nft is None:
             continue
         done = subprocess.run(
-            ["unshare", "--net", "nft", "--check", "-f", "-"], input=ns.nft, capture_output=True, text=True, check=False
+            ["unshare", "--net", "nft", "--check", "-f", "-"],
+            input=nft.render(ns.nft),
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert done.returncode == 0, f"{ns.name} ({ns.role} {ns.owner}): {done.stderr.strip()}"
         checked += 1
