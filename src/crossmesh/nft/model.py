@@ -12,6 +12,8 @@ are serialised once, when made (`text.elements`), and carried as `Elements`.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
@@ -216,6 +218,20 @@ class Elements:
     key: tuple[Type, ...]
     data: Type | None
     printed: tuple[str, ...]
+
+    def part(self, start: int, stop: int) -> Elements:
+        """Elements start..stop-1, to interleave with other blocks (`concat`)."""
+        return Elements(self.key, self.data, self.printed[start:stop])
+
+    @staticmethod
+    def concat(blocks: Sequence[Elements]) -> Elements:
+        """The blocks' elements in one block, in order; ValueError for blocks of different types."""
+        if not blocks:
+            raise ValueError("no blocks to concatenate")
+        first = blocks[0]
+        if any(b.key != first.key or b.data is not first.data for b in blocks):
+            raise ValueError("elements of different types")
+        return Elements(first.key, first.data, tuple(itertools.chain.from_iterable(b.printed for b in blocks)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
+import operator
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network
+from typing import cast
 
 from crossmesh.nft.model import (
     AnonSet,
@@ -52,7 +55,8 @@ COMMENT_MAX = 128  # bytes of UTF-8: nft refuses a longer comment, and with it t
 _DIGEST = 12
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ - 1; no quote, no `*` (nft's wildcard)
-_CONTROL = {c: " " for c in (*range(0x20), 0x7F)} | {ord('"'): "'"}
+# C0 and C1 controls and the Unicode line separators: nothing that ends or breaks a line.
+_CONTROL = {c: " " for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)} | {ord('"'): "'"}
 
 Atom = int | IPv4Address | Proto | str | tuple[int, int] | tuple[IPv4Address, IPv4Address]
 """One part of a set element: a mark or port (int), an address, a protocol, an interface name,
@@ -62,10 +66,10 @@ or an interval (low, high) of ports or addresses."""
 def comment(text: str) -> str:
     """`text` as a comment nft accepts and lists back unchanged.
 
-    nft's quoted strings have no escapes: a double quote becomes `'`, control characters
-    (a NUL ends the string early) spaces. At most 128 bytes: a longer text is cut and ends
-    in `~` and a digest of the whole (12 hex digits of SHA-256), so that two long texts that
-    share their beginning stay apart — the lab reads counters back by comment. Idempotent."""
+    nft's quoted strings have no escapes: a double quote becomes `'`, control characters (a NUL
+    ends the string early) and line separators spaces. At most 128 bytes: a longer text is cut
+    and ends in `~` and a digest of the whole (12 hex digits of SHA-256), so that two long texts
+    that share their beginning stay apart — the lab reads counters back by comment. Idempotent."""
     clean = text.translate(_CONTROL).encode("utf-8", "replace")
     if len(clean) <= COMMENT_MAX:
         return clean.decode()
@@ -94,12 +98,6 @@ def _bad(t: Type, v: object) -> ValueError:
     return ValueError(f"not a {t.value} element: {v!r}")
 
 
-def _mark(v: Atom) -> str:
-    if type(v) is int and 0 <= v <= 0xFFFFFFFF:
-        return str(v)
-    raise _bad(Type.MARK, v)
-
-
 def _service(v: Atom) -> str:
     if type(v) is int and 0 <= v <= 0xFFFF:
         return str(v)
@@ -118,90 +116,91 @@ def _address(v: Atom) -> str:
     raise _bad(Type.IPV4_ADDR, v)
 
 
-def _proto(v: Atom) -> str:
-    if type(v) is Proto:
-        return v.value
-    raise _bad(Type.INET_PROTO, v)
-
-
 def _ifname(v: Atom) -> str:
     if type(v) is str:
         return ifname(v)
     raise _bad(Type.IFNAME, v)
 
 
-_ATOMS: dict[Type, Callable[[Atom], str]] = {
-    Type.MARK: _mark,
-    Type.INET_SERVICE: _service,
-    Type.IPV4_ADDR: _address,
-    Type.INET_PROTO: _proto,
-    Type.IFNAME: _ifname,
+# A column at a time: policy sets hold up to millions of elements. A column's types and bounds
+# are checked with `set(map(type, …))`, `min` and `max` (a fraction of a call per element);
+# integers and protocols go to `str.format` as they are, the rest is printed first.
+
+
+def _integers(col: tuple[Atom, ...], t: Type, top: int) -> bool:
+    """Whether the column holds only integers (then all within 0..top, or ValueError)."""
+    if set(map(type, col)) != {int}:
+        return False
+    ints = cast("tuple[int, ...]", col)
+    if min(ints) < 0 or max(ints) > top:
+        raise _bad(t, min(ints) if min(ints) < 0 else max(ints))
+    return True
+
+
+def _marks(col: tuple[Atom, ...]) -> Sequence[Atom]:
+    if not _integers(col, Type.MARK, 0xFFFFFFFF):
+        raise _bad(Type.MARK, next(v for v in col if type(v) is not int))
+    return col
+
+
+def _services(col: tuple[Atom, ...]) -> Sequence[Atom]:
+    if _integers(col, Type.INET_SERVICE, 0xFFFF):
+        return col
+    if set(map(type, col)) == {tuple}:  # intervals only: the policy sets
+        ends = cast("tuple[tuple[int, int], ...]", col)  # pairs of integers: checked here
+        if set(map(len, ends)) == {2}:
+            los, his = zip(*ends, strict=True)
+            ints = set(map(type, los)) | set(map(type, his)) == {int}
+            if ints and all(map(operator.le, los, his)) and min(los) >= 0 and max(his) <= 0xFFFF:
+                return [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ends]
+    return list(map(_service, col))
+
+
+def _protos(col: tuple[Atom, ...]) -> Sequence[Atom]:
+    if not set(map(type, col)) <= {Proto}:
+        raise _bad(Type.INET_PROTO, next(v for v in col if type(v) is not Proto))
+    return col  # a StrEnum formats as its value
+
+
+_COLUMNS: dict[Type, Callable[[tuple[Atom, ...]], Sequence[Atom]]] = {
+    Type.MARK: _marks,
+    Type.INET_SERVICE: _services,
+    Type.IPV4_ADDR: lambda col: list(map(_address, col)),
+    Type.INET_PROTO: _protos,
+    Type.IFNAME: lambda col: list(map(_ifname, col)),
 }
 
 
 def elements(key: tuple[Type, ...], rows: Iterable[tuple[Atom, ...]], data: Type | None = None) -> Elements:
     """Elements of a set of type `key` (with `data`, of a map: each row ends with its value),
     serialised now; ValueError for a row whose parts are not of the types'."""
-    return Elements(key, data, tuple(map(_row(key, data), rows)))
+    if not key:
+        raise ValueError("a set needs a type")
+    types = (*key, data) if data is not None else key
+    table = tuple(rows)
+    if not table:
+        return _empty(key, data)
+    if set(map(len, table)) != {len(types)}:
+        raise ValueError(f"an element does not have {len(types)} parts: {min(table, key=len)!r}")
+    cols = [_COLUMNS[t](col) for t, col in zip(types, zip(*table, strict=True), strict=True)]
+    pattern = " . ".join(["{}"] * len(key)) + (" : {}" if data is not None else "")
+    return Elements(key, data, tuple(itertools.starmap(pattern.format, zip(*cols, strict=True))))
 
 
 @functools.cache
-def _row(key: tuple[Type, ...], data: Type | None) -> Callable[[tuple[Atom, ...]], str]:
-    """The serialiser of one element of this type, made once per type: policy sets hold up to
-    millions of elements, so the usual widths are unrolled (a wrong width fails to unpack)."""
-    if not key:
-        raise ValueError("a set needs a type")
-    fs = [_ATOMS[t] for t in key] + ([_ATOMS[data]] if data is not None else [])
-    seps = [" . "] * (len(key) - 1) + ([" : "] if data is not None else [])
-    if len(fs) == 1:
-        (f0,) = fs
-
-        def one(row: tuple[Atom, ...]) -> str:
-            (a,) = row
-            return f0(a)
-
-        return one
-    if len(fs) == 2:  # noqa: PLR2004 - unrolled widths
-        f0, f1 = fs
-        (s0,) = seps
-
-        def two(row: tuple[Atom, ...]) -> str:
-            a, b = row
-            return f"{f0(a)}{s0}{f1(b)}"
-
-        return two
-    if len(fs) == 3:  # noqa: PLR2004
-        f0, f1, f2 = fs
-        s0, s1 = seps
-
-        def three(row: tuple[Atom, ...]) -> str:
-            a, b, c = row
-            return f"{f0(a)}{s0}{f1(b)}{s1}{f2(c)}"
-
-        return three
-    if len(fs) == 4:  # noqa: PLR2004
-        f0, f1, f2, f3 = fs
-        s0, s1, s2 = seps
-
-        def four(row: tuple[Atom, ...]) -> str:
-            a, b, c, d = row
-            return f"{f0(a)}{s0}{f1(b)}{s1}{f2(c)}{s2}{f3(d)}"
-
-        return four
-
-    def any_width(row: tuple[Atom, ...]) -> str:
-        if len(row) != len(fs):
-            raise ValueError(f"element {row!r} does not have {len(fs)} parts")
-        return "".join(f"{sep}{f(a)}" for f, a, sep in zip(fs, row, ["", *seps], strict=True))
-
-    return any_width
+def _empty(key: tuple[Type, ...], data: Type | None) -> Elements:
+    # Most of a large policy's sets are empty for a given identity: one shared value each, not
+    # tens of thousands of objects for the garbage collector to walk.
+    return Elements(key, data, ())
 
 
 def _elements(owner: Set | Map, data: Type | None) -> str:
+    key = owner.key
     for block in owner.elements:
-        if block.key != owner.key or block.data != data:
+        # `is` first: blocks usually share their set's type object, and maps have thousands of blocks
+        if (block.key is not key and block.key != key) or block.data is not data:
             raise ValueError(f"elements of another type in {owner.name}")
-    printed = ", ".join([e for block in owner.elements for e in block.printed])
+    printed = ", ".join(itertools.chain.from_iterable(block.printed for block in owner.elements))
     return f"elements = {{ {printed} }}; " if printed else ""
 
 

@@ -23,11 +23,13 @@ HTTP rules need the L7 proxy; their ports are listed in `l7` so that it can take
 
 from __future__ import annotations
 
+import bisect
 import gc
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from typing import ParamSpec, TypeVar
 from weakref import WeakKeyDictionary
 
 from crossmesh import nft
@@ -49,6 +51,8 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 ALL = (0, 65535)
 
 Range = tuple[int, int]
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def mark(identity: int) -> int:
@@ -84,15 +88,15 @@ class _Part:
 @dataclass(slots=True)
 class _PodMarks:
     """An identity domain's pod addresses and their identity marks, shared by the domain's
-    nodes (read only); each element of `map ident` is printed once, keyed by the address as
-    an integer (the map is printed in address order)."""
+    nodes (read only); the elements of `map ident` are printed once, in address order, with
+    the addresses as integers to merge each node's own entries into."""
 
     marks: dict[IPv4Address, int]
-    _printed: dict[int, nft.Elements] | None = None
+    _printed: tuple[list[int], nft.Elements] | None = None
 
-    def printed(self) -> dict[int, nft.Elements]:
+    def printed(self) -> tuple[list[int], nft.Elements]:
         if self._printed is None:
-            self._printed = {int(a): _ident(a, m) for a, m in self.marks.items()}
+            self._printed = _ident(self.marks)
         return self._printed
 
 
@@ -201,17 +205,21 @@ def _ports(pm: PortMatcher, named_sources: Iterable[Endpoint]) -> list[tuple[str
     return [(p, (pm.port, pm.end_port or pm.port)) for p in protocols]
 
 
-def compile_node(index: PolicyIndex, node: str, plan_nodes: dict[str, tuple[IPv4Address, ...]]) -> NodePolicy:
-    """Sets for the pods on `node`; `plan_nodes` maps every node to its addresses."""
+def _without_gc(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     # Compiling allocates millions of small objects that all stay alive: the cyclic garbage
     # collector's full passes find nothing here and cost a third of the time (measured).
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _compile_node(index, node, plan_nodes)
+        return fn(*args, **kwargs)
     finally:
         if enabled:
             gc.enable()
+
+
+def compile_node(index: PolicyIndex, node: str, plan_nodes: dict[str, tuple[IPv4Address, ...]]) -> NodePolicy:
+    """Sets for the pods on `node`; `plan_nodes` maps every node to its addresses."""
+    return _without_gc(_compile_node, index, node, plan_nodes)
 
 
 def _compile_node(index: PolicyIndex, node: str, plan_nodes: dict[str, tuple[IPv4Address, ...]]) -> NodePolicy:
@@ -371,10 +379,29 @@ SET_TYPES: tuple[tuple[str, tuple[nft.Type, ...], bool], ...] = (
     ("_any_l3", (MARK,), False),
 )
 _KEYS = {suffix: key for suffix, key, _ in SET_TYPES}
+IDENT_KEY: tuple[nft.Type, ...] = (ADDR,)
 
 
-def _ident(address: IPv4Address, identity_mark: int) -> nft.Elements:
-    return nft.elements((ADDR,), [(address, identity_mark)], data=MARK)
+def _ident(marks: dict[IPv4Address, int]) -> tuple[list[int], nft.Elements]:
+    """The elements of `map ident` for these addresses, in address order, and the addresses as integers."""
+    ordered = sorted(marks)
+    return [int(a) for a in ordered], nft.elements(IDENT_KEY, [(a, marks[a]) for a in ordered], data=MARK)
+
+
+def _ident_map(policy: NodePolicy) -> nft.Map:
+    """The pods' elements (shared) with the node's own merged in, in address order; a node's entry
+    wins over a pod's of the same address."""
+    keys, pods = policy.pods.printed()
+    own, nodes = _ident(policy.nodes)
+    blocks = []
+    start = 0
+    for k, address in enumerate(own):
+        i = bisect.bisect_left(keys, address, lo=start)
+        blocks += [pods.part(start, i), nodes.part(k, k + 1)]
+        start = i + 1 if i < len(keys) and keys[i] == address else i
+    blocks.append(pods.part(start, len(keys)))
+    # One block: the parts are many small objects the garbage collector would have to walk.
+    return nft.Map("ident", IDENT_KEY, MARK, (nft.Elements.concat(blocks),))
 
 
 def _print_sets(s: _Sets) -> Printed:
@@ -404,9 +431,11 @@ def _print_sets(s: _Sets) -> Printed:
 
 def nft_sets(policy: NodePolicy) -> list[nft.Item]:
     """The node's identity map and its policy sets (a counter on every element)."""
-    printed = dict(policy.pods.printed())
-    printed.update((int(a), _ident(a, m)) for a, m in policy.nodes.items())
-    out: list[nft.Item] = [nft.Map("ident", (ADDR,), MARK, tuple(printed[n] for n in sorted(printed)))]
+    return _without_gc(_nft_sets, policy)  # the first call per domain prints every pod's entry
+
+
+def _nft_sets(policy: NodePolicy) -> list[nft.Item]:
+    out: list[nft.Item] = [_ident_map(policy)]
     for d in Direction:
         iso = nft.elements((MARK,), ((m,) for m in sorted(policy.isolated[d])))
         out.append(nft.Set(f"isolated_{d.value}", (MARK,), (iso,), counter=True))
