@@ -24,32 +24,8 @@ from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import cast
 
-from crossmesh.nft.model import (
-    AnonSet,
-    Base,
-    Chain,
-    CtStatus,
-    Elements,
-    Expr,
-    Field,
-    Jump,
-    Map,
-    MapLookup,
-    Match,
-    Nat,
-    Proto,
-    RandomDnat,
-    Redirect,
-    Rule,
-    Set,
-    SetMark,
-    SetRef,
-    Table,
-    Type,
-    Value,
-    Verdict,
-)
-from crossmesh.nft.model import Counter as CounterStmt
+from crossmesh.nft import model
+from crossmesh.nft.model import Elements, Type
 
 COMMENT_MAX = 128  # bytes of UTF-8: nft refuses a longer comment, and with it the whole table
 _DIGEST = 12
@@ -58,7 +34,7 @@ _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ - 1; no quote, no `*` 
 # C0 and C1 controls and the Unicode line separators: nothing that ends or breaks a line.
 _CONTROL = {c: " " for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)} | {ord('"'): "'"}
 
-Atom = int | IPv4Address | Proto | str | tuple[int, int] | tuple[IPv4Address, IPv4Address]
+Atom = int | IPv4Address | model.Proto | str | tuple[int, int] | tuple[IPv4Address, IPv4Address]
 """One part of a set element: a mark or port (int), an address, a protocol, an interface name,
 or an interval (low, high) of ports or addresses."""
 
@@ -157,8 +133,8 @@ def _services(col: tuple[Atom, ...]) -> Sequence[Atom]:
 
 
 def _protos(col: tuple[Atom, ...]) -> Sequence[Atom]:
-    if not set(map(type, col)) <= {Proto}:
-        raise _bad(Type.INET_PROTO, next(v for v in col if type(v) is not Proto))
+    if not set(map(type, col)) <= {model.Proto}:
+        raise _bad(Type.INET_PROTO, next(v for v in col if type(v) is not model.Proto))
     return col  # a StrEnum formats as its value
 
 
@@ -194,7 +170,7 @@ def _empty(key: tuple[Type, ...], data: Type | None) -> Elements:
     return Elements(key, data, ())
 
 
-def _elements(owner: Set | Map, data: Type | None) -> str:
+def _elements(owner: model.Set | model.Map, data: Type | None) -> str:
     key = owner.key
     for block in owner.elements:
         # `is` first: blocks usually share their set's type object, and maps have thousands of blocks
@@ -210,7 +186,7 @@ def _types(key: tuple[Type, ...]) -> str:
     return " . ".join(t.value for t in key)
 
 
-def _set(s: Set) -> str:
+def _set(s: model.Set) -> str:
     flags = "flags interval; " if s.interval else ""
     counter = "counter; " if s.counter else ""
     if not s.interval and any(_intervals(b) for b in s.elements):
@@ -224,25 +200,25 @@ def _intervals(block: Elements) -> bool:
     return ranged and any("-" in e for e in block.printed)
 
 
-def _map(m: Map) -> str:
+def _map(m: model.Map) -> str:
     return f"  map {name(m.name)} {{ type {_types(m.key)} : {m.data.value}; {_elements(m, m.data)}}}\n"
 
 
 # --- rules -----------------------------------------------------------------------------------
 
 
-def _value(v: Value) -> str:
+def _value(v: model.Value) -> str:
     if isinstance(v, bool):
         raise ValueError(f"not an nftables value: {v!r}")
     if isinstance(v, int | IPv4Address | IPv4Network):
         return str(v)
-    if isinstance(v, CtStatus):
+    if isinstance(v, model.CtStatus):
         return v.value
     if isinstance(v, str):
         return ifname(v)
-    if isinstance(v, SetRef):
+    if isinstance(v, model.SetRef):
         return "@" + name(v.name)
-    if isinstance(v, AnonSet):
+    if isinstance(v, model.AnonSet):
         if not v.values:
             raise ValueError("an empty anonymous set")
         return "{ " + ", ".join(_value(x) for x in v.values) + " }"
@@ -251,36 +227,36 @@ def _value(v: Value) -> str:
     return ",".join(s.value for s in v)
 
 
-def _key(k: Field | tuple[Field, ...]) -> str:
-    return k.value if isinstance(k, Field) else " . ".join(f.value for f in k)
+def _key(k: model.Field | tuple[model.Field, ...]) -> str:
+    return k.value if isinstance(k, model.Field) else " . ".join(f.value for f in k)
 
 
-def _expr(e: Expr) -> str:  # noqa: PLR0911 - one answer per kind of expression
-    if isinstance(e, Match):
+def _expr(e: model.Expr) -> str:  # noqa: PLR0911 - one answer per kind of expression
+    if isinstance(e, model.Match):
         return f"{_key(e.key)} {'!= ' if e.negate else ''}{_value(e.value)}"
-    if isinstance(e, Verdict):
+    if isinstance(e, model.Verdict):
         return e.value
-    if isinstance(e, CounterStmt):
+    if isinstance(e, model.Counter):
         return "counter"
-    if isinstance(e, Jump):
+    if isinstance(e, model.Jump):
         return f"jump {name(e.chain)}"
-    if isinstance(e, SetMark):
+    if isinstance(e, model.SetMark):
         v = e.value
-        value = f"{_key(v.key)} map @{name(v.map)}" if isinstance(v, MapLookup) else _value(v)
+        value = f"{_key(v.key)} map @{name(v.map)}" if isinstance(v, model.MapLookup) else _value(v)
         return f"{e.target.value} set {value}"
-    if isinstance(e, Nat):
+    if isinstance(e, model.Nat):
         return f"{e.kind.value} to {e.to}"
-    if isinstance(e, RandomDnat):
+    if isinstance(e, model.RandomDnat):
         if not e.targets:
             raise ValueError("a random DNAT needs a target")
         targets = ", ".join(f"{i} : {a} . {_service(p)}" for i, (a, p) in enumerate(e.targets))
         return f"dnat ip addr . port to numgen random mod {len(e.targets)} map {{ {targets} }}"
-    if isinstance(e, Redirect):
+    if isinstance(e, model.Redirect):
         return f"redirect to :{_service(e.port)}"
     return f"reject with {e.with_.value}"
 
 
-def rule(r: Rule) -> str:
+def rule(r: model.Rule) -> str:
     """One rule, as a line of its chain (without indentation)."""
     text = " ".join(_expr(e) for e in r.exprs)
     if r.comment is not None:
@@ -288,25 +264,25 @@ def rule(r: Rule) -> str:
     return text
 
 
-def _base(b: Base) -> str:
+def _base(b: model.Base) -> str:
     priority = b.priority if isinstance(b.priority, int) else b.priority.value
     return f"    type {b.type.value} hook {b.hook.value} priority {priority}; policy accept;\n"
 
 
-def _chain(c: Chain) -> str:
+def _chain(c: model.Chain) -> str:
     base = _base(c.base) if c.base is not None else ""
     return f"  chain {name(c.name)} {{\n{base}" + "".join(f"    {rule(r)}\n" for r in c.rules) + "  }\n"
 
 
-def render(table: Table) -> str:
+def render(table: model.Table) -> str:
     """The table as `nft -f` reads it."""
     out = [f"table {table.family.value} {name(table.name)} {{\n"]
     if table.comment is not None:
         out.append(f'  comment "{comment(table.comment)}"\n')
     for item in table.items:
-        if isinstance(item, Set):
+        if isinstance(item, model.Set):
             out.append(_set(item))
-        elif isinstance(item, Map):
+        elif isinstance(item, model.Map):
             out.append(_map(item))
         else:
             out.append(_chain(item))
