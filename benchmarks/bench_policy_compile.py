@@ -50,6 +50,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from crossmesh import nft
+from crossmesh.drivers.lab import servicenat
 from crossmesh.model import k8s
 from crossmesh.policy import compile as compile_policy
 from crossmesh.policy.endpoints import node_endpoint, pod_endpoint
@@ -290,39 +292,51 @@ def node_table(policy: compile_policy.NodePolicy, pods: list[tuple[int, Endpoint
     are the compiler's own output."""
     ifaces = [f"{prefix}-v{j}" for j, _ in pods]
     addresses = [p.addresses[0] for _, p in pods if isinstance(p.addresses[0], IPv4Address)]
-    spoof = "".join(
-        f'    iifname "{prefix}-v{j}" ip saddr != {p.addresses[0]} counter drop comment "anti-spoofing {p.ref}"\n'
+    spoof = tuple(
+        nft.Rule(
+            (
+                nft.Match(nft.Field.IIFNAME, f"{prefix}-v{j}"),
+                nft.Match(nft.Field.IP_SADDR, p.addresses[0], negate=True),
+                nft.Counter(),
+                nft.Verdict.DROP,
+            ),
+            f"anti-spoofing {p.ref}",
+        )
         for j, p in pods
     )
-    extra = ""
-    l7_rule = ""
+    extra: tuple[nft.Item, ...] = ()
+    l7_rule: tuple[nft.Rule, ...] = ()
     if policy.active:
-        extra = compile_policy.nft_sets(policy) + compile_policy.nft_chains(ifaces, addresses)
-        spoof += "    jump netpol\n"
-        l7_set, l7_rule = compile_policy.nft_l7(policy)
-        extra += l7_set
-    return (
-        "table ip crossmesh {\n" + extra + "  chain prerouting {\n"
-        "    type nat hook prerouting priority dstnat; policy accept;\n" + l7_rule + "  }\n"
-        "  chain forward {\n"
-        "    type filter hook forward priority 0; policy accept;\n" + spoof + "  }\n"
-        "  chain local_in {\n"
-        "    type filter hook input priority 0; policy accept;\n" + spoof + "  }\n"
-        "}\n"
+        extra = (*compile_policy.nft_sets(policy), *compile_policy.nft_chains(ifaces, addresses))
+        spoof += (nft.Rule((nft.Jump("netpol"),)),)
+        l7_set, rule = compile_policy.nft_l7(policy)
+        extra += (l7_set,) if l7_set is not None else ()
+        l7_rule = (rule,) if rule is not None else ()
+    return nft.render(
+        nft.Table(
+            "crossmesh",
+            (
+                *extra,
+                nft.Chain("prerouting", l7_rule, servicenat.NAT_PREROUTING),
+                nft.Chain("forward", spoof, servicenat.FILTER_FORWARD),
+                nft.Chain("local_in", spoof, servicenat.FILTER_INPUT),
+            ),
+        )
     )
 
 
 def compile_all(index: PolicyIndex, mesh: Mesh) -> dict[str, tuple[compile_policy.NodePolicy, str, float]]:
-    """Per node: the compiled policy, its nft text (sets + chains) and the seconds it took."""
+    """Per node: the compiled policy, its nft text (sets + chains, as a table) and the seconds it took."""
     out = {}
     for node in mesh.plan_nodes:
         start = time.perf_counter()
         compiled = compile_policy.compile_node(index, node, mesh.plan_nodes)
         pods = mesh.local_pods[node]
-        text = compile_policy.nft_sets(compiled) + compile_policy.nft_chains(
+        items = compile_policy.nft_sets(compiled) + compile_policy.nft_chains(
             [f"{PREFIX}-v{j}" for j, _ in pods],
             [a for _, p in pods for a in p.addresses if isinstance(a, IPv4Address)],
         )
+        text = nft.render(nft.Table("crossmesh", tuple(items)))
         out[node] = (compiled, text, time.perf_counter() - start)
     return out
 
@@ -331,7 +345,7 @@ def element_count(policy: compile_policy.NodePolicy) -> int:
     """Elements of the node's map and sets, as printed."""
     n = len(policy.ident) + sum(len(v) for v in policy.isolated.values())
     for parts in policy.sets.values():
-        n += sum(len(elements) for printed in parts for elements in printed.values())
+        n += sum(len(elements.printed) for printed in parts for elements in printed.values())
     return n
 
 

@@ -23,7 +23,7 @@
    balancer): namespaces cm-<u>-lb-c (client) and cm-<u>-lb-s (server) joined by a veth.
    The server owns 10.251.0.0/21 through an AnyIP route (`ip route add local ... dev lo`),
    so one listener on 0.0.0.0:8080 answers every backend address. The client namespace
-   gets the table `servicenat.services_nft` generates for a cluster with four services of
+   gets the table `servicenat.services_table` generates for a cluster with four services of
    N = 1 (the baseline), 10, 100 and 1000 backends — one `numgen random mod N map` DNAT
    rule each — loaded with nft. A client process connects and closes (SO_LINGER 0: RST, no
    TIME_WAIT) as fast as it can, sending connection i to target i mod 5: the four
@@ -452,8 +452,9 @@ def lb_services() -> list[LbService]:
 
 
 def lb_table(services: list[LbService]) -> str:
-    """The node table `services_nft` writes for a cluster with these services (N=1 first in
+    """The node table `services_table` builds for a cluster with these services (N=1 first in
     the chain, N=1000 last: the rule order, if anything, costs the large sets)."""
+    from crossmesh import nft
     from crossmesh.drivers.lab import servicenat
     from crossmesh.model.plan import ClusterPlan, Plan, PodPlan, ServicePlan
 
@@ -490,7 +491,7 @@ def lb_table(services: list[LbService]) -> str:
         "c", 1, "talos", "cilium", LB_BACKENDS, LB_SERVICE_CIDR, ("n",), ("s",), tuple(pods), tuple(plans)
     )
     plan = Plan("bench", "full-mesh", "cluster.local", 51820, (), (cluster,), ())
-    return servicenat.services_nft(plan, "c", [], IPv4Address(LB_LINK[0]))
+    return nft.render(servicenat.services_table(plan, "c", [], IPv4Address(LB_LINK[0])))
 
 
 class LbLab:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from crossmesh.drivers.lab.topology import NFT_COMMENT_MAX, spoof_comment
+from crossmesh.drivers.lab.topology import spoof_comment
 from crossmesh.model.plan import PodPlan
+from crossmesh.nft import COMMENT_MAX
 
 
 def pod(name: str, namespace: str = "default") -> PodPlan:
@@ -22,5 +23,5 @@ def test_the_longest_names_kubernetes_allows_fit_and_stay_distinct() -> None:
     comments = {spoof_comment(first), spoof_comment(second)}
     assert len(comments) == 2
     for comment in comments:
-        assert len(comment) == NFT_COMMENT_MAX
+        assert len(comment.encode()) == COMMENT_MAX
         assert comment.startswith("anti-spoofing cluster1/" + namespace)

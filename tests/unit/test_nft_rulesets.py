@@ -6,6 +6,7 @@ reason, without them."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from crossmesh import nft
 from crossmesh.drivers.lab import topology
 from crossmesh.drivers.lab.desired import policy_index
 from crossmesh.workspace import compile_mesh
@@ -36,7 +38,11 @@ def test_every_ruleset_passes_nft_check(case: str, tmp_path: Path) -> None:
         if ns.nft is None:
             continue
         done = subprocess.run(
-            ["unshare", "--net", "nft", "--check", "-f", "-"], input=ns.nft, capture_output=True, text=True, check=False
+            ["unshare", "--net", "nft", "--check", "-f", "-"],
+            input=nft.render(ns.nft),
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert done.returncode == 0, f"{ns.name} ({ns.role} {ns.owner}): {done.stderr.strip()}"
         checked += 1
@@ -52,3 +58,30 @@ def test_the_check_catches_a_broken_ruleset() -> None:
         check=False,
     )
     assert done.returncode != 0
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_kernel_holds_the_rules_the_model_holds(case: str, tmp_path: Path) -> None:
+    """Loaded, then listed as JSON (what `crossmesh test` reads counters from): every chain has
+    the model's rules, with the model's comments, in the model's order."""
+    shutil.copytree(ROOT / case, tmp_path / "m", ignore=shutil.ignore_patterns(".crossmesh", "expected"))
+    compiled = compile_mesh(tmp_path / "m" / "mesh.yaml")
+    topo = topology.build(compiled.plan, "f0f0", policy=policy_index(compiled))
+    for ns in topo.namespaces:
+        if ns.nft is None:
+            continue
+        done = subprocess.run(
+            ["unshare", "--net", "sh", "-c", "nft -f - && nft -j list table ip crossmesh"],
+            input=nft.render(ns.nft),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, f"{ns.name}: {done.stderr.strip()}"
+        listed: dict[str, list[str | None]] = {}
+        for item in json.loads(done.stdout)["nftables"]:
+            if "rule" in item:
+                listed.setdefault(item["rule"]["chain"], []).append(item["rule"].get("comment"))
+        chains = [c for c in ns.nft.items if isinstance(c, nft.Chain)]
+        want = {c.name: [None if r.comment is None else nft.comment(r.comment) for r in c.rules] for c in chains}
+        assert listed == {n: w for n, w in want.items() if w}, ns.name

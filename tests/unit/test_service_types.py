@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from crossmesh import nft
 from crossmesh.checks import service_types
 from crossmesh.checks.framework import Context
 from crossmesh.drivers.lab import servicenat, topology
@@ -227,7 +228,7 @@ def test_every_node_answers_the_node_port_and_source_nats_it(hybrid: Plan) -> No
     for name in ("openstack-master", "openstack-worker", "aws-worker-1"):
         node = hybrid.node(name)
         side = node.pod_cidr.network_address + 1
-        text = servicenat.services_nft(hybrid, "k3s", [], side, node=node)
+        text = nft.render(servicenat.services_table(hybrid, "k3s", [], side, node=node))
         own = "{ " + ", ".join(str(a) for a in servicenat.node_addresses(node)) + " }"
         assert str(node.address) in own and str(side) in own
         to = "dnat ip addr . port to numgen random mod 2 map { 0 : 10.42.3.2 . 3000, 1 : 10.42.3.3 . 3000 }"
@@ -238,16 +239,16 @@ def test_every_node_answers_the_node_port_and_source_nats_it(hybrid: Plan) -> No
     # Health-aware as the ClusterIP: a dead backend leaves the map; with none, no rule (the node refuses)
     node = hybrid.node("openstack-master")
     dead = frozenset({servicenat.backend_key("k3s/demo/tkb-0", "10.42.3.2", 3000)})
-    one = servicenat.services_nft(hybrid, "k3s", [], IPv4Address("10.42.0.1"), dead, node=node)
+    one = nft.render(servicenat.services_table(hybrid, "k3s", [], IPv4Address("10.42.0.1"), dead, node=node))
     assert "tcp dport 30080 dnat ip addr . port to numgen random mod 1 map { 0 : 10.42.3.3 . 3000 }" in one
     both = dead | {servicenat.backend_key("k3s/demo/tkb-1", "10.42.3.3", 3000)}
-    none = servicenat.services_nft(hybrid, "k3s", [], IPv4Address("10.42.0.1"), both, node=node)
+    none = nft.render(servicenat.services_table(hybrid, "k3s", [], IPv4Address("10.42.0.1"), both, node=node))
     assert "dport 30080 dnat" not in none
 
 
 def test_the_lab_topology_programs_node_ports_on_every_node(hybrid: Plan) -> None:
     topo = topology.build(hybrid, "abcd")
-    tables = {ns.owner: ns.nft for ns in topo.namespaces if ns.role == "node"}
+    tables = {ns.owner: nft.render(ns.nft) for ns in topo.namespaces if ns.role == "node" and ns.nft}
     assert set(tables) == {"openstack-master", "openstack-worker", "aws-worker-1"}
     for name, text in tables.items():
         assert text is not None and f"{hybrid.node(name).address}" in text and "tcp dport 30080 dnat" in text

@@ -28,6 +28,7 @@ import jsonschema
 import pytest
 import yaml
 
+from crossmesh import nft
 from crossmesh.drivers.lab import servicenat
 from crossmesh.drivers.lab.dns import dns_answer, dns_records
 from crossmesh.model.plan import ClusterPlan, Plan, PodPlan, ServicePlan
@@ -382,7 +383,7 @@ NODE_SIDE = IPv4Address("10.11.0.1")
 def test_nft_serves_the_first_tier_while_it_is_healthy() -> None:
     plan = global_web("local")
 
-    text = servicenat.services_nft(plan, "a", [], NODE_SIDE)
+    text = nft.render(servicenat.services_table(plan, "a", [], NODE_SIDE))
 
     assert text is not None
     assert dnat_targets(text, "10.96.0.20", 80) == ["10.11.0.2:8080"]
@@ -393,7 +394,7 @@ def test_nft_moves_to_the_next_tier_when_the_first_is_unhealthy() -> None:
     plan = global_web("local")
     dead = frozenset({key(plan, "a/default/web-0", 8080)})
 
-    text = servicenat.services_nft(plan, "a", [], NODE_SIDE, dead)
+    text = nft.render(servicenat.services_table(plan, "a", [], NODE_SIDE, dead))
 
     assert text is not None
     assert dnat_targets(text, "10.96.0.20", 80) == ["10.12.0.2:8080", "10.12.0.3:8080", "10.13.0.2:8080"]
@@ -403,7 +404,7 @@ def test_nft_leaves_out_unhealthy_backends_of_the_serving_tier() -> None:
     plan = global_web("none")
     dead = frozenset({key(plan, "b/default/web-0", 8080), key(plan, "c/default/web-0", 8080)})
 
-    text = servicenat.services_nft(plan, "a", [], NODE_SIDE, dead)
+    text = nft.render(servicenat.services_table(plan, "a", [], NODE_SIDE, dead))
 
     assert text is not None
     assert dnat_targets(text, "10.96.0.20", 80) == ["10.11.0.2:8080", "10.12.0.3:8080"]
@@ -413,7 +414,7 @@ def test_nft_rejects_when_no_backend_is_healthy() -> None:
     plan = global_web("local")
     dead = frozenset(key(plan, p.ref, 8080) for p in plan.pods())
 
-    text = servicenat.services_nft(plan, "a", [], NODE_SIDE, dead)
+    text = nft.render(servicenat.services_table(plan, "a", [], NODE_SIDE, dead))
 
     assert text is not None
     assert dnat_targets(text, "10.96.0.20", 80) is None
@@ -436,7 +437,7 @@ def test_nft_rejects_a_service_without_backends() -> None:
         )
     )
 
-    text = servicenat.services_nft(plan, "a", [a0], NODE_SIDE)
+    text = nft.render(servicenat.services_table(plan, "a", [a0], NODE_SIDE))
 
     assert text is not None
     assert sorted(rejects(text)) == [
@@ -450,7 +451,7 @@ def test_nft_one_rule_per_service_port_whatever_the_backend_count() -> None:
     pods = [pod("a", f"web-{i}", str(IPv4Address("10.11.0.2") + i)) for i in range(300)]
     plan = plan_of(("a", pods, [service("a", "web", "10.96.0.20", pods)]))
 
-    text = servicenat.services_nft(plan, "a", [], NODE_SIDE)
+    text = nft.render(servicenat.services_table(plan, "a", [], NODE_SIDE))
 
     assert text is not None
     assert len(RULE.findall(chain(text, "services"))) == 1
@@ -462,11 +463,11 @@ def test_nft_hairpin_and_a_cluster_without_services() -> None:
     a0 = pod("a", "web-0", "10.11.0.2")
     plan = plan_of(("a", [a0], [service("a", "web", "10.96.0.20", [a0])]), ("b", [], []))
 
-    text = servicenat.services_nft(plan, "a", [a0], NODE_SIDE)
+    text = nft.render(servicenat.services_table(plan, "a", [a0], NODE_SIDE))
 
     assert text is not None
     assert "ct status dnat ip saddr 10.11.0.2 ip daddr 10.11.0.2 snat to 10.11.0.1" in chain(text, "postrouting")
-    empty = servicenat.services_nft(plan, "b", [], IPv4Address("10.12.0.1"))
+    empty = nft.render(servicenat.services_table(plan, "b", [], IPv4Address("10.12.0.1")))
     assert not RULE.search(empty) and not REJECT.search(empty)
 
 
@@ -478,7 +479,7 @@ def test_example_nft_fails_over_and_rejects(example_plan: Plan) -> None:
     remote = key(example_plan, "cluster2/default/relay-0", 8080)
 
     def targets(dead: set[str]) -> list[str] | None:
-        text = servicenat.services_nft(example_plan, "cluster1", [], NODE_SIDE, frozenset(dead))
+        text = nft.render(servicenat.services_table(example_plan, "cluster1", [], NODE_SIDE, frozenset(dead)))
         assert text is not None
         return dnat_targets(text, ip, 80)
 

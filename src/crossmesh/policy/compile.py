@@ -23,13 +23,16 @@ HTTP rules need the L7 proxy; their ports are listed in `l7` so that it can take
 
 from __future__ import annotations
 
+import bisect
 import gc
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from typing import ParamSpec, TypeVar
 from weakref import WeakKeyDictionary
 
+from crossmesh import nft
 from crossmesh.policy.evaluator import PolicyIndex
 from crossmesh.policy.model import (
     Action,
@@ -48,6 +51,8 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 ALL = (0, 65535)
 
 Range = tuple[int, int]
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def mark(identity: int) -> int:
@@ -67,7 +72,7 @@ class _Sets:
     any_l3: set[int] = field(default_factory=set)
 
 
-Elements = dict[str, list[str]]  # set name suffix ("", "_l3", "_world", ...) → its elements, printed
+Printed = dict[str, nft.Elements]  # set name suffix ("", "_l3", "_world", ...) → its elements, printed
 
 
 @dataclass(slots=True)
@@ -76,28 +81,28 @@ class _Part:
     on the node, so it is compiled once per index however many nodes host the identity."""
 
     isolated: tuple[Direction, ...]
-    sets: dict[tuple[Action, Direction], Elements]
+    sets: dict[tuple[Action, Direction], Printed]
     l7: set[tuple[IPv4Address, int, str]]
 
 
 @dataclass(slots=True)
 class _PodMarks:
     """An identity domain's pod addresses and their identity marks, shared by the domain's
-    nodes (read only); each element of `map ident` is printed once, keyed by the address as
-    an integer (the map is printed in address order)."""
+    nodes (read only); the elements of `map ident` are printed once, in address order, with
+    the addresses as integers to merge each node's own entries into."""
 
     marks: dict[IPv4Address, int]
-    _printed: dict[int, str] | None = None
+    _printed: tuple[list[int], nft.Elements] | None = None
 
-    def printed(self) -> dict[int, str]:
+    def printed(self) -> tuple[list[int], nft.Elements]:
         if self._printed is None:
-            self._printed = {int(a): f"{a} : {m}" for a, m in self.marks.items()}
+            self._printed = _ident(self.marks)
         return self._printed
 
 
 @dataclass(slots=True)
 class NodePolicy:
-    """What one node enforces, ready to print as nftables.
+    """What one node enforces, ready to serialise as nftables (`nft_sets`).
 
     `sets[(action, direction)]` holds the elements of each local identity, in identity order;
     they are shared with the other nodes hosting the identity: read only."""
@@ -105,7 +110,7 @@ class NodePolicy:
     pods: _PodMarks
     nodes: dict[IPv4Address, int]  # this node's addresses (host) and its domain's other nodes' (remote-node)
     isolated: dict[Direction, set[int]]
-    sets: dict[tuple[Action, Direction], list[Elements]]
+    sets: dict[tuple[Action, Direction], list[Printed]]
     l7: set[tuple[IPv4Address, int, str]]  # (pod address, port, protocol) carrying HTTP rules
 
     @property
@@ -200,17 +205,21 @@ def _ports(pm: PortMatcher, named_sources: Iterable[Endpoint]) -> list[tuple[str
     return [(p, (pm.port, pm.end_port or pm.port)) for p in protocols]
 
 
-def compile_node(index: PolicyIndex, node: str, plan_nodes: dict[str, tuple[IPv4Address, ...]]) -> NodePolicy:
-    """Sets for the pods on `node`; `plan_nodes` maps every node to its addresses."""
+def _without_gc(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     # Compiling allocates millions of small objects that all stay alive: the cyclic garbage
     # collector's full passes find nothing here and cost a third of the time (measured).
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _compile_node(index, node, plan_nodes)
+        return fn(*args, **kwargs)
     finally:
         if enabled:
             gc.enable()
+
+
+def compile_node(index: PolicyIndex, node: str, plan_nodes: dict[str, tuple[IPv4Address, ...]]) -> NodePolicy:
+    """Sets for the pods on `node`; `plan_nodes` maps every node to its addresses."""
+    return _without_gc(_compile_node, index, node, plan_nodes)
 
 
 def _compile_node(index: PolicyIndex, node: str, plan_nodes: dict[str, tuple[IPv4Address, ...]]) -> NodePolicy:
@@ -338,15 +347,6 @@ def _add_any(
 # --- printing --------------------------------------------------------------------------------
 
 
-def _addr_range(r: Range) -> str:
-    lo, hi = IPv4Address(r[0]), IPv4Address(r[1])
-    return str(lo) if lo == hi else f"{lo}-{hi}"
-
-
-def _port_range(r: Range) -> str:
-    return str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"
-
-
 def _disjoint(entries: list[tuple[Range, Range]]) -> list[tuple[Range, list[Range]]]:
     """Address ranges that do not overlap, each with the merged port ranges of every entry
     covering it (nftables interval sets refuse overlapping elements)."""
@@ -363,127 +363,181 @@ def _disjoint(entries: list[tuple[Range, Range]]) -> list[tuple[Range, list[Rang
     return out
 
 
-def _set(name: str, typ: str, elements: list[str], *, interval: bool) -> str:
-    flags = "flags interval; " if interval else ""
-    body = f"elements = {{ {', '.join(elements)} }}; " if elements else ""
-    return f"  set {name} {{ type {typ}; {flags}counter; {body}}}\n"
+def _addresses(r: Range) -> tuple[IPv4Address, IPv4Address]:
+    return IPv4Address(r[0]), IPv4Address(r[1])
 
 
-PROTO = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+PROTO = {"TCP": nft.Proto.TCP, "UDP": nft.Proto.UDP, "SCTP": nft.Proto.SCTP}
+MARK, ADDR, L4PROTO, SERVICE = nft.Type.MARK, nft.Type.IPV4_ADDR, nft.Type.INET_PROTO, nft.Type.INET_SERVICE
+
+SET_TYPES: tuple[tuple[str, tuple[nft.Type, ...], bool], ...] = (
+    ("", (MARK, MARK, L4PROTO, SERVICE), True),
+    ("_l3", (MARK, MARK), False),
+    ("_world", (MARK, ADDR, L4PROTO, SERVICE), True),
+    ("_world_l3", (MARK, ADDR), True),
+    ("_any", (MARK, L4PROTO, SERVICE), True),
+    ("_any_l3", (MARK,), False),
+)
+_KEYS = {suffix: key for suffix, key, _ in SET_TYPES}
+IDENT_KEY: tuple[nft.Type, ...] = (ADDR,)
 
 
-def _print_sets(s: _Sets) -> Elements:
+def _ident(marks: dict[IPv4Address, int]) -> tuple[list[int], nft.Elements]:
+    """The elements of `map ident` for these addresses, in address order, and the addresses as integers."""
+    ordered = sorted(marks)
+    return [int(a) for a in ordered], nft.elements(IDENT_KEY, [(a, marks[a]) for a in ordered], data=MARK)
+
+
+def _ident_map(policy: NodePolicy) -> nft.Map:
+    """The pods' elements (shared) with the node's own merged in, in address order; a node's entry
+    wins over a pod's of the same address."""
+    keys, pods = policy.pods.printed()
+    own, nodes = _ident(policy.nodes)
+    blocks = []
+    start = 0
+    for k, address in enumerate(own):
+        i = bisect.bisect_left(keys, address, lo=start)
+        blocks += [pods.part(start, i), nodes.part(k, k + 1)]
+        start = i + 1 if i < len(keys) and keys[i] == address else i
+    blocks.append(pods.part(start, len(keys)))
+    # One block: the parts are many small objects the garbage collector would have to walk.
+    return nft.Map("ident", IDENT_KEY, MARK, (nft.Elements.concat(blocks),))
+
+
+def _print_sets(s: _Sets) -> Printed:
     return {
-        "": [
-            f"{lo} . {pe} . {PROTO[p]} . {_port_range(r)}"
-            for (lo, pe, p), rs in sorted(s.l4.items())
-            for r in _merge(rs)
-        ],
-        "_l3": [f"{lo} . {pe}" for lo, pe in sorted(s.l3)],
-        "_world": [
-            f"{lo} . {_addr_range(a)} . {PROTO[p]} . {_port_range(r)}"
-            for (lo, p), entries in sorted(s.world.items())
-            for a, ports in _disjoint(entries)
-            for r in ports
-        ],
-        "_world_l3": [f"{lo} . {_addr_range(a)}" for lo, rs in sorted(s.world_l3.items()) for a in _merge(rs)],
-        "_any": [
-            f"{lo} . {PROTO[p]} . {_port_range(r)}" for (lo, p), rs in sorted(s.any_l4.items()) for r in _merge(rs)
-        ],
-        "_any_l3": [str(m) for m in sorted(s.any_l3)],
+        "": nft.elements(
+            _KEYS[""], ((lo, pe, PROTO[p], r) for (lo, pe, p), rs in sorted(s.l4.items()) for r in _merge(rs))
+        ),
+        "_l3": nft.elements(_KEYS["_l3"], sorted(s.l3)),
+        "_world": nft.elements(
+            _KEYS["_world"],
+            (
+                (lo, _addresses(a), PROTO[p], r)
+                for (lo, p), entries in sorted(s.world.items())
+                for a, ports in _disjoint(entries)
+                for r in ports
+            ),
+        ),
+        "_world_l3": nft.elements(
+            _KEYS["_world_l3"], ((lo, _addresses(a)) for lo, rs in sorted(s.world_l3.items()) for a in _merge(rs))
+        ),
+        "_any": nft.elements(
+            _KEYS["_any"], ((lo, PROTO[p], r) for (lo, p), rs in sorted(s.any_l4.items()) for r in _merge(rs))
+        ),
+        "_any_l3": nft.elements(_KEYS["_any_l3"], ((m,) for m in sorted(s.any_l3))),
     }
 
 
-SET_TYPES = (
-    ("", "mark . mark . inet_proto . inet_service", True),
-    ("_l3", "mark . mark", False),
-    ("_world", "mark . ipv4_addr . inet_proto . inet_service", True),
-    ("_world_l3", "mark . ipv4_addr", True),
-    ("_any", "mark . inet_proto . inet_service", True),
-    ("_any_l3", "mark", False),
-)
+def nft_sets(policy: NodePolicy) -> list[nft.Item]:
+    """The node's identity map and its policy sets (a counter on every element)."""
+    return _without_gc(_nft_sets, policy)  # the first call per domain prints every pod's entry
 
 
-def nft_sets(policy: NodePolicy) -> str:
-    out = []
-    printed = dict(policy.pods.printed())
-    printed.update((int(a), f"{a} : {m}") for a, m in policy.nodes.items())
-    ident = [printed[n] for n in sorted(printed)]
-    out.append(
-        f"  map ident {{ type ipv4_addr : mark; {'elements = { ' + ', '.join(ident) + ' }; ' if ident else ''}}}\n"
-    )
+def _nft_sets(policy: NodePolicy) -> list[nft.Item]:
+    out: list[nft.Item] = [_ident_map(policy)]
     for d in Direction:
-        iso = [str(m) for m in sorted(policy.isolated[d])]
-        out.append(_set(f"isolated_{d.value}", "mark", iso, interval=False))
+        iso = nft.elements((MARK,), ((m,) for m in sorted(policy.isolated[d])))
+        out.append(nft.Set(f"isolated_{d.value}", (MARK,), (iso,), counter=True))
     for (action, d), parts in sorted(policy.sets.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value)):
         tag = f"{action.value}_{d.value}"
         # Each part's elements start with its own identity's mark and parts come in identity
         # order, so their concatenation is the sorted whole.
-        for suffix, typ, interval in SET_TYPES:
-            elements = [e for p in parts for e in p[suffix]]
-            out.append(_set(f"{tag}{suffix}", typ, elements, interval=interval))
-    return "".join(out)
+        for suffix, key, interval in SET_TYPES:
+            blocks = tuple(p[suffix] for p in parts)
+            out.append(nft.Set(f"{tag}{suffix}", key, blocks, interval=interval, counter=True))
+    return out
 
 
-def _direction_chain(d: Direction) -> str:
+def _lookup(
+    key: tuple[nft.Field, ...],
+    set_name: str,
+    verdict: tuple[nft.Expr, ...],
+    note: str | None,
+    *,
+    when: tuple[nft.Match, ...] = (),
+) -> nft.Rule:
+    """`[when…] <key> @<set_name> <verdict>`."""
+    return nft.Rule((*when, nft.Match(key, nft.SetRef(set_name)), *verdict), note)
+
+
+def _direction_chain(d: Direction) -> nft.Chain:
     """Egress: local = source (meta mark), peer = destination (ct mark); ingress the reverse."""
-    local, peer = ("meta mark", "ct mark") if d is Direction.EGRESS else ("ct mark", "meta mark")
-    peer_addr = "ip daddr" if d is Direction.EGRESS else "ip saddr"
-    lines = [f"  chain verdict_{d.value} {{\n"]
+    F = nft.Field  # noqa: N806 - a short name for a table of fields
+    local, peer = (F.META_MARK, F.CT_MARK) if d is Direction.EGRESS else (F.CT_MARK, F.META_MARK)
+    peer_addr = F.IP_DADDR if d is Direction.EGRESS else F.IP_SADDR
+    l4 = (F.META_L4PROTO, F.TH_DPORT)
+    world = nft.Match(peer, WORLD)
+    rules: list[nft.Rule] = []
     if d is Direction.INGRESS:
-        lines.append(f'    meta mark {HOST} return comment "from its own node: always allowed"\n')
-    for action in ("deny", "allow"):
-        verdict = f'counter drop comment "denied by a {d.value} deny rule"' if action == "deny" else "return"
-        tag = f"{action}_{d.value}"
-        if action == "allow":
-            lines.append(f"    {local} != @isolated_{d.value} return\n")
-        lines += [
-            f"    {local} . {peer} . meta l4proto . th dport @{tag} {verdict}\n",
-            f"    {local} . {peer} @{tag}_l3 {verdict}\n",
-            f"    {peer} {WORLD} {local} . {peer_addr} . meta l4proto . th dport @{tag}_world {verdict}\n",
-            f"    {peer} {WORLD} {local} . {peer_addr} @{tag}_world_l3 {verdict}\n",
-            f"    {local} . meta l4proto . th dport @{tag}_any {verdict}\n",
-            f"    {local} @{tag}_any_l3 {verdict}\n",
+        rules.append(nft.Rule((nft.Match(F.META_MARK, HOST), nft.Verdict.RETURN), "from its own node: always allowed"))
+    for action in (Action.DENY, Action.ALLOW):
+        tag = f"{action.value}_{d.value}"
+        verdict: tuple[nft.Expr, ...] = (nft.Verdict.RETURN,)
+        note = None
+        if action is Action.DENY:
+            verdict, note = (nft.Counter(), nft.Verdict.DROP), f"denied by a {d.value} deny rule"
+        else:
+            rules.append(nft.Rule((nft.Match(local, nft.SetRef(f"isolated_{d.value}"), negate=True), *verdict)))
+        rules += [
+            _lookup((local, peer, *l4), tag, verdict, note),
+            _lookup((local, peer), f"{tag}_l3", verdict, note),
+            _lookup((local, peer_addr, *l4), f"{tag}_world", verdict, note, when=(world,)),
+            _lookup((local, peer_addr), f"{tag}_world_l3", verdict, note, when=(world,)),
+            _lookup((local, *l4), f"{tag}_any", verdict, note),
+            _lookup((local,), f"{tag}_any_l3", verdict, note),
         ]
-    lines.append(f'    counter drop comment "policy-denied {d.value}"\n')
-    lines.append("  }\n")
-    return "".join(lines)
+    rules.append(nft.Rule((nft.Counter(), nft.Verdict.DROP), f"policy-denied {d.value}"))
+    return nft.Chain(f"verdict_{d.value}", tuple(rules))
 
 
-def nft_chains(pod_ifaces: list[str], self_pairs: list[IPv4Address]) -> str:
+def nft_chains(pod_ifaces: list[str], self_pairs: list[IPv4Address]) -> list[nft.Item]:
     """The chains that use the sets: called from the node's forward chain for new flows."""
-    ifs = ", ".join(f'"{i}"' for i in sorted(pod_ifaces))
-    selfs = ", ".join(f"{a} . {a}" for a in sorted(self_pairs))
-    return (
-        f"  set local_pods {{ type ifname; {'elements = { ' + ifs + ' }; ' if ifs else ''}}}\n"
-        f"  set self_pairs {{ type ipv4_addr . ipv4_addr; {'elements = { ' + selfs + ' }; ' if selfs else ''}}}\n"
-        "  chain netpol {\n"
-        "    ct state established,related accept\n"
-        '    ip saddr . ip daddr @self_pairs accept comment "a pod can always reach itself"\n'
-        f"    meta mark set {WORLD}\n"
-        "    meta mark set ip saddr map @ident\n"
-        f"    ct mark set {WORLD}\n"
-        "    ct mark set ip daddr map @ident\n"
+    F = nft.Field  # noqa: N806 - a short name for a table of fields
+    ifs = nft.elements((nft.Type.IFNAME,), ((i,) for i in sorted(pod_ifaces)))
+    selfs = nft.elements((ADDR, ADDR), ((a, a) for a in sorted(self_pairs)))
+    ident = "ident"
+    netpol = (
+        nft.Rule((nft.Match(F.CT_STATE, (nft.CtState.ESTABLISHED, nft.CtState.RELATED)), nft.Verdict.ACCEPT)),
+        _lookup((F.IP_SADDR, F.IP_DADDR), "self_pairs", (nft.Verdict.ACCEPT,), "a pod can always reach itself"),
+        nft.Rule((nft.SetMark(F.META_MARK, WORLD),)),
+        nft.Rule((nft.SetMark(F.META_MARK, nft.MapLookup(F.IP_SADDR, ident)),)),
+        nft.Rule((nft.SetMark(F.CT_MARK, WORLD),)),
+        nft.Rule((nft.SetMark(F.CT_MARK, nft.MapLookup(F.IP_DADDR, ident)),)),
         # Redirected to the L7 proxy, the flow now ends on the node: judge it by where it was going.
-        f"    ct status dnat ct mark {HOST} ct mark set ct original ip daddr map @ident\n"
-        "    iifname @local_pods jump verdict_egress\n"
-        "    oifname @local_pods jump verdict_ingress\n"
-        "  }\n" + _direction_chain(Direction.EGRESS) + _direction_chain(Direction.INGRESS)
+        nft.Rule(
+            (
+                nft.Match(F.CT_STATUS, nft.CtStatus.DNAT),
+                nft.Match(F.CT_MARK, HOST),
+                nft.SetMark(F.CT_MARK, nft.MapLookup(F.CT_ORIGINAL_IP_DADDR, ident)),
+            )
+        ),
+        nft.Rule((nft.Match(F.IIFNAME, nft.SetRef("local_pods")), nft.Jump("verdict_egress"))),
+        nft.Rule((nft.Match(F.OIFNAME, nft.SetRef("local_pods")), nft.Jump("verdict_ingress"))),
     )
+    return [
+        nft.Set("local_pods", (nft.Type.IFNAME,), (ifs,)),
+        nft.Set("self_pairs", (ADDR, ADDR), (selfs,)),
+        nft.Chain("netpol", netpol),
+        _direction_chain(Direction.EGRESS),
+        _direction_chain(Direction.INGRESS),
+    ]
 
 
 L7_PROXY_PORT = 15001
 
 
-def nft_l7(policy: NodePolicy) -> tuple[str, str]:
+def nft_l7(policy: NodePolicy) -> tuple[nft.Set | None, nft.Rule | None]:
     """The set of (pod address . port) carrying HTTP rules on this node, and the prerouting
     rule that hands their new connections to the node's L7 proxy (SO_ORIGINAL_DST tells it
-    where they were going)."""
+    where they were going); none without HTTP rules."""
     tcp = sorted((a, port) for a, port, proto in policy.l7 if proto == "TCP")
     if not tcp:
-        return "", ""
-    elements = ", ".join(f"{a} . {port}" for a, port in tcp)
+        return None, None
+    key = (ADDR, SERVICE)
     return (
-        f"  set l7_ports {{ type ipv4_addr . inet_service; elements = {{ {elements} }}; }}\n",
-        f"    ip daddr . tcp dport @l7_ports counter redirect to :{L7_PROXY_PORT}\n",
+        nft.Set("l7_ports", key, (nft.elements(key, tcp),)),
+        _lookup(
+            (nft.Field.IP_DADDR, nft.Field.TCP_DPORT), "l7_ports", (nft.Counter(), nft.Redirect(L7_PROXY_PORT)), None
+        ),
     )

@@ -10,30 +10,33 @@ is a bridge whose frames skip the router's nftables, as a VPC's own traffic skip
 
 from __future__ import annotations
 
+from crossmesh import nft
 from crossmesh.plan.prerequisites import ANYWHERE, InboundRule, Scope, SitePrerequisites
-
-NFT_COMMENT_MAX = 128  # nftables refuses a longer comment, and with it the whole table
 
 
 def comment(rule: InboundRule) -> str:
-    """The comment of the rule's accept, which names the prerequisite it stands for."""
-    return f"allow {rule.name}"[:NFT_COMMENT_MAX]
+    """The comment of the rule's accept, which names the prerequisite it stands for (as nft keeps it)."""
+    return nft.comment(f"allow {rule.name}")
 
 
-def inbound_accepts(wan_if: str, prereq: SitePrerequisites | None) -> str:
+def inbound_accepts(wan_if: str, prereq: SitePrerequisites | None) -> tuple[nft.Rule, ...]:
     """The accept rules of the router's forward chain for traffic the 1:1 NAT sent to a node
     (`ct status dnat`: after prerouting the destination is the node's site address)."""
     if prereq is None:
-        return ""
-    lines = []
+        return ()
+    rules = []
     for rule in prereq.inbound:
         members = prereq.members(rule.targets)
         if rule.scope is not Scope.INTERNET or not members:
             continue
-        daddr = ", ".join(str(address) for _, address in members)
-        saddr = "" if rule.source == ANYWHERE else f"ip saddr {rule.source} "
-        lines.append(
-            f'    iifname "{wan_if}" ct status dnat ip daddr {{ {daddr} }} {saddr}'
-            f'{rule.protocol.value} dport {rule.port} accept comment "{comment(rule)}"\n'
+        source = () if rule.source == ANYWHERE else (nft.Match(nft.Field.IP_SADDR, rule.source),)
+        exprs = (
+            nft.Match(nft.Field.IIFNAME, wan_if),
+            nft.Match(nft.Field.CT_STATUS, nft.CtStatus.DNAT),
+            nft.Match(nft.Field.IP_DADDR, nft.AnonSet(tuple(address for _, address in members))),
+            *source,
+            nft.Match(nft.dport(rule.protocol.value), rule.port),
+            nft.Verdict.ACCEPT,
         )
-    return "".join(lines)
+        rules.append(nft.Rule(exprs, comment(rule)))
+    return tuple(rules)

@@ -8,6 +8,7 @@ protocol number ROUTE_PROTO; routes it does not own are never touched.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from ipaddress import IPv4Interface, IPv4Network
@@ -16,6 +17,7 @@ from typing import Any
 
 from pyroute2 import NetlinkError, NetNS
 
+from crossmesh import nft
 from crossmesh.drivers.lab import netns
 from crossmesh.drivers.lab.topology import ROUTE_PROTO, Link, Namespace, Route
 
@@ -281,14 +283,12 @@ def nft_digest(text: str) -> str:
 
 def _nft(spec: Namespace) -> list[str]:
     assert spec.nft is not None  # noqa: S101 - caller checked
-    digest = nft_digest(spec.nft)
+    digest = nft_digest(nft.render(spec.nft))
     listed = netns.run(spec.name, ["nft", "list", "table", "ip", NFT_TABLE])
     found = HASH_RE.search(listed.stdout) if listed.returncode == 0 else None
     if found and found.group(1) == digest:
         return []
-    body = spec.nft.replace(
-        f"table ip {NFT_TABLE} {{\n", f'table ip {NFT_TABLE} {{\n  comment "crossmesh:{digest}"\n', 1
-    )
+    body = nft.render(dataclasses.replace(spec.nft, comment=f"crossmesh:{digest}"))
     script = f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n{body}"
     done = netns.run(spec.name, ["nft", "-f", "-"], input=script)
     if done.returncode != 0:

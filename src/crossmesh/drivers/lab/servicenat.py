@@ -1,5 +1,6 @@
 """Plan → a node's service NAT in nftables: ClusterIPs and NodePorts, as kube-proxy programs them.
-Pure: text only, applied by `reconcile` (at `lab up`) and by the service daemon (on health changes).
+Pure: a table as data (`crossmesh.nft`), applied by `reconcile` (at `lab up`) and by the service
+daemon (on health changes).
 
 - ClusterIP: `ip daddr <ClusterIP> <proto> dport <port>` DNATs to a healthy backend of the first
   tier that has one (Cilium's affinity semantics), or is rejected when none is healthy. A
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+from crossmesh import nft
 from crossmesh.model.plan import NodePlan, Plan, PodPlan
 from crossmesh.services.backends import Backend, backend_sets
 
@@ -37,22 +39,33 @@ def node_addresses(node: NodePlan) -> tuple[IPv4Address, ...]:
     return tuple(out)
 
 
-def _set(addresses: tuple[IPv4Address, ...]) -> str:
-    return "{ " + ", ".join(str(a) for a in addresses) + " }"
+F = nft.Field
+NAT_PREROUTING = nft.Base(nft.ChainType.NAT, nft.Hook.PREROUTING, nft.Priority.DSTNAT)
+NAT_OUTPUT = nft.Base(nft.ChainType.NAT, nft.Hook.OUTPUT, -100)
+NAT_POSTROUTING = nft.Base(nft.ChainType.NAT, nft.Hook.POSTROUTING, nft.Priority.SRCNAT)
+FILTER_FORWARD = nft.Base(nft.ChainType.FILTER, nft.Hook.FORWARD, 0)
+FILTER_INPUT = nft.Base(nft.ChainType.FILTER, nft.Hook.INPUT, 0)
+FILTER_OUTPUT = nft.Base(nft.ChainType.FILTER, nft.Hook.OUTPUT, 0)
+TABLE = "crossmesh"
 
 
-def services_nft(  # noqa: PLR0913 - the parts of a node's table
+def _serve(daddr: IPv4Address | nft.AnonSet, proto: str, port: int, *also: nft.Expr) -> nft.Rule:
+    """`ip daddr <daddr> <proto> dport <port> …`."""
+    return nft.Rule((nft.Match(F.IP_DADDR, daddr), nft.Match(nft.dport(proto), port), *also))
+
+
+def services_table(  # noqa: PLR0913 - the parts of a node's table
     plan: Plan,
     cluster: str,
     local_pods: list[PodPlan],
     node_side: IPv4Address,
     unhealthy: frozenset[str] = frozenset(),
-    spoof: str = "",
-    extra: str = "",
-    l7_rule: str = "",
+    spoof: tuple[nft.Rule, ...] = (),
+    extra: tuple[nft.Item, ...] = (),
+    l7_rule: nft.Rule | None = None,
     *,
     node: NodePlan | None = None,
-) -> str:
+) -> nft.Table:
     """Service DNAT on a node: each ClusterIP port, and with `node` each node port, to a random
     healthy backend of the first tier that has one, or a reset when none is healthy.
 
@@ -60,14 +73,15 @@ def services_nft(  # noqa: PLR0913 - the parts of a node's table
     grow with the number of backends. `unhealthy` holds `POD@ADDRESS:PORT` keys from the
     health checker; the whole table is replaced atomically when it changes.
     """
-    rules = []
-    rejects = []
-    own = _set(node_addresses(node)) if node is not None else ""
-    others = ""
+    rules: list[nft.Rule] = []
+    rejects: list[nft.Rule] = []
+    own = nft.AnonSet(node_addresses(node)) if node is not None else None
+    others: tuple[nft.Match, ...] = ()
     if node is not None:
         peers = [a for n in plan.cluster(cluster).nodes if n != node.name for a in node_addresses(plan.node(n))]
-        pods = _set(tuple(p.address for p in local_pods)) if local_pods else ""
-        others = f"ip saddr {pods} ip daddr {_set(tuple(peers))} " if peers and pods else ""
+        if peers and local_pods:
+            pods = nft.AnonSet(tuple(p.address for p in local_pods))
+            others = (nft.Match(F.IP_SADDR, pods), nft.Match(F.IP_DADDR, nft.AnonSet(tuple(peers))))
     for svc in plan.cluster(cluster).services:
         for bs in backend_sets(plan, svc):
             if bs.protocol not in ("TCP", "UDP"):
@@ -80,44 +94,41 @@ def services_nft(  # noqa: PLR0913 - the parts of a node's table
                     break
             node_port = svc.node_port(bs.port, bs.protocol) if node is not None else None
             if not tier:
-                reset = "tcp reset" if proto == "tcp" else "icmp type port-unreachable"
+                reset = nft.RejectWith.TCP_RESET if proto == "tcp" else nft.RejectWith.PORT_UNREACHABLE
                 if svc.cluster_ip is not None:
-                    rejects.append(f"    ip daddr {svc.cluster_ip} {proto} dport {bs.port} reject with {reset}\n")
+                    rejects.append(_serve(svc.cluster_ip, proto, bs.port, nft.Reject(reset)))
                 continue
-            targets = ", ".join(f"{i} : {b.address} . {b.port}" for i, b in enumerate(tier))
-            to = f"dnat ip addr . port to numgen random mod {len(tier)} map {{ {targets} }}\n"
+            to = nft.RandomDnat(tuple((IPv4Address(b.address), b.port) for b in tier))
             if svc.cluster_ip is not None:
-                rules.append(f"    ip daddr {svc.cluster_ip} {proto} dport {bs.port} {to}")
-            if node_port is not None:
-                rules.append(f"    ip daddr {own} {proto} dport {node_port} {to}")
+                rules.append(_serve(svc.cluster_ip, proto, bs.port, to))
+            if node_port is not None and own is not None:
+                rules.append(_serve(own, proto, node_port, to))
                 if others:
-                    rules.append(f"    {others}{proto} dport {node_port} {to}")
+                    rules.append(nft.Rule((*others, nft.Match(nft.dport(proto), node_port), to)))
     # Hairpin: a pod reaching itself through its service would see its own address as
     # source and drop the packet as martian; like kube-proxy, masquerade that case.
-    hairpin = "".join(
-        f"    ct status dnat ip saddr {p.address} ip daddr {p.address} snat to {node_side}\n" for p in local_pods
-    )
-    if node is not None and any(s.node_ports for s in plan.cluster(cluster).services):
-        hairpin += f"    ct status dnat ct original ip daddr {own} snat to {node_side}\n"
-    return (
-        "table ip crossmesh {\n" + extra + "  chain services {\n" + "".join(rules) + "  }\n"
-        "  chain no_endpoints {\n" + "".join(rejects) + "  }\n"
-        "  chain postrouting {\n"
-        "    type nat hook postrouting priority srcnat; policy accept;\n" + hairpin + "  }\n"
-        "  chain prerouting {\n"
-        "    type nat hook prerouting priority dstnat; policy accept;\n" + l7_rule + "    jump services\n"
-        "  }\n"
-        "  chain output {\n"
-        "    type nat hook output priority -100; policy accept;\n"
-        "    jump services\n"
-        "  }\n"
-        "  chain forward {\n"
-        "    type filter hook forward priority 0; policy accept;\n    jump no_endpoints\n" + spoof + "  }\n"
-        "  chain local_in {\n"
-        "    type filter hook input priority 0; policy accept;\n" + spoof + "  }\n"
-        "  chain local_out {\n"
-        "    type filter hook output priority 0; policy accept;\n"
-        "    jump no_endpoints\n"
-        "  }\n"
-        "}\n"
+    dnatted = nft.Match(F.CT_STATUS, nft.CtStatus.DNAT)
+    snat = nft.Nat(nft.NatKind.SNAT, node_side)
+    hairpin = [
+        nft.Rule((dnatted, nft.Match(F.IP_SADDR, p.address), nft.Match(F.IP_DADDR, p.address), snat))
+        for p in local_pods
+    ]
+    if own is not None and any(s.node_ports for s in plan.cluster(cluster).services):
+        hairpin.append(nft.Rule((dnatted, nft.Match(F.CT_ORIGINAL_IP_DADDR, own), snat)))
+    to_services = nft.Rule((nft.Jump("services"),))
+    to_no_endpoints = nft.Rule((nft.Jump("no_endpoints"),))
+    prerouting = (l7_rule, to_services) if l7_rule is not None else (to_services,)
+    return nft.Table(
+        TABLE,
+        (
+            *extra,
+            nft.Chain("services", tuple(rules)),
+            nft.Chain("no_endpoints", tuple(rejects)),
+            nft.Chain("postrouting", tuple(hairpin), NAT_POSTROUTING),
+            nft.Chain("prerouting", prerouting, NAT_PREROUTING),
+            nft.Chain("output", (to_services,), NAT_OUTPUT),
+            nft.Chain("forward", (to_no_endpoints, *spoof), FILTER_FORWARD),
+            nft.Chain("local_in", spoof, FILTER_INPUT),
+            nft.Chain("local_out", (to_no_endpoints,), FILTER_OUTPUT),
+        ),
     )

@@ -16,15 +16,13 @@ internet router never holds or sees a private address.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from crossmesh.drivers.lab import firewall
-from crossmesh.drivers.lab.firewall import NFT_COMMENT_MAX
-from crossmesh.drivers.lab.servicenat import services_nft
+from crossmesh import nft
+from crossmesh.drivers.lab import firewall, servicenat
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, RouteVia
 from crossmesh.plan.prerequisites import SitePrerequisites
 from crossmesh.plan.prerequisites import derive as derive_prerequisites
@@ -86,7 +84,7 @@ class Namespace:
     routes: tuple[Route, ...] = ()
     neighbours: tuple[Neighbour, ...] = ()
     sysctls: tuple[tuple[str, str], ...] = ()
-    nft: str | None = None
+    nft: nft.Table | None = None  # serialised by `nft.render`
     owner: str = ""  # node or pod ref / site name this namespace stands for
 
 
@@ -366,57 +364,57 @@ def build(
     )
 
 
-def _private_set() -> str:
-    return ", ".join(str(n) for n in PRIVATE_RANGES)
+F = nft.Field
+PRIVATE = nft.AnonSet(PRIVATE_RANGES)
+ESTABLISHED = nft.Match(F.CT_STATE, (nft.CtState.ESTABLISHED, nft.CtState.RELATED))
+DROP = (nft.Counter(), nft.Verdict.DROP)
 
 
-def _inet_nft() -> str:
+def _inet_nft() -> nft.Table:
     # The internet drops anything from or to a private address: a leak shows up as a
     # counter here and is never forwarded.
-    return (
-        "table ip crossmesh {\n"
-        "  chain forward {\n"
-        "    type filter hook forward priority 0; policy accept;\n"
-        f'    ip saddr {{ {_private_set()} }} counter drop comment "private-source"\n'
-        f'    ip daddr {{ {_private_set()} }} counter drop comment "private-destination"\n'
-        "  }\n"
-        "}\n"
+    forward = (
+        nft.Rule((nft.Match(F.IP_SADDR, PRIVATE), *DROP), "private-source"),
+        nft.Rule((nft.Match(F.IP_DADDR, PRIVATE), *DROP), "private-destination"),
     )
+    return nft.Table(servicenat.TABLE, (nft.Chain("forward", forward, servicenat.FILTER_FORWARD),))
 
 
 def _router_nft(
     wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan], prereq: SitePrerequisites | None
-) -> str:
+) -> nft.Table:
     """The cloud's NAT — 1:1 for nodes with a public address, source NAT for the others — and its
     stateful inbound firewall: from the internet only answers and what a prerequisite allows."""
+    from_wan, to_wan = nft.Match(F.IIFNAME, wan_if), nft.Match(F.OIFNAME, wan_if)
     dnat = []
     snat = []
     for n in site_nodes:
         if n.public_address is not None:
-            dnat.append(f'    iifname "{wan_if}" ip daddr {n.public_address} dnat to {n.address}\n')
-            snat.append(f'    oifname "{wan_if}" ip saddr {n.address} snat to {n.public_address}\n')
-    return (
-        "table ip crossmesh {\n"
-        "  chain prerouting {\n"
-        "    type nat hook prerouting priority dstnat; policy accept;\n" + "".join(dnat) + "  }\n"
-        "  chain postrouting {\n"
-        "    type nat hook postrouting priority srcnat; policy accept;\n"
-        + "".join(snat)
-        + f'    oifname "{wan_if}" ip saddr {{ {_private_set()} }} snat to {wan_addr}\n'
-        "  }\n"
-        "  chain forward {\n"
-        "    type filter hook forward priority 0; policy accept;\n"
-        f'    oifname "{wan_if}" ip daddr {{ {_private_set()} }} counter drop comment "no-private-to-internet"\n'
-        f'    iifname "{wan_if}" ct state established,related accept\n'
-        + firewall.inbound_accepts(wan_if, prereq)
-        + f'    iifname "{wan_if}" counter drop comment "unsolicited-from-internet"\n'
-        "  }\n"
-        "  chain input {\n"
-        "    type filter hook input priority 0; policy accept;\n"
-        f'    iifname "{wan_if}" ct state established,related accept\n'
-        f'    iifname "{wan_if}" counter drop comment "unsolicited-to-router"\n'
-        "  }\n"
-        "}\n"
+            dnat.append(
+                nft.Rule((from_wan, nft.Match(F.IP_DADDR, n.public_address), nft.Nat(nft.NatKind.DNAT, n.address)))
+            )
+            snat.append(
+                nft.Rule((to_wan, nft.Match(F.IP_SADDR, n.address), nft.Nat(nft.NatKind.SNAT, n.public_address)))
+            )
+    snat.append(nft.Rule((to_wan, nft.Match(F.IP_SADDR, PRIVATE), nft.Nat(nft.NatKind.SNAT, wan_addr))))
+    forward = (
+        nft.Rule((to_wan, nft.Match(F.IP_DADDR, PRIVATE), *DROP), "no-private-to-internet"),
+        nft.Rule((from_wan, ESTABLISHED, nft.Verdict.ACCEPT)),
+        *firewall.inbound_accepts(wan_if, prereq),
+        nft.Rule((from_wan, *DROP), "unsolicited-from-internet"),
+    )
+    local_in = (
+        nft.Rule((from_wan, ESTABLISHED, nft.Verdict.ACCEPT)),
+        nft.Rule((from_wan, *DROP), "unsolicited-to-router"),
+    )
+    return nft.Table(
+        servicenat.TABLE,
+        (
+            nft.Chain("prerouting", tuple(dnat), servicenat.NAT_PREROUTING),
+            nft.Chain("postrouting", tuple(snat), servicenat.NAT_POSTROUTING),
+            nft.Chain("forward", forward, servicenat.FILTER_FORWARD),
+            nft.Chain("input", local_in, servicenat.FILTER_INPUT),
+        ),
     )
 
 
@@ -424,13 +422,9 @@ def spoof_comment(pod: PodPlan) -> str:
     """The comment of a pod's anti-spoofing rule, which `crossmesh test` reads its counter by.
 
     Kubernetes allows a 253-character pod name in a 63-character namespace, so a pod's reference
-    can pass nftables' limit: then it is cut and ends in a digest of the whole (12 hex digits of
-    SHA-256), so two long names that share their first 115 characters still differ."""
-    text = f"anti-spoofing {pod.ref}"
-    if len(text) <= NFT_COMMENT_MAX:
-        return text
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return f"{text[: NFT_COMMENT_MAX - len(digest) - 1]}~{digest}"
+    can pass nftables' limit: `nft.comment` then cuts it and ends it in a digest of the whole, so
+    two long names that share their first 115 characters still differ."""
+    return nft.comment(f"anti-spoofing {pod.ref}")
 
 
 def node_nft(  # noqa: PLR0913 - the parts of a node's table
@@ -441,15 +435,18 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
     unhealthy: frozenset[str],
     prefix: str,
     policy: PolicyIndex | None,
-) -> str:
-    """The node's table: ClusterIP and NodePort DNAT (`servicenat.services_nft`), anti-spoofing — a pod may send
-    only from its own address, as Cilium enforces per endpoint — and network policy."""
-    spoof = "".join(
-        f'    iifname "{prefix}-v{j}" ip saddr != {p.address} counter drop comment "{spoof_comment(p)}"\n'
+) -> nft.Table:
+    """The node's table: ClusterIP and NodePort DNAT (`servicenat.services_table`), anti-spoofing — a pod may
+    send only from its own address, as Cilium enforces per endpoint — and network policy."""
+    spoof = tuple(
+        nft.Rule(
+            (nft.Match(F.IIFNAME, f"{prefix}-v{j}"), nft.Match(F.IP_SADDR, p.address, negate=True), *DROP),
+            spoof_comment(p),
+        )
         for j, p in local_pods
     )
-    extra = ""
-    l7_rule = ""
+    extra: tuple[nft.Item, ...] = ()
+    l7_rule = None
     if policy is not None:
         addresses = {
             n.name: (n.address, n.pod_cidr.network_address + 1) + ((n.tunnel.address,) if n.tunnel else ())
@@ -457,12 +454,16 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
         }
         compiled = compile_policy.compile_node(policy, node.name, addresses)
         if compiled.active:
-            extra = compile_policy.nft_sets(compiled) + compile_policy.nft_chains(
-                [f"{prefix}-v{j}" for j, _ in local_pods], [p.address for _, p in local_pods]
+            extra = (
+                *compile_policy.nft_sets(compiled),
+                *compile_policy.nft_chains(
+                    [f"{prefix}-v{j}" for j, _ in local_pods], [p.address for _, p in local_pods]
+                ),
             )
-            spoof += "    jump netpol\n"
+            spoof += (nft.Rule((nft.Jump("netpol"),)),)
             l7_set, l7_rule = compile_policy.nft_l7(compiled)
-            extra += l7_set
-    return services_nft(
+            if l7_set is not None:
+                extra += (l7_set,)
+    return servicenat.services_table(
         plan, node.cluster, [p for _, p in local_pods], node_side, unhealthy, spoof, extra, l7_rule, node=node
     )
