@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import yaml
@@ -91,6 +92,11 @@ def main() -> None:
                 lab.mesh.write_text(base)
                 leaves.append(timed_apply(lab.mesh, lab.name, lab.tag))
                 log(f"join {j}: converged {joins[-1]:.2f} s after apply; leave {leaves[-1]:.2f} s")
+                if joins[-1] > 20:  # say where the time went
+                    logs = labs.LAB_ROOT / f"cm-{lab.tag}" / "logs"
+                    for name in ("provisioner.log", f"agent-late-{j}.log"):
+                        with suppress(OSError):
+                            log(f"{name}:\n" + "\n".join((logs / name).read_text().splitlines()[-25:]))
     result = {
         "nodes_after_join": args.nodes,
         "join_p50_s": round(pct(joins, 50), 2),
