@@ -19,7 +19,7 @@ from crossmesh.drivers.lab.wireguard import DeviceConf, PeerConf
 
 AGENT_ROUTE_PROTO = 100  # the lab's own routes use 99; these belong to the agent
 
-PeerStats = dict[str, tuple[int, int, int, str | None]]  # public key → (handshake, rx, tx, endpoint)
+PeerStats = dict[str, wireguard.PeerStats]  # public key → (handshake, rx, tx, endpoint)
 
 
 class Dataplane(Protocol):

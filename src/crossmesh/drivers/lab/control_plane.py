@@ -253,7 +253,7 @@ def rotate_keys(state: LabState, nodes: list[str]) -> dict[str, str]:
     return keys
 
 
-def _device_peers(state: LabState) -> dict[str, dict[str, tuple[int, int, int, str | None]]]:
+def _device_peers(state: LabState) -> dict[str, dict[str, wireguard.PeerStats]]:
     """Each running WireGuard device of the lab → its peers' (latest handshake, rx, tx, endpoint)."""
     out = {}
     for ifname in state.wireguard:

@@ -332,9 +332,7 @@ def _reconcile_namespaces(specs: list[Namespace], wg_names: tuple[str, ...]) -> 
     return changes
 
 
-def tunnel_status(
-    topo: LabTopology, skip: frozenset[str] = frozenset()
-) -> dict[str, dict[str, tuple[int, int, int, str | None]]]:
+def tunnel_status(topo: LabTopology, skip: frozenset[str] = frozenset()) -> dict[str, dict[str, wireguard.PeerStats]]:
     """Each node's tunnel peers → (latest handshake, rx, tx, endpoint); nodes in `skip` are not read."""
     out = {}
     for dev in topo.wireguard:

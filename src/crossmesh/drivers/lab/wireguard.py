@@ -26,6 +26,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from crossmesh.drivers.lab import netns
 from crossmesh.state.keys import is_valid_key, public_key
@@ -85,21 +86,30 @@ def parse_setconf(text: str) -> DeviceConf:
     return DeviceConf(private_key, port, peers)
 
 
-def parse_dump(text: str) -> tuple[DeviceConf, dict[str, tuple[int, int, int, str | None]]]:
-    """`wg show DEV dump` → configuration and, per peer, (latest handshake, rx, tx, endpoint)."""
+class PeerStats(NamedTuple):
+    """What a device says of one peer: typed, and still the (handshake, rx, tx, endpoint) tuple."""
+
+    handshake: int  # latest handshake, unix seconds (0: never)
+    rx: int  # bytes received from the peer
+    tx: int  # bytes sent to it
+    endpoint: str | None  # where it was last heard from
+
+
+def parse_dump(text: str) -> tuple[DeviceConf, dict[str, PeerStats]]:
+    """`wg show DEV dump` → configuration and, per peer, its statistics."""
     lines = text.strip().splitlines()
     if not lines:
         raise ValueError("empty wg dump")
     head = lines[0].split("\t")
     peers: dict[str, PeerConf] = {}
-    stats: dict[str, tuple[int, int, int, str | None]] = {}
+    stats: dict[str, PeerStats] = {}
     for line in lines[1:]:
         f = line.split("\t")
         endpoint = None if f[2] == "(none)" else f[2]
         allowed = tuple(sorted(a for a in f[3].split(",") if a and a != "(none)"))
         keepalive = 0 if f[7] == "off" else int(f[7])
         peers[f[0]] = PeerConf(f[0], endpoint, allowed, keepalive)
-        stats[f[0]] = (int(f[4]), int(f[5]), int(f[6]), endpoint)
+        stats[f[0]] = PeerStats(int(f[4]), int(f[5]), int(f[6]), endpoint)
     return DeviceConf(head[0], int(head[2]), peers), stats
 
 
@@ -159,7 +169,7 @@ def _uapi(ifname: str, request: str) -> str | None:
     return "\n".join(lines[:-1])
 
 
-def peer_stats(ifname: str) -> dict[str, tuple[int, int, int, str | None]] | None:
+def peer_stats(ifname: str) -> dict[str, PeerStats] | None:
     """Each peer's public key → (latest handshake, rx bytes, tx bytes, endpoint), read cheaply
     (no private key, no reformatting: the lab polls every device while it waits for handshakes);
     None when the device does not answer."""
@@ -169,7 +179,7 @@ def peer_stats(ifname: str) -> dict[str, tuple[int, int, int, str | None]] | Non
     reply = _uapi(ifname, "get=1\n\n")
     if reply is None:
         return None
-    out: dict[str, tuple[int, int, int, str | None]] = {}
+    out: dict[str, PeerStats] = {}
     key, fields = "", {"last_handshake_time_sec": "0", "rx_bytes": "0", "tx_bytes": "0"}
     endpoint: str | None = None
     for line in [*reply.splitlines(), "public_key="]:
@@ -177,7 +187,7 @@ def peer_stats(ifname: str) -> dict[str, tuple[int, int, int, str | None]] | Non
         if name == "public_key":
             if key:
                 hs, rx, tx = (int(fields[k]) for k in ("last_handshake_time_sec", "rx_bytes", "tx_bytes"))
-                out[_b64(key)] = (hs, rx, tx, endpoint)
+                out[_b64(key)] = PeerStats(hs, rx, tx, endpoint)
             key, endpoint = value, None
             fields = {"last_handshake_time_sec": "0", "rx_bytes": "0", "tx_bytes": "0"}
         elif name == "endpoint":
