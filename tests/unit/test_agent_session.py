@@ -22,6 +22,7 @@ from crossmesh.agent import daemon, dataplane, intents, records
 from crossmesh.agent.config import AgentConfig
 from crossmesh.agent.daemon import Agent
 from crossmesh.cli.agent import Where, etcd_fed_config
+from crossmesh.drivers.lab.wireguard import DeviceConf
 from crossmesh.errors import UsageError
 from crossmesh.kv.api import Kv
 from crossmesh.kv.layout import Layout
@@ -623,6 +624,48 @@ def test_a_rotation_that_cannot_write_the_key_is_tried_again_later(mesh: Mesh) -
         clock.now += daemon.ROTATE_RETRY
         await until(lambda: a.key_version == 2)  # the maintenance loop lived through it
         await until(_published(mesh, a))
+        await stopped(a, task)
+
+    run(body)
+
+
+def _status_says_ok(mesh: Mesh) -> Callable[[], Awaitable[intents.NodeStatus | None]]:
+    async def check() -> intents.NodeStatus | None:
+        status = await mesh.status()
+        return status if status is not None and status.ok else None
+
+    return check
+
+
+def test_a_device_that_cannot_start_yet_does_not_end_the_agent(mesh: Mesh) -> None:
+    """A joining node's agent starts before its namespace exists: starting the device fails at
+    first; the agent keeps running, retries, and joins once the device can start."""
+
+    class NotYet(dataplane.Fake):
+        failures = 3
+
+        def start(self) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("Cannot open network namespace: No such file or directory")
+            super().start()
+
+        def reconcile(self, desired: DeviceConf) -> list[str]:
+            if not self.alive:  # as the control socket of a device that does not run
+                raise RuntimeError(f"no control socket for {self.ifname}")
+            return super().reconcile(desired)
+
+    async def body() -> None:
+        await mesh.put_intents(ME, AZURE, GCP)
+        await mesh.put_records(AZURE, GCP)
+        a, _ = mesh.agent()
+        fake = NotYet(alive=False)
+        a.dp = fake
+        task = asyncio.create_task(a.run())
+        await until(lambda: fake.starts == 1 and len(peers_of(fake)) == 2)
+        assert fake.failures == 0 and not task.done()
+        status = await until(_status_says_ok(mesh))
+        assert status.peers == 2 and (await mesh.record()) is not None
         await stopped(a, task)
 
     run(body)

@@ -152,7 +152,10 @@ class Agent:
         # Netlink (pyroute2) runs its own event loop: device and route work happens on a thread.
         # The device keeps what it has until etcd has been read: an agent restarted while etcd is
         # down must not empty it.
-        await asyncio.to_thread(self._check_device)
+        try:
+            await asyncio.to_thread(self._check_device)
+        except Exception as err:  # noqa: BLE001 - its namespace not built yet (a join): maintain retries
+            log(f"cannot start {self.ifname} yet ({err}); retrying every {TICK} s")
         await self.serve()
         os.close(lock)
 
