@@ -297,7 +297,7 @@ def rotation(lab: Lab, trials: int, nodes: list[str], at_once: bool = False) -> 
     runs = []
     for _ in range(trials):
         wait(lambda: converged(lab), 20, "agents converged")
-        stream = UdpStream(st.pods[CLIENT]["namespace"], st.pods[SERVER]["address"], 5353)
+        stream = UdpStream(st.pods[CLIENT].namespace, str(st.pods[SERVER].address), 5353)
         try:
             time.sleep(1.0)
             asked = time.time()
@@ -409,7 +409,7 @@ def add_node(tmp: Path, size: int, joins: int) -> dict[str, Any]:
             s = (size - 1 + j) % len(SITES)
             site, provider, prefix = SITES[s]
             name = f"{provider}-join{j + 1}"
-            holders = [ifn for ifn, d in st.wireguard.items() if node_record(st, d["node"])["site"] != site]
+            holders = [ifn for ifn, d in st.wireguard.items() if node_record(st, d.node)["site"] != site]
             keyfile = Path(st.state_dir) / "keys" / f"{name}.key"
             t0, wall0 = time.monotonic(), time.time()
             proc = subprocess.Popen(
@@ -498,7 +498,7 @@ class JoinWatch(threading.Thread):
         super().__init__(daemon=True)
         self.name_, self.t0, self.gone = name, t0, gone
         self.keyfile = Path(st.state_dir) / "keys" / f"{name}.key"
-        self.pending = {ifn: d["node"] for ifn, d in st.wireguard.items() if sites.get(d["node"]) != site}
+        self.pending = {ifn: d.node for ifn, d in st.wireguard.items() if sites.get(d.node) != site}
         self.peers = len(self.pending)
         self.done: dict[str, float] = {}
         self.outcome = "pending"
@@ -721,7 +721,7 @@ def churn_records(tmp: Path, size: int, seconds: float, rest: float, keep: int =
     with running(lab, "--agents"):
         st, sites, agents, pids = settled_lab(lab)
         prefix = agent_config(st, next(iter(st.nodes)))["prefix"]
-        devices = {d["node"]: ifn for ifn, d in st.wireguard.items()}
+        devices = {d.node: ifn for ifn, d in st.wireguard.items()}
         # A real join is planned by the operator: each synthetic node gets an intent like a real one's.
         template = intents.decode_intent(
             etcdctl(lab.tag, "get", prefix.replace("/nodes/", "/intents/") + next(iter(st.nodes)), "--print-value-only")

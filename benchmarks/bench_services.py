@@ -264,7 +264,7 @@ def failover(trials: int) -> dict[str, Any]:
         port = svc.ports[0][0]
         pods = {p.ref: p for p in plan.pods()}
         local_key = servicenat.backend_key(LOCAL_BACKEND, str(pods[LOCAL_BACKEND].address), 8080)
-        client_ns = state.pods[CLIENT_POD]["namespace"]
+        client_ns = state.pods[CLIENT_POD].namespace
         health = plan.health
         log(
             f"failover: client {CLIENT_POD} ({client_ns}) → {svc.ref} {svc.cluster_ip}:{port}; health: "

@@ -111,7 +111,7 @@ def state(tag: str) -> labs.LabState:
 
 
 def ifname(st: labs.LabState, node: str) -> str:
-    return next(i for i, d in st.wireguard.items() if d["node"] == node)
+    return next(i for i, d in st.wireguard.items() if d.node == node)
 
 
 def peers(dev: str) -> list[str]:
@@ -149,7 +149,7 @@ def node_record(st: labs.LabState, node: str) -> dict[str, Any]:
 
 def udp_echo(st: labs.LabState, src: str, dst: str, port: int = 5353, timeout: float = 0.2) -> bool:
     """One datagram from pod `src` to pod `dst`'s echo port: did it come back?"""
-    address = st.pods[dst]["address"]
+    address = str(st.pods[dst].address)
 
     def probe() -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -160,11 +160,11 @@ def udp_echo(st: labs.LabState, src: str, dst: str, port: int = 5353, timeout: f
             except OSError:
                 return False
 
-    return netns.run_in(st.pods[src]["namespace"], probe)
+    return netns.run_in(st.pods[src].namespace, probe)
 
 
 def http_ok(st: labs.LabState, src: str, dst: str, port: int, timeout: float = 0.5) -> bool:
-    address = st.pods[dst]["address"]
+    address = str(st.pods[dst].address)
 
     def probe() -> bool:
         try:
@@ -175,7 +175,7 @@ def http_ok(st: labs.LabState, src: str, dst: str, port: int, timeout: float = 0
         except OSError:
             return False
 
-    return netns.run_in(st.pods[src]["namespace"], probe)
+    return netns.run_in(st.pods[src].namespace, probe)
 
 
 def until(check: Callable[[], T], timeout: float, interval: float = 0.02) -> tuple[T, float]:
@@ -286,7 +286,7 @@ def cut_off(  # noqa: PLR0913 - what the fault needs: where, how long, the strea
     mesh = st.mesh
     client, server = stream
     others = tuple(n for n in nodes if n != node)
-    udp = UdpStream(st.pods[client]["namespace"], st.pods[server]["address"], 5353)
+    udp = UdpStream(st.pods[client].namespace, str(st.pods[server].address), 5353)
     try:
         time.sleep(1.0)
         cutting = time.time()

@@ -456,7 +456,7 @@ def test_rotate_keys_under_udp_stream(lab: Lab) -> None:
     st = state(lab.tag)
     old = {n: public_key(st, n) for n in NODES}
     versions = {n: labs.agent_status(st, n)["keyVersion"] for n in NODES}
-    stream = UdpStream(st.pods[CLIENT]["namespace"], st.pods[SERVER]["address"], 5353)
+    stream = UdpStream(st.pods[CLIENT].namespace, str(st.pods[SERVER].address), 5353)
     try:
         time.sleep(1.0)
         asked = time.time()
@@ -510,7 +510,7 @@ def test_site_cut_off_and_healed(lab: Lab) -> None:
     for REJECT_AFTER_TIME (180 s), and the first datagram after the routes are back is answered.
     """
     st = state(lab.tag)
-    site, node = "azure-we", st.pods[SERVER]["node"]  # the server's site
+    site, node = "azure-we", st.pods[SERVER].node  # the server's site
     assert node == "azure-talos-1" and traffic(st)
     probes = []
 

@@ -50,7 +50,7 @@ def test_agents_rotate_their_keys_on_schedule_under_a_udp_stream(tmp_path: Path)
         assert len(set(periods.values())) == len(NODES), "two nodes share a period"
         old = {n: public_key(st, n) for n in NODES}
 
-        with UdpStream(st.pods[CLIENT]["namespace"], st.pods[SERVER]["address"], 5353) as stream:
+        with UdpStream(st.pods[CLIENT].namespace, str(st.pods[SERVER].address), 5353) as stream:
             rotated: dict[str, float] = {}
 
             def all_rotated() -> bool:

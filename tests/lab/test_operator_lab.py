@@ -68,7 +68,7 @@ def test_apply_of_an_added_node_converges_the_running_lab(lab: Lab) -> None:
     assert "azure-talos-2" in st.nodes
     key = public_key(st, "azure-talos-2")
     for other in ("aws-talos-1", "gcp-talos-1"):  # other sites peer with it; its own site does not
-        assert key in peers(next(i for i, d in st.wireguard.items() if d["node"] == other))
+        assert key in peers(next(i for i, d in st.wireguard.items() if d.node == other))
     # Applying the same file again makes no revision and changes nothing.
     again = crossmesh("apply", str(lab.mesh), *_etcd_flags(lab), check=True)
     assert "unchanged" in again.stdout

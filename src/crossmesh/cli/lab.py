@@ -105,7 +105,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
         for n, ns in sorted(state.nodes.items())
     ]
     wg: list[dict[str, Any]] = [
-        {"device": ifname, "node": d["node"], "running": wireguard.is_running(ifname)}
+        {"device": ifname, "node": d.node, "running": wireguard.is_running(ifname)}
         for ifname, d in sorted(state.wireguard.items())
     ]
     agents_rows, members = _control_plane(state)
@@ -120,7 +120,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 "nodes": nodes,
                 "wireguard": wg,
                 "tunnels": rows,
-                "pods": state.pods,
+                "pods": labs.to_json(state.pods),
                 "agents": agents_rows,
                 "etcd": members,
                 "operator": operator,
@@ -184,7 +184,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
     for c in ("pod", "node", "address", "ports"):
         t.add_column(c, overflow="fold")
     for ref, p in sorted(state.pods.items()):
-        t.add_row(ref, p["node"], p["address"], ", ".join(f"{port}/{proto}" for port, proto in p["ports"]))
+        t.add_row(ref, p.node, str(p.address), ", ".join(f"{port}/{proto}" for port, proto in p.ports))
     out.print(t)
 
 
@@ -219,7 +219,7 @@ def _control_plane(state: labs.LabState) -> tuple[list[dict[str, Any]], list[dic
         return [], []
     now = time.time()
     rows = []
-    for n in sorted(d["node"] for d in state.wireguard.values()):
+    for n in sorted(d.node for d in state.wireguard.values()):
         st = labs.agent_status(state, n)
         rows.append(
             {
@@ -401,7 +401,7 @@ def rotate_keys(
     """Give nodes new WireGuard keys while the mesh runs (needs --agents): each agent makes a key
     on its node, publishes the public key through etcd, and the peers switch over."""
     state = labs.find_lab(mesh)
-    nodes = node or sorted(d["node"] for d in state.wireguard.values())
+    nodes = node or sorted(d.node for d in state.wireguard.values())
     started = time.monotonic()
     keys = labs.rotate_keys(state, nodes)
     for n, k in sorted(keys.items()):
@@ -423,11 +423,14 @@ def down(
     else:
         try:
             tag = labs.find_lab(mesh).tag
-        except UsageError:
+        except (UsageError, labs.LabError) as err:
             if mesh is None:
+                if isinstance(err, labs.LabError):
+                    raise
                 out.print("no lab is running; nothing to remove (`--all` sweeps leftovers of crashed labs)")
                 return
-            # No state (a `lab up` killed before it wrote any): sweep what carries this mesh's tag.
+            # No state (a `lab up` killed before it wrote any) or a damaged one: sweep what carries
+            # this mesh's tag.
             _, model, problems = load_mesh_model(mesh)
             if model is None:
                 raise SpecError(problems) from None

@@ -207,7 +207,7 @@ def crash_node(state: LabState, node: str) -> list[str]:
         os.kill(pid, signal.SIGKILL)
         done.append(f"agent {pid} killed")
     for ifname, entry in state.wireguard.items():
-        if entry["node"] == node:
+        if entry.node == node:
             for wpid in wireguard_pids(ifname):
                 os.kill(wpid, signal.SIGKILL)
                 done.append(f"wireguard-go {wpid} killed")

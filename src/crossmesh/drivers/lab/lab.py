@@ -36,7 +36,17 @@ from crossmesh.drivers.lab.operators import crash_leader
 from crossmesh.drivers.lab.pods import exec_argv, pod_key, set_killed
 from crossmesh.drivers.lab.processes import alive, wireguard_pids
 from crossmesh.drivers.lab.services import plan_services_view, resolv_conf
-from crossmesh.drivers.lab.state import LAB_ROOT, LabError, LabState, Progress, find_lab, running_labs
+from crossmesh.drivers.lab.state import (
+    LAB_ROOT,
+    DeviceEntry,
+    LabError,
+    LabState,
+    PodEntry,
+    Progress,
+    find_lab,
+    running_labs,
+    to_json,
+)
 from crossmesh.drivers.lab.teardown import down, leftovers
 from crossmesh.drivers.lab.up import (
     AGENT_HANDSHAKE_GRACE,
@@ -52,9 +62,11 @@ __all__ = [
     "AGENT_HANDSHAKE_GRACE",
     "HANDSHAKE_TIMEOUT",
     "LAB_ROOT",
+    "DeviceEntry",
     "REQUIRED",
     "LabError",
     "LabState",
+    "PodEntry",
     "Progress",
     "UpResult",
     "add_node",
@@ -81,6 +93,7 @@ __all__ = [
     "running_labs",
     "set_killed",
     "start_agent",
+    "to_json",
     "topology_of",
     "tunnel_status",
     "unhealthy_backends",

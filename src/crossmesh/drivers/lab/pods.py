@@ -15,13 +15,13 @@ from typing import Any
 
 from crossmesh.drivers.lab import netns
 from crossmesh.drivers.lab.processes import alive, stop_group
-from crossmesh.drivers.lab.state import LabError, LabState
+from crossmesh.drivers.lab.state import LabError, LabState, PodEntry
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.errors import UsageError
 
 
-def pod_key(pod: dict[str, Any]) -> str:
-    return f"{pod['cluster']}_{pod['podNamespace']}_{pod['name']}"
+def pod_key(pod: PodEntry) -> str:
+    return f"{pod.cluster}_{pod.pod_namespace}_{pod.name}"
 
 
 def start_workloads(state: LabState, topo: LabTopology) -> list[str]:
@@ -115,7 +115,7 @@ def set_killed(state: LabState, ref: str, killed: bool) -> bool:
         marker.touch()
     else:
         marker.unlink()
-    pid = state.workloads.get(pod["node"], 0)
+    pid = state.workloads.get(pod.node, 0)
     if alive(pid):
         os.kill(pid, signal.SIGUSR1)
     return True
@@ -126,4 +126,4 @@ def exec_argv(state: LabState, ref: str, argv: list[str]) -> list[str]:
     if pod is None:
         known = ", ".join(sorted(state.pods)[:8])
         raise UsageError(f"no pod {ref} in lab {state.mesh_name} — pods are CLUSTER/NAMESPACE/POD, e.g. {known}")
-    return netns.exec_argv(pod["namespace"], argv)
+    return netns.exec_argv(pod.namespace, argv)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from crossmesh.drivers import etcd
-from crossmesh.drivers.lab.state import LabState, lab_lock
+from crossmesh.drivers.lab.state import LabError, LabState, lab_lock
 from crossmesh.drivers.lab.up import up
 from crossmesh.errors import CrossmeshError
 from crossmesh.kv.api import KvError
@@ -54,7 +54,11 @@ async def follow(lab_dir: Path) -> None:
     tag = lab_dir.name.removeprefix("cm-")
     me = etcd.identity(etcd.pki_dir(lab_dir), ADMIN_USER)
     while True:
-        state = LabState.load(tag)
+        try:
+            state = LabState.load(tag)
+        except LabError as err:
+            log(f"cannot follow the lab: {err}")
+            return
         if state is None:
             return  # the lab is gone
         layout = Layout(state.mesh_name)
@@ -96,7 +100,11 @@ def _consider(tag: str, raw: bytes) -> None:
         log(f"the applied revision is unreadable: {err}")
         return
     with lab_lock(tag):  # a `lab up` under way may be building this very revision: wait for it
-        state = LabState.load(tag)
+        try:
+            state = LabState.load(tag)
+        except LabError as err:
+            log(f"revision {wanted.revision} cannot be built: {err}")
+            return
     if state is None or state.built_digest == wanted.digest:
         return
     build(state, wanted)

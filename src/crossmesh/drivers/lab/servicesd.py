@@ -31,7 +31,7 @@ from crossmesh.drivers.lab import netns, operators, reconcile, servicenat, topol
 from crossmesh.drivers.lab.control_plane import agent_dir, agent_running, start_agent
 from crossmesh.drivers.lab.desired import policy_index, topology_of
 from crossmesh.drivers.lab.dns import dns_answer, dns_records, headless_records, ready
-from crossmesh.drivers.lab.state import LabState
+from crossmesh.drivers.lab.state import LabError, LabState
 from crossmesh.model.plan import Plan
 from crossmesh.policy.compile import L7_PROXY_PORT
 from crossmesh.policy.endpoints import world_endpoint
@@ -331,7 +331,11 @@ def main(argv: list[str]) -> int:
         print("usage: python -m crossmesh.drivers.lab.servicesd LAB_DIR", file=sys.stderr)
         return 2
     tag = Path(argv[0]).name.removeprefix("cm-")
-    state = LabState.load(tag)
+    try:
+        state = LabState.load(tag)
+    except LabError as err:
+        print(err, file=sys.stderr)
+        return 2
     if state is None:
         print(f"no lab state in {argv[0]}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ every pod answers."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -20,7 +21,16 @@ from crossmesh.drivers.lab.desired import namespace_digest, policy_index, unheal
 from crossmesh.drivers.lab.pods import pod_key, start_workloads, wait_pods
 from crossmesh.drivers.lab.processes import wireguard_pids
 from crossmesh.drivers.lab.services import start_services
-from crossmesh.drivers.lab.state import LabError, LabState, Progress, lab_lock, quiet, running_labs
+from crossmesh.drivers.lab.state import (
+    DeviceEntry,
+    LabError,
+    LabState,
+    PodEntry,
+    Progress,
+    lab_lock,
+    quiet,
+    running_labs,
+)
 from crossmesh.drivers.lab.teardown import collect_garbage, down
 from crossmesh.drivers.lab.topology import LabTopology, Namespace
 from crossmesh.errors import EnvironmentProblem, UsageError
@@ -178,20 +188,20 @@ def _record(state: LabState, topo: LabTopology) -> None:
     state.sites = dict(topo.site_ns)
     state.inet = f"{topo.prefix}-inet"
     state.pods = {
-        ep.pod.ref: {
-            "namespace": ep.namespace,
-            "node": ep.pod.node,
-            "nodeNamespace": ep.node_namespace,
-            "address": str(ep.pod.address),
-            "ports": [[p, proto] for p, proto, _ in ep.pod.ports],
-            "cluster": ep.pod.cluster,
-            "podNamespace": ep.pod.namespace,
-            "name": ep.pod.name,
-        }
+        ep.pod.ref: PodEntry(
+            namespace=ep.namespace,
+            node=ep.pod.node,
+            node_namespace=ep.node_namespace,
+            address=ep.pod.address,
+            ports=tuple((p, proto) for p, proto, _ in ep.pod.ports),
+            cluster=ep.pod.cluster,
+            pod_namespace=ep.pod.namespace,
+            name=ep.pod.name,
+        )
         for ep in topo.pods
     }
     for dev in topo.wireguard:
-        state.wireguard.setdefault(dev.ifname, {"namespace": dev.namespace, "node": dev.node, "pid": 0})
+        state.wireguard.setdefault(dev.ifname, DeviceEntry(namespace=dev.namespace, node=dev.node))
 
 
 def _build(
@@ -265,7 +275,6 @@ def _build(
         conf = conf_dir / f"{dev.ifname}.conf"  # wg-quick wants an interface name
         if wg_quick is not None:
             _write_private(conf, wg_quick.content)
-        entry = state.wireguard[dev.ifname]
         if wireguard.is_running(dev.ifname) and not _has_link(dev.namespace, dev.ifname):
             # A wireguard-go that answers but whose device is not in the node's namespace: left
             # by an earlier lab of the same tag whose namespace is gone. It goes.
@@ -274,7 +283,8 @@ def _build(
                     os.kill(stray, signal.SIGKILL)
             changes.append(f"stray wireguard-go for {dev.ifname} stopped")
         if not wireguard.is_running(dev.ifname):
-            entry["pid"] = wireguard.start(dev.namespace, dev.ifname, state.dir / "logs" / f"{dev.ifname}.log")
+            pid = wireguard.start(dev.namespace, dev.ifname, state.dir / "logs" / f"{dev.ifname}.log")
+            state.wireguard[dev.ifname] = dataclasses.replace(state.wireguard[dev.ifname], pid=pid)
             changes.append(f"{dev.namespace}: wireguard-go {dev.ifname} started")
             started.add(dev.namespace)
             state.save()
