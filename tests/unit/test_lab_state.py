@@ -164,3 +164,20 @@ def test_a_lab_json_that_is_not_json_is_refused_naming_the_file(tmp_path: Path) 
     path.write_text(_text(_damaged(("status",), ["up"])))
     with pytest.raises(LabError, match=rf"{path}: status: expected a string"):
         LabState.read(path)
+
+
+def test_a_damaged_lab_does_not_hide_the_others_and_is_named_when_it_is_the_one_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crossmesh.drivers.lab import state as lab_state
+
+    monkeypatch.setattr(lab_state, "LAB_ROOT", tmp_path)
+    good = {**BEFORE, "tag": "abcd", "mesh": str(tmp_path / "good.yaml")}
+    (tmp_path / "cm-abcd").mkdir()
+    (tmp_path / "cm-abcd" / "lab.json").write_text(_text(good))
+    (tmp_path / "cm-dead").mkdir()
+    (tmp_path / "cm-dead" / "lab.json").write_text(_text({**BEFORE, "tag": "dead", "pods": {"x": 1}}))
+    assert [s.tag for s in lab_state.running_labs()] == ["abcd"]
+    assert lab_state.find_lab(tmp_path / "good.yaml").tag == "abcd"
+    with pytest.raises(LabError, match=r"cm-dead/lab.json: pods"):
+        lab_state.find_lab(tmp_path / "other.yaml")

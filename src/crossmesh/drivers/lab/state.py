@@ -229,25 +229,39 @@ _NAMES: dict[Any, str] = {str: "a string", int: "an integer", float: "a number"}
 
 
 def running_labs() -> list[LabState]:
+    """Every lab whose state file reads; a damaged one is left out (it does not stop the others)."""
+    return _scan()[0]
+
+
+def _scan() -> tuple[list[LabState], list[LabError]]:
     if not LAB_ROOT.is_dir():
-        return []
-    out = []
-    for d in sorted(LAB_ROOT.glob("cm-*")):
-        state = LabState.load(d.name[3:])
+        return [], []
+    out, damaged = [], []
+    for d in sorted(p for p in LAB_ROOT.glob("cm-*") if p.is_dir()):
+        try:
+            state = LabState.load(d.name[3:])
+        except LabError as err:
+            damaged.append(err)
+            continue
         if state is not None:
             out.append(state)
-    return out
+    return out, damaged
 
 
 def find_lab(mesh: Path | None) -> LabState:
-    """The lab of `mesh`, or the only running lab when no mesh is given."""
-    labs = running_labs()
+    """The lab of `mesh`, or the only running lab when no mesh is given. When none is found and a
+    lab's state file is damaged, that is what is said (naming the file and the field)."""
+    labs, damaged = _scan()
     if mesh is not None:
         target = str(mesh.resolve())
         for lab in labs:
             if lab.mesh == target:
                 return lab
+        if damaged:
+            raise damaged[0]
         raise UsageError(f"no lab is running for {mesh} — start it with `crossmesh lab up {mesh}`")
+    if not labs and damaged:
+        raise damaged[0]
     if not labs:
         raise UsageError("no lab is running — start one with `crossmesh lab up MESH`")
     if len(labs) > 1:
