@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 
+from crossmesh.model.mesh import Cni, Distribution, Probe, Provider, Topology
+
 WIREGUARD_OVERHEAD = 80  # IPv6 outer header 40 + UDP 8 + WireGuard 32: safe whatever the underlay family
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 VXLAN_PORT = 8472  # Linux/Flannel/Cilium default, not IANA's 4789
@@ -174,7 +176,7 @@ class NodePlan:
 @dataclass(frozen=True, slots=True)
 class SitePlan:
     name: str
-    provider: str
+    provider: Provider
     region: str
     network: IPv4Network
     mtu: int
@@ -214,8 +216,8 @@ class Datapath:
 class ClusterPlan:
     name: str
     id: int
-    distribution: str
-    cni: str
+    distribution: Distribution
+    cni: Cni
     pod_cidr: IPv4Network
     service_cidr: IPv4Network
     nodes: tuple[str, ...]
@@ -227,7 +229,7 @@ class ClusterPlan:
 
 @dataclass(frozen=True, slots=True)
 class HealthPlan:
-    probe: str
+    probe: Probe
     path: str
     interval_ms: int
     timeout_ms: int
@@ -238,13 +240,13 @@ class HealthPlan:
 @dataclass(frozen=True, slots=True)
 class Plan:
     mesh: str
-    topology: str
+    topology: Topology
     trust_domain: str
     listen_port: int
     sites: tuple[SitePlan, ...]
     clusters: tuple[ClusterPlan, ...]
     nodes: tuple[NodePlan, ...]
-    health: HealthPlan = HealthPlan("tcp", "/", 200, 500, 2, 1)
+    health: HealthPlan = HealthPlan(Probe.TCP, "/", 200, 500, 2, 1)
 
     def node(self, name: str) -> NodePlan:
         for n in self.nodes:

@@ -38,5 +38,5 @@ def agents_unsupported(topology: str, mesh: str) -> str | None:
         return None
     return (
         f"the agents build full-mesh tunnels only; mesh {mesh} uses spec.wireguard.topology "
-        f"{topology!r}, whose peers they would get wrong"
+        f"{str(topology)!r}, whose peers they would get wrong"
     )

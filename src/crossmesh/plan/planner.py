@@ -335,17 +335,17 @@ def build_plan(
     hc = mesh.spec.health_check
     return Plan(
         mesh=mesh.metadata.name,
-        topology=mesh.spec.wireguard.topology.value,
+        topology=mesh.spec.wireguard.topology,
         trust_domain=mesh.spec.trust_domain,
         listen_port=mesh.spec.wireguard.listen_port,
         sites=tuple(
-            SitePlan(s.name, s.provider.value, s.region, s.network, s.mtu)
+            SitePlan(s.name, s.provider, s.region, s.network, s.mtu)
             for s in sorted(mesh.spec.sites, key=lambda s: s.name)
         ),
         clusters=clusters,
         nodes=tuple(node_plans),
         health=HealthPlan(
-            probe=hc.probe.value,
+            probe=hc.probe,
             path=hc.path,
             interval_ms=hc.interval_ms,
             timeout_ms=hc.timeout_ms,
@@ -375,8 +375,8 @@ def cluster_plans(
             ClusterPlan(
                 name=c.name,
                 id=alloc.clusters[c.name].id,
-                distribution=c.distribution.value,
-                cni=c.cni.value,
+                distribution=c.distribution,
+                cni=c.cni,
                 pod_cidr=alloc.clusters[c.name].pod_cidr,
                 service_cidr=c.service_cidr,
                 nodes=tuple(sorted(names)),
