@@ -13,17 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+from crossmesh.kv import api as errors  # the store's errors, raised as etcd's client raises them
 from crossmesh.kv.api import (
     Compare,
     Delete,
     Entry,
     Event,
-    KvCompacted,
-    KvDenied,
-    KvError,
-    KvUnavailable,
     Lease,
-    LeaseExpired,
     Permission,
     Put,
     Role,
@@ -49,7 +45,7 @@ class MemoryStore:
         self.roles: dict[str, Role] = {}
         self.users: dict[str, set[str]] = {}
         self.auth = False
-        self.down = False  # every call raises KvUnavailable (a partition, a dead cluster)
+        self.down = False  # every call raises errors.KvUnavailable (a partition, a dead cluster)
 
     def client(self, user: str = "root") -> MemoryKv:
         return MemoryKv(self, user)
@@ -95,7 +91,7 @@ class MemoryStore:
 
     def _put(self, key: bytes, value: bytes, lease: int) -> Event:
         if lease and lease not in self.leases:
-            raise LeaseExpired(f"lease {lease:x} not found")
+            raise errors.LeaseExpired(f"lease {lease:x} not found")
         old = self.data.get(key)
         entry = Entry(
             key=key,
@@ -153,14 +149,16 @@ class MemoryKv:
     def _live(self) -> MemoryStore:
         s = self.store
         if s.down:
-            raise KvUnavailable("no etcd endpoint answers (the in-memory store is down)")
+            raise errors.KvUnavailable("no etcd endpoint answers (the in-memory store is down)")
         s.expire()
         return s
 
     def _check(self, key: bytes, end: bytes | None, kind: str) -> MemoryStore:
         s = self._live()
         if not s.allowed(self.user, key, end, kind):
-            raise KvDenied(f"etcdserver: permission denied ({self.user} may not {kind} {key.decode(errors='replace')})")
+            raise errors.KvDenied(
+                f"etcdserver: permission denied ({self.user} may not {kind} {key.decode(errors='replace')})"
+            )
         return s
 
     async def get(self, key: bytes) -> Entry | None:
@@ -191,7 +189,7 @@ class MemoryKv:
             return TxnResult(False, s.revision)
         puts = [op.key for op in success if isinstance(op, Put)]
         if len(puts) != len(set(puts)):
-            raise KvDenied("etcdserver: duplicate key given in txn request")
+            raise errors.KvDenied("etcdserver: duplicate key given in txn request")
         s.revision += 1
         events: list[Event] = []
         for op in success:
@@ -208,7 +206,7 @@ class MemoryKv:
     async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[list[Event]]:
         s = self._check(prefix, prefix_end(prefix), "read")
         if start_revision and start_revision <= s.compacted:
-            raise KvCompacted(f"required revision {start_revision} has been compacted ({s.compacted})")
+            raise errors.KvCompacted(f"required revision {start_revision} has been compacted ({s.compacted})")
         queue: asyncio.Queue[list[Event] | None] = asyncio.Queue()
         past = [e for r, e in s.history if r >= start_revision and e.entry.key.startswith(prefix)]
         if past:
@@ -219,7 +217,7 @@ class MemoryKv:
             while True:
                 batch = await queue.get()
                 if batch is None:
-                    raise KvUnavailable("the watch was closed by the store")
+                    raise errors.KvUnavailable("the watch was closed by the store")
                 yield batch
         finally:
             s.watchers.remove(watcher)
@@ -234,7 +232,7 @@ class MemoryKv:
     async def refresh(self, lease: int) -> int:
         s = self._live()
         if lease not in s.leases:
-            raise LeaseExpired(f"lease {lease:x} not found")
+            raise errors.LeaseExpired(f"lease {lease:x} not found")
         ttl, _ = s.leases[lease]
         s.leases[lease] = (ttl, s.clock() + ttl)
         return ttl
@@ -249,7 +247,7 @@ class MemoryKv:
     def _admin(self) -> MemoryStore:
         s = self._live()
         if s.auth and self.user != "root":
-            raise KvDenied(f"etcdserver: permission denied ({self.user} is not root)")
+            raise errors.KvDenied(f"etcdserver: permission denied ({self.user} is not root)")
         return s
 
     async def roles(self) -> list[Role]:
@@ -265,7 +263,7 @@ class MemoryKv:
     async def delete_role(self, name: str) -> None:
         s = self._admin()
         if name not in s.roles:
-            raise KvError(f"role delete: etcdserver: role name not found ({name})")
+            raise errors.KvError(f"role delete: etcdserver: role name not found ({name})")
         del s.roles[name]
         for held in s.users.values():
             held.discard(name)
@@ -274,7 +272,7 @@ class MemoryKv:
         s = self._admin()
         missing = [r for r in roles if r not in s.roles and r != "root"]
         if missing:
-            raise KvError(f"user grant: etcdserver: role name not found ({missing[0]})")
+            raise errors.KvError(f"user grant: etcdserver: role name not found ({missing[0]})")
         old = s.users.get(user)
         s.users[user] = set(roles)
         return old != set(roles)
@@ -282,7 +280,7 @@ class MemoryKv:
     async def enable_auth(self) -> None:
         s = self._admin()
         if "root" not in s.users.get("root", set()):
-            raise KvError("auth enable: etcdserver: root user does not exist or does not have the root role")
+            raise errors.KvError("auth enable: etcdserver: root user does not exist or does not have the root role")
         s.auth = True
 
 
