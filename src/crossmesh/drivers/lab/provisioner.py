@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,26 @@ def log(msg: str) -> None:
 
 def build(state: LabState, wanted: desired_mod.Desired) -> None:
     """Bring the lab to revision `wanted` (its own files, written under the lab's folder)."""
-    folder = state.dir / "applied" / f"r{wanted.revision}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True, mode=0o700)
+    (state.dir / "applied").mkdir(mode=0o700, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"r{wanted.revision}-", dir=state.dir / "applied"))
     path = desired_mod.materialize(wanted, folder)
     log(f"revision {wanted.revision} ({wanted.digest[:19]}…) by {wanted.applied_by}: bringing the lab to it")
     started = time.monotonic()
     try:
-        result = up(Path(state.mesh), Path(state.state_dir), overlay={}, changed_only=True, source=path, progress=log)
+        result = up(
+            Path(state.mesh),
+            Path(state.state_dir),
+            overlay={},
+            changed_only=True,
+            source=path,
+            applied=(wanted.revision, wanted.digest),
+            progress=log,
+        )
         log(f"revision {wanted.revision} built: {len(result.changes)} changes in {time.monotonic() - started:.1f} s")
     except CrossmeshError as err:
         log(f"revision {wanted.revision} cannot be built: {err}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def follow(lab_dir: Path) -> None:
@@ -78,18 +88,18 @@ async def follow(lab_dir: Path) -> None:
 
 
 async def _watch(kv: Any, layout: Layout, tag: str) -> None:
-    snap = await kv.range(layout.desired)
-    pending = next((e.value for e in snap.entries if e.key == layout.desired), None)
-    revision = snap.revision + 1
+    """Build the newest applied revision, then wait for another: revisions applied while a build ran
+    are skipped for the newest (building each in turn would lag behind, and build stale ones)."""
     while True:
-        if pending is not None:
-            await asyncio.to_thread(_consider, tag, pending)
-            pending = None
-        async for batch in kv.watch(layout.desired, revision):
-            revision = batch[-1].entry.mod_revision + 1
-            puts = [e for e in batch if e.kind == "put" and e.entry.key == layout.desired]
-            if puts:
-                pending = puts[-1].entry.value
+        snap = await kv.range(layout.desired)
+        current = next((e.value for e in snap.entries if e.key == layout.desired), None)
+        if current is not None:
+            await asyncio.to_thread(_consider, tag, current)
+            latest = await kv.get(layout.desired)
+            if latest is not None and latest.value != current:
+                continue  # applied again meanwhile: build that one now
+        async for batch in kv.watch(layout.desired, snap.revision + 1):
+            if any(e.kind == "put" and e.entry.key == layout.desired for e in batch):
                 break
 
 

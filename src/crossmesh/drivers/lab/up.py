@@ -84,6 +84,7 @@ def up(
     changed_only: bool = False,
     progress: Progress = quiet,
     source: Path | None = None,
+    applied: tuple[int, str] | None = None,
 ) -> UpResult:
     """Build (or bring back to the plan) the lab of `mesh`; returns when every tunnel has
     completed a handshake and every pod answers. With `agents`, a 3-member etcd cluster and
@@ -91,13 +92,15 @@ def up(
     `changed_only` (membership changes) reconciles only the namespaces whose desired state
     differs from the one they were last brought to; a plain `up` checks every namespace.
     `source`: build from these files instead of `mesh`'s (the revision `crossmesh apply` published
-    for this lab, which the provisioner follows); the lab stays `mesh`'s. One `up` at a time per lab."""
+    for this lab, which the provisioner follows; `applied`: its revision and digest, so that it is not
+    applied again — a stale one would undo a newer apply); the lab stays `mesh`'s. One `up` at a time
+    per lab."""
     preflight()
     mesh_abs = str(mesh.resolve())
     running = next((lab for lab in running_labs() if lab.mesh == mesh_abs), None)
     with lab_lock(running.tag if running is not None else None):
         return _up(mesh, mesh_abs, running, state_dir, tag, keep_on_error, agents, lease_ttl, overlay, changed_only,
-                   progress, source)  # fmt: skip
+                   progress, source, applied)  # fmt: skip
 
 
 def _up(
@@ -113,6 +116,7 @@ def _up(
     changed_only: bool,
     progress: Progress,
     source: Path | None,
+    applied: tuple[int, str] | None,
 ) -> UpResult:
     if running is not None:
         running = LabState.load(running.tag) or running  # another `up` may have changed it meanwhile
@@ -162,7 +166,7 @@ def _up(
     _record(state, topo)
     state.save()
     try:
-        result = _build(state, topo, compiled, progress, changed_only=changed_only, joining=joining)
+        result = _build(state, topo, compiled, progress, changed_only=changed_only, joining=joining, applied=applied)
     except BaseException as err:
         if not keep_on_error and existing is None:
             progress("failed: removing what was built (use --keep-on-error to keep it)")
@@ -212,6 +216,7 @@ def _build(
     *,
     changed_only: bool = False,
     joining: frozenset[str] = frozenset(),
+    applied: tuple[int, str] | None = None,
 ) -> UpResult:
     seconds: dict[str, float] = {}
     changes: list[str] = []
@@ -251,11 +256,15 @@ def _build(
     if agents:
         progress("control plane: 3-member etcd on loopback, the mesh applied, 2 operator replicas")
         changes += start_etcd(state, compiled)
-        revision, digest, applied = operators.publish(state, compiled)
-        changes += applied + operators.start_operators(state)
+        if applied is None:  # the lab's own file: applied here
+            revision, digest, published = operators.publish(state, compiled)
+        else:  # a revision someone applied (the provisioner builds it): applied already, never again
+            (revision, digest), published = applied, []
+        changes += published + operators.start_operators(state)
         operators.wait_rollout(state, compiled, revision)
         state.built_digest = digest
-        changes += operators.start_provisioner(state)
+        if applied is None:  # the provisioner itself builds with `applied`: it runs already
+            changes += operators.start_provisioner(state)
         lap("etcd")
     progress(f"WireGuard: {len(topo.wireguard)} wireguard-go devices")
     files = rendered(compiled)
