@@ -71,14 +71,7 @@ def agent(
     require_agent_extra()
     from crossmesh.agent.daemon import Agent  # the agent's stack (gRPC, netlink) loads only when it runs
 
-    tls = [cacert, cert, key]
-    if any(tls) and not all(tls):
-        raise UsageError("TLS needs --cacert, --cert and --key together")
-    endpoints = etcd_urls(etcd_endpoints, tls=all(tls), insecure=insecure_plaintext)
-    for flag, path in zip(("--cacert", "--cert", "--key"), tls, strict=True):
-        if path is not None and not path.is_file():
-            raise UsageError(f"{flag} {path}: no such file")
-    files = {"ca": str(cacert), "cert": str(cert), "key": str(key)} if all(tls) else None
+    endpoints, files = etcd_access(etcd_endpoints, cacert, cert, key, insecure_plaintext)
     if (mesh is None) == (mesh_name is None):
         raise UsageError("give the mesh file, or --mesh NAME to follow the operator's intents in etcd (not both)")
     where = Where(interface=interface, namespace=namespace, etcd=endpoints, ttl=lease_ttl, tls=files)
@@ -154,6 +147,21 @@ def etcd_fed_config(node: str, mesh: str, state: Path, where: Where) -> AgentCon
         private_key_path=store.private_key_path(node),
         tls=where.tls,
     )
+
+
+def etcd_access(
+    endpoints: str, cacert: Path | None, cert: Path | None, key: Path | None, plaintext: bool
+) -> tuple[list[str], dict[str, str] | None]:
+    """The endpoints and the TLS files (ca, cert, key) the etcd flags give, refusing what would
+    weaken the connection: one place for the agent, apply, diff, status and the operator."""
+    tls = [cacert, cert, key]
+    if any(tls) and not all(tls):
+        raise UsageError("TLS needs --cacert, --cert and --key together")
+    urls = etcd_urls(endpoints, tls=all(tls), insecure=plaintext)
+    for flag, path in zip(("--cacert", "--cert", "--key"), tls, strict=True):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{flag} {path}: no such file")
+    return urls, {"ca": str(cacert), "cert": str(cert), "key": str(key)} if all(tls) else None
 
 
 def etcd_urls(text: str, *, tls: bool, insecure: bool) -> list[str]:

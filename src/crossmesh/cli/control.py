@@ -20,9 +20,8 @@ from typing import Any, TypeVar
 import typer
 from rich.markup import escape
 
-from crossmesh.cli.agent import etcd_urls, require_agent_extra
+from crossmesh.cli.agent import etcd_access, require_agent_extra
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
-from crossmesh.errors import UsageError
 
 T = TypeVar("T")
 
@@ -40,18 +39,12 @@ PLAINTEXT = typer.Option(
 def _etcd_access(
     endpoints: str, cacert: Path | None, cert: Path | None, key: Path | None, plaintext: bool
 ) -> tuple[list[str], Any]:
-    """The endpoints and TLS material the flags give, refusing what would weaken the connection."""
+    """The endpoints and TLS material of the etcd flags (checked as the agent checks them)."""
     require_agent_extra()
     from crossmesh.kv import etcd as kv_etcd
 
-    tls_files = [cacert, cert, key]
-    if any(tls_files) and not all(tls_files):
-        raise UsageError("TLS needs --cacert, --cert and --key together")
-    urls = etcd_urls(endpoints, tls=all(tls_files), insecure=plaintext)
-    for flag, path in zip(("--cacert", "--cert", "--key"), tls_files, strict=True):
-        if path is not None and not path.is_file():
-            raise UsageError(f"{flag} {path}: no such file")
-    return urls, kv_etcd.Tls(cacert, cert, key) if cacert and cert and key else None
+    urls, files = etcd_access(endpoints, cacert, cert, key, plaintext)
+    return urls, kv_etcd.Tls(Path(files["ca"]), Path(files["cert"]), Path(files["key"])) if files else None
 
 
 def _with_kv(
