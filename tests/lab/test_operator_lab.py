@@ -6,8 +6,10 @@ replica elects the other within the lease TTL; a mesh that does not validate cha
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,6 +22,7 @@ from crossmesh.kv.layout import ADMIN_USER
 
 pytestmark = pytest.mark.lab
 TTL = 3
+ADMISSION = "allow-x-wing-from-cluster1"  # cluster2's ingress rule for x-wing of cluster1
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +75,32 @@ def test_apply_of_an_added_node_converges_the_running_lab(lab: Lab) -> None:
     # Applying the same file again makes no revision and changes nothing.
     again = crossmesh("apply", str(lab.mesh), *_etcd_flags(lab), check=True)
     assert "unchanged" in again.stdout
+
+
+def test_a_revision_applied_from_another_file_is_what_the_lab_enforces(lab: Lab, tmp_path: Path) -> None:
+    """`crossmesh apply` of a copy that drops cluster2's admission of x-wing: the lab's tables, its
+    service daemon (which rewrites them) and `crossmesh test` all follow the revision, not the lab's
+    own mesh file, which still admits it."""
+    other = tmp_path / "other"
+    shutil.copytree(lab.mesh.parent, other, ignore=shutil.ignore_patterns(".crossmesh"))
+    rebel = other / "apps" / "cluster2" / "rebel-base.yaml"
+    docs = [d for d in yaml.safe_load_all(rebel.read_text()) if d and d["metadata"]["name"] != ADMISSION]
+    rebel.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    crossmesh("apply", str(other / "mesh.yaml"), *_etcd_flags(lab), check=True)
+    assert _status(lab, "--wait", "--timeout", "120")[0] == 0
+    st = state(lab.tag)
+    assert Path(st.built_from).is_relative_to(st.dir / "applied") and len(list((st.dir / "applied").iterdir())) == 1
+    x_wing_to_rebel_base = "^policy/.*x-wing.* -> cluster2/default/rebel-base.*:80/TCP"
+    code, report = lab.test("--test", x_wing_to_rebel_base)
+    checks = report["checks"]
+    assert code == 0 and checks and all(c["name"].startswith("policy/denied") for c in checks), checks  # type: ignore[union-attr]
+    # Back to the lab's own file: admitted again, and the revision's folder replaced.
+    crossmesh("apply", str(lab.mesh), *_etcd_flags(lab), check=True)
+    assert _status(lab, "--wait", "--timeout", "120")[0] == 0
+    code, report = lab.test("--test", x_wing_to_rebel_base)
+    checks = report["checks"]
+    assert code == 0 and checks and all(c["name"].startswith("policy/allowed") for c in checks), checks  # type: ignore[union-attr]
+    assert len(list((state(lab.tag).dir / "applied").iterdir())) == 1
 
 
 def test_a_mesh_that_does_not_validate_leaves_the_applied_revision(lab: Lab) -> None:

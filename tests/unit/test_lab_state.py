@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
+from crossmesh.drivers.lab.desired import built_mesh
 from crossmesh.drivers.lab.state import DeviceEntry, LabError, LabState, PodEntry
 
 # A lab.json as `lab up` wrote it before pods and devices were typed (trimmed to one of each).
 BEFORE = {
     "applied": {"cm-abcd-n0": "sha256:0f"},
     "built_digest": "",
+    "built_from": "",
     "control_plane": "etcd",
     "created": 1718000000.25,
     "cut_sites": [],
@@ -94,9 +96,20 @@ def test_round_trip() -> None:
 
 def test_fields_a_lab_json_lacks_take_their_defaults() -> None:
     """A lab.json written before a field existed still reads."""
-    old = {k: v for k, v in BEFORE.items() if k not in ("cut_sites", "built_digest", "overlay")}
+    old = {k: v for k, v in BEFORE.items() if k not in ("cut_sites", "built_digest", "built_from", "overlay")}
     state = LabState.from_json(old)
-    assert (state.cut_sites, state.built_digest, state.overlay) == ([], "", {})
+    assert (state.cut_sites, state.built_digest, state.built_from, state.overlay) == ([], "", "", {})
+
+
+def test_the_lab_reads_the_revision_it_was_built_from_and_nothing_outside_its_folder() -> None:
+    state = LabState.from_json(BEFORE)
+    assert built_mesh(state) == Path(BEFORE["mesh"])  # never built from an applied revision
+    state.built_from = str(state.dir / "applied" / "r7-x1" / "mesh.yaml")
+    assert built_mesh(state) == state.dir / "applied" / "r7-x1" / "mesh.yaml"
+    for elsewhere in ("/etc/crossmesh/mesh.yaml", str(state.dir / "applied" / ".." / ".." / "mesh.yaml")):
+        state.built_from = elsewhere
+        with pytest.raises(LabError, match="built_from: .* is not under .*damaged lab state"):
+            built_mesh(state)
 
 
 def test_no_lab_json_is_no_lab(tmp_path: Path) -> None:

@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 from crossmesh.drivers.lab import topology
-from crossmesh.drivers.lab.state import LAB_ROOT, LabState
+from crossmesh.drivers.lab.state import LAB_ROOT, LabError, LabState
 from crossmesh.drivers.lab.topology import LabTopology, Namespace
 from crossmesh.policy.endpoints import mesh_index
 from crossmesh.policy.evaluator import PolicyIndex
 from crossmesh.workspace import Compiled, compile_mesh
+
+APPLIED = "applied"  # the lab's folder of revisions the provisioner materialized
 
 
 def namespace_digest(spec: Namespace) -> str:
@@ -35,9 +37,27 @@ def unhealthy_backends(tag: str) -> frozenset[str]:
     return frozenset(k for k, b in data.get("backends", {}).items() if not b.get("healthy", True))
 
 
+def built_mesh(state: LabState) -> Path:
+    """The mesh file the lab was last built from: the revision `crossmesh apply` published, which the
+    provisioner wrote under the lab's folder, or the lab's own file. A lab.json naming a file elsewhere
+    is refused: the lab's daemons and checks would enforce and expect what nobody applied."""
+    if not state.built_from:
+        return Path(state.mesh)
+    path = Path(state.built_from)
+    if not path.is_relative_to(state.dir / APPLIED) or ".." in path.parts:
+        raise LabError(
+            f"{state.dir / 'lab.json'}: built_from: {state.built_from!r} is not under {state.dir / APPLIED} — a "
+            "damaged lab state file; bring the lab back to its mesh file with `crossmesh lab up MESH`"
+        )
+    return path
+
+
 def topology_of(state: LabState) -> tuple[Compiled, LabTopology]:
+    """What the running lab is: the revision it was last built from, compiled with the lab's own
+    allocations, placements and membership changes — what `up`, the service daemon, the faults and
+    the checks all read."""
     compiled = compile_mesh(
-        Path(state.mesh), Path(state.state_dir), persist=False, overlay=state.overlay, placements=state.placements
+        built_mesh(state), Path(state.state_dir), persist=False, overlay=state.overlay, placements=state.placements
     )
     return compiled, topology.build(
         compiled.plan,

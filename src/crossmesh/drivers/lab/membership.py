@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from crossmesh.drivers.lab.state import Progress, find_lab, quiet
+from crossmesh.drivers.lab.desired import built_mesh
+from crossmesh.drivers.lab.state import LabState, Progress, find_lab, quiet
 from crossmesh.drivers.lab.up import UpResult, up
 from crossmesh.errors import UsageError
 
@@ -25,7 +26,7 @@ def add_node(mesh: Path | None, node: dict[str, Any], cluster: str, progress: Pr
     if node["name"] in overlay["remove"]:
         overlay["remove"].remove(node["name"])
     overlay["add"].append({"cluster": cluster, "node": node})
-    return up(Path(state.mesh), Path(state.state_dir), overlay=overlay, changed_only=True, progress=progress)
+    return _up(state, overlay, progress)
 
 
 def remove_node(mesh: Path | None, name: str, progress: Progress = quiet) -> UpResult:
@@ -36,10 +37,12 @@ def remove_node(mesh: Path | None, name: str, progress: Progress = quiet) -> UpR
     removed = list(state.overlay.get("remove", []))
     if len(added) == len(state.overlay.get("add", [])):
         removed.append(name)
+    return _up(state, {"add": added, "remove": removed}, progress)
+
+
+def _up(state: LabState, overlay: dict[str, Any], progress: Progress) -> UpResult:
+    """The change on what the lab was last built from (an applied revision stays the base)."""
+    source = built_mesh(state) if state.built_from else None
     return up(
-        Path(state.mesh),
-        Path(state.state_dir),
-        overlay={"add": added, "remove": removed},
-        changed_only=True,
-        progress=progress,
+        Path(state.mesh), Path(state.state_dir), overlay=overlay, changed_only=True, progress=progress, source=source
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from crossmesh.drivers import etcd
+from crossmesh.drivers.lab.desired import APPLIED
 from crossmesh.drivers.lab.state import LabError, LabState, lab_lock
 from crossmesh.drivers.lab.up import up
 from crossmesh.errors import CrossmeshError
@@ -36,8 +37,9 @@ def log(msg: str) -> None:
 
 def build(state: LabState, wanted: desired_mod.Desired) -> None:
     """Bring the lab to revision `wanted` (its own files, written under the lab's folder)."""
-    (state.dir / "applied").mkdir(mode=0o700, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"r{wanted.revision}-", dir=state.dir / "applied"))
+    applied = state.dir / APPLIED
+    applied.mkdir(mode=0o700, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"r{wanted.revision}-", dir=applied))
     path = desired_mod.materialize(wanted, folder)
     log(f"revision {wanted.revision} ({wanted.digest[:19]}…) by {wanted.applied_by}: bringing the lab to it")
     started = time.monotonic()
@@ -55,7 +57,20 @@ def build(state: LabState, wanted: desired_mod.Desired) -> None:
     except CrossmeshError as err:
         log(f"revision {wanted.revision} cannot be built: {err}")
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        _keep_only_built(state.tag, applied)
+
+
+def _keep_only_built(tag: str, applied: Path) -> None:
+    """Remove the revisions' folders but the one the lab was last built from: the service daemon, the
+    faults and the checks read that one (a failed build may have recorded it, or left it unused)."""
+    try:
+        now = LabState.load(tag)
+    except LabError:
+        return
+    keep = Path(now.built_from).parent if now is not None and now.built_from else None
+    for folder in applied.iterdir():
+        if folder != keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 async def follow(lab_dir: Path) -> None:

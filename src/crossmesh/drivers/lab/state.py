@@ -94,6 +94,7 @@ class LabState:
     inet: str = ""
     applied: dict[str, str] = field(default_factory=dict)  # namespace → digest of the spec it was brought to
     built_digest: str = ""  # of the applied revision (crossmesh apply) the lab was last brought to
+    built_from: str = ""  # that revision's mesh file, under the lab's folder ("": the lab's own mesh file)
     cut_sites: list[str] = field(default_factory=list)  # cut off from the internet: lab cut-site, heal-site
 
     @property

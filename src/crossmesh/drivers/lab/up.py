@@ -157,6 +157,7 @@ def _up(
         raise LabError(str(err)) from err
     state = existing or LabState(tag=tag, mesh=mesh_abs, mesh_name=plan.mesh, state_dir=str(compiled.store.root))
     state.control_plane = "etcd" if agents else ""
+    state.built_from = str(source.absolute()) if source is not None else ""
     state.overlay = overlay
     state.indices = topo.indices
     state.placements = {p.ref: p.node for p in plan.pods()}
