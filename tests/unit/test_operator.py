@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from crossmesh.agent.intents import decode_intent
+from crossmesh.agent.intents import NodeStatus, decode_intent
 from crossmesh.errors import SpecError, UsageError
 from crossmesh.kv.api import Kv, Put
 from crossmesh.kv.layout import Layout
@@ -102,6 +103,13 @@ def test_apply_publishes_revisions_and_the_leader_writes_only_what_changed(tmp_p
         status = await apply_mod.status(admin, layout.mesh)
         assert status.desired["revision"] == 2 and status.rollout["revision"] == 2  # type: ignore[index]
         assert not status.converged and all(n.error for n in status.nodes)  # no agent reported
+        # A node's agent reports, with its next key rotation: status shows when.
+        node = status.nodes[0].name
+        report = NodeStatus(2, True, None, 0, "k", time.time(), next_rotation=1_900_000_000.0)
+        await admin.put(layout.status(node), report.encode())
+        rows = (await apply_mod.status(admin, layout.mesh)).to_json()["nodes"]
+        assert [r["nextKeyRotation"] for r in rows if r["name"] == node] == [1_900_000_000.0]
+        assert all(r["nextKeyRotation"] is None for r in rows if r["name"] != node)
 
     run(body)
 

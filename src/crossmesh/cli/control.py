@@ -197,6 +197,8 @@ def _print_status(got: Any) -> None:
         state = "[green]ok[/green]" if n.converged else "[yellow]…[/yellow]" if n.ok else "[red]failed[/red]"
         online = "online " if n.online else "offline"
         line = f"  {escape(n.name):<24} {online} rev {n.revision:<4} {state} peers {n.peers}/{n.want_peers}"
+        if n.next_rotation is not None:
+            line += f"  key rotation {time.strftime('%Y-%m-%d %H:%M', time.gmtime(n.next_rotation))} UTC"
         if n.error:
             line += f"  {escape(n.error)}"
         out.print(line)

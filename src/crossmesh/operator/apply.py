@@ -143,6 +143,7 @@ class NodeRow:
     peers: int
     want_peers: int  # the peers its intent and the others' give it
     age: float | None  # seconds since its last status
+    next_rotation: float | None = None  # unix time of its next scheduled key rotation (None: none scheduled)
 
     @property
     def converged(self) -> bool:
@@ -182,6 +183,7 @@ class Status:
                     "peers": n.peers,
                     "expectedPeers": n.want_peers,
                     "reportedSecondsAgo": None if n.age is None else round(n.age, 1),
+                    "nextKeyRotation": n.next_rotation,
                 }
                 for n in self.nodes
             ],
@@ -238,6 +240,7 @@ async def status(kv: Kv, mesh: str) -> Status:
                 s = agent_intents.decode_status(raw, name)
                 row.revision, row.ok, row.error, row.peers = s.revision, s.ok, s.error, s.peers
                 row.age = max(0.0, time.time() - s.at)
+                row.next_rotation = s.next_rotation
             except agent_intents.IntentError as err:
                 row.error = str(err)
         if not row.online:
