@@ -275,7 +275,9 @@ def test_one_etcd_member_killed(lab: Lab) -> None:
         failures, checks, moved = 0, 0, None
         while time.monotonic() - t0 < 2 * TTL + 1:
             checks += 1
-            failures += not traffic(st)
+            # One probe lost on a loaded host is not an outage (CI runs beside other labs); a probe and
+            # its immediate retry both lost are. The peers below must not blink at all.
+            failures += not (traffic(st) or traffic(st))
             for n in NODES:
                 assert len(peers(ifname(st, n))) == 2, f"{n} lost a peer while one etcd member was down"
             if moved is None and all(
