@@ -1,11 +1,15 @@
 """One peer rule (issue 16): the peers an agent derives from the other nodes' records are the peers
 the planner gives that node — same nodes, keys, endpoints, allowed IPs and keepalive — on generated
-full-mesh meshes, with nodes behind NAT among them. What the lab proves with the plan is then what
-the agents build on real nodes."""
+full-mesh and gateways meshes, with nodes behind NAT among them, and under gateways the routes via
+the site's gateway are the plan's too. What the lab proves with the plan is then what the agents
+build on real nodes. Whichever gateway etcd makes active, each site's network is carried by one
+peer entry at most on any device: no split brain."""
 
 from __future__ import annotations
 
+from collections import Counter
 from ipaddress import IPv4Network
+from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -14,6 +18,7 @@ from test_ipam import Generated, fresh, meshes
 from crossmesh.agent import records
 from crossmesh.load.yamlpos import Document
 from crossmesh.model.mesh import Mesh
+from crossmesh.model.plan import Plan, RouteVia
 from crossmesh.plan.planner import build_plan
 from crossmesh.state import keys as wgkeys
 from crossmesh.validate import rules
@@ -54,3 +59,104 @@ def test_agents_converge_to_the_plans_peers(generated: Generated, nat: list[bool
             for p in node.tunnel.peers
         }  # fmt: skip
         assert agent == planned, node.name
+
+
+def _gateways(data: dict[str, Any], gw: list[bool], nat: list[bool]) -> Mesh:
+    """The generated mesh under `topology: gateways`: nodes flagged by `gw` (and the first node of a
+    site without one), nodes behind NAT by `nat` (a site's first gateway keeps its public address
+    where `nat` would leave two NATed sites unable to meet: the validator refuses those)."""
+    data["spec"]["wireguard"] = {"topology": "gateways"}
+    nodes = [n for c in data["spec"]["clusters"] for n in c["nodes"]]
+    for n, flag in zip(nodes, gw, strict=False):
+        n["gateway"] = flag
+    for site in {n["site"] for n in nodes}:
+        members = [n for n in nodes if n["site"] == site]
+        if not any(n["gateway"] for n in members):
+            members[0]["gateway"] = True
+    for n, behind in zip(nodes, nat, strict=False):
+        if behind:
+            del n["publicAddress"]
+    return Mesh.model_validate(data)
+
+
+def _agents(plan: Plan, keepalive: int, chosen: dict[str, str]) -> dict[str, list[records.DesiredPeer]]:
+    names = sorted(n.name for n in plan.nodes)
+    public = dict(zip(names, KEYS, strict=False))
+    recs = {n.name: records.NodeRecord(**records.record_of(n, public[n.name])) for n in plan.nodes if n.tunnel}
+    intent = records.intent_of(plan)
+    out = {}
+    for name, own in recs.items():
+        assert records.bind(own, intent) is None
+        ok, rejected = records.accept(own, {k: v for k, v in recs.items() if k != name})
+        assert rejected == {}, rejected
+        out[name] = records.desired_peers(own, ok, keepalive, intent, chosen)
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    generated=meshes(),
+    gw=st.lists(st.booleans(), min_size=40, max_size=40),
+    nat=st.lists(st.booleans(), min_size=40, max_size=40),
+)
+def test_under_gateways_agents_converge_to_the_plans_peers_and_routes(
+    generated: Generated, gw: list[bool], nat: list[bool]
+) -> None:
+    mesh = _gateways(generated.data, gw, nat)
+    assume(rules.check(mesh, Document("generated.yaml", generated.data)) == [])
+    names = sorted(n.name for c in mesh.spec.clusters for n in c.nodes)
+    plan = build_plan(mesh, fresh(mesh), dict(zip(names, KEYS, strict=False)))
+    intent = records.intent_of(plan)
+    agents = _agents(plan, mesh.spec.wireguard.persistent_keepalive, {})  # etcd names no active yet
+    view = records.GatewayView.of(intent, {})
+    for node in plan.nodes:
+        if node.tunnel is None:
+            continue
+        agent = {
+            (p.node, p.public_key, p.endpoint, tuple(sorted(p.allowed_ips)), p.keepalive) for p in agents[node.name]
+        }
+        planned = {
+            (p.node, p.public_key, p.endpoint_text, tuple(sorted(str(IPv4Network(a)) for a in p.allowed_ips)),
+             p.persistent_keepalive)
+            for p in node.tunnel.peers
+        }  # fmt: skip
+        assert agent == planned, node.name
+        via = {str(r.dst): str(r.gateway) for r in node.routes if r.via is RouteVia.GATEWAY}
+        assert view.routes(node.name, intent) == via, node.name
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    generated=meshes(),
+    gw=st.lists(st.booleans(), min_size=40, max_size=40),
+    pick=st.lists(st.integers(0, 3), min_size=3, max_size=3),
+    foreign=st.booleans(),
+)
+def test_whichever_gateway_is_active_a_site_is_carried_by_one_peer_and_routed_to_it(
+    generated: Generated, gw: list[bool], pick: list[int], foreign: bool
+) -> None:
+    mesh = _gateways(generated.data, gw, [])
+    names = sorted(n.name for c in mesh.spec.clusters for n in c.nodes)
+    plan = build_plan(mesh, fresh(mesh), dict(zip(names, KEYS, strict=False)))
+    intent = records.intent_of(plan)
+    order = records.GatewayView.of(intent, {}).order
+    chosen = {site: gws[k % len(gws)] for (site, gws), k in zip(sorted(order.items()), pick, strict=False)}
+    if foreign and chosen:  # etcd naming a node that is not the site's gateway counts for nothing
+        site = sorted(chosen)[0]
+        chosen[site] = next((n for n in names if n not in order[site]), chosen[site])
+    view = records.GatewayView.of(intent, chosen)
+    assert all(view.active[s] in gws for s, gws in order.items())
+    nets = {p.site_network: p.site for p in intent.values() if p.gateway}
+    for name, peers in _agents(plan, 25, chosen).items():
+        carried = Counter(a for p in peers for a in p.allowed_ips if a in nets)
+        assert all(c == 1 for c in carried.values()), (name, carried)  # one peer per site network
+        for p in peers:  # ... and that peer is the site's active gateway, seen from an active one
+            for a in p.allowed_ips:
+                if a in nets:
+                    assert view.active[nets[a]] == p.node and view.active[intent[name].site] == name
+        routes = view.routes(name, intent)
+        mine = intent[name].site
+        if view.active[mine] == name:
+            assert routes == {}
+        else:
+            assert set(routes.values()) == {intent[view.active[mine]].address} or len(order) == 1

@@ -113,6 +113,7 @@ class Agent:
         self.own: records.NodeRecord | None = None  # None: no intent yet (etcd)
         self.applied_revision = 0  # the intent revision the last successful apply made real
         self.apply_error: str | None = None
+        self.chosen: dict[str, str] = {}  # site → its active gateway as etcd names it (topology: gateways)
         if cfg.intent_source != "etcd":
             try:
                 self.own = records.NodeRecord(**{**(cfg.record or {}), "public_key": self.public_key})
@@ -382,7 +383,7 @@ class Agent:
             if self.rejected.get(name) != why:
                 log(f"rejected record of {name}: {why}")
         self.rejected = {**rejected, **self.bad}
-        peers = records.desired_peers(own, ok, self.keepalive)
+        peers = records.desired_peers(own, ok, self.keepalive, self.intent, self.chosen)
         desired = wireguard.DeviceConf(
             self.private,
             own.listen_port,

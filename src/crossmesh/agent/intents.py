@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
+from ipaddress import IPv4Network
 from typing import Any
 
-from crossmesh.agent.records import PlannedNode
+from crossmesh.agent.records import OPTIONAL_PLANNED, PlannedNode, planned_json
 
 MAX_BYTES = 4096
 
@@ -33,7 +34,8 @@ class NodeIntent:
     key_rotation: int = 0  # seconds between the node's key rotations (spec.wireguard.keyRotation); 0: off
 
     def encode(self) -> bytes:
-        data = {"revision": self.revision, "node": asdict(self.node), "mtu": self.mtu, "keepalive": self.keepalive}
+        node = planned_json(self.node)
+        data = {"revision": self.revision, "node": node, "mtu": self.mtu, "keepalive": self.keepalive}
         if self.key_rotation:
             data["key_rotation"] = self.key_rotation
         return json.dumps(data, sort_keys=True).encode()
@@ -101,11 +103,21 @@ def decode_intent(raw: bytes, key_node: str) -> NodeIntent:
     what = f"intent of {key_node[:63]!r}"
     data = _load(raw, what)
     node = _field(data, "node", (dict,), what)
-    kinds = {f.name: (str,) for f in fields(PlannedNode)} | {"listen_port": (int,), "public_address": (str, type(None))}
+    kinds = {f.name: (str,) for f in fields(PlannedNode)} | {
+        "listen_port": (int,),
+        "public_address": (str, type(None)),
+        "gateway": (bool,),
+    }
     unknown = sorted(set(node) - set(kinds))
     if unknown:
         raise IntentError(f"{what}: node has unknown field {unknown[0][:40]!r}")
-    planned = PlannedNode(**{name: _field(node, name, k, what) for name, k in kinds.items()})
+    given = {**OPTIONAL_PLANNED, **node}
+    planned = PlannedNode(**{name: _field(given, name, k, what) for name, k in kinds.items()})
+    if planned.site_network:
+        try:
+            IPv4Network(planned.site_network)
+        except ValueError:
+            raise IntentError(f"{what}: site_network {planned.site_network[:40]!r} is not an IPv4 network") from None
     if planned.name != key_node:
         raise IntentError(f"{what}: names node {planned.name[:63]!r}")
     return NodeIntent(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
@@ -179,7 +180,14 @@ class PlannedNode:
     tunnel_address: str
     listen_port: int
     public_address: str | None
+    # Under `topology: gateways` only (their defaults otherwise, and left out of intents then, so a
+    # full mesh's intents read as before): whether the node is a gateway, and its site's network —
+    # what the site's active gateway carries for it.
+    gateway: bool = False
+    site_network: str = ""
 
+
+OPTIONAL_PLANNED = {"gateway": False, "site_network": ""}  # fields an intent may leave out
 
 BOUND_FIELDS = ("cluster", "site", "address", "pod_cidr", "tunnel_address", "listen_port")
 
@@ -194,8 +202,9 @@ def unsupported(plan: Plan) -> str | None:
     return peer_rule.agents_unsupported(plan.topology, plan.mesh)
 
 
-def planned_of(node: NodePlan) -> PlannedNode:
-    """A node of the plan that runs an agent, as records must match it."""
+def planned_of(node: NodePlan, site_network: IPv4Network | None = None) -> PlannedNode:
+    """A node of the plan that runs an agent, as records must match it; `site_network` under
+    `topology: gateways` (the node's gateway flag and site network go with it)."""
     assert node.tunnel is not None  # noqa: S101 - only tunnel nodes run agents
     return PlannedNode(
         name=node.name,
@@ -206,16 +215,33 @@ def planned_of(node: NodePlan) -> PlannedNode:
         tunnel_address=str(node.tunnel.address),
         listen_port=node.tunnel.listen_port,
         public_address=None if node.public_address is None else str(node.public_address),
+        gateway=site_network is not None and node.gateway,
+        site_network="" if site_network is None else str(site_network),
     )
 
 
 def intent_of(plan: Plan) -> dict[str, PlannedNode]:
     """The nodes of the plan that run agents, as records must match them."""
-    return {node.name: planned_of(node) for node in plan.nodes if node.tunnel is not None}
+    gateways = plan.topology == "gateways"
+    nets = {s.name: s.network for s in plan.sites}
+    return {
+        node.name: planned_of(node, nets[node.site] if gateways else None)
+        for node in plan.nodes
+        if node.tunnel is not None
+    }
+
+
+def planned_json(planned: PlannedNode) -> dict[str, Any]:
+    """A planned node as intents carry it: the gateway fields only where they are set."""
+    data = asdict(planned)
+    for name, default in OPTIONAL_PLANNED.items():
+        if data[name] == default:
+            del data[name]
+    return data
 
 
 def encode_intent(intent: dict[str, PlannedNode]) -> str:
-    return json.dumps({name: asdict(p) for name, p in sorted(intent.items())}, indent=0, sort_keys=True)
+    return json.dumps({name: planned_json(p) for name, p in sorted(intent.items())}, indent=0, sort_keys=True)
 
 
 def decode_intent(text: str) -> dict[str, PlannedNode]:
@@ -358,8 +384,49 @@ class _Intervals:
         self.items.insert(lo, (last, net, owner))
 
 
-def desired_peers(own: NodeRecord, records: dict[str, NodeRecord], keepalive: int) -> list[DesiredPeer]:
-    """Full mesh, by the planner's own rule (plan/peers.py)."""
+def is_gateways(planned: Mapping[str, PlannedNode]) -> bool:
+    """Whether the mesh runs `topology: gateways` (its intents mark gateways; a full mesh's never do)."""
+    return any(p.gateway for p in planned.values())
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayView:
+    """The gateways of a mesh as the agents hold them: from the intents, with each site's active
+    gateway (etcd's choice where it names one of the site's gateways, else the preferred one)."""
+
+    members: dict[str, peer_rule.Member]
+    order: dict[str, tuple[str, ...]]
+    active: dict[str, str]
+    networks: dict[str, str]  # site → its network, as its gateways' intents give it
+
+    @classmethod
+    def of(cls, planned: Mapping[str, PlannedNode], chosen: Mapping[str, str]) -> GatewayView:
+        members = {n: peer_rule.Member(p.name, p.site, p.public_address is None, p.gateway) for n, p in planned.items()}
+        order = peer_rule.gateway_order(members.values())
+        networks = {p.site: p.site_network for p in planned.values() if p.gateway}
+        return cls(members, order, peer_rule.active_of(order, chosen), networks)
+
+    def routes(self, node: str, planned: Mapping[str, PlannedNode]) -> dict[str, str]:
+        """What `node` routes via its site's active gateway: each other site's network → that
+        gateway's node address ({} for the active gateway itself, and for a node the intents lack)."""
+        me = self.members.get(node)
+        gw = None if me is None else peer_rule.via_gateway(me, self.active)
+        if me is None or gw is None:
+            return {}
+        return {net: planned[gw].address for site, net in sorted(self.networks.items()) if site != me.site}
+
+
+def desired_peers(
+    own: NodeRecord,
+    records: dict[str, NodeRecord],
+    keepalive: int,
+    planned: Mapping[str, PlannedNode] | None = None,
+    chosen: Mapping[str, str] | None = None,
+) -> list[DesiredPeer]:
+    """The planner's own rule (plan/peers.py): a full mesh, or under `topology: gateways` (the intents
+    `planned` say so) the gateway rule with each site's active gateway from `chosen` (etcd's)."""
+    if planned is not None and is_gateways(planned) and own.name in planned:
+        return _gateway_peers(own, records, keepalive, planned, GatewayView.of(planned, chosen or {}))
     out = []
     for name, rec in sorted(records.items()):
         if not peer_rule.is_peer(own.site, own.natted, rec.site, rec.natted):
@@ -372,5 +439,25 @@ def desired_peers(own: NodeRecord, records: dict[str, NodeRecord], keepalive: in
                 allowed_ips=tuple(f"{a}/32" for a in peer_rule.carried(rec.tunnel_address, rec.address)),
                 keepalive=peer_rule.keepalive(own.natted, keepalive),
             )
+        )
+    return out
+
+
+def _gateway_peers(
+    own: NodeRecord,
+    records: dict[str, NodeRecord],
+    keepalive: int,
+    planned: Mapping[str, PlannedNode],
+    view: GatewayView,
+) -> list[DesiredPeer]:
+    natted = {n: m.natted for n, m in view.members.items()}
+    out = []
+    for g in peer_rule.gateway_peers(view.members[own.name], natted, view.order, view.active):
+        rec = records.get(g.node)
+        if rec is None:
+            continue  # not published (yet), or refused
+        carried = (f"{rec.tunnel_address}/32",) + ((planned[g.node].site_network,) if g.carries else ())
+        out.append(
+            DesiredPeer(g.node, rec.public_key, rec.endpoint, carried, peer_rule.keepalive(own.natted, keepalive))
         )
     return out

@@ -79,6 +79,7 @@ class _Planner:
         for n, c in self.nodes:
             self.by_site[n.site].append((n, c))
         self._peer_cache: dict[tuple[str, bool, bool], Peer] = {}
+        self._gateway_peer_cache: dict[tuple[str, bool, bool, bool], Peer] = {}
         self._route_cache: dict[tuple[IPv4Network, RouteVia, IPv4Address | None, str], Route] = {}
         self.cni = {c.name: c.cni.value for c in self.spec.clusters}
         # A Cilium cluster's VXLAN reaches every Cilium node of the mesh (Cluster Mesh); Flannel's
@@ -189,12 +190,12 @@ class _Planner:
         return out
 
     def gateways(self) -> list[Draft]:
-        active: dict[str, Node] = {}
-        standby: dict[str, list[Node]] = {}
-        for site, members in self.by_site.items():
-            gws = sorted((n for n, _ in members if n.gateway), key=lambda n: (n.public_address is None, n.name))
-            active[site] = gws[0]
-            standby[site] = gws[1:]
+        """The gateway rule of plan/peers.py with each site's preferred gateway active."""
+        members = [peer_rule.Member(n.name, n.site, n.public_address is None, n.gateway) for n, _ in self.nodes]
+        natted = {m.name: m.natted for m in members}
+        by_name = {n.name: n for n, _ in self.nodes}
+        order = peer_rule.gateway_order(members)
+        active = peer_rule.preferred(order)
         # What a site's active gateway carries: the site network, its nodes' addresses, between
         # which the CNI's VXLAN carries the pods.
         prefixes = {site: (self.site_net[site],) for site in self.by_site}
@@ -202,47 +203,29 @@ class _Planner:
         # every such node of the site, so built once per site (10,000 nodes × 500 clusters: 10 million).
         via_gateway: dict[str, tuple[Route, ...]] = {
             site: tuple(
-                self.route(pfx, RouteVia.GATEWAY, active[site].address, active[site].name)
+                self.route(pfx, RouteVia.GATEWAY, by_name[active[site]].address, active[site])
                 for other_site in sorted(self.by_site)
                 if other_site != site
                 for pfx in prefixes[other_site]
             )
             for site in self.by_site
+            if site in active
         }
         out = []
-        for node, cluster in self.nodes:
-            site = node.site
-            is_active = active[site].name == node.name
-            is_standby = any(s.name == node.name for s in standby[site])
-            routes: list[Route] = []
-            peers: tuple[Peer, ...] = ()
-            if is_active or is_standby:
-                natted = node.public_address is None
-                plist = []
-                for other_site in sorted(self.by_site):
-                    if other_site == site:
-                        continue
-                    remote = active[other_site]
-                    carries = is_active
-                    allowed = (_host(self.tunnel_addr(remote.name)),) + (prefixes[other_site] if carries else ())
-                    if not (natted and remote.public_address is None):
-                        key_keep = natted
-                        plist.append(
-                            self._gateway_peer(remote, allowed, keepalive=key_keep, carries=carries, standby=False)
-                        )
-                    for sb in standby[other_site]:
-                        if natted and sb.public_address is None:
-                            continue
-                        plist.append(
-                            self._gateway_peer(
-                                sb, (_host(self.tunnel_addr(sb.name)),), keepalive=natted, carries=False, standby=True
-                            )
-                        )
-                peers = tuple(plist)
-                for p in peers:
-                    routes.extend(self.route(a, RouteVia.WIREGUARD, None, p.node) for a in p.allowed_ips)
-            if not is_active:
-                routes.extend(via_gateway[site])
+        for (node, cluster), member in zip(self.nodes, members, strict=True):
+            peers = tuple(
+                self._gateway_peer(
+                    by_name[g.node],
+                    (_host(self.tunnel_addr(g.node)),) + (prefixes[g.site] if g.carries else ()),
+                    keepalive=g.keepalive,
+                    carries=g.carries,
+                    standby=g.standby,
+                )
+                for g in peer_rule.gateway_peers(member, natted, order, active)
+            )
+            routes = [self.route(a, RouteVia.WIREGUARD, None, p.node) for p in peers for a in p.allowed_ips]
+            if peer_rule.via_gateway(member, active) is not None:
+                routes.extend(via_gateway[node.site])
             out.append((node, cluster, peers, tuple(routes)))
         return out
 
@@ -251,10 +234,10 @@ class _Planner:
     ) -> Peer:
         """`carries`: the entry holds the remote site's prefixes; `standby`: the peer is a standby
         gateway. A standby node's entry for a remote *active* gateway carries nothing, yet is no standby."""
-        key = (node.name + ("" if carries else "#own-address"), keepalive, not carries)
-        p = self._peer_cache.get(key)
+        key = (node.name, carries, keepalive, standby)
+        p = self._gateway_peer_cache.get(key)
         if p is None:
-            p = self._peer_cache[key] = Peer(
+            p = self._gateway_peer_cache[key] = Peer(
                 node=node.name,
                 site=node.site,
                 public_key=self.keys[node.name],
