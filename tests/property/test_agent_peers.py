@@ -18,7 +18,7 @@ from test_ipam import Generated, fresh, meshes
 from crossmesh.agent import records
 from crossmesh.load.yamlpos import Document
 from crossmesh.model.mesh import Mesh
-from crossmesh.model.plan import Plan, RouteVia
+from crossmesh.model.plan import NodePlan, Plan, RouteVia
 from crossmesh.plan.planner import build_plan
 from crossmesh.state import keys as wgkeys
 from crossmesh.validate import rules
@@ -49,16 +49,19 @@ def test_agents_converge_to_the_plans_peers(generated: Generated, nat: list[bool
         assert records.bind(own, intent) is None
         ok, rejected = records.accept(own, {k: v for k, v in recs.items() if k != node.name})
         assert rejected == {}, rejected
-        agent = {
-            (p.node, p.public_key, p.endpoint, tuple(sorted(p.allowed_ips)), p.keepalive)
-            for p in records.desired_peers(own, ok, keepalive)
-        }
-        planned = {
-            (p.node, p.public_key, p.endpoint_text, tuple(sorted(str(IPv4Network(a)) for a in p.allowed_ips)),
-             p.persistent_keepalive)
-            for p in node.tunnel.peers
-        }  # fmt: skip
-        assert agent == planned, node.name
+        _assert_same_peers(records.desired_peers(own, ok, keepalive), node)
+
+
+def _assert_same_peers(agent_peers: list[records.DesiredPeer], node: NodePlan) -> None:
+    """The agent's peers are the plan's: nodes, keys, endpoints, allowed IPs and keepalive."""
+    assert node.tunnel is not None
+    agent = {(p.node, p.public_key, p.endpoint, tuple(sorted(p.allowed_ips)), p.keepalive) for p in agent_peers}
+    planned = {
+        (p.node, p.public_key, p.endpoint_text, tuple(sorted(str(IPv4Network(a)) for a in p.allowed_ips)),
+         p.persistent_keepalive)
+        for p in node.tunnel.peers
+    }  # fmt: skip
+    assert agent == planned, node.name
 
 
 def _gateways(data: dict[str, Any], gw: list[bool], nat: list[bool]) -> Mesh:
@@ -112,15 +115,7 @@ def test_under_gateways_agents_converge_to_the_plans_peers_and_routes(
     for node in plan.nodes:
         if node.tunnel is None:
             continue
-        agent = {
-            (p.node, p.public_key, p.endpoint, tuple(sorted(p.allowed_ips)), p.keepalive) for p in agents[node.name]
-        }
-        planned = {
-            (p.node, p.public_key, p.endpoint_text, tuple(sorted(str(IPv4Network(a)) for a in p.allowed_ips)),
-             p.persistent_keepalive)
-            for p in node.tunnel.peers
-        }  # fmt: skip
-        assert agent == planned, node.name
+        _assert_same_peers(agents[node.name], node)
         via = {str(r.dst): str(r.gateway) for r in node.routes if r.via is RouteVia.GATEWAY}
         assert view.routes(node.name, intent) == via, node.name
 
