@@ -30,10 +30,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from ipaddress import IPv4Network
 from pathlib import Path
 
-from crossmesh.agent import dataplane, handshakes, intents, records, rotation, session
+from crossmesh.agent import dataplane, handshakes, intents, kernel, records, rotation, session
 from crossmesh.agent.config import AgentConfig, ConfigError
 from crossmesh.agent.following import Following
 from crossmesh.agent.log import log
@@ -89,6 +88,7 @@ class Agent:
         self.key_born = rotation.born(self.key_path, clock())  # when the key on disk was made
         self.pending: str | None = None
         self.applied: dict[str, records.DesiredPeer] = {}  # peers as the device has them
+        self.applied_via: dict[str, str] = {}  # routes via the site's gateway as the kernel has them
         self.applied_private: str | None = None
         self.full_due = 0.0  # monotonic time of the next full check (see _apply)
         self.events: collections.deque[float] = collections.deque(maxlen=4)  # when the last watch events came
@@ -393,11 +393,15 @@ class Agent:
         # FULL_CHECK seconds; in between, a change applies the difference from the last apply.
         full = self.applied_private is None or time.monotonic() >= self.full_due
         t1 = time.monotonic()
+        self._restore_device()  # a device that died (or was never started here) first
         changes = self.dp.reconcile(desired)
         t2 = time.monotonic()
-        changes += self._device(own) if full else []
+        changes += kernel.device_settings(self.dp, self.ifname, self.mtu, own.tunnel_address) if full else []
         t3 = time.monotonic()
-        changes += self._routes(peers, full)
+        want = {a for p in peers for a in p.allowed_ips}
+        last = None if full else {a for p in self.applied.values() for a in p.allowed_ips}
+        changes += self._kernel(kernel.tunnel_routes, self.dp, self.ifname, want, last)
+        changes += self._via(full)
         if full:
             self.full_due = time.monotonic() + FULL_CHECK
         self.last_reconcile = time.time()
@@ -422,44 +426,20 @@ class Agent:
         self.applied_revision = revision
         self.write_status(len(peers))
 
-    def _device(self, own: records.NodeRecord) -> list[str]:
-        """MTU, up, and the node's tunnel address on the device."""
-        link = self.dp.link()
-        if link is None:
-            return [f"device {self.ifname} missing"]
-        out: list[str] = []
-        commands: list[str] = []
-        if link.get("mtu") != self.mtu:
-            commands.append(f"link set dev {self.ifname} mtu {self.mtu}")
-            out.append(f"{self.ifname} mtu {self.mtu}")
-        if "UP" not in link.get("flags", []):
-            commands.append(f"link set dev {self.ifname} up")
-            out.append(f"{self.ifname} up")
-        have = {a.get("local") for a in link.get("addr_info", []) if a.get("family") == "inet"}
-        if own.tunnel_address not in have:
-            commands.append(f"addr replace {own.tunnel_address}/32 dev {self.ifname}")
-            out.append(f"{self.ifname} address {own.tunnel_address}/32")
-        self.dp.link_commands(commands)
-        return out
+    def _via(self, full: bool) -> list[str]:
+        """Under `topology: gateways`, the routes via the site's active gateway (none on that gateway)."""
+        want = records.GatewayView.of(self.intent, self.chosen).routes(self.node, self.intent)
+        changes = self._kernel(kernel.via_routes, self.dp, want, None if full else self.applied_via)
+        self.applied_via = want
+        return changes
 
-    def _routes(self, peers: list[records.DesiredPeer], full: bool) -> list[str]:
-        """The agent's routes (protocol 100) to every peer's addresses through the tunnel. `full`
-        reads what the kernel has; otherwise the routes of the last apply are taken as there.
-        The changes go to the kernel over one rtnetlink socket, no process."""
-        want = {str(IPv4Network(a)) for p in peers for a in p.allowed_ips}
-        if full:
-            have = self.dp.routes()
-        else:
-            have = {str(IPv4Network(a)): self.ifname for p in self.applied.values() for a in p.allowed_ips}
-        replace = [dst for dst in sorted(want) if have.get(dst) != self.ifname]
-        delete = sorted(set(have) - want)
-        out = [f"route {dst} dev {self.ifname}" for dst in replace] + [f"route {dst} withdrawn" for dst in delete]
+    def _kernel(self, step: Callable[..., list[str]], *args: object) -> list[str]:
+        """A change of routes; when the kernel refuses it, everything is read back next time."""
         try:
-            self.dp.set_routes(replace, delete)
+            return step(*args)
         except (RuntimeError, OSError):
-            self.full_due = 0.0  # the kernel differs from what was applied: read it back next time
+            self.full_due = 0.0  # the kernel differs from what was applied
             raise
-        return out
 
     # --- device health and key rotation ------------------------------------------------------
     def _check_device(self) -> bool:

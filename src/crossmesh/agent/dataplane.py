@@ -18,6 +18,8 @@ from crossmesh.drivers.lab import wireguard
 from crossmesh.drivers.lab.wireguard import DeviceConf, PeerConf
 
 AGENT_ROUTE_PROTO = 100  # the lab's own routes use 99; these belong to the agent
+AGENT_VIA_PROTO = 101  # the agent's routes via its site's active gateway (topology gateways)
+FORWARDING = "net/ipv4/ip_forward"
 
 PeerStats = dict[str, wireguard.PeerStats]  # public key → (handshake, rx, tx, endpoint)
 
@@ -49,6 +51,15 @@ class Dataplane(Protocol):
 
     def poke(self, addresses: list[str]) -> None:
         """One datagram to each address through the device: WireGuard initiates a handshake."""
+
+    def via_routes(self) -> dict[str, str]:
+        """The agent's routes via a gateway (destination → gateway address) as the kernel has them."""
+
+    def set_via_routes(self, replace: dict[str, str], delete: list[str]) -> None:
+        """Routes of `replace` (destination → gateway address), `delete` withdrawn, in one go."""
+
+    def forwarding(self) -> bool:
+        """Whether the node forwards IPv4 (a gateway that does not carries nothing)."""
 
 
 @dataclass
@@ -91,6 +102,20 @@ class Kernel:
     def poke(self, addresses: list[str]) -> None:
         wireguard.poke(self.namespace, addresses)
 
+    def via_routes(self) -> dict[str, str]:
+        shown = iproute.show(self.namespace, ["route", "show", "table", "main", "proto", str(AGENT_VIA_PROTO)])
+        return {str(IPv4Network(r["dst"])): r.get("gateway", "") for r in shown or []}
+
+    def set_via_routes(self, replace: dict[str, str], delete: list[str]) -> None:
+        iproute.set_via_routes(self.namespace, replace, delete, AGENT_VIA_PROTO)
+
+    def forwarding(self) -> bool:
+        if self.namespace:
+            from crossmesh.drivers.lab import netns
+
+            return netns.read_sysctl(self.namespace, FORWARDING) == "1"
+        return Path("/proc/sys", FORWARDING).read_text().strip() == "1"
+
 
 @dataclass
 class Fake:
@@ -105,6 +130,8 @@ class Fake:
     table: dict[str, str | None] = field(default_factory=dict)
     stats: PeerStats = field(default_factory=dict)
     pokes: list[list[str]] = field(default_factory=list)
+    via: dict[str, str] = field(default_factory=dict)  # the agent's routes via a gateway
+    forwards: bool = True
     reconciles: int = 0
     starts: int = 0
 
@@ -154,6 +181,17 @@ class Fake:
     def poke(self, addresses: list[str]) -> None:
         if addresses:
             self.pokes.append(list(addresses))
+
+    def via_routes(self) -> dict[str, str]:
+        return dict(self.via)
+
+    def set_via_routes(self, replace: dict[str, str], delete: list[str]) -> None:
+        for dst in delete:
+            self.via.pop(dst, None)
+        self.via.update(replace)
+
+    def forwarding(self) -> bool:
+        return self.forwards
 
     @property
     def peers(self) -> dict[str, PeerConf]:

@@ -159,7 +159,7 @@ def etcd_roles(
     async def run() -> list[str]:
         kv = await connect(endpoints, tls)
         try:
-            return await ensure_roles(kv, Layout(compiled.plan.mesh), nodes)
+            return await ensure_roles(kv, Layout(compiled.plan.mesh), nodes, identities.gateway_sites(compiled.plan))
         finally:
             await kv.close()
 

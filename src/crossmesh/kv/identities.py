@@ -33,8 +33,19 @@ DEFAULT_SERVER_IPS = ("127.0.0.1",)
 
 
 def agent_nodes(plan: Plan) -> list[str]:
-    """The nodes that run an agent (those with a tunnel), sorted: each has its own etcd user."""
-    return sorted(n.name for n in plan.nodes if n.tunnel is not None)
+    """The nodes that run an agent, sorted: each has its own etcd user. Those with a tunnel; under
+    `topology: gateways` every node (the others route the other sites via their site's active
+    gateway, and follow it when it fails over)."""
+    gateways = plan.topology == "gateways"
+    return sorted(n.name for n in plan.nodes if n.tunnel is not None or gateways)
+
+
+def gateway_sites(plan: Plan) -> dict[str, str]:
+    """Each gateway node's site under `topology: gateways` (its agent may move the site's active
+    gateway); empty for a full mesh."""
+    if plan.topology != "gateways":
+        return {}
+    return {n.name: n.site for n in plan.nodes if n.gateway}
 
 
 def reserved_nodes(plan: Plan) -> list[str]:
@@ -52,7 +63,7 @@ def users(plan: Plan) -> dict[str, Role]:
             f"node {clash[0]} is named as the etcd identity {clash[0]} — rename the node "
             f"({', '.join(RESERVED)} are reserved)"
         )
-    return Layout(plan.mesh).users(agent_nodes(plan))
+    return Layout(plan.mesh).users(agent_nodes(plan), gateway_sites(plan))
 
 
 def etcd_specs(

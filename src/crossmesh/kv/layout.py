@@ -10,6 +10,8 @@
     /crossmesh/<mesh>/operator/leader   the elected operator, under its lease
     /crossmesh/<mesh>/nodes/<n>         node n's record: public key, endpoint (its agent, under a lease)
     /crossmesh/<mesh>/status/<n>        the revision node n runs, or why it does not (its agent)
+    /crossmesh/<mesh>/gateways/<site>   topology gateways: the site's active gateway (created by the
+                                        operator, moved by the site's gateways on failover)
 
 etcd knows a client by its certificate's common name: an agent's is its node's name, the operator's
 `crossmesh-operator`, `apply`'s `crossmesh-admin` (`kv.identities` lists them). Role names are
@@ -20,6 +22,7 @@ node `operator` had the operator's role, and mesh `a`'s node `b-admin` mesh `a-b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from crossmesh.kv.api import Permission, Role
@@ -88,16 +91,24 @@ class Layout:
         """Every role of this mesh, and no other mesh's, starts so."""
         return f"crossmesh:{self.mesh}:"
 
-    def node_role(self, node: str) -> Role:
-        """A node's agent reads the whole mesh and writes only its own record and status."""
-        return Role(
-            f"{self.role_prefix}node:{node}",
-            [
-                Permission("read", self.root, prefix=True),
-                Permission("readwrite", self.node(node)),
-                Permission("readwrite", self.status(node)),
-            ],
-        )
+    @property
+    def gateways(self) -> bytes:
+        return self.root + b"gateways/"
+
+    def gateway(self, site: str) -> bytes:
+        return self.gateways + site.encode()
+
+    def node_role(self, node: str, gateway_of: str | None = None) -> Role:
+        """A node's agent reads the whole mesh and writes only its own record and status — and, for a
+        gateway of site `gateway_of`, which of the site's gateways is active (failover)."""
+        permissions = [
+            Permission("read", self.root, prefix=True),
+            Permission("readwrite", self.node(node)),
+            Permission("readwrite", self.status(node)),
+        ]
+        if gateway_of is not None:
+            permissions.append(Permission("readwrite", self.gateway(gateway_of)))
+        return Role(f"{self.role_prefix}node:{node}", permissions)
 
     def operator_role(self) -> Role:
         return Role(f"{self.role_prefix}operator", [Permission("readwrite", self.root, prefix=True)])
@@ -105,9 +116,10 @@ class Layout:
     def admin_role(self) -> Role:
         return Role(f"{self.role_prefix}admin", [Permission("readwrite", self.root, prefix=True)])
 
-    def users(self, nodes: list[str]) -> dict[str, Role]:
-        """Every etcd user of the mesh and its role (user name = certificate common name)."""
-        out = {n: self.node_role(n) for n in nodes}
+    def users(self, nodes: list[str], gateways: Mapping[str, str] | None = None) -> dict[str, Role]:
+        """Every etcd user of the mesh and its role (user name = certificate common name); `gateways`:
+        each gateway node's site (topology gateways)."""
+        out = {n: self.node_role(n, (gateways or {}).get(n)) for n in nodes}
         out[OPERATOR_USER] = self.operator_role()
         out[ADMIN_USER] = self.admin_role()
         return out

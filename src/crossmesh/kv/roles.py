@@ -10,15 +10,19 @@ holds its role (etcd refuses it before), and stays enabled.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from crossmesh.kv.api import KvAdmin, Role
 from crossmesh.kv.identities import ROOT_USER
 from crossmesh.kv.layout import Layout
 
 
-async def ensure_roles(kv: KvAdmin, layout: Layout, nodes: list[str]) -> list[str]:
-    """Make `root`, every user of `layout.users(nodes)` and its role, delete the mesh's roles no
-    user needs, then enable auth; the changes made (none on a second run)."""
-    wanted = layout.users(nodes)
+async def ensure_roles(
+    kv: KvAdmin, layout: Layout, nodes: list[str], gateways: Mapping[str, str] | None = None
+) -> list[str]:
+    """Make `root`, every user of `layout.users(nodes, gateways)` and its role, delete the mesh's
+    roles no user needs, then enable auth; the changes made (none on a second run)."""
+    wanted = layout.users(nodes, gateways)
     changes = []
     if await kv.ensure_user(ROOT_USER, [ROOT_USER]):
         changes.append("etcd user root (role root)")

@@ -68,7 +68,9 @@ def ensure_etcd_roles(state: LabState, compiled: Compiled) -> list[str]:
     async def run() -> list[str]:
         kv = await connect(etcd.endpoints(state.tag), Tls(root.ca, root.cert, root.key))
         try:
-            return await ensure_roles(kv, Layout(compiled.plan.mesh), identities.agent_nodes(compiled.plan))
+            plan = compiled.plan
+            gateways = identities.gateway_sites(plan)
+            return await ensure_roles(kv, Layout(plan.mesh), identities.agent_nodes(plan), gateways)
         finally:
             await kv.close()
 

@@ -21,22 +21,49 @@ etcdctl role get crossmesh:gateways:operator >/dev/null 2>&1 || etcdctl role add
 etcdctl role grant-permission crossmesh:gateways:operator readwrite --prefix /crossmesh/gateways/
 etcdctl user get crossmesh-operator >/dev/null 2>&1 || etcdctl user add crossmesh-operator --no-password
 etcdctl user grant-role crossmesh-operator crossmesh:gateways:operator
+etcdctl role get crossmesh:gateways:node:east-worker-1 >/dev/null 2>&1 || etcdctl role add crossmesh:gateways:node:east-worker-1
+etcdctl role grant-permission crossmesh:gateways:node:east-worker-1 read --prefix /crossmesh/gateways/
+etcdctl role grant-permission crossmesh:gateways:node:east-worker-1 readwrite /crossmesh/gateways/nodes/east-worker-1
+etcdctl role grant-permission crossmesh:gateways:node:east-worker-1 readwrite /crossmesh/gateways/status/east-worker-1
+etcdctl user get east-worker-1 >/dev/null 2>&1 || etcdctl user add east-worker-1 --no-password
+etcdctl user grant-role east-worker-1 crossmesh:gateways:node:east-worker-1
+etcdctl role get crossmesh:gateways:node:edge-1 >/dev/null 2>&1 || etcdctl role add crossmesh:gateways:node:edge-1
+etcdctl role grant-permission crossmesh:gateways:node:edge-1 read --prefix /crossmesh/gateways/
+etcdctl role grant-permission crossmesh:gateways:node:edge-1 readwrite /crossmesh/gateways/nodes/edge-1
+etcdctl role grant-permission crossmesh:gateways:node:edge-1 readwrite /crossmesh/gateways/status/edge-1
+etcdctl user get edge-1 >/dev/null 2>&1 || etcdctl user add edge-1 --no-password
+etcdctl user grant-role edge-1 crossmesh:gateways:node:edge-1
+etcdctl role get crossmesh:gateways:node:edge-2 >/dev/null 2>&1 || etcdctl role add crossmesh:gateways:node:edge-2
+etcdctl role grant-permission crossmesh:gateways:node:edge-2 read --prefix /crossmesh/gateways/
+etcdctl role grant-permission crossmesh:gateways:node:edge-2 readwrite /crossmesh/gateways/nodes/edge-2
+etcdctl role grant-permission crossmesh:gateways:node:edge-2 readwrite /crossmesh/gateways/status/edge-2
+etcdctl user get edge-2 >/dev/null 2>&1 || etcdctl user add edge-2 --no-password
+etcdctl user grant-role edge-2 crossmesh:gateways:node:edge-2
 etcdctl role get crossmesh:gateways:node:gw-east-1 >/dev/null 2>&1 || etcdctl role add crossmesh:gateways:node:gw-east-1
 etcdctl role grant-permission crossmesh:gateways:node:gw-east-1 read --prefix /crossmesh/gateways/
 etcdctl role grant-permission crossmesh:gateways:node:gw-east-1 readwrite /crossmesh/gateways/nodes/gw-east-1
 etcdctl role grant-permission crossmesh:gateways:node:gw-east-1 readwrite /crossmesh/gateways/status/gw-east-1
+etcdctl role grant-permission crossmesh:gateways:node:gw-east-1 readwrite /crossmesh/gateways/gateways/dc-east
 etcdctl user get gw-east-1 >/dev/null 2>&1 || etcdctl user add gw-east-1 --no-password
 etcdctl user grant-role gw-east-1 crossmesh:gateways:node:gw-east-1
 etcdctl role get crossmesh:gateways:node:gw-east-2 >/dev/null 2>&1 || etcdctl role add crossmesh:gateways:node:gw-east-2
 etcdctl role grant-permission crossmesh:gateways:node:gw-east-2 read --prefix /crossmesh/gateways/
 etcdctl role grant-permission crossmesh:gateways:node:gw-east-2 readwrite /crossmesh/gateways/nodes/gw-east-2
 etcdctl role grant-permission crossmesh:gateways:node:gw-east-2 readwrite /crossmesh/gateways/status/gw-east-2
+etcdctl role grant-permission crossmesh:gateways:node:gw-east-2 readwrite /crossmesh/gateways/gateways/dc-east
 etcdctl user get gw-east-2 >/dev/null 2>&1 || etcdctl user add gw-east-2 --no-password
 etcdctl user grant-role gw-east-2 crossmesh:gateways:node:gw-east-2
 etcdctl role get crossmesh:gateways:node:gw-west >/dev/null 2>&1 || etcdctl role add crossmesh:gateways:node:gw-west
 etcdctl role grant-permission crossmesh:gateways:node:gw-west read --prefix /crossmesh/gateways/
 etcdctl role grant-permission crossmesh:gateways:node:gw-west readwrite /crossmesh/gateways/nodes/gw-west
 etcdctl role grant-permission crossmesh:gateways:node:gw-west readwrite /crossmesh/gateways/status/gw-west
+etcdctl role grant-permission crossmesh:gateways:node:gw-west readwrite /crossmesh/gateways/gateways/aws-west
 etcdctl user get gw-west >/dev/null 2>&1 || etcdctl user add gw-west --no-password
 etcdctl user grant-role gw-west crossmesh:gateways:node:gw-west
+etcdctl role get crossmesh:gateways:node:west-worker-1 >/dev/null 2>&1 || etcdctl role add crossmesh:gateways:node:west-worker-1
+etcdctl role grant-permission crossmesh:gateways:node:west-worker-1 read --prefix /crossmesh/gateways/
+etcdctl role grant-permission crossmesh:gateways:node:west-worker-1 readwrite /crossmesh/gateways/nodes/west-worker-1
+etcdctl role grant-permission crossmesh:gateways:node:west-worker-1 readwrite /crossmesh/gateways/status/west-worker-1
+etcdctl user get west-worker-1 >/dev/null 2>&1 || etcdctl user add west-worker-1 --no-password
+etcdctl user grant-role west-worker-1 crossmesh:gateways:node:west-worker-1
 etcdctl auth enable
