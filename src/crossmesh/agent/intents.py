@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from crossmesh.agent.records import OPTIONAL_PLANNED, PlannedNode, planned_json
@@ -98,6 +98,31 @@ def _int(data: dict[str, Any], name: str, low: int, high: int, what: str) -> int
     return value
 
 
+def _addresses(planned: PlannedNode, what: str) -> None:
+    """Addresses are addresses: they reach `ip` commands and routes. Only a node without a tunnel
+    (topology gateways: it runs an agent for its routes) has no tunnel address, and port 0."""
+    checks: list[tuple[str, str | None, type]] = [
+        ("address", planned.address, IPv4Address),
+        ("pod_cidr", planned.pod_cidr, IPv4Network),
+        ("public_address", planned.public_address, IPv4Address),
+        ("tunnel_address", planned.tunnel_address or None, IPv4Address),
+        ("site_network", planned.site_network or None, IPv4Network),
+    ]
+    for name, value, kind in checks:
+        if value is None:
+            continue
+        try:
+            kind(value)
+        except ValueError:
+            raise IntentError(f"{what}: {name} {value[:40]!r} is not an IPv4 {kind.__name__[4:].lower()}") from None
+    tunnel = bool(planned.tunnel_address)
+    if not (1 <= planned.listen_port <= 65535 if tunnel else planned.listen_port == 0):
+        want = "1..65535" if tunnel else "0 (the node has no tunnel)"
+        raise IntentError(f"{what}: listen_port {planned.listen_port} out of range {want}")
+    if not tunnel and not planned.site_network:
+        raise IntentError(f"{what}: no tunnel_address (only a node of a gateways mesh has none)")
+
+
 def decode_intent(raw: bytes, key_node: str) -> NodeIntent:
     """The intent stored under `intents/<key_node>`."""
     what = f"intent of {key_node[:63]!r}"
@@ -113,11 +138,7 @@ def decode_intent(raw: bytes, key_node: str) -> NodeIntent:
         raise IntentError(f"{what}: node has unknown field {unknown[0][:40]!r}")
     given = {**OPTIONAL_PLANNED, **node}
     planned = PlannedNode(**{name: _field(given, name, k, what) for name, k in kinds.items()})
-    if planned.site_network:
-        try:
-            IPv4Network(planned.site_network)
-        except ValueError:
-            raise IntentError(f"{what}: site_network {planned.site_network[:40]!r} is not an IPv4 network") from None
+    _addresses(planned, what)
     if planned.name != key_node:
         raise IntentError(f"{what}: names node {planned.name[:63]!r}")
     return NodeIntent(

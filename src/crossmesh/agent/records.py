@@ -204,16 +204,17 @@ def unsupported(plan: Plan) -> str | None:
 
 def planned_of(node: NodePlan, site_network: IPv4Network | None = None) -> PlannedNode:
     """A node of the plan that runs an agent, as records must match it; `site_network` under
-    `topology: gateways` (the node's gateway flag and site network go with it)."""
-    assert node.tunnel is not None  # noqa: S101 - only tunnel nodes run agents
+    `topology: gateways` (the node's gateway flag and site network go with it, and a node without a
+    tunnel runs an agent too, for its routes via the site's gateway: no tunnel address, port 0)."""
+    assert node.tunnel is not None or site_network is not None  # noqa: S101 - see intent_of
     return PlannedNode(
         name=node.name,
         cluster=node.cluster,
         site=node.site,
         address=str(node.address),
         pod_cidr=str(node.pod_cidr),
-        tunnel_address=str(node.tunnel.address),
-        listen_port=node.tunnel.listen_port,
+        tunnel_address="" if node.tunnel is None else str(node.tunnel.address),
+        listen_port=0 if node.tunnel is None else node.tunnel.listen_port,
         public_address=None if node.public_address is None else str(node.public_address),
         gateway=site_network is not None and node.gateway,
         site_network="" if site_network is None else str(site_network),
@@ -227,7 +228,7 @@ def intent_of(plan: Plan) -> dict[str, PlannedNode]:
     return {
         node.name: planned_of(node, nets[node.site] if gateways else None)
         for node in plan.nodes
-        if node.tunnel is not None
+        if node.tunnel is not None or gateways
     }
 
 

@@ -50,7 +50,8 @@ def decode_rollout(raw: bytes) -> Rollout:
 def intents_for(plan: Plan, revision: int, wireguard: WireGuard) -> dict[str, NodeIntent]:
     """What each node that runs an agent must run, as of desired revision `revision`
     (`wireguard`: the mesh's spec.wireguard, for the keepalive and key rotation)."""
-    mtu = {n.name: n.tunnel.mtu.value for n in plan.nodes if n.tunnel is not None}
+    # A node without a tunnel (topology gateways) runs an agent for its routes only: its site's MTU.
+    mtu = {n.name: n.tunnel.mtu.value if n.tunnel is not None else plan.site(n.site).mtu for n in plan.nodes}
     rotation = duration_seconds(wireguard.key_rotation) if wireguard.key_rotation else 0
     return {
         name: NodeIntent(revision, planned, mtu[name], wireguard.persistent_keepalive, rotation)
