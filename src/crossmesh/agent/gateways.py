@@ -200,7 +200,8 @@ class Judge:
             self._healthy_since = now
 
     def decide(self, now: float, current: ActiveGateway | None, order: Sequence[str]) -> ActiveGateway | None:
-        """The value to write (with a compare on `current`), or None: nothing to do."""
+        """The value to write (with a compare on `current`), or None: nothing to do. Asked again
+        before its write is seen, it proposes the same epoch again: the compare refuses the repeat."""
         if current is None or self.own not in order or current.active not in order:
             return None  # the operator creates the key, and rewrites it for a gateway gone
         if self._seen not in (None, (current.active, current.epoch)):
