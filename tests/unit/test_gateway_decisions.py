@@ -6,6 +6,7 @@ own; the preferred gateway takes back only after HOLD_DOWN seconds of health."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 import pytest
 from hypothesis import given, settings
@@ -22,8 +23,8 @@ from crossmesh.agent.gateways import (
     Judge,
     Remote,
     decode_active,
-    gateway_order,
 )
+from crossmesh.plan import peers as peer_rule
 
 SITE = "aws"
 GATEWAYS = ["gw-a", "gw-b", "gw-c"]  # in order: gw-a preferred
@@ -146,6 +147,12 @@ def test_decode_is_total(value: bytes) -> None:
 
 
 # Preference order
+
+
+def gateway_order(members: Iterable[tuple[str, bool]]) -> list[str]:
+    """One site's order by the one rule (plan/peers.py), from (name, behind NAT)."""
+    site = peer_rule.gateway_order(peer_rule.Member(n, "s", natted, True) for n, natted in members)
+    return list(site.get("s", ()))
 
 
 def test_gateway_order_public_first_then_by_name() -> None:

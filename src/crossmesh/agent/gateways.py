@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -116,12 +116,6 @@ def _shown(value: object) -> str:
     """A value from etcd, quoted and cut short for a message (newlines and all escaped)."""
     text = repr(value)
     return text if len(text) <= 48 else text[:45] + "..."
-
-
-def gateway_order(members: Iterable[tuple[str, bool]]) -> list[str]:
-    """A site's gateways, given as (name, behind NAT), in preference order: public first, then by
-    name — the planner's order (plan/planner.py `gateways()`). The first is the *preferred* one."""
-    return [name for natted, name in sorted((natted, name) for name, natted in members)]
 
 
 @dataclass(frozen=True, slots=True)
