@@ -44,18 +44,18 @@ def test_plaintext_only_when_asked_for_by_name() -> None:
     assert etcd_urls("http://127.0.0.1:2379", tls=False, insecure=True) == ["http://127.0.0.1:2379"]
 
 
-def test_the_agent_refuses_a_gateways_mesh(tmp_path: Path) -> None:
-    """Its peers would differ from the plan's on every gateway node (issue 16 brings gateways)."""
+def test_a_node_without_a_tunnel_is_sent_to_the_operator(tmp_path: Path) -> None:
+    """Under gateways a plain node's routes follow the site's active gateway, which only etcd knows."""
     mesh = Path(__file__).resolve().parents[1] / "golden" / "gateways" / "mesh.yaml"
     pem = tmp_path / "x.pem"
     pem.write_text("not used")
     result = CliRunner().invoke(
         app,
-        ["agent", str(mesh), "--node", NODE, "--state", str(tmp_path / "state"),
+        ["agent", str(mesh), "--node", "east-worker-1", "--state", str(tmp_path / "state"),
          "--etcd-endpoints", "https://127.0.0.1:2379", "--cacert", str(pem), "--cert", str(pem), "--key", str(pem)],
     )  # fmt: skip
     assert result.exit_code == 2, result.output
-    assert "full-mesh tunnels only" in result.output and "topology 'gateways'" in result.output
+    assert "has no tunnel" in result.output and "--mesh gateways" in result.output
 
 
 def test_missing_tls_files_are_named(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from crossmesh.agent.intents import NodeStatus, decode_intent
-from crossmesh.errors import SpecError, UsageError
+from crossmesh.errors import SpecError
 from crossmesh.kv.api import Kv, Put
 from crossmesh.kv.layout import Layout
 from crossmesh.kv.memory import MemoryStore
@@ -156,11 +156,44 @@ def test_a_mesh_that_does_not_validate_is_not_applied(tmp_path: Path) -> None:
     run(body)
 
 
-def test_gateways_are_refused_by_name(tmp_path: Path) -> None:
+def test_under_gateways_the_operator_names_each_sites_active_gateway_once(tmp_path: Path) -> None:
+    """Every node gets an intent; each site's key names its preferred gateway; a valid choice (a
+    failover) is never undone; a key naming no gateway of the site is put back to the preferred."""
     shutil.copytree(Path(__file__).resolve().parents[1] / "golden" / "gateways", tmp_path / "g")
     path = tmp_path / "g" / "mesh.yaml"
-    with pytest.raises(UsageError, match="full-mesh intents only"):
-        run(lambda: apply_mod.propose(MemoryStore().client(), path))
+    store = MemoryStore()
+    layout = Layout("gateways")
+
+    async def active(kv: Kv, site: str) -> dict[str, Any]:
+        got = await kv.get(layout.gateway(site))
+        assert got is not None
+        return json.loads(got.value)  # type: ignore[no-any-return]
+
+    async def body() -> None:
+        admin = store.client()
+        await apply_mod.apply(admin, await apply_mod.propose(admin, path), "alice")
+        op = Operator(lambda: _const(store.client("crossmesh-operator")), layout.mesh, "op-1", say=lambda _: None)
+        kv = store.client("crossmesh-operator")
+        await op._campaign(kv, await kv.grant(5))
+        await op.reconcile(kv)
+        names = {e.key.decode().rsplit("/", 1)[1] for e in (await kv.range(layout.intents)).entries}
+        doc = yaml.safe_load(path.read_text())
+        assert names == {n["name"] for c in doc["spec"]["clusters"] for n in c["nodes"]}  # tunnel or not
+        east = await active(kv, "dc-east")
+        assert (east["active"], east["epoch"], east["by"]) == ("gw-east-2", 1, "op-1")
+        assert (await active(kv, "aws-west"))["active"] == "gw-west"
+        # A failover moved dc-east to the standby: the operator leaves it so.
+        moved = {**east, "active": "gw-east-1", "epoch": 2, "by": "gw-east-1", "reason": "takeover"}
+        await kv.put(layout.gateway("dc-east"), json.dumps(moved).encode())
+        await op.reconcile(kv)
+        assert await active(kv, "dc-east") == moved
+        # A key naming a node that is no gateway of the site goes back to the preferred, epoch above.
+        await kv.put(layout.gateway("dc-east"), json.dumps({**moved, "active": "east-worker-1"}).encode())
+        await op.reconcile(kv)
+        back = await active(kv, "dc-east")
+        assert (back["active"], back["epoch"]) == ("gw-east-2", 3) and "no gateway of the site" in back["reason"]
+
+    run(body)
 
 
 def test_a_garbled_desired_revision_is_reported_and_the_intents_stay(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
-from crossmesh.agent import dataplane, handshakes, intents, kernel, records, rotation, session
+from crossmesh.agent import dataplane, failover, handshakes, intents, kernel, records, rotation, session
 from crossmesh.agent.config import AgentConfig, ConfigError
 from crossmesh.agent.following import Following
 from crossmesh.agent.log import log
@@ -114,6 +114,7 @@ class Agent:
         self.applied_revision = 0  # the intent revision the last successful apply made real
         self.apply_error: str | None = None
         self.chosen: dict[str, str] = {}  # site → its active gateway as etcd names it (topology: gateways)
+        self.failover = failover.Failover(self)  # following it, and (a gateway) probing and taking over
         if cfg.intent_source != "etcd":
             try:
                 self.own = records.NodeRecord(**{**(cfg.record or {}), "public_key": self.public_key})
@@ -186,6 +187,7 @@ class Agent:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.failover.stop()
 
     def _failed(self, why: str) -> None:
         if why != self.failure:
@@ -292,7 +294,8 @@ class Agent:
         if mine is not None and mine != self.followed:
             self.full_due = 0.0  # an MTU (or address) of its own may have changed: the device is checked
         self.followed = mine
-        own = None if mine is None else records.record_from(mine.node, self.public_key, self.key_version)
+        tunnel = mine is not None and bool(mine.node.tunnel_address)  # a node of a gateways mesh may have none
+        own = records.record_from(mine.node, self.public_key, self.key_version) if mine and tunnel else None
         if own != self.own:
             self.own = own
             self.put_needed.set()
@@ -371,7 +374,23 @@ class Agent:
                 raise
             self.apply_error = None
 
+    @property
+    def route_only(self) -> bool:
+        """A node without a tunnel (topology gateways): its agent keeps only its routes via the site's
+        active gateway — no device, no record."""
+        mine = self.following.mine
+        return mine is not None and not mine.node.tunnel_address
+
     def _apply(self) -> None:
+        if self.synced and self.route_only:
+            full = time.monotonic() >= self.full_due
+            for c in self._via(full):
+                log(c)
+            self.full_due = time.monotonic() + FULL_CHECK if full else self.full_due
+            self.applied_revision = self.following.revision
+            self.last_reconcile, self.reconciles = time.time(), self.reconciles + 1
+            self.write_status(0)
+            return
         if not self.synced or self.own is None:
             return  # nothing read yet (an agent started while etcd is down must not empty the device), or no intent
         own, revision = self.own, self.following.revision
@@ -449,6 +468,8 @@ class Agent:
     def _restore_device(self) -> bool:
         if self.stop.is_set() or self.dp.running():
             return False  # stopping: whoever stops the agent may be stopping wireguard-go too
+        if self.route_only or (self.following.mine is None and self.cfg.intent_source == "etcd"):
+            return False  # no tunnel here, or not known yet: no device is made on a guess
         self.dp.start()  # a real node's device is not the agent's to start: this raises there
         log(f"wireguard-go for {self.ifname} was not running: started it")
         self.applied, self.applied_private = {}, None  # a new device: every peer is new to it
@@ -521,6 +542,7 @@ class Agent:
             "intentRevision": self.following.revision,
             "appliedRevision": self.applied_revision,
             "error": self.following.error or self.apply_error,
+            "gateways": self.failover.status(),
             "updated": time.time(),
         }
         # Written from the event loop and from the apply thread: one at a time, or the two

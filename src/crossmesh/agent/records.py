@@ -197,11 +197,6 @@ def prefix(mesh: str) -> str:
     return records_prefix(mesh)
 
 
-def unsupported(plan: Plan) -> str | None:
-    """Why agents cannot run this plan, or None (the one rule: plan/peers.agents_unsupported)."""
-    return peer_rule.agents_unsupported(plan.topology, plan.mesh)
-
-
 def planned_of(node: NodePlan, site_network: IPv4Network | None = None) -> PlannedNode:
     """A node of the plan that runs an agent, as records must match it; `site_network` under
     `topology: gateways` (the node's gateway flag and site network go with it, and a node without a

@@ -41,6 +41,8 @@ async def run(agent: Agent, kv: Kv) -> None:
         agent.load_intents(told.entries)
     got = await kv.range(layout.nodes)
     agent.load(got.entries)
+    active = await kv.range(layout.gateways)  # topology gateways: each site's active gateway
+    agent.failover.load(active.entries)
     agent.dirty.clear()
     with contextlib.suppress(Exception):  # logged and reported; the apply loop tries again
         await asyncio.to_thread(agent.apply)
@@ -58,6 +60,8 @@ async def run(agent: Agent, kv: Kv) -> None:
         keep(agent, kv, lease.id, granted_at),
         follow(kv, layout.nodes, got.revision + 1, agent.record_events, agent.load),
         agent.stop.wait(),
+        follow(kv, layout.gateways, active.revision + 1, agent.failover.events, agent.failover.load),
+        agent.failover.run(kv),
     ]
     if told is not None:
         intents = follow(kv, layout.intents, told.revision + 1, agent.intent_events, agent.load_intents)

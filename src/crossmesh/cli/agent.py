@@ -99,20 +99,18 @@ def mesh_file_config(mesh: Path, node: str, state: Path | None, where: Where) ->
     Records that do not match what this mesh plans are refused (a node may change only its key
     and endpoint): the mesh file is the trusted intent, inline in the configuration."""
     from crossmesh.agent import config as agent_config
-    from crossmesh.agent import records
 
     compiled = compile_mesh(mesh, state, only_key=node)
     try:
         planned = compiled.plan.node(node)
     except KeyError:
         raise UsageError(f"no node {node} in {mesh}") from None
-    why = records.unsupported(compiled.plan)
-    if why is not None:
-        raise UsageError(
-            f"{why} — deploy the rendered files (crossmesh render) without agents, or set topology: full-mesh"
-        )
     if planned.tunnel is None:
-        raise UsageError(f"node {node} has no tunnel in this topology: it needs no agent")
+        raise UsageError(
+            f"node {node} has no tunnel: under topology gateways its routes follow the site's active gateway, "
+            f"which the operator publishes — run its agent from etcd (`crossmesh agent --mesh {compiled.plan.mesh} "
+            f"--node {node} --etcd-endpoints …`)"
+        )
     return agent_config.build(
         compiled,
         node,

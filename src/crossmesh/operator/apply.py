@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crossmesh.agent import intents as agent_intents
-from crossmesh.agent.records import unsupported
-from crossmesh.errors import CrossmeshError, Refused, SpecError, UsageError
+from crossmesh.errors import CrossmeshError, Refused, SpecError
 from crossmesh.ipam.allocate import Allocations
 from crossmesh.kv.api import Compare, Kv, Put
 from crossmesh.kv.layout import Layout
@@ -51,9 +50,6 @@ async def propose(kv: Kv, path: Path) -> Proposal:
     layout = Layout(named.metadata.name)
     previous, _ = await ipam.read(kv, layout)
     loaded, _, plan = plan_against(path, previous)
-    why = unsupported(plan)
-    if why is not None:
-        raise UsageError(f"{why} — the operator publishes full-mesh intents only")
     entry = await kv.get(layout.desired)
     base = desired_mod.decode(entry.value) if entry is not None else None
     return Proposal(

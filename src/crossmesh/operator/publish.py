@@ -10,8 +10,9 @@ import json
 import time
 from dataclasses import asdict, dataclass
 
+from crossmesh.agent.gateways import MAX_EPOCH, ActiveGateway, GatewayError, decode_active
 from crossmesh.agent.intents import NodeIntent
-from crossmesh.agent.records import intent_of
+from crossmesh.agent.records import GatewayView, intent_of
 from crossmesh.kv.api import MAX_TXN_OPS, Compare, Delete, Kv, KvError, Put
 from crossmesh.kv.layout import Layout
 from crossmesh.model.mesh import WireGuard, duration_seconds
@@ -84,6 +85,48 @@ async def publish(kv: Kv, layout: Layout, intents: dict[str, NodeIntent], fence:
     for i in range(0, len(ops), MAX_TXN_OPS):
         await fenced(kv, fence, ops[i : i + MAX_TXN_OPS])
     return written, len(ops) - written
+
+
+async def gateways(kv: Kv, layout: Layout, intents: dict[str, NodeIntent], fence: list[Compare], by: str) -> int:
+    """Under topology gateways, make sure every site has its active gateway in `gateways/<site>`: the
+    preferred one where the key is missing or names no gateway of the site any more (a removed node);
+    a site gone loses its key. A valid choice is never touched: it is the site's gateways' to move
+    (failover). Each write compares the key's revision with the one read, so a takeover racing this
+    wins and the next reconcile looks again. The keys written."""
+    order = GatewayView.of({n: i.node for n, i in intents.items()}, {}).order
+    snap = await kv.range(layout.gateways)
+    stored = {e.key[len(layout.gateways) :].decode(errors="replace"): e for e in snap.entries}
+    written = 0
+    for site, gws in sorted(order.items()):
+        entry = stored.get(site)
+        epoch = 0
+        if entry is not None:
+            try:
+                decode_active(entry.value, site, gws)
+                continue
+            except GatewayError as err:
+                why = f"the key named no gateway of the site ({err})"
+                epoch = _epoch(entry.value)
+        else:
+            why = "first rollout of the site"
+        value = ActiveGateway(gws[0], min(epoch + 1, MAX_EPOCH), now(), by, f"preferred gateway: {why}"[:1024])
+        key = layout.gateway(site)
+        guard = Compare(key, "mod", entry.mod_revision if entry is not None else 0)
+        got = await kv.txn([*fence, guard], [Put(key, value.encode())])
+        written += got.succeeded
+    gone: list[Put | Delete] = [Delete(layout.gateway(site)) for site in sorted(set(stored) - set(order))]
+    if gone:
+        await fenced(kv, fence, gone)
+    return written
+
+
+def _epoch(raw: bytes) -> int:
+    """The epoch of a value that is no longer valid, where it still says one (the next is above it)."""
+    try:
+        epoch = json.loads(raw).get("epoch")
+    except (ValueError, AttributeError, RecursionError):
+        return 0
+    return epoch if type(epoch) is int and 0 <= epoch < MAX_EPOCH else 0
 
 
 async def finish(kv: Kv, layout: Layout, rollout: Rollout, fence: list[Compare]) -> None:

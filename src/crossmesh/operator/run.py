@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from crossmesh.agent.intents import NodeIntent
-from crossmesh.agent.records import unsupported
 from crossmesh.errors import SpecError
 from crossmesh.kv.api import Compare, Kv, KvError, Lease, LeaseExpired, Put
 from crossmesh.kv.layout import Layout
@@ -160,6 +159,7 @@ class Operator:
             await self._failed(kv, wanted.revision, wanted.digest, why)
             return snap_revision
         written, deleted = await publish.publish(kv, self.layout, intents, self.fence)
+        await publish.gateways(kv, self.layout, intents, self.fence, self.identity)
         await publish.finish(
             kv,
             self.layout,
@@ -175,9 +175,6 @@ class Operator:
             for _ in range(ALLOCATE_ATTEMPTS):
                 previous, guard = await self.ipam.read(kv)
                 loaded, alloc, plan = await asyncio.to_thread(plan_against, path, previous)
-                why = unsupported(plan)
-                if why is not None:
-                    raise ipam.AllocationError(why)
                 if await self.ipam.commit(kv, previous, guard, alloc, self.fence):
                     return publish.intents_for(plan, wanted.revision, loaded.mesh.spec.wireguard)
             raise ipam.AllocationError(f"allocations kept changing under the operator ({ALLOCATE_ATTEMPTS} attempts)")

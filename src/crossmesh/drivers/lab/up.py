@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crossmesh.agent import records
 from crossmesh.drivers.lab import faults, netns, operators, reconcile, topology, wireguard
 from crossmesh.drivers.lab.control_plane import start_agents, start_etcd, start_joining_agents
 from crossmesh.drivers.lab.desired import namespace_digest, policy_index, unhealthy_backends
@@ -33,7 +32,7 @@ from crossmesh.drivers.lab.state import (
 )
 from crossmesh.drivers.lab.teardown import collect_garbage, down
 from crossmesh.drivers.lab.topology import LabTopology, Namespace
-from crossmesh.errors import EnvironmentProblem, UsageError
+from crossmesh.errors import EnvironmentProblem
 from crossmesh.model.plan import Plan
 from crossmesh.plan.serialize import plan_json
 from crossmesh.render import readback
@@ -139,11 +138,6 @@ def _up(
             "remove them with `crossmesh lab down --all`"
         )
     agents = agents or (existing is not None and existing.control_plane == "etcd")
-    why = records.unsupported(plan) if agents else None
-    if why is not None:
-        raise UsageError(
-            f"{why} — bring it up without --agents (the lab applies the planned gateways), or set topology: full-mesh"
-        )
     try:
         topo = topology.build(
             plan,
