@@ -149,7 +149,11 @@ def node_record(st: labs.LabState, node: str) -> dict[str, Any]:
 
 def udp_echo(st: labs.LabState, src: str, dst: str, port: int = 5353, timeout: float = 0.2) -> bool:
     """One datagram from pod `src` to pod `dst`'s echo port: did it come back?"""
-    address = str(st.pods[dst].address)
+    return udp_answers(st.pods[src].namespace, str(st.pods[dst].address), port, timeout)
+
+
+def udp_answers(namespace: str, address: str, port: int, timeout: float = 0.2) -> bool:
+    """One datagram from network namespace `namespace` to `address:port`: did it come back as sent?"""
 
     def probe() -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -160,7 +164,7 @@ def udp_echo(st: labs.LabState, src: str, dst: str, port: int = 5353, timeout: f
             except OSError:
                 return False
 
-    return netns.run_in(st.pods[src].namespace, probe)
+    return netns.run_in(namespace, probe)
 
 
 def http_ok(st: labs.LabState, src: str, dst: str, port: int, timeout: float = 0.5) -> bool:

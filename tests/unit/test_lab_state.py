@@ -21,6 +21,7 @@ BEFORE = {
     "control_plane": "etcd",
     "created": 1718000000.25,
     "cut_sites": [],
+    "cut_uplinks": [],
     "etcd_pids": {"cm-abcd-e0": 4100},
     "indices": {"site": {"aws-sg": 0}},
     "inet": "cm-abcd-inet",
@@ -48,6 +49,7 @@ BEFORE = {
     "sites": {"aws-sg": "cm-abcd-r0"},
     "state_dir": "/work/examples/three-clouds/.crossmesh",
     "status": "up",
+    "stopped_forwarding": [],
     "tag": "abcd",
     "wireguard": {"cm-abcd-g0": {"namespace": "cm-abcd-n0", "node": "aws-1", "pid": 4300}},
     "workloads": {"aws-1": 4400},
@@ -91,14 +93,16 @@ def test_round_trip() -> None:
     )
     state.wireguard["cm-abcd-g1"] = DeviceEntry(namespace="cm-abcd-n1", node="n")
     state.indices = {"node": {"n": 1}}
+    state.stopped_forwarding, state.cut_uplinks = ["n"], ["m", "n"]
     assert LabState.from_json(json.loads(_text(state.to_json()))) == state
 
 
 def test_fields_a_lab_json_lacks_take_their_defaults() -> None:
     """A lab.json written before a field existed still reads."""
-    old = {k: v for k, v in BEFORE.items() if k not in ("cut_sites", "built_digest", "built_from", "overlay")}
-    state = LabState.from_json(old)
+    lacking = ("cut_sites", "built_digest", "built_from", "overlay", "stopped_forwarding", "cut_uplinks")
+    state = LabState.from_json({k: v for k, v in BEFORE.items() if k not in lacking})
     assert (state.cut_sites, state.built_digest, state.built_from, state.overlay) == ([], "", "", {})
+    assert (state.stopped_forwarding, state.cut_uplinks) == ([], [])
 
 
 def test_the_lab_reads_the_revision_it_was_built_from_and_nothing_outside_its_folder() -> None:
@@ -161,6 +165,8 @@ def _damaged(path: tuple[str, ...], value: Any) -> dict[str, Any]:
             r'^lab\.json: indices\["site"\]\["aws-sg"\]: expected an integer',
         ),
         (_damaged(("namespaces",), ["cm-abcd-n0", 3]), r"^lab\.json: namespaces\[1\]: expected a string"),
+        (_damaged(("cut_uplinks",), "gw-1"), r"^lab\.json: cut_uplinks: expected a list, got \"gw-1\""),
+        (_damaged(("stopped_forwarding",), [None]), r"^lab\.json: stopped_forwarding\[0\]: expected a string"),
     ],
 )
 def test_a_damaged_lab_json_is_refused_naming_the_field(data: Any, message: str) -> None:

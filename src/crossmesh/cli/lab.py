@@ -100,8 +100,18 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                     "tx": tx,
                 }
             )
+    cut = {n for nodes_cut in faults.uplink_cuts(state).values() for n in nodes_cut}
     nodes: list[dict[str, Any]] = [
-        {"node": n, "namespace": ns, "up": netns.exists(ns), "workload": labs.alive(state.workloads.get(n, 0))}
+        {
+            "node": n,
+            "namespace": ns,
+            "up": netns.exists(ns),
+            "workload": labs.alive(state.workloads.get(n, 0)),
+            "forwarding": faults.forwarding(state, n),
+            "stoppedForwarding": n in state.stopped_forwarding,
+            "uplink": "cut" if n in cut else "up",
+            "uplinkCut": n in state.cut_uplinks,
+        }
         for n, ns in sorted(state.nodes.items())
     ]
     wg: list[dict[str, Any]] = [
@@ -131,16 +141,19 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
         return
     out.print(f"lab [bold]{state.mesh_name}[/bold] (cm-{state.tag}) from {escape(str(state.mesh))}: {state.status}")
     t = Table(title="Nodes", title_justify="left")
-    for c in ("node", "namespace", "namespace up", "workload", "WireGuard"):
+    for c in ("node", "namespace", "namespace up", "workload", "WireGuard", "forwarding", "uplink"):
         t.add_column(c, overflow="fold")
     running = {d["node"]: d["running"] for d in wg}
     for n in nodes:
+        heal = f" (`lab heal-node {n['node']}`)"
         t.add_row(
             n["node"],
             n["namespace"],
             _yes(n["up"]),
             _yes(n["workload"]),
             _yes(running[n["node"]]) if n["node"] in running else "-",
+            "-" if n["forwarding"] is None else _yes(n["forwarding"]) + (heal if not n["forwarding"] else ""),
+            "up" if n["uplink"] == "up" else f"[red]cut at the site router[/red]{heal}",
         )
     out.print(t)
     t = Table(title="Sites", title_justify="left")
@@ -390,6 +403,55 @@ def _site_fault(mesh: Path | None, output: Output, site: str, *, cut: bool) -> N
         out.print(f"site {site} {'cut off' if cut else 'healed'}", markup=False)
     else:
         out.print(f"site {site} {'was already cut off' if cut else 'was not cut off: nothing to heal'}", markup=False)
+
+
+NODE_ARGUMENT = typer.Argument(..., help="node name", show_default=False)
+
+
+@app.command("stop-forwarding")
+@friendly
+def stop_forwarding(node: str = NODE_ARGUMENT, mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> None:
+    """Stage a broken gateway that is alive but does not forward: the node's namespace stops
+    forwarding IPv4 (net.ipv4.ip_forward=0 in it, nowhere else) while its agent, WireGuard device
+    and addresses stay as they are. `lab heal-node NODE` (or `lab up`) undoes it; `lab status` shows it."""
+    _node_fault(mesh, output, node, "stop-forwarding")
+
+
+@app.command("cut-uplink")
+@friendly
+def cut_uplink(node: str = NODE_ARGUMENT, mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> None:
+    """Cut one node's path to the internet at its site router: the router drops what comes from the
+    internet for the node (its public address, or the answers through the site's NAT) and what the
+    node sends to the internet. The node stays reachable on its site network. `lab heal-node NODE`
+    (or `lab up`) undoes it; `lab status` shows it."""
+    _node_fault(mesh, output, node, "cut-uplink")
+
+
+@app.command("heal-node")
+@friendly
+def heal_node(node: str = NODE_ARGUMENT, mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> None:
+    """Undo `lab stop-forwarding` and `lab cut-uplink` for a node: it forwards again and its site
+    router passes its traffic; a node with a tunnel sends one datagram to each peer so that a session
+    that expired during the cut starts its handshake at once."""
+    _node_fault(mesh, output, node, "heal")
+
+
+_NODE_FAULTS = {
+    "stop-forwarding": (faults.stop_forwarding, "stopped forwarding", "was already not forwarding"),
+    "cut-uplink": (faults.cut_uplink, "cut off at its site router", "was already cut off at its site router"),
+    "heal": (faults.heal_node, "healed", "had nothing to heal"),
+}
+
+
+def _node_fault(mesh: Path | None, output: Output, node: str, fault: str) -> None:
+    act, done, unchanged = _NODE_FAULTS[fault]
+    changes = act(labs.find_lab(mesh), node)
+    if output is not Output.TABLE:
+        emit({"node": node, "fault": fault, "changes": changes}, output)
+        return
+    for line in changes:
+        out.print(line, markup=False)
+    out.print(f"node {node} {done if changes else unchanged + ': nothing changed'}", markup=False)
 
 
 @app.command("rotate-keys")

@@ -52,13 +52,19 @@ def built_mesh(state: LabState) -> Path:
     return path
 
 
+def compiled_of(state: LabState) -> Compiled:
+    """The revision the running lab was last built from, compiled with the lab's own allocations,
+    placements and membership changes; nothing is written."""
+    return compile_mesh(
+        built_mesh(state), Path(state.state_dir), persist=False, overlay=state.overlay, placements=state.placements
+    )
+
+
 def topology_of(state: LabState) -> tuple[Compiled, LabTopology]:
     """What the running lab is: the revision it was last built from, compiled with the lab's own
     allocations, placements and membership changes — what `up`, the service daemon, the faults and
     the checks all read."""
-    compiled = compile_mesh(
-        built_mesh(state), Path(state.state_dir), persist=False, overlay=state.overlay, placements=state.placements
-    )
+    compiled = compiled_of(state)
     return compiled, topology.build(
         compiled.plan,
         state.tag,

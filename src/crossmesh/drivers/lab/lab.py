@@ -10,7 +10,7 @@
     teardown.py       down, leftovers, and removing what removed nodes left
     up.py             lab up: build or reconcile, then wait for handshakes and pods
     membership.py     add-node, remove-node
-    faults.py         cut-site, heal-site
+    faults.py         cut-site, heal-site; stop-forwarding, cut-uplink, heal-node
 
 State of a running lab lives in /run/crossmesh/cm-<tag>/ (lab.json, the nodes' wg-quick
 files 0600, logs, workload specs). Everything else the lab makes is found by its

@@ -21,7 +21,6 @@ from crossmesh import nft
 from crossmesh.drivers.lab import netns
 from crossmesh.drivers.lab.topology import ROUTE_PROTO, Link, Namespace, Route
 
-NFT_TABLE = "crossmesh"
 OPTIONAL_SYSCTLS = ("net/bridge/",)
 
 
@@ -283,14 +282,37 @@ def nft_digest(text: str) -> str:
 
 def _nft(spec: Namespace) -> list[str]:
     assert spec.nft is not None  # noqa: S101 - caller checked
-    digest = nft_digest(nft.render(spec.nft))
-    listed = netns.run(spec.name, ["nft", "list", "table", "ip", NFT_TABLE])
-    found = HASH_RE.search(listed.stdout) if listed.returncode == 0 else None
+    digest = apply_table(spec.name, spec.nft)
+    return [f"nftables table {spec.nft.name} ({digest})"] if digest else []
+
+
+def apply_table(namespace: str, table: nft.Table) -> str | None:
+    """Bring table `table.name` of `namespace` to `table`, replaced in one transaction; its digest
+    when it changed, None when it already was (the digest rides in the table's comment)."""
+    digest = nft_digest(nft.render(table))
+    listed = list_table(namespace, table.name)
+    found = HASH_RE.search(listed) if listed is not None else None
     if found and found.group(1) == digest:
-        return []
-    body = nft.render(dataclasses.replace(spec.nft, comment=f"crossmesh:{digest}"))
-    script = f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n{body}"
-    done = netns.run(spec.name, ["nft", "-f", "-"], input=script)
+        return None
+    body = nft.render(dataclasses.replace(table, comment=f"crossmesh:{digest}"))
+    script = f"table ip {table.name}\ndelete table ip {table.name}\n{body}"
+    done = netns.run(namespace, ["nft", "-f", "-"], input=script)
     if done.returncode != 0:
-        raise RuntimeError(f"{spec.name}: nft rejected the ruleset: {done.stderr.strip()}")
-    return [f"nftables table {NFT_TABLE} ({digest})"]
+        raise RuntimeError(f"{namespace}: nft rejected the ruleset: {done.stderr.strip()}")
+    return digest
+
+
+def list_table(namespace: str, name: str) -> str | None:
+    """Table `name` of `namespace` as `nft list` prints it; None when there is none."""
+    listed = netns.run(namespace, ["nft", "list", "table", "ip", name])
+    return listed.stdout if listed.returncode == 0 else None
+
+
+def remove_table(namespace: str, name: str) -> bool:
+    """Delete table `name` of `namespace`; True when there was one."""
+    if list_table(namespace, name) is None:
+        return False
+    done = netns.run(namespace, ["nft", "delete", "table", "ip", name])
+    if done.returncode != 0:
+        raise RuntimeError(f"{namespace}: nft could not delete table {name}: {done.stderr.strip()}")
+    return True

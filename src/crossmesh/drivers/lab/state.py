@@ -96,6 +96,8 @@ class LabState:
     built_digest: str = ""  # of the applied revision (crossmesh apply) the lab was last brought to
     built_from: str = ""  # that revision's mesh file, under the lab's folder ("": the lab's own mesh file)
     cut_sites: list[str] = field(default_factory=list)  # cut off from the internet: lab cut-site, heal-site
+    stopped_forwarding: list[str] = field(default_factory=list)  # nodes: lab stop-forwarding, heal-node
+    cut_uplinks: list[str] = field(default_factory=list)  # nodes cut at their site router: lab cut-uplink, heal-node
 
     @property
     def dir(self) -> Path:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,8 +172,10 @@ def _up(
             raise
         raise LabError(f"lab up failed: {err}") from err
     state.status = "ready"
-    if not changed_only:  # every namespace was brought to its spec: cut uplinks are up again
+    if not changed_only:  # every namespace was brought to its spec: cut uplinks are up again, nodes forward
         state.cut_sites = []
+        state.stopped_forwarding = []
+        state.cut_uplinks = []
     state.save()
     compiled.store.save_applied_plan(_plan_snapshot(plan))
     return result
@@ -242,10 +246,13 @@ def _build(
     state.save()
     progress(f"links, addresses, routes, NAT: {len(todo)} namespaces" + (" changed" if changed_only else ""))
     wg_names = tuple(d.ifname for d in topo.wireguard)
-    changes += _reconcile_namespaces(first, wg_names)
+    hold = functools.partial(faults.holding_faults, state) if changed_only else None
+    changes += _reconcile_namespaces(first, wg_names, hold)
     if changed_only and state.cut_sites:  # routers and the internet were reconciled: cut sites stay cut
         for site in list(state.cut_sites):
             changes += faults.cut_site(state, site)
+    # Nodes cut at their site router stay cut through a membership change; a plain `up` heals them.
+    changes += faults.keep_uplink_cuts(state, compiled.plan) if changed_only else faults.clear_uplink_cuts(state)
     lap("links")
 
     if agents:
@@ -300,7 +307,7 @@ def _build(
             raise LabError(f"configuring the tunnel of node {dev.node}: {err}") from err
     lap("wireguard")
     # Second pass: new tunnel devices now exist, so their addresses and routes can be set.
-    changes += _reconcile_namespaces([ns for ns in topo.namespaces if ns.name in started], wg_names)
+    changes += _reconcile_namespaces([ns for ns in topo.namespaces if ns.name in started], wg_names, hold)
     lap("links")
 
     if agents:
@@ -308,10 +315,14 @@ def _build(
         changes += start_agents(state, topo, compiled, early)
         lap("agents")
     progress("waiting for every tunnel to complete a handshake")
-    cut_off = frozenset(n.name for n in compiled.plan.nodes if changed_only and n.site in state.cut_sites)
+    cut_off = frozenset(
+        n.name
+        for n in compiled.plan.nodes
+        if changed_only and (n.site in state.cut_sites or n.name in state.cut_uplinks)
+    )
     _wait_handshakes(topo, compiled.plan, progress, agents=agents, cut_off=cut_off)
     lap("handshakes")
-    changes += _reconcile_namespaces([ns for ns in todo if ns not in first], wg_names)
+    changes += _reconcile_namespaces([ns for ns in todo if ns not in first], wg_names, hold)
     state.applied.update((ns.name, digests[ns.name]) for ns in todo)
     state.save()
     lap("links")
@@ -336,11 +347,14 @@ def _has_link(namespace: str, ifname: str) -> bool:
         return bool(ipr.link_lookup(ifname=ifname))
 
 
-def _reconcile_namespaces(specs: list[Namespace], wg_names: tuple[str, ...]) -> list[str]:
+def _reconcile_namespaces(
+    specs: list[Namespace], wg_names: tuple[str, ...], hold: Callable[[Namespace], Namespace] | None = None
+) -> list[str]:
+    """Each namespace brought to its spec; `hold` (a changed-only `up`) first keeps staged faults in it."""
     changes = []
     for ns in specs:
         try:
-            changes += reconcile.reconcile(ns, wireguard_ifnames=wg_names)
+            changes += reconcile.reconcile(hold(ns) if hold else ns, wireguard_ifnames=wg_names)
         except Exception as err:
             raise LabError(f"configuring {ns.role} {ns.owner} ({ns.name}) failed: {err}") from err
     return changes
