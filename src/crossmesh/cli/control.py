@@ -193,6 +193,8 @@ def _print_status(got: Any) -> None:
     out.print(f", published revision {r['revision']}" if r else ", nothing published")
     if r and r.get("error"):
         out.print(f"  [red]rollout error:[/red] {escape(r['error'])}")
+    for site, gw in sorted(got.gateways.items()):
+        out.print(f"  site {escape(site)}: active gateway {escape(gw)}")
     for n in got.nodes:
         state = "[green]ok[/green]" if n.converged else "[yellow]…[/yellow]" if n.ok else "[red]failed[/red]"
         online = "online " if n.online else "offline"

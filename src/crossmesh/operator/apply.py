@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crossmesh.agent import intents as agent_intents
+from crossmesh.agent import records
 from crossmesh.errors import CrossmeshError, Refused, SpecError
 from crossmesh.ipam.allocate import Allocations
 from crossmesh.kv.api import Compare, Kv, Put
@@ -23,6 +25,10 @@ from crossmesh.operator import desired as desired_mod
 from crossmesh.operator import ipam, publish
 from crossmesh.plan import peers as peer_rule
 from crossmesh.workspace import plan_against
+
+# A node without a tunnel (topology gateways) publishes no record: it is online while its status is
+# this fresh (agents report with every lease refresh, a third of their TTL).
+ROUTES_ONLY_FRESH = 30.0
 
 
 class ApplyConflict(Refused):
@@ -153,6 +159,7 @@ class Status:
     rollout: dict[str, Any] | None
     leader: str | None
     nodes: list[NodeRow] = field(default_factory=list)
+    gateways: dict[str, str] = field(default_factory=dict)  # topology gateways: site → its active gateway
 
     @property
     def converged(self) -> bool:
@@ -167,6 +174,7 @@ class Status:
             "desired": self.desired,
             "rollout": self.rollout,
             "leader": self.leader,
+            "gateways": dict(sorted(self.gateways.items())),
             "nodes": [
                 {
                     "name": n.name,
@@ -196,10 +204,37 @@ def _intents(by_key: dict[bytes, bytes], layout: Layout) -> dict[str, agent_inte
     return out
 
 
-def _peers(mine: agent_intents.NodeIntent, other: agent_intents.NodeIntent) -> bool:
-    """Whether the agents make these two nodes peers: the one peer rule, on their intents."""
-    a, b = mine.node, other.node
-    return a.name != b.name and peer_rule.is_peer(a.site, a.public_address is None, b.site, b.public_address is None)
+def _expected_peers(intents: dict[str, agent_intents.NodeIntent], chosen: dict[str, str]) -> dict[str, int]:
+    """How many peers the agents give each node: the one peer rule, on their intents (and under
+    topology gateways each site's active gateway as etcd names it)."""
+    planned = {n: i.node for n, i in intents.items()}
+    if records.is_gateways(planned):
+        view = records.GatewayView.of(planned, chosen)
+        natted = {n: m.natted for n, m in view.members.items()}
+        return {n: len(peer_rule.gateway_peers(m, natted, view.order, view.active)) for n, m in view.members.items()}
+    groups: dict[tuple[str, bool], list[str]] = {}
+    for p in planned.values():
+        groups.setdefault((p.site, p.public_address is None), []).append(p.name)
+    return {
+        p.name: sum(
+            len(names) - (p.name in names)
+            for (site, natted), names in groups.items()
+            if peer_rule.is_peer(p.site, p.public_address is None, site, natted)
+        )
+        for p in planned.values()
+    }
+
+
+def _chosen(by_key: dict[bytes, bytes], layout: Layout) -> dict[str, str]:
+    """Each site's active gateway as etcd names it (a value that is not one names none)."""
+    out = {}
+    for key, raw in by_key.items():
+        if key.startswith(layout.gateways):
+            with contextlib.suppress(ValueError, AttributeError, RecursionError):
+                active = json.loads(raw).get("active")
+                if isinstance(active, str):
+                    out[key[len(layout.gateways) :].decode(errors="replace")] = active
+    return out
 
 
 async def status(kv: Kv, mesh: str) -> Status:
@@ -223,12 +258,15 @@ async def status(kv: Kv, mesh: str) -> Status:
     if layout.leader in by_key:
         out.leader = publish.leader_id(by_key[layout.leader])
     intents = _intents(by_key, layout)
+    chosen = _chosen(by_key, layout)
+    peers = _expected_peers(intents, chosen)
+    out.gateways = chosen
     for name in expected:
         mine = intents.get(name)
-        want_peers = 0 if mine is None else sum(1 for other in intents.values() if _peers(mine, other))
+        routes_only = mine is not None and not mine.node.tunnel_address
         raw = by_key.get(layout.status(name))
         row = NodeRow(
-            name, layout.node(name) in by_key, 0, mine.revision if mine else 0, False, None, 0, want_peers, None
+            name, layout.node(name) in by_key, 0, mine.revision if mine else 0, False, None, 0, peers.get(name, 0), None
         )
         row.error = "no status reported yet"
         if raw is not None:
@@ -239,8 +277,11 @@ async def status(kv: Kv, mesh: str) -> Status:
                 row.next_rotation = s.next_rotation
             except agent_intents.IntentError as err:
                 row.error = str(err)
+        if routes_only:  # no tunnel, no record: online while it reports
+            row.online = row.age is not None and row.age <= ROUTES_ONLY_FRESH
         if not row.online:
-            row.ok, row.error = False, "offline: no record in etcd (its agent is down or has not published)"
+            why = f"no status for {ROUTES_ONLY_FRESH:.0f} s" if routes_only else "no record in etcd"
+            row.ok, row.error = False, f"offline: {why} (its agent is down or has not published)"
         elif row.ok and not row.converged:
             row.error = f"converging: revision {row.revision}/{row.want_revision}, peers {row.peers}/{row.want_peers}"
         out.nodes.append(row)

@@ -92,12 +92,12 @@ def agent_status(state: LabState, node: str) -> dict[str, Any]:
 def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_name: str) -> dict[str, Any]:
     """The node's agent configuration as the JSON document its process reads: etcd-fed, as on a real
     node — it follows the operator's intents, holds only its own key and its own etcd certificate."""
-    dev = next(d for d in topo.wireguard if d.node == node_name)
+    namespace, ifname = agent_homes(topo, compiled)[node_name]
     cfg = agent_configs.etcd_fed(
         node_name,
         compiled.plan.mesh,
-        namespace=dev.namespace,
-        ifname=dev.ifname,
+        namespace=namespace,
+        ifname=ifname,
         etcd=etcd.endpoints(state.tag),
         ttl=state.lease_ttl,
         state=agent_dir(state),
@@ -105,7 +105,14 @@ def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_na
         tls=etcd.identity(etcd.pki_dir(state.dir), node_name).as_dict(),
     )
     logs = replace(cfg, status=agent_dir(state) / f"{node_name}.status.json")
-    return replace(logs, wireguard_log=state.dir / "logs" / f"{dev.ifname}.log").to_json()
+    return replace(logs, wireguard_log=state.dir / "logs" / f"{ifname or 'no-device-' + node_name}.log").to_json()
+
+
+def agent_homes(topo: LabTopology, compiled: Compiled) -> dict[str, tuple[str, str]]:
+    """Each node that runs an agent (kv.identities: those with a tunnel; under topology gateways every
+    node) → its namespace and its WireGuard device, "" for a node without one (routes only)."""
+    devices = {d.node: (d.namespace, d.ifname) for d in topo.wireguard}
+    return {n: devices.get(n, (topo.node_ns[n], "")) for n in identities.agent_nodes(compiled.plan)}
 
 
 def agent_running(state: LabState, node: str) -> bool:
@@ -153,12 +160,12 @@ def start_joining_agents(
         if any(etcd.healthy(m, pki) for m in etcd.members(state.tag)):
             ensure_etcd_roles(state, compiled)
     started = {}
-    for dev in topo.wireguard:
-        path = directory / f"{dev.node}.json"
-        if dev.node not in joining or path.exists() or agent_running(state, dev.node):
+    for node, (_, ifname) in agent_homes(topo, compiled).items():
+        path = directory / f"{node}.json"
+        if node not in joining or path.exists() or agent_running(state, node):
             continue
-        path.write_text(json.dumps(agent_config(state, topo, compiled, dev.node), indent=1, sort_keys=True))
-        started[dev.node] = start_agent(state, dev.node, await_device=10.0)
+        path.write_text(json.dumps(agent_config(state, topo, compiled, node), indent=1, sort_keys=True))
+        started[node] = start_agent(state, node, await_device=10.0 if ifname else 0.0)
     return started
 
 
@@ -167,21 +174,21 @@ def start_agents(state: LabState, topo: LabTopology, compiled: Compiled, early: 
     directory = agent_dir(state)
     directory.mkdir(parents=True, exist_ok=True)
     crashed = directory / "crashed"
-    for dev in topo.wireguard:
-        (crashed / dev.node).unlink(missing_ok=True)  # `up` brings crashed nodes back
-        if alive(early.get(dev.node, 0)):
+    for node in agent_homes(topo, compiled):
+        (crashed / node).unlink(missing_ok=True)  # `up` brings crashed nodes back
+        if alive(early.get(node, 0)):
             continue
-        cfg = agent_config(state, topo, compiled, dev.node)
-        path = directory / f"{dev.node}.json"
+        cfg = agent_config(state, topo, compiled, node)
+        path = directory / f"{node}.json"
         text = json.dumps(cfg, indent=1, sort_keys=True)
-        pid = int(agent_status(state, dev.node).get("pid", 0))
+        pid = int(agent_status(state, node).get("pid", 0))
         if alive(pid) and path.exists() and _same_agent_config(path.read_text(), cfg):
             continue
         if alive(pid):
             stop_group(pid)
         path.write_text(text)
-        start_agent(state, dev.node)
-        changes.append(f"agent for node {dev.node} started")
+        start_agent(state, node)
+        changes.append(f"agent for node {node} started")
     return changes
 
 

@@ -168,8 +168,9 @@ def build(
     indices: dict[str, dict[str, int]] | None = None,
     prerequisites: Mapping[str, SitePrerequisites] | None = None,
 ) -> LabTopology:
-    """The lab's desired state. With `agent_routes`, routes into the tunnels are left to the
-    nodes' agents (they follow etcd), and the lab sets up everything else. Site routers enforce
+    """The lab's desired state. With `agent_routes`, routes into the tunnels and (topology gateways)
+    via the site's active gateway are left to the nodes' agents (they follow etcd), and the lab sets up
+    everything else. Site routers enforce
     the sites' inbound prerequisites (`prerequisites`, by site: the plan's own when not given)."""
     prefix = f"cm-{tag}"
     sites = list(plan.sites)
@@ -305,6 +306,8 @@ def build(
                     routes.append(Route(r.dst, wg_if))
             elif r.via is RouteVia.VXLAN:
                 routes.append(Route(r.dst, vx_if, r.gateway, onlink=True))
+            elif r.via is RouteVia.GATEWAY and agent_routes:
+                continue  # the agents route via their site's active gateway, and move with it on failover
             else:
                 routes.append(Route(r.dst, eth, r.gateway))
         gw_addr = n.pod_cidr.network_address + 1
