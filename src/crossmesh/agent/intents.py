@@ -132,6 +132,7 @@ def decode_intent(raw: bytes, key_node: str) -> NodeIntent:
         "listen_port": (int,),
         "public_address": (str, type(None)),
         "gateway": (bool,),
+        "preferred": (bool,),
     }
     unknown = sorted(set(node) - set(kinds))
     if unknown:

@@ -185,9 +185,10 @@ class PlannedNode:
     # what the site's active gateway carries for it.
     gateway: bool = False
     site_network: str = ""
+    preferred: bool = False  # the mesh file's preferred gateway of its site
 
 
-OPTIONAL_PLANNED = {"gateway": False, "site_network": ""}  # fields an intent may leave out
+OPTIONAL_PLANNED = {"gateway": False, "site_network": "", "preferred": False}  # fields an intent may leave out
 
 BOUND_FIELDS = ("cluster", "site", "address", "pod_cidr", "tunnel_address", "listen_port")
 
@@ -212,6 +213,7 @@ def planned_of(node: NodePlan, site_network: IPv4Network | None = None) -> Plann
         listen_port=0 if node.tunnel is None else node.tunnel.listen_port,
         public_address=None if node.public_address is None else str(node.public_address),
         gateway=site_network is not None and node.gateway,
+        preferred=site_network is not None and node.preferred,
         site_network="" if site_network is None else str(site_network),
     )
 
@@ -397,7 +399,10 @@ class GatewayView:
 
     @classmethod
     def of(cls, planned: Mapping[str, PlannedNode], chosen: Mapping[str, str]) -> GatewayView:
-        members = {n: peer_rule.Member(p.name, p.site, p.public_address is None, p.gateway) for n, p in planned.items()}
+        members = {
+            n: peer_rule.Member(p.name, p.site, p.public_address is None, p.gateway, p.preferred)
+            for n, p in planned.items()
+        }
         order = peer_rule.gateway_order(members.values())
         networks = {p.site: p.site_network for p in planned.values() if p.gateway}
         return cls(members, order, peer_rule.active_of(order, chosen), networks)

@@ -190,6 +190,7 @@ class Node(_Model):
     address: Address
     public_address: Address | None = None
     gateway: StrictBool = False
+    preferred: StrictBool = False  # topology gateways: the site's preferred gateway (one per site at most)
     pod_cidr: Cidr | None = Field(default=None, alias="podCIDR")
     labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
 

@@ -147,6 +147,7 @@ class NodePlan:
     vxlan: Vxlan | None
     routes: tuple[Route, ...]  # the topology's: tunnel, gateway (VXLAN routes: overlay_routes)
     pod_mtu: Mtu
+    preferred: bool = False  # topology gateways: the mesh file marks it its site's preferred gateway
 
     @property
     def natted(self) -> bool:

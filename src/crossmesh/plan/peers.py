@@ -3,9 +3,10 @@ records and intents): who a node peers with, what it lets each peer carry, who k
 open, and — under `topology: gateways` — which gateway carries a site and where the other nodes send
 the other sites' traffic. Property-tested to agree (tests/property/test_agent_peers.py).
 
-Full mesh: every node of every other site. Gateways: a site's gateways in preference order (public
-first, then by name); one of them is *active* — for the planner the preferred one, for the agents
-the one etcd names (`gateways/<site>`, moved on failover). Active gateways peer with every remote
+Full mesh: every node of every other site. Gateways: a site's gateways in preference order (the
+one marked `preferred`, then public before behind NAT, then by name); one of them is *active* — for
+the planner the preferred one, for the agents the one etcd names (`gateways/<site>`, moved on
+failover). Active gateways peer with every remote
 gateway, and each one's entry for a remote *active* gateway carries that site's network; all other
 entries carry only the peer's tunnel address, so that a standby keeps its handshakes and failover
 waits for none. Every node but its site's active gateway routes the other sites' networks via that
@@ -49,6 +50,7 @@ class Member:
     site: str
     natted: bool
     gateway: bool
+    preferred: bool = False  # the mesh file names it the site's preferred gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +63,13 @@ class GatewayPeer:
 
 
 def gateway_order(members: Iterable[Member]) -> dict[str, tuple[str, ...]]:
-    """Each site's gateways, preferred first: public before behind NAT, then by name."""
-    order: dict[str, list[tuple[bool, str]]] = {}
+    """Each site's gateways, preferred first: the one the mesh file marks `preferred`, then public
+    before behind NAT, then by name."""
+    order: dict[str, list[tuple[bool, bool, str]]] = {}
     for m in members:
         if m.gateway:
-            order.setdefault(m.site, []).append((m.natted, m.name))
-    return {site: tuple(name for _, name in sorted(gws)) for site, gws in order.items()}
+            order.setdefault(m.site, []).append((not m.preferred, m.natted, m.name))
+    return {site: tuple(name for *_, name in sorted(gws)) for site, gws in order.items()}
 
 
 def preferred(order: Mapping[str, tuple[str, ...]]) -> dict[str, str]:

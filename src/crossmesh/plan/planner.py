@@ -191,7 +191,9 @@ class _Planner:
 
     def gateways(self) -> list[Draft]:
         """The gateway rule of plan/peers.py with each site's preferred gateway active."""
-        members = [peer_rule.Member(n.name, n.site, n.public_address is None, n.gateway) for n, _ in self.nodes]
+        members = [
+            peer_rule.Member(n.name, n.site, n.public_address is None, n.gateway, n.preferred) for n, _ in self.nodes
+        ]
         natted = {m.name: m.natted for m in members}
         by_name = {n.name: n for n, _ in self.nodes}
         order = peer_rule.gateway_order(members)
@@ -284,6 +286,7 @@ class _Planner:
                     address=node.address,
                     public_address=node.public_address,
                     gateway=node.gateway,
+                    preferred=node.gateway and node.preferred,
                     pod_cidr=self.pod_cidr(node.name),
                     tunnel=tunnel,
                     vxlan=vxlan,

@@ -17,6 +17,7 @@ from crossmesh.errors import Problem
 from crossmesh.kv import identities
 from crossmesh.load.yamlpos import Document, PathKey, dotted
 from crossmesh.model.mesh import Distribution, Mesh, Site, Topology
+from crossmesh.plan import peers as peer_rule
 
 MAX_PAIR_REPORTS = 20
 
@@ -42,6 +43,7 @@ def check(mesh: Mesh, doc: Document) -> list[Problem]:
         _datapath,
         _managed_pod_cidrs,
         _talos_routes,
+        _preferred,
     ):
         problems.extend(rule(mesh, doc))
     return problems
@@ -302,7 +304,8 @@ def _reachability(mesh: Mesh, doc: Document) -> list[Problem]:
                         "set gateway: true on one node of the site (two give active/standby)",
                     )
                 )
-        tunnel_ends = {s: [sorted(gateways[s], key=lambda g: (not g[1], g[0]))[0]] for s in sites if gateways[s]}
+        by_name = {e[0]: e for site in sites for e in gateways[site]}
+        tunnel_ends = {s: [by_name[gws[0]]] for s, gws in peer_rule.gateway_order(_members(mesh)).items()}
         advice = "give one of them a publicAddress"
     else:
         tunnel_ends = {s: nodes_by_site[s] for s in sites}
@@ -385,6 +388,46 @@ def _managed_pod_cidrs(mesh: Mesh, doc: Document) -> list[Problem]:
     return out
 
 
+def _members(mesh: Mesh) -> list[peer_rule.Member]:
+    """The mesh's nodes as the one gateway rule (plan/peers.py) sees them."""
+    return [
+        peer_rule.Member(n.name, n.site, n.public_address is None, n.gateway, n.preferred)
+        for c in mesh.spec.clusters
+        for n in c.nodes
+    ]
+
+
+def _preferred(mesh: Mesh, doc: Document) -> list[Problem]:
+    """`preferred` picks a site's preferred gateway under topology gateways: one per site, a gateway."""
+    gateways = mesh.spec.wireguard.topology is Topology.GATEWAYS
+    first: dict[str, tuple[str, PathKey]] = {}
+    out = []
+    for ci, c in enumerate(mesh.spec.clusters):
+        for ni, n in enumerate(c.nodes):
+            if not n.preferred:
+                continue
+            path: PathKey = ("spec", "clusters", ci, "nodes", ni, "preferred")
+            if not gateways:
+                why = "preferred is read only under topology: gateways — remove it, or set spec.wireguard.topology"
+                out.append(doc.problem(path, f"node {n.name}: {why}"))
+            elif not n.gateway:
+                why = "preferred applies to gateways — set gateway: true on it, or remove preferred"
+                out.append(doc.problem(path, f"node {n.name}: {why}"))
+            elif n.site in first:
+                other, where = first[n.site]
+                line = doc.where(where)[0]
+                out.append(
+                    doc.problem(
+                        path,
+                        f"site {n.site} has two preferred gateways, {other} (line {line}) and {n.name} — "
+                        "keep preferred: true on one of them",
+                    )
+                )
+            else:
+                first[n.site] = (n.name, path)
+    return out
+
+
 def _talos_routes(mesh: Mesh, doc: Document) -> list[Problem]:
     """Under topology gateways every node but its site's active gateway routes the other sites via that
     gateway. A Talos 1.13 machine config attaches a route only to a link it names (LinkConfig; a
@@ -397,11 +440,7 @@ def _talos_routes(mesh: Mesh, doc: Document) -> list[Problem]:
             by_site[n.site].append((n.name, n.gateway, n.public_address is not None))
     if len(by_site) < 2:
         return []  # no other site to route to
-    active = {}
-    for site, members in by_site.items():
-        gateways = sorted((not public, name) for name, gateway, public in members if gateway)
-        if gateways:
-            active[site] = gateways[0][1]
+    active = peer_rule.preferred(peer_rule.gateway_order(_members(mesh)))
     out = []
     for ci, c in enumerate(mesh.spec.clusters):
         if c.distribution is not Distribution.TALOS:
