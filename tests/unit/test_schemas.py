@@ -197,11 +197,15 @@ def kubernetes_problems(doc: dict[str, Any]) -> list[str]:
 
 def test_agent_daemonsets_validate_against_the_kubernetes_schema(trees: dict[str, Path]) -> None:
     kinds: set[str] = set()
+    daemonsets: set[str] = set()
     for name, root in trees.items():
         for rel, doc in yaml_docs(root, "crossmesh-agent.yaml"):
             assert kubernetes_problems(doc) == [], f"{name}: {rel} {doc['kind']}"
             kinds.add(doc["kind"])
+            if doc["kind"] == "DaemonSet":
+                daemonsets.add(doc["metadata"]["name"])
     assert kinds == {"Namespace", "ServiceAccount", "DaemonSet"}
+    assert daemonsets == {agent_deploy.NAME, agent_deploy.ROUTES_NAME}  # golden-gateways has route-only nodes
 
 
 def test_the_kubernetes_validator_does_reject_wrong_documents(trees: dict[str, Path]) -> None:
@@ -240,14 +244,16 @@ def systemd_verify(unit: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_systemd_accepts_every_agent_unit(trees: dict[str, Path], tmp_path: Path) -> None:
-    checked = 0
+    checked = route_only = 0
     for name, root in trees.items():
         for unit in sorted(root.rglob("crossmesh-agent.service")):
             result = systemd_verify(unit, tmp_path)
             # An unknown directive is only a warning to systemd (exit 0): any output fails the check.
             assert (result.returncode, result.stdout + result.stderr) == (0, ""), f"{name}: {unit.relative_to(root)}"
             checked += 1
+            route_only += "wg-quick@" not in unit.read_text()
     assert checked >= 3 + 3  # the hybrid example and its golden case: three nodes each
+    assert route_only >= 4  # golden-gateways: its nodes without a tunnel (no device to wait for)
 
 
 def test_systemd_verify_does_reject_wrong_units(trees: dict[str, Path], tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ etcd started with `--client-cert-auth` (and auth enabled) takes a client certifi
 as the user its common name names. The identities of a mesh:
 
     server                 the etcd members' serving certificate (its names: the members' addresses)
-    <node>                 the agent of each node that has a tunnel: its node role (kv.layout)
+    <node>                 the agent of each node that runs one (`runs_agent`): its node role (kv.layout)
     crossmesh-operator     the operator
     crossmesh-admin        `apply` and whoever administers the mesh
     root                   etcd's administrator: makes users and roles, enables auth
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from crossmesh.kv.api import Role
 from crossmesh.kv.layout import ADMIN_USER, OPERATOR_USER, Layout
-from crossmesh.model.plan import Plan
+from crossmesh.model.plan import NodePlan, Plan
 from crossmesh.model.tls import CertSpec
 
 ROOT_USER = "root"  # etcd's own administrator: its role `root` may do everything
@@ -32,12 +32,16 @@ RESERVED = (ROOT_USER, OPERATOR_USER, ADMIN_USER)  # a node with one of these na
 DEFAULT_SERVER_IPS = ("127.0.0.1",)
 
 
+def runs_agent(plan: Plan, node: NodePlan) -> bool:
+    """Whether `node` runs an agent (the one rule: etcd users, certificates and the rendered units and
+    DaemonSets follow it). A node with a tunnel; under `topology: gateways` every node (the others
+    route the other sites via their site's active gateway, and follow it when it fails over)."""
+    return node.tunnel is not None or plan.topology == "gateways"
+
+
 def agent_nodes(plan: Plan) -> list[str]:
-    """The nodes that run an agent, sorted: each has its own etcd user. Those with a tunnel; under
-    `topology: gateways` every node (the others route the other sites via their site's active
-    gateway, and follow it when it fails over)."""
-    gateways = plan.topology == "gateways"
-    return sorted(n.name for n in plan.nodes if n.tunnel is not None or gateways)
+    """The nodes that run an agent (`runs_agent`), sorted: each has its own etcd user."""
+    return sorted(n.name for n in plan.nodes if runs_agent(plan, n))
 
 
 def gateway_sites(plan: Plan) -> dict[str, str]:

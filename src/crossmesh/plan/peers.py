@@ -109,16 +109,3 @@ def via_gateway(own: Member, active: Mapping[str, str]) -> str | None:
     or None when `own` is that gateway (it routes them into the tunnel)."""
     gw = active.get(own.site)
     return None if gw is None or gw == own.name else gw
-
-
-def agents_unsupported(topology: str, mesh: str) -> str | None:
-    """Why agents cannot run a mesh of this topology, or None. They build full-mesh tunnels with the
-    rule above only (issue 16 brings gateways): under `topology: gateways` their peers would differ
-    from the plan's. Read by `render` (whether to write the agents' units and DaemonSets) as well as
-    by the agents and the lab."""
-    if topology == "full-mesh":
-        return None
-    return (
-        f"the agents build full-mesh tunnels only; mesh {mesh} uses spec.wireguard.topology "
-        f"{str(topology)!r}, whose peers they would get wrong"
-    )

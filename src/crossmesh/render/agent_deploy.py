@@ -1,24 +1,35 @@
-"""How `crossmesh agent` is deployed on real nodes: a systemd unit per node, and a DaemonSet per cluster.
+"""How `crossmesh agent` is deployed on real nodes: a systemd unit per node, and DaemonSets per cluster.
 
-Both run the same command line — the agent reads its intent from etcd, so it needs the mesh's name,
-the etcd endpoints, its etcd client certificate (CN = the node's name) and its state directory, never
-the mesh file — and both keep everything node-specific in that directory, `/var/lib/crossmesh`, on the
-node's own disk: the agent's WireGuard private key (`keys/<node>.key`, which it makes and rotates
-itself: a Kubernetes Secret could not be written back) and the etcd client certificate and key, which
-must not reach any other node (a Secret mounted by one DaemonSet would give every node every node's
-key, and with it the right to rewrite every record). The etcd endpoints are the one value `render`
-cannot know: `/etc/crossmesh/agent.env` on a systemd node, the ConfigMap `crossmesh-agent` in a cluster.
+Every node that runs an agent gets them — `kv.identities.runs_agent`, the rule etcd's users and
+certificates follow too: under `topology: full-mesh` the nodes with a tunnel; under `topology: gateways`
+every node. A node with a tunnel (a gateway) runs the whole agent; a node without one runs a
+*route-only* agent: no WireGuard device and no peers, only its routes (protocol 101) to the other sites
+via its site's active gateway, moved when etcd's `gateways/<site>` names another.
 
-- systemd (every distribution but Talos): after `wg-quick@wg-crossmesh`, which makes the device; root,
-  but with CAP_NET_ADMIN as its only capability (see `systemd_unit`).
-- DaemonSet (any distribution; the only way on Talos, which runs no host service of ours): hostNetwork,
-  NET_ADMIN only, scheduled on exactly the mesh's nodes of the cluster by name. An init container makes
-  the device when the node has none: on Talos the agent owns `wg-crossmesh`, so the node is configured
-  from `talos-agent.yaml` (the machine patch without the WireguardConfig document) — Talos's network
-  controller re-applies a WireguardConfig's peers whenever a link changes and would undo the agent's.
+All run the same command line — the agent reads its intent from etcd (which also tells it whether it
+has a tunnel), so it needs the mesh's name, the etcd endpoints, its etcd client certificate (CN = the
+node's name) and its state directory, never the mesh file — and all keep everything node-specific in
+that directory, `/var/lib/crossmesh`, on the node's own disk: the agent's WireGuard private key
+(`keys/<node>.key`, which it makes and rotates itself: a Kubernetes Secret could not be written back)
+and the etcd client certificate and key, which must not reach any other node (a Secret mounted by one
+DaemonSet would give every node every node's key, and with it the right to rewrite every record). The
+etcd endpoints are the one value `render` cannot know: `/etc/crossmesh/agent.env` on a systemd node,
+the ConfigMap `crossmesh-agent` in a cluster.
 
-Agents build full-mesh tunnels only (plan/peers.agents_unsupported): a mesh with `topology: gateways`
-gets none of these files, and nodes without a tunnel run no agent.
+- systemd (every distribution but Talos): a tunnel node's unit runs after `wg-quick@wg-crossmesh`,
+  which makes the device, and may reach wireguard-go's socket; a route-only node's waits for the
+  network alone. Root, but with CAP_NET_ADMIN as its only capability (see `systemd_unit`).
+- DaemonSets (any distribution; the only way on Talos, which runs no host service of ours): hostNetwork,
+  NET_ADMIN only, each scheduled on its nodes of the cluster by name. A pod template is the same on
+  every node it runs on, so a cluster with both kinds of node gets two: `crossmesh-agent` on the tunnel
+  nodes, whose init container makes the device when the node has none (and which mounts wireguard-go's
+  socket folder off Talos), and `crossmesh-agent-routes` on the route-only nodes, with neither. Their
+  selectors (their own names) never overlap, and `crossmesh-agent`'s is the one it always had (a
+  DaemonSet's selector cannot change). On Talos the agent owns `wg-crossmesh`, so a tunnel node is
+  configured from `talos-agent.yaml` (the machine patch without the WireguardConfig document) —
+  Talos's network controller re-applies a WireguardConfig's peers whenever a link changes and would
+  undo the agent's. A route-only Talos node has no WireguardConfig to leave out and keeps `talos.yaml`
+  (validate refuses Talos nodes that must route via a gateway, so it arises only in a one-site mesh).
 """
 
 from __future__ import annotations
@@ -27,11 +38,12 @@ import re
 from typing import Any
 
 from crossmesh import __version__
+from crossmesh.kv.identities import runs_agent
 from crossmesh.model.plan import ClusterPlan, NodePlan, Plan
-from crossmesh.plan.peers import agents_unsupported
 
 AGENT_IMAGE = f"ghcr.io/crossmesh/agent:{__version__}"  # built from the repository's Dockerfile
-NAME = "crossmesh-agent"
+NAME = "crossmesh-agent"  # the Namespace's objects, and the DaemonSet of the tunnel nodes
+ROUTES_NAME = "crossmesh-agent-routes"  # the DaemonSet of the route-only nodes (topology gateways)
 NAMESPACE = "crossmesh-system"
 STATE_DIR = "/var/lib/crossmesh"
 ETCD_CA = f"{STATE_DIR}/etcd/ca.crt"  # the etcd servers' CA
@@ -45,11 +57,10 @@ STATUS_STALE_MINUTES = 2  # the agent rewrites its status file every 5 s while i
 
 
 def agent_nodes(plan: Plan, cluster: ClusterPlan) -> list[NodePlan]:
-    """The cluster's nodes that run an agent, by name (so the files list them in a stable order)."""
-    if agents_unsupported(plan.topology, plan.mesh) is not None:
-        return []
+    """The cluster's nodes that run an agent (`runs_agent`), by name (so the files list them in a
+    stable order): with a tunnel, the whole agent; without one (topology gateways), a route-only one."""
     by_name = {n.name: n for n in plan.nodes}
-    return sorted((by_name[n] for n in cluster.nodes if by_name[n].tunnel is not None), key=lambda n: n.name)
+    return sorted((by_name[n] for n in cluster.nodes if runs_agent(plan, by_name[n])), key=lambda n: n.name)
 
 
 def agent_args(mesh: str, node: str, endpoints: str) -> list[str]:
@@ -89,20 +100,28 @@ def systemd_unit(plan: Plan, node: NodePlan) -> str:
     """The node's `crossmesh-agent.service`. Root, because the agent reads wireguard-go's control
     socket (root's, 0700) as well as kernel WireGuard; but its bounding set holds CAP_NET_ADMIN alone,
     so it cannot read or write outside its state directory what root's other capabilities would allow.
-    Every directive is checked with `systemd-analyze verify` (systemd 252) by the unit tests."""
-    if node.tunnel is None:  # agent_nodes gives tunnel nodes only; reaching here is a bug
-        raise ValueError(f"node {node.name} has no tunnel: it runs no agent")
-    interface = node.tunnel.interface
+    Every directive is checked with `systemd-analyze verify` (systemd 252) by the unit tests.
+    A route-only node (no tunnel, topology gateways) has no device to wait for and no wireguard-go
+    socket to reach: its unit names neither."""
+    if not runs_agent(plan, node):  # agent_nodes gives only nodes that run one; reaching here is a bug
+        raise ValueError(f"node {node.name} has no tunnel: it runs no agent under topology {plan.topology}")
     argv = [EXECUTABLE, "agent", *agent_args(plan.mesh, node.name, Expanded("${" + ENDPOINTS_VAR + "}"))]
     exec_start = " ".join(systemd_word(w) for w in argv)
+    if node.tunnel is not None:
+        description = f"crossmesh agent of node {node.name} (mesh {plan.mesh})"
+        # The device comes from wg-quick; a node that makes it otherwise simply has no such unit.
+        needs = f"network-online.target wg-quick@{node.tunnel.interface}.service"
+        writable = f"{STATE_DIR} -{WIREGUARD_GO_SOCKETS}"
+    else:
+        description = f"crossmesh agent of node {node.name} (mesh {plan.mesh}): routes only"
+        needs, writable = "network-online.target", STATE_DIR
     sections: list[tuple[str, list[tuple[str, str]]]] = [
         (
             "Unit",
             [
-                ("Description", f"crossmesh agent of node {node.name} (mesh {plan.mesh})"),
-                # The device comes from wg-quick; a node that makes it otherwise simply has no such unit.
-                ("Wants", f"network-online.target wg-quick@{interface}.service"),
-                ("After", f"network-online.target wg-quick@{interface}.service"),
+                ("Description", description),
+                ("Wants", needs),
+                ("After", needs),
                 ("StartLimitIntervalSec", "0"),  # Restart=always never gives up
             ],
         ),
@@ -123,7 +142,7 @@ def systemd_unit(plan: Plan, node: NodePlan) -> str:
                 ("AmbientCapabilities", "CAP_NET_ADMIN"),
                 ("NoNewPrivileges", "yes"),
                 ("ProtectSystem", "strict"),
-                ("ReadWritePaths", f"{STATE_DIR} -{WIREGUARD_GO_SOCKETS}"),
+                ("ReadWritePaths", writable),
                 ("ProtectHome", "yes"),
                 ("PrivateTmp", "yes"),
                 ("PrivateDevices", "yes"),
@@ -151,6 +170,11 @@ def systemd_unit(plan: Plan, node: NodePlan) -> str:
         "# generated by `crossmesh render`. Install as /etc/systemd/system/crossmesh-agent.service; it needs",
         f"# {ENV_FILE} ({ENDPOINTS_VAR}=https://…), {ETCD_CA}, {ETCD_CERT} and {ETCD_KEY} (0600).",
     ]
+    if node.tunnel is None:
+        lines += [
+            "# Routes only: the node has no tunnel (topology gateways); the agent keeps its routes to the other",
+            "# sites via its site's active gateway, which it follows in etcd. No wg-quick, no WireGuard device.",
+        ]
     for name, entries in sections:
         lines += ["", f"[{name}]"]
         lines += [f"{key}={value}" for key, value in entries]
@@ -161,9 +185,9 @@ def systemd_unit(plan: Plan, node: NodePlan) -> str:
 
 
 def daemonset_objects(plan: Plan, cluster: ClusterPlan, nodes: list[NodePlan]) -> list[dict[str, Any]]:
-    """Namespace, ServiceAccount and DaemonSet of the cluster's agents (`nodes`: agent_nodes)."""
-    labels = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "crossmesh"}
-    interface = next(n.tunnel.interface for n in nodes if n.tunnel is not None)
+    """Namespace, ServiceAccount and DaemonSets of the cluster's agents (`nodes`: agent_nodes):
+    `crossmesh-agent` on the nodes with a tunnel, `crossmesh-agent-routes` on the route-only ones,
+    each where the cluster has such nodes."""
     namespace = {
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -177,9 +201,29 @@ def daemonset_objects(plan: Plan, cluster: ClusterPlan, nodes: list[NodePlan]) -
     account = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": labels},
+        "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": _labels(NAME)},
         "automountServiceAccountToken": False,  # the agent talks to etcd, never to the Kubernetes API
     }
+    out: list[dict[str, Any]] = [namespace, account]
+    tunnel = [n for n in nodes if n.tunnel is not None]
+    if tunnel:
+        interface = next(n.tunnel.interface for n in tunnel if n.tunnel is not None)
+        out.append(_daemonset(plan, cluster, tunnel, interface))
+    route_only = [n for n in nodes if n.tunnel is None]
+    if route_only:
+        out.append(_daemonset(plan, cluster, route_only, None))
+    return out
+
+
+def _labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "crossmesh"}
+
+
+def _daemonset(plan: Plan, cluster: ClusterPlan, nodes: list[NodePlan], interface: str | None) -> dict[str, Any]:
+    """The DaemonSet of `nodes`: with a tunnel on `interface`, or route-only (None): no device to
+    make, no wireguard-go socket to reach."""
+    name = NAME if interface is not None else ROUTES_NAME
+    labels = _labels(name)
     security = {
         "allowPrivilegeEscalation": False,
         "privileged": False,
@@ -195,7 +239,7 @@ def daemonset_objects(plan: Plan, cluster: ClusterPlan, nodes: list[NodePlan]) -
         {"name": "state", "hostPath": {"path": STATE_DIR, "type": "Directory"}},
     ]
     mounts = [state_mount]
-    if cluster.distribution != "talos":  # Talos has kernel WireGuard and no wireguard-go
+    if interface is not None and cluster.distribution != "talos":  # Talos has kernel WireGuard and no wireguard-go
         volumes.append(
             {"name": "wireguard-go", "hostPath": {"path": WIREGUARD_GO_SOCKETS, "type": "DirectoryOrCreate"}}
         )
@@ -225,23 +269,7 @@ def daemonset_objects(plan: Plan, cluster: ClusterPlan, nodes: list[NodePlan]) -
             "failureThreshold": 3,
         },
     }
-    # The device, when the node has none (Talos, or a node without wg-quick): the agent sets its key,
-    # port, peers, address, MTU and routes. The name is an argument, not part of the script.
-    make_device = {
-        "name": "device",
-        "image": AGENT_IMAGE,
-        "imagePullPolicy": "IfNotPresent",
-        "command": [
-            "sh",
-            "-c",
-            'ip link show dev "$1" >/dev/null 2>&1 || ip link add dev "$1" type wireguard',
-            "make-device",
-            interface,
-        ],
-        "securityContext": security,
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
-    }
-    pod_spec = {
+    pod_spec: dict[str, Any] = {
         "serviceAccountName": NAME,
         "automountServiceAccountToken": False,
         "hostNetwork": True,
@@ -259,19 +287,36 @@ def daemonset_objects(plan: Plan, cluster: ClusterPlan, nodes: list[NodePlan]) -
                 }
             }
         },
-        "initContainers": [make_device],
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": 30,  # a clean stop revokes the node's lease at once
     }
-    daemonset = {
+    if interface is not None:
+        # The device, when the node has none (Talos, or a node without wg-quick): the agent sets its key,
+        # port, peers, address, MTU and routes. The name is an argument, not part of the script.
+        pod_spec["initContainers"] = [
+            {
+                "name": "device",
+                "image": AGENT_IMAGE,
+                "imagePullPolicy": "IfNotPresent",
+                "command": [
+                    "sh",
+                    "-c",
+                    'ip link show dev "$1" >/dev/null 2>&1 || ip link add dev "$1" type wireguard',
+                    "make-device",
+                    interface,
+                ],
+                "securityContext": security,
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+            }
+        ]
+    return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": labels},
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
         "spec": {
-            "selector": {"matchLabels": {"app.kubernetes.io/name": NAME}},
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
-    return [namespace, account, daemonset]

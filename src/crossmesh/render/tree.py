@@ -9,18 +9,21 @@ clusters/<cluster>/k3s-server.yaml      distribution k3s: every server's shared 
 clusters/<cluster>/kubeadm-config.yaml  distribution kubeadm: ClusterConfiguration for `kubeadm init`
 clusters/<cluster>/pin-pod-cidrs.sh     the mesh file states node podCIDRs: sets each Node's (once, from
                                         empty) while kube-controller-manager's allocator is off
-clusters/<cluster>/crossmesh-agent.yaml nodes with a tunnel, full mesh: the agents' DaemonSet (hostNetwork,
-                                        NET_ADMIN; the only way on Talos) with its Namespace and ServiceAccount
+clusters/<cluster>/crossmesh-agent.yaml nodes that run an agent: the agents' DaemonSets (hostNetwork, NET_ADMIN;
+                                        the only way on Talos) with their Namespace and ServiceAccount —
+                                        crossmesh-agent on tunnel nodes, crossmesh-agent-routes on route-only
+                                        ones (topology gateways: no tunnel, routes via the site's gateway)
 nodes/<node>/talos.yaml                 distribution talos: machine-config patch + WireguardConfig with its
                                         routes (0600) — everything a Talos node gets
-nodes/<node>/talos-agent.yaml           distribution talos, with the agents' DaemonSet instead: the same
-                                        machine-config patch without the WireguardConfig (the agent owns the link)
+nodes/<node>/talos-agent.yaml           distribution talos, tunnel nodes with the agents' DaemonSet instead: the
+                                        same machine-config patch without the WireguardConfig (the agent owns the link)
 nodes/<node>/wg-crossmesh.conf          other distributions: wg-quick file (0600: the node's private key)
 nodes/<node>/routes.sh                  other distributions: routes beyond wg-quick and the CNI (other
                                         clusters in the site, gateways topology), IP forwarding on gateways
 nodes/<node>/k3s-config.yaml            distribution k3s: the node's config.yaml (node-ip, node-name)
 nodes/<node>/kubelet.env                distribution kubeadm: KUBELET_EXTRA_ARGS (node-ip)
-nodes/<node>/crossmesh-agent.service    other distributions, full mesh: the agent's systemd unit (after wg-quick)
+nodes/<node>/crossmesh-agent.service    other distributions, nodes that run an agent: its systemd unit (after
+                                        wg-quick on tunnel nodes)
 etcd/rbac.sh                            etcd roles: each node's agent writes only its own record
 sites/<site>/prerequisites.tf.json      cloud sites: what the cloud must allow and carry (inbound rules, routes,
                                         forwarding checks) as a Terraform/OpenTofu root module (render/providers.py)
@@ -119,7 +122,7 @@ def render(
             if wg_doc is not None:
                 docs.append(wg_doc)
             out[f"{base}/talos.yaml"] = RenderedFile(yaml_dump(*docs), 0o600, wg_doc is not None)
-            if node.name in agent_names:
+            if wg_doc is not None and node.name in agent_names:  # a route-only node keeps talos.yaml as it is
                 out[f"{base}/talos-agent.yaml"] = RenderedFile(yaml_dump(patch))
             continue
         conf = wireguard.wg_quick(plan, node, key, cache)
