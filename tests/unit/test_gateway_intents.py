@@ -83,3 +83,22 @@ def test_an_intent_whose_addresses_are_not_addresses_is_refused(change: dict[str
         return
     with pytest.raises(intents.IntentError, match=message):
         intents.decode_intent(raw, "n")
+
+
+def test_a_gateway_named_preferred_comes_first_in_the_plan_and_for_the_agents(tmp_path: Path) -> None:
+    """gw-east-1 is behind NAT and would sort after gw-east-2; `preferred: true` puts it first."""
+    shutil.copytree(ROOT / "tests" / "golden" / "gateways", tmp_path / "g", ignore=shutil.ignore_patterns("expected"))
+    mesh = tmp_path / "g" / "mesh.yaml"
+    text = mesh.read_text()
+    mesh.write_text(
+        text.replace(
+            "address: 10.30.0.10\n          gateway: true",
+            "address: 10.30.0.10\n          gateway: true\n          preferred: true",
+        )
+    )
+    plan = compile_mesh(mesh, tmp_path / "state", dry_run=True).plan
+    worker = plan.node("east-worker-1")
+    assert {str(r.gateway) for r in worker.routes} == {"10.30.0.10"}  # routes via gw-east-1
+    planned = records.intent_of(plan)
+    assert planned["gw-east-1"].preferred and not planned["gw-east-2"].preferred
+    assert records.GatewayView.of(planned, {}).active["dc-east"] == "gw-east-1"
