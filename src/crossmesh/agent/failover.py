@@ -71,7 +71,10 @@ class Failover:
             try:
                 value = gateways.decode_active(entry.value, site, order.get(site, ()))
             except gateways.GatewayError as err:
-                refused[site] = str(err)
+                kept = self.values.get(site)  # a bad write does not move the site: the last good choice stays
+                refused[site] = str(err) + ("; keeping the last good one" if kept else "")
+                if kept is not None and kept[0].active in order.get(site, ()):
+                    values[site] = (kept[0], entry.mod_revision)  # a takeover compares on what etcd holds now
                 continue
             values[site] = (value, entry.mod_revision)
         for site, why in refused.items():
