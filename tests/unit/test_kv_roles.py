@@ -102,6 +102,29 @@ def test_each_identity_writes_what_its_role_says(store: str, request: pytest.Fix
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("store", ["memory", "etcd"])
+def test_a_gateway_may_move_only_its_own_sites_active_gateway(store: str, request: pytest.FixtureRequest) -> None:
+    """Topology gateways: gw-a (site a) writes gateways/a (failover); neither a plain node of its site nor
+    a gateway of another site can, so no certificate but a site's gateways' can move that site."""
+    layout = Layout(f"m{uuid.uuid4().hex[:6]}")
+
+    async def main() -> None:
+        clients = Clients(store, request)
+        try:
+            root: KvAdmin = await clients("root")
+            await ensure_roles(root, layout, ["gw-a", "gw-b", "worker-a"], {"gw-a": "a", "gw-b": "b"})
+            gw_a, gw_b, worker = await clients("gw-a"), await clients("gw-b"), await clients("worker-a")
+            assert await _may_write(gw_a, layout.gateway("a"))
+            assert not await _may_write(gw_a, layout.gateway("b"))
+            assert not await _may_write(gw_b, layout.gateway("a"))
+            assert not await _may_write(worker, layout.gateway("a"))
+            assert [e.key for e in (await worker.range(layout.gateways)).entries] == [layout.gateway("a")]  # reads
+        finally:
+            await clients.close()
+
+    asyncio.run(main())
+
+
 def test_another_mesh_is_left_alone() -> None:
     """`prod` does not prune `prod-eu`'s roles: role names carry the mesh between colons."""
     store = MemoryStore()
