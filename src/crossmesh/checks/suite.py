@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from crossmesh.checks import (
     connectivity,
+    failover,
     fidelity,
     gateways,
     mtu,
@@ -20,7 +21,7 @@ from crossmesh.checks import (
 from crossmesh.checks.framework import CHECK_PATH, Context, Planned, Runner, Skips, build, builders, run
 from crossmesh.checks.gateways import lab_view
 
-SCENARIOS = (connectivity, fidelity, gateways, mtu, policy, security, service_types, services, underlay)
+SCENARIOS = (connectivity, failover, fidelity, gateways, mtu, policy, security, service_types, services, underlay)
 
 __all__ = [
     "CHECK_PATH",
