@@ -50,7 +50,9 @@ from crossmesh.model.mesh import Topology
 LOSS_BUDGET = 1.0  # seconds of lost traffic a failover may cost (issue 16: ≤ 1 s)
 RATE = 100.0  # datagrams per second of the failover stream
 SAMPLE_EVERY = 0.1  # seconds between two samples of the devices and routes during a failover
-SETTLE = 0.5  # seconds: a disagreement shorter than this is a transition, longer is split brain
+# seconds: agents follow etcd's watch each at its own pace (400 ms apart seen on a loaded host), so
+# a disagreement shorter than the loss budget is a transition; a longer one is split brain
+SETTLE = LOSS_BUDGET
 TAKEOVER_TIMEOUT = 15.0  # seconds for a standby to be named and the stream to resume through it
 BACK_TIMEOUT = HOLD_DOWN + 40.0  # seconds for the preferred gateway to take its site back
 SLACK = 0.2  # seconds: a datagram sent this long before the fault may be lost to it
