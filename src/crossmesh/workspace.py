@@ -7,7 +7,7 @@ runs without touching the state; the others persist allocations and keys.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,10 +116,12 @@ def compile_mesh(
     placements: dict[str, str] | None = None,
     only_key: str | None = None,
     dry_run: bool = False,
+    active: Mapping[str, str] | None = None,
 ) -> Compiled:
     """Validated plan of the mesh; raises SpecError with every problem when the file is wrong.
 
     `dry_run`: write nothing; a node without a key yet shows NO_KEY_YET as its public key.
+    `active`: topology gateways, each site's active gateway as etcd names it (`build_plan`).
     `only_key` is the node this host is (`crossmesh agent`): only its key is made or read, and the
     plan's peers carry no public keys — on a node, those come from the peers' agents (each node
     holds only its own private key)."""
@@ -142,7 +144,7 @@ def compile_mesh(
     else:
         keys = store.public_keys(nodes)
     try:
-        plan = build_plan(loaded.mesh, alloc, keys, loaded.manifests, placements)
+        plan = build_plan(loaded.mesh, alloc, keys, loaded.manifests, placements, active)
     except PlacementError as err:
         raise SpecError([_placement_problem(err)]) from err
     except ValueError as err:

@@ -3,7 +3,8 @@ the planner gives that node — same nodes, keys, endpoints, allowed IPs and kee
 full-mesh and gateways meshes, with nodes behind NAT among them, and under gateways the routes via
 the site's gateway are the plan's too. What the lab proves with the plan is then what the agents
 build on real nodes. Whichever gateway etcd makes active, each site's network is carried by one
-peer entry at most on any device: no split brain."""
+peer entry at most on any device: no split brain — and the plan made with that choice is what the
+agents then run."""
 
 from __future__ import annotations
 
@@ -154,3 +155,12 @@ def test_whichever_gateway_is_active_a_site_is_carried_by_one_peer_and_routed_to
             assert routes == {}
         else:
             assert set(routes.values()) == {intent[view.active[mine]].address} or len(order) == 1
+    # The plan made with etcd's choice (what the lab's fidelity checks compare with after a failover)
+    # is what the agents run: the same peers, and the same routes via the site's active gateway.
+    moved = build_plan(mesh, fresh(mesh), dict(zip(names, KEYS, strict=False)), active=chosen)
+    agents = _agents(plan, mesh.spec.wireguard.persistent_keepalive, chosen)
+    for node in moved.nodes:
+        via = {str(r.dst): str(r.gateway) for r in node.routes if r.via is RouteVia.GATEWAY}
+        assert view.routes(node.name, intent) == via, node.name
+        if node.tunnel is not None:
+            _assert_same_peers(agents[node.name], node)

@@ -79,6 +79,7 @@ def test_every_scenario_registers_in_report_order_and_the_facade_builds_them_all
     names = [r.builder.__name__ for r in framework.builders()]
     assert names == [
         "fidelity_checks",
+        "gateway_state",
         "pod_to_pod",
         "pod_to_service",
         "node_ports",
@@ -91,6 +92,7 @@ def test_every_scenario_registers_in_report_order_and_the_facade_builds_them_all
         "policy_matrix",
         "l7",
         "services",
+        "gateway_failover",
     ]
     assert [r.builder for r in framework.builders() if r.together] == [underlay.underlay]
     assert suite.Context is Context and suite.build is framework.build and suite.run is framework.run

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossmesh.checks.framework import Context, Planned, Skips, register
+from crossmesh.checks.gateways import not_preferred
 from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab import netns, wireguard
 from crossmesh.drivers.lab.topology import LabTopology
@@ -72,11 +73,18 @@ def fidelity_checks(ctx: Context) -> list[Planned]:
     if ctx.files is None:
         skips.add("no rendered files to compare with", ctx.plan.mesh)
         return skips.planned()
-    out = tunnel_checks(ctx.plan, ctx.topo, ctx.files) + pod_mtu_checks(ctx.plan, ctx.topo, ctx.files, skips)
+    # After a failover the running peers are those of the active gateways etcd names: the files are
+    # rendered with them (ctx.files), and each tunnel's detail says which sites run on which gateway.
+    moved = not_preferred(ctx.plan, ctx.active)
+    note = f" (with the active gateways etcd names: {', '.join(moved)})" if moved else ""
+    out = tunnel_checks(ctx.plan, ctx.topo, ctx.files, note)
+    out += pod_mtu_checks(ctx.plan, ctx.topo, ctx.files, skips)
     return out + skips.planned()
 
 
-def tunnel_checks(plan: Plan, topo: LabTopology, files: Mapping[str, Any]) -> list[Planned]:
+def tunnel_checks(plan: Plan, topo: LabTopology, files: Mapping[str, Any], note: str = "") -> list[Planned]:
+    """Every WireGuard device against its node's rendered files; `note` ends each detail (what the
+    files were rendered with, when that is not the preferred gateways)."""
     out = []
     for dev in topo.wireguard:
         rendered = readback.node_tunnel(files, dev.node)
@@ -95,9 +103,10 @@ def tunnel_checks(plan: Plan, topo: LabTopology, files: Mapping[str, Any]) -> li
                 return
             problems = compare_tunnel(rendered, wireguard.dump(dev.ifname), read_live(dev.namespace), dev.ifname)
             c.actual = Result.WRONG_ANSWER if problems else Result.OK
-            c.detail = "; ".join(problems) or (
-                f"{len(rendered.peers)} peers, MTU {rendered.mtu}, {len(rendered.routes)} routes: as rendered"
-            )
+            c.detail = (
+                "; ".join(problems)
+                or (f"{len(rendered.peers)} peers, MTU {rendered.mtu}, {len(rendered.routes)} routes: as rendered")
+            ) + note
 
         out.append(Planned(check, run))
     return out

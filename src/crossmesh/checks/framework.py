@@ -28,8 +28,9 @@ from crossmesh.policy.model import HttpRequest
 
 DENIED_TIMEOUT = 1.5
 CHECK_PATH = "/crossmesh-check"
-# Captures and staged failures run alone, so that other checks' traffic and kills do not mix in.
-ALONE = ("encryption", "nat", "service")
+# Captures and staged failures run alone, so that other checks' traffic and kills do not mix in
+# (a gateway's failover stops every cross-site flow of its site for a moment).
+ALONE = ("encryption", "nat", "service", "gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,9 @@ class Context:
     state: LabState | None = None  # needed by checks that stage failures (kill / revive)
     policy: PolicyIndex | None = None  # expectations of pod-to-pod flows come from the evaluator
     files: Mapping[str, Any] | None = None  # what `render` writes for this mesh: the fidelity checks
+    # Topology gateways with agents: each site's active gateway as etcd names it (the plan and the
+    # files above are made with it); None: the planner's preferred ones (no control plane).
+    active: Mapping[str, str] | None = None
 
     def site_of(self, pod: PodPlan) -> str:
         return self.plan.node(pod.node).site

@@ -1,15 +1,20 @@
-"""Probes that run inside a namespace of the lab: HTTP, UDP echo, DF-sized datagrams,
-and a raw-socket capture on the internet router."""
+"""Probes that run inside a namespace of the lab: HTTP, UDP echo, DF-sized datagrams, a steady
+stream of numbered UDP datagrams to an echo (a failover's loss window), and a raw-socket capture
+on the internet router."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import math
 import os
+import select
 import socket
 import struct
 import threading
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -249,3 +254,118 @@ def nft_counter(ns: str, comment: str) -> int:
             if "counter" in expr:
                 total += int(expr["counter"]["packets"])
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A run of consecutive datagrams of a stream that got no echo."""
+
+    first: int  # sequence number of the first one lost
+    lost: int  # how many in a row
+    started: float  # when the first one was sent (monotonic)
+    seconds: float  # from its sending to the sending of the next one echoed; inf: none was
+
+
+def gaps(sent: Sequence[float], echoed: Collection[int], start: float = -math.inf, end: float = math.inf) -> list[Gap]:
+    """The runs of lost datagrams among those sent at `sent[seq]`, whose first one was sent in
+    [start, end); a run still open at the last datagram lasts for ever (traffic never resumed)."""
+    out: list[Gap] = []
+    first: int | None = None
+    for seq, at in enumerate(sent):
+        if seq not in echoed:
+            if first is None:
+                first = seq
+            continue
+        if first is not None and start <= sent[first] < end:
+            out.append(Gap(first, seq - first, sent[first], at - sent[first]))
+        first = None
+    if first is not None and start <= sent[first] < end:
+        out.append(Gap(first, len(sent) - first, sent[first], math.inf))
+    return out
+
+
+class UdpStream:
+    """Numbered datagrams at `rate` per second from namespace `ns` to an echo at ip:port, on a
+    thread of their own, recording when each was sent and whether it came back — what a flow
+    between two workers sees while a gateway fails over. A datagram the kernel cannot send (no
+    route for a moment) counts as lost; echoes of another stream are told apart by a token."""
+
+    LINGER = 0.3  # seconds after the last datagram that its echo may still come back
+
+    def __init__(self, ns: str, ip: str, port: int, *, rate: float = 100.0, size: int = 64) -> None:
+        self.ns, self.target, self.interval, self.size = ns, (ip, port), 1.0 / rate, max(size, 16)
+        self.token = os.urandom(8)
+        self.sent: list[float] = []  # monotonic time each sequence number was sent
+        self.echoed: dict[int, float] = {}  # sequence number → when its echo came back
+        self.error = ""
+        self._lock = threading.Lock()
+        self._quiet, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"stream-{ns}", daemon=True)
+
+    def __enter__(self) -> UdpStream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """No more datagrams; the echoes of the last ones may come back for LINGER seconds."""
+        if not self._thread.is_alive():
+            return
+        self._quiet.set()
+        time.sleep(self.LINGER)
+        self._stop.set()
+        self._thread.join(5)
+
+    def echoes(self, since: float = -math.inf) -> int:
+        """How many datagrams sent at or after `since` came back so far."""
+        with self._lock:
+            return sum(1 for seq in self.echoed if self.sent[seq] >= since)
+
+    def snapshot(self) -> tuple[list[float], set[int]]:
+        with self._lock:
+            return list(self.sent), set(self.echoed)
+
+    def _run(self) -> None:
+        try:
+            netns.enter(self.ns)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.connect(self.target)
+        except OSError as err:
+            self.error = str(err)
+            return
+        pad = b"\0" * (self.size - 16)
+        due = time.monotonic()
+        with sock:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= due and not self._quiet.is_set():
+                    with self._lock:
+                        seq = len(self.sent)
+                        self.sent.append(now)
+                    with contextlib.suppress(OSError):  # no route, or an earlier one's ICMP error: lost
+                        sock.send(self.token + seq.to_bytes(8, "big") + pad)
+                    due += self.interval
+                    if due < now:  # late (a loaded host): no burst to catch up
+                        due = now + self.interval
+                ready, _, _ = select.select([sock], [], [], max(0.0, min(due - time.monotonic(), 0.05)))
+                if ready:
+                    self._drain(sock)
+
+    def _drain(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                return
+            except ConnectionRefusedError:
+                continue  # an ICMP error for an earlier datagram (port unreachable for a moment): read on
+            except OSError:
+                return
+            if len(data) >= 16 and data[:8] == self.token:
+                seq = int.from_bytes(data[8:16], "big")
+                with self._lock:
+                    if seq < len(self.sent):
+                        self.echoed.setdefault(seq, time.monotonic())

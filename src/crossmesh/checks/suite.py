@@ -6,9 +6,32 @@ the framework; callers use `Context`, `build` and `run` from here.
 
 from __future__ import annotations
 
-from crossmesh.checks import connectivity, fidelity, mtu, policy, security, service_types, services, underlay
+from crossmesh.checks import (
+    connectivity,
+    failover,
+    fidelity,
+    gateways,
+    mtu,
+    policy,
+    security,
+    service_types,
+    services,
+    underlay,
+)
 from crossmesh.checks.framework import CHECK_PATH, Context, Planned, Runner, Skips, build, builders, run
+from crossmesh.checks.gateways import lab_view
 
-SCENARIOS = (connectivity, fidelity, mtu, policy, security, service_types, services, underlay)
+SCENARIOS = (connectivity, failover, fidelity, gateways, mtu, policy, security, service_types, services, underlay)
 
-__all__ = ["CHECK_PATH", "SCENARIOS", "Context", "Planned", "Runner", "Skips", "build", "builders", "run"]
+__all__ = [
+    "CHECK_PATH",
+    "SCENARIOS",
+    "Context",
+    "Planned",
+    "Runner",
+    "Skips",
+    "build",
+    "builders",
+    "lab_view",
+    "run",
+]

@@ -25,7 +25,10 @@ def test(
 ) -> None:
     """Check the running lab: pod→pod for every pair class (HTTP and UDP), pod→service, MTU with DF
     across every tunnel, encryption (a marker never crosses the internet in clear) and NAT, and fidelity:
-    every tunnel, pod and VXLAN device as the files `crossmesh render` writes give it.
+    every tunnel, pod and VXLAN device as the files `crossmesh render` writes give it. Under topology
+    gateways: who carries each site and whether its standbys are ready; with agents, each site's
+    active gateway crashed and then blackholed under a stream (loss window, back to the preferred one
+    after), last and one at a time, and no split brain meanwhile.
 
     Expectations come from the plan. Exit code 1 when any check fails.
     """
@@ -37,8 +40,9 @@ def test(
     state = labs.find_lab(mesh)
     if state.status != "ready":
         raise CrossmeshError(f"lab {state.mesh_name} is {state.status}, not ready — run `crossmesh lab up {mesh}`")
-    compiled, topo = labs.topology_of(state)
-    ctx = suite.Context(compiled.plan, topo, state, labs.policy_index(compiled), rendered(compiled))
+    # Under topology gateways with agents, planned (and rendered) with the active gateways etcd names
+    compiled, topo, active = suite.lab_view(state)
+    ctx = suite.Context(compiled.plan, topo, state, labs.policy_index(compiled), rendered(compiled), active)
     planned = suite.build(ctx, pattern)
     if not planned:
         err.print(f"no check matches {pattern!r}", markup=False)

@@ -20,7 +20,7 @@ datapath model, README "Datapath"; plan/datapath.py states it per cluster).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
 
 from crossmesh.ipam.allocate import Allocations
@@ -189,15 +189,17 @@ class _Planner:
             out.append((node, cluster, *group))
         return out
 
-    def gateways(self) -> list[Draft]:
-        """The gateway rule of plan/peers.py with each site's preferred gateway active."""
+    def gateways(self, chosen: Mapping[str, str] | None = None) -> list[Draft]:
+        """The gateway rule of plan/peers.py with each site's preferred gateway active — or, with
+        `chosen` (site → gateway, as etcd names them after a failover), the one it names where that
+        is one of the site's gateways (`peers.active_of`): what the agents run then."""
         members = [
             peer_rule.Member(n.name, n.site, n.public_address is None, n.gateway, n.preferred) for n, _ in self.nodes
         ]
         natted = {m.name: m.natted for m in members}
         by_name = {n.name: n for n, _ in self.nodes}
         order = peer_rule.gateway_order(members)
-        active = peer_rule.preferred(order)
+        active = peer_rule.active_of(order, chosen) if chosen else peer_rule.preferred(order)
         # What a site's active gateway carries: the site network, its nodes' addresses, between
         # which the CNI's VXLAN carries the pods.
         prefixes = {site: (self.site_net[site],) for site in self.by_site}
@@ -313,9 +315,14 @@ def build_plan(
     public_keys: dict[str, str],
     manifests: dict[str, list[k8s.Manifest]] | None = None,
     placements: dict[str, str] | None = None,
+    active: Mapping[str, str] | None = None,
 ) -> Plan:
+    """The plan of `mesh`. `active` (topology gateways only): each site's active gateway where it is
+    not the preferred one — the running mesh after a failover, which the lab's checks compare with;
+    `render` and `apply` plan on the preferred gateways (no `active`)."""
     planner = _Planner(mesh, alloc, public_keys)
-    drafts = planner.gateways() if mesh.spec.wireguard.topology is Topology.GATEWAYS else planner.full_mesh()
+    gateways = mesh.spec.wireguard.topology is Topology.GATEWAYS
+    drafts = planner.gateways(active) if gateways else planner.full_mesh()
     node_plans = planner.node_plans(drafts)
     clusters = datapath.attach(mesh, cluster_plans(mesh, alloc, manifests, placements), node_plans, planner.underlays)
     hc = mesh.spec.health_check

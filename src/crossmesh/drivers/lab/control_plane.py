@@ -223,6 +223,22 @@ def crash_node(state: LabState, node: str) -> list[str]:
     return done
 
 
+def recover_node(state: LabState, node: str) -> list[str]:
+    """Bring a node stopped with `crash_node` back without a full `lab up`: the crash mark goes (the
+    service daemon's supervisor would restart the agent again) and its agent starts, which starts
+    wireguard-go and configures the device as it does after any restart of either. What it changed."""
+    if node not in state.nodes:
+        raise UsageError(f"no node {node} in lab {state.mesh_name}")
+    mark = agent_dir(state) / "crashed" / node
+    done = []
+    if mark.exists():
+        mark.unlink()
+        done.append(f"node {node} no longer marked crashed")
+    if (agent_dir(state) / f"{node}.json").exists() and not agent_running(state, node):
+        done.append(f"agent {start_agent(state, node)} of node {node} started")
+    return done
+
+
 def rotate_keys(state: LabState, nodes: list[str]) -> dict[str, str]:
     """Ask the agents of `nodes` for a new key, one node after the other; returns node → the new
     public key once every peer has it and has completed a handshake with it. One at a time, so

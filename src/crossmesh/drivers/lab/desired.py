@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from crossmesh.drivers.lab import topology
@@ -52,19 +53,25 @@ def built_mesh(state: LabState) -> Path:
     return path
 
 
-def compiled_of(state: LabState) -> Compiled:
+def compiled_of(state: LabState, active: Mapping[str, str] | None = None) -> Compiled:
     """The revision the running lab was last built from, compiled with the lab's own allocations,
-    placements and membership changes; nothing is written."""
+    placements and membership changes; nothing is written. `active`: topology gateways, each site's
+    active gateway as etcd names it (the checks'; the lab itself is built on the preferred ones)."""
     return compile_mesh(
-        built_mesh(state), Path(state.state_dir), persist=False, overlay=state.overlay, placements=state.placements
+        built_mesh(state),
+        Path(state.state_dir),
+        persist=False,
+        overlay=state.overlay,
+        placements=state.placements,
+        active=active,
     )
 
 
-def topology_of(state: LabState) -> tuple[Compiled, LabTopology]:
+def topology_of(state: LabState, active: Mapping[str, str] | None = None) -> tuple[Compiled, LabTopology]:
     """What the running lab is: the revision it was last built from, compiled with the lab's own
     allocations, placements and membership changes — what `up`, the service daemon, the faults and
-    the checks all read."""
-    compiled = compiled_of(state)
+    the checks all read (`active`: see `compiled_of`)."""
+    compiled = compiled_of(state, active)
     return compiled, topology.build(
         compiled.plan,
         state.tag,

@@ -4,8 +4,8 @@
     processes.py      the lab's processes, found by command line, and stopped
     desired.py        what a running lab is to be: compiled mesh, topology, namespace digests
     pods.py           the pods' echo workloads; `lab exec`; killing and reviving a pod
-    control_plane.py  etcd and the per-node agents; crash-node; rotate-keys
-    operators.py      the mesh applied to the lab's etcd, two operator replicas; crash-operator
+    control_plane.py  etcd and the per-node agents; crash-node (and recover_node); rotate-keys
+    operators.py      the mesh applied to the lab's etcd, two operator replicas; crash-operator; the active gateways
     services.py       starting the service daemon (servicesd.py) and the pods' resolv.conf
     teardown.py       down, leftovers, and removing what removed nodes left
     up.py             lab up: build or reconcile, then wait for handshakes and pods
@@ -26,13 +26,14 @@ from crossmesh.drivers.lab.control_plane import (
     agent_running,
     agent_status,
     crash_node,
+    recover_node,
     rotate_keys,
     start_agent,
 )
 from crossmesh.drivers.lab.desired import namespace_digest, policy_index, topology_of, unhealthy_backends
 from crossmesh.drivers.lab.membership import add_node, remove_node
 from crossmesh.drivers.lab.operators import control as operator_control
-from crossmesh.drivers.lab.operators import crash_leader
+from crossmesh.drivers.lab.operators import crash_leader, gateway_values
 from crossmesh.drivers.lab.pods import exec_argv, pod_key, set_killed
 from crossmesh.drivers.lab.processes import alive, wireguard_pids
 from crossmesh.drivers.lab.services import plan_services_view, resolv_conf
@@ -81,12 +82,14 @@ __all__ = [
     "down",
     "exec_argv",
     "find_lab",
+    "gateway_values",
     "leftovers",
     "namespace_digest",
     "plan_services_view",
     "pod_key",
     "policy_index",
     "preflight",
+    "recover_node",
     "remove_node",
     "resolv_conf",
     "rotate_keys",

@@ -24,7 +24,7 @@ from ruamel.yaml import YAML
 from crossmesh.drivers import etcd
 from crossmesh.drivers.lab.processes import alive, find_processes, stop_group
 from crossmesh.drivers.lab.state import LabError, LabState
-from crossmesh.kv.layout import ADMIN_USER, OPERATOR_USER
+from crossmesh.kv.layout import ADMIN_USER, OPERATOR_USER, Layout
 from crossmesh.workspace import Compiled
 
 REPLICAS = 2
@@ -104,6 +104,18 @@ def stop_operator(state: LabState, rid: str, *, crash: bool = False) -> int:
     elif pid:
         stop_group(pid)
     return pid
+
+
+def gateway_values(state: LabState) -> dict[str, bytes]:
+    """Topology gateways: each site's active-gateway value as the lab's etcd holds it
+    (`gateways/<site>`, read as the admin; `agent.gateways.decode_active` reads one)."""
+    prefix = Layout(state.mesh_name).gateways
+
+    async def work(kv: Any) -> dict[str, bytes]:
+        snap = await kv.range(prefix)
+        return {e.key[len(prefix) :].decode(errors="replace"): e.value for e in snap.entries}
+
+    return _admin(state, work)
 
 
 def _admin(state: LabState, work: Callable[[Any], Awaitable[T]]) -> T:
