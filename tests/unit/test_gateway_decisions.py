@@ -36,6 +36,9 @@ AGAINST = Health(True, True, {"x": Remote(direct=True, via=False), "y": Remote(d
 FINE = Health(True, True, {"x": Remote(direct=True, via=True), "y": Remote(direct=True, via=True)})
 
 
+# Most tests judge evidence alone: grace=0.0 (the grace for an active never seen forwarding: below).
+
+
 def run(judge: Judge, rounds: list[Health], current: ActiveGateway, *, start: float = 1000.0) -> list[ActiveGateway]:
     """Feed `rounds` one per TICK, asking after each; every proposal made."""
     out = []
@@ -172,12 +175,12 @@ def test_gateway_order_is_the_planners(members: dict[str, bool]) -> None:
 
 
 def test_no_decision_from_a_single_lost_round() -> None:
-    judge = Judge("gw-b")
+    judge = Judge("gw-b", grace=0.0)
     assert run(judge, [AGAINST], EPOCH_1) == []
 
 
 def test_a_standby_takes_over_after_misses_rounds_with_the_reason() -> None:
-    judge = Judge("gw-b")
+    judge = Judge("gw-b", grace=0.0)
     got = run(judge, [AGAINST] * MISSES, EPOCH_1)
     assert got == [
         ActiveGateway(
@@ -192,14 +195,17 @@ def test_a_standby_takes_over_after_misses_rounds_with_the_reason() -> None:
 
 
 def test_one_good_round_starts_the_count_again() -> None:
-    judge = Judge("gw-b")
+    judge = Judge("gw-b", grace=0.0)
     assert run(judge, [AGAINST, AGAINST, FINE, AGAINST, AGAINST], EPOCH_1) == []
 
 
 def test_two_standbys_on_the_same_evidence_propose_the_same_next_epoch() -> None:
     """Both write with a compare on the value they read: etcd lets one of them win."""
     current = ActiveGateway(active="gw-a", epoch=7, since=1.0, by="gw-a", reason="")
-    b, c = run(Judge("gw-b"), [AGAINST] * MISSES, current), run(Judge("gw-c"), [AGAINST] * MISSES, current)
+    b, c = (
+        run(Judge("gw-b", grace=0.0), [AGAINST] * MISSES, current),
+        run(Judge("gw-c", grace=0.0), [AGAINST] * MISSES, current),
+    )
     assert [p.epoch for p in b + c] == [8, 8]
     assert (b[0].active, c[0].active) == ("gw-b", "gw-c")
 
@@ -220,25 +226,25 @@ def test_two_standbys_on_the_same_evidence_propose_the_same_next_epoch() -> None
     ],
 )
 def test_no_takeover_without_evidence_against_the_active(health: Health, why: str) -> None:
-    assert run(Judge("gw-b"), [health] * (MISSES * 3), EPOCH_1) == [], why
+    assert run(Judge("gw-b", grace=0.0), [health] * (MISSES * 3), EPOCH_1) == [], why
 
 
 def test_sites_not_reached_directly_are_no_evidence_either_way() -> None:
     """Site z is down altogether (its direct probe lost too): not held against the active."""
     health = Health(True, True, {**AGAINST.remotes, "z": Remote(direct=False, via=False)})
-    [got] = run(Judge("gw-b"), [health] * MISSES, EPOCH_1)
+    [got] = run(Judge("gw-b", grace=0.0), [health] * MISSES, EPOCH_1)
     assert "to sites x, y lost" in got.reason
 
 
 def test_a_reason_names_a_few_sites_and_counts_the_rest() -> None:
     many = Health(True, True, {f"site-{i:03d}": Remote(direct=True, via=False) for i in range(500)})
-    [got] = run(Judge("gw-b"), [many] * MISSES, EPOCH_1)
+    [got] = run(Judge("gw-b", grace=0.0), [many] * MISSES, EPOCH_1)
     assert got.reason.endswith("site-006, site-007 and 492 more lost while the tunnels answered")
     assert decode_active(got.encode(), SITE, GATEWAYS) == got
 
 
 def test_a_new_epoch_starts_the_count_again() -> None:
-    judge = Judge("gw-c")
+    judge = Judge("gw-c", grace=0.0)
     assert run(judge, [AGAINST] * (MISSES - 1), EPOCH_1) == []
     moved = ActiveGateway(active="gw-b", epoch=2, since=1000.2, by="gw-b", reason="")
     # The round in which it sees gw-b active was taken through gw-a: it counts for nothing.
@@ -247,17 +253,17 @@ def test_a_new_epoch_starts_the_count_again() -> None:
 
 
 def test_the_active_never_writes() -> None:
-    judge = Judge("gw-b")
+    judge = Judge("gw-b", grace=0.0)
     current = ActiveGateway(active="gw-b", epoch=4, since=1.0, by="gw-b", reason="")
     assert run(judge, [AGAINST] * 10 + [FINE] * 200, current) == []
 
 
 def test_a_node_that_is_no_gateway_never_writes() -> None:
-    assert run(Judge("node-1"), [AGAINST] * 10, EPOCH_1) == []
+    assert run(Judge("node-1", grace=0.0), [AGAINST] * 10, EPOCH_1) == []
 
 
 def test_no_key_nothing_to_do() -> None:
-    judge = Judge("gw-b")
+    judge = Judge("gw-b", grace=0.0)
     for i in range(10):
         judge.observe(i * TICK, AGAINST)
         assert judge.decide(i * TICK, None, GATEWAYS) is None
@@ -265,7 +271,7 @@ def test_no_key_nothing_to_do() -> None:
 
 def test_an_active_that_is_no_longer_a_gateway_is_the_operators_to_replace() -> None:
     gone = ActiveGateway(active="gw-old", epoch=3, since=1.0, by="operator", reason="")
-    assert run(Judge("gw-b"), [AGAINST] * 10, gone) == []
+    assert run(Judge("gw-b", grace=0.0), [AGAINST] * 10, gone) == []
 
 
 remotes = st.dictionaries(
@@ -281,7 +287,7 @@ healths = st.builds(Health, forwarding=st.booleans(), device_up=st.booleans(), r
 def test_a_standby_takes_over_only_after_misses_rounds_of_evidence(rounds: list[Health]) -> None:
     """The law behind the examples: gw-c (not preferred) proposes at a round only if that round
     and the MISSES - 1 before it all held evidence against the active."""
-    judge = Judge("gw-c")
+    judge = Judge("gw-c", grace=0.0)
     for i, health in enumerate(rounds):
         judge.observe(i * TICK, health)
         got = judge.decide(i * TICK, EPOCH_1, GATEWAYS)
@@ -296,8 +302,8 @@ def forwarding(remotes: dict[str, Remote]) -> Health:
 
 @given(st.lists(remotes.map(forwarding), max_size=40))
 def test_a_healthy_active_is_never_replaced_by_a_standby(rounds: list[Health]) -> None:
-    assert run(Judge("gw-b"), rounds, EPOCH_1) == []
-    assert run(Judge("gw-c"), rounds, EPOCH_1) == []
+    assert run(Judge("gw-b", grace=0.0), rounds, EPOCH_1) == []
+    assert run(Judge("gw-c", grace=0.0), rounds, EPOCH_1) == []
 
 
 # The Judge: the preferred gateway taking back
@@ -309,7 +315,7 @@ def healthy_for(seconds: float) -> list[Health]:
 
 def test_the_preferred_takes_back_only_after_hold_down() -> None:
     by_b = ActiveGateway(active="gw-b", epoch=2, since=50.0, by="gw-b", reason="")
-    judge = Judge("gw-a")
+    judge = Judge("gw-a", grace=0.0)
     assert run(judge, healthy_for(HOLD_DOWN - TICK), by_b) == []
     [got] = run(judge, [FINE], by_b, start=1000.0 + HOLD_DOWN)
     assert got == ActiveGateway(
@@ -320,7 +326,7 @@ def test_the_preferred_takes_back_only_after_hold_down() -> None:
 def test_one_unhealthy_round_restarts_the_hold_down() -> None:
     by_b = ActiveGateway(active="gw-b", epoch=2, since=50.0, by="gw-b", reason="")
     flap = Health(True, True, {"x": Remote(direct=False, via=None)})
-    judge = Judge("gw-a")
+    judge = Judge("gw-a", grace=0.0)
     rounds = healthy_for(HOLD_DOWN - 1) + [flap] + healthy_for(HOLD_DOWN - TICK)
     assert run(judge, rounds, by_b) == []
     after_flap = 1000.0 + (len(healthy_for(HOLD_DOWN - 1)) + 1) * TICK
@@ -330,7 +336,7 @@ def test_one_unhealthy_round_restarts_the_hold_down() -> None:
 
 def test_health_seen_before_a_pause_is_not_continuous() -> None:
     by_b = ActiveGateway(active="gw-b", epoch=2, since=50.0, by="gw-b", reason="")
-    judge = Judge("gw-a")
+    judge = Judge("gw-a", grace=0.0)
     assert run(judge, healthy_for(5), by_b) == []
     assert run(judge, healthy_for(HOLD_DOWN - TICK), by_b, start=1010.0) == []
 
@@ -346,17 +352,17 @@ def test_health_seen_before_a_pause_is_not_continuous() -> None:
 )
 def test_the_preferred_does_not_take_back_unless_healthy(health: Health) -> None:
     by_b = ActiveGateway(active="gw-b", epoch=2, since=50.0, by="gw-b", reason="")
-    assert run(Judge("gw-a"), [health] * 300, by_b) == []
+    assert run(Judge("gw-a", grace=0.0), [health] * 300, by_b) == []
 
 
 def test_a_standby_that_is_not_preferred_never_takes_back() -> None:
     by_b = ActiveGateway(active="gw-b", epoch=2, since=50.0, by="gw-b", reason="")
-    assert run(Judge("gw-c"), [FINE] * 300, by_b) == []
+    assert run(Judge("gw-c", grace=0.0), [FINE] * 300, by_b) == []
 
 
 def test_the_preferred_takes_over_at_once_from_an_active_that_does_not_forward() -> None:
     by_b = ActiveGateway(active="gw-b", epoch=2, since=50.0, by="gw-b", reason="")
-    [got] = run(Judge("gw-a"), [AGAINST] * MISSES, by_b)
+    [got] = run(Judge("gw-a", grace=0.0), [AGAINST] * MISSES, by_b)
     assert got.reason.startswith("active gw-b not forwarding")
 
 
@@ -367,3 +373,29 @@ def test_a_judge_refuses_nonsense_settings() -> None:
         Judge("gw-a", hold_down=-1.0)
     with pytest.raises(ValueError, match="max_gap 0.0 > 0"):
         Judge("gw-a", max_gap=0.0)
+
+
+# The grace for an active gateway never seen forwarding
+
+
+def test_an_active_never_seen_forwarding_is_given_the_grace_while_the_site_comes_up() -> None:
+    """At `lab up` a standby probes before the active's routes exist: lost probes then are no evidence
+    until one probe through the active has answered, or GRACE has passed."""
+    judge = Judge("gw-b", grace=5.0)
+    assert run(judge, [AGAINST] * 20, EPOCH_1) == []  # 2.5 s: within the grace
+    [got] = run(judge, [AGAINST] * 30, EPOCH_1, start=1000.0 + 20 * TICK)[:1]  # past 5 s: taken over
+    assert got.active == "gw-b" and got.epoch == 2
+
+
+def test_once_seen_forwarding_the_active_is_judged_at_once() -> None:
+    judge = Judge("gw-b", grace=60.0)
+    assert run(judge, [FINE, *([AGAINST] * (MISSES - 1))], EPOCH_1) == []
+    [got] = run(judge, [AGAINST], EPOCH_1, start=1000.0 + MISSES * TICK)
+    assert got.active == "gw-b"
+
+
+def test_a_new_active_must_be_seen_forwarding_again() -> None:
+    judge = Judge("gw-c", grace=60.0)
+    run(judge, [FINE], EPOCH_1)
+    by_b = ActiveGateway(active="gw-b", epoch=2, since=101.0, by="gw-b", reason="takeover")
+    assert run(judge, [AGAINST] * 10, by_b, start=1001.0) == []  # gw-b not yet seen forwarding

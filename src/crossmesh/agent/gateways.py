@@ -26,6 +26,10 @@ MISSES = 3  # consecutive rounds of evidence before a standby takes over
 HOLD_DOWN = 10.0  # seconds of continuous health before the preferred gateway takes back
 INTERVAL = 0.1  # seconds between probe rounds, as the design note sets it (the agent's loop)
 MAX_GAP = 1.0  # seconds between two rounds past which health seen before no longer counts as continuous
+# An active gateway not yet seen forwarding (no probe through it answered since it became active, or
+# since this agent started) is given this long before lost probes count against it: while a site
+# comes up, its active gateway's routes and peers arrive a few seconds after its standbys probe.
+GRACE = 30.0
 
 ACTIVE_MAX_BYTES = 4096  # a value is ~200 bytes; anything much larger is not one
 MAX_EPOCH = 2**53  # JSON's exact integers: any reader gets the same epoch back
@@ -161,10 +165,19 @@ class Judge:
     them again, since they measured the paths through a gateway that may no longer be active. (The
     rounds before the first value seen count: they were taken through the gateway the node routed by.)"""
 
-    __slots__ = ("own", "misses", "hold_down", "max_gap", "_failing", "_healthy_since", "_last", "_lost", "_seen")
+    __slots__ = (
+        "own", "misses", "hold_down", "max_gap", "grace",
+        "_failing", "_healthy_since", "_last", "_lost", "_seen", "_proven", "_first",
+    )  # fmt: skip
 
     def __init__(
-        self, own: str, *, misses: int = MISSES, hold_down: float = HOLD_DOWN, max_gap: float = MAX_GAP
+        self,
+        own: str,
+        *,
+        misses: int = MISSES,
+        hold_down: float = HOLD_DOWN,
+        max_gap: float = MAX_GAP,
+        grace: float = GRACE,
     ) -> None:
         if misses < 1 or hold_down < 0 or max_gap <= 0:
             raise ValueError(f"misses {misses} must be ≥ 1, hold_down {hold_down} ≥ 0 and max_gap {max_gap} > 0")
@@ -177,12 +190,17 @@ class Judge:
         self._lost: list[str] = []  # the remote sites lost through the active in the last round
         self._last: float | None = None  # when the last round was observed
         self._seen: tuple[str, int] | None = None  # (active, epoch) of the value last decided on
+        self.grace = grace
+        self._proven = False  # a probe through the active answered since it became active (as seen here)
+        self._first: float | None = None  # when this agent first saw the current value
 
     def observe(self, now: float, health: Health) -> None:
         """Count one probe round. Rounds further apart than `max_gap` are not continuous health."""
         if self._last is not None and now - self._last > self.max_gap:
             self._healthy_since = None
         self._last = now
+        if any(r.via for r in health.remotes.values()):
+            self._proven = True
         if health.active_failing():
             self._failing += 1
             self._lost = health.reached()
@@ -200,10 +218,13 @@ class Judge:
             return None  # the operator creates the key, and rewrites it for a gateway gone
         if self._seen not in (None, (current.active, current.epoch)):
             self._failing, self._lost, self._healthy_since = 0, [], None
+            self._proven, self._first = False, None
         self._seen = (current.active, current.epoch)
+        if self._first is None:
+            self._first = now
         if current.active == self.own or current.epoch >= MAX_EPOCH:
             return None
-        if self._failing >= self.misses:
+        if self._failing >= self.misses and (self._proven or now - self._first >= self.grace):
             return self._takeover(now, current, self._not_forwarding(current.active))
         preferred = order[0] == self.own
         if preferred and self._healthy_since is not None and now - self._healthy_since >= self.hold_down:
