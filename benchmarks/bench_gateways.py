@@ -64,13 +64,15 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 
 from agentkit import UdpStream, etcdctl, state, udp_answers  # noqa: E402
-from bench_control_plane import TICK, free_name, host_busy, log  # noqa: E402
+from bench_control_plane import TICK, bring_down, free_name, host_busy, log  # noqa: E402
 from labkit import Lab, copy_example, crossmesh  # noqa: E402
 
 from crossmesh.agent import gateways, probes  # noqa: E402
@@ -165,12 +167,7 @@ def running(lab: Lab, tries: int = 3) -> Iterator[Lab]:
             time.sleep(10)
         yield lab
     finally:
-        with suppress(subprocess.TimeoutExpired):
-            crossmesh("lab", "down", "--mesh", str(lab.mesh), timeout=600)
-        labs.down(lab.tag)
-        left = labs.leftovers(lab.tag)
-        if left:
-            log(f"WARNING: cm-{lab.tag} left {left}")
+        bring_down(lab)
 
 
 # --- the meshes ------------------------------------------------------------------------------------
@@ -181,33 +178,26 @@ def gateway_mesh(tmp: Path, sites: int, plain: Callable[[int], int], topology: s
     """`sites` sites with 2 gateways each and plain(k) plain nodes in site k, every node public
     (198.51.100.x), one cluster; `topology` as given (the gateway flags stay in a full mesh)."""
 
+    def node(name: str, site: int, address: str, public: int, **extra: object) -> dict[str, object]:
+        return {"name": name, "site": f"s{site}", "address": address, "publicAddress": f"198.51.100.{public}", **extra}
+
+    def site(k: int) -> dict[str, object]:
+        provider = PROVIDERS[k % len(PROVIDERS)]
+        return {"name": f"s{k}", "provider": provider, "region": f"r{k}", "network": f"10.{k + 1}.0.0/16"}
+
     def make(name: str) -> tuple[Path, str]:
         d = Path(tempfile.mkdtemp(dir=tmp))
-        lines = [
-            "apiVersion: crossmesh.io/v1alpha1",
-            "kind: Mesh",
-            "metadata:",
-            f"  name: {name}",
-            "spec:",
-            f"  wireguard: {{topology: {topology}, persistentKeepalive: 20}}",
-            "  sites:",
-        ]
+        nodes = []
         for k in range(sites):
-            provider = PROVIDERS[k % len(PROVIDERS)]
-            lines.append(f"    - {{name: s{k}, provider: {provider}, region: r{k}, network: 10.{k + 1}.0.0/16}}")
-        lines += ["  clusters:", "    - name: c", "      distribution: k3s", "      cni: cilium", "      nodes:"]
-        for k in range(sites):
-            for g in (1, 2):
-                lines.append(
-                    f"        - {{name: gw-{k}-{g}, site: s{k}, address: 10.{k + 1}.0.{10 + g}, "
-                    f"publicAddress: 198.51.100.{10 * k + g}, gateway: true}}"
-                )
-            for w in range(plain(k)):
-                lines.append(
-                    f"        - {{name: node-{k}-{w + 1}, site: s{k}, address: 10.{k + 1}.1.{21 + w}, "
-                    f"publicAddress: 198.51.100.{10 * k + 5 + w}}}"
-                )
-        (d / "mesh.yaml").write_text("\n".join(lines) + "\n")
+            nodes += [node(f"gw-{k}-{g}", k, f"10.{k + 1}.0.{10 + g}", 10 * k + g, gateway=True) for g in (1, 2)]
+            nodes += [node(f"node-{k}-{w + 1}", k, f"10.{k + 1}.1.{21 + w}", 10 * k + 5 + w) for w in range(plain(k))]
+        spec = {
+            "wireguard": {"topology": topology, "persistentKeepalive": 20},
+            "sites": [site(k) for k in range(sites)],
+            "clusters": [{"name": "c", "distribution": "k3s", "cni": "cilium", "nodes": nodes}],
+        }
+        doc = {"apiVersion": "crossmesh.io/v1alpha1", "kind": "Mesh", "metadata": {"name": name}, "spec": spec}
+        (d / "mesh.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         return d / "mesh.yaml", name
 
     mesh, name = free_name(make)
