@@ -120,12 +120,17 @@ def running(lab: Lab, *up_args: str) -> Iterator[Lab]:
         log(f"lab {lab.name} (cm-{lab.tag}) up in {time.monotonic() - t0:.1f} s")
         yield lab
     finally:
-        with suppress(subprocess.TimeoutExpired):
-            crossmesh("lab", "down", "--mesh", str(lab.mesh), timeout=600)
-        labs.down(lab.tag)
-        left = labs.leftovers(lab.tag)
-        if left:
-            log(f"WARNING: cm-{lab.tag} left {left}")
+        bring_down(lab)
+
+
+def bring_down(lab: Lab) -> None:
+    """`lab down --mesh`, then by tag whatever that could not find; says what is left."""
+    with suppress(subprocess.TimeoutExpired):
+        crossmesh("lab", "down", "--mesh", str(lab.mesh), timeout=600)
+    labs.down(lab.tag)
+    left = labs.leftovers(lab.tag)
+    if left:
+        log(f"WARNING: cm-{lab.tag} left {left}")
 
 
 def free_name(make: Callable[[str], tuple[Path, str]]) -> tuple[Path, str]:
