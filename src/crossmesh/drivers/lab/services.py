@@ -19,6 +19,8 @@ from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.model.plan import Plan
 from crossmesh.plan.serialize import plan_json
 
+SERVICES_START = 30.0  # seconds for the service daemon to start and write its first health file
+
 
 def plan_services_view(plan: Plan) -> list[Any]:
     """What the service daemon depends on: services, their backends and ClusterIPs, pods, nodes."""
@@ -84,7 +86,7 @@ def start_services(state: LabState, topo: LabTopology, plan: Plan, manifests: di
     state.services_pid = proc.pid
     state.services_digest = digest
     state.save()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + SERVICES_START  # importing crossmesh alone took 5 s at load 15–24
     while not (state.dir / "health.json").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             raise LabError(f"the service daemon did not start; see {log}")
