@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from crossmesh.agent.untrusted import json_object, shown
+
 MISSES = 3  # consecutive rounds of evidence before a standby takes over
 HOLD_DOWN = 10.0  # seconds of continuous health before the preferred gateway takes back
 INTERVAL = 0.1  # seconds between probe rounds, as the design note sets it (the agent's loop)
@@ -70,14 +72,10 @@ def decode_active(raw: bytes, site: str, gateways: Sequence[str]) -> ActiveGatew
     Total: nothing the value holds raises anything else (anyone with write access to the key may
     have put it there)."""
     where = f"active gateway of site {site}"
-    if len(raw) > ACTIVE_MAX_BYTES:
-        raise GatewayError(f"{where}: {len(raw)} bytes, over the {ACTIVE_MAX_BYTES}-byte cap")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise GatewayError(f"{where}: not JSON: {str(err)[:80]}") from None
-    if not isinstance(data, dict):
-        raise GatewayError(f"{where}: a JSON {type(data).__name__}, not an object")
+        data = json_object(raw, ACTIVE_MAX_BYTES)
+    except ValueError as err:
+        raise GatewayError(f"{where}: {err}") from None
     missing, unknown = sorted(set(_FIELDS) - set(data)), sorted(set(data) - set(_FIELDS))
     if unknown:
         raise GatewayError(f"{where}: unknown field {', '.join(repr(k[:40]) for k in unknown[:5])}")
@@ -87,7 +85,7 @@ def decode_active(raw: bytes, site: str, gateways: Sequence[str]) -> ActiveGatew
         _check(where, name, data[name], types)
     value = ActiveGateway(**{**data, "since": float(data["since"])})
     if value.active not in gateways:
-        raise GatewayError(f"{where}: active {_shown(value.active)} is not a gateway of site {site}")
+        raise GatewayError(f"{where}: active {shown(value.active)} is not a gateway of site {site}")
     return value
 
 
@@ -95,16 +93,16 @@ def _check(where: str, name: str, value: Any, types: tuple[type, ...]) -> None:
     """One field of a value: its JSON type, then its range."""
     if type(value) not in types:  # exact: JSON true is not the integer 1
         want = "a number" if float in types else {str: "a string", int: "an integer"}[types[0]]
-        raise GatewayError(f"{where}: {name} is {_shown(value)}, not {want}")
+        raise GatewayError(f"{where}: {name} is {shown(value)}, not {want}")
     if name == "epoch" and not 1 <= value <= MAX_EPOCH:
-        raise GatewayError(f"{where}: epoch {_shown(value)} out of range 1..2**53")
+        raise GatewayError(f"{where}: epoch {shown(value)} out of range 1..2**53")
     if name == "since" and not (value >= 0 and _finite(value)):
-        raise GatewayError(f"{where}: since {_shown(value)} is not a time (finite, not negative)")
+        raise GatewayError(f"{where}: since {shown(value)} is not a time (finite, not negative)")
     if isinstance(value, str):
         if name in _MAX_CHARS and len(value) > _MAX_CHARS[name]:
             raise GatewayError(f"{where}: {name} is {len(value)} characters, over {_MAX_CHARS[name]}")
         if not value.isprintable() or (name != "reason" and not value):
-            raise GatewayError(f"{where}: {name} {_shown(value)} is empty or holds control characters")
+            raise GatewayError(f"{where}: {name} {shown(value)} is empty or holds control characters")
 
 
 def _finite(value: float) -> bool:
@@ -114,12 +112,6 @@ def _finite(value: float) -> bool:
         return math.isfinite(float(value))
     except OverflowError:
         return False
-
-
-def _shown(value: object) -> str:
-    """A value from etcd, quoted and cut short for a message (newlines and all escaped)."""
-    text = repr(value)
-    return text if len(text) <= 48 else text[:45] + "..."
 
 
 @dataclass(frozen=True, slots=True)

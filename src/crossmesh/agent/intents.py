@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from crossmesh.agent.records import OPTIONAL_PLANNED, PlannedNode, planned_json
+from crossmesh.agent.untrusted import json_object
 
 MAX_BYTES = 4096
 
@@ -71,15 +72,10 @@ class NodeStatus:
 
 
 def _load(raw: bytes, what: str) -> dict[str, Any]:
-    if len(raw) > MAX_BYTES:
-        raise IntentError(f"{what}: {len(raw)} bytes, over the cap of {MAX_BYTES}")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as err:
-        raise IntentError(f"{what}: not JSON ({str(err)[:80]})") from None
-    if not isinstance(data, dict):
-        raise IntentError(f"{what}: not a JSON object")
-    return data
+        return json_object(raw, MAX_BYTES)
+    except ValueError as err:
+        raise IntentError(f"{what}: {err}") from None
 
 
 def _field(data: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
 
+from crossmesh.agent.untrusted import json_object, shown
 from crossmesh.model.plan import NodePlan, Plan
 from crossmesh.plan import peers as peer_rule
 from crossmesh.render.etcd import records_prefix
@@ -96,14 +97,10 @@ def decode(raw: bytes) -> NodeRecord:
     """A record as etcd holds it → a NodeRecord whose every field is what it claims to be, or
     RecordError. Total: nothing a record holds raises anything else (the agent decodes records
     anyone with write access to etcd may have put there)."""
-    if len(raw) > RECORD_MAX_BYTES:
-        raise RecordError(f"{len(raw)} bytes: over the {RECORD_MAX_BYTES}-byte cap of a node record")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise RecordError(f"not JSON: {str(err)[:80]}") from None
-    if not isinstance(data, dict):
-        raise RecordError(f"not a node record: a JSON {type(data).__name__}, not an object")
+        data = json_object(raw, RECORD_MAX_BYTES)
+    except ValueError as err:
+        raise RecordError(f"not a node record: {err}") from None
     missing, unknown = sorted(set(_FIELDS) - set(data)), sorted(set(data) - set(_FIELDS))
     if missing or unknown:
         what = [f"missing {', '.join(missing)}"] if missing else []
@@ -113,14 +110,14 @@ def decode(raw: bytes) -> NodeRecord:
         value = data[name]
         if type(value) not in types:  # exact: JSON true is not the integer 1
             want = " or ".join("null" if t is type(None) else {str: "a string", int: "an integer"}[t] for t in types)
-            raise RecordError(f"{name} is {_shown(value)}, not {want}")
+            raise RecordError(f"{name} is {shown(value)}, not {want}")
     rec = NodeRecord(**data)
     for name in ("name", "cluster", "site"):
         value = getattr(rec, name)
         if len(value) > 63 or not _DNS1123.fullmatch(value):
-            raise RecordError(f"{name} {_shown(value)} is not a DNS-1123 label")
+            raise RecordError(f"{name} {shown(value)} is not a DNS-1123 label")
     if not is_valid_key(rec.public_key):
-        raise RecordError(f"public key {_shown(rec.public_key)} is not a 32-byte base64 WireGuard key")
+        raise RecordError(f"public key {shown(rec.public_key)} is not a 32-byte base64 WireGuard key")
     for name in ("address", "tunnel_address"):
         _canonical(name, getattr(rec, name), IPv4Address)
     _canonical("pod_cidr", rec.pod_cidr, IPv4Network)
@@ -137,7 +134,7 @@ def parse_endpoint(text: str) -> tuple[IPv4Address, int]:
     """`a.b.c.d:port` with an address WireGuard can send to; RecordError otherwise."""
     m = _ENDPOINT.fullmatch(text) if len(text) <= 21 else None
     if m is None:
-        raise RecordError(f"endpoint {_shown(text)} is not IPv4-address:port")
+        raise RecordError(f"endpoint {shown(text)} is not IPv4-address:port")
     address = _canonical("endpoint", m.group(1), IPv4Address)
     port = int(m.group(2))
     if not 1 <= port <= 65535:
@@ -155,16 +152,10 @@ def _canonical(name: str, text: str, kind: type[_IP]) -> _IP:
     try:
         value = kind(text)
     except ValueError:
-        raise RecordError(f"{name} {_shown(text)} is not an IPv4 {kind.__name__[4:].lower()}") from None
+        raise RecordError(f"{name} {shown(text)} is not an IPv4 {kind.__name__[4:].lower()}") from None
     if str(value) != text:
-        raise RecordError(f"{name} {_shown(text)} is not written as {value}")
+        raise RecordError(f"{name} {shown(text)} is not written as {value}")
     return value
-
-
-def _shown(value: object) -> str:
-    """A value from a record, quoted and cut short for a log line (newlines and all escaped)."""
-    text = repr(value)
-    return text if len(text) <= 48 else text[:45] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +256,7 @@ def bind(rec: NodeRecord, intent: dict[str, PlannedNode]) -> str | None:
     for name in BOUND_FIELDS:
         got, want = getattr(rec, name), getattr(planned, name)
         if got != want:
-            return f"{name} {_shown(got)} is not the mesh's {want} (a record may change only its key and endpoint)"
+            return f"{name} {shown(got)} is not the mesh's {want} (a record may change only its key and endpoint)"
     if planned.public_address is None and rec.endpoint is not None:
         return f"endpoint {rec.endpoint}: node {rec.name} is behind NAT in the mesh (no publicAddress)"
     return None
@@ -280,7 +271,7 @@ def take(
     try:
         rec = decode(raw)
         if rec.name != name:
-            raise RecordError(f"record names {_shown(rec.name)} under the key of {name!r}")
+            raise RecordError(f"record names {shown(rec.name)} under the key of {name!r}")
         why = bind(rec, intent)
         if why is not None:
             raise RecordError(why)

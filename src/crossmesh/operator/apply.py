@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 from crossmesh.agent import intents as agent_intents
 from crossmesh.agent import records
+from crossmesh.agent.gateways import GatewayError, decode_active
 from crossmesh.errors import CrossmeshError, Refused, SpecError
 from crossmesh.ipam.allocate import Allocations
 from crossmesh.kv.api import Compare, Kv, Put
@@ -225,15 +225,16 @@ def _expected_peers(intents: dict[str, agent_intents.NodeIntent], chosen: dict[s
     }
 
 
-def _chosen(by_key: dict[bytes, bytes], layout: Layout) -> dict[str, str]:
-    """Each site's active gateway as etcd names it (a value that is not one names none)."""
+def _chosen(by_key: dict[bytes, bytes], layout: Layout, intents: dict[str, agent_intents.NodeIntent]) -> dict[str, str]:
+    """Each site's active gateway as etcd names it, read as the agents read it (a value they refuse
+    names none)."""
+    order = records.GatewayView.of({n: i.node for n, i in intents.items()}, {}).order
     out = {}
     for key, raw in by_key.items():
         if key.startswith(layout.gateways):
-            with contextlib.suppress(ValueError, AttributeError, RecursionError):
-                active = json.loads(raw).get("active")
-                if isinstance(active, str):
-                    out[key[len(layout.gateways) :].decode(errors="replace")] = active
+            site = key[len(layout.gateways) :].decode(errors="replace")
+            with contextlib.suppress(GatewayError):
+                out[site] = decode_active(raw, site, order.get(site, ())).active
     return out
 
 
@@ -258,7 +259,7 @@ async def status(kv: Kv, mesh: str) -> Status:
     if layout.leader in by_key:
         out.leader = publish.leader_id(by_key[layout.leader])
     intents = _intents(by_key, layout)
-    chosen = _chosen(by_key, layout)
+    chosen = _chosen(by_key, layout, intents)
     peers = _expected_peers(intents, chosen)
     out.gateways = chosen
     for name in expected:
