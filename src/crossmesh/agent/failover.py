@@ -48,6 +48,7 @@ class Failover:
         self.rounds: asyncio.Queue[tuple[float, gateways.Health]] | None = None
         self.background: probes.Background | None = None
         self.takeovers = 0
+        self._viewed: tuple[dict[str, records.PlannedNode], dict[str, str], records.GatewayView] | None = None
 
     # --- following gateways/ ------------------------------------------------------------------
     def load(self, entries: list[Entry]) -> None:
@@ -65,7 +66,7 @@ class Failover:
     def settle(self) -> None:
         """Each site's active gateway from what etcd holds, judged against the site's gateways as the
         intents give them (a value naming anything else is refused: the preferred gateway stays)."""
-        order = records.GatewayView.of(self.agent.intent, {}).order
+        order = self._view().order
         values, refused = {}, {}
         for site, entry in self.raw.items():
             try:
@@ -89,6 +90,14 @@ class Failover:
             self.agent.chosen = chosen
             self.agent.dirty.set()
 
+    def _view(self) -> records.GatewayView:
+        """The gateways as the intents and etcd's choices give them now, made again only when either
+        changed (every probe round asks: ten times a second)."""
+        planned, chosen = self.agent.intent, dict(self.agent.chosen)
+        if self._viewed is None or self._viewed[0] is not planned or self._viewed[1] != chosen:
+            self._viewed = (planned, chosen, records.GatewayView.of(planned, chosen))
+        return self._viewed[2]
+
     def _site(self, key: bytes) -> str:
         return key[len(self.agent.layout.gateways) :].decode(errors="replace")
 
@@ -102,7 +111,7 @@ class Failover:
         if me is None or not me.gateway:
             self.targets = {}
             return
-        view = records.GatewayView.of(planned, self.agent.chosen)
+        view = self._view()
         active_here = view.active.get(me.site) == me.name
         out: dict[str, tuple[str | None, str | None]] = {}
         for site, gw in sorted(view.active.items()):
@@ -143,7 +152,7 @@ class Failover:
         if me is None:
             return
         self.judge.observe(now, health)
-        order = records.GatewayView.of(self.agent.intent, {}).order.get(me.site, ())
+        order = self._view().order.get(me.site, ())
         held = self.values.get(me.site)
         proposal = self.judge.decide(now, held[0] if held else None, order)
         if proposal is None or held is None:
