@@ -1,0 +1,327 @@
+"""What the kernel logged, turned into a flow record: who the addresses are, which Service the
+connection was sent to, which tunnel it took, and which policy rule dropped it.
+
+The kernel knows addresses, ports, devices, the conntrack tuple before DNAT and, from the log
+prefix of the rule that fired, the verdict and the policy direction. Everything with a name
+comes from the plan, gathered once into a `Directory` (pure data): pods with their identity
+labels and numbers, nodes, ClusterIPs and NodePorts, and each node's routes, which say which
+WireGuard peer a packet leaving (or entering) by the tunnel or the overlay device travels with.
+
+The deciding policy is named by the evaluator `crossmesh policy trace` uses, so a drop reads
+the same in `observe`, the UI and `policy trace`. The kernel is the witness of what happened: when
+the evaluator disagrees (it allows a flow the kernel dropped, or names another kind of decision)
+the record says so in `rule` and `summary` instead of inventing an agreement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import NamedTuple, Protocol
+
+from crossmesh.model.plan import Plan, RouteVia
+from crossmesh.observe.flows import DropReason, Flow, FlowEndpoint, Tunnel, Verdict
+from crossmesh.policy.endpoints import world_endpoint
+from crossmesh.policy.evaluator import PolicyIndex, Reason, Side, evaluate
+from crossmesh.policy.model import ALL_PORTS, Endpoint, EndpointKind
+
+PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP", 132: "SCTP"}
+HOST, WORLD, REMOTE_NODE = 1, 2, 6  # Cilium's reserved identities
+POD_IDENTITY_BASE = 256  # pod identities are numbered from here (Cilium's first cluster-local one)
+WIREGUARD, VXLAN = "wireguard", "vxlan"  # the kinds of device a node's flows can leave by
+
+
+class Packet(Protocol):
+    """What the kernel logged of one packet (drivers/nflog.py's LogPacket has these fields)."""
+
+    @property
+    def time(self) -> float: ...
+    @property
+    def protocol(self) -> int: ...
+    @property
+    def src(self) -> str: ...
+    @property
+    def dst(self) -> str: ...
+    @property
+    def sport(self) -> int: ...
+    @property
+    def dport(self) -> int: ...
+    @property
+    def orig_src(self) -> str: ...
+    @property
+    def orig_sport(self) -> int: ...
+    @property
+    def orig_dst(self) -> str: ...
+    @property
+    def orig_dport(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What the rule that logged the packet says: its verdict, why, and in which direction."""
+
+    verdict: Verdict
+    reason: DropReason = DropReason.NONE
+    direction: str = ""  # egress / ingress for a policy drop
+
+
+class Enriched(NamedTuple):
+    flow: Flow
+    match: str  # Hubble's policy match: l3-only, l3-l4, l4-only, all, l7/http, none
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRoutes:
+    """A node's routes as the plan makes them, most specific first, and its devices by name."""
+
+    routes: tuple[tuple[IPv4Network, RouteVia, str], ...]  # (destination, via, peer node)
+    devices: Mapping[str, str] = field(default_factory=dict)  # ifname → WIREGUARD | VXLAN
+
+    def route(self, address: IPv4Address) -> tuple[RouteVia, str] | None:
+        for dst, via, peer in self.routes:
+            if address in dst:
+                return via, peer
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    """Everything with a name that a flow record needs, built from the plan (`build`)."""
+
+    index: PolicyIndex
+    endpoints: Mapping[IPv4Address, Endpoint]  # pods and nodes (site, pod-side and tunnel addresses)
+    cluster_of_node: Mapping[str, str]
+    site_of_node: Mapping[str, str]
+    address_of_node: Mapping[str, IPv4Address]
+    cluster_ips: Mapping[tuple[str, IPv4Address, int, str], str]  # (cluster, ClusterIP, port, proto) → service
+    node_ports: Mapping[tuple[str, int, str], str]  # (cluster, nodePort, proto) → service
+    routes: Mapping[str, NodeRoutes]  # node → its routes
+
+    @classmethod
+    def build(cls, plan: Plan, index: PolicyIndex, devices: Mapping[str, Mapping[str, str]]) -> Directory:
+        """`devices`: per node, the names of its WireGuard and VXLAN devices (→ WIREGUARD | VXLAN)."""
+        endpoints: dict[IPv4Address, Endpoint] = {}
+        for a, e in index.by_address.items():
+            if isinstance(a, IPv4Address):
+                endpoints[a] = e
+        for n in plan.nodes:
+            if n.tunnel is not None and n.name in index.endpoints:
+                endpoints.setdefault(n.tunnel.address, index.endpoints[n.name])
+        cluster_ips = {}
+        node_ports = {}
+        for c in plan.clusters:
+            for s in c.services:
+                for port, proto, _, _ in s.ports:
+                    if s.cluster_ip is not None:
+                        cluster_ips[(c.name, s.cluster_ip, port, proto)] = s.ref
+                for _, proto, node_port in s.node_ports:
+                    node_ports[(c.name, node_port, proto)] = s.ref
+        routes = {
+            n.name: NodeRoutes(
+                tuple(
+                    (r.dst, r.via, r.peer) for r in sorted(n.all_routes(), key=lambda r: r.dst.prefixlen, reverse=True)
+                ),
+                dict(devices.get(n.name, {})),
+            )
+            for n in plan.nodes
+        }
+        return cls(
+            index=index,
+            endpoints=endpoints,
+            cluster_of_node={n.name: n.cluster for n in plan.nodes},
+            site_of_node={n.name: n.site for n in plan.nodes},
+            address_of_node={n.name: n.address for n in plan.nodes},
+            cluster_ips=cluster_ips,
+            node_ports=node_ports,
+            routes=routes,
+        )
+
+    # --- names ---------------------------------------------------------------------------------
+
+    def policy_endpoint(self, address: IPv4Address) -> Endpoint:
+        """The pod or node owning `address` (that address first, as CIDR rules read it), else world."""
+        e = self.endpoints.get(address)
+        if e is None:
+            return world_endpoint(address)
+        if e.address != address:
+            e = dataclasses.replace(e, addresses=(address, *(a for a in e.addresses if a != address)))
+        return e
+
+    def flow_endpoint(self, address: IPv4Address, observer: str) -> FlowEndpoint:
+        e = self.endpoints.get(address)
+        if e is None:
+            return FlowEndpoint(address=str(address))
+        if e.kind is EndpointKind.POD:
+            identity = self.index.identity_of.get(e.ref)
+            return FlowEndpoint(
+                address=str(address),
+                kind="pod",
+                cluster=e.cluster,
+                namespace=e.namespace,
+                name=e.ref.rsplit("/", 1)[-1],
+                labels=dict(e.labels),
+                identity=WORLD if identity is None else POD_IDENTITY_BASE + identity,
+            )
+        return FlowEndpoint(
+            address=str(address),
+            kind="node",
+            cluster=e.cluster,
+            name=e.ref,
+            identity=HOST if e.ref == observer else REMOTE_NODE,
+        )
+
+    def service(self, observer: str, address: IPv4Address, port: int, protocol: str) -> str:
+        """The Service a connection to `address`:`port` was sent to on node `observer`, or ""."""
+        cluster = self.cluster_of_node.get(observer, "")
+        found = self.cluster_ips.get((cluster, address, port, protocol))
+        if found:
+            return found
+        owner = self.endpoints.get(address)
+        if owner is not None and owner.kind is EndpointKind.NODE:
+            return self.node_ports.get((cluster, port, protocol), "")
+        return ""
+
+    def tunnel(self, observer: str, device: str, address: IPv4Address) -> Tunnel | None:
+        """The WireGuard peer of a packet leaving (or entering) node `observer` by `device`, to (from)
+        `address`: the tunnel itself, or the overlay device whose packets the tunnel carries."""
+        node = self.routes.get(observer)
+        kind = node.devices.get(device) if node is not None else None
+        if node is None or kind is None:
+            return None
+        route = node.route(address)
+        if route is not None and kind == VXLAN and route[0] is RouteVia.VXLAN:
+            vtep = self.address_of_node.get(route[1])
+            route = node.route(vtep) if vtep is not None else None
+        if route is None or route[0] is not RouteVia.WIREGUARD:
+            return None
+        return Tunnel(peer=route[1], site=self.site_of_node.get(route[1], ""))
+
+
+# --- enrichment --------------------------------------------------------------------------------
+
+
+def enrich(  # noqa: PLR0913 - the packet, what its rule said, where it was seen
+    packet: Packet,
+    observed: Observed,
+    *,
+    node: str,
+    indev: str,
+    outdev: str,
+    directory: Directory,
+) -> Enriched:
+    """The flow record of `packet`, logged on `node` (`indev`/`outdev`: device names, "" if none)."""
+    protocol = PROTOCOLS.get(packet.protocol, str(packet.protocol))
+    src = IPv4Address(packet.orig_src or packet.src)  # ValueError on anything else: the caller counts it
+    sport = packet.orig_sport if packet.orig_src else packet.sport
+    dst = IPv4Address(packet.dst)
+    dport = packet.dport
+    service = service_address = backend = ""
+    if packet.orig_dst and (packet.orig_dst, packet.orig_dport) != (packet.dst, packet.dport):
+        orig = IPv4Address(packet.orig_dst)
+        service = directory.service(node, orig, packet.orig_dport, protocol)
+        service_address = f"{orig}:{packet.orig_dport}"
+    source = directory.flow_endpoint(src, node)
+    destination = directory.flow_endpoint(dst, node)
+    if service and destination.kind == "pod":
+        backend = destination.ref
+    tunnel = directory.tunnel(node, outdev, dst) if outdev else None
+    if tunnel is None and indev:
+        tunnel = directory.tunnel(node, indev, src)
+
+    direction = observed.direction
+    if not direction and observed.verdict is Verdict.FORWARDED:
+        # Which end's policy this node enforces: the source's egress where it lives, else the
+        # destination's ingress (Hubble reports the policy verdict on each end's node).
+        if source.kind == "pod" and directory.endpoints[src].node == node:
+            direction = "egress"
+        elif destination.kind == "pod" and directory.endpoints[dst].node == node:
+            direction = "ingress"
+    policy = rule = note = ""
+    match = "none"
+    if direction in ("egress", "ingress") and protocol in ("TCP", "UDP", "SCTP"):
+        verdict = evaluate(
+            directory.index, directory.policy_endpoint(src), directory.policy_endpoint(dst), dport, protocol
+        )
+        side = verdict.egress if direction == "egress" else verdict.ingress
+        policy, rule, note = attribution(side, observed)
+        match = policy_match(side)
+    flow = Flow(
+        time=packet.time,
+        node=node,
+        verdict=observed.verdict,
+        protocol=protocol,
+        source=source,
+        destination=destination,
+        source_port=sport,
+        destination_port=dport,
+        drop_reason=observed.reason,
+        direction=direction,
+        policy=policy,
+        rule=rule,
+        service=service,
+        service_address=service_address,
+        backend=backend,
+        tunnel=tunnel,
+    )
+    return Enriched(dataclasses.replace(flow, summary=summary(flow, note)), match)
+
+
+def attribution(side: Side, observed: Observed) -> tuple[str, str, str]:
+    """(policy, rule, note) of one direction, as `policy trace` names them. A deny rule: its policy
+    and the rule's path; a default deny: the selecting policies that make the direction default-deny,
+    no rule (there is none). `note` is set when the kernel and the evaluator disagree."""
+    decision = side.decision
+    policy = str(decision.rule.policy) if decision is not None else ""
+    rule = decision.rule.path if decision is not None else ""
+    if side.reason is Reason.DEFAULT_DENY:
+        d = side.direction
+        policy = ", ".join(str(p.id) for p in side.policies if d in p.default_deny)
+    dropped = observed.verdict is Verdict.DROPPED
+    if dropped and side.allowed:
+        return policy, "", f"the kernel dropped it, but policy trace allows it: {side.message}"
+    if not dropped and not side.allowed:
+        return policy, rule, f"the kernel let it through, but policy trace denies it: {side.message}"
+    expected = {DropReason.POLICY_DENY: Reason.DENIED, DropReason.POLICY_DENIED: Reason.DEFAULT_DENY}
+    want = expected.get(observed.reason)
+    if dropped and want is not None and side.reason is not want and side.reason is not Reason.L7_DENIED:
+        return policy, rule, f"the kernel says {observed.reason.value}, policy trace: {side.message}"
+    return policy, rule, ""
+
+
+def policy_match(side: Side) -> str:
+    """Hubble's `match` of a policy verdict: which parts of the deciding rule matched."""
+    d = side.decision
+    if d is None or side.reason not in (Reason.ALLOWED, Reason.DENIED):
+        return "none"
+    if d.http is not None:
+        return "l7/http"
+    all_ports = d.port == ALL_PORTS
+    if d.peer.wildcard:
+        return "all" if all_ports else "l4-only"
+    return "l3-only" if all_ports else "l3-l4"
+
+
+def summary(flow: Flow, note: str = "") -> str:
+    """One line, as Hubble prints a flow:
+    `cluster1/default/a:43512 -> cluster2/default/b:80 TCP DROPPED (POLICY_DENIED by … ingress)`."""
+    ports = flow.protocol in ("TCP", "UDP", "SCTP")
+    src = f"{flow.source.ref}:{flow.source_port}" if ports else flow.source.ref
+    dst = f"{flow.destination.ref}:{flow.destination_port}" if ports else flow.destination.ref
+    text = f"{src} -> {dst}"
+    if flow.service:
+        text += f" (service {flow.service} {flow.service_address})"
+    text += f" {flow.protocol} {flow.verdict.value}"
+    if flow.verdict is Verdict.DROPPED:
+        why = flow.drop_reason.value or "DROPPED"
+        if flow.policy:
+            why += f" by {flow.policy}" + (f" {flow.rule}" if flow.rule else "")
+        if flow.direction:
+            why += f" {flow.direction}"
+        text += f" ({why})"
+    if flow.tunnel is not None:
+        text += f" via tunnel {flow.tunnel.peer} ({flow.tunnel.site})"
+    if note:
+        text += f" — {note}"
+    return text
