@@ -1,0 +1,157 @@
+"""The flow daemon's relay: every node's ring buffer served on one Unix socket (observe/relay.py).
+
+One asyncio loop owns the rings and the clients; the node readers, on their own threads, hand
+their records over with `submit` (thread-safe). Each record is encoded once and queued to every
+following client. A client that does not read fast enough never holds the daemon up: its queue is
+bounded, what does not fit is dropped for that client alone and counted, and that client's status
+lines show it in the nodes' `lost`, so it knows its stream has holes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from crossmesh.observe import relay
+from crossmesh.observe.flows import Flow
+from crossmesh.observe.ring import DEFAULT_CAPACITY, Ring, RingStatus, merged
+
+CLIENT_QUEUE = 16384  # lines queued to one following client before its records are dropped
+STATUS_EVERY = 1.0  # seconds between status lines to a following client
+REQUEST_TIMEOUT = 10.0
+WRITE_CHUNK = 512  # lines written between drains while sending the buffered records
+
+
+@dataclass(eq=False)
+class Client:
+    queue: deque[tuple[str, bytes]] = field(default_factory=deque)  # (node, line)
+    dropped: dict[str, int] = field(default_factory=dict)  # node → lines dropped for this client
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Relay:
+    def __init__(self, nodes: Iterable[str], capacity: int = DEFAULT_CAPACITY, queue: int = CLIENT_QUEUE) -> None:
+        self.rings = {n: Ring(capacity) for n in nodes}
+        self.queue_limit = queue
+        self.clients: set[Client] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.served = 0  # connections answered
+        self.dropped = 0  # lines dropped for slow clients, all clients together
+
+    # --- the node readers' side ------------------------------------------------------------------
+
+    def submit(self, node: str, flows: list[Flow], lost: int = 0) -> None:
+        """From any thread: `node`'s new records and how many the kernel lost."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.add, node, flows, lost)
+
+    def fail(self, node: str, error: str) -> None:
+        """From any thread: why `node`'s records cannot be read ("" once they can again)."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._set_error, node, error)
+
+    def _set_error(self, node: str, error: str) -> None:
+        self.rings[node].error = error
+
+    def add(self, node: str, flows: list[Flow], lost: int = 0) -> None:
+        """In the loop: records into `node`'s ring and to every following client."""
+        ring = self.rings[node]
+        ring.add_lost(lost)
+        ring.extend(flows)
+        if not self.clients or not flows:
+            return
+        lines = [relay.flow_line(f) for f in flows]
+        for client in self.clients:
+            room = self.queue_limit - len(client.queue)
+            if room < len(lines):
+                missed = len(lines) - max(room, 0)
+                client.dropped[node] = client.dropped.get(node, 0) + missed
+                self.dropped += missed
+            client.queue.extend((node, line) for line in lines[: max(room, 0)])
+            client.wake.set()
+
+    def statuses(self, client: Client | None = None) -> dict[str, RingStatus]:
+        out = {}
+        for node, ring in self.rings.items():
+            status = ring.status()
+            if client is not None and client.dropped.get(node):
+                status = replace(status, lost=status.lost + client.dropped[node])
+            out[node] = status
+        return out
+
+    # --- serving ---------------------------------------------------------------------------------
+
+    async def serve(self, path: Path) -> asyncio.Server:
+        """Listen on `path` (mode 0600; a stale socket there is replaced)."""
+        self.loop = asyncio.get_running_loop()
+        path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # no moment where others may connect: the file is made 0600
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        return await asyncio.start_unix_server(self.handle, sock=sock)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client: Client | None = None
+        try:
+            try:
+                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+                request = relay.parse_request(line)
+            except (ValueError, asyncio.LimitOverrunError) as err:
+                writer.write(relay.error_line(str(err)))
+                await writer.drain()
+                return
+            self.served += 1
+            # The buffered records and the registration in one step (no await between): nothing
+            # recorded meanwhile is missed or sent twice.
+            backlog = merged(self.rings, request.since)
+            if request.follow:
+                client = Client()
+                self.clients.add(client)
+            for i in range(0, len(backlog), WRITE_CHUNK):
+                writer.writelines(relay.flow_line(f) for f in backlog[i : i + WRITE_CHUNK])
+                await writer.drain()
+            writer.write(relay.status_line(self.statuses(client)))
+            await writer.drain()
+            if client is not None:
+                await self._follow(client, reader, writer)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if client is not None:
+                self.clients.discard(client)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _follow(self, client: Client, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        closed = asyncio.ensure_future(reader.read())  # b"" (or anything) once the reader is done
+        next_status = loop.time() + STATUS_EVERY
+        try:
+            while not closed.done():
+                waiter = asyncio.ensure_future(client.wake.wait())
+                await asyncio.wait(
+                    {waiter, closed}, timeout=max(0.0, next_status - loop.time()), return_when="FIRST_COMPLETED"
+                )
+                waiter.cancel()
+                client.wake.clear()
+                while client.queue:
+                    batch = [client.queue.popleft()[1] for _ in range(min(WRITE_CHUNK, len(client.queue)))]
+                    writer.writelines(batch)
+                    await writer.drain()
+                if loop.time() >= next_status:
+                    writer.write(relay.status_line(self.statuses(client)))
+                    await writer.drain()
+                    next_status = loop.time() + STATUS_EVERY
+        finally:
+            closed.cancel()
