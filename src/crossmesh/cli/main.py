@@ -6,7 +6,7 @@ import typer
 
 from crossmesh import __version__
 from crossmesh.cli import agent as agent_cli
-from crossmesh.cli import checks, control, core, lab, pki, policy, trace
+from crossmesh.cli import checks, control, core, lab, observe, pki, policy, trace
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(pki.app, name="pki")
 app.command("test")(checks.test)
 app.command("trace")(trace.trace)
+app.command("observe", help=observe.HELP)(observe.observe)
 app.command("agent")(agent_cli.agent)
 app.command("apply")(control.apply)
 app.command("diff")(control.diff)
