@@ -73,7 +73,9 @@ class FakeRelay:
         path: Path | None = None,
     ) -> None:
         self.history = list(history)
-        self.status = status_line({"c1-n1": {"recorded": len(history), "lost": 0, "error": ""}}) if status == b"" else status
+        self.status = (
+            status_line({"c1-n1": {"recorded": len(history), "lost": 0, "error": ""}}) if status == b"" else status
+        )
         self.follow_lines = list(follow_lines)
         self.hold, self.tick = hold, tick
         self._dir = None if path is not None else tempfile.TemporaryDirectory(prefix="cmfr")  # short: AF_UNIX

@@ -44,6 +44,7 @@ _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?[smhd])+$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _ADDRESSISH = re.compile(r"^[0-9.:/]+$")
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # the start of a name: it may end in - or .
 ENDPOINT_FORMS = "CLUSTER/NAMESPACE/POD, NAMESPACE/POD, a node name, an IPv4 address or CIDR, or world"
 
 
@@ -230,7 +231,7 @@ def parse_endpoint(text: str, known: Known | None = None) -> Endpoint:
         raise ValueError(f"empty: write {ENDPOINT_FORMS}")
     if value.lower() == "world":
         return Endpoint(text=value, kind="world")
-    if _ADDRESSISH.match(value):
+    if _ADDRESSISH.match(value) or ":" in value:
         try:
             network = ip_network(value, strict=False)
         except ValueError:
@@ -246,7 +247,8 @@ def parse_endpoint(text: str, known: Known | None = None) -> Endpoint:
         name = part[:-1] if last and part.endswith("*") else part
         if "*" in name:
             raise ValueError("a `*` may only end the name, as a prefix: e.g. default/x-wing-*")
-        if not part or (name and not _NAME.match(name)) or (not name and not last):
+        prefix = last and part.endswith("*")
+        if not part or (name and not (_PREFIX if prefix else _NAME).match(name)) or (not name and not last):
             raise ValueError(f"{part!r} is not a name: write {ENDPOINT_FORMS}")
     prefix = parts[-1].endswith("*")
     name = parts[-1].rstrip("*")

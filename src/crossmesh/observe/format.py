@@ -2,7 +2,9 @@
 and the status of each node's ring buffer.
 
 The table's rows are rich markup: every text that came from the relay (names, labels, summaries,
-errors) is escaped before it is wrapped in markup, so a pod named `[red]x` prints as itself. Columns
+errors) is escaped before it is wrapped in markup, so a pod named `[red]x` prints as itself, and its
+control characters are shown as escapes (`\x1b`, `\n`, `\u202e`), so a relay cannot move the
+cursor, clear the screen or reorder what the terminal shows (rich only drops a few of them). Columns
 are padded on the plain text, then escaped, so they stay aligned. Drops are printed red, with the
 reason first in the summary. A follow stream cannot know its widest row in advance: `widths` is
 taken from the rows at hand (the history) with a floor, and a later, longer row only pushes its own
@@ -36,6 +38,19 @@ class Widths:
     source: int = 28
     destination: int = 28
     type: int = 5
+
+
+def safe(text: str) -> str:
+    """Untrusted text as markup that prints as itself, on one line, without terminal controls."""
+    return escape(visible(text))
+
+
+def visible(text: str) -> str:
+    """`text` with every character that is not printable (controls, line breaks, bidi overrides)
+    written as its Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 
 def json_line(flow: Flow) -> str:
@@ -89,10 +104,10 @@ def widths(flows: Iterable[Flow], floor: Widths = Widths()) -> Widths:
     w = floor
     for f in flows:
         w = Widths(
-            node=max(w.node, len(f.node)),
-            source=max(w.source, len(endpoint_text(f.source, f.source_port))),
-            destination=max(w.destination, len(endpoint_text(f.destination, f.destination_port))),
-            type=max(w.type, len(type_text(f))),
+            node=max(w.node, len(visible(f.node))),
+            source=max(w.source, len(visible(endpoint_text(f.source, f.source_port)))),
+            destination=max(w.destination, len(visible(endpoint_text(f.destination, f.destination_port)))),
+            type=max(w.type, len(visible(type_text(f)))),
         )
     return w
 
@@ -121,8 +136,8 @@ def row(flow: Flow, w: Widths, tz: tzinfo) -> str:
 
 def _line(cells: tuple[str, ...], w: Widths) -> str:
     sizes = (TIME_WIDTH, w.node, w.source, w.destination, w.type, VERDICT_WIDTH)
-    padded = [escape(c.ljust(n)) for c, n in zip(cells, sizes, strict=False)]
-    return GAP.join([*padded, escape(cells[-1])]).rstrip()
+    padded = [escape(visible(c).ljust(n)) for c, n in zip(cells, sizes, strict=False)]
+    return GAP.join([*padded, safe(cells[-1])]).rstrip()
 
 
 def footer(
@@ -142,7 +157,7 @@ def footer(
         if not status.nodes:
             lines.append("[yellow]the relay reports no node[/yellow]")
     if malformed:
-        first = f" (first: {escape(first_problem)})" if first_problem else ""
+        first = f" (first: {safe(first_problem)})" if first_problem else ""
         lines.append(
             f"[bold yellow]{malformed} line{'s' if malformed != 1 else ''} from the relay "
             f"{'were' if malformed != 1 else 'was'} malformed and skipped{first}[/bold yellow]"
@@ -152,9 +167,9 @@ def footer(
 
 def node_line(name: str, s: NodeStatus) -> str:
     """A node's status, in rich markup: recorded and lost, or why its flows could not be read."""
-    node = escape(name)
+    node = safe(name)
     if s.error:
-        return f"[bold red]{node}: flows unreadable: {escape(s.error)}[/bold red]"
+        return f"[bold red]{node}: flows unreadable: {safe(s.error)}[/bold red]"
     if s.lost:
         return (
             f"{node}: {s.recorded} recorded, [bold red]{s.lost} lost[/bold red] "
@@ -170,7 +185,7 @@ def changes(before: Status | None, after: Status) -> list[str]:
     lines = []
     for name, s in after.nodes.items():
         was = old.get(name)
-        node = escape(name)
+        node = safe(name)
         if s.error and (was is None or was.error != s.error):
             lines.append(node_line(name, s))
         elif was is not None and was.error and not s.error:
@@ -180,6 +195,6 @@ def changes(before: Status | None, after: Status) -> list[str]:
         elif was is None and s.lost and before is not None:
             lines.append(node_line(name, s))
     lines.extend(
-        f"[yellow]{escape(name)}: no longer reported by the relay[/yellow]" for name in old if name not in after.nodes
+        f"[yellow]{safe(name)}: no longer reported by the relay[/yellow]" for name in old if name not in after.nodes
     )
     return lines
