@@ -39,7 +39,7 @@ FLOWS = [
     )
     for i in range(30)
 ]
-STATUS = status_line({"c1-n1": {"recorded": 30, "lost": 3}, "c2-n1": {"recorded": 30, "lost": 0}})
+STATUS = status_line({"c1-n1": {"recorded": 30, "lost": 3}, "c2-n1": {"recorded": 5000, "lost": 0, "evicted": 904}})
 
 
 @pytest.fixture
@@ -99,8 +99,8 @@ def test_the_last_20_flows_then_each_nodes_status(lab_root: Path) -> None:
     ]
     assert err.splitlines() == [
         "20 flows shown: the last 20 of 30 matching (--last N shows more)",
-        "c1-n1: 30 recorded, 3 lost (its ring buffer was full: flows were overwritten before they were read)",
-        "c2-n1: 30 recorded, 0 lost",
+        "c1-n1: 30 recorded, 3 lost (the kernel's log queue overflowed: they were never recorded)",
+        "c2-n1: 5000 recorded, 0 lost, 904 evicted (older flows no longer in its ring buffer)",
     ]
 
 

@@ -127,7 +127,7 @@ def test_the_footer_says_losses_and_unreadable_nodes_loudly() -> None:
     status = Status(
         {
             "c1-n1": NodeStatus(recorded=120),
-            "c1-n2": NodeStatus(recorded=4096, lost=17),
+            "c1-n2": NodeStatus(recorded=5000, lost=17, evicted=904),
             "c2-n1": NodeStatus(error="cannot open NFLOG group 14: Operation not permitted"),
         }
     )
@@ -135,7 +135,8 @@ def test_the_footer_says_losses_and_unreadable_nodes_loudly() -> None:
     assert [shown(line) for line in lines] == [
         "20 flows shown: the last 20 of 143 matching (--last N shows more)",
         "c1-n1: 120 recorded, 0 lost",
-        "c1-n2: 4096 recorded, 17 lost (its ring buffer was full: flows were overwritten before they were read)",
+        "c1-n2: 5000 recorded, 17 lost, 904 evicted (older flows no longer in its ring buffer) "
+        "(the kernel's log queue overflowed: they were never recorded)",
         "c2-n1: flows unreadable: cannot open NFLOG group 14: Operation not permitted",
     ]
     assert "\x1b[1;31m17 lost" in shown(lines[2], colour=True)

@@ -31,12 +31,14 @@ def read_all(path: Path, **kw: object) -> tuple[list[Flow | Status], RelayStream
 
 
 def test_flows_then_the_status_and_the_request_sent() -> None:
-    status = status_line({"c1-n1": {"recorded": 5, "lost": 2, "error": ""}, "c2-n1": {"error": "no NFLOG"}})
+    status = status_line(
+        {"c1-n1": {"recorded": 5, "lost": 2, "evicted": 1, "error": ""}, "c2-n1": {"error": "no NFLOG"}}
+    )
     with FakeRelay([flow_line(f) for f in FLOWS], status=status) as relay:
         with RelayStream(relay.path, since=NOW - 60, follow=False) as stream:
             items = list(stream)
         assert relay.requests == [{"since": NOW - 60, "follow": False}]
-    assert items == [*FLOWS, Status({"c1-n1": NodeStatus(5, 2, ""), "c2-n1": NodeStatus(0, 0, "no NFLOG")})]
+    assert items == [*FLOWS, Status({"c1-n1": NodeStatus(5, 2, "", 1), "c2-n1": NodeStatus(0, 0, "no NFLOG")})]
     assert stream.status == items[-1] and stream.malformed == 0
 
 
@@ -56,6 +58,7 @@ HOSTILE = [
     b'{"nodes": {"c1-n1": {"lost": true}}}\n',
     b'{"nodes": []}\n',
     b'{"nodes": {"c1-n1": "fine"}}\n',
+    b'{"nodes": {"c1-n1": {"evicted": 1.5}}}\n',
 ]
 
 

@@ -143,8 +143,9 @@ def _line(cells: tuple[str, ...], w: Widths) -> str:
 def footer(
     status: Status | None, *, malformed: int, first_problem: str = "", shown: int, matched: int, last: int | None
 ) -> list[str]:
-    """The lines after the flows, in rich markup: how many were shown, each node's recorded and lost
-    counts (lost loudly), the nodes whose flows could not be read, and the relay's malformed lines."""
+    """The lines after the flows, in rich markup: how many were shown, each node's recorded, lost
+    (loudly) and evicted counts, the nodes whose flows could not be read, and the relay's malformed
+    lines."""
     lines = []
     if last is not None and matched > shown:
         lines.append(f"{shown} flows shown: the last {last} of {matched} matching (--last N shows more)")
@@ -166,16 +167,18 @@ def footer(
 
 
 def node_line(name: str, s: NodeStatus) -> str:
-    """A node's status, in rich markup: recorded and lost, or why its flows could not be read."""
+    """A node's status, in rich markup: recorded and lost (loudly: flows the kernel dropped before they
+    were read), evicted (older flows its ring no longer holds), or why its flows could not be read."""
     node = safe(name)
     if s.error:
         return f"[bold red]{node}: flows unreadable: {safe(s.error)}[/bold red]"
+    evicted = f", {s.evicted} evicted (older flows no longer in its ring buffer)" if s.evicted else ""
     if s.lost:
         return (
-            f"{node}: {s.recorded} recorded, [bold red]{s.lost} lost[/bold red] "
-            "[red](its ring buffer was full: flows were overwritten before they were read)[/red]"
+            f"{node}: {s.recorded} recorded, [bold red]{s.lost} lost[/bold red]{evicted} "
+            "[red](the kernel's log queue overflowed: they were never recorded)[/red]"
         )
-    return f"{node}: {s.recorded} recorded, 0 lost"
+    return f"{node}: {s.recorded} recorded, 0 lost{evicted}"
 
 
 def changes(before: Status | None, after: Status) -> list[str]:

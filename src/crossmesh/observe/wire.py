@@ -2,7 +2,8 @@
 
 One JSON line goes to the relay: `{"since": <epoch seconds or null>, "follow": <bool>}`. JSON lines
 come back: `{"flow": <Flow>}` for each record, merged in time order, and a status line
-`{"nodes": {"<node>": {"recorded": n, "lost": n, "error": "<text>"}}}` after the history and then
+`{"nodes": {"<node>": {"recorded": n, "lost": n, "error": "<text>"}}}` (and `"evicted": n` where the
+relay counts it) after the history and then
 every second while following. The relay's socket is a file in a folder: every line read from it is
 decoded here as untrusted input — a size cap, JSON, then each field checked — and a line that is
 not one of the two shapes is a ValueError saying why, which a reader counts and skips (it never
@@ -25,12 +26,14 @@ MAX_ERROR = 1024  # characters of a node's error text kept
 
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
-    """What one node's ring buffer holds: records recorded and lost (the buffer was full), and why
-    the node's flows could not be read ("": they could)."""
+    """One node's flows as its relay counts them: recorded (ever), lost (the kernel dropped them before
+    they were read: NFLOG's queue was full), evicted (pushed out of the node's ring by newer ones), and
+    why the node's flows could not be read ("": they could)."""
 
     recorded: int = 0
     lost: int = 0
     error: str = ""
+    evicted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,7 @@ def _node(name: str, entry: Any) -> NodeStatus:
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
     counts = []
-    for key in ("recorded", "lost"):
+    for key in ("recorded", "lost", "evicted"):
         n = entry.get(key, 0)
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"{where}.{key}: expected a non-negative integer, got {str(n)[:20]!r}")
@@ -94,4 +97,4 @@ def _node(name: str, entry: Any) -> NodeStatus:
     error = entry.get("error", "")
     if not isinstance(error, str):
         raise ValueError(f"{where}.error: expected a string, got {type(error).__name__}")
-    return NodeStatus(recorded=counts[0], lost=counts[1], error=error[:MAX_ERROR])
+    return NodeStatus(recorded=counts[0], lost=counts[1], error=error[:MAX_ERROR], evicted=counts[2])
