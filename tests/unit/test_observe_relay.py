@@ -130,6 +130,14 @@ def test_a_silent_relay_times_out_with_a_message() -> None:
             server.close()
 
 
+def test_a_snapshot_is_the_history_up_to_the_status_line() -> None:
+    with FakeRelay([flow_line(f) for f in FLOWS] + [b"junk\n"], follow_lines=[flow_line(FLOWS[0])]) as relay:
+        snap = relay_client.snapshot(relay.path, since=NOW)
+        assert relay.requests == [{"since": NOW, "follow": False}]
+    assert snap.flows == FLOWS and snap.malformed == 1 and snap.first_problem.startswith("not JSON")
+    assert snap.status == Status({"c1-n1": NodeStatus(recorded=6)})
+
+
 def test_the_socket_lives_in_the_labs_folder() -> None:
     assert relay_client.socket_path(Path("/run/crossmesh/cm-ab12")) == Path("/run/crossmesh/cm-ab12/flows.sock")
 

@@ -1,6 +1,7 @@
 """A reader of the lab's flow relay: connect to its Unix socket, ask, and read flows and node statuses.
 
-`crossmesh observe` reads with it; so can the UI and the checks. The protocol (observe/wire.py) is
+`crossmesh observe` reads with `RelayStream` (flows and statuses as they come, following or not); a
+check or the UI that wants what the relay holds at once takes a `snapshot`. The protocol (observe/wire.py) is
 one request line, then JSON lines. The relay is another process and its socket a file in a folder:
 what it sends is untrusted. A line longer than `MAX_LINE` is skipped whole (its rest is read and
 dropped, never held), and a line that is not JSON or not a valid flow or status is skipped too; each
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -162,6 +164,29 @@ class RelayStream:
             raise RelayError(f"{self.path}: the flow relay sent nothing for {self.read_timeout:g} s") from err
         except OSError as err:
             raise RelayError(f"{self.path}: the connection to the flow relay failed: {err.strerror or err}") from err
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the relay held at one moment: its flows (time order), its status line (None: it closed
+    before sending one), and how many of its lines were malformed (the first one's reason)."""
+
+    flows: list[Flow]
+    status: Status | None
+    malformed: int
+    first_problem: str
+
+
+def snapshot(path: Path, *, since: float | None = None, read_timeout: float = READ_TIMEOUT) -> Snapshot:
+    """The relay's flows from `since` on, read up to its status line, for a caller that wants them at
+    once (a check waiting for a flow it caused, the UI's first page); raises as `RelayStream` does."""
+    flows: list[Flow] = []
+    with RelayStream(path, since=since, follow=False, read_timeout=read_timeout) as stream:
+        for item in stream:
+            if isinstance(item, Status):
+                break
+            flows.append(item)
+    return Snapshot(flows, stream.status, stream.malformed, stream.first_problem)
 
 
 def socket_path(lab_dir: Path) -> Path:
