@@ -45,9 +45,10 @@ logged them, read from every node through the lab's flow relay.
   --since/--until  30s, 5m, 2h, 1d, 1h30m back from now, or a time: 2024-05-01T12:00:00Z
                (without an offset: local time).
 
-Without --last, --since, --until or --follow, the last 20 matching flows are shown. With --follow
-alone, only new flows. After the flows, each node's ring buffer is reported on stderr: flows recorded,
-flows lost (the buffer was full), and nodes whose flows could not be read. Ctrl-C ends --follow.
+Without --last, --since, --until or --follow, the last 20 matching flows are shown; with --follow
+alone, only new flows. After the flows, each node is reported on stderr: flows recorded, lost (the
+kernel's log queue overflowed), evicted (no longer in its ring buffer), or why its flows could not
+be read. Ctrl-C ends --follow (exit 0); exit 1 when the relay closes early.
 
 [bold]Examples[/bold]
 
