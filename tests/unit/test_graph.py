@@ -154,3 +154,24 @@ def test_output_file_that_is_a_folder_is_refused(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--output-file" in result.output and "is a folder" in result.output
+
+
+def test_past_forty_tunnels_one_edge_per_site_pair_counts_them(tmp_path: Path) -> None:
+    """A 30-node full mesh over 5 sites (360 tunnels) draws 10 site-pair edges, each naming its 36 tunnels
+    and coloured by the worst of them."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from gen_mesh import mesh_yaml
+
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(mesh_yaml(5, 30))
+    plan = compile_mesh(mesh, tmp_path / "state", persist=False, dry_run=True).plan
+    assert len(tunnel_pairs(plan)) == 360
+    down = {("s00-n000", "s01-n000"): TunnelHealth(None, 0, 0)}
+    health = {p: TunnelHealth(3.0, 100, 100) for p, _ in tunnel_pairs(plan)} | down
+    text = dot(plan, health)
+    bundles = re.findall(r'\[class="tunnels (\w+)".*label="([^"]*)"', text)
+    assert len(bundles) == 10 and not re.search(r'class="tunnel ', text)
+    assert ("down", "36 tunnels: 1 down, 35 up, 6.8 KiB") in bundles
+    assert bundles.count(("up", "36 tunnels: 36 up, 7.0 KiB")) == 9

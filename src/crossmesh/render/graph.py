@@ -4,9 +4,10 @@ Sites are boxes (Graphviz clusters) labelled with their provider and network; in
 Kubernetes clusters' share of the site and their nodes. Gateways are hexagons, nodes behind NAT
 are drawn dashed. WireGuard tunnels are the solid edges between nodes — every pair the plan makes
 peers, so a full mesh shows every cross-site pair and topology gateways only gateway pairs, with
-standby tunnels dotted — and a node that leaves its site through a gateway has a dashed edge to
-it. The internet is one node outside every site with a dotted link to each: the tunnels run
-directly between nodes, not through any hub.
+standby tunnels dotted; past BUNDLE_OVER tunnels, one edge per pair of sites with the count —
+and a node that leaves its site through a gateway has a dashed edge to it. The internet is one
+node outside every site with a dotted link to each: the tunnels run directly between nodes, not
+through any hub.
 
 With tunnel health (`observe.health`), each tunnel is coloured by it and carries its traffic.
 
@@ -28,7 +29,10 @@ COLOURS = {
     Health.DOWN: "#c62828",
     Health.UNKNOWN: "#546e7a",
 }
-LABELLED_TUNNELS = 40  # past this many tunnels, traffic goes into tooltips only: labels would bury the picture
+# Past this many tunnels, one edge per pair of sites stands for all the tunnels between them (with
+# their count by health): a 30-node full mesh has 360 tunnels, and 360 edges bury the picture.
+BUNDLE_OVER = 40
+WORST_FIRST = (Health.DOWN, Health.STALE, Health.UNKNOWN, Health.UP)
 
 
 def quote(text: str) -> str:
@@ -77,7 +81,6 @@ def dot(plan: Plan, health: Mapping[Pair, TunnelHealth] | None = None) -> str:
             fontname="Helvetica",
             label=_label(f"mesh {plan.mesh}", f"topology: {plan.topology.value}"),
             labelloc="t",
-            newrank="true",
             nodesep="0.4",
             ranksep="1.0",
         )
@@ -98,7 +101,8 @@ def dot(plan: Plan, health: Mapping[Pair, TunnelHealth] | None = None) -> str:
     nodes_by_site: dict[str, list[NodePlan]] = {}
     for n in plan.nodes:
         nodes_by_site.setdefault(n.site, []).append(n)
-    anchors: list[tuple[str, str]] = []  # (site cluster id, a node inside it)
+    anchors: dict[str, str] = {}  # site cluster id → a node inside it (where edges to the site end)
+    site_ids: dict[str, str] = {}
     for i, site in enumerate(sorted(plan.sites, key=lambda s: s.name)):
         members = sorted(nodes_by_site.get(site.name, []), key=lambda n: n.name)
         sid = f"cluster_site_{i}"
@@ -113,20 +117,25 @@ def dot(plan: Plan, health: Mapping[Pair, TunnelHealth] | None = None) -> str:
             lines.append(f"    subgraph {sid}_k8s_{j} {{")
             c = plan.cluster(cluster)
             clabel = _label(f"cluster {cluster}", f"{c.distribution.value} / {c.cni.value}")
-            lines.append(f'      graph [label="{clabel}", style="dashed", color="#90a4ae"];')
+            kid = quote(f"site:{site.name}/cluster:{cluster}")[1:-1]  # not the site's id, which it would inherit
+            lines.append(f'      graph [id="{kid}", label="{clabel}", style="dashed", color="#90a4ae"];')
             for n in cnodes:
                 lines.append("      " + _node(n))
             lines.append("    }")
         lines.append("  }")
         if members:
-            anchors.append((sid, members[0].name))
-    for sid, anchor in anchors:
+            anchors[sid] = members[0].name
+            site_ids[site.name] = sid
+    for sid, anchor in anchors.items():
         lines.append(
             f'  "internet" -- "{node_id(anchor)}" '
             + _attrs(color="#b0bec5", lhead=sid, style="dotted", tooltip="the site's link to the internet")
             + ";"
         )
-    lines.extend(_tunnels(plan, health))
+    if len(tunnel_pairs(plan)) > BUNDLE_OVER:
+        lines.extend(_site_bundles(plan, health, site_ids, anchors))
+    else:
+        lines.extend(_tunnels(plan, health))
     lines.extend(_gateway_links(plan))
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -151,10 +160,8 @@ def _node(n: NodePlan) -> str:
 
 
 def _tunnels(plan: Plan, health: Mapping[Pair, TunnelHealth] | None) -> list[str]:
-    pairs = tunnel_pairs(plan)
-    labelled = health is not None and len(pairs) <= LABELLED_TUNNELS
     out = []
-    for (a, b), standby in pairs:
+    for (a, b), standby in tunnel_pairs(plan):
         h = None if health is None else health.get((a, b))
         state = Health.UNKNOWN if h is None else h.health
         text = f"{a} ↔ {b}: WireGuard" + (" (standby)" if standby else "")
@@ -171,13 +178,48 @@ def _tunnels(plan: Plan, health: Mapping[Pair, TunnelHealth] | None) -> list[str
             age = "never" if h.handshake_age is None else f"{int(h.handshake_age)} s ago"
             traffic = f"rx {human_bytes(h.rx)} tx {human_bytes(h.tx)}"
             text += f", {state.value}: handshake {age}, {traffic}"
-            if labelled:
-                attrs["label"] = _label(human_bytes(h.rx + h.tx))
-                attrs["fontcolor"] = COLOURS[state]
+            attrs["label"] = _label(human_bytes(h.rx + h.tx))
+            attrs["fontcolor"] = COLOURS[state]
         elif health is not None:
             text += ": not read"
         attrs["tooltip"] = _label(text)
         out.append(f'  "{node_id(a)}" -- "{node_id(b)}" ' + _attrs(**attrs) + ";")
+    return out
+
+
+def _site_bundles(
+    plan: Plan, health: Mapping[Pair, TunnelHealth] | None, site_ids: Mapping[str, str], anchors: Mapping[str, str]
+) -> list[str]:
+    """One edge per pair of sites for all the tunnels between them: their number by health, coloured by
+    the worst (one tunnel down makes the pair red), traffic summed."""
+    site = {n.name: n.site for n in plan.nodes}
+    bundles: dict[tuple[str, str], list[Health]] = {}
+    traffic: dict[tuple[str, str], int] = {}
+    for (a, b), _ in tunnel_pairs(plan):
+        key = (min(site[a], site[b]), max(site[a], site[b]))
+        h = None if health is None else health.get((a, b))
+        bundles.setdefault(key, []).append(Health.UNKNOWN if h is None else h.health)
+        traffic[key] = traffic.get(key, 0) + (0 if h is None else h.rx + h.tx)
+    out = []
+    for (sa, sb), states in sorted(bundles.items()):
+        worst = next(w for w in WORST_FIRST if w in states)
+        by_state = ", ".join(f"{states.count(w)} {w.value}" for w in WORST_FIRST if w in states)
+        text = f"{len(states)} tunnels" + (f": {by_state}" if health is not None else "")
+        if health is not None:
+            text += f", {human_bytes(traffic[(sa, sb)])}"
+        ta, tb = site_ids[sa], site_ids[sb]
+        attrs = {
+            "id": quote(f"tunnels:{sa}|{sb}")[1:-1],
+            "class": f"tunnels {worst.value if health is not None else Health.UNKNOWN.value}",
+            "label": _label(text),
+            "ltail": ta,
+            "lhead": tb,
+            "penwidth": "3",
+            "tooltip": _label(f"site {sa} ↔ site {sb}: {text}"),
+        }
+        if health is not None:
+            attrs |= {"color": COLOURS[worst], "fontcolor": COLOURS[worst]}
+        out.append(f'  "{node_id(anchors[ta])}" -- "{node_id(anchors[tb])}" ' + _attrs(**attrs) + ";")
     return out
 
 
