@@ -9,6 +9,8 @@ export async function loadServices() {
     const tiers = el("div");
     s.tiers.forEach((tier, i) => {
       const line = el("div", "", "tier" + (i === s.serving ? " serving" : ""));
+      const label = s.tiers.length > 1 ? `tier ${i + 1}` : "backends";
+      line.append(el("span", label + (i === s.serving ? " — serving" : ""), "tier-name"));
       if (tier.length === 0) line.append(el("span", "(none)"));
       for (const b of tier) {
         const state = b.healthy === null ? "unknown" : b.healthy ? "healthy" : "unhealthy";

@@ -16,6 +16,9 @@ export async function loadTopology() {
     const svg = doc.documentElement;
     if (svg.nodeName === "svg") {
       for (const s of svg.querySelectorAll("script, foreignObject")) s.remove();
+      // Graphviz sizes the picture in points; the page scales it to the panel by its viewBox.
+      svg.removeAttribute("width");
+      svg.removeAttribute("height");
       document.getElementById("topology").replaceChildren(document.importNode(svg, true));
     }
   }
