@@ -65,6 +65,7 @@ def dport(protocol: str) -> Field:
 
 
 class CtState(StrEnum):
+    NEW = "new"
     ESTABLISHED = "established"
     RELATED = "related"
 
@@ -166,7 +167,17 @@ class Reject:
     with_: RejectWith
 
 
-Expr = Match | Counter | Jump | SetMark | Nat | RandomDnat | Redirect | Reject | Verdict
+@dataclass(frozen=True, slots=True)
+class Log:
+    """`log prefix "<prefix>" group <group>`: the packet, with its prefix, to NFLOG group `group`
+    (read by `crossmesh.drivers.nflog`). Not a verdict: the rule goes on. The prefix is a short
+    ASCII code (`text.log_prefix`)."""
+
+    group: int
+    prefix: str
+
+
+Expr = Match | Counter | Log | Jump | SetMark | Nat | RandomDnat | Redirect | Reject | Verdict
 
 
 @dataclass(frozen=True, slots=True)
