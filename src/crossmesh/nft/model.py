@@ -96,7 +96,7 @@ class SetRef:
 class AnonSet:
     """An anonymous set (`{ a, b }`), in the given order."""
 
-    values: tuple[IPv4Address | IPv4Network | int, ...]
+    values: tuple[IPv4Address | IPv4Network | int | str, ...]  # a str is an interface name
 
 
 Value = int | IPv4Address | IPv4Network | str | SetRef | AnonSet | CtStatus | tuple[CtState, ...]
