@@ -382,12 +382,14 @@ class NflogSocket:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def read(self) -> tuple[list[LogPacket], int]:
+    def read(self, *, buffers: int = 1024) -> tuple[list[LogPacket], int]:
         """Every packet the kernel has sent so far (never blocks), and how many were lost since
-        the last read: an overrun counts as one at once, a sequence gap exactly."""
+        the last read: an overrun counts as one at once, a sequence gap exactly. At most
+        `buffers` receive buffers (a batch of up to 64 messages each), so that a flood does not
+        hold the caller forever: the socket stays readable while more waits."""
         packets: list[LogPacket] = []
         lost = 0
-        while True:
+        for _ in range(buffers):
             try:
                 size = self._sock.recv_into(self._buf)
             except BlockingIOError:
