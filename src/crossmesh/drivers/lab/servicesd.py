@@ -10,6 +10,9 @@ every node (ClusterIPs and NodePorts: servicenat.py) is regenerated from the pla
 the new health and replaced atomically, so new connections move off a dead backend
 and back when it recovers.
 
+Each node's thread also serves that node's `/metrics` on its site address, port 9963
+(labmetrics.py): the health of the backends it checks and what its network policy dropped.
+
     python -m crossmesh.drivers.lab.servicesd LAB_DIR
 """
 
