@@ -82,3 +82,14 @@ def test_an_agent_makes_only_its_own_key(tmp_path: Path) -> None:
     assert all(p.public_key == "" for p in peers if p.node != "azure-talos-1")
     compile_mesh(tmp_path / "m" / "mesh.yaml", None, only_key="no-such-node")
     assert sorted(p.name for p in compiled.store.key_dir.iterdir()) == ["azure-talos-1.key", "azure-talos-1.pub"]
+
+
+def test_a_bad_metrics_address_is_named(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["agent", "--mesh", "m", "--node", "n1", "--state", str(tmp_path / "state"),
+         "--etcd-endpoints", "http://127.0.0.1:2379", "--insecure-plaintext", "--metrics-address", "node-1:9962"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "--metrics-address 'node-1:9962' is not HOST:PORT, :PORT or off" in result.output
+    assert "Traceback" not in result.output

@@ -33,7 +33,7 @@ from crossmesh.workspace import compile_mesh
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "three-clouds"
 ME, AZURE, GCP = "aws-talos-1", "azure-talos-1", "gcp-talos-1"
-WHERE = Where(interface="wg-fake", namespace=None, etcd=["memory://"], ttl=2, tls=None)
+WHERE = Where(interface="wg-fake", namespace=None, etcd=["memory://"], ttl=2, tls=None, metrics="off")
 
 
 class Mesh:

@@ -72,6 +72,7 @@ def sample() -> nft.Table:
             nft.Rule((nft.Match(nft.dport("udp"), 53), nft.Reject(nft.RejectWith.PORT_UNREACHABLE))),
             nft.Rule((nft.Match(F.CT_STATUS, nft.CtStatus.DNAT), nft.Nat(nft.NatKind.SNAT, A("10.1.0.1")))),
             nft.Rule((nft.Match(nft.dport("tcp"), 8080), nft.Counter(), nft.Redirect(15001))),
+            nft.Rule((nft.Match(F.CT_STATE, (nft.CtState.NEW,)), nft.Log(100, "cm:new:egress"), nft.Verdict.DROP)),
         ),
         nft.Base(nft.ChainType.NAT, nft.Hook.PREROUTING, nft.Priority.DSTNAT),
     )
@@ -107,6 +108,7 @@ map { 0 : 10.1.0.2 . 8080, 1 : 10.1.0.3 . 8080 }
     udp dport 53 reject with icmp type port-unreachable
     ct status dnat snat to 10.1.0.1
     tcp dport 8080 counter redirect to :15001
+    ct state new log prefix "cm:new:egress" group 100 drop
   }
   chain d {
   }
@@ -138,8 +140,27 @@ def test_the_sample_passes_nft_check() -> None:
         lambda: nft.Chain("c", (nft.Rule((nft.RandomDnat(()),)),)),
         lambda: nft.Set("s", (T.INET_SERVICE,), (nft.elements((T.INET_SERVICE,), [((1, 9),)]),)),
         lambda: nft.Set("s", (T.MARK,), (nft.elements((T.INET_SERVICE,), [(1,)]),)),
+        lambda: nft.Chain("c", (nft.Rule((nft.Log(100, 'x" accept'),)),)),
+        lambda: nft.Chain("c", (nft.Rule((nft.Log(100, "x" * 128),)),)),
+        lambda: nft.Chain("c", (nft.Rule((nft.Log(100, ""),)),)),
+        lambda: nft.Chain("c", (nft.Rule((nft.Log(65536, "cm:x"),)),)),
+        lambda: nft.Chain("c", (nft.Rule((nft.Log(True, "cm:x"),)),)),
     ],
-    ids=["name", "jump", "quote-in-ifname", "long-ifname", "empty-set", "no-target", "interval-flag", "element-type"],
+    ids=[
+        "name",
+        "jump",
+        "quote-in-ifname",
+        "long-ifname",
+        "empty-set",
+        "no-target",
+        "interval-flag",
+        "element-type",
+        "quote-in-log-prefix",
+        "long-log-prefix",
+        "empty-log-prefix",
+        "log-group",
+        "log-group-bool",
+    ],
 )
 def test_what_nft_would_refuse_fails_at_render(build: object) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - each says why in its message
@@ -258,3 +279,29 @@ def test_the_identity_map_is_in_address_order_and_a_node_entry_wins() -> None:
         "10.0.0.5 : 6",
         "10.0.0.9 : 301",
     )
+
+
+# --- log prefixes: codes the flow daemon reads back -------------------------------------------
+
+
+@given(st.text(max_size=200))
+def test_a_log_prefix_is_taken_unchanged_or_refused(text: str) -> None:
+    try:
+        got = nft.log_prefix(text)
+    except ValueError as err:
+        assert "log prefix" in str(err)
+        assert not re.fullmatch(r"[A-Za-z0-9:._-]{1,127}", text)
+    else:
+        assert got == text
+
+
+@needs_nft
+def test_nft_takes_the_longest_log_prefix_and_refuses_one_more() -> None:
+    def table(prefix: str) -> str:
+        base = nft.Base(nft.ChainType.FILTER, nft.Hook.OUTPUT, 0)
+        text = nft.render(nft.Table("t", (nft.Chain("c", (nft.Rule((nft.Log(100, "x"),)),), base),)))
+        return text.replace('"x"', f'"{prefix}"')
+
+    done = nft_check(table("c" * 127))
+    assert done.returncode == 0, done.stderr
+    assert nft_check(table("c" * 128)).returncode != 0

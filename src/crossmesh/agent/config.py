@@ -12,6 +12,7 @@ Where the agent learns what the mesh plans (its `intent_source`):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -19,9 +20,11 @@ from crossmesh.agent import records
 from crossmesh.errors import CrossmeshError
 from crossmesh.kv.layout import Layout
 from crossmesh.model.mesh import duration_seconds
+from crossmesh.observe.metrics import AGENT_PORT
 from crossmesh.workspace import Compiled
 
 IntentSource = Literal["inline", "file", "etcd"]
+DEFAULT_METRICS = f":{AGENT_PORT}"  # every address of the node, Cilium agent's port
 
 
 class ConfigError(CrossmeshError):
@@ -48,6 +51,7 @@ class AgentConfig:
     intent_path: Path | None = None  # file
     tls: dict[str, str] | None = None  # ca, cert, key
     key_rotation: int | None = None  # inline and file: spec.wireguard.keyRotation in seconds (etcd: the intent's)
+    metrics: str = DEFAULT_METRICS  # where /metrics listens: HOST:PORT, :PORT (every address), or off (port 0 too)
 
     def __post_init__(self) -> None:
         if self.intent_source not in get_args(IntentSource):
@@ -69,6 +73,12 @@ class AgentConfig:
             raise ConfigError("agent configuration: keyRotation is not read with intentSource etcd")
         if self.tls is not None and sorted(self.tls) != ["ca", "cert", "key"]:
             raise ConfigError("agent configuration: tls needs exactly ca, cert and key")
+        _ = self.metrics_listen  # checked here, not when the agent starts serving
+
+    @property
+    def metrics_listen(self) -> tuple[str, int] | None:
+        """(host, port) /metrics listens on ("" host: every address); None when off."""
+        return listen_address(self.metrics)
 
     @property
     def layout(self) -> Layout:
@@ -102,6 +112,7 @@ class AgentConfig:
             "tls": self.tls,
             "keyRotation": self.key_rotation,
         }
+        out["metricsAddress"] = self.metrics
         return out | {k: v for k, v in optional.items() if v is not None}
 
     @classmethod
@@ -143,6 +154,7 @@ class AgentConfig:
             intent_path=None if intent_path is None else Path(intent_path),
             tls=tls,
             key_rotation=get("keyRotation", int, optional=True),
+            metrics=get("metricsAddress", str, optional=True) or DEFAULT_METRICS,
         )
 
 
@@ -158,6 +170,7 @@ def build(
     wireguard_log: Path,
     intent_path: Path | None = None,
     tls: dict[str, str] | None = None,
+    metrics: str = DEFAULT_METRICS,
 ) -> AgentConfig:
     """What `crossmesh.agent.daemon.Agent` runs with from a compiled mesh file. The intent — what the
     mesh plans for every node, which records are held to — is inline (a real node's mesh file) or a
@@ -187,6 +200,7 @@ def build(
         key_rotation=duration_seconds(rotation)
         if (rotation := compiled.loaded.mesh.spec.wireguard.key_rotation)
         else None,
+        metrics=metrics,
     )
 
 
@@ -201,6 +215,7 @@ def etcd_fed(
     state: Path,
     private_key_path: Path,
     tls: dict[str, str] | None = None,
+    metrics: str = DEFAULT_METRICS,
 ) -> AgentConfig:
     """The configuration of an agent that follows the operator's intents in etcd: its state folder
     holds its own key, its status file and the device's log (the lab's wireguard-go)."""
@@ -216,4 +231,25 @@ def etcd_fed(
         wireguard_log=state / f"wireguard-{node}.log",
         intent_source="etcd",
         tls=tls,
+        metrics=metrics,
     )
+
+
+def listen_address(value: str) -> tuple[str, int] | None:
+    """`HOST:PORT` or `:PORT` (every address) → (host, port); `off` or port 0 → None (not served)."""
+    if value == "off":
+        return None
+    host, colon, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    ok = bool(colon) and port.isdigit() and int(port) <= 65535
+    if ok and host:
+        try:
+            ip_address(host)
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ConfigError(
+            f"agent configuration: metricsAddress {value!r} is not HOST:PORT, :PORT or off "
+            f"(e.g. 10.0.0.5:{AGENT_PORT}, :{AGENT_PORT})"
+        )
+    return None if int(port) == 0 else (host, int(port))

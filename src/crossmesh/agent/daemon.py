@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
-from crossmesh.agent import dataplane, failover, handshakes, intents, kernel, records, rotation, session
+from crossmesh.agent import dataplane, failover, handshakes, intents, kernel, metrics, records, rotation, session
 from crossmesh.agent.config import AgentConfig, ConfigError
 from crossmesh.agent.following import Following
 from crossmesh.agent.log import log
@@ -115,6 +115,7 @@ class Agent:
         self.apply_error: str | None = None
         self.chosen: dict[str, str] = {}  # site → its active gateway as etcd names it (topology: gateways)
         self.failover = failover.Failover(self)  # following it, and (a gateway) probing and taking over
+        self.metrics = metrics.AgentMetrics(self)  # its own registry; served by `run` (cfg.metrics)
         if cfg.intent_source != "etcd":
             try:
                 self.own = records.NodeRecord(**{**(cfg.record or {}), "public_key": self.public_key})
@@ -158,7 +159,8 @@ class Agent:
             await asyncio.to_thread(self._check_device)
         except Exception as err:  # noqa: BLE001 - its namespace not built yet (a join): maintain retries
             log(f"cannot start {self.ifname} yet ({err}); retrying every {TICK} s")
-        await self.serve()
+        async with self.metrics.serving():
+            await self.serve()
         os.close(lock)
 
     async def serve(self) -> None:
@@ -365,7 +367,7 @@ class Agent:
 
     def apply(self) -> None:
         """Apply what the records say; a failure is logged, kept for the status, and raised."""
-        with self.work:
+        with self.work, self.metrics.applying():
             try:
                 self._apply()
             except Exception as err:

@@ -35,6 +35,7 @@ RESUME_AFTER = 0.2  # seconds before a broken watch is resumed (a member that ke
 
 async def run(agent: Agent, kv: Kv) -> None:
     layout = agent.layout
+    agent.metrics.etcd_session()
     told = None
     if agent.cfg.intent_source == "etcd":
         told = await kv.range(layout.intents)
@@ -49,6 +50,7 @@ async def run(agent: Agent, kv: Kv) -> None:
     agent.report.set()
     lease = await kv.grant(agent.ttl)
     granted_at = time.monotonic()  # refreshes count from here, however long the put takes
+    agent.metrics.lease_granted(lease.ttl)
     await publish(agent, kv, lease.id)
     agent.lease_refreshed = time.time()
     granted = f"ttl {lease.ttl}s"
@@ -56,15 +58,16 @@ async def run(agent: Agent, kv: Kv) -> None:
         granted += f": etcd's minimum, not {agent.ttl}s"
     what = "published" if agent.own is not None else "connected, no record to publish yet:"
     log(f"{what} {agent.node} (lease {lease.id:x}, {granted}) via {kv.endpoint}")
+    watched = agent.metrics.watched  # each batch's arrival noted: the watch lag ends with the apply
     work = [
         keep(agent, kv, lease.id, granted_at),
-        follow(kv, layout.nodes, got.revision + 1, agent.record_events, agent.load),
+        follow(kv, layout.nodes, got.revision + 1, watched(agent.record_events), agent.load),
         agent.stop.wait(),
-        follow(kv, layout.gateways, active.revision + 1, agent.failover.events, agent.failover.load),
+        follow(kv, layout.gateways, active.revision + 1, watched(agent.failover.events), agent.failover.load),
         agent.failover.run(kv),
     ]
     if told is not None:
-        intents = follow(kv, layout.intents, told.revision + 1, agent.intent_events, agent.load_intents)
+        intents = follow(kv, layout.intents, told.revision + 1, watched(agent.intent_events), agent.load_intents)
         work += [intents, report(agent, kv)]
     tasks = [asyncio.ensure_future(w) for w in work]
     stopper = tasks[2]
@@ -98,6 +101,7 @@ async def keep(agent: Agent, kv: Kv, lease: int, granted_at: float) -> None:
             async with asyncio.timeout(agent.ttl):
                 await kv.refresh(lease)
             agent.lease_refreshed = time.time()
+            agent.metrics.lease_renewed(sent)
             agent.write_status()
             agent.report.set()
             due = sent + agent.refresh_every

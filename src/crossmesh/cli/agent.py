@@ -54,6 +54,11 @@ def agent(
         help=f"state directory holding this node's private key (with --mesh: default {DEFAULT_STATE})",
     ),
     namespace: str | None = typer.Option(None, "--netns", help="network namespace of the device (default: host)"),
+    metrics_address: str = typer.Option(
+        ":9962",
+        "--metrics-address",
+        help="where /metrics listens: HOST:PORT, :PORT (every address) or off",
+    ),
     insecure_plaintext: bool = typer.Option(
         False,
         "--insecure-plaintext",
@@ -69,12 +74,19 @@ def agent(
     state directory (its own key only); etcd gets public keys only.
     """
     require_agent_extra()
+    from crossmesh.agent.config import ConfigError, listen_address
     from crossmesh.agent.daemon import Agent  # the agent's stack (gRPC, netlink) loads only when it runs
 
     endpoints, files = etcd_access(etcd_endpoints, cacert, cert, key, insecure_plaintext)
     if (mesh is None) == (mesh_name is None):
         raise UsageError("give the mesh file, or --mesh NAME to follow the operator's intents in etcd (not both)")
-    where = Where(interface=interface, namespace=namespace, etcd=endpoints, ttl=lease_ttl, tls=files)
+    try:
+        listen_address(metrics_address)
+    except ConfigError as err:  # it names the configuration's field; the user typed the flag
+        raise UsageError(f"--metrics-address {metrics_address!r} is not HOST:PORT, :PORT or off (e.g. :9962)") from err
+    where = Where(
+        interface=interface, namespace=namespace, etcd=endpoints, ttl=lease_ttl, tls=files, metrics=metrics_address
+    )
     if mesh_name is not None:
         cfg = etcd_fed_config(node, mesh_name, state or DEFAULT_STATE, where)
     else:
@@ -92,6 +104,7 @@ class Where:
     etcd: list[str]
     ttl: int
     tls: dict[str, str] | None
+    metrics: str = ":9962"  # where /metrics listens (agent config: metricsAddress)
 
 
 def mesh_file_config(mesh: Path, node: str, state: Path | None, where: Where) -> AgentConfig:
@@ -121,6 +134,7 @@ def mesh_file_config(mesh: Path, node: str, state: Path | None, where: Where) ->
         status=compiled.store.root / f"agent-{node}.status.json",
         wireguard_log=compiled.store.root / f"wireguard-{node}.log",
         tls=where.tls,
+        metrics=where.metrics,
     )
 
 
@@ -144,6 +158,7 @@ def etcd_fed_config(node: str, mesh: str, state: Path, where: Where) -> AgentCon
         state=state,
         private_key_path=store.private_key_path(node),
         tls=where.tls,
+        metrics=where.metrics,
     )
 
 

@@ -6,7 +6,9 @@ import typer
 
 from crossmesh import __version__
 from crossmesh.cli import agent as agent_cli
-from crossmesh.cli import checks, control, core, lab, pki, policy, trace
+from crossmesh.cli import checks, control, core, lab, observe, pki, policy, trace
+from crossmesh.cli import graph as graph_cli
+from crossmesh.cli import ui as ui_cli
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit
 
 app = typer.Typer(
@@ -24,11 +26,14 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(pki.app, name="pki")
 app.command("test")(checks.test)
 app.command("trace")(trace.trace)
+app.command("observe", help=observe.HELP)(observe.observe)
 app.command("agent")(agent_cli.agent)
 app.command("apply")(control.apply)
 app.command("diff")(control.diff)
 app.command("status")(control.status)
 app.command("operator")(control.operator)
+app.command("graph")(graph_cli.graph)
+app.command("ui")(ui_cli.ui)
 
 
 @app.command("version")

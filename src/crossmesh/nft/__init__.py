@@ -16,6 +16,7 @@ from crossmesh.nft.model import (
     Hook,
     Item,
     Jump,
+    Log,
     Map,
     MapLookup,
     Match,
@@ -36,7 +37,7 @@ from crossmesh.nft.model import (
     Verdict,
     dport,
 )
-from crossmesh.nft.text import COMMENT_MAX, Atom, comment, elements, ifname, render, rule
+from crossmesh.nft.text import COMMENT_MAX, Atom, comment, elements, ifname, log_prefix, render, rule
 
 __all__ = [
     "COMMENT_MAX",
@@ -55,6 +56,7 @@ __all__ = [
     "Hook",
     "Item",
     "Jump",
+    "Log",
     "Map",
     "MapLookup",
     "Match",
@@ -77,6 +79,7 @@ __all__ = [
     "dport",
     "elements",
     "ifname",
+    "log_prefix",
     "render",
     "rule",
 ]

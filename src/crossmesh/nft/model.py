@@ -65,6 +65,7 @@ def dport(protocol: str) -> Field:
 
 
 class CtState(StrEnum):
+    NEW = "new"
     ESTABLISHED = "established"
     RELATED = "related"
 
@@ -95,7 +96,7 @@ class SetRef:
 class AnonSet:
     """An anonymous set (`{ a, b }`), in the given order."""
 
-    values: tuple[IPv4Address | IPv4Network | int, ...]
+    values: tuple[IPv4Address | IPv4Network | int | str, ...]  # a str is an interface name
 
 
 Value = int | IPv4Address | IPv4Network | str | SetRef | AnonSet | CtStatus | tuple[CtState, ...]
@@ -166,7 +167,17 @@ class Reject:
     with_: RejectWith
 
 
-Expr = Match | Counter | Jump | SetMark | Nat | RandomDnat | Redirect | Reject | Verdict
+@dataclass(frozen=True, slots=True)
+class Log:
+    """`log prefix "<prefix>" group <group>`: the packet, with its prefix, to NFLOG group `group`
+    (read by `crossmesh.drivers.nflog`). Not a verdict: the rule goes on. The prefix is a short
+    ASCII code (`text.log_prefix`)."""
+
+    group: int
+    prefix: str
+
+
+Expr = Match | Counter | Log | Jump | SetMark | Nat | RandomDnat | Redirect | Reject | Verdict
 
 
 @dataclass(frozen=True, slots=True)

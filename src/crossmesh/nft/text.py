@@ -30,6 +30,8 @@ from crossmesh.nft.model import Elements, Type
 COMMENT_MAX = 128  # bytes of UTF-8: nft refuses a longer comment, and with it the whole table
 _DIGEST = 12
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+LOG_PREFIX_MAX = 127
+_LOG_PREFIX = re.compile(rf"[A-Za-z0-9:._-]{{1,{LOG_PREFIX_MAX}}}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ - 1; no quote, no `*` (nft's wildcard)
 # C0 and C1 controls and the Unicode line separators: nothing that ends or breaks a line.
 _CONTROL = {c: " " for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)} | {ord('"'): "'"}
@@ -51,6 +53,15 @@ def comment(text: str) -> str:
         return clean.decode()
     digest = hashlib.sha256(clean).hexdigest()[:_DIGEST]
     return clean[: COMMENT_MAX - _DIGEST - 1].decode("utf-8", "ignore") + "~" + digest
+
+
+def log_prefix(text: str) -> str:
+    """A log prefix as nft takes it and lists it back: 1 to 127 ASCII letters, digits or `:._-`
+    (nft's limit, NF_LOG_PREFIXLEN with its NUL; nothing its string syntax reads otherwise),
+    or ValueError. Unlike a comment it is not mended: prefixes are codes the reader decodes."""
+    if not _LOG_PREFIX.fullmatch(text):
+        raise ValueError(f"not a log prefix (1-{LOG_PREFIX_MAX} of A-Z a-z 0-9 : . _ -): {text!r}")
+    return text
 
 
 def name(text: str) -> str:
@@ -238,6 +249,10 @@ def _expr(e: model.Expr) -> str:  # noqa: PLR0911 - one answer per kind of expre
         return e.value
     if isinstance(e, model.Counter):
         return "counter"
+    if isinstance(e, model.Log):
+        if isinstance(e.group, bool) or not isinstance(e.group, int) or not 0 <= e.group <= 0xFFFF:
+            raise ValueError(f"not an NFLOG group (0-65535): {e.group!r}")
+        return f'log prefix "{log_prefix(e.prefix)}" group {e.group}'
     if isinstance(e, model.Jump):
         return f"jump {name(e.chain)}"
     if isinstance(e, model.SetMark):

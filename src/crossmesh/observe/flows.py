@@ -30,6 +30,7 @@ class DropReason(StrEnum):
     MTU = "FRAG_NEEDED"  # too big for the path, with DF set
     ANTI_SPOOFING = "INVALID_SOURCE_IP"
     NOT_ALLOWED_BY_FIREWALL = "FIREWALL_DENIED"  # a site router's inbound rules (the cloud's firewall)
+    NO_BACKEND = "SERVICE_BACKEND_NOT_FOUND"  # a Service port with no healthy backend: rejected
 
 
 @dataclass(frozen=True, slots=True)

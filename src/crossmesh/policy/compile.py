@@ -33,6 +33,7 @@ from typing import ParamSpec, TypeVar
 from weakref import WeakKeyDictionary
 
 from crossmesh import nft
+from crossmesh.observe import codes
 from crossmesh.policy.evaluator import PolicyIndex
 from crossmesh.policy.model import (
     Action,
@@ -476,7 +477,8 @@ def _direction_chain(d: Direction) -> nft.Chain:
         verdict: tuple[nft.Expr, ...] = (nft.Verdict.RETURN,)
         note = None
         if action is Action.DENY:
-            verdict, note = (nft.Counter(), nft.Verdict.DROP), f"denied by a {d.value} deny rule"
+            deny = nft.Log(codes.GROUP, codes.deny(d.value))
+            verdict, note = (deny, nft.Counter(), nft.Verdict.DROP), f"denied by a {d.value} deny rule"
         else:
             rules.append(nft.Rule((nft.Match(local, nft.SetRef(f"isolated_{d.value}"), negate=True), *verdict)))
         rules += [
@@ -487,7 +489,8 @@ def _direction_chain(d: Direction) -> nft.Chain:
             _lookup((local, *l4), f"{tag}_any", verdict, note),
             _lookup((local,), f"{tag}_any_l3", verdict, note),
         ]
-    rules.append(nft.Rule((nft.Counter(), nft.Verdict.DROP), f"policy-denied {d.value}"))
+    default = nft.Log(codes.GROUP, codes.default(d.value))
+    rules.append(nft.Rule((default, nft.Counter(), nft.Verdict.DROP), f"policy-denied {d.value}"))
     return nft.Chain(f"verdict_{d.value}", tuple(rules))
 
 
@@ -538,6 +541,9 @@ def nft_l7(policy: NodePolicy) -> tuple[nft.Set | None, nft.Rule | None]:
     return (
         nft.Set("l7_ports", key, (nft.elements(key, tcp),)),
         _lookup(
-            (nft.Field.IP_DADDR, nft.Field.TCP_DPORT), "l7_ports", (nft.Counter(), nft.Redirect(L7_PROXY_PORT)), None
+            (nft.Field.IP_DADDR, nft.Field.TCP_DPORT),
+            "l7_ports",
+            (nft.Counter(), nft.Log(codes.GROUP, codes.NAT), nft.Redirect(L7_PROXY_PORT)),
+            None,
         ),
     )

@@ -25,6 +25,9 @@ nodes/<node>/kubelet.env                distribution kubeadm: KUBELET_EXTRA_ARGS
 nodes/<node>/crossmesh-agent.service    other distributions, nodes that run an agent: its systemd unit (after
                                         wg-quick on tunnel nodes)
 etcd/rbac.sh                            etcd roles: each node's agent writes only its own record
+observability/grafana-dashboard.json    the mesh's Grafana dashboard: control plane, Hubble flows and drops, services,
+                                        a row per site with its tunnels (render/grafana.py)
+observability/prometheus.yml            Prometheus scrape jobs: every agent (:9962) and every node's Hubble (:9965)
 sites/<site>/prerequisites.tf.json      cloud sites: what the cloud must allow and carry (inbound rules, routes,
                                         forwarding checks) as a Terraform/OpenTofu root module (render/providers.py)
 
@@ -43,6 +46,7 @@ from crossmesh.render import (
     agent_deploy,
     cilium,
     etcd,
+    grafana,
     k3s,
     kubeadm,
     mcs,
@@ -140,6 +144,8 @@ def render(
     rbac = etcd.rbac_script(plan)
     if rbac is not None:
         out["etcd/rbac.sh"] = RenderedFile(rbac, 0o755)
+    out["observability/grafana-dashboard.json"] = RenderedFile(grafana.dashboard_json(plan))
+    out["observability/prometheus.yml"] = RenderedFile(yaml_dump(grafana.scrape_config(plan)))
     for site in prerequisites.derive(plan):
         module = providers.render(site)
         if module is not None:

@@ -31,6 +31,7 @@ from crossmesh.drivers.lab.state import LabError, LabState
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.errors import UsageError
 from crossmesh.kv import identities
+from crossmesh.observe.metrics import AGENT_PORT
 from crossmesh.render.etcd import tls_files
 from crossmesh.state.store import StateStore
 from crossmesh.workspace import Compiled
@@ -103,6 +104,8 @@ def agent_config(state: LabState, topo: LabTopology, compiled: Compiled, node_na
         state=agent_dir(state),
         private_key_path=compiled.store.private_key_path(node_name),
         tls=etcd.identity(etcd.pki_dir(state.dir), node_name).as_dict(),
+        # /metrics on the node's site address, inside its namespace (the agent opens the socket there)
+        metrics=f"{compiled.plan.node(node_name).address}:{AGENT_PORT}",
     )
     logs = replace(cfg, status=agent_dir(state) / f"{node_name}.status.json")
     return replace(logs, wireguard_log=state.dir / "logs" / f"{ifname or 'no-device-' + node_name}.log").to_json()

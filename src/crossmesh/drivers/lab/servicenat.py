@@ -24,6 +24,7 @@ from ipaddress import IPv4Address
 
 from crossmesh import nft
 from crossmesh.model.plan import NodePlan, Plan, PodPlan
+from crossmesh.observe import codes
 from crossmesh.services.backends import Backend, backend_sets
 
 
@@ -47,11 +48,23 @@ FILTER_FORWARD = nft.Base(nft.ChainType.FILTER, nft.Hook.FORWARD, 0)
 FILTER_INPUT = nft.Base(nft.ChainType.FILTER, nft.Hook.INPUT, 0)
 FILTER_OUTPUT = nft.Base(nft.ChainType.FILTER, nft.Hook.OUTPUT, 0)
 TABLE = "crossmesh"
+# Every translated connection's first packet is logged before its DNAT: the flow daemon learns
+# the service address it was sent to (`observe.codes.NAT`); a rejected one is a drop.
+NAT_LOG = nft.Log(codes.GROUP, codes.NAT)
+NO_BACKEND = nft.Log(codes.GROUP, codes.NO_BACKEND)
 
 
 def _serve(daddr: IPv4Address | nft.AnonSet, proto: str, port: int, *also: nft.Expr) -> nft.Rule:
     """`ip daddr <daddr> <proto> dport <port> …`."""
     return nft.Rule((nft.Match(F.IP_DADDR, daddr), nft.Match(nft.dport(proto), port), *also))
+
+
+def _logged(rule: nft.Rule, log: nft.Log) -> tuple[nft.Rule, nft.Rule]:
+    """The rule, after one with its matches that logs the packet. Two rules rather than one with
+    both: readers of the listing (the checks, the tests) find the rule as it was, and the cost is
+    on a connection's first packet only (nat chains), or a rejected packet."""
+    matches = tuple(e for e in rule.exprs if isinstance(e, nft.Match))
+    return nft.Rule((*matches, log)), rule
 
 
 def services_table(  # noqa: PLR0913 - the parts of a node's table
@@ -96,15 +109,15 @@ def services_table(  # noqa: PLR0913 - the parts of a node's table
             if not tier:
                 reset = nft.RejectWith.TCP_RESET if proto == "tcp" else nft.RejectWith.PORT_UNREACHABLE
                 if svc.cluster_ip is not None:
-                    rejects.append(_serve(svc.cluster_ip, proto, bs.port, nft.Reject(reset)))
+                    rejects += _logged(_serve(svc.cluster_ip, proto, bs.port, nft.Reject(reset)), NO_BACKEND)
                 continue
             to = nft.RandomDnat(tuple((IPv4Address(b.address), b.port) for b in tier))
             if svc.cluster_ip is not None:
-                rules.append(_serve(svc.cluster_ip, proto, bs.port, to))
+                rules += _logged(_serve(svc.cluster_ip, proto, bs.port, to), NAT_LOG)
             if node_port is not None and own is not None:
-                rules.append(_serve(own, proto, node_port, to))
+                rules += _logged(_serve(own, proto, node_port, to), NAT_LOG)
                 if others:
-                    rules.append(nft.Rule((*others, nft.Match(nft.dport(proto), node_port), to)))
+                    rules += _logged(nft.Rule((*others, nft.Match(nft.dport(proto), node_port), to)), NAT_LOG)
     # Hairpin: a pod reaching itself through its service would see its own address as
     # source and drop the packet as martian; like kube-proxy, masquerade that case.
     dnatted = nft.Match(F.CT_STATUS, nft.CtStatus.DNAT)

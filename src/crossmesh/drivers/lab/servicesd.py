@@ -10,6 +10,9 @@ every node (ClusterIPs and NodePorts: servicenat.py) is regenerated from the pla
 the new health and replaced atomically, so new connections move off a dead backend
 and back when it recovers.
 
+Each node's thread also serves that node's `/metrics` on its site address, port 9963
+(labmetrics.py): the health of the backends it checks and what its network policy dropped.
+
     python -m crossmesh.drivers.lab.servicesd LAB_DIR
 """
 
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 
-from crossmesh.drivers.lab import netns, operators, reconcile, servicenat, topology
+from crossmesh.drivers.lab import labmetrics, netns, operators, reconcile, servicenat, topology
 from crossmesh.drivers.lab.control_plane import agent_dir, agent_running, start_agent
 from crossmesh.drivers.lab.desired import policy_index, topology_of
 from crossmesh.drivers.lab.dns import dns_answer, dns_records, headless_records, ready
@@ -85,6 +88,15 @@ class Daemon:
                         self.backends.setdefault(
                             key, Backend(key, b.pod, b.address, b.port, bs.protocol, pod_node, since=time.time())
                         )
+        services = labmetrics.service_backends(self.plan)
+        self.metrics = {  # each node's /metrics (port 9963), served by its thread: the backends it checks
+            n.name: labmetrics.NodeMetrics(
+                self.topo.node_ns[n.name],
+                {s: frozenset(k for k in keys if self.backends[k].node == n.name) for s, keys in services.items()},
+                self.backend_health,
+            )
+            for n in self.plan.nodes
+        }
         self.dns = dns_records(self.plan)
         self.headless = headless_records(self.plan)
         self.policy = policy_index(self.compiled)
@@ -197,7 +209,12 @@ class Daemon:
             need = self.health.success_threshold if ok else self.health.failure_threshold
             if b.streak >= need:
                 b.healthy, b.streak, b.since = ok, 0, time.time()
+                self.metrics[b.node].transition(b.key, ok)
                 self.changed.set()
+
+    def backend_health(self) -> dict[str, bool]:
+        with self.lock:
+            return {k: b.healthy for k, b in self.backends.items()}
 
     async def node_loop(self, node: str, cluster: str) -> None:
         mine = [b for b in self.backends.values() if b.node == node]
@@ -230,10 +247,15 @@ class Daemon:
         proxy_sock.listen(256)
         proxy_sock.setblocking(False)
         await asyncio.start_server(self.l7_proxy, sock=proxy_sock)
+        metrics = self.metrics[node]
+        try:  # opened here, on this node's thread: the socket is the namespace's
+            metrics.serve(str(self.plan.node(node).address))
+        except OSError as err:
+            print(f"node {node}: cannot serve metrics ({err}); its services run without them", flush=True)
         interval = self.health.interval_ms / 1000
         while not self.stop.is_set():
             started = loop.time()
-            results = await asyncio.gather(*(self.probe(b) for b in mine))
+            results = await asyncio.gather(*(metrics.timed(self.probe(b)) for b in mine))
             for b, ok in zip(mine, results, strict=True):
                 self.record(b, ok)
             await asyncio.sleep(max(0.0, interval - (loop.time() - started)))

@@ -24,6 +24,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from crossmesh import nft
 from crossmesh.drivers.lab import firewall, servicenat
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, RouteVia
+from crossmesh.observe import codes
 from crossmesh.plan.prerequisites import SitePrerequisites
 from crossmesh.plan.prerequisites import derive as derive_prerequisites
 from crossmesh.policy import compile as compile_policy
@@ -373,6 +374,12 @@ ESTABLISHED = nft.Match(F.CT_STATE, (nft.CtState.ESTABLISHED, nft.CtState.RELATE
 DROP = (nft.Counter(), nft.Verdict.DROP)
 
 
+def _logged_drop(code: str) -> tuple[nft.Expr, ...]:
+    """Drop, counted, and logged with `code` for the flow daemon (before the counter: the checks
+    read `counter packets N bytes M drop comment …` from nft's listing)."""
+    return (nft.Log(codes.GROUP, code), *DROP)
+
+
 def _inet_nft() -> nft.Table:
     # The internet drops anything from or to a private address: a leak shows up as a
     # counter here and is never forwarded.
@@ -401,14 +408,16 @@ def _router_nft(
             )
     snat.append(nft.Rule((to_wan, nft.Match(F.IP_SADDR, PRIVATE), nft.Nat(nft.NatKind.SNAT, wan_addr))))
     forward = (
-        nft.Rule((to_wan, nft.Match(F.IP_DADDR, PRIVATE), *DROP), "no-private-to-internet"),
+        nft.Rule(
+            (to_wan, nft.Match(F.IP_DADDR, PRIVATE), *_logged_drop(codes.PRIVATE_TO_INTERNET)), "no-private-to-internet"
+        ),
         nft.Rule((from_wan, ESTABLISHED, nft.Verdict.ACCEPT)),
         *firewall.inbound_accepts(wan_if, prereq),
-        nft.Rule((from_wan, *DROP), "unsolicited-from-internet"),
+        nft.Rule((from_wan, *_logged_drop(codes.FIREWALL)), "unsolicited-from-internet"),
     )
     local_in = (
         nft.Rule((from_wan, ESTABLISHED, nft.Verdict.ACCEPT)),
-        nft.Rule((from_wan, *DROP), "unsolicited-to-router"),
+        nft.Rule((from_wan, *_logged_drop(codes.FIREWALL)), "unsolicited-to-router"),
     )
     return nft.Table(
         servicenat.TABLE,
@@ -443,7 +452,11 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
     send only from its own address, as Cilium enforces per endpoint — and network policy."""
     spoof = tuple(
         nft.Rule(
-            (nft.Match(F.IIFNAME, f"{prefix}-v{j}"), nft.Match(F.IP_SADDR, p.address, negate=True), *DROP),
+            (
+                nft.Match(F.IIFNAME, f"{prefix}-v{j}"),
+                nft.Match(F.IP_SADDR, p.address, negate=True),
+                *_logged_drop(codes.SPOOF),
+            ),
             spoof_comment(p),
         )
         for j, p in local_pods
@@ -467,6 +480,22 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
             l7_set, l7_rule = compile_policy.nft_l7(compiled)
             if l7_set is not None:
                 extra += (l7_set,)
+    spoof += _new_connections([f"{prefix}-v{j}" for j, _ in local_pods])
     return servicenat.services_table(
         plan, node.cluster, [p for _, p in local_pods], node_side, unhealthy, spoof, extra, l7_rule, node=node
+    )
+
+
+def _new_connections(pod_ifaces: list[str]) -> tuple[nft.Rule, ...]:
+    """Log each new connection a local pod sends (egress) or receives (ingress), once per end:
+    after anti-spoofing and the policy verdict (`netpol` accepts what is established and drops
+    what policy denies), so what reaches these rules is forwarded. In the input hook only the
+    egress rule can match (no output interface yet)."""
+    if not pod_ifaces:
+        return ()
+    pods = nft.AnonSet(tuple(sorted(pod_ifaces)))
+    new = nft.Match(F.CT_STATE, (nft.CtState.NEW,))
+    return (
+        nft.Rule((new, nft.Match(F.IIFNAME, pods), nft.Log(codes.GROUP, codes.NEW_EGRESS))),
+        nft.Rule((new, nft.Match(F.OIFNAME, pods), nft.Log(codes.GROUP, codes.NEW_INGRESS))),
     )

@@ -1,0 +1,119 @@
+"""The UI's reader of the lab's flow relay: one follow-mode connection shared by every open page.
+
+The relay (`<lab dir>/flows.sock`, protocol in the flow daemon's docstring) answers one JSON
+request line with `{"flow": …}` lines and `{"nodes": …}` status lines. This reader keeps the
+newest flows for pages that open later, hands every message to each page's queue, and when the
+relay goes away says so and dials again, asking only for flows newer than the last it saw.
+Every flow is checked by `Flow.from_json` before a page sees it: the socket is a file in a
+folder, and its lines are not trusted. A page that reads too slowly loses flows (counted), never
+the reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from crossmesh.observe.flows import Flow
+
+KEEP = 500  # flows kept for a page that opens now
+SINCE = 300.0  # seconds of history asked for at the first connection
+QUEUE = 1000  # messages waiting for one page before it loses some
+LINE_LIMIT = 1 << 20  # a longer line is a broken relay: dial again
+
+
+class FlowHub:
+    def __init__(self, path: Path | None, *, keep: int = KEEP, since: float = SINCE) -> None:
+        self.path = path
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.since = since
+        self.nodes: dict[str, Any] = {}
+        self.state = "none" if path is None else "connecting"
+        self.error = "" if path is not None else "no relay: not reading a lab"
+        self.rejected = 0  # lines that were not valid messages
+        self.last_time: float | None = None
+        self.pages: dict[asyncio.Queue[dict[str, Any]], int] = {}  # queue → flows it lost
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "error": self.error,
+            "socket": "" if self.path is None else str(self.path),
+            "rejected": self.rejected,
+            "nodes": self.nodes,
+        }
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE)
+        self.pages[q] = 0
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+        self.pages.pop(q, None)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        for q in list(self.pages):
+            try:
+                q.put_nowait(message)
+            except asyncio.QueueFull:
+                self.pages[q] += 1
+
+    def _set_state(self, state: str, error: str = "") -> None:
+        if (state, error) != (self.state, self.error):
+            self.state, self.error = state, error
+            self._send({"relay": self.status()})
+
+    async def run(self) -> None:
+        """Read the relay until cancelled, dialling again a second (up to five) after it goes away."""
+        if self.path is None:
+            return
+        delay = 1.0
+        while True:
+            try:
+                await self._follow(self.path)
+                self._set_state("unreachable", "the relay closed the connection")
+            except (OSError, ValueError, asyncio.IncompleteReadError) as err:
+                self._set_state("unreachable", f"{self.path}: {getattr(err, 'strerror', None) or err}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _follow(self, path: Path) -> None:
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT)
+        try:
+            since = time.time() - self.since if self.last_time is None else self.last_time
+            writer.write((json.dumps({"since": since, "follow": True}) + "\n").encode())
+            await writer.drain()
+            self._set_state("connected")
+            while line := await reader.readline():
+                self.take(line)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def take(self, line: bytes) -> None:
+        """One line of the relay: a flow (checked) or a status; anything else is counted and skipped."""
+        try:
+            message = json.loads(line)
+            if not isinstance(message, dict):
+                raise ValueError("not an object")
+            if "flow" in message:
+                flow = Flow.from_json(message["flow"])
+                if self.last_time is not None and flow.time < self.last_time:
+                    return  # already seen before the relay was dialled again
+                data = flow.to_json()
+                self.last_time = flow.time
+                self.recent.append(data)
+                self._send({"flow": data})
+            elif "nodes" in message and isinstance(message["nodes"], dict):
+                self.nodes = {str(k): v for k, v in message["nodes"].items() if isinstance(v, dict)}
+                self._send({"nodes": self.nodes})
+            else:
+                raise ValueError("neither a flow nor a status")
+        except ValueError:
+            self.rejected += 1
