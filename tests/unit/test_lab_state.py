@@ -23,6 +23,8 @@ BEFORE = {
     "cut_sites": [],
     "cut_uplinks": [],
     "etcd_pids": {"cm-abcd-e0": 4100},
+    "flows_digest": "",
+    "flows_pid": 4500,
     "indices": {"site": {"aws-sg": 0}},
     "inet": "cm-abcd-inet",
     "lease_ttl": 3,

@@ -135,11 +135,16 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 "etcd": members,
                 "operator": operator,
                 "sites": sites,
+                "flows": {"running": labs.alive(state.flows_pid), "socket": str(state.dir / "flows.sock")},
             },
             output,
         )
         return
     out.print(f"lab [bold]{state.mesh_name}[/bold] (cm-{state.tag}) from {escape(str(state.mesh))}: {state.status}")
+    flows = (
+        f"relay at {escape(str(state.dir / 'flows.sock'))}" if labs.alive(state.flows_pid) else "[red]not running[/red]"
+    )
+    out.print(f"flow daemon: {flows} (`crossmesh observe`; metrics on every node's address, port 9965)")
     t = Table(title="Nodes", title_justify="left")
     for c in ("node", "namespace", "namespace up", "workload", "WireGuard", "forwarding", "uplink"):
         t.add_column(c, overflow="fold")

@@ -179,9 +179,15 @@ POLICY_DROP_BYTES = Metric(
     ("direction", "kind"),
 )
 
-# Hubble's, as Cilium names them; served per node by the lab's flow daemon.
+# Hubble's, as Cilium names them; served per node by the lab's flow daemon (drivers/lab/flowsd.py).
+# `policy` is the deciding policy as `policy trace` names it ("" when none decided): its values are
+# the mesh's own policies, a set the mesh file bounds, never one per flow or address.
 HUBBLE_FLOWS = Metric(
-    "hubble_flows_processed_total", Kind.COUNTER, "Total number of flows processed", Source.HUBBLE, ("verdict",)
+    "hubble_flows_processed_total",
+    Kind.COUNTER,
+    "Total number of flows processed",
+    Source.HUBBLE,
+    ("type", "subtype", "verdict"),
 )
 HUBBLE_DROPS = Metric("hubble_drop_total", Kind.COUNTER, "Number of drops", Source.HUBBLE, ("reason", "protocol"))
 HUBBLE_POLICY_VERDICTS = Metric(
@@ -189,7 +195,19 @@ HUBBLE_POLICY_VERDICTS = Metric(
     Kind.COUNTER,
     "Number of policy verdicts",
     Source.HUBBLE,
-    ("direction", "match", "action"),
+    ("direction", "match", "action", "policy"),
+)
+FLOWS_LOST = Metric(
+    "crossmesh_flows_lost_total",
+    Kind.COUNTER,
+    "Flow records the kernel could not hand over (the node's NFLOG queue overflowed)",
+    Source.HUBBLE,
+)
+FLOWS_EVICTED = Metric(
+    "crossmesh_flows_evicted_total",
+    Kind.COUNTER,
+    "Flow records pushed out of the node's ring buffer by newer ones",
+    Source.HUBBLE,
 )
 
 CATALOGUE: tuple[Metric, ...] = (
@@ -216,6 +234,8 @@ CATALOGUE: tuple[Metric, ...] = (
     HUBBLE_FLOWS,
     HUBBLE_DROPS,
     HUBBLE_POLICY_VERDICTS,
+    FLOWS_LOST,
+    FLOWS_EVICTED,
 )
 
 SERIES: frozenset[str] = frozenset(s for m in CATALOGUE for s in m.series)

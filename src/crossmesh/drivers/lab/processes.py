@@ -56,6 +56,7 @@ def find_processes(marker: str) -> list[int]:
         ours = (
             "crossmesh.drivers.lab.workload",
             "crossmesh.drivers.lab.servicesd",
+            "crossmesh.drivers.lab.flowsd",
             "crossmesh.agent.daemon",
             "crossmesh.operator",
             "crossmesh.drivers.lab.provisioner",

@@ -1,5 +1,6 @@
-"""Starting the service daemon (servicesd.py) from `up`: the pods' resolv.conf, and a
-(re)start when the services, the policies or the daemon's own code changed."""
+"""Starting the lab's daemons from `up`: the service daemon (servicesd.py) with the pods'
+resolv.conf, and the flow daemon (flowsd.py); each (re)started when what it reads of the plan,
+the policies or its own code changed."""
 
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crossmesh.drivers.lab import dns, reconcile, servicenat, servicesd
+from crossmesh.drivers import nflog
+from crossmesh.drivers.lab import dns, flowrelay, flowsd, reconcile, servicenat, servicesd
 from crossmesh.drivers.lab.processes import alive, stop_group
 from crossmesh.drivers.lab.state import LabError, LabState
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.model.plan import Plan
+from crossmesh.observe import codes, enrich, relay, ring
 from crossmesh.plan.serialize import plan_json
 
 SERVICES_START = 30.0  # seconds for the service daemon to start and write its first health file
+FLOWS_START = 30.0  # seconds for the flow daemon to open every node's NFLOG socket and its relay
 
 
 def plan_services_view(plan: Plan) -> list[Any]:
@@ -92,4 +96,43 @@ def start_services(state: LabState, topo: LabTopology, plan: Plan, manifests: di
             raise LabError(f"the service daemon did not start; see {log}")
         time.sleep(0.02)
     changes.append("service daemon started")
+    return changes
+
+
+def start_flows(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[str, list[Any]]) -> list[str]:
+    """The flow daemon, (re)started when the nodes, pods, services, policies or its code changed
+    (it names flows by them); `up` returns once its relay socket, flows.sock, is there."""
+    policies = sorted(json.dumps(m.raw, sort_keys=True) for ms in manifests.values() for m in ms)
+    modules = (flowsd, flowrelay, nflog, codes, enrich, relay, ring)
+    code = hashlib.sha256(b"".join(Path(str(m.__file__)).read_bytes() for m in modules)).hexdigest()
+    digest = reconcile.nft_digest(
+        json.dumps([plan_services_view(plan), sorted(topo.node_ns.items()), code, policies], sort_keys=True)
+    )
+    sock = state.dir / "flows.sock"
+    if alive(state.flows_pid) and state.flows_digest == digest and sock.exists():
+        return []
+    changes = []
+    if alive(state.flows_pid):
+        stop_group(state.flows_pid)
+        changes.append("flow daemon stopped (the plan or the policies changed)")
+    sock.unlink(missing_ok=True)
+    log = state.dir / "logs" / "flowsd.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crossmesh.drivers.lab.flowsd", str(state.dir)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    state.flows_pid = proc.pid
+    state.flows_digest = digest
+    state.save()
+    deadline = time.monotonic() + FLOWS_START
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"the flow daemon did not start; see {log}")
+        time.sleep(0.02)
+    changes.append("flow daemon started")
     return changes

@@ -90,6 +90,8 @@ class LabState:
     etcd_pids: dict[str, int] = field(default_factory=dict)  # member → pid
     services_pid: int = 0  # the service daemon: health checks, ClusterIP tables, DNS
     services_digest: str = ""  # of the plan it runs with; a new plan restarts it
+    flows_pid: int = 0  # the flow daemon: every node's flow records behind flows.sock, metrics on :9965
+    flows_digest: str = ""  # of the plan and policies it names flows with; a new one restarts it
     sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
     inet: str = ""
     applied: dict[str, str] = field(default_factory=dict)  # namespace → digest of the spec it was brought to

@@ -21,7 +21,7 @@ from crossmesh.drivers.lab.control_plane import start_agents, start_etcd, start_
 from crossmesh.drivers.lab.desired import namespace_digest, policy_index, unhealthy_backends
 from crossmesh.drivers.lab.pods import pod_key, start_workloads, wait_pods
 from crossmesh.drivers.lab.processes import wireguard_pids
-from crossmesh.drivers.lab.services import start_services
+from crossmesh.drivers.lab.services import start_flows, start_services
 from crossmesh.drivers.lab.state import (
     DeviceEntry,
     LabError,
@@ -334,6 +334,9 @@ def _build(
     progress("services: health checks, ClusterIP tables, DNS")
     changes += start_services(state, topo, compiled.plan, compiled.loaded.manifests)
     lap("services")
+    progress("flows: every node's flow records (flows.sock) and metrics (:9965)")
+    changes += start_flows(state, topo, compiled.plan, compiled.loaded.manifests)
+    lap("flows")
     progress("waiting for every pod to answer")
     killed_dir = state.dir / "killed"
     killed = {p.name for p in killed_dir.iterdir()} if killed_dir.is_dir() else set()

@@ -1,0 +1,298 @@
+"""The lab's flow daemon: every node's flow records, from the kernel, behind one relay.
+
+The nodes' tables log each new connection they let through and each packet their policy (or
+anti-spoofing, or a Service without backends) drops to NFLOG group `codes.GROUP`, with a prefix
+naming why (observe/codes.py). One thread per node namespace, entered once with setns, reads
+that group (drivers/nflog.py), turns each packet into a flow record (observe/enrich.py: names,
+Service, tunnel, deciding policy) and hands it to the relay (flowrelay.py), which keeps a
+bounded ring per node and serves them all on `<lab dir>/flows.sock` (observe/relay.py).
+
+The same thread serves the node's Hubble-style metrics on its site address, port 9965, from a
+socket it creates inside the namespace, one registry per node (names: observe/metrics.py):
+
+    hubble_flows_processed_total{type="L3_L4", subtype, verdict}
+    hubble_drop_total{reason, protocol}
+    hubble_policy_verdicts_total{direction, match, action, policy}
+    crossmesh_flows_lost_total, crossmesh_flows_evicted_total
+
+`subtype`: to-endpoint (allowed into a local pod), to-overlay (out through a tunnel), to-stack
+(otherwise), "" for drops. `policy` is the deciding policy as `policy trace` names it ("" when
+none decided): its values are the mesh's own policies, a set the mesh file bounds.
+
+A node whose NFLOG socket cannot be opened gets the error in its status (the relay shows it);
+the other nodes go on, and the daemon tries that node again every few seconds.
+
+    python -m crossmesh.drivers.lab.flowsd LAB_DIR [--capacity N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+
+from crossmesh.drivers import exposition
+from crossmesh.drivers.lab import flowrelay, netns
+from crossmesh.drivers.lab.desired import policy_index, topology_of
+from crossmesh.drivers.lab.state import LabError, LabState
+from crossmesh.drivers.lab.topology import LabTopology
+from crossmesh.observe import codes
+from crossmesh.observe import metrics as catalogue
+from crossmesh.observe.enrich import VXLAN, WIREGUARD, Directory, Enriched, Observed, Packet, enrich
+from crossmesh.observe.flows import Flow, Verdict
+from crossmesh.observe.ring import DEFAULT_CAPACITY
+
+REOPEN_EVERY = 5.0  # seconds between attempts to open a node's NFLOG socket again
+POLL_MS = 500
+
+
+class LoggedPacket(Packet, Protocol):
+    """What a reader hands over: a packet with its rule's prefix and its devices' ifindexes."""
+
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def indev(self) -> int: ...
+    @property
+    def outdev(self) -> int: ...
+
+
+class Reader(Protocol):
+    """An NFLOG group's packets in the calling thread's namespace (drivers/nflog.NflogSocket)."""
+
+    def fileno(self) -> int: ...
+    def read(self) -> tuple[Sequence[LoggedPacket], int]: ...
+    def close(self) -> None: ...
+
+
+def nflog_reader(group: int) -> Reader:
+    from crossmesh.drivers.nflog import NflogSocket  # the kernel's side, only where it runs
+
+    return NflogSocket(group)
+
+
+def devices(topo: LabTopology) -> dict[str, dict[str, str]]:
+    """Per node, its WireGuard and VXLAN devices by name."""
+    kinds = {"tun": WIREGUARD, "vxlan": VXLAN}
+    return {
+        ns.owner: {link.ifname: kinds[link.kind] for link in ns.links if link.kind in kinds}
+        for ns in topo.namespaces
+        if ns.role == "node"
+    }
+
+
+class NodeMetrics:
+    """One node's Hubble-style metrics, in a registry of its own (names: observe/metrics.py)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.flows = exposition.counter(catalogue.HUBBLE_FLOWS, self.registry)
+        self.drops = exposition.counter(catalogue.HUBBLE_DROPS, self.registry)
+        self.verdicts = exposition.counter(catalogue.HUBBLE_POLICY_VERDICTS, self.registry)
+        self.lost = exposition.counter(catalogue.FLOWS_LOST, self.registry)
+        self.evicted = exposition.counter(catalogue.FLOWS_EVICTED, self.registry)
+        self.server: exposition.MetricsServer | None = None
+
+    def count(self, record: Enriched) -> None:
+        flow = record.flow
+        if flow.verdict is Verdict.DROPPED:
+            subtype = ""
+            self.drops.labels(flow.drop_reason.value or "UNKNOWN", flow.protocol).inc()
+        elif flow.direction == "ingress":
+            subtype = "to-endpoint"
+        else:
+            subtype = "to-overlay" if flow.tunnel is not None else "to-stack"
+        self.flows.labels("L3_L4", subtype, flow.verdict.value).inc()
+        if flow.direction:
+            self.verdicts.labels(flow.direction, record.match, flow.verdict.value.lower(), flow.policy).inc()
+
+
+class Daemon:
+    def __init__(
+        self,
+        state: LabState,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        open_reader: Callable[[int], Reader] = nflog_reader,
+        metrics_port: int = catalogue.HUBBLE_PORT,
+    ) -> None:
+        self.state = state
+        compiled, self.topo = topology_of(state)
+        self.plan = compiled.plan
+        self.directory = Directory.build(self.plan, policy_index(compiled), devices(self.topo))
+        self.relay = flowrelay.Relay([n.name for n in self.plan.nodes], capacity)
+        self.capacity = capacity
+        self.open_reader = open_reader
+        self.metrics_port = metrics_port
+        self.metrics = {n.name: NodeMetrics() for n in self.plan.nodes}
+        self.malformed = dict.fromkeys(self.metrics, 0)  # packets enrich refused (not IPv4, …)
+        self.stop = threading.Event()
+        self.started = threading.Barrier(len(self.plan.nodes) + 1)
+
+    # --- one node ---------------------------------------------------------------------------------
+
+    def run_node(self, node: str, namespace: str) -> None:
+        try:
+            netns.enter(namespace)
+        except OSError as err:
+            self.relay.fail(node, f"cannot enter namespace {namespace}: {err.strerror}")
+            self._started()
+            return
+        self.serve_metrics(node)
+        reader = self._open(node, namespace)
+        self._started()
+        while not self.stop.is_set():
+            if reader is None:
+                self.stop.wait(REOPEN_EVERY)
+                reader = self._open(node, namespace)
+                continue
+            try:
+                self.pump(node, reader)
+            except OSError as err:
+                self.relay.fail(node, f"reading NFLOG group {codes.GROUP} in {namespace}: {err}")
+                print(f"{node}: {err}", flush=True)
+            reader.close()
+            reader = None
+
+    def _started(self) -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):  # a node that hung: the others go on
+            self.started.wait(timeout=30)
+
+    def _open(self, node: str, namespace: str) -> Reader | None:
+        try:
+            reader = self.open_reader(codes.GROUP)
+        except OSError as err:
+            self.relay.fail(node, f"cannot open NFLOG group {codes.GROUP} in {namespace}: {err}")
+            return None
+        self.relay.fail(node, "")
+        return reader
+
+    def serve_metrics(self, node: str) -> None:
+        """/metrics on the node's site address, from a socket made here, in the node's namespace."""
+        address = str(self.plan.node(node).address)
+        metrics = self.metrics[node]
+        try:
+            metrics.server = exposition.MetricsServer(metrics.registry, exposition.listen(address, self.metrics_port))
+        except OSError as err:
+            print(f"{node}: metrics on {address}:{self.metrics_port}: {err}", flush=True)
+
+    def pump(self, node: str, reader: Reader) -> None:
+        """Read, enrich and hand over until stopped (OSError: the socket failed)."""
+        poller = select.poll()
+        poller.register(reader.fileno(), select.POLLIN)
+        names = interface_names()
+        metrics = self.metrics[node]
+        recorded = 0
+        while not self.stop.is_set():
+            if not poller.poll(POLL_MS):
+                continue
+            packets, lost = reader.read()
+            flows: list[Flow] = []
+            for p in packets:
+                if (p.indev and p.indev not in names) or (p.outdev and p.outdev not in names):
+                    names = interface_names()  # a pod was added since
+                record = self.record(node, p, names)
+                if record is None:
+                    continue
+                metrics.count(record)
+                flows.append(record.flow)
+            if lost:
+                metrics.lost.inc(lost)
+            before = max(0, recorded - self.capacity)
+            recorded += len(flows)
+            if recorded - self.capacity > before:
+                metrics.evicted.inc(recorded - self.capacity - before)
+            if flows or lost:
+                self.relay.submit(node, flows, lost)
+
+    def record(self, node: str, p: LoggedPacket, names: dict[int, str]) -> Enriched | None:
+        decoded = codes.decode_prefix(p.prefix)
+        if decoded is None:
+            return None
+        verdict, reason, direction = decoded
+        try:
+            return enrich(
+                p,
+                Observed(verdict, reason, direction),
+                node=node,
+                indev=names.get(p.indev, ""),
+                outdev=names.get(p.outdev, ""),
+                directory=self.directory,
+            )
+        except ValueError:
+            self.malformed[node] += 1
+            return None
+
+    # --- the daemon -------------------------------------------------------------------------------
+
+    async def main(self, ready: Callable[[], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stopped.set)
+        loop.add_signal_handler(signal.SIGINT, stopped.set)
+        path = self.state.dir / "flows.sock"
+        tmp = path.with_name("flows.sock.new")
+        # The socket's name appears only once every node has opened its reader (or failed to):
+        # `lab up` waits for the file, and a first reader then sees every node's status.
+        server = await self.relay.serve(tmp)
+        for n in self.plan.nodes:
+            threading.Thread(
+                target=self.run_node, args=(n.name, self.topo.node_ns[n.name]), name=f"flows-{n.name}", daemon=True
+            ).start()
+        await loop.run_in_executor(None, self._started)
+        tmp.replace(path)
+        print("ready", flush=True)
+        if ready is not None:
+            ready()
+        try:
+            await stopped.wait()
+        finally:
+            self.stop.set()
+            server.close()
+            path.unlink(missing_ok=True)
+
+
+def interface_names() -> dict[int, str]:
+    """ifindex → name in the calling thread's network namespace."""
+    return dict(socket.if_nameindex())
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m crossmesh.drivers.lab.flowsd")
+    parser.add_argument("lab_dir", metavar="LAB_DIR", help="the lab's folder, /run/crossmesh/cm-<tag>")
+    parser.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY, help="flow records kept per node")
+    args = parser.parse_args(argv)
+    if args.capacity < 1:
+        print(f"--capacity {args.capacity}: keep at least one record per node", file=sys.stderr)
+        return 2
+    tag = Path(args.lab_dir).name.removeprefix("cm-")
+    try:
+        state = LabState.load(tag)
+    except LabError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if state is None:
+        print(f"no lab state in {args.lab_dir}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    daemon = Daemon(state, capacity=args.capacity)
+    print(
+        f"{len(daemon.plan.nodes)} nodes, ring of {args.capacity} per node, {time.monotonic() - started:.1f} s to load"
+    )
+    asyncio.run(daemon.main())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

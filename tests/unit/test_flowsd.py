@@ -1,0 +1,174 @@
+"""The flow daemon's node reader with a fake NFLOG socket: records to the relay, metrics, losses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from crossmesh.drivers.lab.flowsd import Daemon, LoggedPacket, devices
+from crossmesh.drivers.lab.state import LabState
+from crossmesh.observe import codes
+from crossmesh.observe.flows import Verdict
+from crossmesh.workspace import compile_mesh
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@dataclass(frozen=True)
+class Packet:
+    prefix: str
+    src: str
+    dst: str
+    sport: int = 40000
+    dport: int = 80
+    protocol: int = 6
+    time: float = 1000.0
+    indev: int = 0
+    outdev: int = 0
+    orig_src: str = ""
+    orig_sport: int = 0
+    orig_dst: str = ""
+    orig_dport: int = 0
+
+
+class FakeReader:
+    """An NFLOG socket's interface over a pipe: `push` makes packets readable."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        self.pending: list[tuple[list[LoggedPacket], int]] = []
+        self.lock = threading.Lock()
+
+    def push(self, packets: list[Packet], lost: int = 0) -> None:
+        with self.lock:
+            self.pending.append((list(packets), lost))
+        os.write(self.w, b"x")
+
+    def fileno(self) -> int:
+        return self.r
+
+    def read(self) -> tuple[list[LoggedPacket], int]:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.r, 65536)
+        with self.lock:
+            batches, self.pending = self.pending, []
+        return [p for b, _ in batches for p in b], sum(n for _, n in batches)
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+@pytest.fixture(scope="module")
+def lab_state(tmp_path_factory: pytest.TempPathFactory) -> LabState:
+    tmp = tmp_path_factory.mktemp("lab")
+    shutil.copytree(EXAMPLES / "three-clouds", tmp / "m", ignore=shutil.ignore_patterns("state", ".crossmesh"))
+    compile_mesh(tmp / "m" / "mesh.yaml", tmp / "state")  # the keys a lab would have
+    return LabState(
+        tag="fake", mesh=str(tmp / "m" / "mesh.yaml"), mesh_name="three-clouds", state_dir=str(tmp / "state")
+    )
+
+
+@pytest.fixture
+def daemon(lab_state: LabState) -> Iterator[Daemon]:
+    d = Daemon(lab_state, capacity=100)
+    loop = asyncio.new_event_loop()
+    d.relay.loop = loop
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield d
+    d.stop.set()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+def pumping(d: Daemon, node: str, reader: FakeReader) -> threading.Thread:
+    t = threading.Thread(target=d.pump, args=(node, reader), daemon=True)
+    t.start()
+    return t
+
+
+def wait_for(check: object, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.01)
+    assert check(), "timed out"  # type: ignore[operator]
+
+
+def test_the_devices_of_each_node_come_from_the_topology(daemon: Daemon) -> None:
+    assert devices(daemon.topo)["aws-talos-1"] == {"cm-fake-g0": "wireguard", "cm-fake-x0": "vxlan"}
+
+
+def test_logged_packets_become_records_metrics_and_losses(daemon: Daemon) -> None:
+    reader = FakeReader()
+    pumping(daemon, "azure-talos-1", reader)
+    reader.push(
+        [
+            Packet(codes.NEW_INGRESS, "10.10.0.3", "10.11.0.3"),
+            Packet(codes.DEFAULT_INGRESS, "10.10.0.3", "10.11.0.3", dport=5353, protocol=17),
+            Packet("cm:something-else", "10.10.0.3", "10.11.0.3"),  # not a flow: skipped
+            Packet(codes.NEW_INGRESS, "fe80::1", "10.11.0.3"),  # not IPv4: counted, skipped
+        ],
+        lost=3,
+    )
+    ring = daemon.relay.rings["azure-talos-1"]
+    wait_for(lambda: ring.recorded == 2)
+    forwarded, dropped = ring.since(None)
+    assert forwarded.verdict is Verdict.FORWARDED and forwarded.direction == "ingress"
+    assert forwarded.policy == "CiliumNetworkPolicy cluster2/default/allow-x-wing-from-cluster1"
+    assert dropped.verdict is Verdict.DROPPED and "POLICY_DENIED by" in dropped.summary
+    assert ring.lost == 3 and daemon.malformed["azure-talos-1"] == 1
+    m = daemon.metrics["azure-talos-1"].registry
+    assert m.get_sample_value("hubble_drop_total", {"reason": "POLICY_DENIED", "protocol": "UDP"}) == 1
+    assert (
+        m.get_sample_value(
+            "hubble_flows_processed_total", {"type": "L3_L4", "subtype": "to-endpoint", "verdict": "FORWARDED"}
+        )
+        == 1
+    )
+    assert (
+        m.get_sample_value(
+            "hubble_policy_verdicts_total",
+            {
+                "direction": "ingress",
+                "match": "l3-l4",
+                "action": "forwarded",
+                "policy": "CiliumNetworkPolicy cluster2/default/allow-x-wing-from-cluster1",
+            },
+        )
+        == 1
+    )
+    assert m.get_sample_value("crossmesh_flows_lost_total") == 3
+    # Other nodes' rings are their own.
+    assert daemon.relay.rings["aws-talos-1"].recorded == 0
+
+
+def test_a_full_ring_counts_evictions_and_a_node_that_cannot_open_says_why(daemon: Daemon) -> None:
+    reader = FakeReader()
+    pumping(daemon, "aws-talos-1", reader)
+    reader.push([Packet(codes.NEW_EGRESS, "10.10.0.3", "10.11.0.3", time=float(i)) for i in range(150)])
+    ring = daemon.relay.rings["aws-talos-1"]
+    wait_for(lambda: ring.recorded == 150)
+    assert ring.evicted == 50 and len(ring) == 100
+    assert daemon.metrics["aws-talos-1"].registry.get_sample_value("crossmesh_flows_evicted_total") == 50
+
+    def refuse(group: int) -> FakeReader:
+        raise PermissionError(1, "Operation not permitted")
+
+    daemon.open_reader = refuse
+    assert daemon._open("gcp-talos-1", "cm-fake-n2") is None
+    wait_for(lambda: daemon.relay.rings["gcp-talos-1"].error != "")
+    assert daemon.relay.rings["gcp-talos-1"].error == (
+        f"cannot open NFLOG group {codes.GROUP} in cm-fake-n2: [Errno 1] Operation not permitted"
+    )
