@@ -6,7 +6,8 @@
     pods.py           the pods' echo workloads; `lab exec`; killing and reviving a pod
     control_plane.py  etcd and the per-node agents; crash-node (and recover_node); rotate-keys
     operators.py      the mesh applied to the lab's etcd, two operator replicas; crash-operator; the active gateways
-    services.py       starting the service daemon (servicesd.py) and the pods' resolv.conf
+    services.py       starting the service daemon (servicesd.py), the pods' resolv.conf, and the
+                      flow daemon (flowsd.py: NFLOG → flow records → flows.sock via flowrelay.py)
     teardown.py       down, leftovers, and removing what removed nodes left
     up.py             lab up: build or reconcile, then wait for handshakes and pods
     membership.py     add-node, remove-node
