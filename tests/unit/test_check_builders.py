@@ -90,6 +90,8 @@ def test_every_scenario_registers_in_report_order_and_the_facade_builds_them_all
         "nat",
         "anti_spoofing",
         "policy_matrix",
+        "allowed_flow_recorded",
+        "drop_attributed",
         "l7",
         "services",
         "gateway_failover",

@@ -76,7 +76,7 @@ def test_a_drop_is_red_and_a_forwarded_flow_is_not() -> None:
 
 def test_text_from_the_relay_is_printed_as_itself() -> None:
     hostile = FlowEndpoint(address="10.11.0.6", kind="pod", cluster="[red]c", namespace="[/]", name="x\\")
-    f = flow(NOW, hostile, DEATHSTAR, summary="[bold blink]boom[/bold blink] [link=http://x]y[/link]")
+    f = flow(NOW, hostile, DEATHSTAR, summary="a -> b — [bold blink]boom[/bold blink] [link=http://x]y[/link]")
     w = fmt.widths([f])
     line = shown(fmt.row(f, w, UTC))
     assert "[red]c/[/]/x\\:40000" in line
@@ -100,7 +100,7 @@ def test_the_summary_gives_a_drops_reason_first_then_what_the_flow_carries() -> 
         rule="ingress[0]",
     )
     assert fmt.summary(drop) == "POLICY_DENIED at ingress (cluster2/empire/deny-rebels rule ingress[0])"
-    assert fmt.summary(flow(NOW, XWING, DEATHSTAR, verdict=Verdict.DROPPED, summary="SYN")) == "dropped; SYN"
+    assert fmt.summary(flow(NOW, XWING, DEATHSTAR, verdict=Verdict.DROPPED, summary="a -> b — SYN")) == "dropped; SYN"
     carried = flow(
         NOW,
         XWING,
@@ -196,7 +196,7 @@ def test_any_flow_prints_as_one_line_of_its_own_text(f: Flow) -> None:
 
 
 def test_terminal_controls_from_the_relay_are_shown_not_obeyed() -> None:
-    f = flow(NOW, XWING, DEATHSTAR, node="n\x1b[2J", summary="a\rb\nc\u202ed\x9b")
+    f = flow(NOW, XWING, DEATHSTAR, node="n\x1b[2J", summary="x — a\rb\nc\u202ed\x9b")
     printed = shown(fmt.row(f, fmt.widths([f]), UTC), colour=True)
     assert "\x1b[2J" not in printed and "\r" not in printed and "\u202e" not in printed
     assert "n\\x1b[2J" in printed and printed.endswith("a\\rb\\nc\\u202ed\\x9b")

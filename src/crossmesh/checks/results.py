@@ -40,6 +40,7 @@ class Kind(StrEnum):
     NAT = "nat"
     FIDELITY = "fidelity"
     GATEWAY = "gateway"  # topology gateways: who carries each site, standbys, failover (issue 16)
+    OBSERVE = "observe"  # flow records: what the kernel logged against what the checks did (issue 14)
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from crossmesh.checks import (
     fidelity,
     gateways,
     mtu,
+    observe,
     policy,
     security,
     service_types,
@@ -21,7 +22,19 @@ from crossmesh.checks import (
 from crossmesh.checks.framework import CHECK_PATH, Context, Planned, Runner, Skips, build, builders, run
 from crossmesh.checks.gateways import lab_view
 
-SCENARIOS = (connectivity, failover, fidelity, gateways, mtu, policy, security, service_types, services, underlay)
+SCENARIOS = (
+    connectivity,
+    failover,
+    fidelity,
+    gateways,
+    mtu,
+    observe,
+    policy,
+    security,
+    service_types,
+    services,
+    underlay,
+)
 
 __all__ = [
     "CHECK_PATH",

@@ -23,6 +23,7 @@ from typing import NamedTuple, Protocol
 
 from crossmesh.model.plan import Plan, RouteVia
 from crossmesh.observe.flows import DropReason, Flow, FlowEndpoint, Tunnel, Verdict
+from crossmesh.policy.compile import L7_PROXY_PORT
 from crossmesh.policy.endpoints import world_endpoint
 from crossmesh.policy.evaluator import PolicyIndex, Reason, Side, evaluate
 from crossmesh.policy.model import ALL_PORTS, Endpoint, EndpointKind
@@ -218,10 +219,15 @@ def enrich(  # noqa: PLR0913 - the packet, what its rule said, where it was seen
     dst = IPv4Address(packet.dst)
     dport = packet.dport
     service = service_address = backend = ""
+    proxied = False
     if packet.orig_dst and (packet.orig_dst, packet.orig_dport) != (packet.dst, packet.dport):
         orig = IPv4Address(packet.orig_dst)
         service = directory.service(node, orig, packet.orig_dport, protocol)
         service_address = f"{orig}:{packet.orig_dport}"
+        owner = directory.endpoints.get(dst)
+        if not service and dport == L7_PROXY_PORT and owner is not None and owner.kind is EndpointKind.NODE:
+            # Redirected to the node's L7 proxy, which is transparent: the flow goes where it was sent.
+            dst, dport, service_address, proxied = orig, packet.orig_dport, "", True
     source = directory.flow_endpoint(src, node)
     destination = directory.flow_endpoint(dst, node)
     if service and destination.kind == "pod":
@@ -265,19 +271,27 @@ def enrich(  # noqa: PLR0913 - the packet, what its rule said, where it was seen
         backend=backend,
         tunnel=tunnel,
     )
+    if proxied:
+        note = "through the node's L7 proxy" + (f"; {note}" if note else "")
     return Enriched(dataclasses.replace(flow, summary=summary(flow, note)), match)
+
+
+def deciding(side: Side) -> tuple[str, str]:
+    """(policy, rule) that decide one direction, as `policy trace` names them: a rule's policy and
+    path; for a default deny, the selecting policies that make the direction default-deny, no rule."""
+    decision = side.decision
+    if side.reason is Reason.DEFAULT_DENY:
+        return ", ".join(str(p.id) for p in side.policies if side.direction in p.default_deny), ""
+    if decision is None:
+        return "", ""
+    return str(decision.rule.policy), decision.rule.path
 
 
 def attribution(side: Side, observed: Observed) -> tuple[str, str, str]:
     """(policy, rule, note) of one direction, as `policy trace` names them. A deny rule: its policy
     and the rule's path; a default deny: the selecting policies that make the direction default-deny,
     no rule (there is none). `note` is set when the kernel and the evaluator disagree."""
-    decision = side.decision
-    policy = str(decision.rule.policy) if decision is not None else ""
-    rule = decision.rule.path if decision is not None else ""
-    if side.reason is Reason.DEFAULT_DENY:
-        d = side.direction
-        policy = ", ".join(str(p.id) for p in side.policies if d in p.default_deny)
+    policy, rule = deciding(side)
     dropped = observed.verdict is Verdict.DROPPED
     if dropped and side.allowed:
         return policy, "", f"the kernel dropped it, but policy trace allows it: {side.message}"

@@ -74,9 +74,13 @@ def type_text(flow: Flow) -> str:
     return f"{flow.protocol}/HTTP" if flow.http else flow.protocol
 
 
+NOTE = " — "  # in a relay's summary line, what follows is its remark on the flow (observe/enrich.py)
+
+
 def summary(flow: Flow) -> str:
     """The SUMMARY column: for a drop its reason, the direction and the policy that decided first;
-    then the relay's own summary, or what the flow carries (HTTP, service, tunnel)."""
+    then what the flow carries (HTTP, service, tunnel) and the relay's remark, if any (the rest of
+    its summary line repeats the other columns)."""
     parts = []
     if flow.verdict is Verdict.DROPPED:
         why = flow.drop_reason.value or "dropped"
@@ -84,18 +88,17 @@ def summary(flow: Flow) -> str:
             why += f" at {flow.direction}"
         decided = " ".join(x for x in (flow.policy, f"rule {flow.rule}" if flow.rule else "") if x)
         parts.append(f"{why} ({decided})" if decided else why)
-    if flow.summary:
-        parts.append(flow.summary)
-    else:
-        if flow.http:
-            status = f" → {flow.http.status}" if flow.http.status else ""
-            parts.append(f"{flow.http.method} {flow.http.path}{status}")
-        if flow.service:
-            via = f" ({flow.service_address})" if flow.service_address else ""
-            to = f" → {flow.backend}" if flow.backend else ""
-            parts.append(f"service {flow.service}{via}{to}")
-        if flow.tunnel:
-            parts.append(f"over WireGuard with {flow.tunnel.peer} ({flow.tunnel.site})")
+    if flow.http:
+        status = f" → {flow.http.status}" if flow.http.status else ""
+        parts.append(f"{flow.http.method} {flow.http.path}{status}")
+    if flow.service:
+        via = f" ({flow.service_address})" if flow.service_address else ""
+        to = f" → {flow.backend}" if flow.backend else ""
+        parts.append(f"service {flow.service}{via}{to}")
+    if flow.tunnel:
+        parts.append(f"over WireGuard with {flow.tunnel.peer} ({flow.tunnel.site})")
+    if NOTE in flow.summary:  # the relay's remark (a disagreement with policy trace, the L7 proxy)
+        parts.append(flow.summary.split(NOTE, 1)[1])
     return "; ".join(parts)
 
 
