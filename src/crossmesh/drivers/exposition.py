@@ -13,11 +13,15 @@ import threading
 from collections.abc import Sequence
 from http.server import ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import MetricsHandler
 
 from crossmesh.observe.metrics import Metric
+
+# No `*_created` series beside every counter and histogram: Cilium and Hubble serve none, and
+# the catalogue (observe/metrics.py) and the dashboard know only the series crossmesh means.
+disable_created_metrics()
 
 
 class _Server(ThreadingHTTPServer):
