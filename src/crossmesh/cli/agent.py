@@ -14,6 +14,7 @@ import typer
 
 from crossmesh.cli.common import friendly
 from crossmesh.errors import UsageError
+from crossmesh.observe.metrics import AGENT_PORT
 from crossmesh.state.store import StateStore
 from crossmesh.workspace import compile_mesh
 
@@ -29,6 +30,7 @@ def require_agent_extra() -> None:
 
 DEFAULT_STATE = Path("/var/lib/crossmesh")  # an etcd-fed agent's key, status and device log
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+METRICS_ADDRESS = f":{AGENT_PORT}"  # every address, Cilium agent's port (agent config: metricsAddress)
 
 
 @friendly
@@ -55,7 +57,7 @@ def agent(
     ),
     namespace: str | None = typer.Option(None, "--netns", help="network namespace of the device (default: host)"),
     metrics_address: str = typer.Option(
-        ":9962",
+        METRICS_ADDRESS,
         "--metrics-address",
         help="where /metrics listens: HOST:PORT, :PORT (every address) or off",
     ),
@@ -104,7 +106,7 @@ class Where:
     etcd: list[str]
     ttl: int
     tls: dict[str, str] | None
-    metrics: str = ":9962"  # where /metrics listens (agent config: metricsAddress)
+    metrics: str = METRICS_ADDRESS  # where /metrics listens (agent config: metricsAddress)
 
 
 def mesh_file_config(mesh: Path, node: str, state: Path | None, where: Where) -> AgentConfig:

@@ -7,6 +7,12 @@ querying a series nobody serves. Names follow Cilium's and Hubble's style: a `cr
 snake case, the unit in the name, `_total` on counters. Labels are bounded: a peer is a node name,
 a service its `namespace/name`; no pod addresses.
 
+On a real cluster Cilium's Hubble serves the `hubble_*` series: `HUBBLE_HANDLERS` names the
+Hubble metrics handler behind each (an entry of the Helm value `hubble.metrics.enabled`, which
+render/cilium.py writes) and the labels Cilium gives it; `hubble_entry_labels` reads an entry back
+the way Hubble parses it. What only the lab serves — its service daemon's series, and the flow
+daemon's own `crossmesh_flows_*` — is `lab_only`, and the dashboard says so on its panels.
+
 Pure data: no prometheus-client here (the core imports no server).
 """
 
@@ -240,9 +246,85 @@ CATALOGUE: tuple[Metric, ...] = (
 
 SERIES: frozenset[str] = frozenset(s for m in CATALOGUE for s in m.series)
 
+
+@dataclass(frozen=True, slots=True)
+class HubbleHandler:
+    """A Hubble metrics handler of Cilium: `name` is its entry in `hubble.metrics.enabled`, `metric`
+    the series it registers, `labels` the labels it gives that series before any context option adds
+    its own (Cilium's pkg/hubble/metrics/<name>/handler.go, `Init`)."""
+
+    name: str
+    metric: Metric
+    labels: tuple[str, ...]
+
+
+# The lab's flow daemon serves the same names; its labels differ where the lab knows more or less:
+# `policy` on the verdicts (the deciding policy: Hubble's handler has no such label) and no
+# `protocol` on the flows. No dashboard query may use a label Hubble does not give (a test says so).
+HUBBLE_HANDLERS: tuple[HubbleHandler, ...] = (
+    HubbleHandler("flow", HUBBLE_FLOWS, ("protocol", "type", "subtype", "verdict")),
+    HubbleHandler("drop", HUBBLE_DROPS, ("reason", "protocol")),
+    HubbleHandler("policy", HUBBLE_POLICY_VERDICTS, ("direction", "match", "action")),
+)
+
+# Hubble's context options and the labels they add (pkg/hubble/metrics/api/context.go,
+# `GetLabelNames`): sourceContext adds `source`, destinationContext `destination`, labelsContext
+# the listed labels; the per-direction variants (sourceEgressContext, …) choose values, not labels.
+_CONTEXT_LABEL = {"sourcecontext": "source", "destinationcontext": "destination"}
+HUBBLE_CONTEXT_LABELS = frozenset(
+    {
+        "source_ip",
+        "source_pod",
+        "source_namespace",
+        "source_workload",
+        "source_app",
+        "destination_ip",
+        "destination_pod",
+        "destination_namespace",
+        "destination_workload",
+        "destination_app",
+        "traffic_direction",
+    }
+)
+
+
+def hubble_entry_labels(entry: str) -> tuple[str, frozenset[str]]:
+    """The handler an entry of `hubble.metrics.enabled` enables (`policy`,
+    `policy:sourceContext=namespace;labelsContext=source_pod`) and the labels its series then carry."""
+    name, _, options = entry.partition(":")
+    handler = next((h for h in HUBBLE_HANDLERS if h.name == name), None)
+    if handler is None:
+        raise ValueError(f"hubble metrics entry {entry!r}: no handler {name!r} in the catalogue")
+    labels = set(handler.labels)
+    for option in filter(None, options.split(";")):
+        key, _, value = option.partition("=")
+        if key.lower() in _CONTEXT_LABEL:
+            labels.add(_CONTEXT_LABEL[key.lower()])
+        elif key.lower() == "labelscontext":
+            wanted = set(value.split(","))
+            if unknown := sorted(wanted - HUBBLE_CONTEXT_LABELS):
+                raise ValueError(f"hubble metrics entry {entry!r}: labelsContext has no label {', '.join(unknown)}")
+            labels |= wanted
+    return name, frozenset(labels)
+
+
+def lab_only(metric: Metric) -> bool:
+    """Whether only the lab serves `metric`: its service daemon's (on real nodes Cilium balances
+    Services and enforces policy), and the flow daemon's series no Hubble handler produces."""
+    if metric.source is Source.SERVICES:
+        return True
+    return metric.source is Source.HUBBLE and all(h.metric != metric for h in HUBBLE_HANDLERS)
+
+
 _METRIC_NAME = re.compile(r"\b(?:crossmesh|hubble)_[a-z0-9_]+\b")
 
 
 def unknown_series(expr: str) -> list[str]:
     """The crossmesh and Hubble series names a PromQL expression selects that nobody serves."""
     return sorted({name for name in _METRIC_NAME.findall(expr) if name not in SERIES})
+
+
+def selected(expr: str) -> list[Metric]:
+    """The catalogue's metrics a PromQL expression selects, in catalogue order."""
+    names = set(_METRIC_NAME.findall(expr))
+    return [m for m in CATALOGUE if names & set(m.series)]

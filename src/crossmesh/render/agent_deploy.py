@@ -30,6 +30,13 @@ the ConfigMap `crossmesh-agent` in a cluster.
   Talos's network controller re-applies a WireguardConfig's peers whenever a link changes and would
   undo the agent's. A route-only Talos node has no WireguardConfig to leave out and keeps `talos.yaml`
   (validate refuses Talos nodes that must route via a gateway, so it arises only in a one-site mesh).
+
+Both serve the agent's metrics at :9962 on every address of the node (`--metrics-address`, stated
+rather than left to the default, so that the files say where): the port the rendered Prometheus
+configuration scrapes (render/grafana.py). The DaemonSets name it as the container port `metrics`
+(on the host network it is the node's port, so a second claim on it, such as Cilium agent's own
+Prometheus port, leaves the pod Pending and saying why) and carry the `prometheus.io/scrape` and
+`prometheus.io/port` annotations that Prometheus configurations discovering pods commonly read.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from typing import Any
 from crossmesh import __version__
 from crossmesh.kv.identities import runs_agent
 from crossmesh.model.plan import ClusterPlan, NodePlan, Plan
+from crossmesh.observe.metrics import AGENT_PORT
 
 AGENT_IMAGE = f"ghcr.io/crossmesh/agent:{__version__}"  # built from the repository's Dockerfile
 NAME = "crossmesh-agent"  # the Namespace's objects, and the DaemonSet of the tunnel nodes
@@ -54,6 +62,7 @@ ENDPOINTS_VAR = "CROSSMESH_ETCD_ENDPOINTS"
 EXECUTABLE = "/usr/local/bin/crossmesh"  # where `pip install 'crossmesh[agent]'` puts it as root
 WIREGUARD_GO_SOCKETS = "/var/run/wireguard"  # a node whose device is wireguard-go: its control socket
 STATUS_STALE_MINUTES = 2  # the agent rewrites its status file every 5 s while its loop runs
+METRICS_ADDRESS = f":{AGENT_PORT}"  # every address of the node: where Prometheus scrapes the agent
 
 
 def agent_nodes(plan: Plan, cluster: ClusterPlan) -> list[NodePlan]:
@@ -73,6 +82,7 @@ def agent_args(mesh: str, node: str, endpoints: str) -> list[str]:
         "--cert", ETCD_CERT,
         "--key", ETCD_KEY,
         "--state", STATE_DIR,
+        "--metrics-address", METRICS_ADDRESS,
     ]  # fmt: skip
 
 
@@ -257,6 +267,7 @@ def _daemonset(plan: Plan, cluster: ClusterPlan, nodes: list[NodePlan], interfac
                 "valueFrom": {"configMapKeyRef": {"name": NAME, "key": "etcd-endpoints"}},
             },
         ],
+        "ports": [{"name": "metrics", "containerPort": AGENT_PORT, "protocol": "TCP"}],
         "securityContext": security,
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
@@ -317,6 +328,12 @@ def _daemonset(plan: Plan, cluster: ClusterPlan, nodes: list[NodePlan], interfac
         "spec": {
             "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(AGENT_PORT)},
+                },
+                "spec": pod_spec,
+            },
         },
     }

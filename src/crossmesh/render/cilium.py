@@ -8,6 +8,15 @@ Cilium carries pods in VXLAN between node addresses, and crossmesh's own WireGua
 cross-site packet would be encrypted twice and lose 80 more bytes of MTU. `MTU` is the underlay the
 VXLAN packets cross, stated so that Cilium never derives it from whatever device it finds
 (wg-crossmesh included).
+
+Hubble is what records flows on real nodes (crossmesh's own flow daemon runs in the lab only), with
+its relay for `hubble observe` across the cluster, and serves on :9965 the Hubble metrics the
+rendered dashboard reads (render/grafana.py): `hubble.metrics.enabled` holds exactly the handlers of
+the catalogue's Hubble series (observe/metrics.py, HUBBLE_HANDLERS), with no context option — the
+dashboard selects by node, site and cluster, the scrape job's target labels, and a `source` or
+`destination` label would multiply every series by the pods talking with no panel reading it.
+Cilium agent's own /metrics stays off: its port is 9962, which crossmesh's agent (host network, on
+every node that runs one) serves.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from typing import Any
 from crossmesh.model.mesh import CILIUM_DEFAULT_MAX_CLUSTER_ID, MAX_CLUSTER_ID
 from crossmesh.model.plan import ClusterPlan, Plan
 from crossmesh.model.tls import CILIUM_NAMESPACE, CLUSTERMESH_NODEPORT, ClusterMeshTLS, clustermesh_clusters
+from crossmesh.observe import metrics
 from crossmesh.render.common import kube_proxy_replacement
 
 # Sidero's "Deploying Cilium CNI" guide (docs.siderolabs.com/kubernetes-guides/cni/deploying-cilium):
@@ -69,9 +79,20 @@ def values(plan: Plan, cluster: ClusterPlan, *, mcs_api: bool) -> dict[str, Any]
         "encryption": {"enabled": False},  # wg-crossmesh encrypts between sites; see the module's doc
         "MTU": dp.underlay_mtu.value,
         **({"clustermesh": clustermesh} if clustermesh else {}),
-        "hubble": {"enabled": True, "relay": {"enabled": True}, "ui": {"enabled": True}},
+        "hubble": {
+            "enabled": True,
+            "relay": {"enabled": True},
+            "ui": {"enabled": True},
+            "metrics": {"enabled": hubble_metrics(), "port": metrics.HUBBLE_PORT},
+        },
+        "prometheus": {"enabled": False},  # Cilium agent's port is 9962: crossmesh's agent serves it; see the doc
         **_distribution(cluster),
     }
+
+
+def hubble_metrics() -> list[str]:
+    """`hubble.metrics.enabled`: the handler of each Hubble series the dashboard may read."""
+    return [h.name for h in metrics.HUBBLE_HANDLERS]
 
 
 def _clustermesh(plan: Plan, cluster: ClusterPlan) -> dict[str, Any]:

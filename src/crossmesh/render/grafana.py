@@ -4,7 +4,10 @@ to scrape it.
     observability/grafana-dashboard.json   the mesh's dashboard (Grafana schema 39)
     observability/prometheus.yml           scrape jobs: every agent (:9962), every node's Hubble (:9965)
 
-Both come from the plan, so they name the mesh's real sites, clusters, nodes and tunnels. The scrape
+Both come from the plan, so they name the mesh's real sites, clusters, nodes and tunnels, and serve
+the lab and a real cluster alike: at :9962 the agent (a lab node's, or the rendered DaemonSet's or
+unit's), at :9965 Hubble (the lab's flow daemon, or Cilium's Hubble with the rendered values'
+`hubble.metrics`: render/cilium.py). A panel reading series only the lab serves says so. The scrape
 jobs label every target with its `node`, `site` and `cluster`, and the dashboard's template
 variables (options from the plan) select on those labels. Rows: the mesh's control plane, Hubble's
 flows and drops, the services, then one row per site with its nodes' tunnels — a panel per node
@@ -84,8 +87,9 @@ class _Grid:
             if p.kind == "timeseries"
             else {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
         }
-        if p.description:
-            panel["description"] = p.description
+        description = " ".join(filter(None, (p.description, _lab_note(p))))
+        if description:
+            panel["description"] = description
         self.panels.append(panel)
         self.x += p.width
         self.line = max(self.line, height)
@@ -94,6 +98,24 @@ class _Grid:
         if self.x:
             self.y += self.line
         self.x, self.line = 0, 0
+
+
+def _lab_note(p: Panel) -> str:
+    """What a panel reading series only the lab serves (observe/metrics.lab_only) tells whoever loads
+    the dashboard for a real cluster."""
+    found = [x for t in p.targets for x in m.selected(t.expr) if m.lab_only(x)]
+    services = sorted({x.name for x in found if x.source is m.Source.SERVICES})
+    flows = sorted({x.name for x in found if x.source is m.Source.HUBBLE})
+    notes = []
+    if services:
+        notes.append(
+            f"Lab only: the lab's service daemon serves {', '.join(services)} at :{m.SERVICES_PORT}, which the "
+            "rendered prometheus.yml does not scrape (on a real cluster the port is Cilium operator's). "
+            "On a real cluster Cilium balances the Services and enforces the policies, and this panel stays empty."
+        )
+    if flows:
+        notes.append(f"Lab only: the lab's flow daemon serves {', '.join(flows)}; Cilium's Hubble has no such series.")
+    return " ".join(notes)
 
 
 def _pos(x: int, y: int, w: int, h: int) -> dict[str, int]:
