@@ -71,8 +71,8 @@ def test_the_flow_daemon_records_allowed_and_denied_flows_with_their_policy(make
             break
         time.sleep(0.2)
 
-    # Every node answers, none with an error.
-    assert sorted(status["nodes"]) == sorted(st.nodes)
+    # Every node answers, and every site router (its firewall's drops), none with an error.
+    assert sorted(status["nodes"]) == sorted([*st.nodes, *(f"router/{site}" for site in st.sites)])
     assert all(n["error"] == "" and n["lost"] == 0 for n in status["nodes"].values()), status
     # The allowed connection: on the sending node (egress) and the receiving node (ingress), through the tunnel.
     assert allowed == {(a, "egress"), (b, "ingress")}, [f.summary for f in flows]

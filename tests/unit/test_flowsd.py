@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import threading
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from crossmesh.drivers.lab import l7log
 from crossmesh.drivers.lab.flowsd import Daemon, LoggedPacket, devices
 from crossmesh.drivers.lab.state import LabState
-from crossmesh.observe import codes
-from crossmesh.observe.flows import Verdict
+from crossmesh.observe import codes, l7
+from crossmesh.observe.flows import DropReason, Http, Verdict
 from crossmesh.workspace import compile_mesh
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -172,3 +174,92 @@ def test_a_full_ring_counts_evictions_and_a_node_that_cannot_open_says_why(daemo
     assert daemon.relay.rings["gcp-talos-1"].error == (
         f"cannot open NFLOG group {codes.GROUP} in cm-fake-n2: [Errno 1] Operation not permitted"
     )
+
+
+def test_each_site_router_has_a_ring_and_its_firewall_drops_name_the_world_and_the_node(daemon: Daemon) -> None:
+    assert {"router/aws-sg", "router/azure-we", "router/gcp-ew"} <= set(daemon.relay.rings)
+    assert daemon.namespaces["router/aws-sg"] == daemon.topo.site_ns["aws-sg"]
+    reader = FakeReader()
+    pumping(daemon, "router/aws-sg", reader)
+    # After the router's 1:1 NAT: from an internet address to the node behind 203.0.113.10.
+    reader.push(
+        [
+            Packet(codes.FIREWALL, "198.51.100.7", "10.0.1.5", sport=40123, dport=2222),
+            Packet(codes.PRIVATE_TO_INTERNET, "10.0.1.5", "10.1.1.5", dport=443),
+        ]
+    )
+    ring = daemon.relay.rings["router/aws-sg"]
+    wait_for(lambda: ring.recorded == 2)
+    fw, private = ring.since(None)
+    assert (fw.verdict, fw.drop_reason.value, fw.node) == (Verdict.DROPPED, "FIREWALL_DENIED", "router/aws-sg")
+    assert (fw.source.kind, fw.source.address) == ("world", "198.51.100.7")
+    assert (fw.destination.kind, fw.destination.name, fw.destination_port) == ("node", "aws-talos-1", 2222)
+    assert fw.summary == "198.51.100.7:40123 -> aws-talos-1:2222 TCP DROPPED (FIREWALL_DENIED)"
+    assert (private.drop_reason.value, private.source.name) == ("NO_ROUTE", "aws-talos-1")
+    m = daemon.metrics["router/aws-sg"].registry
+    assert m.get_sample_value("hubble_drop_total", {"reason": "FIREWALL_DENIED", "protocol": "TCP"}) == 1
+
+
+def send_http(daemon: Daemon, path: Path, datagrams: list[bytes]) -> None:
+    """Serve l7.sock on the daemon's loop and send `datagrams` to it as the proxy does."""
+    assert daemon.relay.loop is not None
+    asyncio.run_coroutine_threadsafe(daemon.serve_http(path), daemon.relay.loop).result(5)
+    assert path.stat().st_mode & 0o777 == 0o600
+    sender = l7log.HttpLog(path)
+    for data in datagrams:
+        sender.sock.sendto(data, str(path))
+    sender.close()
+
+
+def test_the_l7_proxys_datagrams_become_http_records_of_its_node_and_bad_ones_are_counted(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    allowed = l7.HttpEvent(
+        time=2000.0,
+        node="azure-talos-1",
+        source="10.10.0.3",
+        source_port=41000,
+        destination="10.11.0.2",
+        destination_port=80,
+        method="GET",
+        path="/public",
+        status=200,
+        verdict=Verdict.FORWARDED,
+        direction="ingress",
+        policy="CiliumNetworkPolicy cluster2/default/hq-read-only",
+        rule="spec.ingress[0]",
+        match="l7/http",
+    )
+    refused = dataclasses.replace(
+        allowed, method="POST", status=403, verdict=Verdict.DROPPED, drop_reason=DropReason.POLICY_DENIED
+    )
+    bad = [
+        b"not json",
+        l7.encode(dataclasses.replace(allowed, node="router/aws-sg")),  # a router has no proxy
+        l7.encode(dataclasses.replace(allowed, node="nobody")),
+        b"{" + b" " * 10000 + b"}",
+    ]
+    send_http(daemon, tmp_path / "l7.sock", [l7.encode(allowed), *bad, l7.encode(refused)])
+    ring = daemon.relay.rings["azure-talos-1"]
+    wait_for(lambda: ring.recorded == 2 and daemon.http_malformed == 4)
+    got, denied = ring.since(None)
+    assert got.http == Http("GET", "/public", 200) and got.destination.ref == "cluster2/default/hq-0"
+    assert (denied.http, denied.verdict, denied.rule) == (
+        Http("POST", "/public", 403),
+        Verdict.DROPPED,
+        "spec.ingress[0]",
+    )
+    m = daemon.metrics["azure-talos-1"].registry
+    flows = "hubble_flows_processed_total"
+    assert m.get_sample_value(flows, {"type": "L7", "subtype": "HTTP", "verdict": "FORWARDED"}) == 1
+    assert m.get_sample_value(flows, {"type": "L7", "subtype": "HTTP", "verdict": "DROPPED"}) == 1
+    verdicts = {"direction": "ingress", "match": "l7/http", "policy": allowed.policy}
+    assert m.get_sample_value("hubble_policy_verdicts_total", {**verdicts, "action": "dropped"}) == 1
+    assert daemon.relay.rings["router/aws-sg"].recorded == 0
+
+
+def test_a_proxy_whose_flow_daemon_is_not_listening_counts_the_record_and_goes_on(tmp_path: Path) -> None:
+    sender = l7log.HttpLog(tmp_path / "l7.sock")
+    event = l7.HttpEvent(1.0, "n", "10.0.0.1", 1, "10.0.0.2", 80, "GET", "/", 200, Verdict.FORWARDED)
+    assert sender.send(event) is False and sender.unsent == 1
+    sender.close()

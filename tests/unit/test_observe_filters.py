@@ -23,6 +23,7 @@ WORLD = FlowEndpoint(address="203.0.113.9")
 KNOWN = Known(
     pods=frozenset({"cluster1/default/x-wing-0", "cluster2/default/x-wing-1", "cluster2/empire/deathstar-1"}),
     nodes=frozenset({"c1-n1", "c1-n2", "c2-n1"}),
+    routers=frozenset({"router/aws-sg", "router/gcp-ew"}),
 )
 
 
@@ -154,6 +155,21 @@ def test_an_unknown_node_and_a_pod_name_written_alone() -> None:
     assert "pods are written NAMESPACE/POD or CLUSTER/NAMESPACE/POD, e.g. cluster1/default/x-wing-0" in p
     (p,) = problems(nodes=["c9-n9"])
     assert p.startswith("--node 'c9-n9': the lab has no node 'c9-n9'")
+
+
+def test_a_site_routers_records_are_chosen_by_router_and_site() -> None:
+    f = flow(NOW, WORLD, NODE, verdict=Verdict.DROPPED, node="router/aws-sg")
+    assert parse(nodes=["router/aws-sg"]).matches(f) and not parse(nodes=["router/gcp-ew"]).matches(f)
+    (p,) = problems(nodes=["router/aws-eu"])
+    assert p.startswith("--node 'router/aws-eu': the lab has no node 'router/aws-eu' — did you mean")
+    assert "router/aws-sg" in p
+    (p,) = problems(nodes=["router/"])
+    assert "router/SITE for a site router's firewall" in p
+    (p,) = problems(sources=["router/aws-sg"])  # a router records flows; it is not one of their ends
+    assert p == (
+        "--from 'router/aws-sg': router/aws-sg is a site router, not an end of a flow: "
+        "--node router/aws-sg shows what it dropped"
+    )
 
 
 def test_with_nothing_close_the_known_names_are_listed() -> None:

@@ -144,7 +144,10 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
     flows = (
         f"relay at {escape(str(state.dir / 'flows.sock'))}" if labs.alive(state.flows_pid) else "[red]not running[/red]"
     )
-    out.print(f"flow daemon: {flows} (`crossmesh observe`; metrics on every node's address, port 9965)")
+    out.print(
+        f"flow daemon: {flows} (`crossmesh observe`, site routers as router/SITE; "
+        "metrics on every node's address, port 9965)"
+    )
     t = Table(title="Nodes", title_justify="left")
     for c in ("node", "namespace", "namespace up", "workload", "WireGuard", "forwarding", "uplink"):
         t.add_column(c, overflow="fold")

@@ -20,7 +20,7 @@ from crossmesh.drivers.lab import relay_client
 from crossmesh.errors import UsageError
 from crossmesh.observe import filters
 from crossmesh.observe import format as fmt
-from crossmesh.observe.flows import Flow
+from crossmesh.observe.flows import Flow, router_node
 from crossmesh.observe.wire import Status
 
 DEFAULT_LAST = 20  # as hubble observe: with no --last, --since, --until or --follow
@@ -41,7 +41,8 @@ logged them, read from every node through the lab's flow relay.
                a node name (c1-n1, or c1-*), an IPv4 address or CIDR (10.11.0.0/16), or world.
                Pod and node names must be the lab's: a typo is an error with the close names.
   --namespace  either end's namespace;  --port  either end's port (or the service port it was sent to);
-  --verdict FORWARDED|DROPPED;  --protocol tcp|udp|icmp|sctp;  --node  the node that recorded the flow;
+  --verdict FORWARDED|DROPPED;  --protocol tcp|udp|icmp|sctp;  --node  the node that recorded the flow
+               (router/SITE: what the site router's firewall dropped);
   --since/--until  30s, 5m, 2h, 1d, 1h30m back from now, or a time: 2024-05-01T12:00:00Z
                (without an offset: local time).
 
@@ -77,7 +78,9 @@ def observe(
     protocols: list[str] = typer.Option(
         [], "--protocol", metavar="PROTOCOL", help="tcp, udp, icmp or sctp (repeatable)"
     ),
-    nodes: list[str] = typer.Option([], "--node", metavar="NODE", help="the node that recorded the flow (repeatable)"),
+    nodes: list[str] = typer.Option(
+        [], "--node", metavar="NODE", help="the node that recorded the flow, or router/SITE (repeatable)"
+    ),
     since: str | None = typer.Option(
         None, "--since", metavar="WHEN", help="flows from: 30s, 5m, 2h, 1d back, or an RFC 3339 time"
     ),
@@ -114,7 +117,15 @@ def observe(
     if lab is not None and mesh is not None:
         raise UsageError("--lab and --mesh both name the lab: give one")
     state = _lab(lab, mesh) if socket is None or lab is not None or mesh is not None else None
-    known = filters.Known(pods=frozenset(state.pods), nodes=frozenset(state.nodes)) if state else None
+    known = (
+        filters.Known(
+            pods=frozenset(state.pods),
+            nodes=frozenset(state.nodes),
+            routers=frozenset(router_node(site) for site in state.sites),
+        )
+        if state
+        else None
+    )
     now, tz = time.time(), _local_zone()
     try:
         wanted = filters.parse(

@@ -278,10 +278,14 @@ def enrich(  # noqa: PLR0913 - the packet, what its rule said, where it was seen
 
 def deciding(side: Side) -> tuple[str, str]:
     """(policy, rule) that decide one direction, as `policy trace` names them: a rule's policy and
-    path; for a default deny, the selecting policies that make the direction default-deny, no rule."""
+    path; for a default deny, the selecting policies that make the direction default-deny, no rule;
+    for an HTTP request no HTTP rule admits, the policies and rules whose HTTP rules it failed."""
     decision = side.decision
     if side.reason is Reason.DEFAULT_DENY:
         return ", ".join(str(p.id) for p in side.policies if side.direction in p.default_deny), ""
+    if side.reason is Reason.L7_DENIED:
+        rules = dict.fromkeys((str(r.policy), r.path) for r, _ in side.http_rules)  # once each, in order
+        return ", ".join(dict.fromkeys(p for p, _ in rules)), ", ".join(dict.fromkeys(r for _, r in rules))
     if decision is None:
         return "", ""
     return str(decision.rule.policy), decision.rule.path
@@ -326,7 +330,11 @@ def summary(flow: Flow, note: str = "") -> str:
     text = f"{src} -> {dst}"
     if flow.service:
         text += f" (service {flow.service} {flow.service_address})"
-    text += f" {flow.protocol} {flow.verdict.value}"
+    protocol = flow.protocol
+    if flow.http is not None:
+        text += f" {flow.http.method} {flow.http.path}" + (f" → {flow.http.status}" if flow.http.status else "")
+        protocol += "/HTTP"
+    text += f" {protocol} {flow.verdict.value}"
     if flow.verdict is Verdict.DROPPED:
         why = flow.drop_reason.value or "DROPPED"
         if flow.policy:

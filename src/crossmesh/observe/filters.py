@@ -18,9 +18,9 @@ A `*` may only end the last part. Names are checked against the lab's pods and n
 known (`Known`): a name that matches nothing is an error listing the close names — a typo would
 otherwise show no flow at all and look like silence. `--port` matches either end's port or the port
 of the service address the flow was sent to; `--namespace` either end's namespace; `--node` the node
-that recorded the flow. `--since` and `--until` take a duration back from now (`30s`, `5m`, `2h`,
-`1d`, `1h30m`) or an RFC 3339 / ISO 8601 time (`2024-05-01T12:00:00Z`; without an offset, in the
-time zone given, the user's own).
+that recorded the flow (`router/<site>`: what a site router's firewall dropped). `--since` and
+`--until` take a duration back from now (`30s`, `5m`, `2h`, `1d`, `1h30m`) or an RFC 3339 / ISO 8601
+time (`2024-05-01T12:00:00Z`; without an offset, in the time zone given, the user's own).
 
 Pure: the clock (`now`) and the time zone are arguments.
 """
@@ -35,7 +35,7 @@ from datetime import datetime, tzinfo
 from ipaddress import IPv4Address, IPv4Network, ip_network
 from typing import TypeVar
 
-from crossmesh.observe.flows import Flow, FlowEndpoint, Verdict
+from crossmesh.observe.flows import ROUTER_PREFIX, Flow, FlowEndpoint, Verdict
 
 T = TypeVar("T")
 PROTOCOLS = ("TCP", "UDP", "ICMP", "SCTP")
@@ -58,10 +58,12 @@ class FilterError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Known:
-    """What the lab has, to check names against: pod refs CLUSTER/NAMESPACE/POD and node names."""
+    """What the lab has, to check names against: pod refs CLUSTER/NAMESPACE/POD, node names, and
+    the names its site routers' records carry (`router/<site>`, only for `--node`)."""
 
     pods: frozenset[str] = frozenset()
     nodes: frozenset[str] = frozenset()
+    routers: frozenset[str] = frozenset()
 
     @property
     def namespaces(self) -> frozenset[str]:
@@ -274,6 +276,8 @@ def _check(ep: Endpoint, known: Known) -> None:
         raise ValueError(f"the lab has no node {_what(ep)}{_suggest(ep.name, known.nodes, 'nodes')}")
     if any(ep.matches_ref(p) for p in known.pods):
         return
+    if ep.text in known.routers:
+        raise ValueError(f"{ep.text} is a site router, not an end of a flow: --node {ep.text} shows what it dropped")
     candidates = known.pods if ep.cluster else {p.split("/", 1)[1] for p in known.pods}
     typed = ep.text.rstrip("*")
     raise ValueError(f"the lab has no pod {_what(ep)}{_suggest(typed, candidates, 'pods')}")
@@ -306,10 +310,12 @@ def _namespace(value: str, known: Known | None) -> str:
 
 
 def _node(value: str, known: Known | None) -> str:
-    if not _NAME.match(value):
-        raise ValueError("not a node name (e.g. c1-n1)")
-    if known is not None and value not in known.nodes:
-        raise ValueError(f"the lab has no node {value!r}{_suggest(value, known.nodes, 'nodes')}")
+    site = value.removeprefix(ROUTER_PREFIX)
+    if not _NAME.match(site):
+        raise ValueError("not a node name (e.g. c1-n1, or router/SITE for a site router's firewall)")
+    if known is not None and value not in known.nodes | known.routers:
+        recorders = known.nodes | known.routers
+        raise ValueError(f"the lab has no node {value!r}{_suggest(value, recorders, 'nodes and routers')}")
     return value
 
 

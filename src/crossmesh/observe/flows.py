@@ -71,7 +71,7 @@ class Http:
 @dataclass(frozen=True, slots=True)
 class Flow:
     time: float  # seconds since the epoch
-    node: str  # the node that saw it
+    node: str  # the node that saw it, or `router/<site>` for a site router's firewall (router_node)
     verdict: Verdict
     protocol: str  # TCP, UDP, ICMP, SCTP
     source: FlowEndpoint
@@ -128,6 +128,14 @@ class Flow:
             else Http(_str(_obj(http, "http"), "method"), _str(http, "path"), _port(http, "status")),
             summary=_str(d, "summary", ""),
         )
+
+
+ROUTER_PREFIX = "router/"
+
+
+def router_node(site: str) -> str:
+    """The name a site router's records carry as their `node`: `router/<site>`."""
+    return ROUTER_PREFIX + site
 
 
 MAX_TEXT = 1024

@@ -14,7 +14,7 @@ import contextlib
 import os
 import socket
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,8 +36,17 @@ class Client:
 
 
 class Relay:
-    def __init__(self, nodes: Iterable[str], capacity: int = DEFAULT_CAPACITY, queue: int = CLIENT_QUEUE) -> None:
+    def __init__(
+        self,
+        nodes: Iterable[str],
+        capacity: int = DEFAULT_CAPACITY,
+        queue: int = CLIENT_QUEUE,
+        *,
+        on_evicted: Callable[[str, int], None] | None = None,
+    ) -> None:
+        """`on_evicted(node, n)`: called in the loop when `n` of `node`'s records left its ring."""
         self.rings = {n: Ring(capacity) for n in nodes}
+        self.on_evicted = on_evicted
         self.queue_limit = queue
         self.clients: set[Client] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -63,7 +72,10 @@ class Relay:
         """In the loop: records into `node`'s ring and to every following client."""
         ring = self.rings[node]
         ring.add_lost(lost)
+        evicted = ring.evicted
         ring.extend(flows)
+        if self.on_evicted is not None and ring.evicted > evicted:
+            self.on_evicted(node, ring.evicted - evicted)
         if not self.clients or not flows:
             return
         lines = [relay.flow_line(f) for f in flows]

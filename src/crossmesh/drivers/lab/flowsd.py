@@ -7,17 +7,30 @@ that group (drivers/nflog.py), turns each packet into a flow record (observe/enr
 Service, tunnel, deciding policy) and hands it to the relay (flowrelay.py), which keeps a
 bounded ring per node and serves them all on `<lab dir>/flows.sock` (observe/relay.py).
 
-The same thread serves the node's Hubble-style metrics on its site address, port 9965, from a
-socket it creates inside the namespace, one registry per node (names: observe/metrics.py):
+Two kinds of flow the nodes' log rules cannot see have readers of their own:
 
-    hubble_flows_processed_total{type="L3_L4", subtype, verdict}
+- each site router's firewall (the cloud's, in front of the site's nodes) logs its drops to the
+  same group in the router's namespace: one more reader thread per router, its records kept
+  under the node name `router/<site>` (unsolicited from the internet: FIREWALL_DENIED; a private
+  destination towards the internet: NO_ROUTE);
+- each node's L7 proxy (the service daemon) reports every HTTP request it handled as a datagram
+  on `<lab dir>/l7.sock` (drivers/lab/l7log.py, observe/l7.py): method, path, status, verdict and
+  deciding rule, recorded in the ring of the proxy's node. Datagrams are untrusted: one that does
+  not decode, or names no node of the lab, is counted (`http_malformed`) and dropped.
+
+The same thread serves the node's Hubble-style metrics on its site address, port 9965, from a
+socket it creates inside the namespace, one registry per node (names: observe/metrics.py); a
+router's are on its address in the site network (the nodes' gateway):
+
+    hubble_flows_processed_total{type="L3_L4" | "L7", subtype, verdict}
     hubble_drop_total{reason, protocol}
     hubble_policy_verdicts_total{direction, match, action, policy}
     crossmesh_flows_lost_total, crossmesh_flows_evicted_total
 
 `subtype`: to-endpoint (allowed into a local pod), to-overlay (out through a tunnel), to-stack
-(otherwise), "" for drops. `policy` is the deciding policy as `policy trace` names it ("" when
-none decided): its values are the mesh's own policies, a set the mesh file bounds.
+(otherwise), "" for drops; HTTP for an L7 record, as Hubble labels its L7 flows. `policy` is the
+deciding policy as `policy trace` names it ("" when none decided): its values are the mesh's own
+policies, a set the mesh file bounds.
 
 A node whose NFLOG socket cannot be opened gets the error in its status (the relay shows it);
 the other nodes go on, and the daemon tries that node again every few seconds.
@@ -30,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import select
 import signal
 import socket
@@ -43,18 +57,19 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from crossmesh.drivers import exposition
-from crossmesh.drivers.lab import flowrelay, netns
+from crossmesh.drivers.lab import flowrelay, l7log, netns
 from crossmesh.drivers.lab.desired import policy_index, topology_of
 from crossmesh.drivers.lab.state import LabError, LabState
 from crossmesh.drivers.lab.topology import LabTopology
-from crossmesh.observe import codes
+from crossmesh.observe import codes, l7
 from crossmesh.observe import metrics as catalogue
 from crossmesh.observe.enrich import VXLAN, WIREGUARD, Directory, Enriched, Observed, Packet, enrich
-from crossmesh.observe.flows import Flow, Verdict
+from crossmesh.observe.flows import ROUTER_PREFIX, Flow, Verdict, router_node
 from crossmesh.observe.ring import DEFAULT_CAPACITY
 
 REOPEN_EVERY = 5.0  # seconds between attempts to open a node's NFLOG socket again
 POLL_MS = 500
+REPORT_MALFORMED = 100  # a malformed HTTP datagram is logged once in this many
 
 
 class LoggedPacket(Packet, Protocol):
@@ -106,6 +121,7 @@ class NodeMetrics:
 
     def count(self, record: Enriched) -> None:
         flow = record.flow
+        kind = "L3_L4"
         if flow.verdict is Verdict.DROPPED:
             subtype = ""
             self.drops.labels(flow.drop_reason.value or "UNKNOWN", flow.protocol).inc()
@@ -113,7 +129,9 @@ class NodeMetrics:
             subtype = "to-endpoint"
         else:
             subtype = "to-overlay" if flow.tunnel is not None else "to-stack"
-        self.flows.labels("L3_L4", subtype, flow.verdict.value).inc()
+        if flow.http is not None:
+            kind, subtype = "L7", "HTTP"
+        self.flows.labels(kind, subtype, flow.verdict.value).inc()
         if flow.direction:
             self.verdicts.labels(flow.direction, record.match, flow.verdict.value.lower(), flow.policy).inc()
 
@@ -131,14 +149,25 @@ class Daemon:
         compiled, self.topo = topology_of(state)
         self.plan = compiled.plan
         self.directory = Directory.build(self.plan, policy_index(compiled), devices(self.topo))
-        self.relay = flowrelay.Relay([n.name for n in self.plan.nodes], capacity)
+        # What each reader thread watches, by the name its records carry: the nodes, then the routers.
+        self.namespaces = {n.name: self.topo.node_ns[n.name] for n in self.plan.nodes}
+        self.addresses = {n.name: str(n.address) for n in self.plan.nodes}  # where each serves /metrics
+        for site in self.plan.sites:
+            if site.name in self.topo.site_ns:
+                self.namespaces[router_node(site.name)] = self.topo.site_ns[site.name]
+                self.addresses[router_node(site.name)] = str(site.network.network_address + 1)
+        self.relay = flowrelay.Relay(self.namespaces, capacity, on_evicted=self._evicted)
         self.capacity = capacity
         self.open_reader = open_reader
         self.metrics_port = metrics_port
-        self.metrics = {n.name: NodeMetrics() for n in self.plan.nodes}
+        self.metrics = {name: NodeMetrics() for name in self.namespaces}
         self.malformed = dict.fromkeys(self.metrics, 0)  # packets enrich refused (not IPv4, …)
+        self.http_malformed = 0  # datagrams on l7.sock that were not an HTTP event of a node
         self.stop = threading.Event()
-        self.started = threading.Barrier(len(self.plan.nodes) + 1)
+        self.started = threading.Barrier(len(self.namespaces) + 1)
+
+    def _evicted(self, node: str, count: int) -> None:
+        self.metrics[node].evicted.inc(count)
 
     # --- one node ---------------------------------------------------------------------------------
 
@@ -180,7 +209,7 @@ class Daemon:
 
     def serve_metrics(self, node: str) -> None:
         """/metrics on the node's site address, from a socket made here, in the node's namespace."""
-        address = str(self.plan.node(node).address)
+        address = self.addresses[node]
         metrics = self.metrics[node]
         try:
             metrics.server = exposition.MetricsServer(metrics.registry, exposition.listen(address, self.metrics_port))
@@ -193,7 +222,6 @@ class Daemon:
         poller.register(reader.fileno(), select.POLLIN)
         names = interface_names()
         metrics = self.metrics[node]
-        recorded = 0
         while not self.stop.is_set():
             if not poller.poll(POLL_MS):
                 continue
@@ -209,10 +237,6 @@ class Daemon:
                 flows.append(record.flow)
             if lost:
                 metrics.lost.inc(lost)
-            before = max(0, recorded - self.capacity)
-            recorded += len(flows)
-            if recorded - self.capacity > before:
-                metrics.evicted.inc(recorded - self.capacity - before)
             if flows or lost:
                 self.relay.submit(node, flows, lost)
 
@@ -234,6 +258,43 @@ class Daemon:
             self.malformed[node] += 1
             return None
 
+    # --- the L7 proxies' records ------------------------------------------------------------------
+
+    def take_http(self, data: bytes) -> Flow | None:
+        """In the loop: one datagram from an L7 proxy into its node's ring (None: malformed, counted)."""
+        try:
+            event = l7.decode(data)
+            if event.node not in self.namespaces or event.node.startswith(ROUTER_PREFIX):
+                raise ValueError(f"node: {event.node[:40]!r} is not a node of the lab")
+            record = l7.to_flow(event, self.directory)
+        except ValueError as err:
+            self.http_malformed += 1
+            if self.http_malformed % REPORT_MALFORMED == 1:
+                print(f"l7.sock: a malformed datagram ({self.http_malformed} so far): {err}", flush=True)
+            return None
+        self.metrics[event.node].count(record)
+        self.relay.add(event.node, [record.flow])
+        return record.flow
+
+    async def serve_http(self, path: Path) -> asyncio.DatagramTransport:
+        """Receive the L7 proxies' datagrams on `path` (mode 0600; a stale socket there is replaced)."""
+        path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        daemon = self
+
+        class Intake(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: object) -> None:
+                daemon.take_http(data)
+
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Intake, sock=sock)
+        return transport
+
     # --- the daemon -------------------------------------------------------------------------------
 
     async def main(self, ready: Callable[[], None] | None = None) -> None:
@@ -246,10 +307,10 @@ class Daemon:
         # The socket's name appears only once every node has opened its reader (or failed to):
         # `lab up` waits for the file, and a first reader then sees every node's status.
         server = await self.relay.serve(tmp)
-        for n in self.plan.nodes:
-            threading.Thread(
-                target=self.run_node, args=(n.name, self.topo.node_ns[n.name]), name=f"flows-{n.name}", daemon=True
-            ).start()
+        http_path = l7log.socket_path(self.state.dir)
+        http = await self.serve_http(http_path)
+        for name, namespace in self.namespaces.items():
+            threading.Thread(target=self.run_node, args=(name, namespace), name=f"flows-{name}", daemon=True).start()
         await loop.run_in_executor(None, self._started)
         tmp.replace(path)
         print("ready", flush=True)
@@ -260,7 +321,9 @@ class Daemon:
         finally:
             self.stop.set()
             server.close()
+            http.close()
             path.unlink(missing_ok=True)
+            http_path.unlink(missing_ok=True)
 
 
 def interface_names() -> dict[int, str]:
@@ -287,8 +350,10 @@ def main(argv: list[str]) -> int:
         return 2
     started = time.monotonic()
     daemon = Daemon(state, capacity=args.capacity)
+    routers = len(daemon.namespaces) - len(daemon.plan.nodes)
     print(
-        f"{len(daemon.plan.nodes)} nodes, ring of {args.capacity} per node, {time.monotonic() - started:.1f} s to load"
+        f"{len(daemon.plan.nodes)} nodes, {routers} routers, ring of {args.capacity} per node, "
+        f"{time.monotonic() - started:.1f} s to load"
     )
     asyncio.run(daemon.main())
     return 0

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from crossmesh.drivers import nflog
-from crossmesh.drivers.lab import dns, flowrelay, flowsd, reconcile, servicenat, servicesd
+from crossmesh.drivers.lab import dns, flowrelay, flowsd, l7log, reconcile, servicenat, servicesd
 from crossmesh.drivers.lab.processes import alive, stop_group
 from crossmesh.drivers.lab.state import LabError, LabState
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.model.plan import Plan
-from crossmesh.observe import codes, enrich, relay, ring
+from crossmesh.observe import codes, enrich, l7, relay, ring
 from crossmesh.plan.serialize import plan_json
 
 SERVICES_START = 30.0  # seconds for the service daemon to start and write its first health file
@@ -65,7 +65,10 @@ def start_services(state: LabState, topo: LabTopology, plan: Plan, manifests: di
         changes.append(f"{ns}: resolv.conf")
     # A new daemon (its names and its tables included) restarts it too.
     code = hashlib.sha256(
-        b"".join(Path(f).read_bytes() for f in (servicesd.__file__, dns.__file__, servicenat.__file__))
+        b"".join(
+            Path(f).read_bytes()
+            for f in (servicesd.__file__, dns.__file__, servicenat.__file__, l7log.__file__, l7.__file__)
+        )
     ).hexdigest()
     digest = reconcile.nft_digest(
         json.dumps(
@@ -103,10 +106,13 @@ def start_flows(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[
     """The flow daemon, (re)started when the nodes, pods, services, policies or its code changed
     (it names flows by them); `up` returns once its relay socket, flows.sock, is there."""
     policies = sorted(json.dumps(m.raw, sort_keys=True) for ms in manifests.values() for m in ms)
-    modules = (flowsd, flowrelay, nflog, codes, enrich, relay, ring)
+    modules = (flowsd, flowrelay, nflog, codes, enrich, relay, ring, l7, l7log)
     code = hashlib.sha256(b"".join(Path(str(m.__file__)).read_bytes() for m in modules)).hexdigest()
     digest = reconcile.nft_digest(
-        json.dumps([plan_services_view(plan), sorted(topo.node_ns.items()), code, policies], sort_keys=True)
+        json.dumps(
+            [plan_services_view(plan), sorted(topo.node_ns.items()), sorted(topo.site_ns.items()), code, policies],
+            sort_keys=True,
+        )
     )
     sock = state.dir / "flows.sock"
     if alive(state.flows_pid) and state.flows_digest == digest and sock.exists():

@@ -13,12 +13,16 @@ and back when it recovers.
 Each node's thread also serves that node's `/metrics` on its site address, port 9963
 (labmetrics.py): the health of the backends it checks and what its network policy dropped.
 
+Each node's L7 proxy reports every HTTP request it handles — method, path, the status the client
+got, the verdict and the deciding rule — to the flow daemon (l7log.py), as HTTP flow records.
+
     python -m crossmesh.drivers.lab.servicesd LAB_DIR
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import socket
@@ -27,18 +31,22 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from dataclasses import replace as dataclasses_replace
 from ipaddress import ip_address
 from pathlib import Path
 
-from crossmesh.drivers.lab import labmetrics, netns, operators, reconcile, servicenat, topology
+from crossmesh.drivers.lab import l7log, labmetrics, netns, operators, reconcile, servicenat, topology
 from crossmesh.drivers.lab.control_plane import agent_dir, agent_running, start_agent
 from crossmesh.drivers.lab.desired import policy_index, topology_of
 from crossmesh.drivers.lab.dns import dns_answer, dns_records, headless_records, ready
 from crossmesh.drivers.lab.state import LabError, LabState
 from crossmesh.model.plan import Plan
+from crossmesh.observe import l7
+from crossmesh.observe.flows import DropReason, Verdict
 from crossmesh.policy.compile import L7_PROXY_PORT
 from crossmesh.policy.endpoints import world_endpoint
 from crossmesh.policy.evaluator import Reason, evaluate
+from crossmesh.policy.evaluator import Verdict as PolicyVerdict
 from crossmesh.policy.model import HttpRequest
 from crossmesh.services.backends import backend_sets
 
@@ -100,6 +108,7 @@ class Daemon:
         self.dns = dns_records(self.plan)
         self.headless = headless_records(self.plan)
         self.policy = policy_index(self.compiled)
+        self.http_log = l7log.HttpLog(l7log.socket_path(state.dir))
         self.started_agents: dict[str, float] = {}
         self.operators_checked = 0.0
         self.operators_missing: dict[str, float] = {}  # replica → when it was first seen missing
@@ -114,23 +123,28 @@ class Daemon:
         return dns_answer(records, query)
 
     # --- L7 proxy --------------------------------------------------------------------------
-    async def l7_proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def l7_proxy(self, node: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """HTTP-aware enforcement, as Cilium's Envoy: the request must match an HTTP rule of
-        the policies that admit the flow, else 403; a flow denied below L7 is dropped."""
+        the policies that admit the flow, else 403; a flow denied below L7 is dropped. Each
+        request handled is reported to the flow daemon (l7log.py)."""
+        event: l7.HttpEvent | None = None
         try:
             sock = writer.get_extra_info("socket")
             raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
             port = struct.unpack("!H", raw[2:4])[0]
             target = socket.inet_ntoa(raw[4:8])
-            client = writer.get_extra_info("peername")[0]
+            client, client_port = writer.get_extra_info("peername")[:2]
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            seen = time.time()
             lines = head.decode("latin-1").split("\r\n")
             method, path, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
             headers = tuple((k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in lines[1:] if h))
             length = int(dict((k.lower(), v) for k, v in headers).get("content-length", "0") or 0)
             body = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
-            verdict = self.l7_verdict(client, target, port, HttpRequest(method, path, headers))
+            verdict, judged = self.l7_verdict(client, target, port, HttpRequest(method, path, headers))
+            event = self.http_event(node, seen, (client, client_port, target, port), method, path, judged)
             if verdict == "forbidden":
+                event = dataclasses_replace(event, status=403)
                 msg = b"Access denied\r\n"
                 writer.write(
                     b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -140,13 +154,18 @@ class Daemon:
                 await writer.drain()
                 return
             if verdict == "dropped":
+                self.http_log.send(event)
+                event = None
                 await asyncio.sleep(L7_DROP_HOLD)  # as a drop looks to the client: no answer
                 return
             up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(target, port), 5)
             forwarded = head.replace(b"\r\n\r\n", f"\r\nX-Forwarded-For: {client}\r\n\r\n".encode(), 1)
             up_writer.write(forwarded + body)
             await up_writer.drain()
+            first = True
             while chunk := await up_reader.read(65536):
+                if first:
+                    event, first = dataclasses_replace(event, status=l7.response_status(chunk)), False
                 writer.write(chunk)
                 await writer.drain()
             up_writer.close()
@@ -154,21 +173,56 @@ class Daemon:
             pass
         finally:
             writer.close()
+            if event is not None:
+                self.http_log.send(event)
 
-    def l7_verdict(self, client: str, target: str, port: int, request: HttpRequest) -> str:
+    def http_event(
+        self,
+        node: str,
+        seen: float,
+        ends: tuple[str, int, str, int],
+        method: str,
+        path: str,
+        judged: PolicyVerdict | None,
+    ) -> l7.HttpEvent:
+        """The record of one request as the proxy judged it (status: filled in once answered)."""
+        client, client_port, target, port = ends
+        if judged is None:  # not an endpoint of the mesh: refused without a policy to name
+            decided = l7.Judgement(Verdict.DROPPED, DropReason.NONE, "", "", "", "none")
+        else:
+            decided = l7.judge(judged)
+        return l7.HttpEvent(
+            time=seen,
+            node=node,
+            source=client,
+            source_port=client_port,
+            destination=target,
+            destination_port=port,
+            method=method,
+            path=path,
+            status=0,
+            verdict=decided.verdict,
+            drop_reason=decided.reason,
+            direction=decided.direction,
+            policy=decided.policy,
+            rule=decided.rule,
+            match=decided.match,
+        )
+
+    def l7_verdict(self, client: str, target: str, port: int, request: HttpRequest) -> tuple[str, PolicyVerdict | None]:
         src = self.policy.by_address.get(ip_address(client)) or world_endpoint(client)
         dst = self.policy.by_address.get(ip_address(target))
         if dst is None:
-            return "forbidden"
+            return "forbidden", None
         verdict = evaluate(self.policy, src, dst, port, "TCP", request)
         if verdict.allowed:
-            return "allowed"
-        l7 = Reason.L7_DENIED
-        if l7 in (verdict.egress.reason, verdict.ingress.reason) and all(
-            s.allowed or s.reason is l7 for s in (verdict.egress, verdict.ingress)
+            return "allowed", verdict
+        reason = Reason.L7_DENIED
+        if reason in (verdict.egress.reason, verdict.ingress.reason) and all(
+            s.allowed or s.reason is reason for s in (verdict.egress, verdict.ingress)
         ):
-            return "forbidden"
-        return "dropped"
+            return "forbidden", verdict
+        return "dropped", verdict
 
     # --- health ----------------------------------------------------------------------------
     async def probe(self, b: Backend) -> bool:
@@ -246,7 +300,7 @@ class Daemon:
         proxy_sock.bind(("0.0.0.0", L7_PROXY_PORT))
         proxy_sock.listen(256)
         proxy_sock.setblocking(False)
-        await asyncio.start_server(self.l7_proxy, sock=proxy_sock)
+        await asyncio.start_server(functools.partial(self.l7_proxy, node), sock=proxy_sock)
         metrics = self.metrics[node]
         try:  # opened here, on this node's thread: the socket is the namespace's
             metrics.serve(str(self.plan.node(node).address))
