@@ -100,7 +100,7 @@ def test_the_flow_daemon_records_allowed_and_denied_flows_with_their_policy(make
         st.nodes[a], lambda: urllib.request.urlopen(f"http://{address}:9965/metrics", timeout=5).read().decode()
     )
     assert 'hubble_drop_total{protocol="TCP",reason="POLICY_DENIED"}' in text
-    assert 'hubble_flows_processed_total{subtype="to-overlay",type="L3_L4",verdict="FORWARDED"}' in text
+    assert 'hubble_flows_processed_total{protocol="TCP",subtype="to-overlay",type="Trace",verdict="FORWARDED"}' in text
     assert "crossmesh_flows_lost_total 0.0" in text
 
     # `crossmesh observe` reads the same records through the relay.

@@ -135,16 +135,23 @@ def test_logged_packets_become_records_metrics_and_losses(daemon: Daemon) -> Non
     assert m.get_sample_value("hubble_drop_total", {"reason": "POLICY_DENIED", "protocol": "UDP"}) == 1
     assert (
         m.get_sample_value(
-            "hubble_flows_processed_total", {"type": "L3_L4", "subtype": "to-endpoint", "verdict": "FORWARDED"}
+            "hubble_flows_processed_total",
+            {"protocol": "TCP", "type": "Trace", "subtype": "to-endpoint", "verdict": "FORWARDED"},
         )
         == 1
     )
     assert (
         m.get_sample_value(
             "hubble_policy_verdicts_total",
+            {"direction": "ingress", "match": "l3-l4", "action": "forwarded"},
+        )
+        == 1
+    )
+    assert (
+        m.get_sample_value(
+            "crossmesh_policy_verdicts_total",
             {
                 "direction": "ingress",
-                "match": "l3-l4",
                 "action": "forwarded",
                 "policy": "CiliumNetworkPolicy cluster2/default/allow-x-wing-from-cluster1",
             },
@@ -251,10 +258,13 @@ def test_the_l7_proxys_datagrams_become_http_records_of_its_node_and_bad_ones_ar
     )
     m = daemon.metrics["azure-talos-1"].registry
     flows = "hubble_flows_processed_total"
-    assert m.get_sample_value(flows, {"type": "L7", "subtype": "HTTP", "verdict": "FORWARDED"}) == 1
-    assert m.get_sample_value(flows, {"type": "L7", "subtype": "HTTP", "verdict": "DROPPED"}) == 1
-    verdicts = {"direction": "ingress", "match": "l7/http", "policy": allowed.policy}
-    assert m.get_sample_value("hubble_policy_verdicts_total", {**verdicts, "action": "dropped"}) == 1
+    http = {"protocol": "TCP", "type": "L7", "subtype": "HTTP"}
+    assert m.get_sample_value(flows, {**http, "verdict": "FORWARDED"}) == 1
+    assert m.get_sample_value(flows, {**http, "verdict": "DROPPED"}) == 1
+    verdicts = {"direction": "ingress", "match": "l7/http", "action": "dropped"}
+    assert m.get_sample_value("hubble_policy_verdicts_total", verdicts) == 1
+    by_policy = {"direction": "ingress", "action": "dropped", "policy": allowed.policy}
+    assert m.get_sample_value("crossmesh_policy_verdicts_total", by_policy) == 1
     assert daemon.relay.rings["router/aws-sg"].recorded == 0
 
 

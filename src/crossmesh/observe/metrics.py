@@ -185,15 +185,14 @@ POLICY_DROP_BYTES = Metric(
     ("direction", "kind"),
 )
 
-# Hubble's, as Cilium names them; served per node by the lab's flow daemon (drivers/lab/flowsd.py).
-# `policy` is the deciding policy as `policy trace` names it ("" when none decided): its values are
-# the mesh's own policies, a set the mesh file bounds, never one per flow or address.
+# Hubble's, with Cilium's names and labels (HUBBLE_HANDLERS below); served per node by the lab's
+# flow daemon (drivers/lab/flowsd.py), so the dashboard reads the lab as it reads a real cluster.
 HUBBLE_FLOWS = Metric(
     "hubble_flows_processed_total",
     Kind.COUNTER,
     "Total number of flows processed",
     Source.HUBBLE,
-    ("type", "subtype", "verdict"),
+    ("protocol", "type", "subtype", "verdict"),
 )
 HUBBLE_DROPS = Metric("hubble_drop_total", Kind.COUNTER, "Number of drops", Source.HUBBLE, ("reason", "protocol"))
 HUBBLE_POLICY_VERDICTS = Metric(
@@ -201,7 +200,16 @@ HUBBLE_POLICY_VERDICTS = Metric(
     Kind.COUNTER,
     "Number of policy verdicts",
     Source.HUBBLE,
-    ("direction", "match", "action", "policy"),
+    ("direction", "match", "action"),
+)
+# The lab's own addition, beside Hubble's: verdicts by the deciding policy as `policy trace` names
+# it ("" when none decided) — its values are the mesh's own policies, a set the mesh file bounds.
+POLICY_VERDICTS_BY_POLICY = Metric(
+    "crossmesh_policy_verdicts_total",
+    Kind.COUNTER,
+    "Policy verdicts of the node's flow records by deciding policy",
+    Source.HUBBLE,
+    ("direction", "action", "policy"),
 )
 FLOWS_LOST = Metric(
     "crossmesh_flows_lost_total",
@@ -240,6 +248,7 @@ CATALOGUE: tuple[Metric, ...] = (
     HUBBLE_FLOWS,
     HUBBLE_DROPS,
     HUBBLE_POLICY_VERDICTS,
+    POLICY_VERDICTS_BY_POLICY,
     FLOWS_LOST,
     FLOWS_EVICTED,
 )

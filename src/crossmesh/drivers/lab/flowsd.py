@@ -22,15 +22,17 @@ The same thread serves the node's Hubble-style metrics on its site address, port
 socket it creates inside the namespace, one registry per node (names: observe/metrics.py); a
 router's are on its address in the site network (the nodes' gateway):
 
-    hubble_flows_processed_total{type="L3_L4" | "L7", subtype, verdict}
+    hubble_flows_processed_total{protocol, type="Trace" | "Drop" | "L7", subtype, verdict}
     hubble_drop_total{reason, protocol}
-    hubble_policy_verdicts_total{direction, match, action, policy}
+    hubble_policy_verdicts_total{direction, match, action}
+    crossmesh_policy_verdicts_total{direction, action, policy}
     crossmesh_flows_lost_total, crossmesh_flows_evicted_total
 
-`subtype`: to-endpoint (allowed into a local pod), to-overlay (out through a tunnel), to-stack
-(otherwise), "" for drops; HTTP for an L7 record, as Hubble labels its L7 flows. `policy` is the
-deciding policy as `policy trace` names it ("" when none decided): its values are the mesh's own
-policies, a set the mesh file bounds.
+Labels as Hubble's handlers give them: `type` Trace for a forwarded flow, Drop for a drop, L7 for
+an HTTP record (`subtype` HTTP); a Trace's `subtype` is its observation point: to-endpoint
+(allowed into a local pod), to-overlay (out through a tunnel), to-stack (otherwise). `policy` (the
+lab's own metric) is the deciding policy as `policy trace` names it ("" when none decided): its
+values are the mesh's own policies, a set the mesh file bounds.
 
 A node whose NFLOG socket cannot be opened gets the error in its status (the relay shows it);
 the other nodes go on, and the daemon tries that node again every few seconds.
@@ -115,15 +117,16 @@ class NodeMetrics:
         self.flows = exposition.counter(catalogue.HUBBLE_FLOWS, self.registry)
         self.drops = exposition.counter(catalogue.HUBBLE_DROPS, self.registry)
         self.verdicts = exposition.counter(catalogue.HUBBLE_POLICY_VERDICTS, self.registry)
+        self.by_policy = exposition.counter(catalogue.POLICY_VERDICTS_BY_POLICY, self.registry)
         self.lost = exposition.counter(catalogue.FLOWS_LOST, self.registry)
         self.evicted = exposition.counter(catalogue.FLOWS_EVICTED, self.registry)
         self.server: exposition.MetricsServer | None = None
 
     def count(self, record: Enriched) -> None:
         flow = record.flow
-        kind = "L3_L4"
+        kind = "Trace"
         if flow.verdict is Verdict.DROPPED:
-            subtype = ""
+            kind, subtype = "Drop", ""
             self.drops.labels(flow.drop_reason.value or "UNKNOWN", flow.protocol).inc()
         elif flow.direction == "ingress":
             subtype = "to-endpoint"
@@ -131,9 +134,11 @@ class NodeMetrics:
             subtype = "to-overlay" if flow.tunnel is not None else "to-stack"
         if flow.http is not None:
             kind, subtype = "L7", "HTTP"
-        self.flows.labels(kind, subtype, flow.verdict.value).inc()
+        self.flows.labels(flow.protocol, kind, subtype, flow.verdict.value).inc()
         if flow.direction:
-            self.verdicts.labels(flow.direction, record.match, flow.verdict.value.lower(), flow.policy).inc()
+            action = flow.verdict.value.lower()
+            self.verdicts.labels(flow.direction, record.match, action).inc()
+            self.by_policy.labels(flow.direction, action, flow.policy).inc()
 
 
 class Daemon:
