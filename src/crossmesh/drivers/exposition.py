@@ -21,7 +21,7 @@ from crossmesh.observe.metrics import Metric
 
 # No `*_created` series beside every counter and histogram: Cilium and Hubble serve none, and
 # the catalogue (observe/metrics.py) and the dashboard know only the series crossmesh means.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class _Server(ThreadingHTTPServer):
