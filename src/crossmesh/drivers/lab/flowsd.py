@@ -5,7 +5,7 @@ anti-spoofing, or a Service without backends) drops to NFLOG group `codes.GROUP`
 naming why (observe/codes.py). One thread per node namespace, entered once with setns, reads
 that group (drivers/nflog.py), turns each packet into a flow record (observe/enrich.py: names,
 Service, tunnel, deciding policy) and hands it to the relay (flowrelay.py), which keeps a
-bounded ring per node and serves them all on `<lab dir>/flows.sock` (observe/relay.py).
+bounded ring per node and serves them all on `<lab dir>/flows.sock` (protocol: observe/wire.py).
 
 The same thread serves the node's Hubble-style metrics on its site address, port 9965, from a
 socket it creates inside the namespace, one registry per node (names: observe/metrics.py):
