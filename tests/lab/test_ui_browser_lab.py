@@ -6,14 +6,13 @@ cluster2's rebel-base shows as FORWARDED rows, and a UDP datagram from x-wing to
 rebel-base, which policy denies, shows within 2 s of being sent as a red DROPPED row — recorded by
 the kernel's log rule, read from NFLOG by the lab's flow daemon, through its relay and the UI's
 server to the page. Clicking it opens the policy trace naming the same policies as `crossmesh
-policy trace`. A screenshot is saved in the test's tmp folder; with CROSSMESH_UI_SCREENSHOT=PATH
-set it is also written there (how docs/ui.png is made: keep it under 300 KB).
+policy trace`. A screenshot of the page is saved in the test's tmp folder (the README's picture is
+made the same way by benchmarks/ui_screenshot.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sys
 import time
@@ -150,5 +149,3 @@ def screenshot(driver: Any, path: Path) -> None:
     path.write_bytes(png)
     width, height, pixels = png_pixels(png)
     assert width >= 800 and height >= 600 and len(set(pixels)) > 20, "the screenshot is blank"
-    if target := os.environ.get("CROSSMESH_UI_SCREENSHOT"):
-        Path(target).write_bytes(png)
