@@ -25,14 +25,13 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests" / "ui")]
 
-from browser import chromium, missing, ui_server  # noqa: E402
+from browser import chromium, missing, ui_server, wait  # noqa: E402
 from gen_mesh import mesh_yaml  # noqa: E402
 
 TIMINGS = """
@@ -40,15 +39,6 @@ const fcp = performance.getEntriesByName('first-contentful-paint')[0];
 const shown = performance.getEntriesByName('crossmesh:shown')[0];
 return {fcp: fcp ? fcp.startTime : null, shown: shown ? shown.startTime : null};
 """
-
-
-def wait(driver: Any, condition: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if driver.execute_script(f"return Boolean({condition});"):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(condition)
 
 
 def first_paint(nodes: int, sites: int, loads: int) -> dict[str, Any]:

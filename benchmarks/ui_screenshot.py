@@ -18,26 +18,17 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "ui")]
 
-from browser import chromium, missing, ui_server  # noqa: E402
+from browser import chromium, missing, ui_server, wait  # noqa: E402
 
 from crossmesh.checks import probes  # noqa: E402
 from crossmesh.drivers.lab import lab as labs  # noqa: E402
 
 CLIENT = "cluster1/default/x-wing-0"
 SIZE = {"width": 1320, "height": 1180, "deviceScaleFactor": 1, "mobile": False}
-
-
-def wait(driver: Any, condition: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not driver.execute_script(f"return Boolean({condition});"):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"ui_screenshot: not within {timeout} s: {condition}")
-        time.sleep(0.05)
 
 
 def main() -> int:

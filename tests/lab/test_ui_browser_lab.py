@@ -28,7 +28,7 @@ from crossmesh.checks.results import Result
 from crossmesh.drivers.lab import lab as labs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ui"))
-from browser import chromium, missing, png_pixels, ui_server  # noqa: E402
+from browser import chromium, missing, png_pixels, ui_server, wait  # noqa: E402
 
 pytestmark = pytest.mark.skipif(bool(missing()), reason=missing() or "ok")
 
@@ -59,16 +59,6 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     finally:
         lab.down()
         assert labs.leftovers(lab.tag) == [], f"lab cm-{lab.tag} left things behind"
-
-
-def wait(driver: Any, condition: str, timeout: float) -> float:
-    """Seconds until the JavaScript `condition` holds in the page; fails after `timeout`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if driver.execute_script(f"return Boolean({condition});"):
-            return time.monotonic() - start
-        time.sleep(0.02)
-    pytest.fail(f"not within {timeout} s: {condition}")
 
 
 def rows(driver: Any, verdict: str, destination: str) -> str:

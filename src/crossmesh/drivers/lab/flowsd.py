@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -45,7 +44,7 @@ from prometheus_client import CollectorRegistry
 from crossmesh.drivers import exposition
 from crossmesh.drivers.lab import flowrelay, netns
 from crossmesh.drivers.lab.desired import policy_index, topology_of
-from crossmesh.drivers.lab.state import LabError, LabState
+from crossmesh.drivers.lab.state import LabState, daemon_state
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.observe import codes
 from crossmesh.observe import metrics as catalogue
@@ -276,14 +275,9 @@ def main(argv: list[str]) -> int:
     if args.capacity < 1:
         print(f"--capacity {args.capacity}: keep at least one record per node", file=sys.stderr)
         return 2
-    tag = Path(args.lab_dir).name.removeprefix("cm-")
-    try:
-        state = LabState.load(tag)
-    except LabError as err:
-        print(err, file=sys.stderr)
-        return 2
-    if state is None:
-        print(f"no lab state in {args.lab_dir}", file=sys.stderr)
+    state = daemon_state(args.lab_dir)
+    if isinstance(state, str):
+        print(state, file=sys.stderr)
         return 2
     started = time.monotonic()
     daemon = Daemon(state, capacity=args.capacity)
