@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
 
 from crossmesh.drivers.lab import lab as labs
-from crossmesh.drivers.lab import topology
+from crossmesh.drivers.lab import netns, topology
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -24,13 +26,14 @@ def crossmesh(*args: str, check: bool = False, timeout: float = 120, **kw: objec
 
 
 class Lab:
-    def __init__(self, mesh: Path, name: str) -> None:
+    def __init__(self, mesh: Path, name: str, tag: str | None = None) -> None:
         self.mesh = mesh
         self.name = name
-        self.tag = topology.lab_tag(name)
+        self.tag = tag or topology.lab_tag(name)  # a given tag: `lab up --tag`
+        self._tag_args = ("--tag", tag) if tag else ()
 
     def up(self, *extra: str) -> dict[str, object]:
-        done = crossmesh("lab", "up", str(self.mesh), "-o", "json", *extra, check=True)
+        done = crossmesh("lab", "up", str(self.mesh), "-o", "json", *self._tag_args, *extra, check=True)
         return json.loads(done.stdout)  # type: ignore[no-any-return]
 
     def test(self, *extra: str) -> tuple[int, dict[str, object]]:
@@ -55,3 +58,18 @@ def copy_example(tmp: Path, example: str) -> tuple[Path, str]:
     original = next(line for line in text.splitlines() if line.startswith("  name: "))
     mesh.write_text(text.replace(original, f"  name: {name}", 1))
     return mesh, name
+
+
+def connect(st: labs.LabState, pod: str, address: str, port: int, sport: int) -> None:
+    """One TCP connection attempt from `pod`'s namespace, from source port `sport` (so its flow
+    records can be told apart), given half a second; refused or dropped is fine."""
+
+    def go() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("", sport))
+            s.settimeout(0.5)
+            with contextlib.suppress(OSError):
+                s.connect((address, port))
+
+    netns.run_in(st.pods[pod].namespace, go)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from labkit import Lab, copy_example
+from labkit import Lab, connect, copy_example
 
 from crossmesh.drivers import nflog
 from crossmesh.drivers.lab import lab as labs
@@ -65,18 +65,6 @@ def readers(st: labs.LabState) -> Iterator[Callable[[], dict[str, list[nflog.Log
     finally:
         for s in socks.values():
             s.close()
-
-
-def connect(st: labs.LabState, pod: str, address: str, port: int, sport: int) -> None:
-    def go() -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("", sport))
-            s.settimeout(0.5)
-            with contextlib.suppress(OSError):
-                s.connect((address, port))
-
-    netns.run_in(st.pods[pod].namespace, go)
 
 
 def datagram(st: labs.LabState, pod: str, address: str, port: int, sport: int) -> None:

@@ -8,46 +8,26 @@ rebel-base, which admits it on TCP 80; x-wing may not reach relay on 9999."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import time
 import urllib.request
-from typing import Any
 
-from labkit import crossmesh
+from labkit import connect, crossmesh
 
 from crossmesh.drivers.lab import lab as labs
-from crossmesh.drivers.lab import netns
+from crossmesh.drivers.lab import netns, relay_client
 from crossmesh.observe.flows import Flow, Verdict
+from crossmesh.observe.wire import Status
 from crossmesh.workspace import compile_mesh
 
 CLIENT, SERVER, RELAY = "cluster1/default/x-wing-0", "cluster2/default/rebel-base-0", "cluster1/default/relay-0"
 
 
-def connect(st: labs.LabState, pod: str, address: str, port: int, sport: int) -> None:
-    def go() -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("", sport))
-            s.settimeout(0.5)
-            with contextlib.suppress(OSError):
-                s.connect((address, port))
-
-    netns.run_in(st.pods[pod].namespace, go)
-
-
-def relay(st: labs.LabState, since: float) -> tuple[list[Flow], dict[str, Any]]:
+def relay(st: labs.LabState, since: float) -> tuple[list[Flow], Status]:
     """What the relay holds since `since`: its records and its status line."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(st.dir / "flows.sock"))
-        s.sendall(json.dumps({"since": since, "follow": False}).encode() + b"\n")
-        data = b""
-        while chunk := s.recv(1 << 16):
-            data += chunk
-    lines = [json.loads(line) for line in data.splitlines()]
-    return [Flow.from_json(x["flow"]) for x in lines if "flow" in x], lines[-1]
+    snap = relay_client.snapshot(relay_client.socket_path(st.dir), since=since)
+    assert snap.status is not None and snap.malformed == 0, snap.first_problem
+    return snap.flows, snap.status
 
 
 def test_the_flow_daemon_records_allowed_and_denied_flows_with_their_policy(make_lab) -> None:  # type: ignore[no-untyped-def]
@@ -72,8 +52,8 @@ def test_the_flow_daemon_records_allowed_and_denied_flows_with_their_policy(make
         time.sleep(0.2)
 
     # Every node answers, and every site router (its firewall's drops), none with an error.
-    assert sorted(status["nodes"]) == sorted([*st.nodes, *(f"router/{site}" for site in st.sites)])
-    assert all(n["error"] == "" and n["lost"] == 0 for n in status["nodes"].values()), status
+    assert sorted(status.nodes) == sorted([*st.nodes, *(f"router/{site}" for site in st.sites)])
+    assert all(n.error == "" and n.lost == 0 for n in status.nodes.values()), status
     # The allowed connection: on the sending node (egress) and the receiving node (ingress), through the tunnel.
     assert allowed == {(a, "egress"), (b, "ingress")}, [f.summary for f in flows]
     sent = next(f for f in flows if f.source_port == 42001 and f.node == a)

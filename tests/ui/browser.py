@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import crossmesh
 
@@ -96,6 +97,16 @@ def ui_server(*args: str, timeout: float = 90.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def wait(driver: Any, condition: str, timeout: float = 30.0) -> float:
+    """Seconds until the JavaScript `condition` holds in the page; TimeoutError after `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if driver.execute_script(f"return Boolean({condition});"):
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise TimeoutError(f"not within {timeout} s: {condition}")
 
 
 def png_pixels(data: bytes) -> tuple[int, int, bytes]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from browser import chromium, missing, png_pixels, ui_server
+from browser import chromium, missing, png_pixels, ui_server, wait
 from fakerelay import FakeRelay, flow
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "three-clouds"
@@ -39,16 +39,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         driver.get(url)  # type: ignore[attr-defined]
         wait(driver, "document.body.dataset.loaded === 'true' && !!document.querySelector('#topology svg')", 30)
         yield {"driver": driver, "relay": relay, "mesh": mesh, "url": url, "tmp": tmp}
-
-
-def wait(driver: Any, condition: str, timeout: float) -> float:
-    """Seconds until the JavaScript `condition` holds in the page; fails after `timeout`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if driver.execute_script(f"return Boolean({condition});"):
-            return time.monotonic() - start
-        time.sleep(0.05)
-    pytest.fail(f"not within {timeout} s: {condition}")
 
 
 def test_the_topology_shows_every_node(world: dict[str, Any]) -> None:

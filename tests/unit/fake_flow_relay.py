@@ -19,11 +19,8 @@ from typing import Any
 from crossmesh.observe.flows import Flow, FlowEndpoint, Verdict
 
 
-def flow_line(flow: Flow) -> bytes:
-    return json.dumps({"flow": flow.to_json()}).encode() + b"\n"
-
-
 def status_line(nodes: dict[str, dict[str, Any]]) -> bytes:
+    """A status line of node entries as given (a test may give wrong ones; see wire.status_line)."""
     return json.dumps({"nodes": nodes}).encode() + b"\n"
 
 

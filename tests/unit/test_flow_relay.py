@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from crossmesh.drivers.lab.flowrelay import Relay
-from crossmesh.observe import relay as protocol
+from crossmesh.observe import wire
 from crossmesh.observe.flows import Flow, FlowEndpoint, Verdict
 
 
@@ -126,7 +126,7 @@ def test_records_since_a_time_merged_in_time_order_then_the_status(running: Runn
 def test_following_streams_new_records_and_a_status_every_second(running: Running) -> None:
     running.relay.submit("n1", [flow(1.0, "n1")])
     running.sync()
-    with Client(running.path, protocol.request_line(protocol.Request(None, follow=True))) as c:
+    with Client(running.path, wire.request_line(wire.Request(None, follow=True))) as c:
         first = c.lines()
         assert len(first) == 2 and "flow" in first[0]
         running.relay.submit("n2", [flow(5.0, "n2")])

@@ -16,13 +16,14 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from fake_flow_relay import FakeRelay, flow, flow_line, pod, status_line
+from fake_flow_relay import FakeRelay, flow, pod, status_line
 from typer.testing import CliRunner
 
 from crossmesh.cli.main import app
 from crossmesh.drivers.lab import state as lab_state
 from crossmesh.drivers.lab.state import LabState, PodEntry
 from crossmesh.observe.flows import DropReason, Flow, Verdict
+from crossmesh.observe.wire import flow_line
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 NOW = time.time()

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_flow_relay import FakeRelay, flow, flow_line, pod, status_line
+from fake_flow_relay import FakeRelay, flow, pod, status_line
 
 from crossmesh.drivers.lab import relay_client
 from crossmesh.drivers.lab.relay_client import NoRelay, RelayError, RelayStream
 from crossmesh.observe import wire
 from crossmesh.observe.flows import Flow, Verdict
-from crossmesh.observe.wire import NodeStatus, Status
+from crossmesh.observe.wire import NodeStatus, Status, flow_line
 
 NOW = 1_714_564_800.0
 XWING = pod("cluster1/default/x-wing-0", "10.11.0.5")
@@ -143,5 +143,7 @@ def test_the_socket_lives_in_the_labs_folder() -> None:
 
 
 def test_the_request_line() -> None:
-    assert wire.request_line(since=None, follow=True) == b'{"since": null, "follow": true}\n'
-    assert json.loads(wire.request_line(since=12.5, follow=False)) == {"since": 12.5, "follow": False}
+    assert wire.request_line(wire.Request(None, follow=True)) == b'{"since":null,"follow":true}\n'
+    assert json.loads(wire.request_line(wire.Request(12.5))) == {"since": 12.5, "follow": False}
+    for request in (wire.Request(), wire.Request(12.5, follow=True)):
+        assert wire.parse_request(wire.request_line(request)) == request

@@ -148,10 +148,12 @@ def test_relay_lines_are_checked_before_a_page_sees_them() -> None:
             "destination": {"address": "10.0.0.2"},
         }
     }
-    for line in [b"not json", b"[1]", b'{"flow": {"time": "x"}}', b'{"hello": 1}', json.dumps(good).encode()]:
-        hub.take(line)
+    lines = [b"not json", b"[1]", b'{"flow": {"time": "x"}}', b'{"hello": 1}', b"x" * 70000, json.dumps(good).encode()]
+    hub.take(b"\n".join(lines) + b"\n")
     hub.take(b'{"nodes": {"n": {"recorded": 1, "lost": 2, "error": ""}}}')
-    assert hub.rejected == 4
+    assert hub.rejected == 5 and not hub.nodes, "a status line counts once its newline is in"
+    hub.take(b"\n")
+    assert hub.rejected == 5
     assert [f["verdict"] for f in hub.recent] == ["DROPPED"]
     assert hub.status()["nodes"]["n"]["lost"] == 2
 

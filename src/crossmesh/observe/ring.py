@@ -13,24 +13,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from crossmesh.observe.flows import Flow
+from crossmesh.observe.wire import NodeStatus
 
 DEFAULT_CAPACITY = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class RingStatus:
-    """What a ring says of itself, as the relay's status line carries it per node."""
-
-    recorded: int
-    lost: int
-    evicted: int
-    error: str
-
-    def to_json(self) -> dict[str, int | str]:
-        return {"recorded": self.recorded, "lost": self.lost, "evicted": self.evicted, "error": self.error}
 
 
 class Ring:
@@ -70,8 +57,9 @@ class Ring:
             return list(self._flows)
         return [f for f in self._flows if f.time >= t]
 
-    def status(self) -> RingStatus:
-        return RingStatus(self.recorded, self.lost, self.evicted, self.error)
+    def status(self) -> NodeStatus:
+        """What the ring says of itself, as the relay's status line carries it per node."""
+        return NodeStatus(recorded=self.recorded, lost=self.lost, error=self.error, evicted=self.evicted)
 
 
 def merged(rings: Mapping[str, Ring], t: float | None) -> list[Flow]:

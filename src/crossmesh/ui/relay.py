@@ -1,30 +1,30 @@
 """The UI's reader of the lab's flow relay: one follow-mode connection shared by every open page.
 
-The relay (`<lab dir>/flows.sock`, protocol in the flow daemon's docstring) answers one JSON
+The relay (`<lab dir>/flows.sock`, protocol and its codec in observe/wire.py) answers one JSON
 request line with `{"flow": …}` lines and `{"nodes": …}` status lines. This reader keeps the
 newest flows for pages that open later, hands every message to each page's queue, and when the
 relay goes away says so and dials again, asking only for flows newer than the last it saw.
-Every flow is checked by `Flow.from_json` before a page sees it: the socket is a file in a
-folder, and its lines are not trusted. A page that reads too slowly loses flows (counted), never
-the reader.
+Only the asynchronous transport is here: every line is judged by the protocol's `Decoder` (size
+cap, JSON, each field checked) before a page sees it, as `crossmesh observe` judges it — the
+socket is a file in a folder, and its lines are not trusted. A page that reads too slowly loses
+flows (counted), never the reader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from crossmesh.observe.flows import Flow
+from crossmesh.observe.wire import Decoder, Malformed, Request, Status, request_line
 
 KEEP = 500  # flows kept for a page that opens now
 SINCE = 300.0  # seconds of history asked for at the first connection
 QUEUE = 1000  # messages waiting for one page before it loses some
-LINE_LIMIT = 1 << 20  # a longer line is a broken relay: dial again
+CHUNK = 65536  # bytes read from the relay at once
 
 
 class FlowHub:
@@ -36,7 +36,9 @@ class FlowHub:
         self.state = "none" if path is None else "connecting"
         self.error = "" if path is not None else "no relay: not reading a lab"
         self.rejected = 0  # lines that were not valid messages
-        self.last_time: float | None = None
+        self.decoder = Decoder()
+        self.last_time: float | None = None  # of the newest flow seen
+        self.resume: float | None = None  # while the relay resends its history after a redial: last_time
         self.pages: dict[asyncio.Queue[dict[str, Any]], int] = {}  # queue → flows it lost
 
     def status(self) -> dict[str, Any]:
@@ -83,37 +85,36 @@ class FlowHub:
             delay = min(delay * 2, 5.0)
 
     async def _follow(self, path: Path) -> None:
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT)
+        reader, writer = await asyncio.open_unix_connection(str(path))
         try:
             since = time.time() - self.since if self.last_time is None else self.last_time
-            writer.write((json.dumps({"since": since, "follow": True}) + "\n").encode())
+            writer.write(request_line(Request(since, follow=True)))
             await writer.drain()
             self._set_state("connected")
-            while line := await reader.readline():
-                self.take(line)
+            self.decoder, self.resume = Decoder(), self.last_time
+            while chunk := await reader.read(CHUNK):
+                self.take(chunk)
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    def take(self, line: bytes) -> None:
-        """One line of the relay: a flow (checked) or a status; anything else is counted and skipped."""
-        try:
-            message = json.loads(line)
-            if not isinstance(message, dict):
-                raise ValueError("not an object")
-            if "flow" in message:
-                flow = Flow.from_json(message["flow"])
-                if self.last_time is not None and flow.time < self.last_time:
-                    return  # already seen before the relay was dialled again
-                data = flow.to_json()
-                self.last_time = flow.time
-                self.recent.append(data)
-                self._send({"flow": data})
-            elif "nodes" in message and isinstance(message["nodes"], dict):
-                self.nodes = {str(k): v for k, v in message["nodes"].items() if isinstance(v, dict)}
+    def take(self, chunk: bytes) -> None:
+        """Bytes from the relay: each whole line a flow or a status for the pages; a line that is
+        neither is counted and skipped."""
+        for item in self.decoder.feed(chunk):
+            if isinstance(item, Malformed):
+                self.rejected += 1
+            elif isinstance(item, Status):
+                self.resume = None  # the history is over: every flow from here on is new
+                self.nodes = {name: node.to_json() for name, node in item.nodes.items()}
                 self._send({"nodes": self.nodes})
             else:
-                raise ValueError("neither a flow nor a status")
-        except ValueError:
-            self.rejected += 1
+                data = item.to_json()
+                if self.resume is not None and (
+                    item.time < self.resume or (item.time == self.resume and data in self.recent)
+                ):
+                    continue  # seen before the relay was dialled again
+                self.last_time = max(item.time, self.last_time or item.time)
+                self.recent.append(data)
+                self._send({"flow": data})

@@ -1,4 +1,4 @@
-"""The flow daemon's relay: every node's ring buffer served on one Unix socket (observe/relay.py).
+"""The flow daemon's relay: every node's ring buffer served on one Unix socket (protocol: observe/wire.py).
 
 One asyncio loop owns the rings and the clients; the node readers, on their own threads, hand
 their records over with `submit` (thread-safe). Each record is encoded once and queued to every
@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from crossmesh.observe import relay
+from crossmesh.observe import wire
 from crossmesh.observe.flows import Flow
-from crossmesh.observe.ring import DEFAULT_CAPACITY, Ring, RingStatus, merged
+from crossmesh.observe.ring import DEFAULT_CAPACITY, Ring, merged
 
 CLIENT_QUEUE = 16384  # lines queued to one following client before its records are dropped
 STATUS_EVERY = 1.0  # seconds between status lines to a following client
@@ -78,7 +78,7 @@ class Relay:
             self.on_evicted(node, ring.evicted - evicted)
         if not self.clients or not flows:
             return
-        lines = [relay.flow_line(f) for f in flows]
+        lines = [wire.flow_line(f) for f in flows]
         for client in self.clients:
             room = self.queue_limit - len(client.queue)
             if room < len(lines):
@@ -88,7 +88,7 @@ class Relay:
             client.queue.extend((node, line) for line in lines[: max(room, 0)])
             client.wake.set()
 
-    def statuses(self, client: Client | None = None) -> dict[str, RingStatus]:
+    def statuses(self, client: Client | None = None) -> dict[str, wire.NodeStatus]:
         out = {}
         for node, ring in self.rings.items():
             status = ring.status()
@@ -117,9 +117,9 @@ class Relay:
         try:
             try:
                 line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
-                request = relay.parse_request(line)
+                request = wire.parse_request(line)
             except (ValueError, asyncio.LimitOverrunError) as err:
-                writer.write(relay.error_line(str(err)))
+                writer.write(wire.error_line(str(err)))
                 await writer.drain()
                 return
             self.served += 1
@@ -130,9 +130,9 @@ class Relay:
                 client = Client()
                 self.clients.add(client)
             for i in range(0, len(backlog), WRITE_CHUNK):
-                writer.writelines(relay.flow_line(f) for f in backlog[i : i + WRITE_CHUNK])
+                writer.writelines(wire.flow_line(f) for f in backlog[i : i + WRITE_CHUNK])
                 await writer.drain()
-            writer.write(relay.status_line(self.statuses(client)))
+            writer.write(wire.status_line(self.statuses(client)))
             await writer.drain()
             if client is not None:
                 await self._follow(client, reader, writer)
@@ -162,7 +162,7 @@ class Relay:
                     writer.writelines(batch)
                     await writer.drain()
                 if loop.time() >= next_status:
-                    writer.write(relay.status_line(self.statuses(client)))
+                    writer.write(wire.status_line(self.statuses(client)))
                     await writer.drain()
                     next_status = loop.time() + STATUS_EVERY
         finally:

@@ -5,7 +5,7 @@ anti-spoofing, or a Service without backends) drops to NFLOG group `codes.GROUP`
 naming why (observe/codes.py). One thread per node namespace, entered once with setns, reads
 that group (drivers/nflog.py), turns each packet into a flow record (observe/enrich.py: names,
 Service, tunnel, deciding policy) and hands it to the relay (flowrelay.py), which keeps a
-bounded ring per node and serves them all on `<lab dir>/flows.sock` (observe/relay.py).
+bounded ring per node and serves them all on `<lab dir>/flows.sock` (protocol: observe/wire.py).
 
 Two kinds of flow the nodes' log rules cannot see have readers of their own:
 
@@ -61,7 +61,7 @@ from prometheus_client import CollectorRegistry
 from crossmesh.drivers import exposition
 from crossmesh.drivers.lab import flowrelay, l7log, netns
 from crossmesh.drivers.lab.desired import policy_index, topology_of
-from crossmesh.drivers.lab.state import LabError, LabState
+from crossmesh.drivers.lab.state import LabState, daemon_state
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.observe import codes, l7
 from crossmesh.observe import metrics as catalogue
@@ -344,14 +344,9 @@ def main(argv: list[str]) -> int:
     if args.capacity < 1:
         print(f"--capacity {args.capacity}: keep at least one record per node", file=sys.stderr)
         return 2
-    tag = Path(args.lab_dir).name.removeprefix("cm-")
-    try:
-        state = LabState.load(tag)
-    except LabError as err:
-        print(err, file=sys.stderr)
-        return 2
-    if state is None:
-        print(f"no lab state in {args.lab_dir}", file=sys.stderr)
+    state = daemon_state(args.lab_dir)
+    if isinstance(state, str):
+        print(state, file=sys.stderr)
         return 2
     started = time.monotonic()
     daemon = Daemon(state, capacity=args.capacity)

@@ -3,9 +3,10 @@
 `crossmesh observe` reads with `RelayStream` (flows and statuses as they come, following or not); a
 check or the UI that wants what the relay holds at once takes a `snapshot`. The protocol (observe/wire.py) is
 one request line, then JSON lines. The relay is another process and its socket a file in a folder:
-what it sends is untrusted. A line longer than `MAX_LINE` is skipped whole (its rest is read and
-dropped, never held), and a line that is not JSON or not a valid flow or status is skipped too; each
-is counted in `malformed` with the first reason kept, so the reader can say so — one bad line never
+what it sends is untrusted, and judged by the protocol's `Decoder`: a line longer than `MAX_LINE` is
+skipped whole (its rest is read and dropped, never held), and a line that is not JSON or not a valid
+flow or status is skipped too; each is counted in `malformed` with the first reason kept, so the
+reader can say so — one bad line never
 stops the stream or raises. What does raise, all `CrossmeshError`s:
 
     NoRelay        nothing listens at the socket (no file, or a file nobody serves)
@@ -26,7 +27,7 @@ from types import TracebackType
 
 from crossmesh.errors import CrossmeshError, EnvironmentProblem
 from crossmesh.observe.flows import Flow
-from crossmesh.observe.wire import MAX_LINE, Status, decode_line, request_line
+from crossmesh.observe.wire import MAX_LINE, Decoder, Malformed, Request, Status, request_line
 
 SOCKET_NAME = "flows.sock"  # in the lab's folder, /run/crossmesh/cm-<tag>/
 CONNECT_TIMEOUT = 3.0  # seconds
@@ -89,7 +90,7 @@ class RelayStream:
         try:
             sock.connect(str(self.path))
             sock.settimeout(self.read_timeout)
-            sock.sendall(request_line(since=self.since, follow=self.follow))
+            sock.sendall(request_line(Request(self.since, self.follow)))
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as err:
             sock.close()
             raise NoRelay(f"{self.path}: no flow relay listens there ({err.strerror})") from err
@@ -110,50 +111,21 @@ class RelayStream:
             self._sock = None
 
     def __iter__(self) -> Iterator[Flow | Status]:
-        for line in self._lines():
-            try:
-                item = decode_line(line)
-            except ValueError as err:
-                self._skip(str(err))
-                continue
-            if isinstance(item, Status):
-                self.status = item
-            yield item
-
-    def _skip(self, problem: str) -> None:
-        self.malformed += 1
-        if not self.first_problem:
-            self.first_problem = problem
-
-    def _lines(self) -> Iterator[bytes]:
-        """The relay's lines without their newlines, each at most `max_line` bytes; a longer one is
-        counted and its bytes dropped as they come, up to its newline."""
         if self._sock is None:
             raise RelayError("the relay stream is not connected (use it in a `with` block)")
-        buf = b""
-        overlong = False
+        decoder = Decoder(self.max_line)
         while True:
             chunk = self._recv()
+            for item in decoder.feed(chunk) if chunk else decoder.end():
+                if isinstance(item, Malformed):
+                    self.malformed += 1
+                    self.first_problem = self.first_problem or item.reason
+                    continue
+                if isinstance(item, Status):
+                    self.status = item
+                yield item
             if not chunk:
-                if buf and not overlong:
-                    yield buf  # a last line without its newline: decode_line judges it
                 return
-            buf += chunk
-            start = 0
-            while (end := buf.find(b"\n", start)) >= 0:
-                line, start = buf[start:end], end + 1
-                if overlong:
-                    overlong = False  # the end of the line skipped
-                elif len(line) > self.max_line:
-                    self._skip(f"a line over {self.max_line} bytes")
-                else:
-                    yield line
-            buf = buf[start:]
-            if not overlong and len(buf) > self.max_line:
-                self._skip(f"a line over {self.max_line} bytes")
-                overlong = True
-            if overlong:
-                buf = b""
 
     def _recv(self) -> bytes:
         if self._sock is None:

@@ -19,7 +19,7 @@ from crossmesh.drivers.lab.processes import alive, stop_group
 from crossmesh.drivers.lab.state import LabError, LabState
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.model.plan import Plan
-from crossmesh.observe import codes, enrich, l7, relay, ring
+from crossmesh.observe import codes, enrich, l7, ring, wire
 from crossmesh.plan.serialize import plan_json
 
 SERVICES_START = 30.0  # seconds for the service daemon to start and write its first health file
@@ -106,7 +106,7 @@ def start_flows(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[
     """The flow daemon, (re)started when the nodes, pods, services, policies or its code changed
     (it names flows by them); `up` returns once its relay socket, flows.sock, is there."""
     policies = sorted(json.dumps(m.raw, sort_keys=True) for ms in manifests.values() for m in ms)
-    modules = (flowsd, flowrelay, nflog, codes, enrich, relay, ring, l7, l7log)
+    modules = (flowsd, flowrelay, nflog, codes, enrich, ring, wire, l7, l7log)
     code = hashlib.sha256(b"".join(Path(str(m.__file__)).read_bytes() for m in modules)).hexdigest()
     digest = reconcile.nft_digest(
         json.dumps(

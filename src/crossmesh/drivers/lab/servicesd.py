@@ -33,13 +33,12 @@ import time
 from dataclasses import dataclass
 from dataclasses import replace as dataclasses_replace
 from ipaddress import ip_address
-from pathlib import Path
 
 from crossmesh.drivers.lab import l7log, labmetrics, netns, operators, reconcile, servicenat, topology
 from crossmesh.drivers.lab.control_plane import agent_dir, agent_running, start_agent
 from crossmesh.drivers.lab.desired import policy_index, topology_of
 from crossmesh.drivers.lab.dns import dns_answer, dns_records, headless_records, ready
-from crossmesh.drivers.lab.state import LabError, LabState
+from crossmesh.drivers.lab.state import LabState, daemon_state
 from crossmesh.model.plan import Plan
 from crossmesh.observe import l7
 from crossmesh.observe.flows import DropReason, Verdict
@@ -406,14 +405,9 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m crossmesh.drivers.lab.servicesd LAB_DIR", file=sys.stderr)
         return 2
-    tag = Path(argv[0]).name.removeprefix("cm-")
-    try:
-        state = LabState.load(tag)
-    except LabError as err:
-        print(err, file=sys.stderr)
-        return 2
-    if state is None:
-        print(f"no lab state in {argv[0]}", file=sys.stderr)
+    state = daemon_state(argv[0])
+    if isinstance(state, str):
+        print(state, file=sys.stderr)
         return 2
     daemon = Daemon(state)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop.set())

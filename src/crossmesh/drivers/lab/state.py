@@ -233,6 +233,16 @@ def _parse(value: object, hint: Any, where: str) -> Any:
 _NAMES: dict[Any, str] = {str: "a string", int: "an integer", float: "a number"}
 
 
+def daemon_state(lab_dir: str) -> LabState | str:
+    """The lab a daemon started as `python -m … LAB_DIR` serves (LAB_DIR: /run/crossmesh/cm-<tag>),
+    or why there is none, to print before exiting 2."""
+    try:
+        state = LabState.load(Path(lab_dir).name.removeprefix("cm-"))
+    except LabError as err:
+        return str(err)
+    return state if state is not None else f"no lab state in {lab_dir}"
+
+
 def running_labs() -> list[LabState]:
     """Every lab whose state file reads; a damaged one is left out (it does not stop the others)."""
     return _scan()[0]

@@ -18,6 +18,12 @@ function clock(t) {
   return d.toTimeString().slice(0, 8) + "." + String(d.getMilliseconds()).padStart(3, "0");
 }
 
+// The policies a flow names as deciding: one rule's policy, or for a default deny every policy that
+// makes the direction default-deny ("Kind c/ns/a, Kind c/ns/b"), each on its own line of the trace.
+function deciders(policy) {
+  return (policy || "").split(", ").filter(Boolean);
+}
+
 async function showTrace(flow, tr) {
   for (const s of document.querySelectorAll("#flows tr.selected")) s.classList.remove("selected");
   tr.classList.add("selected");
@@ -33,8 +39,10 @@ async function showTrace(flow, tr) {
   });
   try {
     const data = await getJSON(`/api/trace?${q}`);
+    const named = deciders(flow.policy);
     pre.replaceChildren(...data.lines.map((line) => {
-      const deciding = flow.policy && line.includes(flow.policy);
+      const padded = ` ${line.trim()} `;
+      const deciding = named.some((p) => padded.includes(` ${p} `));
       return el("span", line + "\n", deciding ? "deciding" : "");
     }));
   } catch (err) {
