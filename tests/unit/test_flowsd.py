@@ -172,3 +172,16 @@ def test_a_full_ring_counts_evictions_and_a_node_that_cannot_open_says_why(daemo
     assert daemon.relay.rings["gcp-talos-1"].error == (
         f"cannot open NFLOG group {codes.GROUP} in cm-fake-n2: [Errno 1] Operation not permitted"
     )
+
+
+def test_every_record_is_counted_in_its_series_not_only_the_first(daemon: Daemon) -> None:
+    """The daemon looks each labelled series up once; later records still count in it."""
+    reader = FakeReader()
+    pumping(daemon, "azure-talos-1", reader)
+    reader.push([Packet(codes.NEW_INGRESS, "10.10.0.3", "10.11.0.3", sport=40000 + i) for i in range(3)])
+    reader.push([Packet(codes.DEFAULT_INGRESS, "10.10.0.3", "10.11.0.3", dport=5353, protocol=17)] * 2)
+    wait_for(lambda: daemon.relay.rings["azure-talos-1"].recorded == 5)
+    m = daemon.metrics["azure-talos-1"].registry
+    flows = {"type": "L3_L4", "subtype": "to-endpoint", "verdict": "FORWARDED"}
+    assert m.get_sample_value("hubble_flows_processed_total", flows) == 3
+    assert m.get_sample_value("hubble_drop_total", {"reason": "POLICY_DENIED", "protocol": "UDP"}) == 2
