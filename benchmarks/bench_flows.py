@@ -2,7 +2,7 @@
 and how many flows per second one node records before it counts losses — on one real lab.
 
     sudo PYTHONPATH=src python3 benchmarks/bench_flows.py [--rounds 4] [--seconds 5] [--workers 4]
-        [--flood-rates 1000,2000,4000,8000,16000,32000] [--flood-seconds 3] [--tag b101]
+        [--flood-rates 2000,4000,8000,12000,16000,24000,32000,48000] [--flood-seconds 3] [--tag b101]
 
 The lab: examples/three-clouds under a unique mesh name and tag (`--tag`, default the first free
 b1xx), with cluster2's rebel-base admitting x-wing from cluster1 on TCP 5201 (iperf3) and 5202 (the
@@ -22,16 +22,18 @@ logs on the relay answers. Then, in the round:
     piles up), as fast as they can for `--seconds`; a server process in rebel-base-0's namespace
     accepts and closes. Completed connects per second. With logs on, every one is logged on both
     ends' nodes (NEW_EGRESS on aws-talos-1, NEW_INGRESS on azure-talos-1): the relay's `recorded`
-    and `lost` of those two nodes over the round are kept, as proof.
+    and `lost` of those two nodes over the round are kept, as proof, and the flow daemon's CPU share
+    during the loop (/proc/<pid>/stat).
 Ratios on/off are taken per adjacent pair of rounds (round 2k against 2k+1) and their median and
 range reported, with each mode's median and range.
 
 (c) record rate, after the rounds, logs on: a sender process in x-wing-0's namespace sends UDP
     datagrams to relay-0:9999 — which x-wing's egress policy denies, so every datagram is dropped
     and logged on x-wing-0's node — paced (bursts every millisecond) at each `--flood-rates` for
-    `--flood-seconds`, then 1.5 s to drain. The relay's status line for that node (recorded, lost,
-    evicted: crossmesh.drivers.lab.relay_client.snapshot) before and after each step, and the flow
-    daemon's CPU over the step (/proc/<pid>/stat): recorded/s, lost, and its CPU share.
+    `--flood-seconds`. The relay's status line for that node (recorded, lost, evicted:
+    crossmesh.drivers.lab.relay_client.snapshot) before the step, as the sender stops (recorded/s
+    while it sent: what the daemon keeps up with) and once the counts stand still (the daemon caught
+    up: recorded and lost in all), and the flow daemon's CPU share while the sender sent.
 
 The lab is removed with `crossmesh lab down --mesh` and by tag in a `finally`; never `--all`.
 Writes benchmarks/results/flows.json and prints a summary.
@@ -63,6 +65,7 @@ from labkit import copy_example  # noqa: E402
 from crossmesh.drivers.lab import lab as labs  # noqa: E402
 from crossmesh.drivers.lab import netns  # noqa: E402
 from crossmesh.drivers.lab.relay_client import snapshot  # noqa: E402
+from crossmesh.observe import codes  # noqa: E402
 
 CLIENT, SERVER, DENIED = "cluster1/default/x-wing-0", "cluster2/default/rebel-base-0", "cluster1/default/relay-0"
 IPERF_PORT, CONN_PORT, DENIED_PORT = 5201, 5202, 9999
@@ -113,20 +116,20 @@ import socket, sys, time
 address, port, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 payload = b"x" * 32
-sent, start = 0, time.monotonic()
+sent, failed, start = 0, 0, time.monotonic()
 while True:
     now = time.monotonic() - start
     if now >= seconds:
         break
     due = int(rate * now) + 1
-    while sent < due:
+    while sent + failed < due:
         try:
             s.sendto(payload, (address, port))
+            sent += 1
         except OSError:
-            pass
-        sent += 1
+            failed += 1
     time.sleep(0.001)
-print(sent, time.monotonic() - start)
+print(sent, failed, time.monotonic() - start)
 """
 
 
@@ -229,6 +232,38 @@ def node_counts(st: labs.LabState, nodes: list[str]) -> dict[str, dict[str, int]
     return {n: {"recorded": status.nodes[n].recorded, "lost": status.nodes[n].lost} for n in nodes}
 
 
+def drained(
+    st: labs.LabState, nodes: list[str], expected: dict[str, int] | None = None, timeout: float = 30.0
+) -> dict[str, dict[str, int]]:
+    """The nodes' counts once the daemon has caught up: recorded + lost reached `expected` (by node),
+    or nothing changed for 3 s."""
+    last = node_counts(st, nodes)
+    still = time.monotonic()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if expected and all(last[n]["recorded"] + last[n]["lost"] >= expected[n] for n in nodes):
+            return last
+        time.sleep(0.25)
+        now = node_counts(st, nodes)
+        if now != last:
+            last, still = now, time.monotonic()
+        elif time.monotonic() - still > 3.0:
+            break
+    return last
+
+
+def kernel_logged(ns: str, prefix: str) -> int:
+    """Packets the node's rules logged with `prefix`: the counters of the rules that log it (a
+    logged drop is `log … counter … drop`)."""
+    data = json.loads(netns.run(ns, ["nft", "-j", "list", "ruleset"]).stdout)
+    total = 0
+    for item in data["nftables"]:
+        exprs = item.get("rule", {}).get("expr", [])
+        if any(e.get("log", {}).get("prefix") == prefix for e in exprs):
+            total += sum(e["counter"]["packets"] for e in exprs if "counter" in e)
+    return total
+
+
 def cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15)
@@ -252,10 +287,11 @@ def rounds(mesh: Path, tag: str, n: int, seconds: float, workers: int) -> dict[s
             row["load1"] = round(os.getloadavg()[0], 2)
             row["iperf"] = iperf(client_ns, address, seconds)
             before = node_counts(st, ends) if on else None
+            ticks0 = cpu_ticks(st.flows_pid) if on else 0
             row["conn"] = connections(client_ns, address, seconds, workers)
             if before is not None:
-                time.sleep(1.0)  # the daemon catches up
-                after = node_counts(st, ends)
+                row["flowsd_cpu_share"] = round((cpu_ticks(st.flows_pid) - ticks0) / TICKS / seconds, 3)
+                after = drained(st, ends)
                 row["recorded"] = {k: {m: after[k][m] - before[k][m] for m in after[k]} for k in ends}
             out.append(row)
             log(f"round {r + 1}/{2 * n}: {json.dumps(row)}")
@@ -275,36 +311,42 @@ def flood(tag: str, rates: list[int], seconds: float) -> dict[str, Any]:
     node = st.pods[CLIENT].node
     address = str(st.pods[DENIED].address)
     steps = []
+    node_ns = st.nodes[node]
     for rate in rates:
         before = node_counts(st, [node])[node]
+        logged0 = kernel_logged(node_ns, codes.DEFAULT_EGRESS)
         evicted0 = _evicted(st, node)
         t0 = cpu_ticks(st.flows_pid)
         argv = [sys.executable, "-c", FLOOD, address, str(DENIED_PORT), str(rate), str(seconds)]
         done = netns.run(st.pods[CLIENT].namespace, argv, timeout=seconds + 60)
-        sent, took = done.stdout.split()
+        sent, failed, took = done.stdout.split()
         cpu = (cpu_ticks(st.flows_pid) - t0) / TICKS
-        time.sleep(1.5)  # drain
-        after = node_counts(st, [node])[node]
+        during = node_counts(st, [node])[node]
+        logged = kernel_logged(node_ns, codes.DEFAULT_EGRESS) - logged0
+        after = drained(st, [node], {node: before["recorded"] + before["lost"] + logged})[node]
         step = {
             "asked_per_s": rate,
             "sent": int(sent),
+            "send_failed": int(failed),
             "sent_per_s": round(int(sent) / float(took), 1),
+            "logged_by_kernel": logged,
             "recorded": after["recorded"] - before["recorded"],
-            "recorded_per_s": round((after["recorded"] - before["recorded"]) / float(took), 1),
+            "recorded_per_s": round((during["recorded"] - before["recorded"]) / float(took), 1),
             "lost": after["lost"] - before["lost"],
+            "unaccounted": logged - (after["recorded"] - before["recorded"]) - (after["lost"] - before["lost"]),
             "evicted": _evicted(st, node) - evicted0,
             "flowsd_cpu_share": round(cpu / float(took), 3),
             "load1": round(os.getloadavg()[0], 2),
         }
         steps.append(step)
         log(f"flood {json.dumps(step)}")
-    clean = [s for s in steps if s["lost"] == 0]
+    clean = [s for s in steps if s["lost"] == 0 and s["unaccounted"] <= 0]
     return {
         "node": node,
         "to": f"{DENIED}:{DENIED_PORT}/UDP (denied by x-wing's egress policy)",
         "seconds": seconds,
         "steps": steps,
-        "highest_rate_without_loss_per_s": max((s["recorded_per_s"] for s in clean), default=0.0),
+        "highest_rate_without_loss_per_s": max((s["sent_per_s"] for s in clean), default=0.0),
         "highest_recorded_per_s": max(s["recorded_per_s"] for s in steps),
     }
 
@@ -320,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="rounds of each mode (on, off, on, off, …)")
     parser.add_argument("--seconds", type=float, default=5.0, help="of iperf3 and of the connection loop")
     parser.add_argument("--workers", type=int, default=4, help="connecting threads")
-    parser.add_argument("--flood-rates", default="1000,2000,4000,8000,16000,32000")
+    parser.add_argument("--flood-rates", default="2000,4000,8000,12000,16000,24000,32000,48000")
     parser.add_argument("--flood-seconds", type=float, default=3.0)
+    parser.add_argument("--only", default="rounds,flood", help="parts to run: rounds, flood")
     parser.add_argument("--tag", default=None, help="lab tag (default: the first free b1xx)")
     parser.add_argument("-o", "--output", type=Path, default=HERE / "results" / "flows.json")
     args = parser.parse_args(argv)
@@ -349,9 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         crossmesh("lab", "up", str(mesh), "--tag", tag, "-o", "json")
         result["run"]["first_up_s"] = round(time.monotonic() - t0, 1)
-        result["cross_site"] = rounds(mesh, tag, args.rounds, args.seconds, args.workers)
-        switch(mesh, tag, True)
-        result["record_rate"] = flood(tag, [int(x) for x in args.flood_rates.split(",")], args.flood_seconds)
+        only = set(args.only.split(","))
+        if "rounds" in only:
+            result["cross_site"] = rounds(mesh, tag, args.rounds, args.seconds, args.workers)
+            switch(mesh, tag, True)
+        if "flood" in only:
+            result["record_rate"] = flood(tag, [int(x) for x in args.flood_rates.split(",")], args.flood_seconds)
     finally:
         with suppress(Exception):
             crossmesh("lab", "down", "--mesh", str(mesh))
@@ -361,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"WARNING: cm-{tag} left {left}")
         shutil.rmtree(tmp, ignore_errors=True)
     result["run"]["load_at_end"] = Path("/proc/loadavg").read_text().strip()
+    for part in ("cross_site", "record_rate"):
+        if part in result:
+            result[part]["run"] = result["run"]
+    if args.output.exists():  # the parts not run this time are kept
+        result = {**json.loads(args.output.read_text()), **result}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
     log(f"wrote {args.output}")
@@ -369,19 +420,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    c = result["cross_site"]
+    c = result.get("cross_site", {})
     for key, unit in (("throughput_mbit_s", "Mbit/s"), ("connections_per_s", "connections/s")):
+        if key not in c:
+            continue
         s = c[key]
         print(
             f"{key}: on {s['on']['median']} [{s['on']['min']}–{s['on']['max']}] {unit}, off {s['off']['median']} "
             f"[{s['off']['min']}–{s['off']['max']}], ratio on/off {s['ratio_on_off']['median']} "
             f"[{s['ratio_on_off']['min']}–{s['ratio_on_off']['max']}]"
         )
-    f = result["record_rate"]
-    print(
-        f"record rate on {f['node']}: highest without loss {f['highest_rate_without_loss_per_s']}/s, "
-        f"highest recorded {f['highest_recorded_per_s']}/s"
-    )
+    f = result.get("record_rate")
+    if f:
+        print(
+            f"record rate on {f['node']}: highest without loss {f['highest_rate_without_loss_per_s']}/s, "
+            f"highest recorded {f['highest_recorded_per_s']}/s"
+        )
 
 
 if __name__ == "__main__":
