@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,3 +160,37 @@ def test_an_address_that_is_not_ipv4_is_refused(directory: Directory) -> None:
             outdev="",
             directory=directory,
         )
+
+
+def test_a_remembered_policy_decision_is_the_one_evaluated_and_the_memory_is_bounded(
+    directory: Directory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow daemon decides each (source, destination, port, protocol, direction, rule) once:
+    a repeated flow (another source port) names the same policy as a fresh evaluation does."""
+    from crossmesh.observe import enrich as enrich_mod
+
+    cases = [
+        (Packet("10.10.0.3", "10.11.0.3", 40000, 80), Observed(Verdict.FORWARDED, direction="ingress")),
+        (Packet("10.10.0.3", "10.11.0.3", 40000, 80), Observed(Verdict.DROPPED, DropReason.POLICY_DENIED, "ingress")),
+        (Packet("10.11.0.2", "10.11.0.3", 40000, 80), Observed(Verdict.DROPPED, DropReason.POLICY_DENY, "ingress")),
+    ]
+    for packet, observed in cases:
+        directory.verdicts.clear()
+        fresh = enrich(packet, observed, node="azure-talos-1", indev="", outdev="", directory=directory)
+        again = enrich(
+            dataclasses.replace(packet, sport=41234),
+            observed,
+            node="azure-talos-1",
+            indev="",
+            outdev="",
+            directory=directory,
+        )
+        assert len(directory.verdicts) == 1
+        assert (again.flow.policy, again.flow.rule, again.match) == (fresh.flow.policy, fresh.flow.rule, fresh.match)
+        assert again.flow.summary == fresh.flow.summary.replace(":40000", ":41234")
+    monkeypatch.setattr(enrich_mod, "VERDICTS_KEPT", 2)
+    directory.verdicts.clear()
+    for dport in (80, 81, 82):
+        enrich(Packet("10.10.0.3", "10.11.0.3", 40000, dport), cases[0][1], node="azure-talos-1", indev="", outdev="",
+               directory=directory)  # fmt: skip
+    assert len(directory.verdicts) == 1  # forgotten at two, then the third remembered

@@ -273,3 +273,16 @@ def test_a_proxy_whose_flow_daemon_is_not_listening_counts_the_record_and_goes_o
     event = l7.HttpEvent(1.0, "n", "10.0.0.1", 1, "10.0.0.2", 80, "GET", "/", 200, Verdict.FORWARDED)
     assert sender.send(event) is False and sender.unsent == 1
     sender.close()
+
+
+def test_every_record_is_counted_in_its_series_not_only_the_first(daemon: Daemon) -> None:
+    """The daemon looks each labelled series up once; later records still count in it."""
+    reader = FakeReader()
+    pumping(daemon, "azure-talos-1", reader)
+    reader.push([Packet(codes.NEW_INGRESS, "10.10.0.3", "10.11.0.3", sport=40000 + i) for i in range(3)])
+    reader.push([Packet(codes.DEFAULT_INGRESS, "10.10.0.3", "10.11.0.3", dport=5353, protocol=17)] * 2)
+    wait_for(lambda: daemon.relay.rings["azure-talos-1"].recorded == 5)
+    m = daemon.metrics["azure-talos-1"].registry
+    flows = {"protocol": "TCP", "type": "Trace", "subtype": "to-endpoint", "verdict": "FORWARDED"}
+    assert m.get_sample_value("hubble_flows_processed_total", flows) == 3
+    assert m.get_sample_value("hubble_drop_total", {"reason": "POLICY_DENIED", "protocol": "UDP"}) == 2

@@ -23,6 +23,7 @@ BEFORE = {
     "cut_sites": [],
     "cut_uplinks": [],
     "etcd_pids": {"cm-abcd-e0": 4100},
+    "flow_logs": True,
     "flows_digest": "",
     "flows_pid": 4500,
     "indices": {"site": {"aws-sg": 0}},
@@ -96,15 +97,17 @@ def test_round_trip() -> None:
     state.wireguard["cm-abcd-g1"] = DeviceEntry(namespace="cm-abcd-n1", node="n")
     state.indices = {"node": {"n": 1}}
     state.stopped_forwarding, state.cut_uplinks = ["n"], ["m", "n"]
+    state.flow_logs = False
     assert LabState.from_json(json.loads(_text(state.to_json()))) == state
 
 
 def test_fields_a_lab_json_lacks_take_their_defaults() -> None:
     """A lab.json written before a field existed still reads."""
-    lacking = ("cut_sites", "built_digest", "built_from", "overlay", "stopped_forwarding", "cut_uplinks")
+    lacking = ("cut_sites", "built_digest", "built_from", "overlay", "stopped_forwarding", "cut_uplinks", "flow_logs")
     state = LabState.from_json({k: v for k, v in BEFORE.items() if k not in lacking})
     assert (state.cut_sites, state.built_digest, state.built_from, state.overlay) == ([], "", "", {})
     assert (state.stopped_forwarding, state.cut_uplinks) == ([], [])
+    assert state.flow_logs  # a lab from before the switch logs flows, as it did
 
 
 def test_the_lab_reads_the_revision_it_was_built_from_and_nothing_outside_its_folder() -> None:
@@ -169,6 +172,8 @@ def _damaged(path: tuple[str, ...], value: Any) -> dict[str, Any]:
         (_damaged(("namespaces",), ["cm-abcd-n0", 3]), r"^lab\.json: namespaces\[1\]: expected a string"),
         (_damaged(("cut_uplinks",), "gw-1"), r"^lab\.json: cut_uplinks: expected a list, got \"gw-1\""),
         (_damaged(("stopped_forwarding",), [None]), r"^lab\.json: stopped_forwarding\[0\]: expected a string"),
+        (_damaged(("flow_logs",), "off"), r"^lab\.json: flow_logs: expected true or false, got \"off\""),
+        (_damaged(("flow_logs",), 0), r"^lab\.json: flow_logs: expected true or false, got 0"),
     ],
 )
 def test_a_damaged_lab_json_is_refused_naming_the_field(data: Any, message: str) -> None:

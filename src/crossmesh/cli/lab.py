@@ -49,6 +49,14 @@ def up(
     lease_ttl: int | None = typer.Option(
         None, "--lease-ttl", min=1, max=600, help="agents' etcd lease TTL in seconds (default 3): failure detection"
     ),
+    flow_logs: bool | None = typer.Option(
+        None,
+        "--flow-logs/--no-flow-logs",
+        help="record flows: log rules in every node's and router's table and the flow daemon (`crossmesh "
+        "observe`); --no-flow-logs builds the tables without them and stops the daemon. Kept by later `lab up`s "
+        "[default: what the lab has; on for a new lab]",
+        show_default=False,
+    ),
     output: Output = OUTPUT_OPTION,
 ) -> None:
     """Build the mesh on this host and return when every tunnel has completed a handshake and every pod
@@ -64,6 +72,7 @@ def up(
         agents=agents,
         lease_ttl=lease_ttl,
         progress=_progress(started),
+        flow_logs=flow_logs,
     )
     total = time.monotonic() - started
     if output is not Output.TABLE:
@@ -135,19 +144,29 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 "etcd": members,
                 "operator": operator,
                 "sites": sites,
-                "flows": {"running": labs.alive(state.flows_pid), "socket": str(state.dir / "flows.sock")},
+                "flows": {
+                    "logs": state.flow_logs,
+                    "running": labs.alive(state.flows_pid),
+                    "socket": str(state.dir / "flows.sock"),
+                },
             },
             output,
         )
         return
     out.print(f"lab [bold]{state.mesh_name}[/bold] (cm-{state.tag}) from {escape(str(state.mesh))}: {state.status}")
-    flows = (
-        f"relay at {escape(str(state.dir / 'flows.sock'))}" if labs.alive(state.flows_pid) else "[red]not running[/red]"
-    )
-    out.print(
-        f"flow daemon: {flows} (`crossmesh observe`, site routers as router/SITE; "
-        "metrics on every node's address, port 9965)"
-    )
+    if not state.flow_logs:
+        fix = escape(f"`crossmesh lab up {state.mesh} --flow-logs`")
+        out.print(f"flow logs: off (no table logs a packet, no flow daemon; turn them on with {fix})")
+    else:
+        flows = (
+            f"relay at {escape(str(state.dir / 'flows.sock'))}"
+            if labs.alive(state.flows_pid)
+            else "[red]not running[/red]"
+        )
+        out.print(
+            f"flow logs: on — flow daemon: {flows} (`crossmesh observe`, site routers as router/SITE; "
+            "metrics on every node's address, :9965)"
+        )
     t = Table(title="Nodes", title_justify="left")
     for c in ("node", "namespace", "namespace up", "workload", "WireGuard", "forwarding", "uplink"):
         t.add_column(c, overflow="fold")

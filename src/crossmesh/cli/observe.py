@@ -117,6 +117,8 @@ def observe(
     if lab is not None and mesh is not None:
         raise UsageError("--lab and --mesh both name the lab: give one")
     state = _lab(lab, mesh) if socket is None or lab is not None or mesh is not None else None
+    if state is not None and not state.flow_logs:
+        raise UsageError(f"flow logs are off for this lab: `crossmesh lab up {state.mesh} --flow-logs`")
     known = (
         filters.Known(
             pods=frozenset(state.pods),

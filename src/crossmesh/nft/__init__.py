@@ -36,6 +36,7 @@ from crossmesh.nft.model import (
     Type,
     Verdict,
     dport,
+    without_logs,
 )
 from crossmesh.nft.text import COMMENT_MAX, Atom, comment, elements, ifname, log_prefix, render, rule
 
@@ -82,4 +83,5 @@ __all__ = [
     "log_prefix",
     "render",
     "rule",
+    "without_logs",
 ]

@@ -271,3 +271,24 @@ class Table:
     items: tuple[Item, ...]  # printed in this order (sets before the chains that use them)
     family: Family = Family.IP
     comment: str | None = None
+
+
+def without_logs(table: Table) -> Table:
+    """`table` with every `Log` expression taken out of its rules — a lab whose flow logs are off:
+    nothing reaches NFLOG, the rest (matches, counters, marks, NAT, verdicts) is the same. A rule
+    left with nothing but matches (one that only logged) does nothing, so it goes too: no packet
+    pays for comparing it."""
+
+    def strip(rule: Rule) -> Rule | None:
+        if not any(isinstance(e, Log) for e in rule.exprs):
+            return rule
+        kept = tuple(e for e in rule.exprs if not isinstance(e, Log))
+        return Rule(kept, rule.comment) if not all(isinstance(e, Match) for e in kept) else None
+
+    def chain(item: Item) -> Item:
+        if not isinstance(item, Chain):
+            return item
+        rules = tuple(r for r in map(strip, item.rules) if r is not None)
+        return Chain(item.name, rules, item.base)
+
+    return Table(table.name, tuple(map(chain, table.items)), table.family, table.comment)

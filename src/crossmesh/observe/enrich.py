@@ -30,6 +30,7 @@ from crossmesh.policy.model import ALL_PORTS, Endpoint, EndpointKind
 
 PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP", 132: "SCTP"}
 HOST, WORLD, REMOTE_NODE = 1, 2, 6  # Cilium's reserved identities
+VERDICTS_KEPT = 65536  # policy decisions a Directory remembers (a few MB)
 POD_IDENTITY_BASE = 256  # pod identities are numbered from here (Cilium's first cluster-local one)
 WIREGUARD, VXLAN = "wireguard", "vxlan"  # the kinds of device a node's flows can leave by
 
@@ -99,6 +100,12 @@ class Directory:
     cluster_ips: Mapping[tuple[str, IPv4Address, int, str], str]  # (cluster, ClusterIP, port, proto) → service
     node_ports: Mapping[tuple[str, int, str], str]  # (cluster, nodePort, proto) → service
     routes: Mapping[str, NodeRoutes]  # node → its routes
+    # (src, dst, dport, protocol, direction, observed) → (policy, rule, note, match): the policy part of
+    # a record depends on nothing else, and the index never changes (a new one is a new daemon).
+    # Evaluating it is a third of a record's cost; a connection flood repeats the same few keys.
+    verdicts: dict[tuple[object, ...], tuple[str, str, str, str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(cls, plan: Plan, index: PolicyIndex, devices: Mapping[str, Mapping[str, str]]) -> Directory:
@@ -138,6 +145,22 @@ class Directory:
             node_ports=node_ports,
             routes=routes,
         )
+
+    def decided(
+        self, src: IPv4Address, dst: IPv4Address, dport: int, protocol: str, direction: str, observed: Observed
+    ) -> tuple[str, str, str, str]:
+        """(policy, rule, note, match) of a flow in `direction`, as `policy trace` decides it;
+        remembered (up to VERDICTS_KEPT keys, then forgotten all at once)."""
+        key = (src, dst, dport, protocol, direction, observed)
+        found = self.verdicts.get(key)
+        if found is None:
+            verdict = evaluate(self.index, self.policy_endpoint(src), self.policy_endpoint(dst), dport, protocol)
+            side = verdict.egress if direction == "egress" else verdict.ingress
+            found = (*attribution(side, observed), policy_match(side))
+            if len(self.verdicts) >= VERDICTS_KEPT:
+                self.verdicts.clear()
+            self.verdicts[key] = found
+        return found
 
     # --- names ---------------------------------------------------------------------------------
 
@@ -247,12 +270,7 @@ def enrich(  # noqa: PLR0913 - the packet, what its rule said, where it was seen
     policy = rule = note = ""
     match = "none"
     if direction in ("egress", "ingress") and protocol in ("TCP", "UDP", "SCTP"):
-        verdict = evaluate(
-            directory.index, directory.policy_endpoint(src), directory.policy_endpoint(dst), dport, protocol
-        )
-        side = verdict.egress if direction == "egress" else verdict.ingress
-        policy, rule, note = attribution(side, observed)
-        match = policy_match(side)
+        policy, rule, note, match = directory.decided(src, dst, dport, protocol, direction, observed)
     flow = Flow(
         time=packet.time,
         node=node,

@@ -79,4 +79,5 @@ def topology_of(state: LabState, active: Mapping[str, str] | None = None) -> tup
         policy_index(compiled),
         agent_routes=state.control_plane == "etcd",
         indices=state.indices or None,
+        flow_logs=state.flow_logs,
     )

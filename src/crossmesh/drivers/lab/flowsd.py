@@ -54,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -121,24 +121,34 @@ class NodeMetrics:
         self.lost = exposition.counter(catalogue.FLOWS_LOST, self.registry)
         self.evicted = exposition.counter(catalogue.FLOWS_EVICTED, self.registry)
         self.server: exposition.MetricsServer | None = None
+        # Each labelled series once looked up: `labels()` validates and locks on every call, a
+        # sixth of a record's cost. The label values are bounded (see the module's docstring).
+        self.series: dict[tuple[object, ...], Any] = {}
+
+    def _inc(self, metric: Any, *labels: str) -> None:
+        key = (id(metric), *labels)  # the three metrics live as long as this object
+        child = self.series.get(key)
+        if child is None:
+            child = self.series[key] = metric.labels(*labels)
+        child.inc()
 
     def count(self, record: Enriched) -> None:
         flow = record.flow
         kind = "Trace"
         if flow.verdict is Verdict.DROPPED:
             kind, subtype = "Drop", ""
-            self.drops.labels(flow.drop_reason.value or "UNKNOWN", flow.protocol).inc()
+            self._inc(self.drops, flow.drop_reason.value or "UNKNOWN", flow.protocol)
         elif flow.direction == "ingress":
             subtype = "to-endpoint"
         else:
             subtype = "to-overlay" if flow.tunnel is not None else "to-stack"
         if flow.http is not None:
             kind, subtype = "L7", "HTTP"
-        self.flows.labels(flow.protocol, kind, subtype, flow.verdict.value).inc()
+        self._inc(self.flows, flow.protocol, kind, subtype, flow.verdict.value)
         if flow.direction:
             action = flow.verdict.value.lower()
-            self.verdicts.labels(flow.direction, record.match, action).inc()
-            self.by_policy.labels(flow.direction, action, flow.policy).inc()
+            self._inc(self.verdicts, flow.direction, record.match, action)
+            self._inc(self.by_policy, flow.direction, action, flow.policy)
 
 
 class Daemon:

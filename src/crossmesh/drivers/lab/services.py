@@ -72,9 +72,11 @@ def start_services(state: LabState, topo: LabTopology, plan: Plan, manifests: di
     ).hexdigest()
     digest = reconcile.nft_digest(
         json.dumps(
-            [plan_services_view(plan), dataclasses.asdict(plan.health), code, policies], sort_keys=True, default=str
+            [plan_services_view(plan), dataclasses.asdict(plan.health), code, policies, state.flow_logs],
+            sort_keys=True,
+            default=str,
         )
-    )
+    )  # it rewrites node tables with the lab's flow logs on or off: turning them restarts it
     if alive(state.services_pid) and state.services_digest == digest:
         return changes
     if alive(state.services_pid):
@@ -104,7 +106,10 @@ def start_services(state: LabState, topo: LabTopology, plan: Plan, manifests: di
 
 def start_flows(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[str, list[Any]]) -> list[str]:
     """The flow daemon, (re)started when the nodes, pods, services, policies or its code changed
-    (it names flows by them); `up` returns once its relay socket, flows.sock, is there."""
+    (it names flows by them); `up` returns once its relay socket, flows.sock, is there. A lab whose
+    flow logs are off runs none: a running one is stopped."""
+    if not state.flow_logs:
+        return stop_flows(state)
     policies = sorted(json.dumps(m.raw, sort_keys=True) for ms in manifests.values() for m in ms)
     modules = (flowsd, flowrelay, nflog, codes, enrich, ring, wire, l7, l7log)
     code = hashlib.sha256(b"".join(Path(str(m.__file__)).read_bytes() for m in modules)).hexdigest()
@@ -141,4 +146,18 @@ def start_flows(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[
             raise LabError(f"the flow daemon did not start; see {log}")
         time.sleep(0.02)
     changes.append("flow daemon started")
+    return changes
+
+
+def stop_flows(state: LabState) -> list[str]:
+    """The flow daemon stopped and its socket gone (flow logs turned off): `crossmesh observe` then
+    says the lab records no flows rather than reading a relay nothing feeds."""
+    changes = []
+    if alive(state.flows_pid):
+        stop_group(state.flows_pid)
+        changes.append("flow daemon stopped (flow logs are off)")
+    (state.dir / "flows.sock").unlink(missing_ok=True)
+    if state.flows_pid or state.flows_digest:
+        state.flows_pid, state.flows_digest = 0, ""
+        state.save()
     return changes

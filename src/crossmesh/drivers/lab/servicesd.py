@@ -321,7 +321,7 @@ class Daemon:
     def apply(self) -> list[str]:
         with self.lock:
             unhealthy = frozenset(k for k, b in self.backends.items() if not b.healthy)
-        topo = topology.build(self.plan, self.state.tag, unhealthy, self.policy)
+        topo = topology.build(self.plan, self.state.tag, unhealthy, self.policy, flow_logs=self.state.flow_logs)
         changes = []
         for ns in topo.namespaces:
             if ns.role == "node" and ns.nft is not None:

@@ -92,6 +92,7 @@ class LabState:
     services_digest: str = ""  # of the plan it runs with; a new plan restarts it
     flows_pid: int = 0  # the flow daemon: every node's flow records behind flows.sock, metrics on :9965
     flows_digest: str = ""  # of the plan and policies it names flows with; a new one restarts it
+    flow_logs: bool = True  # off (`lab up --no-flow-logs`): no table logs to NFLOG and no flow daemon runs
     sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
     inet: str = ""
     applied: dict[str, str] = field(default_factory=dict)  # namespace → digest of the spec it was brought to
@@ -227,10 +228,12 @@ def _parse(value: object, hint: Any, where: str) -> Any:
         return float(value)
     if hint in (str, int, float) and isinstance(value, hint) and not isinstance(value, bool):
         return value
+    if hint is bool and isinstance(value, bool):
+        return value
     raise _refuse(where, _NAMES.get(hint, str(hint)), value)
 
 
-_NAMES: dict[Any, str] = {str: "a string", int: "an integer", float: "a number"}
+_NAMES: dict[Any, str] = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
 def daemon_state(lab_dir: str) -> LabState | str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from crossmesh import nft
@@ -168,11 +168,14 @@ def build(
     agent_routes: bool = False,
     indices: dict[str, dict[str, int]] | None = None,
     prerequisites: Mapping[str, SitePrerequisites] | None = None,
+    flow_logs: bool = True,
 ) -> LabTopology:
     """The lab's desired state. With `agent_routes`, routes into the tunnels and (topology gateways)
     via the site's active gateway are left to the nodes' agents (they follow etcd), and the lab sets up
     everything else. Site routers enforce
-    the sites' inbound prerequisites (`prerequisites`, by site: the plan's own when not given)."""
+    the sites' inbound prerequisites (`prerequisites`, by site: the plan's own when not given).
+    Without `flow_logs` (`lab up --no-flow-logs`) no table logs a packet for the flow daemon
+    (`nft.without_logs`): the one place the switch acts on the data plane."""
     prefix = f"cm-{tag}"
     sites = list(plan.sites)
     firewall = prerequisites if prerequisites is not None else {p.site.name: p for p in derive_prerequisites(plan)}
@@ -354,6 +357,8 @@ def build(
                 owner=ep.pod.ref,
             )
         )
+    if not flow_logs:
+        namespaces = [replace(ns, nft=nft.without_logs(ns.nft)) if ns.nft is not None else ns for ns in namespaces]
     return LabTopology(
         tag=tag,
         prefix=prefix,

@@ -86,6 +86,7 @@ def up(
     progress: Progress = quiet,
     source: Path | None = None,
     applied: tuple[int, str] | None = None,
+    flow_logs: bool | None = None,
 ) -> UpResult:
     """Build (or bring back to the plan) the lab of `mesh`; returns when every tunnel has
     completed a handshake and every pod answers. With `agents`, a 3-member etcd cluster and
@@ -95,13 +96,14 @@ def up(
     `source`: build from these files instead of `mesh`'s (the revision `crossmesh apply` published
     for this lab, which the provisioner follows; `applied`: its revision and digest, so that it is not
     applied again — a stale one would undo a newer apply); the lab stays `mesh`'s. One `up` at a time
-    per lab."""
+    per lab. `flow_logs`: False builds every table without a log rule and runs no flow daemon, True
+    brings both back; None keeps what the lab has (on for a new lab)."""
     preflight()
     mesh_abs = str(mesh.resolve())
     running = next((lab for lab in running_labs() if lab.mesh == mesh_abs), None)
     with lab_lock(running.tag if running is not None else None):
         return _up(mesh, mesh_abs, running, state_dir, tag, keep_on_error, agents, lease_ttl, overlay, changed_only,
-                   progress, source, applied)  # fmt: skip
+                   progress, source, applied, flow_logs)  # fmt: skip
 
 
 def _up(
@@ -118,6 +120,7 @@ def _up(
     progress: Progress,
     source: Path | None,
     applied: tuple[int, str] | None,
+    flow_logs: bool | None,
 ) -> UpResult:
     if running is not None:
         running = LabState.load(running.tag) or running  # another `up` may have changed it meanwhile
@@ -140,6 +143,8 @@ def _up(
             "remove them with `crossmesh lab down --all`"
         )
     agents = agents or (existing is not None and existing.control_plane == "etcd")
+    if flow_logs is None:
+        flow_logs = existing.flow_logs if existing is not None else True
     try:
         topo = topology.build(
             plan,
@@ -148,11 +153,13 @@ def _up(
             policy_index(compiled),
             agent_routes=agents,
             indices=existing.indices if existing is not None else None,
+            flow_logs=flow_logs,
         )
     except ValueError as err:
         raise LabError(str(err)) from err
     state = existing or LabState(tag=tag, mesh=mesh_abs, mesh_name=plan.mesh, state_dir=str(compiled.store.root))
     state.control_plane = "etcd" if agents else ""
+    state.flow_logs = flow_logs
     state.built_from = str(source.absolute()) if source is not None else ""
     state.overlay = overlay
     state.indices = topo.indices
@@ -334,7 +341,7 @@ def _build(
     progress("services: health checks, ClusterIP tables, DNS")
     changes += start_services(state, topo, compiled.plan, compiled.loaded.manifests)
     lap("services")
-    progress("flows: every node's flow records (flows.sock) and metrics (:9965)")
+    progress("flows: every node's flow records (flows.sock) and metrics (:9965)" if state.flow_logs else "flows: off")
     changes += start_flows(state, topo, compiled.plan, compiled.loaded.manifests)
     lap("flows")
     progress("waiting for every pod to answer")
