@@ -89,5 +89,6 @@ def test_flow_logs_off_and_on_again(make_lab) -> None:  # type: ignore[no-untype
         if len(seen) == 2 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert snap.status is not None and sorted(snap.status.nodes) == sorted(st.nodes)
+    routers = [f"router/{site}" for site in st.sites]
+    assert snap.status is not None and sorted(snap.status.nodes) == sorted([*st.nodes, *routers])
     assert seen == {st.pods[CLIENT].node, st.pods[SERVER].node}
