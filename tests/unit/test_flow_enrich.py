@@ -42,6 +42,14 @@ class Packet:
     orig_sport: int = 0
     orig_dst: str = ""
     orig_dport: int = 0
+    icmp_code: int = -1
+    mtu: int = 0
+    inner_protocol: int = 0
+    inner_src: str = ""
+    inner_dst: str = ""
+    inner_sport: int = 0
+    inner_dport: int = 0
+    inner_length: int = 0
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +202,84 @@ def test_a_remembered_policy_decision_is_the_one_evaluated_and_the_memory_is_bou
         enrich(Packet("10.10.0.3", "10.11.0.3", 40000, dport), cases[0][1], node="azure-talos-1", indev="", outdev="",
                directory=directory)  # fmt: skip
     assert len(directory.verdicts) == 1  # forgotten at two, then the third remembered
+
+
+# --- drops the kernel's forwarding makes, from the ICMP error the node sends -------------------
+
+
+def icmp_error(node_side: str, to: str, quoted: tuple[str, str, int, int, int], **kw: int) -> Packet:
+    """An ICMP destination unreachable the node sent `to`, quoting (protocol, src, dst, sport, dport)."""
+    protocol, src, dst, sport, dport = quoted
+    return Packet(node_side, to, 0, 0, protocol=1, inner_protocol=protocol, inner_src=src, inner_dst=dst,
+                  inner_sport=sport, inner_dport=dport, **kw)  # fmt: skip
+
+
+def test_a_packet_too_big_for_the_path_is_the_senders_flow_with_the_path_mtu(directory: Directory) -> None:
+    # The node refused x-wing-0's 1400-byte datagram to rebel-base-0: the VXLAN path carries 1330.
+    error = icmp_error(
+        "10.10.0.1", "10.10.0.3", (17, "10.10.0.3", "10.11.0.3", 41000, 9999), icmp_code=4, mtu=1330, inner_length=1400
+    )
+    observed = Observed(Verdict.DROPPED, DropReason.MTU, quoted=True)
+    flow, match = enrich(error, observed, node="aws-talos-1", indev="", outdev="cm-t-v1", directory=directory)
+    assert (flow.verdict, flow.drop_reason.value, flow.protocol) == (Verdict.DROPPED, "FRAG_NEEDED", "UDP")
+    assert (flow.source.ref, flow.source_port) == ("cluster1/default/x-wing-0", 41000)
+    assert (flow.destination.ref, flow.destination_port) == ("cluster2/default/rebel-base-0", 9999)
+    assert flow.direction == "" and flow.policy == "" and match == "none"
+    # The path it was refused for goes through the tunnel to azure-talos-1 (the overlay inside it).
+    assert flow.tunnel is not None and (flow.tunnel.peer, flow.tunnel.site) == ("azure-talos-1", "azure-we")
+    assert flow.summary == (
+        "cluster1/default/x-wing-0:41000 -> cluster2/default/rebel-base-0:9999 UDP DROPPED (FRAG_NEEDED) "
+        "via tunnel azure-talos-1 (azure-we) — 1400 bytes with DF set; 1330 is the path MTU"
+    )
+    assert Flow.from_json(flow.to_json()) == flow
+
+
+def test_no_answer_from_a_neighbour_is_a_no_route_drop_of_the_senders_flow(directory: Directory) -> None:
+    error = icmp_error("10.10.0.1", "10.10.0.3", (6, "10.10.0.3", "10.0.1.99", 41001, 9999), icmp_code=1)
+    observed = Observed(Verdict.DROPPED, DropReason.NO_ROUTE, quoted=True)
+    flow, _ = enrich(error, observed, node="aws-talos-1", indev="", outdev="cm-t-v1", directory=directory)
+    assert (flow.drop_reason, flow.protocol, flow.destination.kind, flow.tunnel) == (
+        DropReason.NO_ROUTE,
+        "TCP",
+        "world",
+        None,
+    )
+    assert flow.summary == (
+        "cluster1/default/x-wing-0:41001 -> 10.0.1.99:9999 TCP DROPPED (NO_ROUTE) "
+        "— 10.0.1.99 unreachable: no route to the host, or no answer to ARP"
+    )
+    no_net = enrich(
+        icmp_error("10.0.1.5", "10.0.1.5", (17, "10.0.1.5", "192.0.2.9", 5, 53), icmp_code=0),
+        observed,
+        node="aws-talos-1",
+        indev="",
+        outdev="",
+        directory=directory,
+    ).flow
+    assert no_net.source.ref == "aws-talos-1" and no_net.summary.endswith("— no route to 192.0.2.9")
+
+
+def test_a_refused_packet_sent_to_a_service_names_the_service(directory: Directory) -> None:
+    quoted = (6, "10.10.0.3", "10.96.109.143", 41002, 80)  # the kernel translates the quote back for its sender
+    error = icmp_error("10.10.0.1", "10.10.0.3", quoted, icmp_code=4, mtu=1330, inner_length=1400)
+    observed = Observed(Verdict.DROPPED, DropReason.MTU, quoted=True)
+    flow, _ = enrich(error, observed, node="aws-talos-1", indev="", outdev="", directory=directory)
+    assert (flow.service, flow.service_address) == ("cluster1/default/rebel-base", "10.96.109.143:80")
+
+
+def test_an_icmp_error_without_a_quote_is_refused_and_one_forwarded_is_not_read_as_its_quote(
+    directory: Directory,
+) -> None:
+    observed = Observed(Verdict.DROPPED, DropReason.MTU, quoted=True)
+    with pytest.raises(ValueError, match="without the packet"):
+        enrich(Packet("10.10.0.1", "10.10.0.3", 0, 0, protocol=1), observed, node="aws-talos-1", indev="",
+               outdev="", directory=directory)  # fmt: skip
+    # A policy rule that drops an ICMP error someone else sent: the record is that ICMP packet.
+    error = icmp_error("10.11.0.3", "10.10.0.3", (17, "10.10.0.3", "10.11.0.3", 1, 2), icmp_code=3)
+    dropped = Observed(Verdict.DROPPED, DropReason.POLICY_DENIED, "ingress")
+    flow, _ = enrich(error, dropped, node="aws-talos-1", indev="", outdev="", directory=directory)
+    assert (flow.protocol, flow.source.ref, flow.destination.ref) == (
+        "ICMP",
+        "cluster2/default/rebel-base-0",
+        "cluster1/default/x-wing-0",
+    )

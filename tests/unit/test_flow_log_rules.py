@@ -110,3 +110,35 @@ def test_the_codes_decode_to_verdict_reason_and_direction() -> None:
     assert codes.decode_prefix("someone else's prefix") is None
     for code in (codes.NEW_EGRESS, codes.DENY_INGRESS, codes.PRIVATE_TO_INTERNET, codes.NAT):
         assert nft.log_prefix(code) == code  # nft takes each as it is
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_node_and_router_logs_the_icmp_errors_its_forwarding_sends(case: str, tmp_path: Path) -> None:
+    # A packet too big for the path, or with no route or neighbour, is refused before any forward
+    # chain sees it; the ICMP error the kernel answers with leaves through the output hook.
+    want = [
+        'icmp type 3 icmp code 4 log prefix "cm:mtu" group 100',
+        'icmp type 3 icmp code { 0, 1 } log prefix "cm:noroute" group 100',
+    ]
+    seen = 0
+    for name, role, table in _tables(case, tmp_path):
+        if role not in ("node", "router"):
+            continue
+        (out,) = (
+            c
+            for c in _chains(table)
+            if c.base is not None and c.base.hook is nft.Hook.OUTPUT and c.base.type is nft.ChainType.FILTER
+        )
+        rules = [nft.rule(r) for r in out.rules]
+        assert rules[-2:] == want, f"{name} {out.name}: {rules}"
+        assert not any(_drops(r) for r in out.rules[-2:])  # logged only: the error goes to its sender
+        seen += 1
+    assert seen >= 2
+
+
+def test_the_icmp_error_codes_decode_to_drops_of_the_quoted_flow() -> None:
+    assert codes.decode_prefix(codes.MTU) == (Verdict.DROPPED, DropReason.MTU, "")
+    assert codes.decode_prefix(codes.NO_ROUTE) == (Verdict.DROPPED, DropReason.NO_ROUTE, "")
+    assert {codes.MTU, codes.NO_ROUTE} == codes.ICMP_ERRORS
+    for code in codes.ICMP_ERRORS:
+        assert nft.log_prefix(code) == code

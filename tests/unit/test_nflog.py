@@ -179,3 +179,75 @@ def test_the_address_before_dnat_is_filled_from_the_nat_message() -> None:
     for sport in (1, 2):  # bounded: the oldest is forgotten
         seen.learn(nflog.LogPacket("cm:nat", 100, 0.0, 0, 0, 17, "10.9.9.9", "10.96.0.1", sport, 53))
     assert seen.fill(after).orig_dst == ""
+
+
+# --- ICMP errors: the packet they quote --------------------------------------------------------
+
+
+def icmp_error(  # noqa: PLR0913 - the outer packet and the ICMP header
+    src: str, dst: str, quoted: bytes, *, kind: int = 3, code: int = 4, rest: bytes = b"\0\0\x05\x32"
+) -> bytes:
+    """An ICMP error from `src` to `dst` as the kernel sends it, quoting `quoted` (IP header + 8 bytes)."""
+    body = struct.pack("!BBH", kind, code, 0) + rest + quoted
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(body), 9, 0, 64, 1, 0, IPv4Address(src).packed, IPv4Address(dst).packed
+    )
+    return header + body
+
+
+def quote(src: str, dst: str, length: int, *, proto: int = 17, sport: int = 41000, dport: int = 9999) -> bytes:
+    """The first 28 bytes of a DF packet of `length` bytes from `src` to `dst`."""
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, length, 1, 0x4000, 63, proto, 0, IPv4Address(src).packed, IPv4Address(dst).packed
+    )
+    return header + struct.pack("!HHHH", sport, dport, length - 20, 0)
+
+
+def test_a_fragmentation_needed_error_gives_the_refused_packet_and_the_next_hops_mtu() -> None:
+    # What the lab's node sent a pod whose 1400-byte datagram the 1330-byte VXLAN path cannot carry.
+    error = icmp_error("10.10.0.1", "10.10.0.3", quote("10.10.0.3", "10.11.0.3", 1400), rest=b"\0\0\x05\x32")
+    (p,), skipped = nflog.parse(packet(error, prefix="cm:mtu", indev=0, outdev=6), now=0.0)
+    assert skipped == 0
+    assert (p.prefix, p.protocol, p.src, p.dst, p.sport, p.dport) == ("cm:mtu", 1, "10.10.0.1", "10.10.0.3", 0, 0)
+    assert (p.icmp_type, p.icmp_code, p.mtu) == (3, 4, 1330)
+    inner = (p.inner_protocol, p.inner_src, p.inner_dst, p.inner_sport, p.inner_dport, p.inner_length)
+    assert inner == (17, "10.10.0.3", "10.11.0.3", 41000, 9999, 1400)
+
+
+def test_a_host_unreachable_error_quotes_the_packet_and_has_no_mtu() -> None:
+    error = icmp_error("10.10.0.1", "10.10.0.3", quote("10.10.0.3", "10.0.1.99", 33, proto=6), code=1, rest=b"\0" * 4)
+    (p,), _ = nflog.parse(packet(error, prefix="cm:noroute"), now=0.0)
+    assert (p.icmp_type, p.icmp_code, p.mtu) == (3, 1, 0)
+    assert (p.inner_protocol, p.inner_src, p.inner_dst, p.inner_dport) == (6, "10.10.0.3", "10.0.1.99", 9999)
+
+
+def test_an_echo_quotes_nothing_and_other_protocols_have_no_icmp_fields() -> None:
+    echo = icmp_error("10.10.0.3", "10.11.0.3", quote("1.2.3.4", "5.6.7.8", 100), kind=8, code=0)
+    (p, q), _ = nflog.parse(packet(echo) + packet(ipv4("10.1.0.2", "10.2.0.3")), now=0.0)
+    assert (p.icmp_type, p.icmp_code, p.inner_protocol, p.inner_src) == (8, 0, 0, "")
+    assert (q.icmp_type, q.icmp_code, q.mtu, q.inner_protocol, q.inner_src) == (-1, -1, 0, 0, "")
+
+
+def test_a_quote_cut_short_keeps_what_is_there() -> None:
+    whole = quote("10.10.0.3", "10.11.0.3", 1400)
+    (p, q, r), skipped = nflog.parse(
+        packet(icmp_error("10.10.0.1", "10.10.0.3", whole[:19]))  # no room for the quoted header
+        + packet(icmp_error("10.10.0.1", "10.10.0.3", whole[:22]))  # the header, half the ports
+        + packet(icmp_error("10.10.0.1", "10.10.0.3", b"")[:24]),  # the ICMP header itself cut short
+        now=0.0,
+    )
+    assert skipped == 0
+    assert (p.mtu, p.inner_protocol, p.inner_src) == (1330, 0, "")
+    assert (q.inner_src, q.inner_dst, q.inner_sport, q.inner_dport) == ("10.10.0.3", "10.11.0.3", 0, 0)
+    assert (r.icmp_type, r.mtu, r.inner_protocol) == (-1, 0, 0)
+
+
+@settings(max_examples=300)
+@given(st.integers(min_value=0, max_value=255), st.integers(min_value=0, max_value=255), st.binary(max_size=80))
+def test_parse_never_raises_on_any_icmp_message(kind: int, code: int, rest: bytes) -> None:
+    error = icmp_error("10.10.0.1", "10.10.0.3", rest[4:], kind=kind, code=code, rest=rest[:4].ljust(4, b"\0"))
+    got, skipped = nflog.parse(packet(error, prefix="cm:mtu"), now=0.0)
+    assert (len(got), skipped) == (1, 0)
+    (p,) = got
+    assert p.icmp_type == kind and p.icmp_code == code
+    assert p.inner_src == "" or p.inner_protocol == rest[4 + 9]

@@ -19,6 +19,12 @@ lab's does not: the flag is refused with EOPNOTSUPP, and the socket opens withou
 service DNAT rules therefore log the first packet of each connection before they translate it
 (`observe.codes.NAT`); the socket keeps those addresses (bounded) and fills `orig_dst` of the
 later messages of the same connection from them, and does not return the NAT messages.
+
+ICMP errors quote the packet they answer (its IP header and first 8 bytes: the ports). The lab's
+tables log the errors a node sends for the packets its forwarding refuses (fragmentation needed,
+net or host unreachable: `observe.codes.MTU`, `NO_ROUTE`), and the flow is the refused packet:
+`parse` reads the quote (`inner_*`) and, for fragmentation needed, the next hop's MTU. A copy of
+96 bytes holds it all (20 + 8 + 20 + 8 without IP options).
 """
 
 from __future__ import annotations
@@ -99,6 +105,28 @@ class LogPacket:
     seq: int = -1  # NFULA_SEQ (per-instance sequence) for counting losses
     length: int = 0  # IP total length
     mark: int = 0  # the packet's meta mark (NFULA_MARK)
+    icmp_type: int = -1  # an ICMP message's type and code; -1 for any other protocol
+    icmp_code: int = -1
+    mtu: int = 0  # fragmentation needed: the next hop's MTU (RFC 1191); 0 otherwise
+    inner_protocol: int = 0  # an ICMP error's quote of the packet it answers; 0: no quote
+    inner_src: str = ""
+    inner_dst: str = ""
+    inner_sport: int = 0  # 0 when not TCP/UDP/SCTP, a later fragment, or cut short
+    inner_dport: int = 0
+    inner_length: int = 0  # the quoted packet's IP total length: how big it was
+
+
+@dataclass(frozen=True, slots=True)
+class _Icmp:
+    type: int = -1
+    code: int = -1
+    mtu: int = 0
+    protocol: int = 0
+    src: str = ""
+    dst: str = ""
+    sport: int = 0
+    dport: int = 0
+    length: int = 0
 
 
 class _Malformed(Exception):
@@ -142,6 +170,42 @@ def _orig_tuple(ct: bytes) -> tuple[str, str, int, int]:
     return _ip(ips.get(CTA_IP_V4_SRC)), _ip(ips.get(CTA_IP_V4_DST)), sport, dport
 
 
+def _ports(ip: bytes, start: int) -> tuple[int, int]:
+    """(source, destination) port of the IPv4 packet at ip[start:], (0, 0) if it has none or is cut short."""
+    ihl = (ip[start] & 0x0F) * 4
+    protocol = ip[start + 9]
+    fragment = int.from_bytes(ip[start + 6 : start + 8], "big") & 0x1FFF
+    if protocol in PORTS and fragment == 0 and ihl >= 20 and len(ip) >= start + ihl + 4:
+        sport, dport = struct.unpack_from("!HH", ip, start + ihl)
+        return sport, dport
+    return 0, 0
+
+
+def _icmp(payload: bytes, ihl: int) -> _Icmp:
+    """The ICMP header at payload[ihl:] and, for an error, the packet it quotes (what is there of it)."""
+    if len(payload) < ihl + 8:
+        return _Icmp()
+    kind, code = payload[ihl], payload[ihl + 1]
+    mtu = 0
+    if kind == codes.ICMP_DEST_UNREACH and code == codes.ICMP_FRAG_NEEDED:
+        mtu = int.from_bytes(payload[ihl + 6 : ihl + 8], "big")
+    q = ihl + 8
+    if kind not in codes.ICMP_QUOTING or len(payload) < q + 20 or payload[q] >> 4 != 4:
+        return _Icmp(kind, code, mtu)
+    sport, dport = _ports(payload, q)
+    return _Icmp(
+        kind,
+        code,
+        mtu,
+        protocol=payload[q + 9],
+        src=_ip(payload[q + 12 : q + 16]),
+        dst=_ip(payload[q + 16 : q + 20]),
+        sport=sport,
+        dport=dport,
+        length=int.from_bytes(payload[q + 2 : q + 4], "big"),
+    )
+
+
 def _packet(group: int, attrs: dict[int, bytes], now: float) -> LogPacket:
     payload = attrs.get(NFULA_PAYLOAD, b"")
     if len(payload) < 20 or payload[0] >> 4 != 4:
@@ -149,9 +213,8 @@ def _packet(group: int, attrs: dict[int, bytes], now: float) -> LogPacket:
     ihl = (payload[0] & 0x0F) * 4
     protocol = payload[9]
     fragment = int.from_bytes(payload[6:8], "big") & 0x1FFF
-    sport = dport = 0
-    if protocol in PORTS and fragment == 0 and ihl >= 20 and len(payload) >= ihl + 4:
-        sport, dport = struct.unpack_from("!HH", payload, ihl)
+    sport, dport = _ports(payload, 0)
+    icmp = _icmp(payload, ihl) if protocol == 1 and fragment == 0 and ihl >= 20 else _Icmp()
     stamp = attrs.get(NFULA_TIMESTAMP)
     when = now
     if stamp is not None and len(stamp) >= 16:
@@ -181,6 +244,15 @@ def _packet(group: int, attrs: dict[int, bytes], now: float) -> LogPacket:
         seq=-1 if seq is None else seq,
         length=int.from_bytes(payload[2:4], "big"),
         mark=_be(attrs.get(NFULA_MARK), 4) or 0,
+        icmp_type=icmp.type,
+        icmp_code=icmp.code,
+        mtu=icmp.mtu,
+        inner_protocol=icmp.protocol,
+        inner_src=icmp.src,
+        inner_dst=icmp.dst,
+        inner_sport=icmp.sport,
+        inner_dport=icmp.dport,
+        inner_length=icmp.length,
     )
 
 

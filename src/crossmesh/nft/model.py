@@ -57,6 +57,8 @@ class Field(StrEnum):
     CT_STATE = "ct state"
     CT_STATUS = "ct status"
     CT_ORIGINAL_IP_DADDR = "ct original ip daddr"
+    ICMP_TYPE = "icmp type"
+    ICMP_CODE = "icmp code"
 
 
 def dport(protocol: str) -> Field:

@@ -17,6 +17,15 @@ through (the log rule follows the verdict chains), so a `new` record is a forwar
 translates it, so that the reader learns the address it was sent to (the ClusterIP or node port)
 when the kernel cannot attach the connection's conntrack tuple to the message (the lab's kernel
 has no `NETFILTER_NETLINK_GLUE_CT`); `decode_prefix` answers None for it.
+
+Drops no rule makes: a packet with DF set too big for the next hop (`MTU`: FRAG_NEEDED), and one
+for a neighbour that never answers ARP (`NO_ROUTE`: the kernel's "no route to host"), are
+dropped by the kernel's forwarding, before any chain of the forward hook sees them. The kernel
+answers each with an ICMP error it sends itself (destination unreachable: fragmentation needed;
+net or host unreachable), which crosses the output hook of the node (or router) that refused the
+packet; the table logs those errors there. The error quotes the refused packet's IP header and
+first 8 bytes (its ports), which the reader takes the flow from (`drivers.nflog`,
+`observe.enrich`).
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ SPOOF = "cm:spoof"  # a pod sent from an address not its own
 NO_BACKEND = "cm:nobackend"  # a Service port without a healthy backend: rejected
 FIREWALL = "cm:fw:in"  # a site router's inbound firewall: unsolicited from the internet
 PRIVATE_TO_INTERNET = "cm:fw:private"  # a site router: a private destination never goes to the internet
+MTU = "cm:mtu"  # an ICMP fragmentation-needed this node sent: it refused a packet too big for the path
+NO_ROUTE = "cm:noroute"  # an ICMP net or host unreachable this node sent: no route, or no neighbour
 NAT = "cm:nat"  # the first packet of a connection to a Service, before DNAT (not a flow)
 
 _CODES: dict[str, tuple[Verdict, DropReason, str]] = {
@@ -51,7 +62,19 @@ _CODES: dict[str, tuple[Verdict, DropReason, str]] = {
     NO_BACKEND: (Verdict.DROPPED, DropReason.NO_BACKEND, ""),
     FIREWALL: (Verdict.DROPPED, DropReason.NOT_ALLOWED_BY_FIREWALL, ""),
     PRIVATE_TO_INTERNET: (Verdict.DROPPED, DropReason.NO_ROUTE, ""),
+    MTU: (Verdict.DROPPED, DropReason.MTU, ""),
+    NO_ROUTE: (Verdict.DROPPED, DropReason.NO_ROUTE, ""),
 }
+
+# ICMP (RFC 792, RFC 1191): the errors the `MTU` and `NO_ROUTE` rules log, which their reader parses.
+ICMP_DEST_UNREACH = 3  # type; its codes:
+ICMP_NET_UNREACH, ICMP_HOST_UNREACH, ICMP_FRAG_NEEDED = 0, 1, 4
+ICMP_QUOTING = frozenset({3, 4, 5, 11, 12})
+"""The ICMP types that quote the packet they answer (its IP header and first 8 bytes): destination
+unreachable, source quench, redirect, time exceeded, parameter problem."""
+
+ICMP_ERRORS = frozenset({MTU, NO_ROUTE})
+"""The codes logged on an ICMP error the node sent: the flow is the packet it quotes."""
 
 
 def new(direction: str) -> str:

@@ -7,6 +7,10 @@ comes from the plan, gathered once into a `Directory` (pure data): pods with the
 labels and numbers, nodes, ClusterIPs and NodePorts, and each node's routes, which say which
 WireGuard peer a packet leaving (or entering) by the tunnel or the overlay device travels with.
 
+A drop the kernel's forwarding makes (a packet too big for the path, no route) is logged on the
+ICMP error the node sends back (observe/codes.py): its record is about the packet that error
+quotes, the flow the node refused, with the path MTU in its summary (`refused`).
+
 The deciding policy is named by the evaluator `crossmesh policy trace` uses, so a drop reads
 the same in `observe`, the UI and `policy trace`. The kernel is the witness of what happened: when
 the evaluator disagrees (it allows a flow the kernel dropped, or names another kind of decision)
@@ -22,6 +26,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import NamedTuple, Protocol
 
 from crossmesh.model.plan import Plan, RouteVia
+from crossmesh.observe import codes
 from crossmesh.observe.flows import DropReason, Flow, FlowEndpoint, Tunnel, Verdict
 from crossmesh.policy.compile import L7_PROXY_PORT
 from crossmesh.policy.endpoints import world_endpoint
@@ -58,6 +63,22 @@ class Packet(Protocol):
     def orig_dst(self) -> str: ...
     @property
     def orig_dport(self) -> int: ...
+    @property
+    def icmp_code(self) -> int: ...
+    @property
+    def mtu(self) -> int: ...
+    @property
+    def inner_protocol(self) -> int: ...
+    @property
+    def inner_src(self) -> str: ...
+    @property
+    def inner_dst(self) -> str: ...
+    @property
+    def inner_sport(self) -> int: ...
+    @property
+    def inner_dport(self) -> int: ...
+    @property
+    def inner_length(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +88,7 @@ class Observed:
     verdict: Verdict
     reason: DropReason = DropReason.NONE
     direction: str = ""  # egress / ingress for a policy drop
+    quoted: bool = False  # the packet is an ICMP error the node sent: the flow is the packet it quotes
 
 
 class Enriched(NamedTuple):
@@ -222,6 +244,18 @@ class Directory:
             return None
         return Tunnel(peer=route[1], site=self.site_of_node.get(route[1], ""))
 
+    def path(self, observer: str, address: IPv4Address) -> Tunnel | None:
+        """The WireGuard peer node `observer`'s routes send a packet to `address` with: directly, or
+        inside the overlay whose next node the tunnel reaches. None: not through the tunnel."""
+        node = self.routes.get(observer)
+        route = node.route(address) if node is not None else None
+        if node is not None and route is not None and route[0] is RouteVia.VXLAN:
+            vtep = self.address_of_node.get(route[1])
+            route = node.route(vtep) if vtep is not None else None
+        if route is None or route[0] is not RouteVia.WIREGUARD:
+            return None
+        return Tunnel(peer=route[1], site=self.site_of_node.get(route[1], ""))
+
 
 # --- enrichment --------------------------------------------------------------------------------
 
@@ -236,6 +270,8 @@ def enrich(  # noqa: PLR0913 - the packet, what its rule said, where it was seen
     directory: Directory,
 ) -> Enriched:
     """The flow record of `packet`, logged on `node` (`indev`/`outdev`: device names, "" if none)."""
+    if observed.quoted:
+        return refused(packet, observed, node=node, directory=directory)
     protocol = PROTOCOLS.get(packet.protocol, str(packet.protocol))
     src = IPv4Address(packet.orig_src or packet.src)  # ValueError on anything else: the caller counts it
     sport = packet.orig_sport if packet.orig_src else packet.sport
@@ -292,6 +328,43 @@ def enrich(  # noqa: PLR0913 - the packet, what its rule said, where it was seen
     if proxied:
         note = "through the node's L7 proxy" + (f"; {note}" if note else "")
     return Enriched(dataclasses.replace(flow, summary=summary(flow, note)), match)
+
+
+def refused(packet: Packet, observed: Observed, *, node: str, directory: Directory) -> Enriched:
+    """The flow record of the packet an ICMP error sent by `node` quotes: the packet it refused,
+    from its sender to where it was going, with its ports. A packet too big for the path names
+    the path's MTU (and the WireGuard peer the path goes through, as `tunnel`); ValueError when
+    the error quotes no packet (the caller counts it)."""
+    if not packet.inner_protocol or not packet.inner_src:
+        raise ValueError("an ICMP error without the packet it answers")
+    protocol = PROTOCOLS.get(packet.inner_protocol, str(packet.inner_protocol))
+    src, dst = IPv4Address(packet.inner_src), IPv4Address(packet.inner_dst)
+    dport = packet.inner_dport
+    service = directory.service(node, dst, dport, protocol)
+    flow = Flow(
+        time=packet.time,
+        node=node,
+        verdict=Verdict.DROPPED,
+        protocol=protocol,
+        source=directory.flow_endpoint(src, node),
+        destination=directory.flow_endpoint(dst, node),
+        source_port=packet.inner_sport,
+        destination_port=dport,
+        drop_reason=observed.reason,
+        service=service,
+        service_address=f"{dst}:{dport}" if service else "",
+        tunnel=directory.path(node, dst),
+    )
+    if observed.reason is DropReason.MTU:
+        size = f"{packet.inner_length} bytes with DF set" if packet.inner_length else "DF set"
+        note = f"{size}; {packet.mtu} is the path MTU" if packet.mtu else f"{size}; the path MTU is not given"
+    elif packet.icmp_code == codes.ICMP_NET_UNREACH:
+        note = f"no route to {dst}"
+    elif packet.icmp_code == codes.ICMP_HOST_UNREACH:
+        note = f"{dst} unreachable: no route to the host, or no answer to ARP"
+    else:
+        note = f"ICMP destination unreachable, code {packet.icmp_code}"
+    return Enriched(dataclasses.replace(flow, summary=summary(flow, note)), "none")
 
 
 def deciding(side: Side) -> tuple[str, str]:

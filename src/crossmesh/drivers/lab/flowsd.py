@@ -2,7 +2,9 @@
 
 The nodes' tables log each new connection they let through and each packet their policy (or
 anti-spoofing, or a Service without backends) drops to NFLOG group `codes.GROUP`, with a prefix
-naming why (observe/codes.py). One thread per node namespace, entered once with setns, reads
+naming why (observe/codes.py), and each ICMP error the node sends for a packet its forwarding
+refused (too big for the path: FRAG_NEEDED; no route or no neighbour: NO_ROUTE), recorded as
+the refused packet's flow. One thread per node namespace, entered once with setns, reads
 that group (drivers/nflog.py), turns each packet into a flow record (observe/enrich.py: names,
 Service, tunnel, deciding policy) and hands it to the relay (flowrelay.py), which keeps a
 bounded ring per node and serves them all on `<lab dir>/flows.sock` (protocol: observe/wire.py).
@@ -263,7 +265,7 @@ class Daemon:
         try:
             return enrich(
                 p,
-                Observed(verdict, reason, direction),
+                Observed(verdict, reason, direction, quoted=p.prefix in codes.ICMP_ERRORS),
                 node=node,
                 indev=names.get(p.indev, ""),
                 outdev=names.get(p.outdev, ""),

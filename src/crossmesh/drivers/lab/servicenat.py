@@ -78,13 +78,15 @@ def services_table(  # noqa: PLR0913 - the parts of a node's table
     l7_rule: nft.Rule | None = None,
     *,
     node: NodePlan | None = None,
+    local_out: tuple[nft.Rule, ...] = (),
 ) -> nft.Table:
     """Service DNAT on a node: each ClusterIP port, and with `node` each node port, to a random
     healthy backend of the first tier that has one, or a reset when none is healthy.
 
     One rule per service port with a numgen map: the cost per new connection does not
     grow with the number of backends. `unhealthy` holds `POD@ADDRESS:PORT` keys from the
-    health checker; the whole table is replaced atomically when it changes.
+    health checker; the whole table is replaced atomically when it changes. `local_out`: rules for
+    what the node itself sends, after the rejects (the log rules of the ICMP errors it sends).
     """
     rules: list[nft.Rule] = []
     rejects: list[nft.Rule] = []
@@ -142,6 +144,6 @@ def services_table(  # noqa: PLR0913 - the parts of a node's table
             nft.Chain("output", (to_services,), NAT_OUTPUT),
             nft.Chain("forward", (to_no_endpoints, *spoof), FILTER_FORWARD),
             nft.Chain("local_in", spoof, FILTER_INPUT),
-            nft.Chain("local_out", (to_no_endpoints,), FILTER_OUTPUT),
+            nft.Chain("local_out", (to_no_endpoints, *local_out), FILTER_OUTPUT),
         ),
     )

@@ -385,6 +385,19 @@ def _logged_drop(code: str) -> tuple[nft.Expr, ...]:
     return (nft.Log(codes.GROUP, code), *DROP)
 
 
+def icmp_errors() -> tuple[nft.Rule, ...]:
+    """Log the ICMP errors the kernel sends for the drops its forwarding makes before any forward
+    chain sees the packet: fragmentation needed (a packet with DF too big for the next hop) and
+    net or host unreachable (no route; a neighbour that never answered ARP). In the output hook,
+    which every packet the kernel makes itself crosses; log only: the error goes on to the sender."""
+    unreachable = nft.Match(F.ICMP_TYPE, codes.ICMP_DEST_UNREACH)
+    no_route = nft.AnonSet((codes.ICMP_NET_UNREACH, codes.ICMP_HOST_UNREACH))
+    return (
+        nft.Rule((unreachable, nft.Match(F.ICMP_CODE, codes.ICMP_FRAG_NEEDED), nft.Log(codes.GROUP, codes.MTU))),
+        nft.Rule((unreachable, nft.Match(F.ICMP_CODE, no_route), nft.Log(codes.GROUP, codes.NO_ROUTE))),
+    )
+
+
 def _inet_nft() -> nft.Table:
     # The internet drops anything from or to a private address: a leak shows up as a
     # counter here and is never forwarded.
@@ -431,6 +444,7 @@ def _router_nft(
             nft.Chain("postrouting", tuple(snat), servicenat.NAT_POSTROUTING),
             nft.Chain("forward", forward, servicenat.FILTER_FORWARD),
             nft.Chain("input", local_in, servicenat.FILTER_INPUT),
+            nft.Chain("output", icmp_errors(), servicenat.FILTER_OUTPUT),
         ),
     )
 
@@ -454,7 +468,8 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
     policy: PolicyIndex | None,
 ) -> nft.Table:
     """The node's table: ClusterIP and NodePort DNAT (`servicenat.services_table`), anti-spoofing — a pod may
-    send only from its own address, as Cilium enforces per endpoint — and network policy."""
+    send only from its own address, as Cilium enforces per endpoint — network policy, and the log
+    rules of new connections, drops and the ICMP errors the node sends (`icmp_errors`)."""
     spoof = tuple(
         nft.Rule(
             (
@@ -487,7 +502,16 @@ def node_nft(  # noqa: PLR0913 - the parts of a node's table
                 extra += (l7_set,)
     spoof += _new_connections([f"{prefix}-v{j}" for j, _ in local_pods])
     return servicenat.services_table(
-        plan, node.cluster, [p for _, p in local_pods], node_side, unhealthy, spoof, extra, l7_rule, node=node
+        plan,
+        node.cluster,
+        [p for _, p in local_pods],
+        node_side,
+        unhealthy,
+        spoof,
+        extra,
+        l7_rule,
+        node=node,
+        local_out=icmp_errors(),
     )
 
 
