@@ -100,6 +100,17 @@ def test_a_drop_is_red_and_a_click_shows_its_trace(world: dict[str, Any]) -> Non
     assert deciding and all(DEFAULT_DENY in d.text for d in deciding)
 
 
+def test_a_drop_no_policy_made_is_red_but_offers_no_policy_trace(world: dict[str, Any]) -> None:
+    driver = world["driver"]
+    record = flow(X_WING, REBEL, 9999, verdict="DROPPED", reason="FRAG_NEEDED")
+    record["source_port"] = 43434
+    world["relay"].push(record)
+    wait(driver, "document.querySelector('#flows tbody').textContent.includes('x-wing-0:43434')", 2.0)
+    row = next(r for r in driver.find_elements("css selector", "#flows tbody tr") if "x-wing-0:43434" in r.text)
+    assert "dropped" in row.get_attribute("class") and "FRAG_NEEDED" in row.text
+    assert row.get_attribute("title") == "" and row.get_attribute("tabindex") is None
+
+
 def test_a_hostile_name_is_text_not_markup(world: dict[str, Any]) -> None:
     driver = world["driver"]
     evil = '<img src=x onerror="document.body.dataset.owned=1"><b id="injected">x</b>'

@@ -50,6 +50,8 @@ async function showTrace(flow, tr) {
   }
 }
 
+const POLICY_DROPS = new Set(["POLICY_DENIED", "POLICY_DENY"]);
+
 function addFlow(flow) {
   const dropped = flow.verdict === "DROPPED";
   const why = dropped ? [flow.drop_reason, flow.policy].filter(Boolean).join(": ") : (flow.service || "");
@@ -59,7 +61,8 @@ function addFlow(flow) {
     flow.protocol, why,
   ], (dropped ? "dropped " : "") + "fresh");
   tr.dataset.verdict = flow.verdict;
-  if (dropped) {
+  // Only a policy's drop has a policy trace that explains it (not an MTU, route or firewall drop).
+  if (dropped && POLICY_DROPS.has(flow.drop_reason)) {
     tr.tabIndex = 0;
     tr.title = "show the policy trace of this flow";
     tr.addEventListener("click", () => showTrace(flow, tr));
