@@ -88,8 +88,16 @@ def test_a_revision_applied_from_another_file_is_what_the_lab_enforces(lab: Lab,
     rebel.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     crossmesh("apply", str(other / "mesh.yaml"), *_etcd_flags(lab), check=True)
     assert _status(lab, "--wait", "--timeout", "120")[0] == 0
-    st = state(lab.tag)
-    assert Path(st.built_from).is_relative_to(st.dir / "applied") and len(list((st.dir / "applied").iterdir())) == 1
+    # The agents converge before the provisioner's `lab up` returns (it restarts the flow daemon,
+    # whose names changed with the policies): only then does it remove the older revision's folder.
+    deadline = time.monotonic() + 60
+    while True:
+        st = state(lab.tag)
+        kept = list((st.dir / "applied").iterdir())
+        if len(kept) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert Path(st.built_from).is_relative_to(st.dir / "applied") and len(kept) == 1, kept
     x_wing_to_rebel_base = "^policy/.*x-wing.* -> cluster2/default/rebel-base.*:80/TCP"
     code, report = lab.test("--test", x_wing_to_rebel_base)
     checks = report["checks"]

@@ -4,6 +4,7 @@ a lab without a relay, and Ctrl-C ending a follow."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -107,8 +108,10 @@ def test_the_last_20_flows_then_each_nodes_status(lab_root: Path) -> None:
 
 def test_filters_and_json_lines(lab_root: Path) -> None:
     with relay(lab_root) as r:
-        code, out, err = observe("--verdict", "dropped", "--from", "default/x-wing-*", "-o", "json", "--since", "5m")
-        assert r.requests[0]["since"] == pytest.approx(time.time() - 300, abs=30)
+        # Five minutes before the flows were made (at import: a long test run may be past "5m" ago).
+        since = datetime.datetime.fromtimestamp(NOW - 300, datetime.UTC).isoformat()
+        code, out, err = observe("--verdict", "dropped", "--from", "default/x-wing-*", "-o", "json", "--since", since)
+        assert r.requests[0]["since"] == pytest.approx(NOW - 300, abs=1)
     assert code == 0
     shown = [Flow.from_json(json.loads(line)) for line in out.splitlines()]
     assert shown == [f for f in FLOWS if f.verdict is Verdict.DROPPED]
