@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests" / "ui")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks"), str(ROOT / "tests" / "ui")]
 
 import gen_lab_mesh  # noqa: E402
 from browser import chromium, missing, ui_server, wait  # noqa: E402
@@ -66,7 +66,8 @@ from gen_mesh import mesh_yaml  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "ui.json"
 CM = [sys.executable, "-m", "crossmesh"]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "COLUMNS": "200"}
+SRC = ROOT / "src"
+ENV = {**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "200"}
 TIMINGS = """
 const fcp = performance.getEntriesByName('first-contentful-paint')[0];
 const shown = performance.getEntriesByName('crossmesh:shown')[0];
@@ -159,10 +160,11 @@ def free_tag(prefix: str = "") -> str:
 
 
 def run(
-    argv: list[str], timeout: float = 600, stdout: Any = subprocess.PIPE
+    argv: list[str], timeout: float = 600, stdout: Any = subprocess.PIPE, src: Path = SRC
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
     start = time.perf_counter()
-    done = subprocess.run(argv, stdout=stdout, stderr=subprocess.PIPE, text=True, env=ENV, timeout=timeout, check=False)
+    env = {**ENV, "PYTHONPATH": str(src)}
+    done = subprocess.run(argv, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env, timeout=timeout, check=False)
     return time.perf_counter() - start, done
 
 
@@ -207,7 +209,7 @@ def relay_status(path: Path) -> dict[str, Any]:
     """Each node's counts, from a request for no records (a time in the future): the status line."""
     from crossmesh.drivers.lab import relay_client
 
-    snap = relay_client.snapshot(path, since=time.time() + 1e6)
+    snap = relay_client.snapshot(path, since=time.time() + 1e6, read_timeout=60)
     assert snap.status is not None
     return {name: n.to_json() for name, n in snap.status.nodes.items()}
 
@@ -224,18 +226,25 @@ def fill_rings(topo: Any, path: Path, capacity: int) -> dict[str, Any]:
         _send_udp(src.namespace, str(pods[(i + len(pods) // 2) % len(pods)].pod.address), per_pod)
     sent = time.perf_counter() - start
     nodes = {p.pod.node for p in pods}
-    deadline = time.monotonic() + 120
-    while True:  # until the flow daemon has read them all
+    deadline = time.monotonic() + 300
+    answers, total = [], -1
+    while time.monotonic() < deadline:  # until the flow daemon has read them all: the counts stand still
+        asked = time.perf_counter()
         status = relay_status(path)
-        if all(status[n]["recorded"] >= capacity for n in nodes) or time.monotonic() > deadline:
+        answers.append(time.perf_counter() - asked)
+        now = sum(s["recorded"] for s in status.values())
+        if now == total and all(status[n]["recorded"] >= capacity for n in nodes):
             break
-        time.sleep(0.5)
+        total = now
+        time.sleep(1.0)
     held = sum(min(s["recorded"], capacity) for s in status.values())
     return {
         "datagrams": per_pod * len(pods),
         "send_s": round(sent, 2),
         "recorded_s": round(time.perf_counter() - start, 2),
         "records_held": held,
+        "recorded": sum(s["recorded"] for s in status.values()),
+        "status_answer_max_ms": ms(max(answers)),  # the relay asked for its status during the flood
         "lost": sum(s["lost"] for s in status.values()),
     }
 
@@ -273,7 +282,7 @@ class Traffic:
             i += 1
 
 
-def observe_runs(tag: str, repeat: int) -> dict[str, Any]:
+def observe_runs(tag: str, repeat: int, src: Path = SRC) -> dict[str, Any]:
     """`crossmesh observe --last 1000 --lab TAG`, -o json and the table, `repeat` times each, alternating."""
     times: dict[str, list[float]] = {"json": [], "table": []}
     lines: dict[str, int] = {}
@@ -282,7 +291,8 @@ def observe_runs(tag: str, repeat: int) -> dict[str, Any]:
             for fmt in times:
                 out.seek(0)
                 out.truncate()
-                wall, done = run([*CM, "observe", "--last", "1000", "-o", fmt, "--lab", tag], timeout=300, stdout=out)
+                argv = [*CM, "observe", "--last", "1000", "-o", fmt, "--lab", tag]
+                wall, done = run(argv, timeout=300, stdout=out, src=src)
                 if done.returncode != 0:
                     raise RuntimeError(f"observe -o {fmt} failed ({done.returncode}): {done.stderr[-1000:]}")
                 times[fmt].append(wall)
@@ -340,7 +350,21 @@ def topology_reads(url: str, warm: int = 10) -> dict[str, Any]:
     }
 
 
-def lab_first_paint(nodes: int, loads: int, repeat: int, tag: str) -> dict[str, Any]:
+def ui_runs(tag: str, loads: int, nodes: int, src: Path = SRC) -> dict[str, Any]:
+    """`crossmesh ui --lab TAG` (crossmesh from `src`): its start, /api/topology, then, from a
+    fresh server, the page loads."""
+    out: dict[str, Any] = {}
+    start = time.perf_counter()
+    with ui_server("--lab", tag, src=src) as url:
+        out["ui_start_ms"] = ms(time.perf_counter() - start)
+        out["topology"] = topology_reads(url)
+    log(f"{loads} page loads (load {loadavg()})")
+    with ui_server("--lab", tag, src=src) as url:
+        out["page"] = page_loads(url, loads, nodes, flows=True)
+    return out
+
+
+def lab_first_paint(nodes: int, loads: int, repeat: int, tag: str, baseline: Path | None) -> dict[str, Any]:
     from crossmesh.drivers.lab import lab as labs
     from crossmesh.drivers.lab import relay_client
     from crossmesh.observe.ring import DEFAULT_CAPACITY
@@ -358,14 +382,18 @@ def lab_first_paint(nodes: int, loads: int, repeat: int, tag: str) -> dict[str, 
             log(f"observe --last 1000, {repeat}× (load {loadavg()})")
             result["observe_last_1000"] = observe_runs(tag, repeat)
             result["relay"] = relay_reads(path, repeat)
-            log(f"/api/topology (load {loadavg()})")
-            start = time.perf_counter()
-            with ui_server("--lab", tag) as url:
-                result["ui_start_ms"] = ms(time.perf_counter() - start)
-                result["topology"] = topology_reads(url)
-            log(f"{loads} page loads (load {loadavg()})")
-            with ui_server("--lab", tag) as url:
-                result["page"] = page_loads(url, loads, nodes, flows=True)
+            log(f"crossmesh ui --lab (load {loadavg()})")
+            result.update(ui_runs(tag, loads, nodes))
+            if baseline is not None:
+                log(f"the same from {baseline} (load {loadavg()})")
+                result["baseline"] = {
+                    "src": str(baseline),
+                    "commit": subprocess.run(
+                        ["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+                    ).stdout.strip(),
+                    "observe_last_1000": observe_runs(tag, repeat, baseline),
+                    **ui_runs(tag, loads, nodes, baseline),
+                }
             result["traffic"] = {"requests": traffic.sent, "answered": traffic.answered}
         result["load_average"]["end"] = loadavg()
     return result
@@ -380,15 +408,22 @@ def report(what: str, r: dict[str, Any]) -> str:
         f"  later loads (median): FCP {median['fcp']} ms, shown {median['shown']} ms"
         + (f", first flow {median['flows']} ms" if "flows" in median else ""),
     ]
-    if "relay" in r:
-        obs, relay, topo = r["observe_last_1000"], r["relay"], r["topology"]
+    if "topology" in r:
+        topo, obs = r["topology"], r["observe_last_1000"]
         lines += [
             f"  /api/topology cold {topo['cold_ms']} ms, warm {topo['warm_median_ms']} ms ({topo['summary']})",
             f"  observe --last 1000: -o json {obs['json']['median_s']} s, table {obs['table']['median_s']} s",
-            f"  relay, {relay['records']} records ({relay['bytes'] / 1e6:.0f} MB): raw {relay['raw_median_s']} s, "
-            f"decoded {relay['snapshot_median_s']} s",
         ]
-    lines.append(f"  load average {r['load_average']}")
+    if "relay" in r:
+        relay = r["relay"]
+        lines.append(
+            f"  relay, {relay['records']} records ({relay['bytes'] / 1e6:.0f} MB): raw {relay['raw_median_s']} s, "
+            f"decoded {relay['snapshot_median_s']} s"
+        )
+    if "baseline" in r:
+        lines.append(report(f"  readers from {r['baseline']['src']}", {**r["baseline"], "nodes": r["nodes"]}))
+    if "load_average" in r:
+        lines.append(f"  load average {r['load_average']}")
     return "\n".join(lines)
 
 
@@ -400,6 +435,12 @@ def main() -> int:
     parser.add_argument("--lab", action="store_true", help="also build a real lab of --nodes nodes (root)")
     parser.add_argument("--tag", help="the lab's tag (default: a free one)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of observe and of the relay reads")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run observe and the UI (the readers; the lab's daemons stay this tree's) from another "
+        "crossmesh source folder, e.g. a checkout of main's src/, for a before/after in one run",
+    )
     args = parser.parse_args()
     why = missing()
     if why:
@@ -413,7 +454,7 @@ def main() -> int:
     results["plan"] = first_paint(args.nodes, args.sites, args.loads)
     print(report("plan only", results["plan"]))
     if args.lab:
-        results["lab"] = lab_first_paint(args.nodes, args.loads, args.repeat, args.tag or free_tag())
+        results["lab"] = lab_first_paint(args.nodes, args.loads, args.repeat, args.tag or free_tag(), args.baseline)
         print(report("lab", results["lab"]))
     results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
     RESULTS.parent.mkdir(exist_ok=True)

@@ -46,6 +46,10 @@ class Recorded:
         return flow
 
 
+def encoded(flows: list[Flow]) -> list[Recorded]:
+    return [Recorded(f.time, wire.flow_line(f)) for f in flows]
+
+
 @dataclass(eq=False)
 class Client:
     queue: deque[tuple[str, bytes]] = field(default_factory=deque)  # (node, line)
@@ -74,9 +78,11 @@ class Relay:
     # --- the node readers' side ------------------------------------------------------------------
 
     def submit(self, node: str, flows: list[Flow], lost: int = 0) -> None:
-        """From any thread: `node`'s new records and how many the kernel lost."""
+        """From any thread: `node`'s new records and how many the kernel lost. They are encoded
+        here, on the reader's thread, so that the loop's share of a flood is appending lines: a
+        reader's request is answered while 30 nodes' records pour in."""
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.add, node, flows, lost)
+            self.loop.call_soon_threadsafe(self.add_recorded, node, encoded(flows), lost)
 
     def fail(self, node: str, error: str) -> None:
         """From any thread: why `node`'s records cannot be read ("" once they can again)."""
@@ -88,15 +94,19 @@ class Relay:
 
     def add(self, node: str, flows: list[Flow], lost: int = 0) -> None:
         """In the loop: records into `node`'s ring and to every following client."""
+        self.add_recorded(node, encoded(flows), lost)
+
+    def add_recorded(self, node: str, records: list[Recorded], lost: int = 0) -> None:
+        """In the loop: `add` of records already encoded."""
         ring = self.rings[node]
         ring.add_lost(lost)
         evicted = ring.evicted
-        lines = [wire.flow_line(f) for f in flows]
-        ring.extend(Recorded(f.time, line) for f, line in zip(flows, lines, strict=True))
+        ring.extend(records)
         if self.on_evicted is not None and ring.evicted > evicted:
             self.on_evicted(node, ring.evicted - evicted)
-        if not self.clients or not flows:
+        if not self.clients or not records:
             return
+        lines = [r.line for r in records]
         for client in self.clients:
             room = self.queue_limit - len(client.queue)
             if room < len(lines):
