@@ -282,26 +282,31 @@ class Traffic:
             i += 1
 
 
-def observe_runs(tag: str, repeat: int, src: Path = SRC) -> dict[str, Any]:
-    """`crossmesh observe --last 1000 --lab TAG`, -o json and the table, `repeat` times each, alternating."""
-    times: dict[str, list[float]] = {"json": [], "table": []}
+def observe_runs(tag: str, repeat: int, srcs: list[Path]) -> list[dict[str, Any]]:
+    """`crossmesh observe --last 1000 --lab TAG`, -o json and the table, `repeat` times each, for
+    each crossmesh source folder in `srcs`, interleaved (a load peak hits them all alike)."""
+    times: list[dict[str, list[float]]] = [{"json": [], "table": []} for _ in srcs]
     lines: dict[str, int] = {}
     with tempfile.TemporaryFile("w+") as out:
         for _ in range(repeat):
-            for fmt in times:
-                out.seek(0)
-                out.truncate()
-                argv = [*CM, "observe", "--last", "1000", "-o", fmt, "--lab", tag]
-                wall, done = run(argv, timeout=300, stdout=out, src=src)
-                if done.returncode != 0:
-                    raise RuntimeError(f"observe -o {fmt} failed ({done.returncode}): {done.stderr[-1000:]}")
-                times[fmt].append(wall)
-                out.seek(0)
-                lines[fmt] = sum(1 for _ in out)
-    return {
-        fmt: {"median_s": round(statistics.median(t), 2), "runs_s": [round(x, 2) for x in t], "lines": lines[fmt]}
-        for fmt, t in times.items()
-    }
+            for fmt in ("json", "table"):
+                for src, t in zip(srcs, times, strict=True):
+                    out.seek(0)
+                    out.truncate()
+                    argv = [*CM, "observe", "--last", "1000", "-o", fmt, "--lab", tag]
+                    wall, done = run(argv, timeout=300, stdout=out, src=src)
+                    if done.returncode != 0:
+                        raise RuntimeError(f"observe -o {fmt} failed ({done.returncode}): {done.stderr[-1000:]}")
+                    t[fmt].append(wall)
+                    out.seek(0)
+                    lines[fmt] = sum(1 for _ in out)
+    return [
+        {
+            fmt: {"median_s": round(statistics.median(x), 2), "runs_s": [round(v, 2) for v in x], "lines": lines[fmt]}
+            for fmt, x in t.items()
+        }
+        for t in times
+    ]
 
 
 def relay_reads(path: Path, repeat: int) -> dict[str, Any]:
@@ -380,7 +385,8 @@ def lab_first_paint(nodes: int, loads: int, repeat: int, tag: str, baseline: Pat
         result["fill"] = fill_rings(topo, path, DEFAULT_CAPACITY)
         with Traffic(topo) as traffic:
             log(f"observe --last 1000, {repeat}× (load {loadavg()})")
-            result["observe_last_1000"] = observe_runs(tag, repeat)
+            observed = observe_runs(tag, repeat, [SRC] if baseline is None else [SRC, baseline])
+            result["observe_last_1000"] = observed[0]
             result["relay"] = relay_reads(path, repeat)
             log(f"crossmesh ui --lab (load {loadavg()})")
             result.update(ui_runs(tag, loads, nodes))
@@ -391,7 +397,7 @@ def lab_first_paint(nodes: int, loads: int, repeat: int, tag: str, baseline: Pat
                     "commit": subprocess.run(
                         ["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
                     ).stdout.strip(),
-                    "observe_last_1000": observe_runs(tag, repeat, baseline),
+                    "observe_last_1000": observed[1],
                     **ui_runs(tag, loads, nodes, baseline),
                 }
             result["traffic"] = {"requests": traffic.sent, "answered": traffic.answered}
