@@ -66,9 +66,10 @@ def chromium() -> Iterator[object]:
 
 
 @contextmanager
-def ui_server(*args: str, timeout: float = 90.0) -> Iterator[str]:
-    """`crossmesh ui ARGS --port 0` as a subprocess; yields its URL, stops it afterwards."""
-    env = dict(os.environ, PYTHONPATH=str(Path(crossmesh.__file__).resolve().parents[1]))
+def ui_server(*args: str, timeout: float = 90.0, src: Path | None = None) -> Iterator[str]:
+    """`crossmesh ui ARGS --port 0` as a subprocess (crossmesh from `src`, default this one's);
+    yields its URL, stops it afterwards."""
+    env = dict(os.environ, PYTHONPATH=str(src or Path(crossmesh.__file__).resolve().parents[1]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "crossmesh", "ui", *args, "--port", "0"],
         stdout=subprocess.PIPE,

@@ -126,7 +126,7 @@ def test_logged_packets_become_records_metrics_and_losses(daemon: Daemon) -> Non
     )
     ring = daemon.relay.rings["azure-talos-1"]
     wait_for(lambda: ring.recorded == 2)
-    forwarded, dropped = ring.since(None)
+    forwarded, dropped = (r.flow() for r in ring.since(None))
     assert forwarded.verdict is Verdict.FORWARDED and forwarded.direction == "ingress"
     assert forwarded.policy == "CiliumNetworkPolicy cluster2/default/allow-x-wing-from-cluster1"
     assert dropped.verdict is Verdict.DROPPED and "POLICY_DENIED by" in dropped.summary
@@ -197,7 +197,7 @@ def test_each_site_router_has_a_ring_and_its_firewall_drops_name_the_world_and_t
     )
     ring = daemon.relay.rings["router/aws-sg"]
     wait_for(lambda: ring.recorded == 2)
-    fw, private = ring.since(None)
+    fw, private = (r.flow() for r in ring.since(None))
     assert (fw.verdict, fw.drop_reason.value, fw.node) == (Verdict.DROPPED, "FIREWALL_DENIED", "router/aws-sg")
     assert (fw.source.kind, fw.source.address) == ("world", "198.51.100.7")
     assert (fw.destination.kind, fw.destination.name, fw.destination_port) == ("node", "aws-talos-1", 2222)
@@ -249,7 +249,7 @@ def test_the_l7_proxys_datagrams_become_http_records_of_its_node_and_bad_ones_ar
     send_http(daemon, tmp_path / "l7.sock", [l7.encode(allowed), *bad, l7.encode(refused)])
     ring = daemon.relay.rings["azure-talos-1"]
     wait_for(lambda: ring.recorded == 2 and daemon.http_malformed == 4)
-    got, denied = ring.since(None)
+    got, denied = (r.flow() for r in ring.since(None))
     assert got.http == Http("GET", "/public", 200) and got.destination.ref == "cluster2/default/hq-0"
     assert (denied.http, denied.verdict, denied.rule) == (
         Http("POST", "/public", 403),

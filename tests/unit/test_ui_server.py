@@ -5,6 +5,7 @@ the command's refusals (a port in use, a lab that is not running)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -177,3 +178,84 @@ def test_a_port_in_use_exits_2_naming_the_fix(tmp_path: Path) -> None:
 def test_a_lab_that_is_not_running_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["ui", "--lab", f"cm-nosuch{int(time.time())}", "--port", "0"])
     assert result.exit_code == 2 and "is running" in result.output
+
+
+def test_of_a_long_history_the_hub_shows_the_newest_flows_then_follows(tmp_path: Path) -> None:
+    """The relay's history (full rings: thousands of records) is the backdrop of a page: the hub
+    hands pages its newest `keep` flows, in time order, then the status, then what comes next."""
+    from crossmesh.drivers.lab.flowrelay import Relay
+    from crossmesh.observe.flows import Flow, FlowEndpoint, Verdict
+
+    def record(t: float, node: str) -> Flow:
+        return Flow(t, node, Verdict.DROPPED, "UDP", FlowEndpoint("10.0.0.1"), FlowEndpoint("10.0.0.2"), 1, 53)
+
+    start = time.time() - 100
+
+    async def until(condition: Any) -> None:
+        for _ in range(500):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("not within 5 s")
+
+    async def go() -> tuple[list[dict[str, Any]], FlowHub]:
+        relay = Relay(["n1", "n2"])
+        server = await relay.serve(tmp_path / "flows.sock")
+        for node, offset in (("n1", 0.0), ("n2", 0.005)):
+            relay.add(node, [record(start + i * 0.01 + offset, node) for i in range(3000)])
+        hub = FlowHub(tmp_path / "flows.sock", keep=50)
+        page = hub.subscribe()
+        task = asyncio.create_task(hub.run())
+        await until(lambda: hub.nodes)
+        relay.add("n1", [record(time.time(), "n1")])
+        await until(lambda: hub.recent[-1]["time"] > start + 100)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await until(lambda: not relay.clients)  # the relay saw the hub leave
+        server.close()
+        return [page.get_nowait() for _ in range(page.qsize())], hub
+
+    messages, hub = asyncio.run(go())
+    newest = sorted(start + i * 0.01 + o for i in range(3000) for o in (0.0, 0.005))[-50:]
+    flows = [m["flow"]["time"] for m in messages if "flow" in m]
+    assert flows[:50] == newest, "the newest 50 of the history, oldest first"
+    assert len(flows) == 51 and flows[50] > newest[-1], "then the flow recorded after the status"
+    kinds = [next(iter(m)) for m in messages]
+    assert kinds.index("nodes") == kinds.index("flow") + 50, "the status comes after the history's flows"
+    assert hub.nodes["n1"]["recorded"] == 3000 and hub.rejected == 0
+
+
+def test_a_relay_closing_before_its_status_still_shows_its_history_each_line_judged(tmp_path: Path) -> None:
+    from crossmesh.observe import wire
+    from crossmesh.observe.flows import Flow, FlowEndpoint, Verdict
+
+    now = time.time()
+    good = [
+        wire.flow_line(
+            Flow(now - i, "n1", Verdict.FORWARDED, "TCP", FlowEndpoint("10.0.0.1"), FlowEndpoint("10.0.0.2"))
+        )
+        for i in (3, 2, 1)
+    ]
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.writelines([good[0], b'{"flow": {"time": "soon"}}\n', good[1], b'{"flow":[1]}\n', good[2]])
+        await writer.drain()
+        writer.close()
+
+    async def go() -> FlowHub:
+        server = await asyncio.start_unix_server(answer, str(tmp_path / "flows.sock"))
+        hub = FlowHub(tmp_path / "flows.sock")
+        task = asyncio.create_task(hub.run())
+        for _ in range(500):
+            if hub.state == "unreachable":
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        server.close()
+        return hub
+
+    hub = asyncio.run(go())
+    assert [f["time"] for f in hub.recent] == [now - 3, now - 2, now - 1]
+    assert hub.rejected == 2 and hub.error == "the relay closed the connection"

@@ -102,6 +102,10 @@ class Malformed:
     reason: str
 
 
+FLOW_START = b'{"flow":'
+"""How every flow line `flow_line` writes begins (a reader may set such lines aside undecoded)."""
+
+
 def flow_line(flow: Flow) -> bytes:
     return _line({"flow": flow.to_json()})
 
@@ -151,7 +155,12 @@ class Decoder:
         self._overlong = False  # inside a line already judged too long
 
     def feed(self, chunk: bytes) -> list[Flow | Status | Malformed]:
-        out: list[Flow | Status | Malformed] = []
+        return [line if isinstance(line, Malformed) else self.decode(line) for line in self.lines(chunk)]
+
+    def lines(self, chunk: bytes) -> list[bytes | Malformed]:
+        """The whole lines `chunk` completes, not yet decoded (a reader that keeps only some of them
+        decodes those alone, with `decode`); a line over `max_line` is a `Malformed` already."""
+        out: list[bytes | Malformed] = []
         buf = self._buf + chunk
         start = 0
         while (end := buf.find(b"\n", start)) >= 0:
@@ -161,7 +170,7 @@ class Decoder:
             elif len(line) > self.max_line:
                 out.append(self._too_long())
             else:
-                out.append(self._decode(line))
+                out.append(line)
         self._buf = buf[start:]
         if not self._overlong and len(self._buf) > self.max_line:
             out.append(self._too_long())
@@ -172,13 +181,14 @@ class Decoder:
 
     def end(self) -> list[Flow | Status | Malformed]:
         line, self._buf = self._buf, b""
-        return [self._decode(line)] if line and not self._overlong else []
+        return [self.decode(line)] if line and not self._overlong else []
 
     def _too_long(self) -> Malformed:
         return Malformed(f"a line over {self.max_line} bytes")
 
     @staticmethod
-    def _decode(line: bytes) -> Flow | Status | Malformed:
+    def decode(line: bytes) -> Flow | Status | Malformed:
+        """One line (without its newline) as what it is, or why it is not."""
         try:
             return decode_line(line)
         except ValueError as err:

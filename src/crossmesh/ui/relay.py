@@ -8,6 +8,12 @@ Only the asynchronous transport is here: every line is judged by the protocol's 
 cap, JSON, each field checked) before a page sees it, as `crossmesh observe` judges it — the
 socket is a file in a folder, and its lines are not trusted. A page that reads too slowly loses
 flows (counted), never the reader.
+
+The relay's history (what it answers before its first status line: the last five minutes, up to
+30 nodes × 4096 records on a busy lab) is only the backdrop of a page: of its flow lines the hub
+keeps the newest `KEEP` undecoded and judges those alone when the history ends, rather than
+decoding 120,000 records in the server's loop while a page is asking for the topology. A bad line
+among the skipped older ones is then not counted in `rejected` — nothing of it reached a page.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from crossmesh.observe.wire import Decoder, Malformed, Request, Status, request_line
+from crossmesh.observe.flows import Flow
+from crossmesh.observe.wire import FLOW_START, Decoder, Malformed, Request, Status, request_line
 
 KEEP = 500  # flows kept for a page that opens now
 SINCE = 300.0  # seconds of history asked for at the first connection
@@ -39,6 +46,7 @@ class FlowHub:
         self.decoder = Decoder()
         self.last_time: float | None = None  # of the newest flow seen
         self.resume: float | None = None  # while the relay resends its history after a redial: last_time
+        self.history: deque[bytes] | None = None  # while the relay sends its history: its newest flow lines
         self.pages: dict[asyncio.Queue[dict[str, Any]], int] = {}  # queue → flows it lost
 
     def status(self) -> dict[str, Any]:
@@ -92,29 +100,46 @@ class FlowHub:
             await writer.drain()
             self._set_state("connected")
             self.decoder, self.resume = Decoder(), self.last_time
+            self.history = deque(maxlen=self.recent.maxlen)
             while chunk := await reader.read(CHUNK):
                 self.take(chunk)
         finally:
+            self._end_history()  # a relay that closed before its status line: show what it sent
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
     def take(self, chunk: bytes) -> None:
         """Bytes from the relay: each whole line a flow or a status for the pages; a line that is
-        neither is counted and skipped."""
-        for item in self.decoder.feed(chunk):
-            if isinstance(item, Malformed):
+        neither is counted and skipped. During the history, flow lines are set aside (the newest
+        `KEEP`) and judged when it ends."""
+        for line in self.decoder.lines(chunk):
+            if isinstance(line, Malformed):
                 self.rejected += 1
-            elif isinstance(item, Status):
-                self.resume = None  # the history is over: every flow from here on is new
-                self.nodes = {name: node.to_json() for name, node in item.nodes.items()}
-                self._send({"nodes": self.nodes})
+            elif self.history is not None and line.startswith(FLOW_START):
+                self.history.append(line)
             else:
-                data = item.to_json()
-                if self.resume is not None and (
-                    item.time < self.resume or (item.time == self.resume and data in self.recent)
-                ):
-                    continue  # seen before the relay was dialled again
-                self.last_time = max(item.time, self.last_time or item.time)
-                self.recent.append(data)
-                self._send({"flow": data})
+                self._item(Decoder.decode(line))
+
+    def _end_history(self) -> None:
+        history, self.history = self.history, None
+        for line in history or ():
+            self._item(Decoder.decode(line))
+
+    def _item(self, item: Flow | Status | Malformed) -> None:
+        if isinstance(item, Malformed):
+            self.rejected += 1
+        elif isinstance(item, Status):
+            self._end_history()
+            self.resume = None  # the history is over: every flow from here on is new
+            self.nodes = {name: node.to_json() for name, node in item.nodes.items()}
+            self._send({"nodes": self.nodes})
+        else:
+            data = item.to_json()
+            if self.resume is not None and (
+                item.time < self.resume or (item.time == self.resume and data in self.recent)
+            ):
+                return  # seen before the relay was dialled again
+            self.last_time = max(item.time, self.last_time or item.time)
+            self.recent.append(data)
+            self._send({"flow": data})
