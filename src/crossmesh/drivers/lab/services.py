@@ -82,16 +82,7 @@ def start_services(state: LabState, topo: LabTopology, plan: Plan, manifests: di
     if alive(state.services_pid):
         stop_group(state.services_pid)
         changes.append("service daemon stopped (the services changed)")
-    log = state.dir / "logs" / "servicesd.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "crossmesh.drivers.lab.servicesd", str(state.dir)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc, log = _spawn(state, "servicesd")
     state.services_pid = proc.pid
     state.services_digest = digest
     state.save()
@@ -102,6 +93,22 @@ def start_services(state: LabState, topo: LabTopology, plan: Plan, manifests: di
         time.sleep(0.02)
     changes.append("service daemon started")
     return changes
+
+
+def _spawn(state: LabState, daemon: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """`python -m crossmesh.drivers.lab.<daemon> LAB_DIR` in a session of its own (stopped as a
+    group), its output appended to logs/<daemon>.log."""
+    log = state.dir / "logs" / f"{daemon}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"crossmesh.drivers.lab.{daemon}", str(state.dir)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return proc, log
 
 
 def start_flows(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[str, list[Any]]) -> list[str]:
@@ -127,16 +134,7 @@ def start_flows(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[
         stop_group(state.flows_pid)
         changes.append("flow daemon stopped (the plan or the policies changed)")
     sock.unlink(missing_ok=True)
-    log = state.dir / "logs" / "flowsd.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "crossmesh.drivers.lab.flowsd", str(state.dir)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc, log = _spawn(state, "flowsd")
     state.flows_pid = proc.pid
     state.flows_digest = digest
     state.save()
