@@ -135,14 +135,7 @@ class Flow:
         quick = _quick(d)
         if quick is not None:
             return quick
-        try:
-            verdict = Verdict(_str(d, "verdict"))
-        except ValueError:
-            raise ValueError(f"verdict: {d.get('verdict')!r} is not FORWARDED or DROPPED") from None
-        try:
-            reason = DropReason(_str(d, "drop_reason", ""))
-        except ValueError:
-            raise ValueError(f"drop_reason: {d.get('drop_reason')!r} is not a known reason") from None
+        verdict, reason = outcome(d)
         tunnel = d.get("tunnel")
         http = d.get("http")
         return cls(
@@ -170,6 +163,19 @@ class Flow:
 
 
 ROUTER_PREFIX = "router/"
+
+
+def outcome(d: dict[str, Any]) -> tuple[Verdict, DropReason]:
+    """The `verdict` and `drop_reason` of a record or event read as JSON; ValueError naming the field."""
+    try:
+        verdict = Verdict(_str(d, "verdict"))
+    except ValueError:
+        raise ValueError(f"verdict: {str(d.get('verdict'))[:20]!r} is not FORWARDED or DROPPED") from None
+    try:
+        reason = DropReason(_str(d, "drop_reason", ""))
+    except ValueError:
+        raise ValueError(f"drop_reason: {str(d.get('drop_reason'))[:30]!r} is not a known reason") from None
+    return verdict, reason
 
 
 def router_node(site: str) -> str:

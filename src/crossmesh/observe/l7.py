@@ -26,7 +26,7 @@ from ipaddress import IPv4Address
 from typing import Any, NamedTuple
 
 from crossmesh.observe.enrich import Directory, Enriched, deciding, policy_match, summary
-from crossmesh.observe.flows import MAX_TEXT, DropReason, Flow, Http, Verdict, _num, _obj, _port, _str
+from crossmesh.observe.flows import MAX_TEXT, DropReason, Flow, Http, Verdict, _num, _obj, _port, _str, outcome
 from crossmesh.policy.evaluator import Reason
 from crossmesh.policy.evaluator import Verdict as PolicyVerdict
 
@@ -121,14 +121,7 @@ def decode(data: bytes) -> HttpEvent:
     d = _obj(raw, "event")
     if d.get("v") != VERSION:
         raise ValueError(f"v: version {str(d.get('v'))[:20]}, this flow daemon reads {VERSION}")
-    try:
-        verdict = Verdict(_str(d, "verdict"))
-    except ValueError:
-        raise ValueError(f"verdict: {str(d.get('verdict'))[:20]!r} is not FORWARDED or DROPPED") from None
-    try:
-        reason = DropReason(_str(d, "drop_reason", ""))
-    except ValueError:
-        raise ValueError(f"drop_reason: {str(d.get('drop_reason'))[:30]!r} is not a known reason") from None
+    verdict, reason = outcome(d)
     method = _str(d, "method")
     if len(method) > MAX_METHOD or not _METHOD.match(method):
         raise ValueError(f"method: {method[:40]!r} is not an HTTP method")
