@@ -139,6 +139,7 @@ def _source(src: Source, req: Request) -> list[str] | None:
 
 
 def _operation(op: Operation, req: Request, *, ignore_http: bool) -> list[str] | None:
+    """Paths are compared without the query, as Istio's authorization does."""
     why = []
     if op.ports is not None:
         if req.port not in op.ports:
@@ -152,7 +153,7 @@ def _operation(op: Operation, req: Request, *, ignore_http: bool) -> list[str] |
         return why
     for part in (
         _patterns("method", req.method, op.methods, op.not_methods),
-        _patterns("path", req.path, op.paths, op.not_paths),
+        _patterns("path", None if req.path is None else req.path.partition("?")[0], op.paths, op.not_paths),
     ):
         if part is None:
             return None
