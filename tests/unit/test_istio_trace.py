@@ -12,7 +12,8 @@ import pytest
 from crossmesh.istio.index import istio_index
 from crossmesh.policy import trace as traces
 from crossmesh.policy.endpoints import mesh_index
-from crossmesh.workspace import Compiled, compile_mesh
+from crossmesh.state.store import StateStore
+from crossmesh.workspace import Compiled, check, compile_mesh
 
 ROOT = Path(__file__).resolve().parents[2]
 XW, RB = "cluster1/default/x-wing-0", "cluster2/default/rebel-base-0"
@@ -120,3 +121,18 @@ def test_without_istio_the_trace_is_unchanged(compiled: Compiled) -> None:
     assert "istio" not in data and "network_verdict" not in data
     assert not any("istio at" in line or "network policy (" in line for line in result.lines())
     assert result.allowed  # the network layer alone decides (deny-delete would deny this TCP flow)
+
+
+def test_validate_reads_istio_policies_without_the_pass_through_warning(compiled: Compiled) -> None:
+    assert not [w for w in compiled.loaded.warnings if "not modelled" in w.message]
+
+
+def test_validate_refuses_two_mesh_wide_peer_authentications(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples" / "three-clouds", tmp_path / "m", ignore=shutil.ignore_patterns(".crossmesh"))
+    second = ISTIO.split("---")[0].replace("name: default,", "name: second,").replace("STRICT", "PERMISSIVE")
+    (tmp_path / "m" / "apps" / "common" / "istio.yaml").write_text(ISTIO + "---\n" + second)
+    _, problems = check(tmp_path / "m" / "mesh.yaml", StateStore.beside(tmp_path / "m" / "mesh.yaml", tmp_path / "s"))
+    errors = [p for p in problems if p.severity == "error"]
+    assert len(errors) == 1, errors
+    assert errors[0].file.endswith("istio.yaml") and errors[0].line == 25
+    assert "second mesh-wide policy besides istio-system/default" in errors[0].message
