@@ -4,11 +4,14 @@ policies added to its common manifests (seed 003's x-wing → rebel-base is allo
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from crossmesh.cli.main import app
 from crossmesh.istio.index import istio_index
 from crossmesh.policy import trace as traces
 from crossmesh.policy.endpoints import mesh_index
@@ -136,3 +139,26 @@ def test_validate_refuses_two_mesh_wide_peer_authentications(tmp_path: Path) -> 
     assert len(errors) == 1, errors
     assert errors[0].file.endswith("istio.yaml") and errors[0].line == 25
     assert "second mesh-wide policy besides istio-system/default" in errors[0].message
+
+
+def test_policy_trace_command_shows_both_layers_for_a_mesh_with_spec_istio(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples" / "three-clouds", tmp_path / "m", ignore=shutil.ignore_patterns(".crossmesh"))
+    mesh = tmp_path / "m" / "mesh.yaml"
+    text = mesh.read_text().replace("  trustDomain: cluster.local\n", "  trustDomain: cluster.local\n  istio: {}\n")
+    mesh.write_text(text)
+    (tmp_path / "m" / "apps" / "common" / "istio.yaml").write_text(ISTIO)
+    args = ["policy", "trace", str(mesh), "--from", XW, "--to", RB, "--port", "80/TCP"]
+    denied = CliRunner().invoke(app, [*args, "--http-method", "DELETE", "-o", "json"])
+    assert denied.exit_code == 1, denied.output
+    data = json.loads(denied.output)
+    assert (data["verdict"], data["network_verdict"]) == ("denied", "allowed")
+    assert data["istio"]["authorization"] == {
+        "allowed": False,
+        "policy": "default/deny-delete",
+        "rule": 0,
+        "reason": "denied by DENY policy default/deny-delete rule 0: method DELETE",
+    }
+    allowed = CliRunner().invoke(app, [*args, "--http-method", "GET"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "istio at cluster2/default/rebel-base-0 port 80: allowed" in allowed.output
+    assert "client principal: cluster.local/ns/default/sa/default" in allowed.output

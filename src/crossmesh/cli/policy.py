@@ -56,7 +56,7 @@ def trace(  # noqa: PLR0913 - the command's options
     request = traces.http_request(http_method, http_path, http_header)
     compiled = compile_mesh(mesh)
     index = mesh_index(compiled.plan, compiled.loaded.manifests)
-    mesh_istio = getattr(compiled.plan, "istio", None)  # the mesh file's spec.istio; None: no service mesh
+    mesh_istio = compiled.plan.istio  # the mesh file's spec.istio; None: no service mesh, no Istio layer
     result = traces.trace(
         compiled.plan,
         index,
@@ -65,7 +65,7 @@ def trace(  # noqa: PLR0913 - the command's options
         port,
         request,
         istio=None if mesh_istio is None else istio_index(compiled.plan, compiled.loaded.manifests),
-        trust_domain=getattr(mesh_istio, "trust_domain", "cluster.local"),
+        trust_domain="" if mesh_istio is None else mesh_istio.trust_domain,
     )
     if output is not Output.TABLE:
         emit(result.as_json(index.by_policy_id), output)
