@@ -78,3 +78,16 @@ class EtcdTLS:
     ca_cert_pem: str  # the etcd CA's certificate only; its key never leaves the state directory
     certs: tuple[IssuedCert, ...]
     renewed: frozenset[str] = frozenset()  # CertSpec.secret of each certificate issued now
+
+
+@dataclass(frozen=True, slots=True)
+class IstioCA:
+    """A cluster's Istio CA as Istio's plug-in CA model wants it: the mesh root's certificate, the
+    cluster's intermediate (certificate and key: istiod signs workload certificates with it) and
+    the chain from the intermediate to the root."""
+
+    cluster: str
+    root_cert_pem: str
+    cert_pem: str
+    key_pem: str  # private: whatever holds it is written 0600
+    chain_pem: str
