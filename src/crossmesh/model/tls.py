@@ -82,12 +82,12 @@ class EtcdTLS:
 
 @dataclass(frozen=True, slots=True)
 class IstioCA:
-    """A cluster's Istio CA as Istio's plug-in CA model wants it: the mesh root's certificate, the
-    cluster's intermediate (certificate and key: istiod signs workload certificates with it) and
-    the chain from the intermediate to the root."""
+    """One cluster's Istio plug-in CA, as its `cacerts` Secret in `istio-system` holds it (Istio's
+    "Plug in CA certificates": root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem). Made from
+    the state directory's root and the cluster's intermediate by `identity.svid.istio_ca`."""
 
     cluster: str
-    root_cert_pem: str
-    cert_pem: str
-    key_pem: str  # private: whatever holds it is written 0600
-    chain_pem: str
+    root_cert_pem: str  # root-cert.pem: the mesh root, the one trust anchor of every cluster
+    cert_pem: str  # ca-cert.pem: the cluster's intermediate
+    key_pem: str  # ca-key.pem: its key, private: whatever holds it is written 0600
+    chain_pem: str  # cert-chain.pem: the intermediate, then up to and including the root
