@@ -4,8 +4,8 @@ same; `cacerts` with Istio's plug-in CA file names whose chain verifies; remote 
 makes them; the user's Istio policies once, in policies.yaml; the east-west gateway files valid
 against the gateway chart's schema and the Gateway CRD; no private key outside a 0600 file.
 
-The mesh is three-clouds (three Talos clusters) from a copy of its state, with `plan.istio` and
-the Istio CAs given as the shared design describes them (test CAs made here with `cryptography`).
+The mesh is a copy of three-clouds (three Talos clusters) with `plan.istio` set and two Istio policies
+added to cluster1; the Istio CAs come from its state directory (`Compiled.istio_cas`, state/meshpki).
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import jsonschema
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import IstioPlan, Plan
@@ -69,50 +67,6 @@ POLICIES = [
 ]
 
 
-# ---- test PKI: one root, one intermediate per cluster (ECDSA P-256), as the shared design says ----
-def _name(cn: str) -> x509.Name:
-    return x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "crossmesh test"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    )
-
-
-def _ca_cert(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey, path: int
-) -> x509.Certificate:
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(_name(issuer))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - timedelta(hours=1))
-        .not_valid_after(NOW + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )  # keyCertSign, cRLSign
-        .sign(signer, hashes.SHA256())
-    )
-
-
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def make_cas(clusters: list[str]) -> dict[str, IstioCA]:
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    root = _ca_cert("test root", root_key, "test root", root_key, 1)
-    out = {}
-    for name in clusters:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _ca_cert(f"test intermediate {name}", key, "test root", root_key, 0)
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode()
-        out[name] = IstioCA(name, _pem(root), _pem(cert), key_pem, _pem(cert) + _pem(root))
-    return out
-
-
 @dataclasses.dataclass
 class Rendered:
     plan: Plan
@@ -147,7 +101,8 @@ def render_istio(three: tuple[Any, dict[str, list[Manifest]]], *, with_istio: bo
     plan = compiled.plan
     if with_istio:
         plan = dataclasses.replace(plan, istio=IstioPlan(plan.trust_domain, plan.mesh, TTL))
-    cas = make_cas([c.name for c in plan.clusters])
+    # The Istio CAs as `crossmesh render` gets them: from the state directory's istio-pki/.
+    cas = dataclasses.replace(compiled, plan=plan).istio_cas(NOW)
     files = render(plan, manifests, compiled.store.private_key, compiled.clustermesh_tls(NOW), cas)
     return Rendered(plan, cas, files)
 
