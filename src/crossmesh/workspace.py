@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crossmesh.errors import Problem, SpecError
+from crossmesh.identity import svid
 from crossmesh.ipam.allocate import Allocations, allocate
 from crossmesh.istio import parse as istio_parse
 from crossmesh.kv import identities
@@ -21,7 +22,7 @@ from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.mesh import Mesh
 from crossmesh.model.plan import Plan
-from crossmesh.model.tls import ClusterMeshTLS, EtcdTLS, clustermesh_clusters
+from crossmesh.model.tls import ClusterMeshTLS, EtcdTLS, IstioCA, clustermesh_clusters
 from crossmesh.plan.planner import build_plan, cluster_plans
 from crossmesh.plan.workloads import PlacementError
 from crossmesh.policy import parse as policy_parse
@@ -43,6 +44,16 @@ class Compiled:
         (the mesh CA and each certificate are made there once)."""
         members = clustermesh_clusters(self.plan)
         return self.store.clustermesh_tls(self.plan.mesh, members, now) if members else {}
+
+    def istio_cas(self, now: datetime) -> dict[str, IstioCA]:
+        """With `spec.istio`: every cluster's Istio plug-in CA (the mesh root and the cluster's
+        intermediate, made once in the state directory's istio-pki/), for its `cacerts` Secret."""
+        istio = self.plan.istio
+        if istio is None:
+            return {}
+        names = [c.name for c in self.plan.clusters]
+        root, cas = self.store.istio_cas(self.plan.mesh, istio.trust_domain, names, now)
+        return {name: svid.istio_ca(name, root, cas[name]) for name in names}
 
     def etcd_tls(
         self,
@@ -179,5 +190,7 @@ def plan_against(path: Path, previous: Allocations) -> tuple[LoadedMesh, Allocat
 def rendered(compiled: Compiled) -> dict[str, RenderedFile]:
     """What `crossmesh render` writes for this mesh, in memory: the CLI writes it, the lab runs it,
     the fidelity checks compare the running lab with it."""
-    tls = compiled.clustermesh_tls(datetime.now(UTC))
-    return render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key, tls)
+    now = datetime.now(UTC)
+    tls = compiled.clustermesh_tls(now)
+    cas = compiled.istio_cas(now)
+    return render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key, tls, cas)

@@ -3,7 +3,8 @@
 clusters/<cluster>/cilium-values.yaml   (cni: cilium)
 clusters/<cluster>/clustermesh-secrets.yaml  (two Cilium clusters or more) the clustermesh-apiserver's certificates,
                                         signed by the mesh CA; apply before `helm install` (0600)
-clusters/<cluster>/manifests.yaml       the cluster's objects as they would be applied
+clusters/<cluster>/manifests.yaml       the cluster's objects as they would be applied (with spec.istio: without
+                                        its Istio policies, which istio/policies.yaml holds)
 clusters/<cluster>/mcs.yaml             ServiceExport/ServiceImport of its global Services
 clusters/<cluster>/k3s-server.yaml      distribution k3s: every server's shared config.yaml.d file
 clusters/<cluster>/kubeadm-config.yaml  distribution kubeadm: ClusterConfiguration for `kubeadm init`
@@ -13,6 +14,13 @@ clusters/<cluster>/crossmesh-agent.yaml nodes that run an agent: the agents' Dae
                                         the only way on Talos) with their Namespace and ServiceAccount —
                                         crossmesh-agent on tunnel nodes, crossmesh-agent-routes on route-only
                                         ones (topology gateways: no tunnel, routes via the site's gateway)
+clusters/<cluster>/istio/               spec.istio: an Istio multi-primary install on one network (render/istio.py;
+                                        docs/istio.md installs it): istiod-values.yaml (Helm, istio/istiod) and
+                                        istio-operator.yaml (the same for istioctl), cacerts.yaml (the plug-in CA:
+                                        mesh root + the cluster's intermediate and its key, 0600), remote-secrets.yaml
+                                        and create-remote-secrets.sh (one per other cluster), policies.yaml (the
+                                        cluster's PeerAuthentication/AuthorizationPolicy), east-west/ (gateway values
+                                        and the 15443 Gateway: only for a cluster put on a network of its own)
 nodes/<node>/talos.yaml                 distribution talos: machine-config patch + WireguardConfig with its
                                         routes (0600) — everything a Talos node gets
 nodes/<node>/talos-agent.yaml           distribution talos, tunnel nodes with the agents' DaemonSet instead: the
@@ -40,13 +48,14 @@ from collections.abc import Callable, Mapping
 
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
-from crossmesh.model.tls import ClusterMeshTLS, clustermesh_clusters
+from crossmesh.model.tls import ClusterMeshTLS, IstioCA, clustermesh_clusters
 from crossmesh.plan import prerequisites
 from crossmesh.render import (
     agent_deploy,
     cilium,
     etcd,
     grafana,
+    istio,
     k3s,
     kubeadm,
     mcs,
@@ -75,8 +84,10 @@ def render(
     manifests: dict[str, list[Manifest]],
     private_key: Callable[[str], str],
     clustermesh: Mapping[str, ClusterMeshTLS],
+    istio_cas: Mapping[str, IstioCA] | None = None,
 ) -> dict[str, RenderedFile]:
-    """`clustermesh`: the TLS material of every Cluster Mesh member (`Compiled.clustermesh_tls`)."""
+    """`clustermesh`: the TLS material of every Cluster Mesh member (`Compiled.clustermesh_tls`);
+    `istio_cas`: with `spec.istio`, every cluster's Istio CA (the mesh root and its intermediate)."""
     out: dict[str, RenderedFile] = {}
     cache: dict[int, str] = {}
     agent_names: set[str] = set()
@@ -94,7 +105,8 @@ def render(
             secrets = cilium.clustermesh_secrets(tls)
             out[f"{base}/clustermesh-secrets.yaml"] = RenderedFile(yaml_dump(*secrets), 0o600, True)
         objects = sorted(
-            manifests.get(cluster.name, []),
+            # With spec.istio the Istio policies go to istio/policies.yaml (after istio/base's CRDs), not here.
+            [m for m in manifests.get(cluster.name, []) if plan.istio is None or not istio.is_policy(m)],
             key=lambda m: (KIND_ORDER.get(m.kind, 9), m.kind, m.namespace, m.name),
         )
         if objects:
@@ -141,6 +153,7 @@ def render(
             out[f"{base}/kubelet.env"] = RenderedFile(kubeadm.kubelet_env(plan, node))
         if node.name in agent_names:
             out[f"{base}/crossmesh-agent.service"] = RenderedFile(agent_deploy.systemd_unit(plan, node))
+    out.update(istio.tree(plan, manifests, istio_cas or {}))
     rbac = etcd.rbac_script(plan)
     if rbac is not None:
         out["etcd/rbac.sh"] = RenderedFile(rbac, 0o755)
