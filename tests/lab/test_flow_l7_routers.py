@@ -2,8 +2,9 @@
 is a record with its method, path and status and the rule that decided it; what a site router's
 firewall drops is a record on `router/<site>`.
 
-examples/three-clouds: hq (cluster2) admits x-wing (cluster1) on TCP 80 for `GET /public` only
-(hq-read-only, an HTTP rule), so the proxy on hq's node forwards a GET and answers a POST 403.
+tests/meshes/cilium-l7 (examples/three-clouds before Istio): hq (cluster2) admits x-wing
+(cluster1) on TCP 80 for `GET /public` only (hq-read-only, an HTTP rule), so the proxy on hq's
+node forwards a GET and answers a POST 403.
 Each site router admits from the internet only answers and what the mesh needs (WireGuard)."""
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def wait_for(st: labs.LabState, since: float, found: Callable[[list[Flow]], bool
 
 
 def test_http_requests_and_the_site_routers_drops_are_recorded(make_lab: Callable[[str], Lab]) -> None:
-    lab = make_lab("three-clouds")
+    lab = make_lab("tests/meshes/cilium-l7")
     lab.up()
     st = labs.LabState.load(lab.tag)
     assert st is not None

@@ -14,7 +14,8 @@ from crossmesh.observe.flows import DropReason, Flow, Verdict
 from crossmesh.policy.endpoints import mesh_index
 from crossmesh.workspace import compile_mesh
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# examples/three-clouds before Istio: hq keeps its Cilium HTTP rule (tests/meshes/cilium-l7/mesh.yaml)
+CILIUM_L7 = Path(__file__).resolve().parents[2] / "tests" / "meshes" / "cilium-l7"
 DENY = """\
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -55,7 +56,7 @@ class Packet:
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory: pytest.TempPathFactory) -> Directory:
     tmp = tmp_path_factory.mktemp("mesh")
-    shutil.copytree(EXAMPLES / "three-clouds", tmp / "m", ignore=shutil.ignore_patterns("state", ".crossmesh"))
+    shutil.copytree(CILIUM_L7, tmp / "m", ignore=shutil.ignore_patterns("state", ".crossmesh"))
     (tmp / "m" / "apps" / "cluster2" / "deny.yaml").write_text(DENY)
     compiled = compile_mesh(tmp / "m" / "mesh.yaml", tmp / "state", dry_run=True)
     index = mesh_index(compiled.plan, compiled.loaded.manifests)

@@ -18,7 +18,8 @@ from crossmesh.policy.evaluator import PolicyIndex, evaluate
 from crossmesh.policy.model import HttpRequest
 from crossmesh.workspace import compile_mesh
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# examples/three-clouds before Istio: hq keeps its Cilium HTTP rule (tests/meshes/cilium-l7/mesh.yaml)
+CILIUM_L7 = Path(__file__).resolve().parents[2] / "tests" / "meshes" / "cilium-l7"
 X_WING, HQ = "cluster1/default/x-wing-0", "cluster2/default/hq-0"
 HQ_POLICY = "CiliumNetworkPolicy cluster2/default/hq-read-only"
 
@@ -26,7 +27,7 @@ HQ_POLICY = "CiliumNetworkPolicy cluster2/default/hq-read-only"
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> tuple[PolicyIndex, Directory]:
     tmp = tmp_path_factory.mktemp("mesh")
-    shutil.copytree(EXAMPLES / "three-clouds", tmp / "m", ignore=shutil.ignore_patterns("state", ".crossmesh"))
+    shutil.copytree(CILIUM_L7, tmp / "m", ignore=shutil.ignore_patterns("state", ".crossmesh"))
     compiled = compile_mesh(tmp / "m" / "mesh.yaml", tmp / "state", dry_run=True)
     index = mesh_index(compiled.plan, compiled.loaded.manifests)
     return index, Directory.build(compiled.plan, index, {})

@@ -22,7 +22,8 @@ from crossmesh.observe import codes, l7
 from crossmesh.observe.flows import DropReason, Http, Verdict
 from crossmesh.workspace import compile_mesh
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# examples/three-clouds before Istio: hq keeps its Cilium HTTP rule (tests/meshes/cilium-l7/mesh.yaml)
+CILIUM_L7 = Path(__file__).resolve().parents[2] / "tests" / "meshes" / "cilium-l7"
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class FakeReader:
 @pytest.fixture(scope="module")
 def lab_state(tmp_path_factory: pytest.TempPathFactory) -> LabState:
     tmp = tmp_path_factory.mktemp("lab")
-    shutil.copytree(EXAMPLES / "three-clouds", tmp / "m", ignore=shutil.ignore_patterns("state", ".crossmesh"))
+    shutil.copytree(CILIUM_L7, tmp / "m", ignore=shutil.ignore_patterns("state", ".crossmesh"))
     compile_mesh(tmp / "m" / "mesh.yaml", tmp / "state")  # the keys a lab would have
     return LabState(
         tag="fake", mesh=str(tmp / "m" / "mesh.yaml"), mesh_name="three-clouds", state_dir=str(tmp / "state")
