@@ -42,7 +42,11 @@ BASES = {
             "three-clouds", REPO / "examples/three-clouds", "cluster1/default/x-wing-0", "default/rebel-base", "80/TCP"
         ),
         Base(
-            "hybrid", REPO / "examples/hybrid-openstack-aws", "k3s/demo/demo-app-0", "k3s/demo/tkb-service", "30080/TCP"
+            "hybrid",
+            REPO / "examples/hybrid-openstack-aws",
+            "k3s/demo/demo-app-0",
+            "k3s/microservices/tkb-service",
+            "30080/TCP",
         ),
         Base(
             "golden-three-clouds",

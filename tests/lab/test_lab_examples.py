@@ -109,8 +109,8 @@ def test_hybrid_stretched_k3s(make_lab) -> None:  # type: ignore[no-untyped-def]
     assert code == 0, _failed(report)
     names = [c["name"] for c in report["checks"]]  # type: ignore[union-attr, attr-defined]
     # Seed 001's flow: demo-app on OpenStack reaches tkb on AWS, directly and through its service.
-    assert any(n.startswith("pod-to-pod/cross-site/http: k3s/demo/demo-app-0 -> k3s/demo/tkb-") for n in names)
-    assert any("-> k3s/demo/tkb-service" in n for n in names)
+    assert any(n.startswith("pod-to-pod/cross-site/http: k3s/demo/demo-app-0 -> k3s/microservices/tkb-") for n in names)
+    assert any("-> k3s/microservices/tkb-service" in n for n in names)
     # The worker behind the OpenStack router's NAT is reached only through its tunnel.
     assert any(n.startswith("nat/unsolicited-from-internet") and "openstack-worker" in n for n in names)
     assert any(n.startswith("nat/reached-through-tunnel") for n in names)
@@ -193,7 +193,7 @@ apiVersion: v1
 kind: Service
 metadata:
   name: tkb-headless
-  namespace: demo
+  namespace: microservices
 spec:
   clusterIP: None
   selector: {app: tkb}
@@ -213,8 +213,9 @@ def test_nodeport_on_every_node_and_a_headless_service_without_vip(make_lab) -> 
 
     plan = json.loads(crossmesh("plan", str(lab.mesh), "-o", "json", check=True).stdout)["plan"]
     services = {s["ref"]: s for c in plan["clusters"] for s in c["services"]}
-    assert services["k3s/demo/tkb-service"]["nodePorts"] == {"30080/TCP": 30080}
-    assert services["k3s/demo/tkb-headless"]["clusterIP"] is None and services["k3s/demo/tkb-headless"]["headless"]
+    assert services["k3s/microservices/tkb-service"]["nodePorts"] == {"30080/TCP": 30080}
+    headless = services["k3s/microservices/tkb-headless"]
+    assert headless["clusterIP"] is None and headless["headless"]
 
     code, report = lab.test("--test", "^(nodeport|headless|pod-to-service)/")
     assert code == 0, _failed(report)
@@ -223,7 +224,7 @@ def test_nodeport_on_every_node_and_a_headless_service_without_vip(make_lab) -> 
     nodes = ("openstack-master", "openstack-worker", "aws-worker-1")
     origins = ("nodeport/from-pod/http", "nodeport/from-node/http", "nodeport/from-site/http")
     assert seen == {(n, o) for n in nodes for o in origins}, sorted(seen)
-    assert all("answered by k3s/demo/tkb-" in c["detail"] for c in checks), [c["detail"] for c in checks]
+    assert all("answered by k3s/microservices/tkb-" in c["detail"] for c in checks), [c["detail"] for c in checks]
     assert any(c["kind"] == "headless" and c["passed"] for c in report["checks"])  # type: ignore[union-attr, attr-defined]
 
     # No VIP: each node's service chain holds tkb-service's ClusterIP and node port rules, nothing else.
@@ -242,7 +243,7 @@ def test_nodeport_on_every_node_and_a_headless_service_without_vip(make_lab) -> 
         # other nodes' node ports (translated at the source, as Cilium's socket load balancer does).
         has_pods = any(p["node"] == node for c in plan["clusters"] for p in c["pods"])
         assert len(dnat) == 2 + has_pods and all(r.startswith("ip saddr ") for r in dnat[2:]), dnat
-        vip = services["k3s/demo/tkb-service"]["clusterIP"]
+        vip = services["k3s/microservices/tkb-service"]["clusterIP"]
         address = next(n["address"] for n in plan["nodes"] if n["name"] == node)
         assert dnat[0].startswith(f"ip daddr {vip} tcp dport 30080 dnat"), dnat
         assert (
@@ -261,26 +262,26 @@ def test_nodeport_on_every_node_and_a_headless_service_without_vip(make_lab) -> 
             "--",
             "getent",
             "ahostsv4",
-            "tkb-headless.demo.svc.cluster.local",
+            "tkb-headless.microservices.svc.cluster.local",
             check=True,
         )
         return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
 
     pods = {p["ref"]: p["address"] for c in plan["clusters"] for p in c["pods"]}
-    tkb = {pods["k3s/demo/tkb-0"], pods["k3s/demo/tkb-1"]}
+    tkb = {pods["k3s/microservices/tkb-0"], pods["k3s/microservices/tkb-1"]}
     assert resolve() == tkb
     # A dead pod leaves the headless name's answers; the node port keeps answering from the other one.
-    crossmesh("lab", "kill", *mesh, "k3s/demo/tkb-0", check=True)
+    crossmesh("lab", "kill", *mesh, "k3s/microservices/tkb-0", check=True)
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and resolve() != {pods["k3s/demo/tkb-1"]}:
+        while time.monotonic() < deadline and resolve() != {pods["k3s/microservices/tkb-1"]}:
             time.sleep(0.2)
-        assert resolve() == {pods["k3s/demo/tkb-1"]}
+        assert resolve() == {pods["k3s/microservices/tkb-1"]}
         code, report = lab.test("--test", "^nodeport/from-site")
         assert code == 0, _failed(report)
-        assert all("answered by k3s/demo/tkb-1" in c["detail"] for c in report["checks"])  # type: ignore[union-attr, attr-defined]
+        assert all("answered by k3s/microservices/tkb-1" in c["detail"] for c in report["checks"])  # type: ignore[union-attr, attr-defined]
     finally:
-        crossmesh("lab", "revive", *mesh, "k3s/demo/tkb-0", check=True)
+        crossmesh("lab", "revive", *mesh, "k3s/microservices/tkb-0", check=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and resolve() != tkb:
         time.sleep(0.2)

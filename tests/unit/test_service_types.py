@@ -204,7 +204,7 @@ def hybrid(tmp_path_factory: pytest.TempPathFactory) -> Plan:
     work = tmp_path_factory.mktemp("hybrid")
     shutil.copytree(HYBRID, work / "mesh", ignore=shutil.ignore_patterns(".crossmesh"))
     (work / "mesh" / "apps" / "headless.yaml").write_text(
-        "apiVersion: v1\nkind: Service\nmetadata: {name: tkb-headless, namespace: demo}\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {name: tkb-headless, namespace: microservices}\n"
         "spec:\n  clusterIP: None\n  selector: {app: tkb}\n  ports: [{port: 3000, name: http}]\n"
     )
     return compile_mesh(work / "mesh" / "mesh.yaml", work / "state").plan
@@ -217,9 +217,11 @@ def tkb(plan: Plan, name: str = "tkb-service") -> object:
 def test_seed_001_node_port_30080_to_container_port_3000(hybrid: Plan) -> None:
     service = tkb(hybrid)
     assert service.type == "NodePort" and service.node_ports == ((30080, "TCP", 30080),)  # type: ignore[attr-defined]
-    data = next(s for c in plan_json(hybrid)["clusters"] for s in c["services"] if s["ref"] == "k3s/demo/tkb-service")
+    ref = "k3s/microservices/tkb-service"
+    data = next(s for c in plan_json(hybrid)["clusters"] for s in c["services"] if s["ref"] == ref)
     assert data["nodePorts"] == {"30080/TCP": 30080}
-    assert data["backendSets"][0]["tiers"] == [["k3s/demo/tkb-0@10.42.3.2:3000", "k3s/demo/tkb-1@10.42.3.3:3000"]]
+    tkbs = ["k3s/microservices/tkb-0@10.42.3.2:3000", "k3s/microservices/tkb-1@10.42.3.3:3000"]
+    assert data["backendSets"][0]["tiers"] == [tkbs]
     headless = next(s for c in plan_json(hybrid)["clusters"] for s in c["services"] if s["ref"].endswith("headless"))
     assert (headless["clusterIP"], headless["headless"], headless["nodePorts"]) == (None, True, {})
 
@@ -238,10 +240,10 @@ def test_every_node_answers_the_node_port_and_source_nats_it(hybrid: Plan) -> No
         assert text.count("dnat ip addr") == 2  # the headless Service has no rule
     # Health-aware as the ClusterIP: a dead backend leaves the map; with none, no rule (the node refuses)
     node = hybrid.node("openstack-master")
-    dead = frozenset({servicenat.backend_key("k3s/demo/tkb-0", "10.42.3.2", 3000)})
+    dead = frozenset({servicenat.backend_key("k3s/microservices/tkb-0", "10.42.3.2", 3000)})
     one = nft.render(servicenat.services_table(hybrid, "k3s", [], IPv4Address("10.42.0.1"), dead, node=node))
     assert "tcp dport 30080 dnat ip addr . port to numgen random mod 1 map { 0 : 10.42.3.3 . 3000 }" in one
-    both = dead | {servicenat.backend_key("k3s/demo/tkb-1", "10.42.3.3", 3000)}
+    both = dead | {servicenat.backend_key("k3s/microservices/tkb-1", "10.42.3.3", 3000)}
     none = nft.render(servicenat.services_table(hybrid, "k3s", [], IPv4Address("10.42.0.1"), both, node=node))
     assert "dport 30080 dnat" not in none
 
@@ -255,11 +257,11 @@ def test_the_lab_topology_programs_node_ports_on_every_node(hybrid: Plan) -> Non
 
 
 def test_headless_name_answers_its_ready_pods(hybrid: Plan) -> None:
-    assert "tkb-headless.demo.svc.cluster.local" not in dns_records(hybrid)["k3s"]
+    assert "tkb-headless.microservices.svc.cluster.local" not in dns_records(hybrid)["k3s"]
     records = headless_records(hybrid)["k3s"]
-    name = "tkb-headless.demo.svc.cluster.local"
+    name = "tkb-headless.microservices.svc.cluster.local"
     assert ready(records, frozenset())[name] == ("10.42.3.2", "10.42.3.3")
-    down = {servicenat.backend_key("k3s/demo/tkb-0", "10.42.3.2", 3000)}
+    down = {servicenat.backend_key("k3s/microservices/tkb-0", "10.42.3.2", 3000)}
     assert ready(records, down)[name] == ("10.42.3.3",)
     query = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0)
     query += b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\0" + struct.pack("!HH", 1, 1)
@@ -271,11 +273,11 @@ def test_headless_name_answers_its_ready_pods(hybrid: Plan) -> None:
 
 
 def test_trace_of_a_headless_service_connects_to_the_pod(hybrid: Plan) -> None:
-    t = trace(hybrid, "k3s/demo/demo-app-0", "k3s/demo/tkb-headless", 3000, "TCP")
-    assert t.headless and t.delivered_port == 3000 and t.backend == "k3s/demo/tkb-0"
-    assert "headless service k3s/demo/tkb-headless (no ClusterIP)" in t.hops[1].action
+    t = trace(hybrid, "k3s/demo/demo-app-0", "k3s/microservices/tkb-headless", 3000, "TCP")
+    assert t.headless and t.delivered_port == 3000 and t.backend == "k3s/microservices/tkb-0"
+    assert "headless service k3s/microservices/tkb-headless (no ClusterIP)" in t.hops[1].action
     assert t.hops[-1].action.endswith("(10.42.3.2:3000/TCP)")
-    through = trace(hybrid, "k3s/demo/demo-app-0", "k3s/demo/tkb-service", 30080, "TCP")
+    through = trace(hybrid, "k3s/demo/demo-app-0", "k3s/microservices/tkb-service", 30080, "TCP")
     assert not through.headless and through.hops[-1].action.endswith("(10.42.3.2:3000/TCP)")
 
 
@@ -296,4 +298,5 @@ def test_checks_cover_every_node_from_a_pod_a_node_and_the_site(hybrid: Plan) ->
         for origin in ("from-pod", "from-node", "from-site"):
             assert any(n.startswith(f"nodeport/{origin}/http: ") and f"-> {node} (" in n for n in names), names
     [dns] = [p.check for p in service_types.headless(ctx)]
-    assert dns.name == "headless/dns: k3s/demo/demo-app-0 -> tkb-headless.demo.svc.cluster.local (no ClusterIP)"
+    name = "tkb-headless.microservices.svc.cluster.local"
+    assert dns.name == f"headless/dns: k3s/demo/demo-app-0 -> {name} (no ClusterIP)"
