@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crossmesh.errors import Problem, SpecError
-from crossmesh.identity import svid
+from crossmesh.identity.svid import istio_ca
 from crossmesh.ipam.allocate import Allocations, allocate
 from crossmesh.istio import parse as istio_parse
 from crossmesh.kv import identities
@@ -45,16 +45,6 @@ class Compiled:
         members = clustermesh_clusters(self.plan)
         return self.store.clustermesh_tls(self.plan.mesh, members, now) if members else {}
 
-    def istio_cas(self, now: datetime) -> dict[str, IstioCA]:
-        """With `spec.istio`: every cluster's Istio plug-in CA (the mesh root and the cluster's
-        intermediate, made once in the state directory's istio-pki/), for its `cacerts` Secret."""
-        istio = self.plan.istio
-        if istio is None:
-            return {}
-        names = [c.name for c in self.plan.clusters]
-        root, cas = self.store.istio_cas(self.plan.mesh, istio.trust_domain, names, now)
-        return {name: svid.istio_ca(name, root, cas[name]) for name in names}
-
     def etcd_tls(
         self,
         now: datetime,
@@ -67,6 +57,15 @@ class Compiled:
         changed or near its end."""
         specs = identities.etcd_specs(self.plan, server_ips=server_ips, server_names=server_names)
         return self.store.etcd_tls(self.plan.mesh, specs, now)
+
+    def istio_cas(self, now: datetime) -> dict[str, IstioCA]:
+        """Each cluster's Istio plug-in CA (its `cacerts`), from the state directory's root and the
+        cluster's intermediate (made there once, see `state.meshpki`); none without `spec.istio`."""
+        if self.plan.istio is None:
+            return {}
+        clusters = [c.name for c in self.plan.clusters]
+        root, cas = self.store.istio_cas(self.plan.mesh, self.plan.istio.trust_domain, clusters, now)
+        return {c: istio_ca(c, root, ca) for c, ca in cas.items()}
 
 
 def check(
