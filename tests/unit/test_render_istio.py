@@ -4,8 +4,9 @@ same; `cacerts` with Istio's plug-in CA file names whose chain verifies; remote 
 makes them; the user's Istio policies once, in policies.yaml; the east-west gateway files valid
 against the gateway chart's schema and the Gateway CRD; no private key outside a 0600 file.
 
-The mesh is a copy of three-clouds (three Talos clusters) with `plan.istio` set and two Istio policies
-added to cluster1; the Istio CAs come from its state directory (`Compiled.istio_cas`, state/meshpki).
+The mesh is a copy of three-clouds before Istio (tests/meshes/cilium-l7: three Talos clusters) with
+`plan.istio` set and two Istio policies added to cluster1; the Istio CAs come from its state
+directory (`Compiled.istio_cas`, state/meshpki).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def policy_manifests(cluster: str) -> list[Manifest]:
 @pytest.fixture(scope="module")
 def three(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, list[Manifest]]]:
     base = tmp_path_factory.mktemp("istio")
-    shutil.copytree(REPO / "examples" / "three-clouds", base / "mesh")
+    shutil.copytree(REPO / "tests" / "meshes" / "cilium-l7", base / "mesh")  # three-clouds before its Istio
     compiled = compile_mesh(base / "mesh" / "mesh.yaml", base / "state")
     manifests = {c: list(ms) for c, ms in compiled.loaded.manifests.items()}
     manifests["cluster1"] = manifests.get("cluster1", []) + policy_manifests("cluster1")
