@@ -72,9 +72,10 @@ def state_copy(case: str, tmp: Path) -> Path:
 def keep_test_pki(case: str, state: Path) -> None:
     """The ClusterMesh CA and certificates a render made, kept with the case's test keys (certificates
     are random: without them every render would differ from the golden files). Test-only, like the keys."""
-    committed = GOLDEN / case / "state" / "pki"
-    if (state / "pki").is_dir() and not committed.exists():
-        shutil.copytree(state / "pki", committed)
+    for folder in ("pki", "istio-pki"):  # ClusterMesh; Istio's root and intermediates (spec.istio)
+        committed = GOLDEN / case / "state" / folder
+        if (state / folder).is_dir() and not committed.exists():
+            shutil.copytree(state / folder, committed)
 
 
 def render(case: str, out: Path, state: Path) -> Path:
