@@ -45,11 +45,11 @@ def new_ca(mesh: str, now: datetime, *, purpose: str = "ClusterMesh") -> Authori
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(_serial())
+        .serial_number(new_serial())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -63,11 +63,11 @@ def issue(ca: Authority, spec: CertSpec, key: ec.EllipticCurvePrivateKey, now: d
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name)]))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
-        .serial_number(_serial())
+        .serial_number(new_serial())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(min(now + CERT_VALIDITY, ca.cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage(_usages_for(spec)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
@@ -104,7 +104,7 @@ def usable(
     """Whether a stored certificate can be rendered again: it is `key`'s, `ca` signed it, it says
     what `spec` says, and more than `renew_before` of it is left."""
     return (
-        _public_bytes(cert.public_key()) == _public_bytes(key.public_key())
+        public_key_der(cert.public_key()) == public_key_der(key.public_key())
         and signed_by(cert, ca.cert)
         and cert.subject == x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name)])
         and _san(cert) == set(_names(spec))
@@ -116,7 +116,7 @@ def usable(
 
 def ca_usable(ca: Authority, now: datetime) -> bool:
     return (
-        _public_bytes(ca.cert.public_key()) == _public_bytes(ca.key.public_key())
+        public_key_der(ca.cert.public_key()) == public_key_der(ca.key.public_key())
         and signed_by(ca.cert, ca.cert)
         and ca.cert.not_valid_after_utc - now > CERT_VALIDITY
     )
@@ -150,15 +150,17 @@ def load_key(text: str) -> ec.EllipticCurvePrivateKey:
 
 
 # helpers ------------------------------------------------------------------------------------
-def _serial() -> int:
+def new_serial() -> int:
     return secrets.randbits(126) + 1  # positive, at most 16 octets (RFC 5280 4.1.2.2)
 
 
-def _key_usage(*, ca: bool) -> x509.KeyUsage:
+def key_usage(*, ca: bool, encipherment: bool = False) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs; every key signs (ECDSA keys encipher nothing, RFC 5480, so
+    `encipherment` is there only for peers that look for it, as Istio's workload certificates do)."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
-        key_encipherment=False,  # ECDSA keys sign; they encipher nothing (RFC 5480)
+        key_encipherment=encipherment,
         data_encipherment=False,
         key_agreement=False,
         key_cert_sign=ca,
@@ -195,7 +197,7 @@ def _san(cert: x509.Certificate) -> set[x509.GeneralName]:
         return set()
 
 
-def _public_bytes(key: object) -> bytes:
+def public_key_der(key: object) -> bytes:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         return b""
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
