@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from crossmesh.identity.spiffe import SpiffeId
+from crossmesh.model.tls import IstioCA
 from crossmesh.state import certs
 
 ROOT_VALIDITY = certs.CA_VALIDITY  # ten years, as istiod's self-signed root
@@ -102,7 +103,7 @@ def sign_csr(
     never past `ca`'s end. Only the CSR's key and its one SPIFFE id are used; the id must pass
     `allowed`. ValueError with the reason when the CSR is malformed or asks for what it may not."""
     spiffe, public = _requested(csr_pem)
-    ours = _permitted_domains(ca.cert)
+    ours = permitted_domains(ca.cert)
     if ours is not None and spiffe.trust_domain not in ours:
         raise ValueError(f"the CSR asks for {spiffe.uri}, but this CA signs ids of {', '.join(sorted(ours))} only")
     if not allowed(spiffe):
@@ -179,7 +180,7 @@ def verify_svid(
         limit = _path_length(ca)
         if limit is not None and depth > limit:
             return no(f"{_describe(ca)} may not sign other CAs (path length {limit})")
-        domains = _permitted_domains(ca)
+        domains = permitted_domains(ca)
         if domains is not None and spiffe.trust_domain not in domains:
             return no(f"{_describe(ca)} may not sign ids of trust domain {spiffe.trust_domain}")
     for ca in path[1:]:
@@ -198,6 +199,23 @@ def verify_svid(
 def unit_of(cert: x509.Certificate) -> str:
     """Whose CA `cert` is: the mesh of a root, the cluster of an intermediate (its subject's OU)."""
     return _unit(cert)
+
+
+def istio_ca(cluster: str, root: x509.Certificate, ca: Authority) -> IstioCA:
+    """What cluster `cluster`'s istiod is given to sign with (its `cacerts` Secret): the
+    intermediate, its key, its chain up to and including the root, and the root."""
+    chain = "".join(certs.cert_pem(c) for c in (ca.cert, *ca.chain, root))
+    return IstioCA(cluster, certs.cert_pem(root), certs.cert_pem(ca.cert), certs.key_pem(ca.key), chain)
+
+
+def permitted_domains(cert: x509.Certificate) -> frozenset[str] | None:
+    """The trust domains a CA's URI name constraints permit; None when it has none."""
+    try:
+        nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = [n.value for n in nc.permitted_subtrees or () if isinstance(n, x509.UniformResourceIdentifier)]
+    return frozenset(uris) if uris else None
 
 
 # helpers ------------------------------------------------------------------------------------
@@ -288,16 +306,6 @@ def _path_length(cert: x509.Certificate) -> int | None:
         return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
     except x509.ExtensionNotFound:
         return None
-
-
-def _permitted_domains(cert: x509.Certificate) -> frozenset[str] | None:
-    """The trust domains a CA's URI name constraints permit; None when it has none."""
-    try:
-        nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = [n.value for n in nc.permitted_subtrees or () if isinstance(n, x509.UniformResourceIdentifier)]
-    return frozenset(uris) if uris else None
 
 
 def _unit(cert: x509.Certificate) -> str:

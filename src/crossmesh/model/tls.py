@@ -78,3 +78,16 @@ class EtcdTLS:
     ca_cert_pem: str  # the etcd CA's certificate only; its key never leaves the state directory
     certs: tuple[IssuedCert, ...]
     renewed: frozenset[str] = frozenset()  # CertSpec.secret of each certificate issued now
+
+
+@dataclass(frozen=True, slots=True)
+class IstioCA:
+    """One cluster's Istio plug-in CA, as its `cacerts` Secret in `istio-system` holds it (Istio's
+    "Plug in CA certificates": root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem). Made from
+    the state directory's root and the cluster's intermediate by `identity.svid.istio_ca`."""
+
+    cluster: str
+    root_cert_pem: str  # root-cert.pem: the mesh root, the one trust anchor of every cluster
+    cert_pem: str  # ca-cert.pem: the cluster's intermediate
+    key_pem: str  # ca-key.pem: its key, private: whatever holds it is written 0600
+    chain_pem: str  # cert-chain.pem: the intermediate, then up to and including the root

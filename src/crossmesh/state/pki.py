@@ -94,12 +94,12 @@ def etcd_stem(spec: CertSpec) -> str:
 
 
 def _authority(fd: int, folder: Path, mesh: str, now: datetime, purpose: _Purpose) -> certs.Authority:
-    key_text = _read(fd, folder, CA_KEY, private=True)
-    cert_text = _read(fd, folder, CA_CERT, private=False)
+    key_text = read_file(fd, folder, CA_KEY, private=True)
+    cert_text = read_file(fd, folder, CA_CERT, private=False)
     if key_text is None and cert_text is None:
         ca = certs.new_ca(mesh, now, purpose=purpose.name)
-        _write(fd, folder, CA_KEY, certs.key_pem(ca.key), private=True)
-        _write(fd, folder, CA_CERT, certs.cert_pem(ca.cert), private=False)
+        write_file(fd, folder, CA_KEY, certs.key_pem(ca.key), private=True)
+        write_file(fd, folder, CA_CERT, certs.cert_pem(ca.cert), private=False)
         return ca
     fix = (
         f"restore it from a backup, or delete both {folder / CA_KEY} and {folder / CA_CERT} to make a new "
@@ -111,7 +111,7 @@ def _authority(fd: int, folder: Path, mesh: str, now: datetime, purpose: _Purpos
     try:
         ca = certs.Authority(certs.load_cert(cert_text), certs.load_key(key_text))
     except ValueError as err:
-        raise StateError(f"the {purpose.name} CA in {folder} is unreadable ({_first_line(err)}) — {fix}") from None
+        raise StateError(f"the {purpose.name} CA in {folder} is unreadable ({first_line(err)}) — {fix}") from None
     if not certs.ca_usable(ca, now):
         raise StateError(
             f"the {purpose.name} CA in {folder} does not match its key, or expires within "
@@ -124,8 +124,8 @@ def _issued(
     fd: int, folder: Path, ca: certs.Authority, stem: str, spec: CertSpec, now: datetime, renew_before: timedelta
 ) -> tuple[IssuedCert, bool]:
     """The certificate kept as `stem`.crt/.key if still usable, else a new one; True when new."""
-    key_text = _read(fd, folder, f"{stem}.key", private=True)
-    cert_text = _read(fd, folder, f"{stem}.crt", private=False)
+    key_text = read_file(fd, folder, f"{stem}.key", private=True)
+    cert_text = read_file(fd, folder, f"{stem}.crt", private=False)
     if key_text is not None and cert_text is not None:
         try:
             key, cert = certs.load_key(key_text), certs.load_cert(cert_text)
@@ -137,12 +137,12 @@ def _issued(
     key = certs.new_key()
     cert_text = certs.cert_pem(certs.issue(ca, spec, key, now))
     key_text = certs.key_pem(key)
-    _write(fd, folder, f"{stem}.key", key_text, private=True)
-    _write(fd, folder, f"{stem}.crt", cert_text, private=False)
+    write_file(fd, folder, f"{stem}.key", key_text, private=True)
+    write_file(fd, folder, f"{stem}.crt", cert_text, private=False)
     return IssuedCert(spec, cert_text, key_text), True
 
 
-def _read(fd: int, folder: Path, name: str, *, private: bool) -> str | None:
+def read_file(fd: int, folder: Path, name: str, *, private: bool) -> str | None:
     path = folder / name
     try:
         got = disk.read_at(fd, name, path, limit=FILE_LIMIT)
@@ -156,7 +156,7 @@ def _read(fd: int, folder: Path, name: str, *, private: bool) -> str | None:
     return data.decode("ascii", errors="replace")
 
 
-def _write(fd: int, folder: Path, name: str, text: str, *, private: bool) -> None:
+def write_file(fd: int, folder: Path, name: str, text: str, *, private: bool) -> None:
     path = folder / name
     try:
         if private:
@@ -167,5 +167,5 @@ def _write(fd: int, folder: Path, name: str, text: str, *, private: bool) -> Non
         raise StateError(f"cannot write {path}: {err.strerror}") from err
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     return (str(err).splitlines() or [type(err).__name__])[0]

@@ -6,6 +6,7 @@
     applied-plan.json     the plan last rendered or applied, for `plan`'s difference
     pki/                  the mesh's ClusterMesh CA and the clusters' certificates (see `pki`), 0700
     etcd-pki/             the control plane's etcd CA and its identities' certificates (`crossmesh pki etcd`), 0700
+    istio-pki/            the service mesh's Istio root and per-cluster intermediates (see `meshpki`), 0700
 
 In a full mesh of n nodes every node lists ~n peers and ~3n routes: written out per
 node, applied-plan.json grows as n² (810 MB in the 1,000-node benchmark). They are few distinct
@@ -30,14 +31,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from crossmesh.errors import StateError
+from crossmesh.identity.svid import Authority
 from crossmesh.ipam.allocate import Allocations
 from crossmesh.model.tls import CertSpec, ClusterMeshTLS, EtcdTLS
-from crossmesh.state import disk, pki
+from crossmesh.state import disk, meshpki, pki
 from crossmesh.state import keys as wgkeys
 
-KEYS, PKI, ETCD_PKI = "keys", "pki", "etcd-pki"
-SUBFOLDERS = {KEYS: "keys", PKI: "ClusterMesh CA and certificates", ETCD_PKI: "etcd CA and certificates"}
+KEYS, PKI, ETCD_PKI, ISTIO_PKI = "keys", "pki", "etcd-pki", "istio-pki"
+SUBFOLDERS = {
+    KEYS: "keys",
+    PKI: "ClusterMesh CA and certificates",
+    ETCD_PKI: "etcd CA and certificates",
+    ISTIO_PKI: "Istio root and intermediates",
+}
 KEY_FILE_LIMIT = 4096  # a key file holds 45 bytes
 STATE_FILE_LIMIT = 1 << 30  # applied-plan.json of the largest documented mesh is far smaller
 
@@ -149,6 +158,31 @@ class StateStore:
         with self._folder(ETCD_PKI) as fd:
             os.fchmod(fd, disk.PRIVATE_DIR)
             return pki.etcd_tls(fd, self.root / ETCD_PKI, mesh, specs, now)
+
+    # Istio PKI --------------------------------------------------------------------------
+    def istio_cas(
+        self, mesh: str, trust_domain: str, clusters: Iterable[str], now: datetime
+    ) -> tuple[x509.Certificate, dict[str, Authority]]:
+        """The mesh's Istio root (made once) and each cluster's intermediate (see `meshpki`)."""
+        with self._folder(ISTIO_PKI) as fd:
+            os.fchmod(fd, disk.PRIVATE_DIR)
+            cas = meshpki.istio_cas(fd, self.root / ISTIO_PKI, mesh, trust_domain, clusters, now)
+            return meshpki.istio_root(fd, self.root / ISTIO_PKI), cas
+
+    def istio_revocations(self) -> list[dict[str, str]]:
+        """The revoked Istio intermediates (see `meshpki.revocations`); none before the first render."""
+        with self._existing(ISTIO_PKI) as fd:
+            return [] if fd is None else meshpki.revocations(fd, self.root / ISTIO_PKI)
+
+    def istio_revoked(self) -> frozenset[int]:
+        """The serial numbers of the revoked Istio intermediates."""
+        with self._existing(ISTIO_PKI) as fd:
+            return frozenset() if fd is None else meshpki.revoked(fd, self.root / ISTIO_PKI)
+
+    def istio_revoke(self, cluster: str) -> None:
+        """Revoke `cluster`'s Istio intermediate; the next `istio_cas` issues it a new one."""
+        with self._folder(ISTIO_PKI) as fd:
+            meshpki.revoke(fd, self.root / ISTIO_PKI, cluster)
 
     # the folders ------------------------------------------------------------------------
     def _open(self, sub: str | None, *, create: bool) -> int:
