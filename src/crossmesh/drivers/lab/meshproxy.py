@@ -40,12 +40,12 @@ from pathlib import Path
 
 from crossmesh.drivers.lab import meshcapture, netns
 from crossmesh.drivers.lab.desired import topology_of
-from crossmesh.drivers.lab.meshtls import RETRY, Identity, ca_socket, check_peer
+from crossmesh.drivers.lab.meshtls import RETRY, Identity, ca_socket, check_peer, spiffe_of
 from crossmesh.drivers.lab.state import daemon_state
 from crossmesh.identity.spiffe import SpiffeId
 from crossmesh.istio.index import IstioIndex, Mode, Request, istio_index
 from crossmesh.policy.endpoints import mesh_endpoints
-from crossmesh.policy.model import SA_LABEL, Endpoint, EndpointKind
+from crossmesh.policy.model import Endpoint, EndpointKind
 from crossmesh.services.backends import backend_sets
 
 SO_ORIGINAL_DST = 80
@@ -56,11 +56,6 @@ FIRST_BYTES_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"PATCH ", b"OPTIONS ", b"CONNECT ", b"TRACE ")
 LINGER_RESET = struct.pack("ii", 1, 0)
-
-
-def spiffe_of(ep: Endpoint, trust_domain: str) -> SpiffeId:
-    """A pod's SPIFFE id: its namespace and service account (policy labels; "default" without one)."""
-    return SpiffeId(trust_domain, ep.namespace, ep.labels.get(SA_LABEL, "default"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,11 +395,14 @@ class Proxy:
         while True:
             now = time.time()
             due = [w for w in self.workloads if now >= w.identity.renew_at or w.identity.failures]
-            if self.renew_now.is_set():
+            asked = self.renew_now.is_set()
+            if asked:
                 self.renew_now.clear()
                 due = list(self.workloads)
                 _log("renewing every certificate now (SIGUSR1)")
-            await asyncio.gather(*(w.identity.renew(self.ca) for w in due))
+            results = await asyncio.gather(*(w.identity.renew(self.ca) for w in due))
+            if asked:
+                _log(f"rotation done: {sum(results)} of {len(results)} certificates renewed")
             now = time.time()
             wake = min(
                 (RETRY if w.identity.failures else max(0.0, w.identity.renew_at - now) for w in self.workloads),

@@ -27,10 +27,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from crossmesh.identity.spiffe import SpiffeId
 from crossmesh.identity.svid import Verdict, make_csr, verify_svid
+from crossmesh.policy.model import SA_LABEL, Endpoint
 
 RETRY = 10.0  # seconds between attempts after a failed renewal
 CA_TIMEOUT = 10.0
 ANSWER_MAX = 1 << 20
+
+
+def spiffe_of(ep: Endpoint, trust_domain: str) -> SpiffeId:
+    """A pod's SPIFFE id: its namespace and service account (policy labels; "default" without one)."""
+    return SpiffeId(trust_domain, ep.namespace, ep.labels.get(SA_LABEL, "default"))
 
 
 def ca_socket(lab_dir: Path, node: str) -> Path:
