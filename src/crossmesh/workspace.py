@@ -15,6 +15,7 @@ from typing import Any
 
 from crossmesh.errors import Problem, SpecError
 from crossmesh.ipam.allocate import Allocations, allocate
+from crossmesh.istio import parse as istio_parse
 from crossmesh.kv import identities
 from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
 from crossmesh.model.k8s import Manifest
@@ -70,8 +71,9 @@ def check(
     if doc is None or mesh is None:
         return None, problems
     base = path.resolve().parent
-    manifests, manifest_problems = load_manifests(base, doc, mesh, policy_parse.check_manifest)
+    manifests, manifest_problems = load_manifests(base, doc, mesh, _check_object)
     problems = problems + manifest_problems + rules.check(mesh, doc) + _unenforced_policies(mesh, manifests)
+    problems += istio_parse.conflicts(manifests)
     loaded = LoadedMesh(path=path, doc=doc, mesh=mesh, manifests=manifests)
     errors = [p for p in problems if p.severity == "error"]
     if not errors:
@@ -81,6 +83,11 @@ def check(
         problems += alloc_problems or _placement_problems(mesh, alloc, manifests)
     loaded.warnings = [p for p in problems if p.severity != "error"]
     return loaded, problems
+
+
+def _check_object(m: Manifest) -> list[policy_parse.Issue]:
+    """Problems of one manifest object beyond its schema: network policies and Istio policies."""
+    return policy_parse.check_manifest(m) + istio_parse.check_manifest(m)
 
 
 def _placement_problems(mesh: Mesh, alloc: Allocations, manifests: dict[str, list[Manifest]]) -> list[Problem]:

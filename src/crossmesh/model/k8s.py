@@ -219,6 +219,16 @@ class CiliumNetworkPolicy(_Open):
     specs: list[dict[str, Any]] | None = None
 
 
+class IstioSecurityPolicy(_Open):
+    """PeerAuthentication and AuthorizationPolicy: the spec is read by `istio.parse`, which reports
+    problems at their field (as `policy.parse` does for NetworkPolicy)."""
+
+    api_version: Literal["security.istio.io/v1", "security.istio.io/v1beta1"] = Field(alias="apiVersion")
+    kind: Literal["PeerAuthentication", "AuthorizationPolicy"]
+    metadata: ObjectMeta
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+
 MODELS: dict[str, type[_Open]] = {
     "Namespace": Namespace,
     "Deployment": Workload,
@@ -228,6 +238,8 @@ MODELS: dict[str, type[_Open]] = {
     "NetworkPolicy": NetworkPolicy,
     "CiliumNetworkPolicy": CiliumNetworkPolicy,
     "CiliumClusterwideNetworkPolicy": CiliumNetworkPolicy,
+    "PeerAuthentication": IstioSecurityPolicy,
+    "AuthorizationPolicy": IstioSecurityPolicy,
 }
 
 
