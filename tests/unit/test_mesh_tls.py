@@ -6,14 +6,16 @@ a reason a log can show; Envoy's X-Forwarded-Client-Cert is added to a request h
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from crossmesh.drivers.lab.meshproxy import http_head, with_xfcc
-from crossmesh.drivers.lab.meshtls import Bundle, check_peer, contexts
+from crossmesh.drivers.lab.meshtls import Bundle, check_peer, contexts, http_head, tls_error, with_xfcc
 from crossmesh.identity.spiffe import SpiffeId
 from crossmesh.identity.svid import Authority, make_csr, new_intermediate, new_root, sign_csr
 
@@ -101,8 +103,25 @@ def test_an_expired_certificate_fails_the_handshake_with_openssls_reason(pki: di
     kb, cb = _svid(pki["c2"], SpiffeId(TD, "shop", "server"))
     server_ctx, _ = contexts(cb, kb, (pki["root"].cert,))
     _, client_ctx = contexts(ce, ke, (pki["root"].cert,))
-    with pytest.raises((ssl.SSLError, ConnectionError)):
-        asyncio.run(_handshake(server_ctx, client_ctx))
+    left, right = socket.socketpair()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server_ctx.wrap_socket(right, server_side=True).recv(1)
+        except (ssl.SSLError, OSError) as err:
+            failure.append(err)
+        finally:
+            right.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    with contextlib.suppress(ssl.SSLError, OSError):
+        client_ctx.wrap_socket(left).recv(1)  # TLS 1.3: the client learns only that the server hung up
+    left.close()
+    thread.join(5)
+    assert isinstance(failure[0], ssl.SSLCertVerificationError)
+    assert tls_error(failure[0]) == "certificate verification: certificate has expired"
 
 
 def test_the_request_head_gets_the_identity_the_server_saw() -> None:

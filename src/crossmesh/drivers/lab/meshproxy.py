@@ -35,12 +35,21 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from crossmesh.drivers.lab import meshcapture, netns
 from crossmesh.drivers.lab.desired import topology_of
-from crossmesh.drivers.lab.meshtls import RETRY, Identity, ca_socket, check_peer, spiffe_of
+from crossmesh.drivers.lab.meshtls import (
+    RETRY,
+    Identity,
+    ca_socket,
+    check_peer,
+    http_head,
+    spiffe_of,
+    tls_error,
+    with_xfcc,
+)
 from crossmesh.drivers.lab.state import daemon_state
 from crossmesh.identity.spiffe import SpiffeId
 from crossmesh.istio.index import IstioIndex, Mode, Request, istio_index
@@ -54,7 +63,6 @@ CHUNK = 1 << 16
 HEAD_MAX = 1 << 16
 FIRST_BYTES_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
-HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"PATCH ", b"OPTIONS ", b"CONNECT ", b"TRACE ")
 LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -67,9 +75,13 @@ class Route:
     why: str
 
 
+Services = dict[tuple[IPv4Address, int], list[tuple[Endpoint, int]]]
+"""ClusterIP and port → the backends (pod, target port) behind it."""
+
+
 def outbound_route(
-    index: IstioIndex, pods: dict[IPv4Address, Endpoint], services: dict[tuple[IPv4Address, int], list[tuple[Endpoint, int]]],
-    trust_domain: str, target: IPv4Address, port: int,
+    index: IstioIndex, pods: dict[IPv4Address, Endpoint], services: Services, trust_domain: str, target: IPv4Address,
+    port: int,
 ) -> Route:  # fmt: skip
     """mTLS when every destination accepts it (not DISABLE), as Istio's auto mTLS decides."""
     if target in pods:
@@ -177,23 +189,6 @@ async def splice(
                 w.close()
 
 
-def http_head(data: bytes) -> tuple[str, str] | None:
-    """(method, path) when `data` is the head of an HTTP/1 request, else None."""
-    if not data.startswith(HTTP_METHODS):
-        return None
-    line = data.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = line.split(" ")
-    return (parts[0], parts[1]) if len(parts) >= 3 else None
-
-
-def with_xfcc(head: bytes, server: str, client: str) -> bytes:
-    """The request head with Envoy's X-Forwarded-Client-Cert (any the client sent is replaced)."""
-    lines = head[:-4].split(b"\r\n")
-    kept = [lines[0], *(h for h in lines[1:] if not h.lower().startswith(b"x-forwarded-client-cert:"))]
-    kept.append(f"X-Forwarded-Client-Cert: By={server};URI={client}".encode())
-    return b"\r\n".join(kept) + b"\r\n\r\n"
-
-
 FORBIDDEN = (
     b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 19\r\nconnection: close\r\n\r\n"
     b"RBAC: access denied"
@@ -218,7 +213,7 @@ class Proxy:
         endpoints = [e for e in mesh_endpoints(plan, compiled.loaded.manifests) if e.kind is EndpointKind.POD]
         self.pods: dict[IPv4Address, Endpoint] = {IPv4Address(str(e.address)): e for e in endpoints}
         by_ref = {e.ref: e for e in endpoints}
-        self.services: dict[tuple[IPv4Address, int], list[tuple[Endpoint, int]]] = {}
+        self.services: Services = {}
         for cluster in plan.clusters:
             for svc in cluster.services:
                 if svc.cluster_ip is None:
@@ -266,19 +261,27 @@ class Proxy:
             else:
                 assert ident.client is not None and ident.bundle is not None  # noqa: S101 - checked above
                 upstream = await asyncio.open_connection(
-                    sock=up, ssl=ident.client, server_hostname=target, ssl_handshake_timeout=CONNECT_TIMEOUT, limit=CHUNK
+                    sock=up,
+                    ssl=ident.client,
+                    server_hostname=target,
+                    ssl_handshake_timeout=CONNECT_TIMEOUT,
+                    limit=CHUNK,
                 )
                 peer = upstream[1].get_extra_info("ssl_object").getpeercert(binary_form=True)
                 verdict = check_peer(peer, ident.bundle, self.trust_domain)
                 who = verdict.spiffe.uri if verdict.spiffe is not None else "?"
                 if not verdict.ok or who not in route.expected:
-                    why = verdict.reason if not verdict.ok else f"the server is {who}, not {' or '.join(sorted(route.expected))}"
+                    why = (
+                        verdict.reason
+                        if not verdict.ok
+                        else f"the server is {who}, not {' or '.join(sorted(route.expected))}"
+                    )
                     _log(f"outbound {w.ep.ref} → {target}:{port} refused: {why}")
                     upstream[1].transport.abort()
                     _reset(writer)
                     return
         except (OSError, TimeoutError, ssl.SSLError) as err:
-            _log(f"outbound {w.ep.ref} → {target}:{port} failed: {_why(err)}")
+            _log(f"outbound {w.ep.ref} → {target}:{port} failed: {tls_error(err)}")
             up.close()
             _reset(writer)
             return
@@ -319,7 +322,7 @@ class Proxy:
             try:
                 reader, writer = await _streams(conn, ident.server)
             except (OSError, TimeoutError, ssl.SSLError, ConnectionError) as err:
-                _log(f"{where} refused: TLS handshake failed: {_why(err)}")
+                _log(f"{where} refused: TLS handshake failed: {tls_error(err)}")
                 _reset(None, conn)
                 return
             peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
@@ -380,7 +383,7 @@ class Proxy:
             await asyncio.wait_for(loop.sock_connect(up, (str(w.address), port)), CONNECT_TIMEOUT)
             upstream = await asyncio.open_connection(sock=up, limit=CHUNK)
         except (OSError, TimeoutError) as err:
-            _log(f"{where}: the app does not answer: {_why(err)}")
+            _log(f"{where}: the app does not answer: {tls_error(err)}")
             up.close()
             _reset(downstream[1])
             return
@@ -472,16 +475,6 @@ async def _request_head(reader: asyncio.StreamReader, timeout: float) -> bytes:
     except (OSError, TimeoutError, ssl.SSLError):
         return b""
     return data
-
-
-def _why(err: BaseException) -> str:
-    """An error as a log line says it: OpenSSL's verification message when there is one
-    (`certificate has expired`, `unable to get local issuer certificate`)."""
-    if isinstance(err, ssl.SSLCertVerificationError) and err.verify_message:
-        return f"certificate verification: {err.verify_message}"
-    if isinstance(err, TimeoutError):
-        return "timed out"
-    return str(err) or type(err).__name__
 
 
 def main(argv: list[str]) -> int:

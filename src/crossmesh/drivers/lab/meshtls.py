@@ -32,6 +32,7 @@ from crossmesh.policy.model import SA_LABEL, Endpoint
 RETRY = 10.0  # seconds between attempts after a failed renewal
 CA_TIMEOUT = 10.0
 ANSWER_MAX = 1 << 20
+HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"PATCH ", b"OPTIONS ", b"CONNECT ", b"TRACE ")
 
 
 def spiffe_of(ep: Endpoint, trust_domain: str) -> SpiffeId:
@@ -172,3 +173,30 @@ def check_peer(leaf_der: bytes | None, bundle: Bundle, trust_domain: str) -> Ver
     leaf = x509.load_der_x509_certificate(leaf_der)
     issuers = [c for c in bundle.intermediates if c.subject == leaf.issuer]
     return verify_svid([leaf, *issuers[:1]], list(bundle.roots), trust_domain, datetime.now(UTC), bundle.revoked)
+
+
+def http_head(data: bytes) -> tuple[str, str] | None:
+    """(method, path) when `data` is the head of an HTTP/1 request, else None."""
+    if not data.startswith(HTTP_METHODS):
+        return None
+    line = data.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = line.split(" ")
+    return (parts[0], parts[1]) if len(parts) >= 3 else None
+
+
+def with_xfcc(head: bytes, server: str, client: str) -> bytes:
+    """The request head with Envoy's X-Forwarded-Client-Cert (any the client sent is replaced)."""
+    lines = head[:-4].split(b"\r\n")
+    kept = [lines[0], *(h for h in lines[1:] if not h.lower().startswith(b"x-forwarded-client-cert:"))]
+    kept.append(f"X-Forwarded-Client-Cert: By={server};URI={client}".encode())
+    return b"\r\n".join(kept) + b"\r\n\r\n"
+
+
+def tls_error(err: BaseException) -> str:
+    """An error as a log line says it: OpenSSL's verification message when there is one
+    (`certificate has expired`, `unable to get local issuer certificate`)."""
+    if isinstance(err, ssl.SSLCertVerificationError) and err.verify_message:
+        return f"certificate verification: {err.verify_message}"
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    return str(err) or type(err).__name__

@@ -269,7 +269,9 @@ def _transparent(ipr: NetNS, spec: Namespace) -> list[str]:
             ipr.rule("add", table=table, fwmark=mark, priority=meshcapture.RULE_PRIORITY)
             out.append(f"rule fwmark {mark:#x} lookup {table}")
         if not routes:
-            ipr.route("replace", dst="0.0.0.0/0", type="local", scope=254, oif=ipr.link_lookup(ifname="lo")[0], table=table)
+            ipr.route(
+                "replace", dst="0.0.0.0/0", type="local", scope=254, oif=ipr.link_lookup(ifname="lo")[0], table=table
+            )
             out.append(f"route local 0.0.0.0/0 dev lo table {table}")
         return out
     for r in rules:
