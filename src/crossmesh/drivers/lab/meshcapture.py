@@ -50,20 +50,20 @@ def mesh_destinations(plan: Plan) -> tuple[IPv4Network, ...]:
 def node_addresses(plan: Plan) -> tuple[IPv4Address, ...]:
     """Every node's own addresses (site side, pod side, tunnel): never captured as a destination,
     and a pod's own node is never captured as a source."""
-    out: set[IPv4Address] = set()
-    for n in plan.nodes:
-        out |= {n.address, n.pod_cidr.network_address + 1}
-        if n.tunnel is not None:
-            out.add(n.tunnel.address)
-    return tuple(sorted(out))
+    return tuple(sorted({a for n in plan.nodes for a in _own(plan, n.name)}))
 
 
 def own_node_addresses(plan: Plan, pod: PodPlan) -> tuple[IPv4Address, ...]:
-    n = plan.node(pod.node)
-    out = {n.address, n.pod_cidr.network_address + 1}
+    return tuple(sorted(_own(plan, pod.node)))
+
+
+def _own(plan: Plan, node: str) -> set[IPv4Address]:
+    """A node's addresses: site network, pod side, VXLAN (its pod CIDR's first), tunnel."""
+    n = plan.node(node)
+    out = {n.address, n.pod_cidr.network_address, n.pod_cidr.network_address + 1}
     if n.tunnel is not None:
         out.add(n.tunnel.address)
-    return tuple(sorted(out))
+    return out
 
 
 def _set(values: Iterable[IPv4Address | IPv4Network]) -> nft.AnonSet:

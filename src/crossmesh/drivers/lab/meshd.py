@@ -82,10 +82,12 @@ def start_mesh(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[s
     if running and state.mesh_digest == digest and set(state.mesh_proxies) == set(topo.node_ns):
         return []
     changes = stop_mesh(state, "the plan, the Istio policies or the mesh CA changed")
+    sockets = [meshtls.ca_socket(state.dir, n) for n in topo.node_ns]
+    for sock in sockets:  # the stopped CA's: the new one's are waited for
+        sock.unlink(missing_ok=True)
     proc, log = _spawn(state, "meshca", [])
     state.mesh_ca_pid = proc.pid
     state.save()
-    sockets = [meshtls.ca_socket(state.dir, n) for n in topo.node_ns]
     _wait(proc, log, lambda: all(s.exists() for s in sockets), "mesh CA")
     changes.append("mesh CA started")
     started = []

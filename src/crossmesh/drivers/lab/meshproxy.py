@@ -166,25 +166,40 @@ def _original_dst(sock: socket.socket) -> tuple[str, int]:
     return socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0]
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, other: asyncio.StreamWriter, *, answers: bool
+) -> None:
+    """Bytes from `reader` to `writer` until the end. The end is passed on as a half-close where the
+    writer can (plain TCP). TLS cannot half-close here (asyncio's TLS transport has no write_eof):
+    the end of the answers (`answers`: this pipe runs from the server towards the client) closes the
+    TLS side whole, while the end of a request is kept until the answer is done. A broken side
+    (reset, TLS error) aborts both (`other`: the writer of the opposite direction)."""
     try:
         while chunk := await reader.read(CHUNK):
             writer.write(chunk)
             await writer.drain()
+    except (OSError, ssl.SSLError, RuntimeError):
+        for w in (writer, other):
+            w.transport.abort()
+        return
+    with contextlib.suppress(OSError, RuntimeError):
         if writer.can_write_eof():
             writer.write_eof()
-    except (OSError, ssl.SSLError, RuntimeError):
-        pass
+        elif answers:
+            writer.close()
 
 
 async def splice(
-    a: tuple[asyncio.StreamReader, asyncio.StreamWriter], b: tuple[asyncio.StreamReader, asyncio.StreamWriter]
+    down: tuple[asyncio.StreamReader, asyncio.StreamWriter], up: tuple[asyncio.StreamReader, asyncio.StreamWriter]
 ) -> None:
-    """Bytes both ways until both sides are done; then both closed."""
+    """Bytes both ways between the client's side (`down`) and the server's (`up`) until both ends are
+    done; then both closed."""
     try:
-        await asyncio.gather(_pipe(a[0], b[1]), _pipe(b[0], a[1]))
+        await asyncio.gather(
+            _pipe(down[0], up[1], down[1], answers=False), _pipe(up[0], down[1], up[1], answers=True)
+        )
     finally:
-        for w in (a[1], b[1]):
+        for w in (down[1], up[1]):
             with contextlib.suppress(Exception):
                 w.close()
 
