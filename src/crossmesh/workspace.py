@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crossmesh.errors import Problem, SpecError
+from crossmesh.identity.svid import istio_ca
 from crossmesh.ipam.allocate import Allocations, allocate
 from crossmesh.istio import parse as istio_parse
 from crossmesh.kv import identities
@@ -21,7 +22,7 @@ from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.mesh import Mesh
 from crossmesh.model.plan import Plan
-from crossmesh.model.tls import ClusterMeshTLS, EtcdTLS, clustermesh_clusters
+from crossmesh.model.tls import ClusterMeshTLS, EtcdTLS, IstioCA, clustermesh_clusters
 from crossmesh.plan.planner import build_plan, cluster_plans
 from crossmesh.plan.workloads import PlacementError
 from crossmesh.policy import parse as policy_parse
@@ -56,6 +57,15 @@ class Compiled:
         changed or near its end."""
         specs = identities.etcd_specs(self.plan, server_ips=server_ips, server_names=server_names)
         return self.store.etcd_tls(self.plan.mesh, specs, now)
+
+    def istio_cas(self, now: datetime) -> dict[str, IstioCA]:
+        """Each cluster's Istio plug-in CA (its `cacerts`), from the state directory's root and the
+        cluster's intermediate (made there once, see `state.meshpki`); none without `spec.istio`."""
+        if self.plan.istio is None:
+            return {}
+        clusters = [c.name for c in self.plan.clusters]
+        root, cas = self.store.istio_cas(self.plan.mesh, self.plan.istio.trust_domain, clusters, now)
+        return {c: istio_ca(c, root, ca) for c, ca in cas.items()}
 
 
 def check(

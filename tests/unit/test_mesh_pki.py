@@ -137,3 +137,61 @@ def test_a_broken_revocation_list_stops_with_the_fix(store: StateStore) -> None:
     with pytest.raises(StateError, match="deleting it un-revokes"):
         store.istio_revoked()
     assert StateStore(store.root.parent / "never").istio_revoked() == frozenset()
+
+
+MESH = """\
+apiVersion: crossmesh.io/v1alpha1
+kind: Mesh
+metadata:
+  name: demo
+spec:
+  istio:
+    workloadCertTTL: 1h
+  sites:
+    - name: east
+      provider: aws
+      network: 10.1.0.0/16
+  clusters:
+    - name: one
+      nodes:
+        - name: e1
+          site: east
+          address: 10.1.0.11
+    - name: two
+      nodes:
+        - name: e2
+          site: east
+          address: 10.1.0.12
+"""
+
+
+def test_the_command_shows_the_cas_revokes_one_and_never_prints_a_key(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crossmesh.cli.main import app
+
+    mesh, state = tmp_path / "mesh.yaml", tmp_path / "state"
+    mesh.write_text(MESH)
+    runner = CliRunner()
+    first = runner.invoke(app, ["pki", "istio", str(mesh), "--state", str(state), "-o", "json"])
+    assert first.exit_code == 0, first.output
+    rows = json.loads(first.output)["authorities"]
+    assert [(r["kind"], r["name"], r["revoked"]) for r in rows] == [
+        ("root", "demo", False),
+        ("intermediate", "one", False),
+        ("intermediate", "two", False),
+    ]
+    old_one = rows[1]["serial"]
+    second = runner.invoke(app, ["pki", "istio", str(mesh), "--state", str(state), "--revoke", "one"])
+    assert second.exit_code == 0, second.output
+    assert "revoked      one" in second.output and old_one in second.output and "1 revoked" in second.output
+    assert StateStore(state).istio_revoked() == {int(old_one, 16)}
+    folder = state / "istio-pki"
+    for key in folder.glob("*.key"):
+        assert key.read_text() not in first.output + second.output
+    assert not (state / "keys").exists() and not (state / "allocations.json").exists(), "pki wrote more than the PKI"
+    bad = runner.invoke(app, ["pki", "istio", str(mesh), "--state", str(state), "--revoke", "three"])
+    assert bad.exit_code == 2 and "no such cluster" in bad.output and "Traceback" not in bad.output
+    mesh.write_text(MESH.replace("  istio:\n    workloadCertTTL: 1h\n", ""))
+    none = runner.invoke(app, ["pki", "istio", str(mesh), "--state", str(state)])
+    assert none.exit_code == 2 and "has no service mesh" in none.output

@@ -1,9 +1,10 @@
-"""`crossmesh pki`: the control plane's etcd certificates and roles."""
+"""`crossmesh pki`: the control plane's etcd certificates and roles, and the service mesh's Istio CAs."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from rich.markup import escape
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, friendly, out
 from crossmesh.errors import UsageError
 from crossmesh.kv import identities
-from crossmesh.model.tls import CertSpec, EtcdTLS
+from crossmesh.model.tls import CertSpec, EtcdTLS, IstioCA
 from crossmesh.state import certs, pki
-from crossmesh.state.store import ETCD_PKI
+from crossmesh.state.store import ETCD_PKI, ISTIO_PKI
 
 app = typer.Typer(
-    help="The control plane's etcd PKI: certificates for its members and clients, and its users and roles.",
+    help="The control plane's etcd PKI (certificates for its members and clients, its users and roles), "
+    "and the service mesh's Istio CAs.",
     no_args_is_help=True,
 )
 
@@ -167,3 +169,94 @@ def etcd_roles(
     for change in changes:
         out.print(escape(change))
     out.print(f"etcd users and roles of {compiled.plan.mesh}: {len(changes)} changes; auth enabled", markup=False)
+
+
+@app.command("istio")
+@friendly
+def istio_cas(
+    mesh: Path = MESH_ARG,
+    state: Path | None = STATE_OPTION,
+    revoke: list[str] = typer.Option(
+        [], "--revoke", help="revoke this cluster's intermediate and issue it a new one (repeatable)"
+    ),
+    output: Output = OUTPUT_OPTION,
+) -> None:
+    """Show the service mesh's Istio CAs: the mesh root and each cluster's intermediate (subject,
+    serial, end), and the intermediates revoked so far. Never a key.
+
+    The state directory keeps them in istio-pki/: root.key and intermediate.<cluster>.key (0600,
+    never printed), root.crt and intermediate.<cluster>.crt; folder 0700. Made once (by this command
+    or a render), read back after. --revoke CLUSTER adds the cluster's intermediate to the revoked
+    list (every proxy then refuses the certificates it signed), deletes its key and issues the
+    cluster a new intermediate under the same root; its workloads need new certificates.
+    """
+    from crossmesh.workspace import compile_mesh
+
+    compiled = compile_mesh(mesh, state, dry_run=True)  # names only: no key, no allocation written
+    if compiled.plan.istio is None:
+        raise UsageError(f"{mesh} has no service mesh — add `istio: {{}}` under `spec:` to give it one")
+    clusters = [c.name for c in compiled.plan.clusters]
+    for cluster in revoke:
+        if cluster not in clusters:
+            raise UsageError(f"--revoke {cluster!r}: no such cluster — the mesh's clusters: {', '.join(clusters)}")
+    now = datetime.now(UTC)
+    cas = compiled.istio_cas(now)
+    for cluster in dict.fromkeys(revoke):
+        compiled.store.istio_revoke(cluster)
+    if revoke:
+        cas = compiled.istio_cas(now)
+    rows = _istio_rows(compiled.plan.mesh, cas, compiled.store.istio_revocations())
+    if output is not Output.TABLE:
+        emit(
+            {
+                "stateDir": str(compiled.store.root / ISTIO_PKI),
+                "trustDomain": compiled.plan.istio.trust_domain,
+                "authorities": rows,
+            },
+            output,
+        )
+        return
+    for row in rows:
+        state_word = "revoked" if row["revoked"] else str(row["kind"])
+        out.print(
+            f"{state_word:<12} {escape(str(row['name'])):<20} serial {row['serial']}  "
+            f"until {str(row['notAfter'])[:10]}  {escape(str(row['subject']))}"
+        )
+    gone = sum(1 for r in rows if r["revoked"])
+    out.print(
+        f"Istio root of {compiled.plan.mesh} and {len(cas)} intermediates (trust domain "
+        f"{compiled.plan.istio.trust_domain}); {gone} revoked",
+        markup=False,
+    )
+
+
+def _istio_rows(mesh: str, cas: Mapping[str, IstioCA], revoked: list[dict[str, str]]) -> list[dict[str, object]]:
+    """One row per CA: the root, each cluster's intermediate, each revoked one (never a key)."""
+    rows: list[dict[str, object]] = []
+    first = next(iter(cas.values()), None)
+    pems = [("root", mesh, first.root_cert_pem)] if first is not None else []
+    pems += [("intermediate", c, ca.cert_pem) for c, ca in cas.items()]
+    for kind, name, pem in pems:
+        cert = certs.load_cert(pem)
+        rows.append(
+            {
+                "kind": kind,
+                "name": name,
+                "subject": cert.subject.rfc4514_string(),
+                "serial": f"{cert.serial_number:x}",
+                "notAfter": cert.not_valid_after_utc.isoformat(),
+                "revoked": False,
+            }
+        )
+    rows += [
+        {
+            "kind": "intermediate",
+            "name": r["cluster"],
+            "subject": r["subject"],
+            "serial": r["serial"],
+            "notAfter": r["notAfter"],
+            "revoked": True,
+        }
+        for r in revoked
+    ]
+    return rows

@@ -88,16 +88,16 @@ def valid_trust_domain(name: str) -> str | None:
         return "the trust domain is empty"
     if len(name) > MAX_TRUST_DOMAIN:
         return f"trust domain is {len(name)} characters long, more than {MAX_TRUST_DOMAIN}"
-    if name != name.lower():
-        return f"trust domain {name!r} has uppercase letters: write it in lowercase ({name.lower()!r})"
     for label in name.split("."):
         if not label:
             return f"trust domain {name!r} has an empty label (a leading, trailing or doubled '.')"
         if len(label) > 63:
             return f"trust domain {name!r} has a label longer than 63 characters"
-        if not _LABEL.fullmatch(label):
+        if not _LABEL.fullmatch(label.lower()):
             return (
                 f"trust domain {name!r} is not a DNS name: label {label!r} may hold only a-z, 0-9 and '-', "
                 "and neither start nor end with '-'"
             )
+    if name != name.lower():
+        return f"trust domain {name!r} has uppercase letters: write it in lowercase ({name.lower()!r})"
     return None

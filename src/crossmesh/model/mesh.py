@@ -7,12 +7,16 @@ must be an error with a position, not a silently ignored setting.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from enum import StrEnum
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic.alias_generators import to_camel
+
+from crossmesh.identity.spiffe import valid_trust_domain
+from crossmesh.model.durations import parse_go
 
 # Cilium's cluster ids run 1..255, or 1..511 with `clustermesh.maxConnectedClusters: 511` (Cilium
 # 1.15+, which halves the cluster-local identities); crossmesh sets that when an id passes 255.
@@ -98,6 +102,31 @@ def _duration(value: str) -> str:
 
 
 Duration = Annotated[str, AfterValidator(_duration)]
+
+# Istio's workload certificate lifetime: its MAX_WORKLOAD_CERT_TTL default is 90 days; under ten
+# minutes a rotation at half-life (SECRET_GRACE_PERIOD_RATIO 0.5) would re-sign every five.
+MIN_CERT_TTL, MAX_CERT_TTL = timedelta(minutes=10), timedelta(days=90)
+
+
+def _cert_ttl(value: str) -> str:
+    ttl = parse_go(value)
+    if not MIN_CERT_TTL <= ttl <= MAX_CERT_TTL:
+        raise ValueError(
+            f"{value} is out of range: write a lifetime between 10m and 2160h "
+            "(90 days, Istio's MAX_WORKLOAD_CERT_TTL), such as 24h"
+        )
+    return value
+
+
+def _trust_domain(value: str) -> str:
+    reason = valid_trust_domain(value)
+    if reason is not None:
+        raise ValueError(f"{reason} — a trust domain is a DNS name such as cluster.local or mesh.example.com")
+    return value
+
+
+CertTTL = Annotated[StrictStr, AfterValidator(_cert_ttl)]
+TrustDomain = Annotated[StrictStr, AfterValidator(_trust_domain)]
 
 
 class _Model(BaseModel):
@@ -206,8 +235,21 @@ class Cluster(_Model):
     manifests: list[StrictStr] = Field(default_factory=list)
 
 
+class Istio(_Model):
+    """The service mesh (Istio's model: SPIFFE identities, mTLS, PeerAuthentication and
+    AuthorizationPolicy); absent, the mesh has none and nothing about it is planned."""
+
+    # SVID lifetime (Istio's workload certificate TTL); proxies renew at half of it
+    workload_cert_ttl: CertTTL = Field(default="24h", alias="workloadCertTTL")
+
+    @property
+    def cert_ttl(self) -> timedelta:
+        return parse_go(self.workload_cert_ttl)
+
+
 class MeshSpec(_Model):
-    trust_domain: StrictStr = "cluster.local"
+    trust_domain: TrustDomain = "cluster.local"
+    istio: Istio | None = None
     wireguard: WireGuard = Field(default_factory=WireGuard)
     ipam: Ipam = Field(default_factory=Ipam)
     health_check: HealthCheck = Field(default_factory=HealthCheck)

@@ -8,6 +8,7 @@ a keepalive, so the plan holds O(n) `Peer` objects and O(n²) references to them
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 
@@ -239,6 +240,16 @@ class HealthPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class IstioPlan:
+    """The service mesh of a mesh file with `spec.istio`: whose identities (`trust_domain`), which
+    mesh (`mesh_id`, Istio's meshID: the mesh's name), and how long a workload certificate lives."""
+
+    trust_domain: str
+    mesh_id: str
+    cert_ttl: timedelta
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     mesh: str
     topology: Topology
@@ -248,6 +259,7 @@ class Plan:
     clusters: tuple[ClusterPlan, ...]
     nodes: tuple[NodePlan, ...]
     health: HealthPlan = HealthPlan(Probe.TCP, "/", 200, 500, 2, 1)
+    istio: IstioPlan | None = None  # None: no service mesh (no `spec.istio`)
 
     def node(self, name: str) -> NodePlan:
         for n in self.nodes:

@@ -34,6 +34,7 @@ from crossmesh.model.plan import (
     WIREGUARD_OVERHEAD,
     ClusterPlan,
     HealthPlan,
+    IstioPlan,
     Mtu,
     NodePlan,
     Peer,
@@ -345,7 +346,17 @@ def build_plan(
             failure_threshold=hc.failure_threshold,
             success_threshold=hc.success_threshold,
         ),
+        istio=istio_plan(mesh),
     )
+
+
+def istio_plan(mesh: Mesh) -> IstioPlan | None:
+    """The service mesh of `mesh`: None without `spec.istio`, so that nothing changes for meshes
+    without one."""
+    istio = mesh.spec.istio
+    if istio is None:
+        return None
+    return IstioPlan(trust_domain=mesh.spec.trust_domain, mesh_id=mesh.metadata.name, cert_ttl=istio.cert_ttl)
 
 
 def cluster_plans(

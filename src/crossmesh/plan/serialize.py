@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from crossmesh.model.plan import Datapath, Mtu, NodePlan, Peer, Plan, Route, VxlanNeighbour
+from crossmesh.model.durations import format_go
+from crossmesh.model.plan import Datapath, IstioPlan, Mtu, NodePlan, Peer, Plan, Route, VxlanNeighbour
 from crossmesh.services.backends import backend_sets
 
 
@@ -170,7 +171,12 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             if n.vxlan is not None
         },
         "nodes": [node_json(n, cache) for n in plan.nodes],
+        **({} if plan.istio is None else {"istio": istio_json(plan.istio)}),  # absent: no service mesh
     }
+
+
+def istio_json(istio: IstioPlan) -> dict[str, Any]:
+    return {"trustDomain": istio.trust_domain, "meshID": istio.mesh_id, "certTTL": format_go(istio.cert_ttl)}
 
 
 def _first_of_each_overlay(plan: Plan) -> list[NodePlan]:
