@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, friendly, out
+from crossmesh.istio.index import istio_index
 from crossmesh.policy import trace as traces
 from crossmesh.policy.endpoints import mesh_index
 from crossmesh.workspace import compile_mesh
@@ -41,7 +42,10 @@ def trace(  # noqa: PLR0913 - the command's options
     output: Output = OUTPUT_OPTION,
 ) -> None:
     """The policy verdict of a flow: the egress of the source and the ingress of the destination, each
-    with the policies that select the endpoint and the rule that allowed or denied it.
+    with the policies that select the endpoint and the rule that allowed or denied it. In a mesh with
+    Istio (spec.istio), also the destination proxy's verdict: its mTLS mode and the PeerAuthentication
+    that set it, the client's principal and the AuthorizationPolicy rule that decided; the flow is
+    allowed only when both layers allow it.
 
     A service is traced to each of its backends after DNAT (policy sees the backend and its target
     port); the first backend of the serving tier is the one shown in full.
@@ -52,7 +56,17 @@ def trace(  # noqa: PLR0913 - the command's options
     request = traces.http_request(http_method, http_path, http_header)
     compiled = compile_mesh(mesh)
     index = mesh_index(compiled.plan, compiled.loaded.manifests)
-    result = traces.trace(compiled.plan, index, source, target, port, request)
+    mesh_istio = compiled.plan.istio  # the mesh file's spec.istio; None: no service mesh, no Istio layer
+    result = traces.trace(
+        compiled.plan,
+        index,
+        source,
+        target,
+        port,
+        request,
+        istio=None if mesh_istio is None else istio_index(compiled.plan, compiled.loaded.manifests),
+        trust_domain="" if mesh_istio is None else mesh_istio.trust_domain,
+    )
     if output is not Output.TABLE:
         emit(result.as_json(index.by_policy_id), output)
     else:

@@ -15,6 +15,8 @@ from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 from crossmesh.errors import UsageError
+from crossmesh.istio.index import IstioIndex
+from crossmesh.istio.layer import IstioLayer, istio_layer
 from crossmesh.model.plan import Plan, ServicePlan
 from crossmesh.policy.endpoints import world_endpoint
 from crossmesh.policy.evaluator import PolicyIndex, Side, Verdict, evaluate
@@ -44,6 +46,7 @@ class Trace:
     src: Endpoint
     dst: Target
     verdicts: tuple[tuple[Endpoint, int, Verdict], ...]
+    istio: tuple[IstioLayer, ...] = ()  # one per verdict when the mesh has Istio, else empty
 
     @property
     def first(self) -> Verdict:
@@ -51,7 +54,12 @@ class Trace:
 
     @property
     def allowed(self) -> bool:
-        return self.first.allowed
+        """The overall verdict: network policy and, with Istio, the destination's proxy."""
+        return self.first.allowed and (not self.istio or self.istio[0].allowed)
+
+    def _overall(self, i: int) -> str:
+        allowed = self.verdicts[i][2].allowed and (not self.istio or self.istio[i].allowed)
+        return "allowed" if allowed else "denied"
 
     def as_json(self, policies: Mapping[Any, Any]) -> dict[str, Any]:
         """SPEC §2's shape of `policy trace -o json`."""
@@ -71,6 +79,10 @@ class Trace:
             "egress": first.egress.as_json(policies),
             "ingress": first.ingress.as_json(policies),
         }
+        if self.istio:
+            data["verdict"] = self._overall(0)
+            data["network_verdict"] = first.verdict
+            data["istio"] = self.istio[0].as_json()
         if self.dst.service is not None:
             data["service"] = self.dst.service.ref
             data["backends"] = [
@@ -81,7 +93,12 @@ class Trace:
                     "egress": v.egress.as_json(policies),
                     "ingress": v.ingress.as_json(policies),
                 }
-                for ep, p, v in self.verdicts
+                | (
+                    {"verdict": self._overall(i), "network_verdict": v.verdict, "istio": self.istio[i].as_json()}
+                    if self.istio
+                    else {}
+                )
+                for i, (ep, p, v) in enumerate(self.verdicts)
             ]
         return data
 
@@ -102,14 +119,20 @@ class Trace:
                     else f"(port {dport} after DNAT)"
                 )
             )
-        out.append(f"{name(self.src)} → {name(ep)} {what}: {first.verdict}")
+        out.append(f"{name(self.src)} → {name(ep)} {what}: {self._overall(0)}")
+        if self.istio:
+            out.append(f"  network policy (Cilium/Kubernetes): {first.verdict}")
         for side in (first.egress, first.ingress):
             out.extend(_side_lines(side))
+        if self.istio:
+            out.extend(self.istio[0].lines(ep, dport))
         if self.dst.service is not None and len(self.verdicts) > 1:
             out.append("all backends:")
-            for bep, bport, v in self.verdicts:
+            for i, (bep, bport, v) in enumerate(self.verdicts):
                 why = "" if v.allowed else f" — {_short(v.egress if not v.egress.allowed else v.ingress)}"
-                out.append(f"  {bep.ref} {bport}/{proto}: {v.verdict}{why}")
+                if v.allowed and self.istio and not self.istio[i].allowed:
+                    why = f" — istio: {self.istio[i].reason}"
+                out.append(f"  {bep.ref} {bport}/{proto}: {self._overall(i)}{why}")
         return out
 
 
@@ -120,14 +143,21 @@ def trace(  # noqa: PLR0913 - a flow has this many parts
     target: str,
     port: str,
     request: HttpRequest | None = None,
+    *,
+    istio: IstioIndex | None = None,
+    trust_domain: str = "cluster.local",
 ) -> Trace:
     """The verdict of the flow `source` → `target` on `port` ("80/TCP"). A service is traced to each of
-    its backends after DNAT (policy sees the backend and its target port)."""
+    its backends after DNAT (policy sees the backend and its target port). With `istio` (the mesh has
+    Istio), each backend's proxy is traced too: a TCP flow passes only when both layers let it."""
     number, proto = parse_port(port)
     src = endpoint(index, plan, source)
     dst = resolve_target(index, plan, src, target, number, proto)
     verdicts = tuple((ep, p, evaluate(index, src, ep, p, proto, request)) for ep, p in dst.backends)
-    return Trace(source, target, number, proto, request, src, dst, verdicts)
+    layers: tuple[IstioLayer, ...] = ()
+    if istio is not None and proto == "TCP":  # Istio's proxies carry TCP only: UDP and SCTP pass them by
+        layers = tuple(istio_layer(istio, src, ep, p, request, trust_domain=trust_domain) for ep, p in dst.backends)
+    return Trace(source, target, number, proto, request, src, dst, verdicts, layers)
 
 
 def parse_port(port: str) -> tuple[int, str]:
