@@ -96,13 +96,9 @@ def test_http_across_sites_carries_the_clients_spiffe_id(lab: Lab) -> None:
     seen = _answer(_http(client.namespace, str(server.address), 3000, "/hello"))
     assert seen["pod"] == "tkb-0"
     assert seen["clientIP"] == str(client.address)  # the server's proxy kept the client's address
-    assert seen["xfcc"] == (
-        "By=spiffe://cluster.local/ns/demo/sa/tkb;URI=spiffe://cluster.local/ns/demo/sa/demo-app"
-    )
+    assert seen["xfcc"] == ("By=spiffe://cluster.local/ns/demo/sa/tkb;URI=spiffe://cluster.local/ns/demo/sa/demo-app")
     # Through the Service's ClusterIP too: the node's DNAT picks a backend, mTLS to it.
-    compiled_ip = next(
-        line.split()[1] for line in _services(lab) if line.startswith("k3s/demo/tkb-service ")
-    )
+    compiled_ip = next(line.split()[1] for line in _services(lab) if line.startswith("k3s/demo/tkb-service "))
     via_service = _answer(_http(client.namespace, compiled_ip, 30080, "/svc"))
     assert via_service["pod"] in ("tkb-0", "tkb-1")
     assert via_service["xfcc"].endswith(";URI=spiffe://cluster.local/ns/demo/sa/demo-app")
@@ -161,7 +157,11 @@ def test_what_crosses_the_node_is_tls(lab: Lab) -> None:
     client, server = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/demo/tkb-0"]
     marker = uuid.uuid4().hex.encode()
     answers: list[bytes] = []
-    wire = _wire(lab, "aws-worker-1", lambda: answers.append(_http(client.namespace, str(server.address), 3000, "/" + marker.decode(), marker)))
+    wire = _wire(
+        lab,
+        "aws-worker-1",
+        lambda: answers.append(_http(client.namespace, str(server.address), 3000, "/" + marker.decode(), marker)),
+    )
     assert _answer(answers[0])["body"] == marker.decode()  # the request went through, marker and all
     assert socket.inet_aton(str(server.address)) in wire  # the capture saw the pod's packets
     assert marker not in wire

@@ -101,7 +101,7 @@ def start_mesh(state: LabState, topo: LabTopology, plan: Plan, manifests: dict[s
     state.mesh_digest = digest
     state.save()
     for proc, log, since, node in started:
-        _wait(proc, log, lambda log=log, since=since: _ready_line(log, since), f"mesh proxy of node {node}")  # type: ignore[misc]
+        _wait(proc, log, lambda log=log, since=since: _ready_line(log, since), f"mesh proxy of node {node}")
         changes.append(f"mesh proxy of node {node} started")
     return changes
 

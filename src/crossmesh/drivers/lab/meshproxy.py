@@ -195,9 +195,7 @@ async def splice(
     """Bytes both ways between the client's side (`down`) and the server's (`up`) until both ends are
     done; then both closed."""
     try:
-        await asyncio.gather(
-            _pipe(down[0], up[1], down[1], answers=False), _pipe(up[0], down[1], up[1], answers=True)
-        )
+        await asyncio.gather(_pipe(down[0], up[1], down[1], answers=False), _pipe(up[0], down[1], up[1], answers=True))
     finally:
         for w in (down[1], up[1]):
             with contextlib.suppress(Exception):
@@ -451,7 +449,12 @@ async def _peek(conn: socket.socket) -> bytes:
     """The first byte the client sent, left in the socket (b"" when it sent none in time)."""
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
-    loop.add_reader(conn.fileno(), lambda: ready.done() or ready.set_result(None))
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(conn.fileno(), readable)
     try:
         await asyncio.wait_for(ready, FIRST_BYTES_TIMEOUT)
     except TimeoutError:
