@@ -195,3 +195,18 @@ def test_a_rotation_during_a_stream_keeps_the_stream(lab: Lab) -> None:
     assert _log(lab, "aws-worker-1").count("issued") >= before + 2  # both tkb pods got new certificates
     # New connections use the new certificates.
     assert _answer(_http(client.namespace, str(server.address), 3000))["pod"] == "tkb-1"
+
+
+def test_without_spec_istio_the_capture_and_the_proxies_go(lab: Lab) -> None:
+    """Last (it changes the lab): `lab up` of the mesh file without spec.istio."""
+    lab.mesh.write_text(lab.mesh.read_text().replace("  istio:\n    workloadCertTTL: 1h\n", "", 1))
+    changes = json.dumps(lab.up())
+    st = _state(lab)
+    assert "mesh CA stopped" in changes and st.mesh_proxies == {} and st.mesh_ca_pid == 0
+    client, server = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/demo/tkb-0"]
+    for pod in (client, server):
+        tables = netns.run(pod.namespace, ["nft", "list", "tables"]).stdout
+        assert "cm_mesh" not in tables
+        assert "lookup 100" not in netns.run(pod.namespace, ["ip", "rule"]).stdout
+    seen = _answer(_http(client.namespace, str(server.address), 3000))
+    assert seen["xfcc"] == "" and seen["clientIP"] == str(client.address)
