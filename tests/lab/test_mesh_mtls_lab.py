@@ -32,6 +32,18 @@ metadata:
   namespace: istio-system
 spec:
   mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: monitoring-readers
+  namespace: demo
+spec:
+  selector: {matchLabels: {app: monitoring}}
+  action: ALLOW
+  rules:
+    - from: [{source: {principals: ["cluster.local/ns/demo/sa/demo-app"]}}]
+      to: [{operation: {methods: ["GET"]}}]
 """
 ETH_P_ALL = 0x0003
 
@@ -63,13 +75,14 @@ def _state(lab: Lab) -> labs.LabState:
     return st
 
 
-def _http(ns: str, address: str, port: int, path: str = "/", body: bytes = b"") -> bytes:
+def _http(ns: str, address: str, port: int, path: str = "/", body: bytes = b"", method: str = "POST") -> bytes:
     """One HTTP request from namespace `ns`; the whole answer (b"" when the connection was reset)."""
 
     def go() -> bytes:
         with socket.create_connection((address, port), timeout=5) as s:
             s.sendall(
-                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n".encode()
+                + b"Connection: close\r\n\r\n"
                 + body
             )
             data = b""
@@ -122,6 +135,19 @@ def test_plaintext_to_a_strict_pod_is_reset_and_logged(lab: Lab) -> None:
         time.sleep(0.1)
     # Its own node (the kubelet's health probes) reaches the app directly, as Istio allows.
     assert _answer(_http(st.nodes["aws-worker-1"], str(server.address), 3000))["xfcc"] == ""
+
+
+def test_authorization_policy_on_principals_and_methods(lab: Lab) -> None:
+    st = _state(lab)
+    reader, other = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/demo/tkb-0"]
+    target = st.pods["k3s/demo/monitoring-0"]
+    allowed = _answer(_http(reader.namespace, str(target.address), 9090, "/metrics", method="GET"))
+    assert allowed["pod"] == "monitoring-0" and allowed["xfcc"].endswith("sa/demo-app")
+    for client, method in ((reader, "POST"), (other, "GET")):
+        denied = _http(client.namespace, str(target.address), 9090, "/metrics", method=method)
+        assert denied.startswith(b"HTTP/1.1 403") and denied.endswith(b"RBAC: access denied"), denied
+    log = _log(lab, "openstack-master")
+    assert "(spiffe://cluster.local/ns/demo/sa/tkb) refused by authorization policy: no ALLOW policy matched" in log
 
 
 def _capture(ns: str, stop: threading.Event, ready: threading.Event, into: bytearray) -> None:

@@ -366,7 +366,8 @@ class Proxy:
         verdict_authz = self.index.authorize(w.ep, request)
         if not verdict_authz.allowed:
             who = principal.uri if principal is not None else "plaintext"
-            _log(f"{where} ({who}) refused: authorization policy {verdict_authz.policy or '-'}: {verdict_authz.reason}")
+            by = f" {verdict_authz.policy}" if verdict_authz.policy else ""
+            _log(f"{where} ({who}) refused by authorization policy{by}: {verdict_authz.reason}")
             if head is not None:  # an HTTP request: Envoy's answer
                 with contextlib.suppress(Exception):
                     writer.write(FORBIDDEN)
