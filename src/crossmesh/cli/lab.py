@@ -14,7 +14,7 @@ from rich.table import Table
 from crossmesh.cli.agent import require_agent_extra
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
 from crossmesh.drivers import etcd
-from crossmesh.drivers.lab import faults, netns, topology, wireguard
+from crossmesh.drivers.lab import faults, meshd, netns, topology, wireguard
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.errors import SpecError, UsageError
 from crossmesh.load.mesh import load_mesh_model
@@ -479,6 +479,19 @@ def _node_fault(mesh: Path | None, output: Output, node: str, fault: str) -> Non
     for line in changes:
         out.print(line, markup=False)
     out.print(f"node {node} {done if changes else unchanged + ': nothing changed'}", markup=False)
+
+
+@app.command("rotate-certs")
+@friendly
+def rotate_certs(mesh: Path | None = MESH_OPTION) -> None:
+    """Renew every workload certificate of the lab's service mesh now (spec.istio): each node proxy
+    makes new keys, gets them signed by the lab's mesh CA and uses them for new connections; open
+    connections keep the certificates they started with. Returns when every proxy is done."""
+    state = labs.find_lab(mesh)
+    started = time.monotonic()
+    for line in meshd.rotate_certs(state):
+        out.print(line, markup=False)
+    out.print(f"certificates rotated in {time.monotonic() - started:.2f} s")
 
 
 @app.command("rotate-keys")

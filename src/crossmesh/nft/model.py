@@ -191,6 +191,7 @@ class Rule:
 class ChainType(StrEnum):
     FILTER = "filter"
     NAT = "nat"
+    ROUTE = "route"  # output hook only: a packet whose mark a rule changed is routed again
 
 
 class Hook(StrEnum):

@@ -57,6 +57,8 @@ def find_processes(marker: str) -> list[int]:
             "crossmesh.drivers.lab.workload",
             "crossmesh.drivers.lab.servicesd",
             "crossmesh.drivers.lab.flowsd",
+            "crossmesh.drivers.lab.meshca",
+            "crossmesh.drivers.lab.meshproxy",
             "crossmesh.agent.daemon",
             "crossmesh.operator",
             "crossmesh.drivers.lab.provisioner",

@@ -18,7 +18,7 @@ from typing import Any
 from pyroute2 import NetlinkError, NetNS
 
 from crossmesh import nft
-from crossmesh.drivers.lab import netns
+from crossmesh.drivers.lab import meshcapture, netns
 from crossmesh.drivers.lab.topology import ROUTE_PROTO, Link, Namespace, Route
 
 OPTIONAL_SYSCTLS = ("net/bridge/",)
@@ -50,8 +50,12 @@ def reconcile(spec: Namespace, *, wireguard_ifnames: tuple[str, ...] = ()) -> li
         changes += _addresses(ipr, spec)
         changes += _neighbours(ipr, spec)
         changes += _routes(ipr, spec)
+        if spec.role == "pod":
+            changes += _transparent(ipr, spec)
     if spec.nft is not None:
         changes += _nft(spec)
+    elif spec.role == "pod" and remove_table(spec.name, meshcapture.TABLE):
+        changes.append(f"nftables table {meshcapture.TABLE} removed")  # the mesh lost its `spec.istio`
     return [f"{spec.name}: {c}" for c in changes]
 
 
@@ -245,6 +249,37 @@ def _routes(ipr: NetNS, spec: Namespace) -> list[str]:
         # Delete exactly the route seen (scope and device too): a looser match is refused.
         ipr.route("del", dst=key, table=254, proto=ROUTE_PROTO, scope=r["scope"], oif=_attr(r, "RTA_OIF"))
         out.append(f"route {key} removed")
+    return out
+
+
+def _transparent(ipr: NetNS, spec: Namespace) -> list[str]:
+    """A mesh pod's policy routing (meshcapture): packets marked TRANSPARENT_MARK look up table
+    ROUTE_TABLE, where every address is local — the app's answers to the proxy's transparent
+    connections stay in the pod. Removed when the pod is no longer in a mesh."""
+    out: list[str] = []
+    mark, table = meshcapture.TRANSPARENT_MARK, meshcapture.ROUTE_TABLE
+    rules = [r for r in ipr.get_rules(family=2) if _attr(r, "FRA_TABLE") == table]
+    routes = [
+        r
+        for r in ipr.get_routes(family=2, table=table)
+        if _attr(r, "RTA_TABLE") == table and r["dst_len"] == 0 and r["type"] == 2  # RTN_LOCAL
+    ]
+    if spec.transparent:
+        if not any(_attr(r, "FRA_FWMARK") == mark for r in rules):
+            ipr.rule("add", table=table, fwmark=mark, priority=meshcapture.RULE_PRIORITY)
+            out.append(f"rule fwmark {mark:#x} lookup {table}")
+        if not routes:
+            ipr.route(
+                "replace", dst="0.0.0.0/0", type="local", scope=254, oif=ipr.link_lookup(ifname="lo")[0], table=table
+            )
+            out.append(f"route local 0.0.0.0/0 dev lo table {table}")
+        return out
+    for r in rules:
+        ipr.rule("del", table=table, priority=_attr(r, "FRA_PRIORITY"), fwmark=_attr(r, "FRA_FWMARK"))
+        out.append(f"rule lookup {table} removed")
+    for r in routes:
+        ipr.route("del", dst="0.0.0.0/0", type="local", scope=254, table=table, oif=_attr(r, "RTA_OIF"))
+        out.append(f"route local 0.0.0.0/0 table {table} removed")
     return out
 
 

@@ -93,6 +93,9 @@ class LabState:
     flows_pid: int = 0  # the flow daemon: every node's flow records behind flows.sock, metrics on :9965
     flows_digest: str = ""  # of the plan and policies it names flows with; a new one restarts it
     flow_logs: bool = True  # off (`lab up --no-flow-logs`): no table logs to NFLOG and no flow daemon runs
+    mesh_ca_pid: int = 0  # the service mesh's CA daemon (meshca.py); 0: the mesh has no spec.istio
+    mesh_proxies: dict[str, int] = field(default_factory=dict)  # node → pid of its mesh proxy (meshproxy.py)
+    mesh_digest: str = ""  # of what the CA and proxies were started with; a new one restarts them
     sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
     inet: str = ""
     applied: dict[str, str] = field(default_factory=dict)  # namespace → digest of the spec it was brought to

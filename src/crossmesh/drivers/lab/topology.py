@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from crossmesh import nft
-from crossmesh.drivers.lab import firewall, servicenat
+from crossmesh.drivers.lab import firewall, meshcapture, servicenat
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, RouteVia
 from crossmesh.observe import codes
 from crossmesh.plan.prerequisites import SitePrerequisites
@@ -87,6 +87,7 @@ class Namespace:
     sysctls: tuple[tuple[str, str], ...] = ()
     nft: nft.Table | None = None  # serialised by `nft.render`
     owner: str = ""  # node or pod ref / site name this namespace stands for
+    transparent: bool = False  # a mesh pod: the policy route of the proxy's transparent connections (meshcapture)
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +346,8 @@ def build(
     for ep in pod_eps:
         n = node_by_name[ep.pod.node]
         gw_addr = n.pod_cidr.network_address + 1
+        # A service mesh (`spec.istio`): the pod's TCP goes through its node's proxy (meshcapture).
+        capture = meshcapture.capture_table(plan, ep.pod, ep.ifname) if plan.istio is not None else None
         namespaces.append(
             Namespace(
                 ep.namespace,
@@ -354,7 +357,9 @@ def build(
                     Route(IPv4Network(f"{gw_addr}/32"), ep.ifname),
                     Route(IPv4Network("0.0.0.0/0"), ep.ifname, gw_addr, onlink=True),
                 ),
+                nft=capture,
                 owner=ep.pod.ref,
+                transparent=capture is not None,
             )
         )
     if not flow_logs:

@@ -19,6 +19,7 @@ from typing import Any
 from crossmesh.drivers.lab import faults, netns, operators, reconcile, topology, wireguard
 from crossmesh.drivers.lab.control_plane import start_agents, start_etcd, start_joining_agents
 from crossmesh.drivers.lab.desired import namespace_digest, policy_index, unhealthy_backends
+from crossmesh.drivers.lab.meshd import start_mesh
 from crossmesh.drivers.lab.pods import pod_key, start_workloads, wait_pods
 from crossmesh.drivers.lab.processes import wireguard_pids
 from crossmesh.drivers.lab.services import start_flows, start_services
@@ -344,6 +345,10 @@ def _build(
     progress("flows: every node's flow records (flows.sock) and metrics (:9965)" if state.flow_logs else "flows: off")
     changes += start_flows(state, topo, compiled.plan, compiled.loaded.manifests)
     lap("flows")
+    if compiled.plan.istio is not None or state.mesh_proxies:
+        progress("service mesh: the CA and every node's proxy (mTLS, AuthorizationPolicy)")
+    changes += start_mesh(state, topo, compiled.plan, compiled.loaded.manifests)
+    lap("mesh")
     progress("waiting for every pod to answer")
     killed_dir = state.dir / "killed"
     killed = {p.name for p in killed_dir.iterdir()} if killed_dir.is_dir() else set()

@@ -7,7 +7,7 @@ one per pod (≈20 MB and ≈60 ms start-up each on this machine).
 
 TCP ports speak just enough HTTP/1.1: the answer is JSON naming the pod, namespace,
 cluster, node, pod IP and the client address the pod saw, and echoing the request
-body. UDP ports echo each datagram back unchanged.
+body, and the X-Forwarded-Client-Cert header the mesh proxy added ("xfcc"). UDP ports echo each datagram back unchanged.
 
 A pod whose key (CLUSTER_NS_POD) names a file in KILLED_DIR is stopped — its
 listeners closed and its connections reset, as when a container dies — and
@@ -66,6 +66,8 @@ def _http_handler(pod: dict[str, Any], port: int) -> Any:
                 "client": f"{peer[0]}:{peer[1]}",
                 # Behind the lab's L7 proxy the peer is the node; the proxy names the client.
                 "clientIP": headers.get("x-forwarded-for", peer[0]),
+                # Behind the service mesh's proxy: the identity the server's proxy saw (mTLS), as Envoy names it.
+                "xfcc": headers.get("x-forwarded-client-cert", ""),
                 "method": method,
                 "path": path,
                 "body": body.decode("utf-8", "replace"),
