@@ -71,7 +71,7 @@ def test_the_kernel_holds_the_rules_the_model_holds(case: str, tmp_path: Path) -
         if ns.nft is None:
             continue
         done = subprocess.run(
-            ["unshare", "--net", "sh", "-c", "nft -f - && nft -j list table ip crossmesh"],
+            ["unshare", "--net", "sh", "-c", f"nft -f - && nft -j list table ip {ns.nft.name}"],
             input=nft.render(ns.nft),
             capture_output=True,
             text=True,
