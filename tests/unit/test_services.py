@@ -466,7 +466,7 @@ def test_nft_hairpin_and_a_cluster_without_services() -> None:
     text = nft.render(servicenat.services_table(plan, "a", [a0], NODE_SIDE))
 
     assert text is not None
-    assert "ct status dnat ip saddr 10.11.0.2 ip daddr 10.11.0.2 snat to 10.11.0.1" in chain(text, "postrouting")
+    assert "ct status dnat ip saddr 10.11.0.2 ip daddr 10.11.0.2 snat to 169.254.42.1" in chain(text, "postrouting")
     empty = nft.render(servicenat.services_table(plan, "b", [], IPv4Address("10.12.0.1")))
     assert not RULE.search(empty) and not REJECT.search(empty)
 

@@ -21,6 +21,8 @@ from crossmesh.checks import probes
 from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab.lab import LabState
 from crossmesh.drivers.lab.topology import LabTopology, PodEndpoint
+from crossmesh.istio.index import IstioIndex
+from crossmesh.istio.layer import istio_layer
 from crossmesh.model.plan import Plan, PodPlan
 from crossmesh.plan import datapath
 from crossmesh.policy.evaluator import PolicyIndex, Reason, Verdict, evaluate
@@ -43,6 +45,7 @@ class Context:
     # Topology gateways with agents: each site's active gateway as etcd names it (the plan and the
     # files above are made with it); None: the planner's preferred ones (no control plane).
     active: Mapping[str, str] | None = None
+    istio: IstioIndex | None = None  # a mesh with spec.istio: what the destination's mesh proxy does
 
     def site_of(self, pod: PodPlan) -> str:
         return self.plan.node(pod.node).site
@@ -60,19 +63,37 @@ class Context:
         return v is None or v.allowed
 
     def expect_http(self, src: PodPlan, dst: PodPlan, port: int, method: str = "GET", path: str = "") -> Result:
-        """What an HTTP request should meet: an answer, the L7 proxy's 403, or a drop."""
-        if self.policy is None or not self.policy.policies:
+        """What an HTTP request should meet: an answer, the L7 proxy's 403, or a drop — and in a mesh
+        with Istio, what the destination's mesh proxy then does with it (`mesh_proxy`)."""
+        if self.policy is None:
             return Result.OK
         request = HttpRequest(method, path or CHECK_PATH, (("Host", str(dst.address)),))
-        v = evaluate(self.policy, self.policy.endpoints[src.ref], self.policy.endpoints[dst.ref], port, "TCP", request)
-        if v.allowed:
-            return Result.OK
-        sides = (v.egress, v.ingress)
-        if any(x.reason is Reason.L7_DENIED for x in sides) and all(
-            x.allowed or x.reason is Reason.L7_DENIED for x in sides
-        ):
-            return Result.FORBIDDEN
-        return Result.TIMEOUT
+        if self.policy.policies:
+            v = evaluate(
+                self.policy, self.policy.endpoints[src.ref], self.policy.endpoints[dst.ref], port, "TCP", request
+            )
+            if not v.allowed:
+                sides = (v.egress, v.ingress)
+                if any(x.reason is Reason.L7_DENIED for x in sides) and all(
+                    x.allowed or x.reason is Reason.L7_DENIED for x in sides
+                ):
+                    return Result.FORBIDDEN
+                return Result.TIMEOUT
+        return self.mesh_proxy(src, dst, port, request) or Result.OK
+
+    def mesh_proxy(self, src: PodPlan, dst: PodPlan, port: int, request: HttpRequest | None) -> Result | None:
+        """How the destination's mesh proxy refuses what the network let through (None: it passes it), by
+        the one reading of PeerAuthentication and AuthorizationPolicy that `policy trace` shows
+        (`istio_layer`): an HTTP request it read is answered 403 (Envoy's RBAC filter); a connection it
+        did not read — plaintext to STRICT, or TCP its policies cannot judge by HTTP — is reset."""
+        if self.istio is None or self.policy is None or self.plan.istio is None:
+            return None
+        eps, domain = self.policy.endpoints, self.plan.istio.trust_domain
+        layer = istio_layer(self.istio, eps[src.ref], eps[dst.ref], port, request, trust_domain=domain)
+        if layer.allowed:
+            return None
+        read = layer.authz is not None and request is not None and (layer.principal is not None or layer.needs_http)
+        return Result.FORBIDDEN if read else Result.RESET
 
     def connected(self, src: PodPlan, dst: PodPlan) -> bool:
         """Whether the plan's datapath connects the two pods' clusters (plan/datapath.py)."""

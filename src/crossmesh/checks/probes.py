@@ -32,6 +32,8 @@ def _classify(err: OSError) -> Result:
         return Result.TIMEOUT
     if err.errno in (errno.ECONNREFUSED,):
         return Result.REFUSED
+    if err.errno in (errno.ECONNRESET, errno.EPIPE):
+        return Result.RESET
     if err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
         return Result.UNREACHABLE
     if err.errno == errno.EMSGSIZE:

@@ -19,6 +19,7 @@ class Result(StrEnum):
     CLEAN = "clean"  # the capture holds only what it may
     DROPPED = "dropped"  # stopped on purpose by a rule, seen on its counter
     FORBIDDEN = "http-403"  # the L7 proxy refused the request (Cilium's Envoy answers 403)
+    RESET = "reset"  # the connection was reset: a mesh proxy refused it (mTLS, authorization)
     TOO_SLOW = "too-slow"  # it happened, later than the expectation allows (a failover's loss window)
     ERROR = "error"  # the probe itself failed
     SKIPPED = "skipped"

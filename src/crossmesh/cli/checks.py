@@ -13,6 +13,7 @@ from crossmesh.checks import results, suite
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.errors import CrossmeshError, UsageError
+from crossmesh.istio.index import istio_index
 from crossmesh.workspace import rendered
 
 
@@ -42,7 +43,8 @@ def test(
         raise CrossmeshError(f"lab {state.mesh_name} is {state.status}, not ready — run `crossmesh lab up {mesh}`")
     # Under topology gateways with agents, planned (and rendered) with the active gateways etcd names
     compiled, topo, active = suite.lab_view(state)
-    ctx = suite.Context(compiled.plan, topo, state, labs.policy_index(compiled), rendered(compiled), active)
+    istio = istio_index(compiled.plan, compiled.loaded.manifests) if compiled.plan.istio is not None else None
+    ctx = suite.Context(compiled.plan, topo, state, labs.policy_index(compiled), rendered(compiled), active, istio)
     planned = suite.build(ctx, pattern)
     if not planned:
         err.print(f"no check matches {pattern!r}", markup=False)

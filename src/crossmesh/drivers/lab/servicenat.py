@@ -59,6 +59,9 @@ def _serve(daddr: IPv4Address | nft.AnonSet, proto: str, port: int, *also: nft.E
     return nft.Rule((nft.Match(F.IP_DADDR, daddr), nft.Match(nft.dport(proto), port), *also))
 
 
+SERVICE_LOOPBACK = IPv4Address("169.254.42.1")  # Cilium's ipv4-service-loopback-address default
+
+
 def _logged(rule: nft.Rule, log: nft.Log) -> tuple[nft.Rule, nft.Rule]:
     """The rule, after one with its matches that logs the packet. Two rules rather than one with
     both: readers of the listing (the checks, the tests) find the rule as it was, and the cost is
@@ -121,11 +124,14 @@ def services_table(  # noqa: PLR0913 - the parts of a node's table
                 if others:
                     rules += _logged(nft.Rule((*others, nft.Match(nft.dport(proto), node_port), to)), NAT_LOG)
     # Hairpin: a pod reaching itself through its service would see its own address as
-    # source and drop the packet as martian; like kube-proxy, masquerade that case.
+    # source and drop the packet as martian. Cilium translates the source to its service loopback
+    # address (`ipv4-service-loopback-address`, 169.254.42.1), not to the node: so does the lab — a
+    # node address would be taken for the node's own health probes, which a mesh proxy lets by.
     dnatted = nft.Match(F.CT_STATUS, nft.CtStatus.DNAT)
     snat = nft.Nat(nft.NatKind.SNAT, node_side)
+    loopback = nft.Nat(nft.NatKind.SNAT, SERVICE_LOOPBACK)
     hairpin = [
-        nft.Rule((dnatted, nft.Match(F.IP_SADDR, p.address), nft.Match(F.IP_DADDR, p.address), snat))
+        nft.Rule((dnatted, nft.Match(F.IP_SADDR, p.address), nft.Match(F.IP_DADDR, p.address), loopback))
         for p in local_pods
     ]
     if own is not None and any(s.node_ports for s in plan.cluster(cluster).services):
