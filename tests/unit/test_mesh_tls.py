@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 import ssl
 import threading
@@ -134,6 +135,9 @@ def test_the_request_head_gets_the_identity_the_server_saw() -> None:
         b"X-Forwarded-Client-Cert: By=spiffe://cluster.local/ns/shop/sa/server;"
         b"URI=spiffe://cluster.local/ns/default/sa/client\r\n\r\n"
     )
+    # With the client's certificate: its SHA-256 between By and URI, as Envoy writes it.
+    hashed = with_xfcc(head, "spiffe://td/ns/a/sa/s", "spiffe://td/ns/b/sa/c", b"der")
+    assert b";Hash=" + hashlib.sha256(b"der").hexdigest().encode() + b";URI=spiffe://td/ns/b/sa/c" in hashed
 
 
 def _leaf_der(chain: bytes) -> bytes:

@@ -32,7 +32,7 @@ DENIED_TIMEOUT = 1.5
 CHECK_PATH = "/crossmesh-check"
 # Captures and staged failures run alone, so that other checks' traffic and kills do not mix in
 # (a gateway's failover stops every cross-site flow of its site for a moment).
-ALONE = ("encryption", "nat", "service", "gateway")
+ALONE = ("encryption", "nat", "service", "gateway", "mtls")
 
 
 @dataclass(frozen=True, slots=True)

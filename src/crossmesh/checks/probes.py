@@ -11,6 +11,7 @@ import math
 import os
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -28,6 +29,8 @@ TIMEOUT = 3.0
 
 
 def _classify(err: OSError) -> Result:
+    if isinstance(err, ssl.SSLError):
+        return Result.RESET  # the peer refused the handshake (its alert is in the detail)
     if isinstance(err, TimeoutError | socket.timeout):
         return Result.TIMEOUT
     if err.errno in (errno.ECONNREFUSED,):
@@ -50,12 +53,28 @@ def http(  # noqa: PLR0913
     body: bytes = b"",
     method: str | None = None,
     timeout: float = TIMEOUT,
+    mark: int | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[Result, dict[str, Any] | None, str]:
-    """One HTTP request from namespace `ns`; (result, answer JSON, detail)."""
+    """One HTTP request from namespace `ns`; (result, answer JSON, detail). `mark`: the socket's
+    fwmark (a mesh proxy's own mark is not captured: the request goes out as the app sent it);
+    `tls`: spoken over TLS with this context (a client of the mesh's own making)."""
+
+    def connect() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout)
+            if mark is not None:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            s.connect((ip, port))
+            return tls.wrap_socket(s) if tls is not None else s
+        except BaseException:
+            s.close()
+            raise
 
     def run() -> tuple[Result, dict[str, Any] | None, str]:
         try:
-            with socket.create_connection((ip, port), timeout=timeout) as s:
+            with connect() as s:
                 verb = method or ("POST" if body else "GET")
                 s.sendall(
                     f"{verb} {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Length: {len(body)}\r\n"

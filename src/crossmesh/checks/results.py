@@ -42,6 +42,8 @@ class Kind(StrEnum):
     FIDELITY = "fidelity"
     GATEWAY = "gateway"  # topology gateways: who carries each site, standbys, failover (issue 16)
     OBSERVE = "observe"  # flow records: what the kernel logged against what the checks did (issue 14)
+    MTLS = "mtls"  # Istio's mutual TLS between workloads: encrypted, identities, STRICT, rotation (issue 11)
+    AUTHZ = "authz"  # Istio's AuthorizationPolicy at the destination's proxy (issue 11)
 
 
 @dataclass(slots=True)

@@ -326,6 +326,7 @@ class Proxy:
         peeked = await _peek(conn)
         mode = self.index.mode(w.ep, port)
         principal: SpiffeId | None = None
+        peer: bytes | None = None
         ident = w.identity
         if peeked[:1] == b"\x16" and mode.mode is not Mode.DISABLE:  # a TLS handshake record: mTLS
             if ident.server is None or ident.bundle is None:
@@ -378,7 +379,7 @@ class Proxy:
             return
         if head is not None and principal is not None and b"\r\n\r\n" in first:
             end = first.index(b"\r\n\r\n") + 4
-            first = with_xfcc(first[:end], ident.spiffe.uri, principal.uri) + first[end:]
+            first = with_xfcc(first[:end], ident.spiffe.uri, principal.uri, peer) + first[end:]
         await self.to_app(w, client, port, first, (reader, writer), where)
 
     async def to_app(

@@ -13,6 +13,7 @@ attempt comes soon. Connections made with the old contexts keep them: only new o
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import ssl
@@ -184,11 +185,15 @@ def http_head(data: bytes) -> tuple[str, str] | None:
     return (parts[0], parts[1]) if len(parts) >= 3 else None
 
 
-def with_xfcc(head: bytes, server: str, client: str) -> bytes:
-    """The request head with Envoy's X-Forwarded-Client-Cert (any the client sent is replaced)."""
+def with_xfcc(head: bytes, server: str, client: str, cert: bytes | None = None) -> bytes:
+    """The request head with Envoy's X-Forwarded-Client-Cert (any the client sent is replaced): who
+    served (By), the SHA-256 of the client's certificate (Hash, when given: `cert` is its DER) and
+    the client's SPIFFE id (URI), in Envoy's order. The hash tells one certificate of an identity
+    from the next: `crossmesh test` sees a rotation by it."""
     lines = head[:-4].split(b"\r\n")
     kept = [lines[0], *(h for h in lines[1:] if not h.lower().startswith(b"x-forwarded-client-cert:"))]
-    kept.append(f"X-Forwarded-Client-Cert: By={server};URI={client}".encode())
+    digest = f";Hash={hashlib.sha256(cert).hexdigest()}" if cert else ""
+    kept.append(f"X-Forwarded-Client-Cert: By={server}{digest};URI={client}".encode())
     return b"\r\n".join(kept) + b"\r\n\r\n"
 
 
