@@ -23,9 +23,9 @@ from crossmesh.drivers.lab import netns
 
 pytestmark = pytest.mark.lab
 
-SA = {"demo-app": "openstack-worker", "tkb": "aws-worker-1"}
-STRICT = """---
-apiVersion: security.istio.io/v1
+# The example's own Istio setup (seed 001's identities, STRICT), made STRICT on every port (the
+# example leaves tkb's NodePort target PERMISSIVE) and with an AuthorizationPolicy on monitoring.
+STRICT = """apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata:
   name: default
@@ -51,15 +51,11 @@ ETH_P_ALL = 0x0003
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     mesh, name = copy_example(tmp_path_factory.mktemp("mtls"), "hybrid-openstack-aws")
-    text = mesh.read_text().replace("spec:\n  wireguard:", "spec:\n  istio:\n    workloadCertTTL: 1h\n  wireguard:", 1)
-    mesh.write_text(text)
-    apps = mesh.parent / "apps" / "demo.yaml"
-    manifests = apps.read_text()
-    for account, node in SA.items():  # each Deployment runs as its own service account
-        manifests = manifests.replace(
-            f"      nodeName: {node}\n", f"      serviceAccountName: {account}\n      nodeName: {node}\n", 1
-        )
-    apps.write_text(manifests + STRICT)
+    text = mesh.read_text()
+    start = text.index("  istio:")
+    end = text.index("\n", text.index("workloadCertTTL", start)) + 1
+    mesh.write_text(text[:start] + "  istio:\n    workloadCertTTL: 1h\n" + text[end:])
+    (mesh.parent / "apps" / "istio.yaml").write_text(STRICT)
     made = Lab(mesh, name)
     try:
         made.up()
@@ -105,13 +101,19 @@ def _log(lab: Lab, node: str) -> str:
 
 def test_http_across_sites_carries_the_clients_spiffe_id(lab: Lab) -> None:
     st = _state(lab)
-    client, server = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/demo/tkb-0"]
+    client, server = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/microservices/tkb-0"]
     seen = _answer(_http(client.namespace, str(server.address), 3000, "/hello"))
     assert seen["pod"] == "tkb-0"
     assert seen["clientIP"] == str(client.address)  # the server's proxy kept the client's address
-    assert seen["xfcc"] == ("By=spiffe://cluster.local/ns/demo/sa/tkb;URI=spiffe://cluster.local/ns/demo/sa/demo-app")
+    by, digest, uri = seen["xfcc"].split(";")  # Envoy's By, Hash and URI
+    assert (by, uri) == (
+        "By=spiffe://cluster.local/ns/microservices/sa/tkb-service",
+        "URI=spiffe://cluster.local/ns/demo/sa/demo-app",
+    )
+    assert digest.startswith("Hash=") and len(digest) == 5 + 64
     # Through the Service's ClusterIP too: the node's DNAT picks a backend, mTLS to it.
-    compiled_ip = next(line.split()[1] for line in _services(lab) if line.startswith("k3s/demo/tkb-service "))
+    tkb_service = "k3s/microservices/tkb-service "
+    compiled_ip = next(line.split()[1] for line in _services(lab) if line.startswith(tkb_service))
     via_service = _answer(_http(client.namespace, compiled_ip, 30080, "/svc"))
     assert via_service["pod"] in ("tkb-0", "tkb-1")
     assert via_service["xfcc"].endswith(";URI=spiffe://cluster.local/ns/demo/sa/demo-app")
@@ -126,7 +128,7 @@ def _services(lab: Lab) -> list[str]:
 
 def test_plaintext_to_a_strict_pod_is_reset_and_logged(lab: Lab) -> None:
     st = _state(lab)
-    server = st.pods["k3s/demo/tkb-0"]
+    server = st.pods["k3s/microservices/tkb-0"]
     # From another node's namespace: not the pod's own node (whose probes pass), not a proxy.
     assert _http(st.nodes["openstack-master"], str(server.address), 3000) == b""
     deadline = time.monotonic() + 5
@@ -139,7 +141,7 @@ def test_plaintext_to_a_strict_pod_is_reset_and_logged(lab: Lab) -> None:
 
 def test_authorization_policy_on_principals_and_methods(lab: Lab) -> None:
     st = _state(lab)
-    reader, other = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/demo/tkb-0"]
+    reader, other = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/microservices/tkb-0"]
     target = st.pods["k3s/demo/monitoring-0"]
     allowed = _answer(_http(reader.namespace, str(target.address), 9090, "/metrics", method="GET"))
     assert allowed["pod"] == "monitoring-0" and allowed["xfcc"].endswith("sa/demo-app")
@@ -147,7 +149,10 @@ def test_authorization_policy_on_principals_and_methods(lab: Lab) -> None:
         denied = _http(client.namespace, str(target.address), 9090, "/metrics", method=method)
         assert denied.startswith(b"HTTP/1.1 403") and denied.endswith(b"RBAC: access denied"), denied
     log = _log(lab, "openstack-master")
-    assert "(spiffe://cluster.local/ns/demo/sa/tkb) refused by authorization policy: no ALLOW policy matched" in log
+    assert (
+        "(spiffe://cluster.local/ns/microservices/sa/tkb-service) refused by authorization policy: "
+        "no ALLOW policy matched" in log
+    )
 
 
 def _capture(ns: str, stop: threading.Event, ready: threading.Event, into: bytearray) -> None:
@@ -180,7 +185,7 @@ def _wire(lab: Lab, node: str, request: object) -> bytes:
 
 def test_what_crosses_the_node_is_tls(lab: Lab) -> None:
     st = _state(lab)
-    client, server = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/demo/tkb-0"]
+    client, server = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/microservices/tkb-0"]
     marker = uuid.uuid4().hex.encode()
     answers: list[bytes] = []
     wire = _wire(
@@ -198,7 +203,7 @@ def test_what_crosses_the_node_is_tls(lab: Lab) -> None:
 
 def test_a_rotation_during_a_stream_keeps_the_stream(lab: Lab) -> None:
     st = _state(lab)
-    client, server = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/demo/tkb-1"]
+    client, server = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/microservices/tkb-1"]
     body = b"x" * 4000
     before = _log(lab, "aws-worker-1").count("issued")
 
@@ -229,7 +234,7 @@ def test_without_spec_istio_the_capture_and_the_proxies_go(lab: Lab) -> None:
     changes = json.dumps(lab.up())
     st = _state(lab)
     assert "mesh CA stopped" in changes and st.mesh_proxies == {} and st.mesh_ca_pid == 0
-    client, server = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/demo/tkb-0"]
+    client, server = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/microservices/tkb-0"]
     for pod in (client, server):
         tables = netns.run(pod.namespace, ["nft", "list", "tables"]).stdout
         assert "cm_mesh" not in tables
