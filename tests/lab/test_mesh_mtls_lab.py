@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -226,6 +228,29 @@ def test_a_rotation_during_a_stream_keeps_the_stream(lab: Lab) -> None:
     assert _log(lab, "aws-worker-1").count("issued") >= before + 2  # both tkb pods got new certificates
     # New connections use the new certificates.
     assert _answer(_http(client.namespace, str(server.address), 3000))["pod"] == "tkb-1"
+
+
+def test_a_failed_rotation_keeps_the_current_certificate_and_says_so(lab: Lab) -> None:
+    """The mesh CA gone, `lab rotate-certs` fails (exit 1) naming each failed renewal; the proxies keep
+    serving the certificates they hold (the server sees the same client certificate); `lab up` brings
+    the CA back and the next rotation works."""
+    st = _state(lab)
+    client, server = st.pods["k3s/demo/demo-app-0"], st.pods["k3s/microservices/tkb-0"]
+
+    def client_cert() -> str:
+        return _answer(_http(client.namespace, str(server.address), 3000))["xfcc"].split(";")[1]
+
+    before = client_cert()
+    os.killpg(st.mesh_ca_pid, signal.SIGKILL)
+    failed = crossmesh("lab", "rotate-certs", "--mesh", str(lab.mesh))
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "certificate renewal failed for spiffe://cluster.local/ns/demo/sa/demo-app" in failed.stdout
+    assert "keeping the current certificate, valid until" in failed.stdout
+    assert "keep serving their current certificates" in failed.stderr
+    assert client_cert() == before  # still served, still the same certificate
+    lab.up()  # the CA is started again
+    crossmesh("lab", "rotate-certs", "--mesh", str(lab.mesh), check=True)
+    assert client_cert() != before
 
 
 def test_without_spec_istio_the_capture_and_the_proxies_go(lab: Lab) -> None:

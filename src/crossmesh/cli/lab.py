@@ -16,7 +16,7 @@ from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
 from crossmesh.drivers import etcd
 from crossmesh.drivers.lab import faults, meshd, netns, topology, wireguard
 from crossmesh.drivers.lab import lab as labs
-from crossmesh.errors import SpecError, UsageError
+from crossmesh.errors import CrossmeshError, SpecError, UsageError
 from crossmesh.load.mesh import load_mesh_model
 
 app = typer.Typer(
@@ -486,11 +486,19 @@ def _node_fault(mesh: Path | None, output: Output, node: str, fault: str) -> Non
 def rotate_certs(mesh: Path | None = MESH_OPTION) -> None:
     """Renew every workload certificate of the lab's service mesh now (spec.istio): each node proxy
     makes new keys, gets them signed by the lab's mesh CA and uses them for new connections; open
-    connections keep the certificates they started with. Returns when every proxy is done."""
+    connections keep the certificates they started with. Returns when every proxy is done; exit
+    code 1 when a renewal failed (that workload keeps its current certificate while it is valid)."""
     state = labs.find_lab(mesh)
     started = time.monotonic()
-    for line in meshd.rotate_certs(state):
+    lines = meshd.rotate_certs(state)
+    for line in lines:
         out.print(line, markup=False)
+    failed = [line for line in lines if "certificate renewal failed" in line]
+    if failed:
+        raise CrossmeshError(
+            f"{len(failed)} certificate renewals failed; those workloads keep serving their current certificates "
+            "while they are valid, and their proxies try again every few seconds (see the lines above)"
+        )
     out.print(f"certificates rotated in {time.monotonic() - started:.2f} s")
 
 

@@ -123,7 +123,8 @@ def stop_mesh(state: LabState, why: str = "the mesh has no spec.istio") -> list[
 
 def rotate_certs(state: LabState) -> list[str]:
     """SIGUSR1 to every node proxy: each renews its workloads' certificates at once (new keys);
-    open connections keep theirs. Returns, once every proxy is done, what each says it renewed."""
+    open connections keep theirs. Returns, once every proxy is done, what each says it renewed and
+    each renewal that failed (the proxy keeps serving the current, still-valid certificate)."""
     if not state.mesh_proxies:
         raise LabError("this lab runs no service mesh: its mesh file has no spec.istio")
     logs = {}
@@ -141,7 +142,36 @@ def rotate_certs(state: LabState) -> list[str]:
                 raise LabError(f"the mesh proxy of node {node} did not renew its certificates; see {log}")
             time.sleep(0.05)
         done.append(f"{node}: {line}")
+        done += [f"{node}: {failed}" for failed in _lines_after(log, since, b"certificate renewal failed")]
     return done
+
+
+def _lines_after(log: Path, since: int, marker: bytes) -> list[str]:
+    """Every line of `log` after byte `since` that contains `marker` (from the marker on)."""
+    try:
+        with log.open("rb") as fh:
+            fh.seek(since)
+            text = fh.read()
+    except OSError:
+        return []
+    return [line[line.index(marker) :].decode(errors="replace") for line in text.splitlines() if marker in line]
+
+
+def _line_after(log: Path, since: int, marker: bytes) -> str | None:
+    """The first line of `log` after byte `since` that contains `marker` (from the marker on)."""
+    found = _lines_after(log, since, marker)
+    return found[0] if found else None
+
+
+def _lines_after(log: Path, since: int, marker: bytes) -> list[str]:
+    """Every line of `log` after byte `since` that contains `marker` (from the marker on)."""
+    try:
+        with log.open("rb") as fh:
+            fh.seek(since)
+            text = fh.read()
+    except OSError:
+        return []
+    return [line[line.index(marker) :].decode(errors="replace") for line in text.splitlines() if marker in line]
 
 
 def _line_after(log: Path, since: int, marker: bytes) -> str | None:
