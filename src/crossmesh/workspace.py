@@ -83,7 +83,7 @@ def check(
     base = path.resolve().parent
     manifests, manifest_problems = load_manifests(base, doc, mesh, _check_object)
     problems = problems + manifest_problems + rules.check(mesh, doc) + _unenforced_policies(mesh, manifests)
-    problems += istio_parse.conflicts(manifests)
+    problems += istio_parse.conflicts(manifests) + _cilium_http_under_istio(mesh, manifests)
     loaded = LoadedMesh(path=path, doc=doc, mesh=mesh, manifests=manifests)
     errors = [p for p in problems if p.severity == "error"]
     if not errors:
@@ -119,6 +119,37 @@ def _unenforced_policies(mesh: Mesh, manifests: dict[str, list[Manifest]]) -> li
         for c in mesh.spec.clusters
         for m, message in policy_parse.unenforced(c.name, c.cni.value, manifests.get(c.name, []))
     ]
+
+
+def _cilium_http_under_istio(mesh: Mesh, manifests: dict[str, list[Manifest]]) -> list[Problem]:
+    """With spec.istio, each Cilium HTTP rule is a warning: the mesh proxies encrypt pod-to-pod
+    traffic, and Cilium's L7 proxy cannot read HTTP inside mTLS (Cilium's own Istio notes); the
+    requests it takes are reset, in the lab as on real nodes, unless the port is DISABLE."""
+    if mesh.spec.istio is None:
+        return []
+    found: dict[tuple[str, int, str], Problem] = {}
+    for m in (m for ms in manifests.values() for m in ms):
+        spec = m.raw.get("spec") if m.kind in ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy") else None
+        for direction in ("ingress", "egress"):
+            rules = spec.get(direction) if isinstance(spec, dict) else None
+            for i, rule in enumerate(rules if isinstance(rules, list) else []):
+                to_ports = rule.get("toPorts") if isinstance(rule, dict) else None
+                for j, tp in enumerate(to_ports if isinstance(to_ports, list) else []):
+                    if not (isinstance(tp, dict) and isinstance(tp.get("rules"), dict) and tp["rules"].get("http")):
+                        continue
+                    where = f"spec.{direction}[{i}].toPorts[{j}].rules.http"
+                    found[(m.file, m.line, where)] = Problem(
+                        m.file,
+                        m.line,
+                        1,
+                        where,
+                        f"{m.kind} {m.name} has HTTP rules in a mesh with spec.istio: Istio's mTLS encrypts the "
+                        "requests, which Cilium's L7 proxy cannot read, so they would be reset — write the methods "
+                        "and paths as an AuthorizationPolicy (to.operation), or set PeerAuthentication DISABLE "
+                        "on that port",
+                        "warning",
+                    )
+    return list(found.values())
 
 
 NO_KEY_YET = "(made at the first plan or render)"

@@ -161,28 +161,3 @@ def _line_after(log: Path, since: int, marker: bytes) -> str | None:
     """The first line of `log` after byte `since` that contains `marker` (from the marker on)."""
     found = _lines_after(log, since, marker)
     return found[0] if found else None
-
-
-def _lines_after(log: Path, since: int, marker: bytes) -> list[str]:
-    """Every line of `log` after byte `since` that contains `marker` (from the marker on)."""
-    try:
-        with log.open("rb") as fh:
-            fh.seek(since)
-            text = fh.read()
-    except OSError:
-        return []
-    return [line[line.index(marker) :].decode(errors="replace") for line in text.splitlines() if marker in line]
-
-
-def _line_after(log: Path, since: int, marker: bytes) -> str | None:
-    """The first line of `log` after byte `since` that contains `marker` (from the marker on)."""
-    try:
-        with log.open("rb") as fh:
-            fh.seek(since)
-            text = fh.read()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if marker in line:
-            return line[line.index(marker) :].decode(errors="replace")
-    return None
