@@ -145,3 +145,20 @@ def _leaf_der(chain: bytes) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return x509.load_pem_x509_certificates(chain)[0].public_bytes(serialization.Encoding.DER)
+
+
+def test_a_good_peer_is_remembered_only_while_valid_and_against_the_same_revocations(
+    pki: dict[str, Authority], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, chain = _svid(pki["c1"], SpiffeId(TD, "default", "cached"), NOW, timedelta(minutes=30))
+    leaf = _leaf_der(chain)
+    bundle = _bundle(pki, chain)
+    assert check_peer(leaf, bundle, TD).ok and check_peer(leaf, bundle, TD).ok  # judged, then remembered
+    # A revocation is a new bundle: judged again, refused.
+    revoked = _bundle(pki, chain, frozenset({pki["c1"].cert.serial_number}))
+    assert check_peer(leaf, revoked, TD).reason == "issued by revoked intermediate c1"
+    # Past the leaf's end the remembered verdict no longer holds.
+    later = (NOW + timedelta(hours=1)).timestamp()
+    monkeypatch.setattr("crossmesh.drivers.lab.meshtls.time.time", lambda: later)
+    expired = check_peer(leaf, bundle, TD)
+    assert not expired.ok and "expired" in expired.reason
