@@ -161,4 +161,4 @@ def test_policy_trace_command_shows_both_layers_for_a_mesh_with_spec_istio(tmp_p
     allowed = CliRunner().invoke(app, [*args, "--http-method", "GET"])
     assert allowed.exit_code == 0, allowed.output
     assert "istio at cluster2/default/rebel-base-0 port 80: allowed" in allowed.output
-    assert "client principal: cluster.local/ns/default/sa/default" in allowed.output
+    assert "client principal: cluster.local/ns/default/sa/x-wing" in allowed.output
