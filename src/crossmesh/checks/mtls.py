@@ -378,7 +378,7 @@ def _expired_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int) -> Runn
         old, _, detail = probes.http(ns, ip, port, path=CHECK_PATH, mark=PROXY_MARK, tls=expired)
         # TLS 1.3: the client's handshake is done before the server judges its certificate; the
         # refusal is an alert or a close without an answer, and the server's proxy says why.
-        refused = old is Result.RESET or (old is Result.WRONG_ANSWER and not detail)
+        refused = old is Result.RESET
         time.sleep(0.2)
         reason = _proxy_refusal(log, since)
         check.actual = Result.RESET if refused and "expired" in reason else old if not refused else Result.WRONG_ANSWER

@@ -90,6 +90,8 @@ def http(  # noqa: PLR0913
         except OSError as err:
             return _classify(err), None, str(err)
         raw = b"".join(chunks)
+        if not raw:  # a proxy that refused it closed its side (its own peer may have got a reset)
+            return Result.RESET, None, "closed without an answer"
         head, _, payload = raw.partition(b"\r\n\r\n")
         status = head.split(b"\r\n", 1)[0].decode(errors="replace")
         if head.startswith(b"HTTP/1.1 403"):

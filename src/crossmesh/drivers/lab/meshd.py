@@ -24,7 +24,7 @@ from crossmesh.drivers.lab.services import plan_services_view
 from crossmesh.drivers.lab.state import LabError, LabState
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.identity import spiffe, svid
-from crossmesh.istio import index
+from crossmesh.istio import index, model, parse
 from crossmesh.model.plan import Plan
 
 START = 30.0  # seconds for the CA's sockets and each proxy's listeners (imports take seconds under load)
@@ -32,7 +32,7 @@ START = 30.0  # seconds for the CA's sockets and each proxy's listeners (imports
 
 def _digest(state: LabState, plan: Plan, manifests: dict[str, list[Any]]) -> str:
     policies = sorted(json.dumps(m.raw, sort_keys=True) for ms in manifests.values() for m in ms)
-    modules = (meshca, meshcapture, meshproxy, meshtls, index, spiffe, svid)
+    modules = (meshca, meshcapture, meshproxy, meshtls, index, model, parse, spiffe, svid)
     code = hashlib.sha256(b"".join(Path(str(m.__file__)).read_bytes() for m in modules)).hexdigest()
     pki = Path(state.state_dir) / "istio-pki"
     files = sorted((f.name, f.stat().st_mtime_ns) for f in pki.iterdir()) if pki.is_dir() else []
