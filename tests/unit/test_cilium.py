@@ -62,7 +62,8 @@ class Rendered:
 def render_mesh(mesh: Path, state: Path, now: datetime = NOW) -> Rendered:
     compiled = compile_mesh(mesh, state)
     plan = compiled.plan
-    files = render(plan, compiled.loaded.manifests, compiled.store.private_key, compiled.clustermesh_tls(now))
+    tls, cas = compiled.clustermesh_tls(now), compiled.istio_cas(now)
+    files = render(plan, compiled.loaded.manifests, compiled.store.private_key, tls, cas)
     return Rendered(compiled, plan, files)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from test_schemas import problems, talos_validator
 
+from crossmesh.identity.svid import istio_ca
 from crossmesh.model.plan import Datapath, Mtu, Plan
 from crossmesh.model.tls import clustermesh_clusters
 from crossmesh.render import common, k3s, kubeadm, podcidrs, talos
@@ -42,8 +43,15 @@ def render_plan(plan: Plan) -> dict[str, RenderedFile]:
     """The tree, with test ClusterMesh certificates made in memory-backed temporary state."""
     with tempfile.TemporaryDirectory() as tmp:
         members = clustermesh_clusters(plan)
-        tls = StateStore(Path(tmp) / ".crossmesh").clustermesh_tls(plan.mesh, members, NOW) if members else {}
-        return render(plan, {}, lambda n: f"key-of-{n}", tls)
+        store = StateStore(Path(tmp) / ".crossmesh")
+        tls = store.clustermesh_tls(plan.mesh, members, NOW) if members else {}
+        cas = {}
+        if plan.istio is not None:  # spec.istio: each cluster's cacerts, from the same test state
+            root, authorities = store.istio_cas(
+                plan.mesh, plan.istio.trust_domain, [c.name for c in plan.clusters], NOW
+            )
+            cas = {c: istio_ca(c, root, a) for c, a in authorities.items()}
+        return render(plan, {}, lambda n: f"key-of-{n}", tls, cas)
 
 
 def tree(plan: Plan) -> dict[str, str]:

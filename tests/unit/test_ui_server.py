@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from typer.testing import CliRunner
 
 from crossmesh.cli.main import app
+from crossmesh.istio.index import istio_index
 from crossmesh.observe.views import parse_health
 from crossmesh.policy.endpoints import mesh_index
 from crossmesh.render.graph import COLOURS
@@ -41,7 +42,8 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def ui_of(compiled: Any, readings: Any) -> Ui:
     index = mesh_index(compiled.plan, compiled.loaded.manifests)
-    return Ui(compiled.plan, index, readings, FlowHub(None), "test", clock=lambda: NOW)
+    istio = istio_index(compiled.plan, compiled.loaded.manifests)  # three-clouds runs Istio
+    return Ui(compiled.plan, index, readings, FlowHub(None), "test", clock=lambda: NOW, istio=istio)
 
 
 def get(ui: Ui, url: str) -> tuple[int, Any]:

@@ -64,6 +64,7 @@ def ui(
 
 def _load(lab: str | None, mesh: Path | None, state: Path | None, relay: Path | None) -> Ui:
     from crossmesh.drivers.lab import lab as labs
+    from crossmesh.istio.index import istio_index
     from crossmesh.policy.endpoints import mesh_index
     from crossmesh.ui.relay import FlowHub
     from crossmesh.ui.server import Ui as UiState
@@ -85,11 +86,14 @@ def _load(lab: str | None, mesh: Path | None, state: Path | None, relay: Path | 
         hub = FlowHub(relay or found.dir / "flows.sock")
         source = f"lab {found.mesh_name} (cm-{found.tag})"
         index = mesh_index(compiled.plan, compiled.loaded.manifests)
-        return UiState(compiled.plan, index, LabReadings(found, topo), hub, source)
+        istio = istio_index(compiled.plan, compiled.loaded.manifests) if compiled.plan.istio else None
+        return UiState(compiled.plan, index, LabReadings(found, topo), hub, source, istio=istio)
     if mesh is None:  # find_lab(None) found one or raised
         raise UsageError("no lab is running — pass --mesh MESH to show a mesh file's plan")
     compiled = compile_mesh(mesh, state, persist=False, dry_run=True)
     source = f"plan of {mesh} (no lab running)"
     if relay is not None:
         err.print(f"reading flows from {relay}", markup=False)
-    return UiState(compiled.plan, mesh_index(compiled.plan, compiled.loaded.manifests), NoLab(), FlowHub(relay), source)
+    index = mesh_index(compiled.plan, compiled.loaded.manifests)
+    istio = istio_index(compiled.plan, compiled.loaded.manifests) if compiled.plan.istio else None
+    return UiState(compiled.plan, index, NoLab(), FlowHub(relay), source, istio=istio)

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from crossmesh.drivers import graphviz
 from crossmesh.errors import CrossmeshError, UsageError
+from crossmesh.istio.index import IstioIndex
 from crossmesh.model.plan import Plan
 from crossmesh.observe import health as healths
 from crossmesh.observe import views
@@ -60,6 +61,7 @@ class Ui:
     hub: FlowHub
     source: str  # what is shown: "lab cm-TAG" or the mesh file
     clock: Callable[[], float] = time.time
+    istio: IstioIndex | None = None  # spec.istio: the trace goes on at the destination's proxy, as the CLI's
     _svg: dict[str, str] = field(default_factory=dict)  # DOT text → SVG: the layout only changes with health
 
     async def svg(self, text: str) -> str:
@@ -182,7 +184,10 @@ async def _trace(request: web.Request) -> web.Response:
     if missing:
         return _bad(f"missing {', '.join(missing)}: /api/trace?from=SRC&to=DST&port=PORT&proto=TCP")
     try:
-        result = traces.trace(ui.plan, ui.index, q["from"], q["to"], f"{q['port']}/{q['proto']}")
+        domain = ui.plan.istio.trust_domain if ui.plan.istio is not None else ""
+        result = traces.trace(
+            ui.plan, ui.index, q["from"], q["to"], f"{q['port']}/{q['proto']}", istio=ui.istio, trust_domain=domain
+        )
     except UsageError as err:
         return _bad(str(err))
     return web.json_response(
