@@ -141,8 +141,9 @@ def _line(cells: tuple[str, ...], w: Widths) -> str:
     sizes = (TIME_WIDTH, w.node, w.source, w.destination, w.type, VERDICT_WIDTH)
     padded = [escape(visible(c).ljust(n)) for c, n in zip(cells, sizes, strict=False)]
     # Trailing spaces go before escaping: stripped after, they could leave a user's backslash
-    # last, where rich would read it as escaping the row's closing [/red].
-    return GAP.join([*padded, safe(cells[-1].rstrip())]).rstrip()
+    # last, where rich would read it as escaping the row's closing [/red]. Spaces only: a trailing
+    # control character (a path ending in "\r") is shown, as its escape, not dropped.
+    return GAP.join([*padded, safe(cells[-1].rstrip(" "))]).rstrip(" ")
 
 
 def footer(
