@@ -1,10 +1,12 @@
-"""The log rules of a real lab's nodes, read with the NFLOG reader in each node's namespace: an
-allowed connection across clouds is recorded on the sending node and on the receiving node, a
-connection denied by policy is recorded as a drop, with its direction, on the node that denied
-it, and a connection to a Service names the ClusterIP it was sent to and the backend it reached.
+"""The log rules of a real lab's nodes, read with the NFLOG reader in each node's namespace: an allowed
+connection across clouds is recorded on the sending node and on the receiving node, a connection
+denied by policy is recorded as a drop, with its direction, on the node that denied it, and a
+connection to a Service names the ClusterIP it was sent to and the backend it reached.
 
-examples/three-clouds: default deny everywhere; x-wing (cluster1, aws-talos-1) may send anything
-to cluster2's rebel-base, which admits it on TCP 80 only; x-wing may reach relay on 8080 only."""
+tests/meshes/cilium-l7 (examples/three-clouds without Istio: the connections are told apart by the
+client's source port, which a mesh proxy would replace with its own): default deny everywhere;
+x-wing (cluster1, aws-talos-1) may send anything to cluster2's rebel-base, which admits it on TCP 80
+only; x-wing may reach relay on 8080 only."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ CLIENT, SERVER, RELAY = "cluster1/default/x-wing-0", "cluster2/default/rebel-bas
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    mesh, name = copy_example(tmp_path_factory.mktemp("flowlogs"), "three-clouds")
+    mesh, name = copy_example(tmp_path_factory.mktemp("flowlogs"), "tests/meshes/cilium-l7")
     lab = Lab(mesh, name)
     try:
         lab.up()

@@ -1,10 +1,11 @@
-"""`lab up --no-flow-logs` on a real lab: no table of any node logs a packet, no flow daemon runs
-(no flows.sock), `crossmesh observe` says so and how to turn them on, and the service daemon's own
-table rewrites (a backend dies) keep them off; `lab up --flow-logs` brings the log rules and the relay
+"""`lab up --no-flow-logs` on a real lab: no table of any node logs a packet, no flow daemon runs (no
+flows.sock), `crossmesh observe` says so and how to turn them on, and the service daemon's own table
+rewrites (a backend dies) keep them off; `lab up --flow-logs` brings the log rules and the relay
 back, and a connection is recorded again.
 
-examples/three-clouds: x-wing (cluster1) may reach cluster2's rebel-base on TCP 80; rebel-base-0 is
-the backend of cluster2's rebel-base Service."""
+tests/meshes/cilium-l7 (three-clouds without Istio: flows told apart by source port): x-wing
+(cluster1) may reach cluster2's rebel-base on TCP 80; rebel-base-0 is the backend of cluster2's
+rebel-base Service."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def connect(st: labs.LabState, sport: int) -> None:
 
 
 def test_flow_logs_off_and_on_again(make_lab) -> None:  # type: ignore[no-untyped-def]
-    lab = make_lab("three-clouds")
+    lab = make_lab("tests/meshes/cilium-l7")
     lab.up("--no-flow-logs")
     st = labs.LabState.load(lab.tag)
     assert st is not None and not st.flow_logs

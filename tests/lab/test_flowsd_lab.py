@@ -3,8 +3,9 @@ allowed connection is a FORWARDED record on both ends' nodes and a denied one a 
 names the policies `policy trace` names; each node's Hubble metrics count them; `crossmesh observe`
 reads them through the relay.
 
-examples/three-clouds: default deny everywhere; x-wing (cluster1) may send anything to cluster2's
-rebel-base, which admits it on TCP 80; x-wing may not reach relay on 9999."""
+tests/meshes/cilium-l7 (three-clouds without Istio: flows told apart by source port): default deny
+everywhere; x-wing (cluster1) may send anything to cluster2's rebel-base, which admits it on TCP 80;
+x-wing may not reach relay on 9999."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def relay(st: labs.LabState, since: float) -> tuple[list[Flow], Status]:
 
 
 def test_the_flow_daemon_records_allowed_and_denied_flows_with_their_policy(make_lab) -> None:  # type: ignore[no-untyped-def]
-    lab = make_lab("three-clouds")
+    lab = make_lab("tests/meshes/cilium-l7")
     lab.up()
     st = labs.LabState.load(lab.tag)
     assert st is not None and labs.alive(st.flows_pid)
