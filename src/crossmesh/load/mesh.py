@@ -428,14 +428,14 @@ def _typed_manifest(doc: Document, base: PathKey, data: Any) -> tuple[k8s.Manife
             f"kind {kind!r} is not modelled by crossmesh; it is rendered through unchanged",
             severity="warning",
         )
-        return k8s.Manifest(doc.file, line, str(kind), name, namespace, data, None), [warning]
+        return k8s.Manifest(doc.file, line, str(kind), name, namespace, data, None, doc.positions, base), [warning]
     try:
         obj = model.model_validate(data)
     except ValidationError as err:
         return None, pydantic_problems(err, doc, model, base=base)
     if kind == "CiliumClusterwideNetworkPolicy" or kind == "Namespace":
         namespace = ""
-    return k8s.Manifest(doc.file, line, str(kind), name, namespace, data, obj), []
+    return k8s.Manifest(doc.file, line, str(kind), name, namespace, data, obj, doc.positions, base), []
 
 
 def load_manifests(
