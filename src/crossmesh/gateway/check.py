@@ -11,7 +11,7 @@ Problems point at the field (`Manifest.where`); an object common to every cluste
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from crossmesh.errors import Problem
 from crossmesh.gateway.match import hostnames_on, not_attached
@@ -45,7 +45,12 @@ def conflicts(manifests: Mapping[str, list[k8s.Manifest]]) -> list[Problem]:
         for r in routes:
             for path, message in _parents(r, gateways, cluster) + _backends(r, services, cluster):
                 report("HTTPRoute", r, path, message)
-        for r, path, message in _same_claims(gateways, routes):
+
+        def locate(r: HTTPRoute, path: Path, by_place: Places = by_place) -> str:
+            m = by_place.get(("HTTPRoute", r.file, r.line))
+            return f"{r.file}:{m.where(path)[0] if m is not None else r.line}"
+
+        for r, path, message in _same_claims(gateways, routes, locate):
             report("HTTPRoute", r, path, message)
     return sorted(found.values(), key=lambda p: (p.file, p.line, p.column))
 
@@ -138,7 +143,9 @@ def _backends(r: HTTPRoute, services: Mapping[tuple[str, str], object], cluster:
     return out
 
 
-def _same_claims(gateways: list[Gateway], routes: list[HTTPRoute]) -> list[tuple[HTTPRoute, Path, str]]:
+def _same_claims(
+    gateways: list[Gateway], routes: list[HTTPRoute], locate: Callable[[HTTPRoute, Path], str]
+) -> list[tuple[HTTPRoute, Path, str]]:
     """Two rules on one Gateway listener and hostname with the same match: the later one (by Gateway
     API's tie-break: namespace/name, then list order) never answers."""
     out: list[tuple[HTTPRoute, Path, str]] = []
@@ -163,7 +170,8 @@ def _same_claims(gateways: list[Gateway], routes: list[HTTPRoute]) -> list[tuple
                                     f"{_claim(m)} on Gateway {g.ref} listener {listener.name}, hostname {host or 'any'}"
                                     " "
                                     f"is already claimed by HTTPRoute {pr.ref} rules[{pi}].matches[{pj}] "
-                                    f"({pr.file}:{pr.line}); that rule wins and this one never answers — change or "
+                                    f"({locate(pr, ('spec', 'rules', pi, 'matches', pj))}); "
+                                    "that rule wins and this one never answers — change or "
                                     "remove one of them",
                                 )
                             )

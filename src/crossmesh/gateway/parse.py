@@ -397,10 +397,11 @@ class _Parser(ParserBase):
         headers: HeaderModifier | None = None
         redirect: Redirect | None = None
         for where, item in self.items(raw, path, "filters"):
-            data = self.mapping(item, where, FILTER)
-            if data is None:
+            kind = item.get("type") if isinstance(item, dict) else None
+            data = self.mapping(item, where, FILTER) if kind in FILTER_TYPES else item
+            if not isinstance(data, dict):
+                self.error(where, f"found {brief(item)}, expected a filter (type and its settings)")
                 continue
-            kind = data.get("type")
             if kind not in FILTER_TYPES:
                 what = "is not supported by crossmesh" if kind in FILTER_UNSUPPORTED else "is not a filter type"
                 self.error(

@@ -100,7 +100,8 @@ class ParserBase:
         if _is_address(text):
             self.error(path, f"hostname {text!r} is an IP address; Gateway API matches DNS names only — write a name")
         elif len(text) > 253 or not HOSTNAME.fullmatch(text) or (not wildcard and text.startswith("*.")):
-            fix = f"write {text.lower()!r}" if HOSTNAME.fullmatch(text.lower()) else f"use {form}"
+            near = text.lower().replace("_", "-")
+            fix = f"write {near!r}" if HOSTNAME.fullmatch(near) and len(near) <= 253 else "use only those characters"
             self.error(path, f"hostname {text!r} is not a DNS name ({form}, at most 253) — {fix}")
         else:
             return text
