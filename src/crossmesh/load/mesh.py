@@ -421,7 +421,7 @@ def _typed_manifest(doc: Document, base: PathKey, data: Any) -> tuple[k8s.Manife
     name = str(meta.get("name", ""))
     namespace = str(meta.get("namespace") or "default")
     line = doc.where(base)[0]
-    model = k8s.MODELS.get(str(kind))
+    model = k8s.model_for(str(kind), data.get("apiVersion"))
     if model is None:
         warning = doc.problem(
             (*base, "kind"),

@@ -258,6 +258,19 @@ MODELS: dict[str, type[_Open]] = {
 }
 
 
+# Kinds whose name other API groups use too (Istio's networking.istio.io Gateway): only this group's
+# objects are modelled; another group's pass through unchanged, as any kind crossmesh does not model.
+GROUPS = {"Gateway": "gateway.networking.k8s.io", "HTTPRoute": "gateway.networking.k8s.io"}
+
+
+def model_for(kind: str, api_version: object) -> type[_Open] | None:
+    """The model of an object of `kind` and `api_version`, or None when crossmesh does not model it."""
+    group = GROUPS.get(kind)
+    if group is not None and not str(api_version).startswith(f"{group}/"):
+        return None
+    return MODELS.get(kind)
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """One object from a manifest file, typed when crossmesh models its kind."""
