@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from crossmesh.errors import Problem, SpecError
+from crossmesh.gateway import check as gateway_check
+from crossmesh.gateway import parse as gateway_parse
 from crossmesh.identity.svid import istio_ca
 from crossmesh.ipam.allocate import Allocations, allocate
 from crossmesh.istio import parse as istio_parse
@@ -84,6 +86,7 @@ def check(
     manifests, manifest_problems = load_manifests(base, doc, mesh, _check_object)
     problems = problems + manifest_problems + rules.check(mesh, doc) + _unenforced_policies(mesh, manifests)
     problems += istio_parse.conflicts(manifests) + _cilium_http_under_istio(mesh, manifests)
+    problems += gateway_check.conflicts(manifests)
     loaded = LoadedMesh(path=path, doc=doc, mesh=mesh, manifests=manifests)
     errors = [p for p in problems if p.severity == "error"]
     if not errors:
@@ -96,8 +99,9 @@ def check(
 
 
 def _check_object(m: Manifest) -> list[policy_parse.Issue]:
-    """Problems of one manifest object beyond its schema: network policies and Istio policies."""
-    return policy_parse.check_manifest(m) + istio_parse.check_manifest(m)
+    """Problems of one manifest object beyond its schema: network policies, Istio policies and
+    Gateway API objects."""
+    return policy_parse.check_manifest(m) + istio_parse.check_manifest(m) + gateway_parse.check_manifest(m)
 
 
 def _placement_problems(mesh: Mesh, alloc: Allocations, manifests: dict[str, list[Manifest]]) -> list[Problem]:

@@ -421,21 +421,21 @@ def _typed_manifest(doc: Document, base: PathKey, data: Any) -> tuple[k8s.Manife
     name = str(meta.get("name", ""))
     namespace = str(meta.get("namespace") or "default")
     line = doc.where(base)[0]
-    model = k8s.MODELS.get(str(kind))
+    model = k8s.model_for(str(kind), data.get("apiVersion"))
     if model is None:
         warning = doc.problem(
             (*base, "kind"),
             f"kind {kind!r} is not modelled by crossmesh; it is rendered through unchanged",
             severity="warning",
         )
-        return k8s.Manifest(doc.file, line, str(kind), name, namespace, data, None), [warning]
+        return k8s.Manifest(doc.file, line, str(kind), name, namespace, data, None, doc.positions, base), [warning]
     try:
         obj = model.model_validate(data)
     except ValidationError as err:
         return None, pydantic_problems(err, doc, model, base=base)
     if kind == "CiliumClusterwideNetworkPolicy" or kind == "Namespace":
         namespace = ""
-    return k8s.Manifest(doc.file, line, str(kind), name, namespace, data, obj), []
+    return k8s.Manifest(doc.file, line, str(kind), name, namespace, data, obj, doc.positions, base), []
 
 
 def load_manifests(

@@ -10,7 +10,8 @@ field validation would; large ones (pod specs) allow fields crossmesh does not m
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address
 from typing import Annotated, Any, Literal
@@ -229,6 +230,18 @@ class IstioSecurityPolicy(_Open):
     spec: dict[str, Any] = Field(default_factory=dict)
 
 
+class GatewayAPIObject(_Open):
+    """Gateway and HTTPRoute: the spec is read by `gateway.parse`, which reports problems at their
+    field and refuses what crossmesh cannot run."""
+
+    api_version: Literal["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"] = Field(
+        alias="apiVersion"
+    )
+    kind: Literal["Gateway", "HTTPRoute"]
+    metadata: ObjectMeta
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+
 MODELS: dict[str, type[_Open]] = {
     "Namespace": Namespace,
     "Deployment": Workload,
@@ -240,7 +253,22 @@ MODELS: dict[str, type[_Open]] = {
     "CiliumClusterwideNetworkPolicy": CiliumNetworkPolicy,
     "PeerAuthentication": IstioSecurityPolicy,
     "AuthorizationPolicy": IstioSecurityPolicy,
+    "Gateway": GatewayAPIObject,
+    "HTTPRoute": GatewayAPIObject,
 }
+
+
+# Kinds whose name other API groups use too (Istio's networking.istio.io Gateway): only this group's
+# objects are modelled; another group's pass through unchanged, as any kind crossmesh does not model.
+GROUPS = {"Gateway": "gateway.networking.k8s.io", "HTTPRoute": "gateway.networking.k8s.io"}
+
+
+def model_for(kind: str, api_version: object) -> type[_Open] | None:
+    """The model of an object of `kind` and `api_version`, or None when crossmesh does not model it."""
+    group = GROUPS.get(kind)
+    if group is not None and not str(api_version).startswith(f"{group}/"):
+        return None
+    return MODELS.get(kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +282,20 @@ class Manifest:
     namespace: str
     raw: dict[str, Any]
     obj: BaseModel | None
+    # Where each field of the object is in its file (the whole document's positions and the
+    # object's path in it), so a check across objects can point at a field, not just the object.
+    positions: Mapping[tuple[str | int, ...], tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+    base: tuple[str | int, ...] = field(default=(), compare=False, repr=False)
+
+    def where(self, path: tuple[str | int, ...]) -> tuple[int, int]:
+        """(line, column) of `path` in the object, or of its nearest ancestor the file places."""
+        probe = (*self.base, *path)
+        while len(probe) > len(self.base):
+            pos = self.positions.get(probe)
+            if pos is not None:
+                return pos
+            probe = probe[:-1]
+        return self.positions.get(probe, (self.line, 1))
 
 
 @dataclass(frozen=True, slots=True)
