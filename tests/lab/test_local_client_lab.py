@@ -85,6 +85,13 @@ def test_the_laptop_reaches_public_addresses_only(make_lab: Callable[[str], Lab]
     result, _, detail = probes.http(local, str(pod.pod.address), port, timeout=1.5)
     assert result is not Result.OK, detail
 
+    # `crossmesh trace --from local`, probed: the request left the laptop and reached the internet,
+    # where it ends; the pod never answers.
+    args = ["--from", "local", "--to", pod.pod.ref, "--port", f"{port}/TCP", "-o", "json"]
+    traced = json.loads(crossmesh("trace", str(lab.mesh), *args, check=True).stdout)
+    assert [h["confirmed"][:4] for h in traced["hops"]] == ["yes:", "yes:"], traced["hops"]
+    assert traced["hops"][-1]["verdict"] == "no route" and ": unreachable" in traced["probe"], traced["probe"]
+
     status = json.loads(crossmesh("lab", "status", "--mesh", str(lab.mesh), "-o", "json", check=True).stdout)
     assert status["local"] == {"namespace": local, "address": address, "up": True}
     assert reconcile.reconcile(topo.namespace(local)) == []  # `lab up` brought it to its spec: nothing to do

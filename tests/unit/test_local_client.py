@@ -20,6 +20,8 @@ from crossmesh.drivers.lab.lab import LabState
 from crossmesh.errors import UsageError
 from crossmesh.model.plan import Plan
 from crossmesh.plan import outside
+from crossmesh.plan.trace import TraceError
+from crossmesh.plan.trace import trace as plan_trace
 from crossmesh.policy import trace as policy_trace
 from crossmesh.policy.endpoints import mesh_index
 from crossmesh.policy.model import EndpointKind
@@ -134,3 +136,26 @@ def test_lab_exec_local_without_the_namespace_says_how_to_add_it() -> None:
         pods.exec_argv(state, "local", ["true"])
     with pytest.raises(UsageError, match=r"`local` is the client outside"):
         pods.exec_argv(state, "cluster1/default/nobody", ["true"])
+
+
+def test_trace_from_local_ends_on_the_internet(compiled: Compiled) -> None:
+    traced = plan_trace(compiled.plan, "local", "cluster2/default/rebel-base-0", 80, "TCP")
+    assert [(h.where, h.device, h.verdict) for h in traced.hops] == [
+        ("local", "local", "forwarded"),
+        ("internet", "internet", "no route"),
+    ]
+    assert "198.51.100.100" in traced.hops[0].action and f"no route to {traced.destination}" in traced.hops[1].action
+    service = plan_trace(compiled.plan, "local", "cluster2/default/rebel-base", 80, "TCP")
+    assert str(service.destination).startswith("10.96.")  # the ClusterIP: private too
+    with pytest.raises(TraceError, match="the client outside is in no cluster"):
+        plan_trace(compiled.plan, "local", "default/rebel-base", 80, "TCP")
+
+
+def test_trace_command_from_local_says_the_destination_is_never_reached(mesh: Path) -> None:
+    args = ["--from", "local", "--to", "cluster2/default/rebel-base-0", "--port", "80/TCP"]
+    result = CliRunner().invoke(app, ["trace", str(mesh), *args, "--no-probe", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["hops"][-1]["verdict"] == "no route"
+    assert data["policy"]["egress"]["endpoint"] == "198.51.100.100"
+    assert data["policy"]["ingress"]["reached"] is False
