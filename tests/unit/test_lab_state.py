@@ -29,6 +29,7 @@ BEFORE = {
     "indices": {"site": {"aws-sg": 0}},
     "inet": "cm-abcd-inet",
     "lease_ttl": 3,
+    "local": "cm-abcd-local",
     "mesh_ca_pid": 0,
     "mesh_digest": "",
     "mesh_proxies": {},

@@ -130,6 +130,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
     agents_rows, members = _control_plane(state)
     operator = labs.operator_control(state) if state.control_plane == "etcd" else None
     sites = _sites(state)
+    local = {"namespace": topo.local_ns, "address": str(topo.local_address), "up": netns.exists(topo.local_ns)}
     if output is not Output.TABLE:
         emit(
             {
@@ -144,6 +145,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 "etcd": members,
                 "operator": operator,
                 "sites": sites,
+                "local": local,
                 "flows": {
                     "logs": state.flow_logs,
                     "running": labs.alive(state.flows_pid),
@@ -190,6 +192,11 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
         link = s["uplink"] if not s["cut"] else f"{s['uplink']}: cut off (`lab heal-site {s['site']}`)"
         t.add_row(s["site"], s["namespace"], link if link == "up" else f"[red]{link}[/red]")
     out.print(t)
+    where = "" if local["up"] else " [red](namespace missing: `crossmesh lab up`)[/red]"
+    out.print(
+        f"client outside: local at {local['address']} on the internet, namespace {local['namespace']}{where} "
+        "(`crossmesh lab exec local -- CMD`)"
+    )
     if agents_rows:
         t = Table(title="Agents", title_justify="left")
         for c in ("node", "running", "etcd", "lease refreshed", "last reconcile", "took", "peers", "rejected"):
@@ -297,13 +304,18 @@ def _bytes(n: int) -> str:
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly
 def exec_(
-    pod: str = typer.Argument(..., help="CLUSTER/NAMESPACE/POD", show_default=False),
+    pod: str = typer.Argument(
+        ..., help="CLUSTER/NAMESPACE/POD, or local: the client outside, on the internet", show_default=False
+    ),
     command: list[str] = typer.Argument(..., help="the command to run inside the pod's network namespace"),
     mesh: Path | None = MESH_OPTION,
 ) -> None:
     """Run a host command inside a pod's network namespace; its output and exit status pass through.
 
+    `local` is a user's laptop on the internet: it reaches the sites' public addresses only.
+
     Example: crossmesh lab exec cluster1/default/x-wing-0 -- curl -s http://10.11.0.2/
+    Example: crossmesh lab exec local -- ping -c1 192.0.2.253
     """
     state = labs.find_lab(mesh)
     argv = labs.exec_argv(state, pod, list(command))

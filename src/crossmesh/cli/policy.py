@@ -29,7 +29,9 @@ def _policy() -> None:
 @friendly
 def trace(  # noqa: PLR0913 - the command's options
     mesh: Path = typer.Argument(..., help="the mesh file", show_default=False),
-    source: str = typer.Option(..., "--from", help="source: pod CLUSTER/NS/POD, node name, or IP address"),
+    source: str = typer.Option(
+        ..., "--from", help="source: pod CLUSTER/NS/POD, node name, IP address, or local (the client outside)"
+    ),
     target: str = typer.Option(
         ...,
         "--to",

@@ -15,8 +15,10 @@ from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import tracing
 from crossmesh.errors import UsageError
+from crossmesh.plan import outside
 from crossmesh.plan.trace import Trace, TraceError
 from crossmesh.plan.trace import trace as plan_trace
+from crossmesh.policy import trace as policy_trace
 from crossmesh.policy.endpoints import mesh_index
 from crossmesh.policy.evaluator import evaluate
 from crossmesh.workspace import Compiled, compile_mesh
@@ -27,7 +29,7 @@ PORT_RE = re.compile(r"^(\d{1,5})/(TCP|UDP)$", re.IGNORECASE)
 @friendly
 def trace(
     mesh: Path = typer.Argument(..., help="the mesh file", show_default=False),
-    source: str = typer.Option(..., "--from", help="source pod CLUSTER/NS/POD"),
+    source: str = typer.Option(..., "--from", help="source pod CLUSTER/NS/POD, or local (the client outside)"),
     target: str = typer.Option(..., "--to", help="pod CLUSTER/NS/POD, service CLUSTER/NS/SERVICE or NS/SERVICE"),
     port: str = typer.Option(..., "--port", help="PORT/PROTO, e.g. 80/TCP"),
     probe: bool = typer.Option(True, "--probe/--no-probe", help="confirm each hop on the running lab"),
@@ -90,8 +92,9 @@ def trace(
     for side in ("egress", "ingress"):
         d = decided[side]
         colour = "green" if d["allowed"] else "red"
+        where = f"at hop {d['hop']}" if d.get("reached", True) else "(never reached: the path ends before it)"
         out.print(
-            f"     policy at hop {d['hop']}: {side} of {escape(d['endpoint'])}: "
+            f"     policy {where}: {side} of {escape(d['endpoint'])}: "
             f"[{colour}]{'allowed' if d['allowed'] else 'denied'}[/{colour}] — {escape(d['reason'])}"
         )
     if answer_detail:
@@ -105,7 +108,7 @@ def _policy(compiled: Compiled, planned: Trace) -> dict[str, Any]:
     index = mesh_index(compiled.plan, compiled.loaded.manifests)
     verdict = evaluate(
         index,
-        index.endpoints[planned.source],
+        policy_trace.endpoint(index, compiled.plan, planned.source),  # a pod, or `local`: the world
         index.endpoints[planned.backend],
         planned.delivered_port or planned.port,
         planned.protocol,
@@ -124,6 +127,9 @@ def _policy(compiled: Compiled, planned: Trace) -> dict[str, Any]:
             "endpoint": verdict.ingress.endpoint.ref,
             "allowed": verdict.ingress.allowed,
             "reason": verdict.ingress.message,
+            # False: the path ends before the destination (from `local`, on the internet), so this
+            # verdict is what the destination would decide, never applied
+            "reached": planned.hops[-1].verdict == "forwarded",
         },
     }
 
@@ -134,7 +140,7 @@ def _confirm(
     compiled, topo = labs.topology_of(lab)
     del compiled
     candidates = [planned]
-    if planned.backend != target:  # a service: any backend of the tier may answer
+    if planned.backend != target and source != outside.LOCAL:  # a service: any backend of the tier may answer
         for p in plan.pods():
             if p.ref != planned.backend:
                 try:
@@ -150,18 +156,18 @@ def _confirm(
         for c in candidates
     }
     before = {k: tracing.snapshot(v) for k, v in counters.items()}
-    ep = topo.pod(source)
+    src_ns = topo.local_ns if source == outside.LOCAL else topo.pod(source).namespace
     if planned.headless:  # no VIP: the client connects to the pod its name resolved to
         dest_ip, port = str(planned.destination), planned.delivered_port
-    elif planned.backend == target:
+    elif planned.backend == target or source == outside.LOCAL:
         dest_ip = str(candidates[0].destination)
     else:
         dest_ip = _service_ip(plan, source, target)
     if proto == "TCP":
-        result, answer, detail = probes.http(ep.namespace, dest_ip, port, path="/crossmesh-trace")
+        result, answer, detail = probes.http(src_ns, dest_ip, port, path="/crossmesh-trace")
         answered = f"{answer['cluster']}/{answer['namespace']}/{answer['pod']}" if answer else ""
     else:
-        result, detail = probes.udp_echo(ep.namespace, dest_ip, port)
+        result, detail = probes.udp_echo(src_ns, dest_ip, port)
         answered = planned.backend if result is Result.OK else ""
     chosen = next((c for c in candidates if c.backend == answered), planned)
     after = tracing.snapshot(counters[chosen.backend])

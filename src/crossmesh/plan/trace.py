@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, Route, RouteVia
+from crossmesh.plan import outside
 from crossmesh.services.backends import backend_sets
 
 MAX_HOPS = 16
@@ -66,7 +67,10 @@ AddHop = Callable[..., None]  # add(where, action, device, node, peer="")
 
 def trace(plan: Plan, source: str, target: str, port: int, protocol: str, *, backend: str | None = None) -> Trace:
     """Hops from pod `source` to pod or service `target`; for a service, through `backend`
-    when given (the pod that actually answered), else through the first backend of the tier."""
+    when given (the pod that actually answered), else through the first backend of the tier.
+    From `local`, the client outside, the path ends on the internet (`_from_outside`)."""
+    if source == outside.LOCAL:
+        return _from_outside(plan, source, target, port, protocol)
     src = _pod(plan, source)
     hops: list[Hop] = []
 
@@ -104,6 +108,45 @@ def trace(plan: Plan, source: str, target: str, port: int, protocol: str, *, bac
             _step(plan, node, nxt, route.via, add)
         node = nxt
     raise TraceError(f"no path from {source} to {target} within {MAX_HOPS} hops")
+
+
+def _from_outside(plan: Plan, source: str, target: str, port: int, protocol: str) -> Trace:
+    """The laptop's request to a pod or service: its default route takes it to the internet, which
+    has no route to a pod's or a ClusterIP's private address — the mesh is reached from outside only
+    at a site's public address, where an ingress gateway publishes what it serves."""
+    pods = {p.ref: p for p in plan.pods()}
+    parts = target.split("/")
+    if target in pods:
+        pod, dst = pods[target], pods[target].address
+    elif len(parts) == 3 and parts[0] in {c.name for c in plan.clusters}:
+        svc = next((s for s in plan.cluster(parts[0]).services if s.namespace == parts[1] and s.name == parts[2]), None)
+        if svc is None:
+            raise TraceError(f"{target} is neither a pod (CLUSTER/NS/POD) nor a service (CLUSTER/NS/SERVICE)")
+        bs = next((b for b in backend_sets(plan, svc) if b.port == port and b.protocol == protocol), None)
+        tier = next((t for t in bs.tiers if t), ()) if bs is not None else ()
+        if not tier:
+            raise TraceError(f"service {svc.ref} has no backends on port {port}/{protocol}")
+        pod = pods[tier[0].pod]
+        dst = svc.cluster_ip if svc.cluster_ip is not None else pod.address
+    else:
+        raise TraceError(
+            f"from {outside.LOCAL}, name the destination as a pod CLUSTER/NS/POD or a service CLUSTER/NS/SERVICE "
+            f"(the client outside is in no cluster): {target}"
+        )
+    addr = outside.local_address(plan)
+    hops = (
+        Hop(1, outside.LOCAL, f"leaves the client outside ({addr}) by its default route to the internet", "local", ""),
+        Hop(
+            2,
+            "internet",
+            f"no route to {dst}: a private address is not on the internet — from outside, the mesh is reached "
+            "only at a site's public address (an ingress gateway publishes services there)",
+            "internet",
+            "",
+            verdict="no route",
+        ),
+    )
+    return Trace(source, target, port, protocol, dst, pod.ref, hops)
 
 
 def _underlay(plan: Plan, node: NodePlan, target: NodePlan, add: AddHop) -> None:

@@ -18,6 +18,7 @@ from crossmesh.errors import UsageError
 from crossmesh.istio.index import IstioIndex
 from crossmesh.istio.layer import IstioLayer, istio_layer
 from crossmesh.model.plan import Plan, ServicePlan
+from crossmesh.plan import outside
 from crossmesh.policy.endpoints import world_endpoint
 from crossmesh.policy.evaluator import PolicyIndex, Side, Verdict, evaluate
 from crossmesh.policy.model import MAX_HTTP_REQUEST, Endpoint, EndpointKind, HttpRequest
@@ -189,15 +190,19 @@ def http_request(method: str | None, path: str | None, headers: list[str]) -> Ht
 
 
 def endpoint(index: PolicyIndex, plan: Plan, ref: str) -> Endpoint:
-    """A pod, node or address; an address of a pod or node is that pod or node."""
+    """A pod, node or address; an address of a pod or node is that pod or node. `local`, the client
+    outside (plan/outside.py), is the world at its public address (a node named `local` stays that node)."""
     found = index.endpoints.get(ref)
     if found is not None:
         return found
+    if ref == outside.LOCAL:
+        return world_endpoint(outside.local_address(plan))
     try:
         addr = ip_address(ref)
     except ValueError:
         raise UsageError(
-            f"{ref} is neither a pod (CLUSTER/NAMESPACE/POD), a node nor an IP address — "
+            f"{ref} is neither a pod (CLUSTER/NAMESPACE/POD), a node, `{outside.LOCAL}` (the client outside) "
+            "nor an IP address — "
             f"pods are e.g. {next(iter(p.ref for p in plan.pods()), 'cluster/default/web-0')}"
         ) from None
     owner = index.by_address.get(addr)

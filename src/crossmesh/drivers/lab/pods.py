@@ -18,6 +18,7 @@ from crossmesh.drivers.lab.processes import alive, stop_group
 from crossmesh.drivers.lab.state import LabError, LabState, PodEntry
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.errors import UsageError
+from crossmesh.plan import outside
 
 
 def pod_key(pod: PodEntry) -> str:
@@ -122,8 +123,19 @@ def set_killed(state: LabState, ref: str, killed: bool) -> bool:
 
 
 def exec_argv(state: LabState, ref: str, argv: list[str]) -> list[str]:
+    """`ip netns exec` of pod `ref`, or of the client outside when `ref` is `local` (a pod's
+    reference always has two slashes, so the names never meet)."""
+    if ref == outside.LOCAL:
+        if not state.local or not netns.exists(state.local):
+            raise UsageError(
+                f"lab {state.mesh_name} has no `local` client yet: run `crossmesh lab up {state.mesh}` to add it"
+            )
+        return netns.exec_argv(state.local, argv)
     pod = state.pods.get(ref)
     if pod is None:
         known = ", ".join(sorted(state.pods)[:8])
-        raise UsageError(f"no pod {ref} in lab {state.mesh_name} — pods are CLUSTER/NAMESPACE/POD, e.g. {known}")
+        raise UsageError(
+            f"no pod {ref} in lab {state.mesh_name} — pods are CLUSTER/NAMESPACE/POD, e.g. {known}; "
+            f"`{outside.LOCAL}` is the client outside, on the internet"
+        )
     return netns.exec_argv(pod.namespace, argv)

@@ -98,6 +98,7 @@ class LabState:
     mesh_digest: str = ""  # of what the CA and proxies were started with; a new one restarts them
     sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
     inet: str = ""
+    local: str = ""  # the client outside, cm-<tag>-local ("": built before it existed; `lab up` adds it)
     applied: dict[str, str] = field(default_factory=dict)  # namespace → digest of the spec it was brought to
     built_digest: str = ""  # of the applied revision (crossmesh apply) the lab was last brought to
     built_from: str = ""  # that revision's mesh file, under the lab's folder ("": the lab's own mesh file)

@@ -8,6 +8,8 @@ wireguard-go keeps its control socket in /var/run/wireguard/<ifname>.sock):
                              1:1 NAT publicAddress <-> address, source NAT for the rest
     cm-<tag>-n<i>            node i: eth on the site bridge, VXLAN, WireGuard, pod veths
     cm-<tag>-p<j>            pod j: one veth to its node, address from the node's pod CIDR
+    cm-<tag>-local           the client outside (a user's laptop): one veth to the internet,
+                             a public address (plan/outside.py), default route via the internet
 
 Public side: each site router's WAN address and the internet router's own address
 come from the documentation ranges (skipping any the mesh file uses), so the
@@ -25,6 +27,7 @@ from crossmesh import nft
 from crossmesh.drivers.lab import firewall, meshcapture, servicenat
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, RouteVia
 from crossmesh.observe import codes
+from crossmesh.plan import outside
 from crossmesh.plan.prerequisites import SitePrerequisites
 from crossmesh.plan.prerequisites import derive as derive_prerequisites
 from crossmesh.policy import compile as compile_policy
@@ -37,6 +40,7 @@ PRIVATE_RANGES = (
     IPv4Network("100.64.0.0/10"),
 )
 DOC_RANGES = (IPv4Network("192.0.2.0/24"), IPv4Network("198.51.100.0/24"), IPv4Network("203.0.113.0/24"))
+ICMP_ECHO_REQUEST = 8  # RFC 792
 ROUTE_PROTO = 99  # routes the lab owns carry this protocol number; others are left alone
 
 
@@ -79,7 +83,7 @@ class Neighbour:
 @dataclass(frozen=True, slots=True)
 class Namespace:
     name: str
-    role: str  # inet | router | node | pod
+    role: str  # inet | router | node | pod | local
     links: tuple[Link, ...] = ()  # links this namespace creates (veth peers land elsewhere)
     addresses: tuple[tuple[str, IPv4Interface], ...] = ()
     routes: tuple[Route, ...] = ()
@@ -116,6 +120,8 @@ class LabTopology:
     site_ns: dict[str, str] = field(default_factory=dict)
     site_wan: dict[str, IPv4Address] = field(default_factory=dict)
     inet_address: IPv4Address = IPv4Address("192.0.2.254")
+    local_ns: str = ""  # the client outside (`lab exec local`), cm-<tag>-local
+    local_address: IPv4Address = outside.PREFERRED
     indices: dict[str, dict[str, int]] = field(default_factory=dict)  # name → number in device names
 
     def namespace(self, name: str) -> Namespace:
@@ -141,8 +147,8 @@ def _numbering(names: list[str], kept: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def _public_pool(plan: Plan, count: int) -> list[IPv4Address]:
-    used = {n.public_address for n in plan.nodes if n.public_address is not None}
+def _public_pool(plan: Plan, count: int, local: IPv4Address) -> list[IPv4Address]:
+    used = {n.public_address for n in plan.nodes if n.public_address is not None} | {local}
     out: list[IPv4Address] = []
     for net in DOC_RANGES:
         for host in reversed(list(net.hosts())):
@@ -186,7 +192,8 @@ def build(
     node_index = _numbering([n.name for n in nodes], kept.get("node", {}))
     site_index = _numbering([s.name for s in sites], kept.get("site", {}))
     pod_index = _numbering([p.ref for p in pods], kept.get("pod", {}))
-    publics = _public_pool(plan, len(sites) + 1)
+    local_addr = outside.local_address(plan)
+    publics = _public_pool(plan, len(sites) + 1, local_addr)
     inet_addr = publics[0]
     site_wan = {s.name: publics[k + 1] for k, s in enumerate(sites)}
     inet_ns = f"{prefix}-inet"
@@ -208,6 +215,11 @@ def build(
         for n in nodes:
             if n.site == s.name and n.public_address is not None:
                 inet_routes.append(Route(IPv4Network(f"{n.public_address}/32"), inet_if, site_wan[s.name], onlink=True))
+    # The client outside: one more veth of the internet, whose far end is a laptop.
+    local_ns, to_local, from_local = f"{prefix}-{outside.LOCAL}", f"{prefix}-li", f"{prefix}-lc"
+    inet_links.append(Link(to_local, "veth", peer=from_local, peer_ns=local_ns))
+    inet_addrs.append((to_local, IPv4Interface(f"{inet_addr}/32")))
+    inet_routes.append(Route(IPv4Network(f"{local_addr}/32"), to_local))
     namespaces.append(
         Namespace(
             inet_ns,
@@ -218,6 +230,20 @@ def build(
             sysctls=FORWARD_SYSCTLS,
             nft=_inet_nft(),
             owner="internet",
+        )
+    )
+    # Right after the internet, which creates the veth: the laptop's address and its default route.
+    # Nothing else: what it reaches is what the internet routes, the sites' public addresses.
+    namespaces.append(
+        Namespace(
+            local_ns,
+            outside.LOCAL,
+            addresses=((from_local, IPv4Interface(f"{local_addr}/32")),),
+            routes=(
+                Route(IPv4Network(f"{inet_addr}/32"), from_local),
+                Route(IPv4Network("0.0.0.0/0"), from_local, inet_addr, onlink=True),
+            ),
+            owner=outside.LOCAL,
         )
     )
 
@@ -375,6 +401,8 @@ def build(
         site_ns=site_ns,
         site_wan=site_wan,
         inet_address=inet_addr,
+        local_ns=local_ns,
+        local_address=local_addr,
     )
 
 
@@ -440,6 +468,10 @@ def _router_nft(
     )
     local_in = (
         nft.Rule((from_wan, ESTABLISHED, nft.Verdict.ACCEPT)),
+        # The site's public address answers ping, as a cloud's public IP does when its firewall allows
+        # ICMP: a user outside (`lab exec local -- ping`) tells a site that is there from a closed port.
+        # The router itself answers; nothing behind it is reached this way.
+        nft.Rule((from_wan, nft.Match(F.ICMP_TYPE, ICMP_ECHO_REQUEST), nft.Verdict.ACCEPT), "ping-router"),
         nft.Rule((from_wan, *_logged_drop(codes.FIREWALL)), "unsolicited-to-router"),
     )
     return nft.Table(

@@ -28,6 +28,10 @@ def _index(name: str) -> str:
 
 def counter_for(hop: Hop, trace: Trace, plan: Plan, topo: LabTopology, first: bool, last: bool) -> Counter | None:
     p = topo.prefix
+    if hop.device == "local":  # the client outside's veth to the internet, and its far end
+        return Counter("link", topo.local_ns, f"{p}-lc", "tx_packets")
+    if hop.device == "internet":
+        return Counter("link", f"{p}-inet", f"{p}-li", "rx_packets")
     if hop.device == "veth" and first:
         ep = topo.pod(trace.source)
         return Counter("link", ep.namespace, ep.ifname, "tx_packets")

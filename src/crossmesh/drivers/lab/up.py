@@ -198,6 +198,7 @@ def _record(state: LabState, topo: LabTopology) -> None:
     state.nodes = dict(topo.node_ns)
     state.sites = dict(topo.site_ns)
     state.inet = f"{topo.prefix}-inet"
+    state.local = topo.local_ns
     state.pods = {
         ep.pod.ref: PodEntry(
             namespace=ep.namespace,
@@ -247,7 +248,9 @@ def _build(
     # routers, the internet) and starts their tunnels and agents; the other namespaces that
     # changed (a new neighbour on the site's VXLAN, a new address in a policy set) follow once
     # the tunnels are up, so as not to take CPU from the agents converging.
-    first = [ns for ns in todo if not changed_only or ns.name not in state.applied or ns.role in ("inet", "router")]
+    first = [
+        ns for ns in todo if not changed_only or ns.name not in state.applied or ns.role in ("inet", "local", "router")
+    ]
     state.applied = {k: v for k, v in state.applied.items() if k in digests}
     for ns in todo:  # forgotten until brought to its spec: a failure below leaves it to do again
         state.applied.pop(ns.name, None)
