@@ -77,6 +77,21 @@ def test_apply_of_an_added_node_converges_the_running_lab(lab: Lab) -> None:
     assert "unchanged" in again.stdout
 
 
+def _provisioned(lab: Lab, before: str) -> None:
+    """Wait for the provisioner's `lab up` of the new revision to return. The agents converge before
+    it does (it restarts the flow daemon, and with spec.istio the mesh proxies, whose inputs changed
+    with the policies): only then is the lab built from the new revision's folder, the older one gone."""
+    deadline = time.monotonic() + 60
+    while True:
+        st = state(lab.tag)
+        kept = list((st.dir / "applied").iterdir())
+        if (st.built_from != before and len(kept) == 1) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert st.built_from != before and Path(st.built_from).is_relative_to(st.dir / "applied"), st.built_from
+    assert len(kept) == 1, kept
+
+
 def test_a_revision_applied_from_another_file_is_what_the_lab_enforces(lab: Lab, tmp_path: Path) -> None:
     """`crossmesh apply` of a copy that drops cluster2's admission of x-wing: the lab's tables, its
     service daemon (which rewrites them) and `crossmesh test` all follow the revision, not the lab's
@@ -86,25 +101,19 @@ def test_a_revision_applied_from_another_file_is_what_the_lab_enforces(lab: Lab,
     rebel = other / "apps" / "cluster2" / "rebel-base.yaml"
     docs = [d for d in yaml.safe_load_all(rebel.read_text()) if d and d["metadata"]["name"] != ADMISSION]
     rebel.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    before = state(lab.tag).built_from
     crossmesh("apply", str(other / "mesh.yaml"), *_etcd_flags(lab), check=True)
     assert _status(lab, "--wait", "--timeout", "120")[0] == 0
-    # The agents converge before the provisioner's `lab up` returns (it restarts the flow daemon,
-    # whose names changed with the policies): only then does it remove the older revision's folder.
-    deadline = time.monotonic() + 60
-    while True:
-        st = state(lab.tag)
-        kept = list((st.dir / "applied").iterdir())
-        if len(kept) == 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert Path(st.built_from).is_relative_to(st.dir / "applied") and len(kept) == 1, kept
+    _provisioned(lab, before)
     x_wing_to_rebel_base = "^policy/.*x-wing.* -> cluster2/default/rebel-base.*:80/TCP"
     code, report = lab.test("--test", x_wing_to_rebel_base)
     checks = report["checks"]
     assert code == 0 and checks and all(c["name"].startswith("policy/denied") for c in checks), checks  # type: ignore[union-attr]
     # Back to the lab's own file: admitted again, and the revision's folder replaced.
+    before = state(lab.tag).built_from
     crossmesh("apply", str(lab.mesh), *_etcd_flags(lab), check=True)
     assert _status(lab, "--wait", "--timeout", "120")[0] == 0
+    _provisioned(lab, before)
     code, report = lab.test("--test", x_wing_to_rebel_base)
     checks = report["checks"]
     assert code == 0 and checks and all(c["name"].startswith("policy/allowed") for c in checks), checks  # type: ignore[union-attr]
