@@ -87,6 +87,9 @@ def test_the_laptop_reaches_public_addresses_only(make_lab: Callable[[str], Lab]
 
     # `crossmesh trace --from local`, probed: the request left the laptop and reached the internet,
     # where it ends; the pod never answers.
+    # The internet router's "unreachable" answers are rate-limited per destination, as a real
+    # router's are (net.ipv4.icmp_ratelimit): the probes above spent them, so wait for new ones.
+    time.sleep(2.5)
     args = ["--from", "local", "--to", pod.pod.ref, "--port", f"{port}/TCP", "-o", "json"]
     traced = json.loads(crossmesh("trace", str(lab.mesh), *args, check=True).stdout)
     assert [h["confirmed"][:4] for h in traced["hops"]] == ["yes:", "yes:"], traced["hops"]

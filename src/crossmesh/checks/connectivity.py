@@ -117,18 +117,20 @@ def pod_to_service(ctx: Context) -> list[Planned]:
                     continue
                 allowed = {b.pod for b in tier}
                 for src in clients:
-                    permitted = {b.pod for b in tier if ctx.allowed(src, pods[b.pod], b.port, "TCP")}
-                    if permitted and permitted != allowed:
-                        # The answer would be a coin toss: allowed by one backend, dropped by another.
+                    # Each backend's answer as policy has it: an answer, a drop, a proxy's 403 or reset.
+                    outcomes = {ctx.expect_http(src, pods[b.pod], b.port) for b in tier}
+                    if len(outcomes) > 1:
+                        # The answer would be a coin toss: allowed by one backend, refused by another.
                         skips.add("policy allows some backends and not others", f"{src.ref} -> {svc.ref}")
                         continue
+                    (outcome,) = outcomes
                     check = Check(
                         name=f"pod-to-service/http: {src.ref} -> {svc.ref} ({svc.cluster_ip}:{bs.port})",
                         kind=Kind.POD_TO_SERVICE,
                         source=src.ref,
                         target=svc.ref,
                         port=f"{bs.port}/TCP",
-                        expected=Result.OK if permitted else Result.TIMEOUT,
+                        expected=outcome,
                     )
                     out.append(Planned(check, _service_runner(ctx, src, str(svc.cluster_ip), bs.port, allowed)))
     return out + skips.planned()
