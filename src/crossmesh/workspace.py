@@ -25,6 +25,7 @@ from crossmesh.model.k8s import Manifest
 from crossmesh.model.mesh import Mesh
 from crossmesh.model.plan import Plan
 from crossmesh.model.tls import ClusterMeshTLS, EtcdTLS, IstioCA, clustermesh_clusters
+from crossmesh.plan import ingress
 from crossmesh.plan.planner import build_plan, cluster_plans
 from crossmesh.plan.workloads import PlacementError
 from crossmesh.policy import parse as policy_parse
@@ -87,6 +88,8 @@ def check(
     problems = problems + manifest_problems + rules.check(mesh, doc) + _unenforced_policies(mesh, manifests)
     problems += istio_parse.conflicts(manifests) + _cilium_http_under_istio(mesh, manifests)
     problems += gateway_check.conflicts(manifests)
+    if not any(p.severity == "error" for p in problems):
+        problems += _add_implied(mesh, manifests)
     loaded = LoadedMesh(path=path, doc=doc, mesh=mesh, manifests=manifests)
     errors = [p for p in problems if p.severity == "error"]
     if not errors:
@@ -104,6 +107,20 @@ def _check_object(m: Manifest) -> list[policy_parse.Issue]:
     return policy_parse.check_manifest(m) + istio_parse.check_manifest(m) + gateway_parse.check_manifest(m)
 
 
+def _add_implied(mesh: Mesh, manifests: dict[str, list[Manifest]]) -> list[Problem]:
+    """Adds to each cluster's manifests the Deployment and Service its Gateways imply (plan/ingress.py),
+    so that everything reading the manifests — policies, Istio identities, the lab — sees the gateway's
+    pods as the cluster will run them."""
+    for c in mesh.spec.clusters:
+        try:
+            implied = ingress.implied_manifests(manifests.get(c.name, []), [n.name for n in c.nodes])
+        except PlacementError as err:
+            return [_placement_problem(err)]
+        if implied:
+            manifests[c.name] = [*manifests.get(c.name, []), *implied]
+    return []
+
+
 def _placement_problems(mesh: Mesh, alloc: Allocations, manifests: dict[str, list[Manifest]]) -> list[Problem]:
     """What plan would refuse about pods and services (the same code: `cluster_plans`)."""
     try:
@@ -114,7 +131,8 @@ def _placement_problems(mesh: Mesh, alloc: Allocations, manifests: dict[str, lis
 
 
 def _placement_problem(err: PlacementError) -> Problem:
-    return Problem(err.manifest.file, err.manifest.line, 1, ".".join(err.path), str(err))
+    line, column = err.manifest.where(err.path)
+    return Problem(err.manifest.file, line, column, ".".join(err.path), str(err))
 
 
 def _unenforced_policies(mesh: Mesh, manifests: dict[str, list[Manifest]]) -> list[Problem]:

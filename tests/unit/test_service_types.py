@@ -192,7 +192,7 @@ def test_a_duplicate_node_port_exits_2_at_the_manifest(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     [problem] = json.loads(done.stdout)["problems"]
-    assert (Path(problem["file"]).name, problem["line"], problem["path"]) == ("svc.yaml", 8, "spec.ports.0.nodePort")
+    assert (Path(problem["file"]).name, problem["line"], problem["path"]) == ("svc.yaml", 13, "spec.ports.0.nodePort")
     assert "already used by Service default/a (svc.yaml:1)" in problem["message"]
 
 

@@ -805,10 +805,13 @@ def test_mcs_objects_of_the_example_validate(
         objects = mcs.objects(example_plan, cluster)
         assert mcs_problems(mcs_validators, objects) == []
         kinds[cluster.name] = sorted((o["kind"], o["metadata"]["name"]) for o in objects)
-    # every cluster imports both global services; cluster3 does not export relay (shared "false")
+    # every cluster imports both global services; cluster3 does not export relay (shared "false");
+    # rebel-base-gcp (the ingress gateway's share for cluster3) is declared in cluster2 and cluster3
     assert kinds["cluster3"] == [
         ("ServiceExport", "rebel-base"),
+        ("ServiceExport", "rebel-base-gcp"),
         ("ServiceImport", "rebel-base"),
+        ("ServiceImport", "rebel-base-gcp"),
         ("ServiceImport", "relay"),
     ]
     assert kinds["cluster1"] == [

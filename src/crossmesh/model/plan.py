@@ -250,6 +250,36 @@ class IstioPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class IngressListener:
+    """A listener of an ingress gateway as its load balancer publishes it: the port users reach on
+    the site's public address, and the node port of the gateway's Service it is forwarded to."""
+
+    name: str
+    port: int
+    protocol: str  # HTTP | HTTPS
+    hostname: str | None
+    node_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngressPlan:
+    """An ingress gateway (a Gateway API `Gateway`): the Service `service` of type LoadBalancer in its
+    namespace, the pods that run it and the nodes they are on (its load balancer's targets)."""
+
+    cluster: str
+    namespace: str
+    name: str
+    service: str
+    nodes: tuple[str, ...]
+    pods: tuple[str, ...]  # pod refs
+    listeners: tuple[IngressListener, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.cluster}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     mesh: str
     topology: Topology
@@ -260,6 +290,7 @@ class Plan:
     nodes: tuple[NodePlan, ...]
     health: HealthPlan = HealthPlan(Probe.TCP, "/", 200, 500, 2, 1)
     istio: IstioPlan | None = None  # None: no service mesh (no `spec.istio`)
+    ingress: tuple[IngressPlan, ...] = ()  # the clusters' Gateway API gateways
 
     def node(self, name: str) -> NodePlan:
         for n in self.nodes:

@@ -46,7 +46,7 @@ from crossmesh.model.plan import (
     Vxlan,
     VxlanNeighbour,
 )
-from crossmesh.plan import datapath, workloads
+from crossmesh.plan import datapath, ingress, workloads
 from crossmesh.plan import peers as peer_rule
 
 # A node before its tunnel and VXLAN are made: (node, cluster, peers, routes of the topology).
@@ -347,6 +347,7 @@ def build_plan(
             success_threshold=hc.success_threshold,
         ),
         istio=istio_plan(mesh),
+        ingress=ingress.ingress_plans(clusters, manifests),
     )
 
 
@@ -372,6 +373,7 @@ def cluster_plans(
     for c in sorted(mesh.spec.clusters, key=lambda c: c.name):
         names = [n.name for n in c.nodes]
         cluster_manifests = (manifests or {}).get(c.name, [])
+        cluster_manifests = cluster_manifests + ingress.implied_manifests(cluster_manifests, names)  # none if added
         expanded = workloads.expand_pods(c.name, cluster_manifests, names, placements)
         pods = workloads.place_pods(c.name, expanded, {n: alloc.nodes[n].pod_cidr for n in names}, cluster_manifests)
         services = workloads.plan_services(c.name, cluster_manifests, pods, c.service_cidr)

@@ -47,11 +47,14 @@ class Targets(StrEnum):
 
     DIALLED = "dialled"  # tunnel nodes with a public address: the other sites' peers dial them
     NODES = "nodes"  # every node of the site
+    INGRESS = "ingress"  # the nodes running an ingress gateway's pods: its load balancer's targets
 
     @property
     def description(self) -> str:
         if self is Targets.DIALLED:
             return "the tunnel nodes the other sites dial"
+        if self is Targets.INGRESS:
+            return "the nodes running ingress gateways"
         return "every node"
 
 
@@ -88,6 +91,21 @@ class RouteEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    """The cloud's network load balancer in front of an ingress gateway's LoadBalancer Service: each
+    listener's port on the balancer's own public address forwarded to the Service's node port on
+    the site's nodes that run the gateway (instance targets, client address kept: AWS NLB, Azure
+    Standard LB, GCP external passthrough NLB, OpenStack Octavia)."""
+
+    name: str  # stable: Terraform resource names derive from it
+    gateway: str  # the IngressPlan's ref, cluster/namespace/name
+    service: str  # namespace/name of the gateway's Service
+    listeners: tuple[tuple[int, int], ...]  # (port on the balancer, node port), TCP
+    targets: tuple[tuple[str, IPv4Address], ...]  # (node, address on the site network)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class SitePrerequisites:
     site: SitePlan
     mesh: str
@@ -96,11 +114,14 @@ class SitePrerequisites:
     inbound: tuple[InboundRule, ...]
     forwarding: tuple[Forwarding, ...]
     routes: tuple[RouteEntry, ...]
+    load_balancers: tuple[LoadBalancer, ...] = ()
 
     def members(self, targets: Targets) -> tuple[tuple[str, IPv4Address], ...]:
         """The nodes a rule protects: (name, address on the site network)."""
         if targets is Targets.DIALLED:
             return tuple((name, address) for name, address, _ in self.dialled)
+        if targets is Targets.INGRESS:
+            return tuple(sorted({t for lb in self.load_balancers for t in lb.targets}))
         return self.nodes
 
 
@@ -122,7 +143,8 @@ def _site(plan: Plan, site: SitePlan, nodes: list[NodePlan]) -> SitePrerequisite
     routes = _routes(plan, site, ordered)
     names = {s.network: s.name for s in plan.sites}
     carried = tuple((r.destination, r.node, names.get(r.destination, "")) for r in routes)
-    inbound = [*_wireguard(dialled), *_site_network(plan, site, ordered, carried)]
+    balancers = _load_balancers(plan, ordered)
+    inbound = [*_wireguard(dialled), *_site_network(plan, site, ordered, carried), *_ingress(balancers)]
     return SitePrerequisites(
         site=site,
         mesh=plan.mesh,
@@ -131,7 +153,48 @@ def _site(plan: Plan, site: SitePlan, nodes: list[NodePlan]) -> SitePrerequisite
         inbound=tuple(sorted(inbound, key=lambda r: r.name)),
         forwarding=_forwarding(plan, site, ordered),
         routes=routes,
+        load_balancers=balancers,
     )
+
+
+def _load_balancers(plan: Plan, nodes: list[NodePlan]) -> tuple[LoadBalancer, ...]:
+    """A load balancer per ingress gateway with pods on this site's nodes, targeting those nodes."""
+    here = {n.name: n.address for n in nodes}
+    out = []
+    for g in plan.ingress:
+        targets = tuple((name, here[name]) for name in g.nodes if name in here)
+        if not targets or not g.listeners:
+            continue
+        out.append(
+            LoadBalancer(
+                name=f"{g.cluster}-{g.namespace}-{g.name}",
+                gateway=g.ref,
+                service=f"{g.namespace}/{g.service}",
+                listeners=tuple(sorted({(li.port, li.node_port) for li in g.listeners})),
+                targets=targets,
+                reason=f"Gateway {g.namespace}/{g.name} of {g.cluster}: its LoadBalancer Service {g.service}",
+            )
+        )
+    return tuple(out)
+
+
+def _ingress(balancers: tuple[LoadBalancer, ...]) -> list[InboundRule]:
+    """The node ports a load balancer forwards to, from anywhere: it keeps the client's address, so
+    the nodes' firewall sees the users themselves (AWS NLB client IP preservation, Azure and GCP
+    passthrough balancers)."""
+    return [
+        InboundRule(
+            name=f"ingress-{lb.name}-{port}",
+            protocol=Protocol.TCP,
+            port=node_port,
+            source=ANYWHERE,
+            targets=Targets.INGRESS,
+            scope=Scope.INTERNET,
+            reason=f"{lb.reason}: port {port} of its load balancer forwards to node port {node_port}",
+        )
+        for lb in balancers
+        for port, node_port in lb.listeners
+    ]
 
 
 def _wireguard(dialled: list[NodePlan]) -> list[InboundRule]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from crossmesh.model.durations import format_go
-from crossmesh.model.plan import Datapath, IstioPlan, Mtu, NodePlan, Peer, Plan, Route, VxlanNeighbour
+from crossmesh.model.plan import Datapath, IngressPlan, IstioPlan, Mtu, NodePlan, Peer, Plan, Route, VxlanNeighbour
 from crossmesh.services.backends import backend_sets
 
 
@@ -172,6 +172,26 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         },
         "nodes": [node_json(n, cache) for n in plan.nodes],
         **({} if plan.istio is None else {"istio": istio_json(plan.istio)}),  # absent: no service mesh
+        **({} if not plan.ingress else {"ingress": [ingress_json(g) for g in plan.ingress]}),  # absent: none
+    }
+
+
+def ingress_json(g: IngressPlan) -> dict[str, Any]:
+    return {
+        "gateway": g.ref,
+        "service": f"{g.namespace}/{g.service}",
+        "nodes": list(g.nodes),
+        "pods": list(g.pods),
+        "listeners": [
+            {
+                "name": li.name,
+                "port": li.port,
+                "protocol": li.protocol,
+                "hostname": li.hostname,
+                "nodePort": li.node_port,
+            }
+            for li in g.listeners
+        ],
     }
 
 

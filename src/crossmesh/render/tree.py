@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
 from crossmesh.model.tls import ClusterMeshTLS, IstioCA, clustermesh_clusters
-from crossmesh.plan import prerequisites
+from crossmesh.plan import ingress, prerequisites
 from crossmesh.render import (
     agent_deploy,
     cilium,
@@ -106,7 +106,11 @@ def render(
             out[f"{base}/clustermesh-secrets.yaml"] = RenderedFile(yaml_dump(*secrets), 0o600, True)
         objects = sorted(
             # With spec.istio the Istio policies go to istio/policies.yaml (after istio/base's CRDs), not here.
-            [m for m in manifests.get(cluster.name, []) if plan.istio is None or not istio.is_policy(m)],
+            [
+                m
+                for m in manifests.get(cluster.name, [])
+                if (plan.istio is None or not istio.is_policy(m)) and not ingress.is_implied(m)
+            ],
             key=lambda m: (KIND_ORDER.get(m.kind, 9), m.kind, m.namespace, m.name),
         )
         if objects:

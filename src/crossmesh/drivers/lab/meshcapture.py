@@ -24,6 +24,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from crossmesh import nft
 from crossmesh.model.plan import Plan, PodPlan
+from crossmesh.plan import ingress
 
 TABLE = "cm_mesh"
 OUTBOUND_PORT = 15001
@@ -104,11 +105,14 @@ def capture_table(plan: Plan, pod: PodPlan, ifname: str) -> nft.Table:
             "the app's answers to a transparent connection: back to the proxy",
         ),
     )
+    # An ingress gateway's pod is the mesh's edge: its own proxy takes what arrives (plain HTTP or
+    # the users' TLS), and only what it sends on into the mesh goes through the mesh proxy.
+    edge = ingress.gateway_of(pod) is not None
     return nft.Table(
         TABLE,
         (
             nft.Chain("output", (outbound,), NAT_OUTPUT),
-            nft.Chain("prerouting", (inbound,), NAT_PREROUTING),
+            nft.Chain("prerouting", () if edge else (inbound,), NAT_PREROUTING),
             nft.Chain("transparent", transparent, ROUTE_OUTPUT),
         ),
     )

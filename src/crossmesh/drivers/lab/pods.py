@@ -18,7 +18,7 @@ from crossmesh.drivers.lab.processes import alive, stop_group
 from crossmesh.drivers.lab.state import LabError, LabState, PodEntry
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.errors import UsageError
-from crossmesh.plan import outside
+from crossmesh.plan import ingress, outside
 
 
 def pod_key(pod: PodEntry) -> str:
@@ -29,7 +29,9 @@ def start_workloads(state: LabState, topo: LabTopology) -> list[str]:
     changes = []
     by_node: dict[str, list[dict[str, Any]]] = {}
     for ep in topo.pods:
-        ports = [[p, proto] for p, proto, _ in ep.pod.ports if proto in ("TCP", "UDP")]
+        # An ingress gateway's pod runs the gateway's proxy (drivers/lab/ingressd.py), not the echo app.
+        app = ingress.gateway_of(ep.pod) is None
+        ports = [[p, proto] for p, proto, _ in ep.pod.ports if proto in ("TCP", "UDP") and app]
         by_node.setdefault(ep.pod.node, []).append(
             {
                 "netns": ep.namespace,

@@ -122,6 +122,8 @@ class LabTopology:
     inet_address: IPv4Address = IPv4Address("192.0.2.254")
     local_ns: str = ""  # the client outside (`lab exec local`), cm-<tag>-local
     local_address: IPv4Address = outside.PREFERRED
+    # Each ingress gateway's load balancer: its own public address, held by its site's router.
+    load_balancers: dict[str, IPv4Address] = field(default_factory=dict)  # IngressPlan ref → address
     indices: dict[str, dict[str, int]] = field(default_factory=dict)  # name → number in device names
 
     def namespace(self, name: str) -> Namespace:
@@ -193,9 +195,13 @@ def build(
     site_index = _numbering([s.name for s in sites], kept.get("site", {}))
     pod_index = _numbering([p.ref for p in pods], kept.get("pod", {}))
     local_addr = outside.local_address(plan)
-    publics = _public_pool(plan, len(sites) + 1, local_addr)
+    balancers = {p.site.name: p.load_balancers for p in firewall.values()}
+    lb_refs = [lb.gateway for s in sites for lb in balancers.get(s.name, ())]
+    publics = _public_pool(plan, len(sites) + 1 + len(lb_refs), local_addr)
     inet_addr = publics[0]
     site_wan = {s.name: publics[k + 1] for k, s in enumerate(sites)}
+    # After the sites' addresses, so that a gateway coming or going leaves the routers' addresses be.
+    lb_addr = {ref: publics[len(sites) + 1 + k] for k, ref in enumerate(lb_refs)}
     inet_ns = f"{prefix}-inet"
     site_ns = {s.name: f"{prefix}-r{site_index[s.name]}" for s in sites}
     node_ns = {n.name: f"{prefix}-n{node_index[n.name]}" for n in nodes}
@@ -212,6 +218,8 @@ def build(
         inet_links.append(Link(inet_if, "veth", peer=wan_if, peer_ns=site_ns[s.name]))
         inet_addrs.append((inet_if, IPv4Interface(f"{inet_addr}/32")))
         inet_routes.append(Route(IPv4Network(f"{site_wan[s.name]}/32"), inet_if))
+        for lb in balancers.get(s.name, ()):
+            inet_routes.append(Route(IPv4Network(f"{lb_addr[lb.gateway]}/32"), inet_if, site_wan[s.name], onlink=True))
         for n in nodes:
             if n.site == s.name and n.public_address is not None:
                 inet_routes.append(Route(IPv4Network(f"{n.public_address}/32"), inet_if, site_wan[s.name], onlink=True))
@@ -279,6 +287,7 @@ def build(
                 addresses=(
                     (bridge, IPv4Interface(f"{router_addr}/{s.network.prefixlen}")),
                     (wan_if, IPv4Interface(f"{site_wan[s.name]}/32")),
+                    *((wan_if, IPv4Interface(f"{lb_addr[lb.gateway]}/32")) for lb in balancers.get(s.name, ())),
                 ),
                 routes=(
                     Route(IPv4Network(f"{inet_addr}/32"), wan_if),
@@ -287,7 +296,7 @@ def build(
                 # A site network is a switch, not a firewall: frames crossing the bridge skip
                 # the router's nftables (the host may have br_netfilter on, which new namespaces inherit).
                 sysctls=FORWARD_SYSCTLS + (("net/bridge/bridge-nf-call-iptables", "0"),),
-                nft=_router_nft(wan_if, site_wan[s.name], site_nodes, firewall.get(s.name)),
+                nft=_router_nft(wan_if, site_wan[s.name], site_nodes, firewall.get(s.name), lb_addr),
                 owner=s.name,
             )
         )
@@ -402,6 +411,7 @@ def build(
         site_wan=site_wan,
         inet_address=inet_addr,
         local_ns=local_ns,
+        load_balancers=lb_addr,
         local_address=local_addr,
     )
 
@@ -441,13 +451,38 @@ def _inet_nft() -> nft.Table:
     return nft.Table(servicenat.TABLE, (nft.Chain("forward", forward, servicenat.FILTER_FORWARD),))
 
 
+def load_balancer_comment(gateway: str, port: int) -> str:
+    """The comment of a load balancer's DNAT rule, whose counter `trace` and the checks read."""
+    return nft.comment(f"lb {gateway} {port}")
+
+
+def _load_balancers(
+    from_wan: nft.Match, prereq: SitePrerequisites | None, lb_addr: Mapping[str, IPv4Address]
+) -> list[nft.Rule]:
+    """The site's load balancers (plan/prerequisites.py): a listener's port on the balancer's address,
+    DNATed to the gateway's node port on one of its nodes, picked at random per connection (a
+    passthrough balancer keeps the client's address: no source NAT)."""
+    out = []
+    for lb in () if prereq is None else prereq.load_balancers:
+        for port, node_port in lb.listeners:
+            to = nft.RandomDnat(tuple((address, node_port) for _, address in lb.targets))
+            match = (from_wan, nft.Match(F.IP_DADDR, lb_addr[lb.gateway]), nft.Match(nft.dport("tcp"), port))
+            out.append(nft.Rule((*match, to), load_balancer_comment(lb.gateway, port)))
+    return out
+
+
 def _router_nft(
-    wan_if: str, wan_addr: IPv4Address, site_nodes: list[NodePlan], prereq: SitePrerequisites | None
+    wan_if: str,
+    wan_addr: IPv4Address,
+    site_nodes: list[NodePlan],
+    prereq: SitePrerequisites | None,
+    lb_addr: Mapping[str, IPv4Address],
 ) -> nft.Table:
     """The cloud's NAT — 1:1 for nodes with a public address, source NAT for the others — and its
-    stateful inbound firewall: from the internet only answers and what a prerequisite allows."""
+    stateful inbound firewall: from the internet only answers and what a prerequisite allows. The
+    site's load balancers forward their listeners to the gateways' node ports."""
     from_wan, to_wan = nft.Match(F.IIFNAME, wan_if), nft.Match(F.OIFNAME, wan_if)
-    dnat = []
+    dnat = _load_balancers(from_wan, prereq, lb_addr)
     snat = []
     for n in site_nodes:
         if n.public_address is not None:
