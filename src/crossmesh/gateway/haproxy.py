@@ -36,6 +36,12 @@ How each Gateway API meaning becomes HAProxy's:
   `a.b.example.com` — which a client could not verify against such a certificate anyway). TLS 1.2
   or later, ALPN http/1.1 only. Plain HTTP to that port fails the handshake: no HTTP answer.
 
+Running it (the caller's part): write `crt_lists` and the PEMs first, then in the pod's netns
+`haproxy -D -p <pidfile> -f <cfg>` (or `-db` in the foreground); reload with
+`haproxy -D -p <pidfile> -f <cfg> -sf <old pid>` — the old process finishes its connections
+(at most `hard-stop-after`) while the new one serves. `haproxy -c -f <cfg>` checks a configuration
+without binding. The stats socket answers `show stat`, which `parse_stats` reads.
+
 Names: HAProxy names may hold letters, digits and `.-_:` but no `/`; a backend is
 `<namespace>:<route>:<rule index>`, a server `<service>:<port>`, and `HaproxyConfig` maps them back.
 """
