@@ -119,7 +119,7 @@ def render(
     port whose listeners mix HTTP and HTTPS (Gateway API's ProtocolConflict)."""
     routes = list(routes)
     ports = sorted({li.port for li in gateway.listeners})
-    rules = _rules(gateway, routes, ports)
+    rules = _rules(gateway, routes)
     ids = {key: n for n, key in enumerate(rules)}
     config = HaproxyConfig(text="")
     for (route, index), rule in rules.items():
@@ -136,7 +136,7 @@ def render(
     return HaproxyConfig("\n".join(lines) + "\n", config.crt_lists, config.backends, config.servers)
 
 
-def _rules(gateway: Gateway, routes: list[HTTPRoute], ports: list[int]) -> dict[tuple[str, int], Rule]:
+def _rules(gateway: Gateway, routes: list[HTTPRoute]) -> dict[tuple[str, int], Rule]:
     """Every rule of a route attached to some listener, by (route ref, index), sorted: its id."""
     out: dict[tuple[str, int], Rule] = {}
     for li in gateway.listeners:
