@@ -97,11 +97,18 @@ def _listener_rank(listener: Listener) -> tuple[int, int]:
     return (2, len(listener.hostname))
 
 
+def listener_order(gateway: Gateway, *, port: int) -> list[Listener]:
+    """The listeners of `gateway` on `port`, most specific hostname first (precedence 1; equals in
+    the Gateway's order): the first whose hostname matches a request's host takes it. A proxy that
+    cannot compare ranks per request (HAProxy) tries them in this order."""
+    on_port = [li for li in gateway.listeners if li.port == port]
+    return sorted(on_port, key=_listener_rank, reverse=True)
+
+
 def listener_for(gateway: Gateway, *, port: int, host: str) -> Listener | None:
     """The listener of `gateway` on `port` that takes a request for `host` (precedence 1); None when
     no listener's hostname matches."""
-    found = [li for li in gateway.listeners if li.port == port and hostname_matches(li.hostname, host)]
-    return max(found, key=_listener_rank, default=None)
+    return next((li for li in listener_order(gateway, port=port) if hostname_matches(li.hostname, host)), None)
 
 
 def not_attached(gateway: Gateway, listener: Listener, route: HTTPRoute) -> str | None:
@@ -157,6 +164,30 @@ def _matches(m: Match, request: Request) -> bool:
 Key = tuple[int, int, int, int, int, int, int, int, int]
 
 
+def precedence(hostname: str | None, m: Match, *, route_rank: int, rule_index: int, match_index: int) -> Key:
+    """How strongly a match of a rule claims a request its `hostname` and `m` both accept (precedence
+    2 to 5): the highest key among the matching ones wins. `route_rank` is the route's place in
+    `attached` order. `select` ranks the candidates of one request by it; a proxy without Gateway
+    API's precedence (HAProxy) tries every (hostname, match) of a listener in this order."""
+    exact = m.path.type is PathType.EXACT
+    return (
+        *_host_rank(hostname),
+        int(exact),
+        0 if exact else len(m.path.value),
+        int(m.method is not None),
+        len(m.headers),
+        -route_rank,
+        -rule_index,
+        -match_index,
+    )
+
+
+def attached(gateway: Gateway, listener: Listener, routes: Iterable[HTTPRoute]) -> list[HTTPRoute]:
+    """The routes attached to `listener` (`not_attached`), in Gateway API's tie-break order
+    (`{namespace}/{name}`): a route's place here is its `route_rank`."""
+    return sorted((r for r in routes if not_attached(gateway, listener, r) is None), key=lambda r: r.ref)
+
+
 @dataclass(frozen=True, slots=True)
 class _Candidate:
     key: Key
@@ -173,23 +204,11 @@ def _candidates(request: Request, listener: Listener, routes: Sequence[HTTPRoute
         if not matching:
             continue
         hostname = max(matching, key=_host_rank)
-        host_key = _host_rank(hostname)
         for i, rule in enumerate(route.rules):
             for j, m in enumerate(rule.matches):
-                if not _matches(m, request):
-                    continue
-                exact = m.path.type is PathType.EXACT
-                key = (
-                    *host_key,
-                    int(exact),
-                    0 if exact else len(m.path.value),
-                    int(m.method is not None),
-                    len(m.headers),
-                    -rank,
-                    -i,
-                    -j,
-                )
-                out.append(_Candidate(key, route, i, j, hostname))
+                if _matches(m, request):
+                    key = precedence(hostname, m, route_rank=rank, rule_index=i, match_index=j)
+                    out.append(_Candidate(key, route, i, j, hostname))
     return out
 
 
@@ -198,8 +217,9 @@ def select(request: Request, *, gateway: Gateway, listener: Listener, routes: It
 
     Only the routes attached to the listener are considered (`not_attached`); they are ordered by
     `{namespace}/{name}`, Gateway API's tie-break."""
-    attached = sorted((r for r in routes if not_attached(gateway, listener, r) is None), key=lambda r: r.ref)
-    found = sorted(_candidates(request, listener, attached), key=lambda c: c.key, reverse=True)
+    found = sorted(
+        _candidates(request, listener, attached(gateway, listener, routes)), key=lambda c: c.key, reverse=True
+    )
     if not found:
         return None
     best = found[0]
