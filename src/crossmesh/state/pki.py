@@ -37,18 +37,18 @@ ETCD_RENEW_BEFORE = timedelta(days=30)
 
 
 @dataclass(frozen=True, slots=True)
-class _Purpose:
+class Purpose:
     """Which CA a folder holds: its name, and what replacing it means (said when it is unusable)."""
 
     name: str
     consequence: str
 
 
-CLUSTERMESH = _Purpose(
+CLUSTERMESH = Purpose(
     "ClusterMesh",
     "then every cluster gets new ClusterMesh certificates: apply them to all clusters together",
 )
-ETCD = _Purpose(
+ETCD = Purpose(
     "etcd",
     "then the etcd members and every client get new certificates: install them on all of them together",
 )
@@ -59,7 +59,7 @@ def clustermesh_tls(
 ) -> dict[str, ClusterMeshTLS]:
     """The TLS material of every cluster in `clusters`, from the PKI folder `fd` (shown as
     `folder`), making the CA and whatever certificate is missing or due."""
-    ca = _authority(fd, folder, mesh, now, CLUSTERMESH)
+    ca = authority(fd, folder, mesh, now, CLUSTERMESH)
     ca_pem = certs.cert_pem(ca.cert)
     return {
         c: ClusterMeshTLS(
@@ -78,7 +78,7 @@ def etcd_tls(fd: int, folder: Path, mesh: str, specs: Iterable[CertSpec], now: d
     """The etcd certificates `specs` describe (`crossmesh.kv.identities.etcd_specs`), from the etcd
     PKI folder `fd` (shown as `folder`), making its CA and whatever certificate is missing or due.
     Certificates of identities no longer in `specs` stay in the folder, unused."""
-    ca = _authority(fd, folder, mesh, now, ETCD)
+    ca = authority(fd, folder, mesh, now, ETCD)
     issued, renewed = [], set()
     for spec in sorted(specs, key=lambda s: s.secret):
         cert, fresh = _issued(fd, folder, ca, etcd_stem(spec), spec, now, ETCD_RENEW_BEFORE)
@@ -93,7 +93,9 @@ def etcd_stem(spec: CertSpec) -> str:
     return "server" if spec.server else f"user.{spec.common_name}"
 
 
-def _authority(fd: int, folder: Path, mesh: str, now: datetime, purpose: _Purpose) -> certs.Authority:
+def authority(fd: int, folder: Path, mesh: str, now: datetime, purpose: Purpose) -> certs.Authority:
+    """The CA kept as ca.key/ca.crt in the folder `fd` (shown as `folder`), made there on first use;
+    one that is half there, unreadable, not its key's or near its end stops with the fix."""
     key_text = read_file(fd, folder, CA_KEY, private=True)
     cert_text = read_file(fd, folder, CA_CERT, private=False)
     if key_text is None and cert_text is None:
