@@ -71,7 +71,6 @@ class Compiled:
         root, cas = self.store.istio_cas(self.plan.mesh, self.plan.istio.trust_domain, clusters, now)
         return {c: istio_ca(c, root, ca) for c, ca in cas.items()}
 
-
     def ingress_certs(self, now: datetime) -> dict[ListenerId, IngressCert]:
         """The server certificate of every gateway listener whose TLS is `mesh`, from the state
         directory's ingress CA (made there on first use, see `state.ingresspki`); none, and no CA,

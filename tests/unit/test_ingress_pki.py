@@ -6,7 +6,9 @@ read with a clear message when it is not one."""
 from __future__ import annotations
 
 import base64
+import shutil
 import stat
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -200,3 +202,17 @@ def test_a_key_that_is_not_pem_is_refused(pem: bytes) -> None:
     raw["data"] = {**raw["data"], "tls.key": base64.b64encode(b"not a key").decode()}  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="data.tls.key: not a PEM private key"):
         ingress.secret_pem(raw)
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy (installed by .ci/run)")
+def test_haproxy_takes_the_listener_pem_as_its_crt(tmp_path: Path) -> None:
+    crt = tmp_path / "listener.pem"
+    crt.write_bytes(issue(tmp_path / "state", ("shop.example.com",)))
+    cfg = tmp_path / "haproxy.cfg"  # -c checks the configuration and loads the crt; it binds nothing
+    cfg.write_text(
+        "defaults\n  mode http\n  timeout client 1s\n  timeout server 1s\n  timeout connect 1s\n"
+        f"frontend f\n  bind 127.0.0.1:8443 ssl crt {crt}\n  default_backend b\n"
+        "backend b\n  server s 127.0.0.1:1\n"
+    )
+    result = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

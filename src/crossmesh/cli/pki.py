@@ -322,9 +322,7 @@ def ingress_certs(
     for row in rows:
         what = "issued" if row["issued"] else "kept"
         names = ", ".join(str(n) for n in row["names"])  # type: ignore[attr-defined]
-        out.print(
-            f"{what:<8} {escape(str(row['listener'])):<40} {escape(names)}  until {str(row['notAfter'])[:10]}"
-        )
+        out.print(f"{what:<8} {escape(str(row['listener'])):<40} {escape(names)}  until {str(row['notAfter'])[:10]}")
     fresh = sum(1 for r in rows if r["issued"])
     out.print(
         f"ingress CA of {compiled.plan.mesh} and {len(rows)} listener certificates ({fresh} issued, "

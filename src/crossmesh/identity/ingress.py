@@ -183,8 +183,8 @@ def secret_pem(secret_raw: Mapping[str, Any]) -> bytes:
     except (ValueError, TypeError) as err:
         why = "encrypted" if isinstance(err, TypeError) else "not a PEM private key"
         raise ValueError(f"data.tls.key: {why} — give the unencrypted PEM key of the certificate") from None
-    leaf_public = chain[0].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    leaf_public = (
+        chain[0].public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     ours = private.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

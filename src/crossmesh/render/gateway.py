@@ -135,7 +135,9 @@ def deployment_overlay(gateway: str, nodes: Sequence[str]) -> dict[str, Any]:
             "template": {
                 "spec": {
                     "affinity": {
-                        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}},
+                        "nodeAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}
+                        },
                         "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [spread]},
                     }
                 }
@@ -169,9 +171,7 @@ def tls_secret(cert: IngressCert) -> dict[str, Any]:
     }
 
 
-def gateway_object(
-    m: Manifest, gw: Gateway, *, annotations: Mapping[str, str], nodes: Sequence[str]
-) -> dict[str, Any]:
+def gateway_object(m: Manifest, gw: Gateway, *, annotations: Mapping[str, str], nodes: Sequence[str]) -> dict[str, Any]:
     """The user's Gateway with crossmesh's annotations turned into Istio's terms (module docstring)."""
     raw = copy.deepcopy(m.raw)
     meta = raw.setdefault("metadata", {})

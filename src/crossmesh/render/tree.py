@@ -50,9 +50,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from crossmesh.identity.ingress import ListenerId
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
-from crossmesh.identity.ingress import ListenerId
 from crossmesh.model.tls import ClusterMeshTLS, IngressCert, IstioCA, clustermesh_clusters
 from crossmesh.plan import prerequisites
 from crossmesh.render import (

@@ -2,10 +2,10 @@
 listeners whose TLS is `mesh` (`crossmesh.gateway.model.TLS.mesh`; what is issued and when is
 `crossmesh.identity.ingress`).
 
-    ingress-pki/ca.key                                        the ingress CA's key, 0600: rendered nowhere, printed never
-    ingress-pki/ca.crt                                        its certificate: what a client outside trusts (curl --cacert)
-    ingress-pki/listener.<cluster>_<ns>_<gateway>_<listener>.key   a listener's key, 0600
-    ingress-pki/listener.<cluster>_<ns>_<gateway>_<listener>.crt   its certificate (the leaf alone)
+    ingress-pki/ca.key          the ingress CA's key, 0600: rendered nowhere, printed never
+    ingress-pki/ca.crt          its certificate: what a client outside trusts (curl --cacert)
+    ingress-pki/<stem>.key      a listener's key, 0600; <stem> = listener.<cluster>_<ns>_<gateway>_<listener>
+    ingress-pki/<stem>.crt      its certificate (the leaf alone)
 
 One CA per mesh, made on first use and read back after, so two renders give the same bytes. A
 listener's certificate is issued anew when it is missing, unreadable, not its key's or the CA's,
@@ -30,7 +30,7 @@ from crossmesh.errors import StateError
 from crossmesh.identity import ingress
 from crossmesh.model.tls import IngressCert
 from crossmesh.state import certs, pki
-from crossmesh.state.pki import first_line, read_file, write_file
+from crossmesh.state.pki import first_line, read_file
 
 INGRESS = pki.Purpose(
     "ingress",
@@ -75,32 +75,16 @@ def listener(
 ) -> IngressCert:
     """The certificate of listener `lid` naming `names`: the one kept, or a new one when due."""
     wanted = tuple(sorted(set(names)))
-    key_text = read_file(fd, folder, f"{lid.stem}.key", private=True)
-    cert_text = read_file(fd, folder, f"{lid.stem}.crt", private=False)
-    if key_text is not None and cert_text is not None:
-        try:
-            key, cert = certs.load_key(key_text), certs.load_cert(cert_text)
-        except ValueError:
-            pass  # unreadable: issued anew below, as a missing one would be
-        else:
-            if ingress.due(cert, key, authority, wanted, now) is None:
-                return _issued(lid, wanted, cert, key_text, authority, fresh=False)
+    kept_pair = pki.read_pair(fd, folder, lid.stem)
+    if kept_pair is not None and ingress.due(kept_pair.cert, kept_pair.key, authority, wanted, now) is None:
+        return _issued(lid, wanted, kept_pair, authority, fresh=False)
     key = certs.new_key()
-    cert = ingress.issue(authority, lid, wanted, key, now)
-    key_text = certs.key_pem(key)
-    write_file(fd, folder, f"{lid.stem}.key", key_text, private=True)
-    write_file(fd, folder, f"{lid.stem}.crt", certs.cert_pem(cert), private=False)
-    return _issued(lid, wanted, cert, key_text, authority, fresh=True)
+    pair = pki.write_pair(fd, folder, lid.stem, key, ingress.issue(authority, lid, wanted, key, now))
+    return _issued(lid, wanted, pair, authority, fresh=True)
 
 
 def _issued(
-    lid: ingress.ListenerId,
-    names: tuple[str, ...],
-    cert: x509.Certificate,
-    key_text: str,
-    authority: certs.Authority,
-    *,
-    fresh: bool,
+    lid: ingress.ListenerId, names: tuple[str, ...], pair: pki.Pair, authority: certs.Authority, *, fresh: bool
 ) -> IngressCert:
     return IngressCert(
         lid.cluster,
@@ -108,9 +92,9 @@ def _issued(
         lid.gateway,
         lid.listener,
         names,
-        certs.cert_pem(cert) + certs.cert_pem(authority.cert),
-        key_text,
-        cert.not_valid_after_utc.isoformat(),
+        certs.cert_pem(pair.cert) + certs.cert_pem(authority.cert),
+        pair.key_text,
+        pair.cert.not_valid_after_utc.isoformat(),
         fresh,
     )
 

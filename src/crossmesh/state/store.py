@@ -35,9 +35,9 @@ from typing import Any
 from cryptography import x509
 
 from crossmesh.errors import StateError
+from crossmesh.identity.ingress import ListenerId
 from crossmesh.identity.svid import Authority
 from crossmesh.ipam.allocate import Allocations
-from crossmesh.identity.ingress import ListenerId
 from crossmesh.model.tls import CertSpec, ClusterMeshTLS, EtcdTLS, IngressCert
 from crossmesh.state import disk, ingresspki, meshpki, pki
 from crossmesh.state import keys as wgkeys
