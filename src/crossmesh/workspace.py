@@ -16,6 +16,8 @@ from typing import Any
 from crossmesh.errors import Problem, SpecError
 from crossmesh.gateway import check as gateway_check
 from crossmesh.gateway import parse as gateway_parse
+from crossmesh.identity import ingress as ingress_certs
+from crossmesh.identity.ingress import ListenerId
 from crossmesh.identity.svid import istio_ca
 from crossmesh.ipam.allocate import Allocations, allocate
 from crossmesh.istio import parse as istio_parse
@@ -24,7 +26,7 @@ from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.mesh import Mesh
 from crossmesh.model.plan import Plan
-from crossmesh.model.tls import ClusterMeshTLS, EtcdTLS, IstioCA, clustermesh_clusters
+from crossmesh.model.tls import ClusterMeshTLS, EtcdTLS, IngressCert, IstioCA, clustermesh_clusters
 from crossmesh.plan import ingress
 from crossmesh.plan.planner import build_plan, cluster_plans
 from crossmesh.plan.workloads import PlacementError
@@ -69,6 +71,16 @@ class Compiled:
         clusters = [c.name for c in self.plan.clusters]
         root, cas = self.store.istio_cas(self.plan.mesh, self.plan.istio.trust_domain, clusters, now)
         return {c: istio_ca(c, root, ca) for c, ca in cas.items()}
+
+    def ingress_certs(self, now: datetime) -> dict[ListenerId, IngressCert]:
+        """The server certificate of every gateway listener whose TLS is `mesh`, from the state
+        directory's ingress CA (made there on first use, see `state.ingresspki`); none, and no CA,
+        when no listener asks for one."""
+        wanted: dict[ListenerId, tuple[str, ...]] = {}
+        for cluster in self.plan.clusters:
+            gateways, routes = gateway_parse.cluster_objects(self.loaded.manifests.get(cluster.name, []))
+            wanted |= ingress_certs.mesh_listeners(cluster.name, gateways, routes)
+        return self.store.ingress_listeners(self.plan.mesh, wanted, now) if wanted else {}
 
 
 def check(
@@ -245,4 +257,5 @@ def rendered(compiled: Compiled) -> dict[str, RenderedFile]:
     now = datetime.now(UTC)
     tls = compiled.clustermesh_tls(now)
     cas = compiled.istio_cas(now)
-    return render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key, tls, cas)
+    ingress_certs = compiled.ingress_certs(now)
+    return render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key, tls, cas, ingress_certs)

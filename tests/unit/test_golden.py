@@ -72,7 +72,7 @@ def state_copy(case: str, tmp: Path) -> Path:
 def keep_test_pki(case: str, state: Path) -> None:
     """The ClusterMesh CA and certificates a render made, kept with the case's test keys (certificates
     are random: without them every render would differ from the golden files). Test-only, like the keys."""
-    for folder in ("pki", "istio-pki"):  # ClusterMesh; Istio's root and intermediates (spec.istio)
+    for folder in ("pki", "istio-pki", "ingress-pki"):  # ClusterMesh; Istio (spec.istio); the ingress CA
         committed = GOLDEN / case / "state" / folder
         if (state / folder).is_dir() and not committed.exists():
             shutil.copytree(state / folder, committed)

@@ -1,4 +1,5 @@
-"""`crossmesh pki`: the control plane's etcd certificates and roles, and the service mesh's Istio CAs."""
+"""`crossmesh pki`: the control plane's etcd certificates and roles, the service mesh's Istio CAs, and the
+ingress CA with the gateway listeners' certificates."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from crossmesh.errors import UsageError
 from crossmesh.kv import identities
 from crossmesh.model.tls import CertSpec, EtcdTLS, IstioCA
 from crossmesh.state import certs, pki
-from crossmesh.state.store import ETCD_PKI, ISTIO_PKI
+from crossmesh.state.store import ETCD_PKI, INGRESS_PKI, ISTIO_PKI
 
 app = typer.Typer(
     help="The control plane's etcd PKI (certificates for its members and clients, its users and roles), "
-    "and the service mesh's Istio CAs.",
+    "the service mesh's Istio CAs, and the ingress CA of the gateway listeners.",
     no_args_is_help=True,
 )
 
@@ -260,3 +261,71 @@ def _istio_rows(mesh: str, cas: Mapping[str, IstioCA], revoked: list[dict[str, s
         for r in revoked
     ]
     return rows
+
+
+@app.command("ingress")
+@friendly
+def ingress_certs(
+    mesh: Path = MESH_ARG,
+    state: Path | None = STATE_OPTION,
+    output: Output = OUTPUT_OPTION,
+) -> None:
+    """Show the mesh's ingress CA and the server certificates it issued to gateway listeners whose
+    TLS is `mesh` (the Gateway annotation `crossmesh.io/certificate: mesh`): subject, DNS names,
+    end. Never a key.
+
+    The state directory keeps them in ingress-pki/: ca.key and each listener's key (0600, never
+    printed), ca.crt and each listener's .crt; folder 0700. The CA is made once; a listener's
+    certificate is issued when missing, when its hostnames changed or past half of its life (this
+    command issues them as a render would). Clients outside trust ingress-pki/ca.crt:
+    `curl --cacert <state>/ingress-pki/ca.crt https://<host>/`.
+    """
+    from crossmesh.workspace import compile_mesh
+
+    compiled = compile_mesh(mesh, state, dry_run=True)  # names only: no WireGuard key, no allocation written
+    issued = compiled.ingress_certs(datetime.now(UTC))
+    folder = compiled.store.root / INGRESS_PKI
+    if not issued:
+        rows: list[dict[str, object]] = []
+        ca_row = None
+    else:
+        ca = compiled.store.ingress_ca_cert()
+        ca_row = {
+            "subject": ca.subject.rfc4514_string(),
+            "serial": f"{ca.serial_number:x}",
+            "notAfter": ca.not_valid_after_utc.isoformat(),
+            "file": str(folder / pki.CA_CERT),
+        }
+        rows = [
+            {
+                "listener": lid.ref,
+                "subject": certs.load_cert(c.cert_pem).subject.rfc4514_string(),
+                "names": list(c.names),
+                "notAfter": c.not_after,
+                "issued": c.issued,
+            }
+            for lid, c in issued.items()
+        ]
+    if output is not Output.TABLE:
+        emit({"stateDir": str(folder), "ca": ca_row, "listeners": rows}, output)
+        return
+    if ca_row is None:
+        out.print(
+            f"{mesh}: no Gateway listener asks for a mesh certificate (annotate a Gateway "
+            "'crossmesh.io/certificate: mesh'); no ingress CA made",
+            markup=False,
+        )
+        return
+    out.print(
+        f"{'CA':<8} {escape(str(ca_row['subject']))}  serial {ca_row['serial']}  until {str(ca_row['notAfter'])[:10]}"
+    )
+    for row in rows:
+        what = "issued" if row["issued"] else "kept"
+        names = ", ".join(str(n) for n in row["names"])  # type: ignore[attr-defined]
+        out.print(f"{what:<8} {escape(str(row['listener'])):<40} {escape(names)}  until {str(row['notAfter'])[:10]}")
+    fresh = sum(1 for r in rows if r["issued"])
+    out.print(
+        f"ingress CA of {compiled.plan.mesh} and {len(rows)} listener certificates ({fresh} issued, "
+        f"{len(rows) - fresh} kept); clients trust {ca_row['file']}",
+        markup=False,
+    )

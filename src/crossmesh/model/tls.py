@@ -91,3 +91,19 @@ class IstioCA:
     cert_pem: str  # ca-cert.pem: the cluster's intermediate
     key_pem: str  # ca-key.pem: its key, private: whatever holds it is written 0600
     chain_pem: str  # cert-chain.pem: the intermediate, then up to and including the root
+
+
+@dataclass(frozen=True, slots=True)
+class IngressCert:
+    """A gateway listener's server certificate from the mesh's ingress CA (`state.ingresspki`):
+    what its `kubernetes.io/tls` Secret holds. `names` are its DNS SANs."""
+
+    cluster: str
+    namespace: str
+    gateway: str
+    listener: str
+    names: tuple[str, ...]
+    cert_pem: str  # tls.crt: the leaf, then the ingress CA
+    key_pem: str  # tls.key, private: whatever holds it is written 0600
+    not_after: str = ""  # ISO 8601, for listings
+    issued: bool = False  # issued by this run (not read back)

@@ -21,6 +21,10 @@ clusters/<cluster>/istio/               spec.istio: an Istio multi-primary insta
                                         and create-remote-secrets.sh (one per other cluster), policies.yaml (the
                                         cluster's PeerAuthentication/AuthorizationPolicy), east-west/ (gateway values
                                         and the 15443 Gateway: only for a cluster put on a network of its own)
+clusters/<cluster>/gateway/             Gateway API objects in the manifests (render/gateway.py; docs/ingress.md deploys
+                                        them): tls-secrets.yaml (listeners' certificates from the mesh's ingress CA,
+                                        0600), gateways.yaml (the Gateways in Istio's terms, with their Deployment
+                                        overrides and cloud load balancer annotations), httproutes.yaml
 nodes/<node>/talos.yaml                 distribution talos: machine-config patch + WireguardConfig with its
                                         routes (0600) — everything a Talos node gets
 nodes/<node>/talos-agent.yaml           distribution talos, tunnel nodes with the agents' DaemonSet instead: the
@@ -46,14 +50,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from crossmesh.identity.ingress import ListenerId
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
-from crossmesh.model.tls import ClusterMeshTLS, IstioCA, clustermesh_clusters
+from crossmesh.model.tls import ClusterMeshTLS, IngressCert, IstioCA, clustermesh_clusters
 from crossmesh.plan import ingress, prerequisites
 from crossmesh.render import (
     agent_deploy,
     cilium,
     etcd,
+    gateway,
     grafana,
     istio,
     k3s,
@@ -85,9 +91,11 @@ def render(
     private_key: Callable[[str], str],
     clustermesh: Mapping[str, ClusterMeshTLS],
     istio_cas: Mapping[str, IstioCA] | None = None,
+    ingress_certs: Mapping[ListenerId, IngressCert] | None = None,
 ) -> dict[str, RenderedFile]:
     """`clustermesh`: the TLS material of every Cluster Mesh member (`Compiled.clustermesh_tls`);
-    `istio_cas`: with `spec.istio`, every cluster's Istio CA (the mesh root and its intermediate)."""
+    `istio_cas`: with `spec.istio`, every cluster's Istio CA (the mesh root and its intermediate);
+    `ingress_certs`: the certificate of every gateway listener whose TLS is `mesh` (`Compiled.ingress_certs`)."""
     out: dict[str, RenderedFile] = {}
     cache: dict[int, str] = {}
     agent_names: set[str] = set()
@@ -105,11 +113,14 @@ def render(
             secrets = cilium.clustermesh_secrets(tls)
             out[f"{base}/clustermesh-secrets.yaml"] = RenderedFile(yaml_dump(*secrets), 0o600, True)
         objects = sorted(
-            # With spec.istio the Istio policies go to istio/policies.yaml (after istio/base's CRDs), not here.
+            # With spec.istio the Istio policies go to istio/policies.yaml (after istio/base's CRDs), not here;
+            # Gateways and HTTPRoutes to gateway/ (after the Gateway API CRDs, translated for Istio).
             [
                 m
                 for m in manifests.get(cluster.name, [])
-                if (plan.istio is None or not istio.is_policy(m)) and not ingress.is_implied(m)
+                if (plan.istio is None or not istio.is_policy(m))
+                and not gateway.is_gateway_api(m)
+                and not ingress.is_implied(m)
             ],
             key=lambda m: (KIND_ORDER.get(m.kind, 9), m.kind, m.namespace, m.name),
         )
@@ -158,6 +169,7 @@ def render(
         if node.name in agent_names:
             out[f"{base}/crossmesh-agent.service"] = RenderedFile(agent_deploy.systemd_unit(plan, node))
     out.update(istio.tree(plan, manifests, istio_cas or {}))
+    out.update(gateway.tree(plan, manifests, ingress_certs or {}))
     rbac = etcd.rbac_script(plan)
     if rbac is not None:
         out["etcd/rbac.sh"] = RenderedFile(rbac, 0o755)

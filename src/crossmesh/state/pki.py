@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from crossmesh.errors import StateError
 from crossmesh.model.tls import CertSpec, ClusterMeshTLS, EtcdTLS, IssuedCert, clustermesh_specs
 from crossmesh.state import certs, disk
@@ -37,18 +40,18 @@ ETCD_RENEW_BEFORE = timedelta(days=30)
 
 
 @dataclass(frozen=True, slots=True)
-class _Purpose:
+class Purpose:
     """Which CA a folder holds: its name, and what replacing it means (said when it is unusable)."""
 
     name: str
     consequence: str
 
 
-CLUSTERMESH = _Purpose(
+CLUSTERMESH = Purpose(
     "ClusterMesh",
     "then every cluster gets new ClusterMesh certificates: apply them to all clusters together",
 )
-ETCD = _Purpose(
+ETCD = Purpose(
     "etcd",
     "then the etcd members and every client get new certificates: install them on all of them together",
 )
@@ -59,7 +62,7 @@ def clustermesh_tls(
 ) -> dict[str, ClusterMeshTLS]:
     """The TLS material of every cluster in `clusters`, from the PKI folder `fd` (shown as
     `folder`), making the CA and whatever certificate is missing or due."""
-    ca = _authority(fd, folder, mesh, now, CLUSTERMESH)
+    ca = authority(fd, folder, mesh, now, CLUSTERMESH)
     ca_pem = certs.cert_pem(ca.cert)
     return {
         c: ClusterMeshTLS(
@@ -78,7 +81,7 @@ def etcd_tls(fd: int, folder: Path, mesh: str, specs: Iterable[CertSpec], now: d
     """The etcd certificates `specs` describe (`crossmesh.kv.identities.etcd_specs`), from the etcd
     PKI folder `fd` (shown as `folder`), making its CA and whatever certificate is missing or due.
     Certificates of identities no longer in `specs` stay in the folder, unused."""
-    ca = _authority(fd, folder, mesh, now, ETCD)
+    ca = authority(fd, folder, mesh, now, ETCD)
     issued, renewed = [], set()
     for spec in sorted(specs, key=lambda s: s.secret):
         cert, fresh = _issued(fd, folder, ca, etcd_stem(spec), spec, now, ETCD_RENEW_BEFORE)
@@ -93,7 +96,9 @@ def etcd_stem(spec: CertSpec) -> str:
     return "server" if spec.server else f"user.{spec.common_name}"
 
 
-def _authority(fd: int, folder: Path, mesh: str, now: datetime, purpose: _Purpose) -> certs.Authority:
+def authority(fd: int, folder: Path, mesh: str, now: datetime, purpose: Purpose) -> certs.Authority:
+    """The CA kept as ca.key/ca.crt in the folder `fd` (shown as `folder`), made there on first use;
+    one that is half there, unreadable, not its key's or near its end stops with the fix."""
     key_text = read_file(fd, folder, CA_KEY, private=True)
     cert_text = read_file(fd, folder, CA_CERT, private=False)
     if key_text is None and cert_text is None:
@@ -124,22 +129,42 @@ def _issued(
     fd: int, folder: Path, ca: certs.Authority, stem: str, spec: CertSpec, now: datetime, renew_before: timedelta
 ) -> tuple[IssuedCert, bool]:
     """The certificate kept as `stem`.crt/.key if still usable, else a new one; True when new."""
+    kept = read_pair(fd, folder, stem)
+    if kept is not None and certs.usable(kept.cert, kept.key, ca, spec, now, renew_before=renew_before):
+        return IssuedCert(spec, certs.cert_pem(kept.cert), kept.key_text), False
+    key = certs.new_key()
+    pair = write_pair(fd, folder, stem, key, certs.issue(ca, spec, key, now))
+    return IssuedCert(spec, certs.cert_pem(pair.cert), pair.key_text), True
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """A certificate and its key as kept under one stem (`.crt`, `.key`)."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    key_text: str
+
+
+def read_pair(fd: int, folder: Path, stem: str) -> Pair | None:
+    """The certificate and key kept as `stem`.crt/.key; None when either is missing or unreadable
+    (the caller issues it anew, as a missing one)."""
     key_text = read_file(fd, folder, f"{stem}.key", private=True)
     cert_text = read_file(fd, folder, f"{stem}.crt", private=False)
-    if key_text is not None and cert_text is not None:
-        try:
-            key, cert = certs.load_key(key_text), certs.load_cert(cert_text)
-        except ValueError:
-            pass  # unreadable: issued anew below, as a missing one would be
-        else:
-            if certs.usable(cert, key, ca, spec, now, renew_before=renew_before):
-                return IssuedCert(spec, cert_text, key_text), False
-    key = certs.new_key()
-    cert_text = certs.cert_pem(certs.issue(ca, spec, key, now))
+    if key_text is None or cert_text is None:
+        return None
+    try:
+        return Pair(certs.load_cert(cert_text), certs.load_key(key_text), key_text)
+    except ValueError:
+        return None
+
+
+def write_pair(fd: int, folder: Path, stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> Pair:
+    """Keep a new certificate and its key as `stem`.crt/.key (the key 0600)."""
     key_text = certs.key_pem(key)
     write_file(fd, folder, f"{stem}.key", key_text, private=True)
-    write_file(fd, folder, f"{stem}.crt", cert_text, private=False)
-    return IssuedCert(spec, cert_text, key_text), True
+    write_file(fd, folder, f"{stem}.crt", certs.cert_pem(cert), private=False)
+    return Pair(cert, key, key_text)
 
 
 def read_file(fd: int, folder: Path, name: str, *, private: bool) -> str | None:

@@ -7,6 +7,7 @@
     pki/                  the mesh's ClusterMesh CA and the clusters' certificates (see `pki`), 0700
     etcd-pki/             the control plane's etcd CA and its identities' certificates (`crossmesh pki etcd`), 0700
     istio-pki/            the service mesh's Istio root and per-cluster intermediates (see `meshpki`), 0700
+    ingress-pki/          the ingress CA and the gateway listeners' certificates (see `ingresspki`), 0700
 
 In a full mesh of n nodes every node lists ~n peers and ~3n routes: written out per
 node, applied-plan.json grows as n² (810 MB in the 1,000-node benchmark). They are few distinct
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -34,18 +35,20 @@ from typing import Any
 from cryptography import x509
 
 from crossmesh.errors import StateError
+from crossmesh.identity.ingress import ListenerId
 from crossmesh.identity.svid import Authority
 from crossmesh.ipam.allocate import Allocations
-from crossmesh.model.tls import CertSpec, ClusterMeshTLS, EtcdTLS
-from crossmesh.state import disk, meshpki, pki
+from crossmesh.model.tls import CertSpec, ClusterMeshTLS, EtcdTLS, IngressCert
+from crossmesh.state import disk, ingresspki, meshpki, pki
 from crossmesh.state import keys as wgkeys
 
-KEYS, PKI, ETCD_PKI, ISTIO_PKI = "keys", "pki", "etcd-pki", "istio-pki"
+KEYS, PKI, ETCD_PKI, ISTIO_PKI, INGRESS_PKI = "keys", "pki", "etcd-pki", "istio-pki", "ingress-pki"
 SUBFOLDERS = {
     KEYS: "keys",
     PKI: "ClusterMesh CA and certificates",
     ETCD_PKI: "etcd CA and certificates",
     ISTIO_PKI: "Istio root and intermediates",
+    INGRESS_PKI: "ingress CA and listener certificates",
 }
 KEY_FILE_LIMIT = 4096  # a key file holds 45 bytes
 STATE_FILE_LIMIT = 1 << 30  # applied-plan.json of the largest documented mesh is far smaller
@@ -183,6 +186,35 @@ class StateStore:
         """Revoke `cluster`'s Istio intermediate; the next `istio_cas` issues it a new one."""
         with self._folder(ISTIO_PKI) as fd:
             meshpki.revoke(fd, self.root / ISTIO_PKI, cluster)
+
+    # ingress PKI ------------------------------------------------------------------------
+    def ingress_listeners(
+        self, mesh: str, listeners: Mapping[ListenerId, Iterable[str]], now: datetime
+    ) -> dict[ListenerId, IngressCert]:
+        """The certificate of each listener, naming its hostnames, from the mesh's ingress CA (made
+        once); kept ones are served again unless due (see `ingresspki`)."""
+        with self._folder(INGRESS_PKI) as fd:
+            os.fchmod(fd, disk.PRIVATE_DIR)
+            ca = ingresspki.ca(fd, self.root / INGRESS_PKI, mesh, now)
+            return {
+                lid: ingresspki.listener(fd, self.root / INGRESS_PKI, ca, lid, names, now)
+                for lid, names in sorted(listeners.items(), key=lambda kv: kv[0].stem)
+            }
+
+    def ingress_ca_cert(self) -> x509.Certificate:
+        """The ingress CA's certificate; StateError before the first render that made it."""
+        with self._existing(INGRESS_PKI) as fd:
+            if fd is None:
+                raise StateError(
+                    f"{self.root / INGRESS_PKI} does not exist yet — render a mesh whose Gateway has a mesh "
+                    "certificate first"
+                )
+            return ingresspki.ca_cert(fd, self.root / INGRESS_PKI)
+
+    def ingress_kept(self) -> list[ingresspki.Kept]:
+        """The listener certificates kept so far (none before the first render)."""
+        with self._existing(INGRESS_PKI) as fd:
+            return [] if fd is None else ingresspki.kept(fd, self.root / INGRESS_PKI)
 
     # the folders ------------------------------------------------------------------------
     def _open(self, sub: str | None, *, create: bool) -> int:
