@@ -63,7 +63,8 @@ def render_mesh(mesh: Path, state: Path, now: datetime = NOW) -> Rendered:
     compiled = compile_mesh(mesh, state)
     plan = compiled.plan
     tls, cas = compiled.clustermesh_tls(now), compiled.istio_cas(now)
-    files = render(plan, compiled.loaded.manifests, compiled.store.private_key, tls, cas)
+    certs = compiled.ingress_certs(now)
+    files = render(plan, compiled.loaded.manifests, compiled.store.private_key, tls, cas, certs)
     return Rendered(compiled, plan, files)
 
 

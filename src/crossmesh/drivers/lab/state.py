@@ -96,6 +96,8 @@ class LabState:
     mesh_ca_pid: int = 0  # the service mesh's CA daemon (meshca.py); 0: the mesh has no spec.istio
     mesh_proxies: dict[str, int] = field(default_factory=dict)  # node → pid of its mesh proxy (meshproxy.py)
     mesh_digest: str = ""  # of what the CA and proxies were started with; a new one restarts them
+    ingress: dict[str, int] = field(default_factory=dict)  # gateway pod ref → pid of its haproxy (ingressd.py)
+    ingress_digests: dict[str, str] = field(default_factory=dict)  # gateway pod ref → digest of its configuration
     sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
     inet: str = ""
     local: str = ""  # the client outside, cm-<tag>-local ("": built before it existed; `lab up` adds it)

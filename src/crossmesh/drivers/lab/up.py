@@ -19,6 +19,7 @@ from typing import Any
 from crossmesh.drivers.lab import faults, netns, operators, reconcile, topology, wireguard
 from crossmesh.drivers.lab.control_plane import start_agents, start_etcd, start_joining_agents
 from crossmesh.drivers.lab.desired import namespace_digest, policy_index, unhealthy_backends
+from crossmesh.drivers.lab.ingressd import start_ingress
 from crossmesh.drivers.lab.meshd import start_mesh
 from crossmesh.drivers.lab.pods import pod_key, start_workloads, wait_pods
 from crossmesh.drivers.lab.processes import wireguard_pids
@@ -352,6 +353,10 @@ def _build(
         progress("service mesh: the CA and every node's proxy (mTLS, AuthorizationPolicy)")
     changes += start_mesh(state, topo, compiled.plan, compiled.loaded.manifests)
     lap("mesh")
+    if compiled.plan.ingress or state.ingress:
+        progress("ingress gateways: haproxy in every gateway pod, published by its site's load balancer")
+    changes += start_ingress(state, topo, compiled)
+    lap("ingress")
     progress("waiting for every pod to answer")
     killed_dir = state.dir / "killed"
     killed = {p.name for p in killed_dir.iterdir()} if killed_dir.is_dir() else set()
