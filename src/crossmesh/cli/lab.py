@@ -18,6 +18,7 @@ from crossmesh.drivers.lab import faults, meshd, netns, topology, wireguard
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.errors import CrossmeshError, SpecError, UsageError
 from crossmesh.load.mesh import load_mesh_model
+from crossmesh.model.plan import Plan
 
 app = typer.Typer(
     help="The lab: the whole mesh built for real on this Linux host (network namespaces, wireguard-go, "
@@ -87,6 +88,29 @@ def up(
         out.print("nothing to change: the lab already matches the plan")
 
 
+def _gateways(state: labs.LabState, plan: Plan, topo: topology.LabTopology) -> list[dict[str, Any]]:
+    """Each ingress gateway: its load balancer's public address, listeners and HAProxy processes."""
+    return [
+        {
+            "gateway": g.ref,
+            "address": str(topo.load_balancers.get(g.ref, "")),
+            "listeners": [
+                {
+                    "name": li.name,
+                    "port": li.port,
+                    "protocol": li.protocol,
+                    "hostname": li.hostname,
+                    "nodePort": li.node_port,
+                }
+                for li in g.listeners
+            ],
+            "pods": list(g.pods),
+            "haproxy": {p: labs.alive(state.ingress.get(p, 0)) for p in g.pods},
+        }
+        for g in plan.ingress
+    ]
+
+
 @app.command("status")
 @friendly
 def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> None:
@@ -131,6 +155,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
     operator = labs.operator_control(state) if state.control_plane == "etcd" else None
     sites = _sites(state)
     local = {"namespace": topo.local_ns, "address": str(topo.local_address), "up": netns.exists(topo.local_ns)}
+    gateways = _gateways(state, compiled.plan, topo)
     if output is not Output.TABLE:
         emit(
             {
@@ -146,6 +171,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 "operator": operator,
                 "sites": sites,
                 "local": local,
+                "gateways": gateways,
                 "flows": {
                     "logs": state.flow_logs,
                     "running": labs.alive(state.flows_pid),
@@ -197,6 +223,22 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
         f"client outside: local at {local['address']} on the internet, namespace {local['namespace']}{where} "
         "(`crossmesh lab exec local -- CMD`)"
     )
+    if gateways:
+        t = Table(title="Ingress gateways (published by their site's load balancer)", title_justify="left")
+        for c in ("gateway", "load balancer", "listeners", "pods", "haproxy"):
+            t.add_column(c, overflow="fold")
+        for g in gateways:
+            listeners = ", ".join(
+                f"{li['port']}/{li['protocol']} {li['hostname'] or 'any host'} → node port {li['nodePort']}"
+                for li in g["listeners"]
+            )
+            procs = ", ".join(f"{p}: {'running' if up else '[red]down[/red]'}" for p, up in g["haproxy"].items())
+            t.add_row(escape(g["gateway"]), g["address"], escape(listeners), escape(", ".join(g["pods"])), procs)
+        out.print(t)
+        out.print(
+            "reach one from outside: `crossmesh lab exec local -- curl --resolve HOST:443:ADDRESS "
+            f"--cacert {escape(str(Path(state.state_dir) / 'ingress-pki' / 'ca.crt'))} https://HOST/`"
+        )
     if agents_rows:
         t = Table(title="Agents", title_justify="left")
         for c in ("node", "running", "etcd", "lease refreshed", "last reconcile", "took", "peers", "rejected"):
