@@ -115,6 +115,7 @@ class _Parser(ParserBase):
             self.error(("spec", "listeners"), "a Gateway needs at least one listener — add one (name, port, protocol)")
         names: dict[str, Path] = {}
         keys: dict[tuple[int, str, str | None], Path] = {}
+        protocols: dict[int, Listener] = {}
         for where, item in raw_listeners:
             got = self.listener(item, where, mesh_annotation=mesh == MESH_CERTIFICATE)
             if got is None:
@@ -127,6 +128,16 @@ class _Parser(ParserBase):
             key = (got.port, got.protocol.value, got.hostname)
             if key in keys:
                 self.error(where, f"listener {got.name!r} repeats another's port, protocol and hostname — change one")
+                continue
+            first = protocols.setdefault(got.port, got)
+            if first.protocol is not got.protocol:
+                # Gateway API's ProtocolConflict: one port speaks one protocol (a TLS handshake or HTTP).
+                self.error(
+                    (*where, "protocol"),
+                    f"listener {got.name!r} ({got.protocol.value}) shares port {got.port} with listener "
+                    f"{first.name!r} ({first.protocol.value}): Gateway API marks them Conflicted (ProtocolConflict) "
+                    "— give them different ports",
+                )
                 continue
             names[got.name], keys[key] = where, where
             listeners.append(got)
