@@ -164,3 +164,11 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(70) from None
 
     return wrapper
+
+
+def listeners_text(listeners: list[dict[str, Any]]) -> str:
+    """A gateway's listeners in one line (`plan`, `lab status`): name, port, protocol, host, node port."""
+    return ", ".join(
+        f"{li['name']} {li['port']}/{li['protocol']} {li['hostname'] or 'any host'} → node port {li['nodePort']}"
+        for li in listeners
+    )

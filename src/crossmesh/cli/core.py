@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, listeners_text, out
 from crossmesh.drivers.files import diff_tree, write_tree
 from crossmesh.model.mesh import Mesh
 from crossmesh.plan import serialize
@@ -129,6 +129,18 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
                 node_port = str(svc["nodePorts"].get(bs["port"], "-"))
                 t.add_row(svc["ref"], ip, bs["port"], node_port, flags, svc["affinity"], tiers)
     out.print(t)
+    if data.get("ingress"):
+        t = _table("Ingress gateways (Gateway API)", "gateway", "service", "listeners", "pods", "load balancer targets")
+        for g in data["ingress"]:
+            listeners = listeners_text(g["listeners"])
+            t.add_row(
+                escape(g["gateway"]),
+                escape(g["service"]),
+                escape(listeners),
+                escape(", ".join(g["pods"])),
+                ", ".join(g["nodes"]),
+            )
+        out.print(t)
     if detail:
         t = _table("Routes", "node", "destination", "via", "next hop", "towards")
         for n in nodes:

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from crossmesh.cli.agent import require_agent_extra
-from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
+from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, listeners_text, out
 from crossmesh.drivers import etcd
 from crossmesh.drivers.lab import faults, meshd, netns, topology, wireguard
 from crossmesh.drivers.lab import lab as labs
@@ -228,10 +228,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
         for c in ("gateway", "load balancer", "listeners", "pods", "haproxy"):
             t.add_column(c, overflow="fold")
         for g in gateways:
-            listeners = ", ".join(
-                f"{li['port']}/{li['protocol']} {li['hostname'] or 'any host'} → node port {li['nodePort']}"
-                for li in g["listeners"]
-            )
+            listeners = listeners_text(g["listeners"])
             procs = ", ".join(f"{p}: {'running' if up else '[red]down[/red]'}" for p, up in g["haproxy"].items())
             t.add_row(escape(g["gateway"]), g["address"], escape(listeners), escape(", ".join(g["pods"])), procs)
         out.print(t)
