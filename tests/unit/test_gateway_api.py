@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from crossmesh.gateway import parse
 from crossmesh.gateway.match import Request, listener_for, pick, select
 from crossmesh.gateway.model import Backend, Gateway, HTTPRoute, Match, ParentRef, PathMatch, PathType, Rule
+from crossmesh.load.fields import dotted
 from crossmesh.model import k8s
-from crossmesh.policy.parse_base import dotted
 
 EXAMPLES = Path(__file__).with_name("gateway_examples.yaml")
 

@@ -13,8 +13,8 @@ from istio_crd import schema_problems
 
 from crossmesh.istio import parse
 from crossmesh.istio.model import Action, AuthorizationPolicy, Mode, Pattern, PeerAuthentication
+from crossmesh.load.fields import dotted
 from crossmesh.model import k8s
-from crossmesh.policy.parse_base import dotted
 
 EXAMPLES = """\
 apiVersion: security.istio.io/v1

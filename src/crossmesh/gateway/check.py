@@ -17,8 +17,8 @@ from crossmesh.errors import Problem
 from crossmesh.gateway.match import hostnames_on, not_attached
 from crossmesh.gateway.model import Gateway, HTTPRoute, Match
 from crossmesh.gateway.parse import cluster_objects
+from crossmesh.load.fields import dotted
 from crossmesh.model import k8s
-from crossmesh.policy.parse_base import dotted
 
 Path = tuple[str | int, ...]
 TLS_SECRET = "kubernetes.io/tls"

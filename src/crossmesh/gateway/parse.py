@@ -47,8 +47,8 @@ from crossmesh.gateway.model import (
     SecretRef,
 )
 from crossmesh.gateway.parse_base import NAME, ParserBase
+from crossmesh.load.fields import Issue, brief
 from crossmesh.model import k8s
-from crossmesh.policy.parse_base import Issue, brief
 
 Path = tuple[str | int, ...]
 

@@ -3,13 +3,12 @@ and the problems found so far, so the Gateway and HTTPRoute readers say only wha
 
 from __future__ import annotations
 
-import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any
 
-from crossmesh.policy.parse_base import Issue, brief
+from crossmesh.load.fields import FieldReader, brief
 
 Path = tuple[str | int, ...]
 
@@ -27,44 +26,16 @@ WHY = {
 
 
 @dataclass(slots=True)
-class ParserBase:
+class ParserBase(FieldReader):
     """The state of parsing one object: where it is and what went wrong so far."""
 
     namespace: str
     name: str
-    issues: list[Issue] = field(default_factory=list)
 
-    def error(self, path: Path, message: str) -> None:
-        self.issues.append(Issue(path, message))
-
-    def warn(self, path: Path, message: str) -> None:
-        self.issues.append(Issue(path, message, "warning"))
-
-    @property
-    def failed(self) -> bool:
-        return any(i.severity == "error" for i in self.issues)
-
-    def mapping(
-        self, value: Any, path: Path, known: tuple[str, ...], unsupported: tuple[str, ...] = ()
-    ) -> dict[str, Any] | None:
-        """`value` as a mapping; unknown keys and keys crossmesh does not run are reported."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.error(path, f"found {brief(value)}, expected a mapping")
-            return None
-        for key in value:
-            if key in unsupported:
-                self.error(
-                    (*path, key),
-                    WHY.get(key)
-                    or f"{key!r} is not supported by crossmesh, which runs only {', '.join(known)} here — remove it",
-                )
-            elif key not in known:
-                near = difflib.get_close_matches(str(key), [*known, *unsupported], n=1)
-                hint = f"did you mean {near[0]!r}?" if near else "remove it"
-                self.error((*path, key), f"unknown field {key!r} — {hint} (known: {', '.join(sorted(known))})")
-        return value
+    def unsupported(self, key: str, known: tuple[str, ...]) -> str:
+        return WHY.get(key) or (
+            f"{key!r} is not supported by crossmesh, which runs only {', '.join(known)} here — remove it"
+        )
 
     def items(self, value: Any, path: Path, what: str) -> list[tuple[Path, Any]]:
         if value is None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 from typing import Any, TypeVar
 
@@ -44,8 +44,8 @@ from crossmesh.istio.model import (
     Rule,
     Source,
 )
+from crossmesh.load.fields import FieldReader, Issue, brief
 from crossmesh.model import k8s
-from crossmesh.policy.parse_base import Issue, brief
 
 Path = tuple[str | int, ...]
 T = TypeVar("T")
@@ -90,43 +90,18 @@ PRINCIPAL_FORM = "<trust-domain>/ns/<namespace>/sa/<service-account>, e.g. clust
 
 
 @dataclass(slots=True)
-class _Parser:
+class _Parser(FieldReader):
     """The state of parsing one object: where it is and what went wrong so far."""
 
     cluster: str
     namespace: str
     name: str
-    issues: list[Issue] = field(default_factory=list)
 
-    def error(self, path: Path, message: str) -> None:
-        self.issues.append(Issue(path, message))
-
-    def warn(self, path: Path, message: str) -> None:
-        self.issues.append(Issue(path, message, "warning"))
-
-    def mapping(
-        self, value: Any, path: Path, known: tuple[str, ...], unsupported: tuple[str, ...] = ()
-    ) -> dict[str, Any] | None:
-        """`value` as a mapping; unknown keys and keys crossmesh does not evaluate are reported."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.error(path, f"found {brief(value)}, expected a mapping")
-            return None
-        for key in value:
-            if key in unsupported:
-                self.error(
-                    (*path, key),
-                    WHY_UNSUPPORTED.get(key)
-                    or f"{key!r} is not supported by crossmesh, which evaluates only {', '.join(known)} here — "
-                    "remove it or express the rule with those",
-                )
-            elif key not in known:
-                by_lower = {k.lower(): k for k in (*known, *unsupported)}
-                near = difflib.get_close_matches(str(key).lower(), list(by_lower), n=1)
-                hint = f"did you mean {by_lower[near[0]]!r}?" if near else "remove it"
-                self.error((*path, key), f"unknown field {key!r} — {hint} (known: {', '.join(sorted(known))})")
-        return value
+    def unsupported(self, key: str, known: tuple[str, ...]) -> str:
+        return WHY_UNSUPPORTED.get(key) or (
+            f"{key!r} is not supported by crossmesh, which evaluates only {', '.join(known)} here — "
+            "remove it or express the rule with those"
+        )
 
     def strings(self, value: Any, path: Path, what: str) -> list[tuple[Path, str]] | None:
         """A list of strings with the path of each; None when absent or not a list (reported)."""

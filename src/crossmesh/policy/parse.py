@@ -35,9 +35,10 @@ The implicit defaults follow the projects' own translation, not intuition:
 
 from __future__ import annotations
 
+from crossmesh.load.fields import Issue
 from crossmesh.model import k8s
 from crossmesh.policy.model import Policy, PolicyKind
-from crossmesh.policy.parse_base import POLICY_KINDS, Issue, cilium_port_name
+from crossmesh.policy.parse_base import POLICY_KINDS, cilium_port_name
 from crossmesh.policy.parse_cilium import CiliumPolicyParser
 from crossmesh.policy.parse_k8s import NetworkPolicyParser
 

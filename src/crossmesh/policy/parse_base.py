@@ -4,13 +4,13 @@ parse_cilium.py on top of it."""
 
 from __future__ import annotations
 
-import difflib
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
-from typing import Any, NamedTuple
+from typing import Any
 
+from crossmesh.load.fields import FieldReader, Path, brief, dotted
 from crossmesh.policy.model import (
     CLUSTER_LABEL,
     NS_LABEL,
@@ -27,8 +27,6 @@ from crossmesh.policy.model import (
     Selector,
     http_regex_problem,
 )
-
-Path = tuple[str | int, ...]
 
 POLICY_KINDS = tuple(k.value for k in PolicyKind)
 L4_PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -129,14 +127,6 @@ CIDR_RULE = ("cidr", "except", "cidrGroupRef", "cidrGroupSelector")
 ICMP_RULE = ("fields",)
 
 
-class Issue(NamedTuple):
-    """A problem in one object: where (relative to the object), what, and how bad."""
-
-    path: Path
-    message: str
-    severity: str = "error"
-
-
 def cilium_port_name(text: str) -> bool:
     """Cilium's port-name pattern `([a-zA-Z0-9]-?)*[a-zA-Z](-?[a-zA-Z0-9])*`, checked in one pass:
     letters, digits and single '-' between them, with at least one letter. The regex itself
@@ -151,52 +141,17 @@ def cilium_port_name(text: str) -> bool:
     )
 
 
-def brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def dotted(path: Path) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + part
-    return out
-
-
 @dataclass(slots=True)
-class ParserBase:
-    """The state of parsing one manifest: who it is and what went wrong so far."""
+class ParserBase(FieldReader):
+    """The state of parsing one manifest: who it is and what went wrong so far (the plumbing is
+    `FieldReader`'s)."""
 
     kind: PolicyKind
     cluster: str
     namespace: str  # "" for clusterwide
     name: str
     local_cluster_default: bool
-    issues: list[Issue] = field(default_factory=list)
     rule_base: Path = ()  # the rule being parsed: peer, port and HTTP paths are relative to it
-
-    # --- plumbing ------------------------------------------------------------------------
-
-    def error(self, path: Path, message: str) -> None:
-        self.issues.append(Issue(path, message))
-
-    def warn(self, path: Path, message: str) -> None:
-        self.issues.append(Issue(path, message, "warning"))
-
-    def mapping(self, value: Any, path: Path, known: tuple[str, ...]) -> dict[str, Any] | None:
-        """`value` as a mapping whose unknown keys are reported; None (absent) reads as {}."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.error(path, f"found {brief(value)}, expected a mapping")
-            return None
-        for key in value:
-            if key not in known:
-                by_lower = {k.lower(): k for k in known}
-                near = difflib.get_close_matches(str(key).lower(), list(by_lower), n=1)
-                hint = f"did you mean {by_lower[near[0]]!r}?" if near else "remove it"
-                self.error((*path, key), f"unknown field {key!r} — {hint} (known: {', '.join(sorted(known))})")
-        return value
 
     def listing(self, value: Any, path: Path) -> list[Any] | None:
         """`value` as a list; None stays None (absent), anything else is reported."""

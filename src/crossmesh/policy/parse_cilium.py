@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from crossmesh.load.fields import Path, brief, dotted
 from crossmesh.policy.model import (
     CLUSTER_LABEL,
     NS_LABEL,
@@ -39,10 +40,7 @@ from crossmesh.policy.parse_base import (
     PORT_PROTOCOL,
     PORT_RULE,
     ParserBase,
-    Path,
-    brief,
     cilium_port_name,
-    dotted,
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from crossmesh.load.fields import Path, brief, dotted
 from crossmesh.policy.model import (
     NS_LABEL,
     NS_LABELS_PREFIX,
@@ -26,9 +27,6 @@ from crossmesh.policy.parse_base import (
     NP_PORT,
     NP_SPEC,
     ParserBase,
-    Path,
-    brief,
-    dotted,
 )
 
 
