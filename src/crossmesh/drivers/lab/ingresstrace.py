@@ -55,7 +55,7 @@ class Answer:
             out += f", Location {self.location}"
         b = self.body
         if b and "pod" in b:
-            out += f" from pod {b.get('cluster')}/{b.get('namespace')}/{b.get('pod')} (cluster {b.get('cluster')})"
+            out += f" from pod {b.get('cluster')}/{b.get('namespace')}/{b.get('pod')}"
             if b.get("xfcc"):
                 out += f", xfcc {b['xfcc']}"
         return out + (f"; {self.verified}" if self.verified else "")
