@@ -21,7 +21,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from crossmesh.checks.results import Result
-from crossmesh.drivers.lab import netns
+from crossmesh.drivers.lab import netns, tracing
 
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2
@@ -264,19 +264,8 @@ def _checksum(data: bytes) -> int:
 
 
 def nft_counter(ns: str, comment: str) -> int:
-    """Packets counted by the rule of the crossmesh table whose comment is `comment`."""
-    done = netns.run(ns, ["nft", "-j", "list", "table", "ip", "crossmesh"])
-    if done.returncode != 0:
-        return -1
-    total = 0
-    for item in json.loads(done.stdout).get("nftables", []):
-        rule = item.get("rule")
-        if not rule or rule.get("comment") != comment:
-            continue
-        for expr in rule.get("expr", []):
-            if "counter" in expr:
-                total += int(expr["counter"]["packets"])
-    return total
+    """Packets counted by the rule of the crossmesh table whose comment is `comment` (-1: no table)."""
+    return tracing.rule_packets(ns, comment)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from crossmesh.checks import probes
 from crossmesh.checks.results import Result
+from crossmesh.cli import trace_ingress as ingress_cli
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import tracing
@@ -30,16 +31,33 @@ PORT_RE = re.compile(r"^(\d{1,5})/(TCP|UDP)$", re.IGNORECASE)
 def trace(
     mesh: Path = typer.Argument(..., help="the mesh file", show_default=False),
     source: str = typer.Option(..., "--from", help="source pod CLUSTER/NS/POD, or local (the client outside)"),
-    target: str = typer.Option(..., "--to", help="pod CLUSTER/NS/POD, service CLUSTER/NS/SERVICE or NS/SERVICE"),
-    port: str = typer.Option(..., "--port", help="PORT/PROTO, e.g. 80/TCP"),
+    target: str = typer.Option(
+        ...,
+        "--to",
+        help="pod CLUSTER/NS/POD, service CLUSTER/NS/SERVICE or NS/SERVICE; from local also a URL https://HOST/PATH",
+    ),
+    port: str = typer.Option("", "--port", help="PORT/PROTO, e.g. 80/TCP (a URL names its own)"),
+    header: list[str] = typer.Option([], "-H", "--header", help="with a URL: a request header 'Name: value'; repeat"),
+    method: str = typer.Option("GET", "--method", help="with a URL: the HTTP method"),
     probe: bool = typer.Option(True, "--probe/--no-probe", help="confirm each hop on the running lab"),
     output: Output = OUTPUT_OPTION,
 ) -> None:
     """Show the path pod → veth → node → VXLAN or WireGuard (peer, endpoint, NAT) → remote node → pod.
 
-    When the mesh's lab is running, one real request is sent and each hop is confirmed
-    by its counters (interface packets, WireGuard peer bytes).
+    From `local` to a URL: the client outside → internet → the site's load balancer (DNAT) → node
+    port → ingress gateway (listener, route rule and why, backendRef by weight) → mesh (mTLS) →
+    Service NAT → WireGuard → the pod. When the mesh's lab is running, one real request is sent and
+    each hop is confirmed by its counters (interface packets, WireGuard peer bytes, nft rules, HAProxy).
     """
+    if ingress_cli.is_url(target):
+        if port:
+            raise UsageError(f"--port {port!r}: a URL names its port itself (https://HOST:PORT/PATH) — drop --port")
+        ingress_cli.trace_url_command(mesh, source, target, header, method, probe=probe, output=output)
+        return
+    if header or method != "GET":
+        raise UsageError("-H/--header and --method go with a URL --to (https://HOST/PATH)")
+    if not port:
+        raise UsageError("--port is required for a pod or service: write PORT/PROTO, e.g. 80/TCP")
     m = PORT_RE.match(port)
     if not m or not 1 <= int(m.group(1)) <= 65535:
         raise UsageError(f"--port {port!r}: write PORT/PROTO with PROTO TCP or UDP, e.g. 80/TCP")

@@ -32,6 +32,7 @@ class Hop:
     node: str  # node whose namespace holds the device ("" for the internet)
     peer: str = ""  # WireGuard peer or VXLAN neighbour
     verdict: str = "forwarded"
+    details: tuple[str, ...] = ()  # further lines under the hop (a gateway's reasons for its rule)
 
 
 @dataclass(frozen=True, slots=True)

@@ -467,7 +467,8 @@ def _load_balancers(
         for port, node_port in lb.listeners:
             to = nft.RandomDnat(tuple((address, node_port) for _, address in lb.targets))
             match = (from_wan, nft.Match(F.IP_DADDR, lb_addr[lb.gateway]), nft.Match(nft.dport("tcp"), port))
-            out.append(nft.Rule((*match, to), load_balancer_comment(lb.gateway, port)))
+            # counted: `trace --from local` confirms the hop by this rule's packets (a connection's first)
+            out.append(nft.Rule((*match, nft.Counter(), to), load_balancer_comment(lb.gateway, port)))
     return out
 
 

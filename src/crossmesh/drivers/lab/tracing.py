@@ -4,6 +4,7 @@ when its counter moved (interface packets, WireGuard peer bytes)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,10 +16,10 @@ from crossmesh.plan.trace import Hop, Trace
 
 @dataclass(frozen=True, slots=True)
 class Counter:
-    kind: str  # "link" or "wg"
+    kind: str  # "link", "wg" or "nft"
     namespace: str
-    device: str
-    field: str  # rx_packets / tx_packets, or rx / tx bytes for a WireGuard peer
+    device: str  # for "nft": the comment of the rule of table crossmesh whose packets are counted
+    field: str  # rx_packets / tx_packets, rx / tx bytes for a WireGuard peer, "packets" for a rule
     peer_key: str = ""
 
 
@@ -55,7 +56,22 @@ def counter_for(hop: Hop, trace: Trace, plan: Plan, topo: LabTopology, first: bo
     return None
 
 
+def rule_packets(namespace: str, comment: str) -> int:
+    """Packets counted by the rules of table crossmesh in `namespace` whose comment is `comment`."""
+    done = netns.run(namespace, ["nft", "-j", "list", "table", "ip", "crossmesh"])
+    if done.returncode != 0:
+        return -1
+    total = 0
+    for item in json.loads(done.stdout).get("nftables", []):
+        rule = item.get("rule")
+        if rule and rule.get("comment") == comment:
+            total += sum(int(e["counter"]["packets"]) for e in rule.get("expr", []) if "counter" in e)
+    return total
+
+
 def read(counter: Counter) -> int:
+    if counter.kind == "nft":
+        return rule_packets(counter.namespace, counter.device)
     if counter.kind == "wg":
         text = wireguard.dump(counter.device)
         if not text:
