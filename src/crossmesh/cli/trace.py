@@ -102,7 +102,9 @@ def trace(
         return
     out.print(f"[bold]{escape(source)} → {escape(target)} {number}/{proto}[/bold] (backend {escape(planned.backend)})")
     for h in hops:
-        mark = {"yes": "[green]✓[/green]", "no": "[red]✗[/red]"}.get(str(h["confirmed"])[:3].strip(), " ")
+        # "yes: +3" ✓, "no: counter did not move" ✗, "no counter here" (nothing to confirm with) neither.
+        verdict = str(h["confirmed"]).split(":", 1)[0] if ":" in str(h["confirmed"]) else ""
+        mark = {"yes": "[green]✓[/green]", "no": "[red]✗[/red]"}.get(verdict, " ")
         out.print(
             f"{h['step']:3d}. {mark} [cyan]{escape(str(h['at']))}[/cyan]: {escape(str(h['action']))}  "
             f"[dim]({escape(str(h['confirmed']))})[/dim]"
