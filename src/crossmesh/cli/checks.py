@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from crossmesh.checks import results, suite
+from crossmesh.checks import ingress, results, suite
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.errors import CrossmeshError, UsageError
@@ -44,7 +44,10 @@ def test(
     # Under topology gateways with agents, planned (and rendered) with the active gateways etcd names
     compiled, topo, active = suite.lab_view(state)
     istio = istio_index(compiled.plan, compiled.loaded.manifests) if compiled.plan.istio is not None else None
-    ctx = suite.Context(compiled.plan, topo, state, labs.policy_index(compiled), rendered(compiled), active, istio)
+    gateways = ingress.views(compiled, Path(state.state_dir)) if compiled.plan.ingress else None
+    ctx = suite.Context(
+        compiled.plan, topo, state, labs.policy_index(compiled), rendered(compiled), active, istio, gateways
+    )
     planned = suite.build(ctx, pattern)
     if not planned:
         err.print(f"no check matches {pattern!r}", markup=False)
