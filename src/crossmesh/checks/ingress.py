@@ -26,6 +26,7 @@ run alone (kind `ingress`), so other checks' requests do not move HAProxy's coun
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from crossmesh.checks.ingressclient import Answer, Ask
 from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab import ingressd
 from crossmesh.drivers.lab.state import LabError
+from crossmesh.errors import StateError
 from crossmesh.gateway.match import Request, attached, hostnames_on, select
 from crossmesh.gateway.model import Backend, HTTPRoute, Listener, Match, PathType, Protocol
 from crossmesh.identity.ingress import secret_pem
@@ -76,10 +78,8 @@ def views(compiled: Compiled, state_dir: Path | None) -> dict[str, GatewayView]:
             if li.tls is None:
                 continue
             if li.tls.mesh and state_dir is not None:
-                try:
+                with contextlib.suppress(StateError):  # no CA yet: the tls check says there is nothing to trust
                     trust[li.name] = ingress_ca_pem(state_dir)
-                except Exception:  # noqa: BLE001, S112 - no CA yet: the tls check says so
-                    continue
             elif li.tls.secrets and (raw := secrets.get((li.tls.secrets[0].namespace, li.tls.secrets[0].name))):
                 try:
                     chain = x509.load_pem_x509_certificates(secret_pem(raw))

@@ -29,7 +29,10 @@ def test(
     every tunnel, pod and VXLAN device as the files `crossmesh render` writes give it. Under topology
     gateways: who carries each site and whether its standbys are ready; with agents, each site's
     active gateway crashed and then blackholed under a stream (loss window, back to the preferred one
-    after), last and one at a time, and no split brain meanwhile.
+    after), last and one at a time, and no split brain meanwhile. With ingress gateways (Gateway API),
+    from the client outside through each load balancer: every route rule answered as `trace` decides,
+    the weighted split over 1,000 requests, header matches, TLS and SNI, nothing else answering on a
+    public address, and a global backend's preferred tier killed under requests (the gap reported).
 
     Expectations come from the plan. Exit code 1 when any check fails.
     """
