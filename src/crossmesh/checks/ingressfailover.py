@@ -32,7 +32,7 @@ FAILOVER_TIMEOUT = 15.0  # seconds for the next tier to answer once the preferre
 STEADY = 2.0  # seconds of requests after the move that must all succeed
 BEFORE = 1.0  # seconds of requests before the kill
 WORKERS = 4
-PAUSE = 0.02  # seconds between two requests of one connection (≈ 200 requests/s in all)
+PAUSE = 0.04  # seconds between two requests of one connection (≈ 100 requests/s in all)
 REQUEST_TIMEOUT = 3.0
 
 
@@ -226,11 +226,15 @@ def _runner(  # noqa: PLR0913
         failed_after = [s for s in after if not s.ok]
         nxt = [s for s in after if s.pod in second]
         gap_ms = None if gap.seconds == float("inf") else round(gap.seconds * 1000, 1)
-        check.extra |= {"gapMs": gap_ms, "failed": sum(1 for s in during if not s.ok), "sent": len(during)}
+        failures = [s.at for s in during if not s.ok]
+        window_ms = round((failures[-1] - failures[0]) * 1000, 1) if failures else 0.0
+        check.extra |= {"gapMs": gap_ms, "windowMs": window_ms, "failed": len(failures), "sent": len(during)}
         shown = "never resumed" if gap_ms is None else f"{gap_ms:.0f} ms"
+        # The other backendRefs' share keeps answering meanwhile, so runs of failures are short; the
+        # window is from the first failed request to the last.
         story = (
-            f"gap {shown} ({gap.failed} requests failed in a row, {check.extra['failed']} of {len(during)} "
-            f"while staged); "
+            f"gap {shown} ({gap.failed} requests failed in a row; {len(failures)} of {len(during)} failed while "
+            f"staged, within {window_ms:.0f} ms); "
         )
         if moved is None:
             check.actual = Result.TIMEOUT
@@ -239,7 +243,11 @@ def _runner(  # noqa: PLR0913
             )
         elif failed_after or wrong:
             check.actual = Result.WRONG_ANSWER
-            why = failed_after[0].detail if failed_after else f"answered by {wrong}"
+            why = (
+                f"{failed_after[0].detail}, sent {(failed_after[0].at - (moved or 0.0)) * 1000:.0f} ms after the move"
+                if failed_after
+                else f"answered by {wrong}"
+            )
             check.detail = story + f"after the move {len(failed_after)} of {len(after)} failed ({why})"
         elif back is None:
             check.actual = Result.TIMEOUT
