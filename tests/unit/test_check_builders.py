@@ -99,7 +99,13 @@ def test_every_scenario_registers_in_report_order_and_the_facade_builds_them_all
         "rotation",
         "expired_refused",
         "l7",
+        "routes",
+        "weights",
+        "header_match",
+        "tls",
+        "no_public_exposure",
         "services",
+        "failover",
         "gateway_failover",
     ]
     assert [r.builder for r in framework.builders() if r.together] == [underlay.underlay]

@@ -9,10 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from crossmesh.checks import probes
-from crossmesh.checks.framework import CHECK_PATH, Context, Planned, Runner, Skips, ports, register, timeout
+from crossmesh.checks import ingressclient, probes
+from crossmesh.checks.framework import (
+    CHECK_PATH,
+    Context,
+    GatewayView,
+    Planned,
+    Runner,
+    Skips,
+    ports,
+    register,
+    timeout,
+)
 from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.model.plan import ClusterPlan, PodPlan
+from crossmesh.plan.ingress import gateway_of
 from crossmesh.services.backends import backend_sets
 
 PAIR_CLASSES = ("same-node", "same-site", "cross-site", "cross-cluster")
@@ -38,8 +49,11 @@ def pod_to_pod(ctx: Context) -> list[Planned]:
         for cls in PAIR_CLASSES:
             for proto in ("TCP", "UDP"):
                 kind = "http" if proto == "TCP" else "udp"
+                # A gateway pod answers with HAProxy, not the echo app: `ingress/*` checks it from outside.
                 candidates = [
-                    d for d in pods if d.ref != src.ref and pair_class(ctx, src, d) == cls and ports(d, proto)
+                    d
+                    for d in pods
+                    if d.ref != src.ref and pair_class(ctx, src, d) == cls and ports(d, proto) and not gateway_of(d)
                 ]
                 if not candidates:
                     if cls in stated[src.cluster]:  # a class the plan does not state is no gap
@@ -74,6 +88,10 @@ def _stated_classes(cluster: ClusterPlan) -> set[str]:
 def http_runner(
     ctx: Context, src: PodPlan, dst: PodPlan, port: int, method: str = "GET", path: str = CHECK_PATH
 ) -> Runner:
+    view = ctx.gateway_view(dst)
+    if view is not None:  # its listeners answer: TLS or HTTP as the Gateway declares them
+        return listener_runner(ctx.ep(src).namespace, str(dst.address), port, view)
+
     def run(check: Check) -> None:
         result, answer, detail = probes.http(
             ctx.ep(src).namespace, str(dst.address), port, path=path, method=method, timeout=timeout(check)
@@ -84,6 +102,18 @@ def http_runner(
             result = Result.WRONG_ANSWER
             detail = f"answered by {seen[0]} seeing client {seen[1]}"
         check.actual, check.detail = result, detail
+
+    return run
+
+
+def listener_runner(ns: str, ip: str, port: int, view: GatewayView, listener_port: int | None = None) -> Runner:
+    """A request to a gateway pod (or its Service, or a node port to it: `listener_port` the Service
+    port): its listener answers in its protocol (`ingressclient.listener_answers`)."""
+    listeners = [li for li in view.gateway.listeners if li.port == (listener_port or port)]
+
+    def run(check: Check) -> None:
+        got = ingressclient.listener_answers(ns, ip, port, listeners, timeout=timeout(check))
+        check.actual, check.detail = got.result, got.detail
 
     return run
 
@@ -132,7 +162,13 @@ def pod_to_service(ctx: Context) -> list[Planned]:
                         port=f"{bs.port}/TCP",
                         expected=outcome,
                     )
-                    out.append(Planned(check, _service_runner(ctx, src, str(svc.cluster_ip), bs.port, allowed)))
+                    view = ctx.gateway_view(pods[tier[0].pod])
+                    runner = (
+                        listener_runner(ctx.ep(src).namespace, str(svc.cluster_ip), bs.port, view)
+                        if view is not None
+                        else _service_runner(ctx, src, str(svc.cluster_ip), bs.port, allowed)
+                    )
+                    out.append(Planned(check, runner))
     return out + skips.planned()
 
 

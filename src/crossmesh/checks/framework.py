@@ -21,10 +21,12 @@ from crossmesh.checks import probes
 from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab.lab import LabState
 from crossmesh.drivers.lab.topology import LabTopology, PodEndpoint
+from crossmesh.gateway.model import Gateway, HTTPRoute, Listener, Protocol
 from crossmesh.istio.index import IstioIndex
 from crossmesh.istio.layer import istio_layer
-from crossmesh.model.plan import Plan, PodPlan
+from crossmesh.model.plan import IngressPlan, Plan, PodPlan
 from crossmesh.plan import datapath
+from crossmesh.plan.ingress import gateway_of
 from crossmesh.policy.evaluator import PolicyIndex, Reason, Verdict, evaluate
 from crossmesh.policy.model import HttpRequest
 
@@ -32,7 +34,19 @@ DENIED_TIMEOUT = 1.5
 CHECK_PATH = "/crossmesh-check"
 # Captures and staged failures run alone, so that other checks' traffic and kills do not mix in
 # (a gateway's failover stops every cross-site flow of its site for a moment).
-ALONE = ("encryption", "nat", "service", "gateway", "mtls")
+ALONE = ("encryption", "nat", "service", "gateway", "mtls", "ingress")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayView:
+    """An ingress gateway as the checks read it: its plan, its Gateway API objects (every HTTPRoute of
+    its cluster: `gateway.match` keeps the attached ones), and per HTTPS listener the PEM a client
+    outside trusts — the mesh's ingress CA, or the certificates of the listener's Secret."""
+
+    plan: IngressPlan
+    gateway: Gateway
+    routes: tuple[HTTPRoute, ...]
+    trust: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +60,15 @@ class Context:
     # files above are made with it); None: the planner's preferred ones (no control plane).
     active: Mapping[str, str] | None = None
     istio: IstioIndex | None = None  # a mesh with spec.istio: what the destination's mesh proxy does
+    ingress: Mapping[str, GatewayView] | None = None  # IngressPlan ref → the gateway (the ingress checks)
+
+    def gateway_view(self, pod: PodPlan) -> GatewayView | None:
+        """The gateway `pod` runs (it answers with HAProxy's listeners, not the echo app), or None."""
+        name = gateway_of(pod)
+        if name is None:
+            return None
+        ref = f"{pod.cluster}/{pod.namespace}/{name}"
+        return (self.ingress or {}).get(ref) or _bare_view(self.plan, ref)
 
     def site_of(self, pod: PodPlan) -> str:
         return self.plan.node(pod.node).site
@@ -86,8 +109,8 @@ class Context:
         the one reading of PeerAuthentication and AuthorizationPolicy that `policy trace` shows
         (`istio_layer`): an HTTP request it read is answered 403 (Envoy's RBAC filter); a connection it
         did not read — plaintext to STRICT, or TCP its policies cannot judge by HTTP — is reset."""
-        if self.istio is None or self.policy is None or self.plan.istio is None:
-            return None
+        if self.istio is None or self.policy is None or self.plan.istio is None or gateway_of(dst) is not None:
+            return None  # a gateway pod has no inbound capture: its own proxy takes what arrives
         eps, domain = self.policy.endpoints, self.plan.istio.trust_domain
         layer = istio_layer(self.istio, eps[src.ref], eps[dst.ref], port, request, trust_domain=domain)
         if layer.allowed:
@@ -105,6 +128,16 @@ class Context:
     def pods(self) -> list[PodPlan]:
         """Every pod of the plan, by reference: the builders' stable order."""
         return sorted(self.plan.pods(), key=lambda p: p.ref)
+
+
+def _bare_view(plan: Plan, ref: str) -> GatewayView | None:
+    """A gateway known from the plan alone (no Gateway API objects read): its listeners' ports and
+    protocols are what a probe of its pods needs."""
+    g = next((g for g in plan.ingress if g.ref == ref), None)
+    if g is None:
+        return None
+    listeners = tuple(Listener(li.name, li.port, Protocol(li.protocol), li.hostname) for li in g.listeners)
+    return GatewayView(g, Gateway(g.namespace, g.name, "istio", listeners), ())
 
 
 Runner = Callable[[Check], None]

@@ -8,6 +8,7 @@ import re
 from crossmesh.checks.connectivity import http_runner, udp_runner
 from crossmesh.checks.framework import Context, Planned, Runner, Skips, ports, register
 from crossmesh.checks.results import Check, Kind, Result
+from crossmesh.plan.ingress import gateway_of
 from crossmesh.policy.evaluator import Verdict
 
 MAX_POLICY_CHECKS = 2000
@@ -65,6 +66,8 @@ def l7(ctx: Context) -> list[Planned]:
     out: list[Planned] = []
     pods = ctx.pods()
     for dst in pods:
+        if gateway_of(dst):
+            continue  # HAProxy's TLS listener: an HTTP rule there is not the gateway's to answer
         for port in ports(dst, "TCP"):
             for src in pods:
                 if src.ref == dst.ref:

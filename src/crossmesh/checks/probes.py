@@ -28,7 +28,7 @@ IP_PMTUDISC_DO = 2
 TIMEOUT = 3.0
 
 
-def _classify(err: OSError) -> Result:
+def classify(err: OSError) -> Result:
     if isinstance(err, ssl.SSLError):
         return Result.RESET  # the peer refused the handshake (its alert is in the detail)
     if isinstance(err, TimeoutError | socket.timeout):
@@ -88,7 +88,7 @@ def http(  # noqa: PLR0913
                         break
                     chunks.append(chunk)
         except OSError as err:
-            return _classify(err), None, str(err)
+            return classify(err), None, str(err)
         raw = b"".join(chunks)
         if not raw:  # a proxy that refused it closed its side (its own peer may have got a reset)
             return Result.RESET, None, "closed without an answer"
@@ -129,7 +129,7 @@ def udp_echo(  # noqa: PLR0913
                 s.send(data_out)
                 data = s.recv(65536)
             except OSError as err:
-                return _classify(err), str(err)
+                return classify(err), str(err)
         return (Result.OK, "") if data == data_out else (Result.WRONG_ANSWER, f"{len(data)} bytes came back")
 
     return netns.run_in(ns, run)
@@ -150,7 +150,7 @@ def dns_a(ns: str, server: str, name: str, *, timeout: float = TIMEOUT) -> tuple
                 s.send(query)
                 reply = s.recv(4096)
             except OSError as err:
-                return _classify(err), (), str(err)
+                return classify(err), (), str(err)
         if len(reply) < 12 or struct.unpack("!H", reply[:2])[0] != ident:
             return Result.WRONG_ANSWER, (), "not an answer to the query"
         flags, _, count = struct.unpack("!HHH", reply[2:8])

@@ -44,6 +44,7 @@ class Kind(StrEnum):
     OBSERVE = "observe"  # flow records: what the kernel logged against what the checks did (issue 14)
     MTLS = "mtls"  # Istio's mutual TLS between workloads: encrypted, identities, STRICT, rotation (issue 11)
     AUTHZ = "authz"  # Istio's AuthorizationPolicy at the destination's proxy (issue 11)
+    INGRESS = "ingress"  # the first hop: the client outside → a gateway's load balancer → backends (issue 12)
 
 
 @dataclass(slots=True)

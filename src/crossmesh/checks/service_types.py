@@ -16,6 +16,7 @@ the node's address — the backend's ingress.
 from __future__ import annotations
 
 from crossmesh.checks import probes
+from crossmesh.checks.connectivity import listener_runner
 from crossmesh.checks.framework import CHECK_PATH, Context, Planned, Runner, Skips, register
 from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab import lab as labs
@@ -101,7 +102,13 @@ def node_ports(ctx: Context) -> list[Planned]:
                             expected=Result.OK,
                             extra={"node": node.name, "nodePort": node_port},
                         )
-                        out.append(Planned(check, _runner(ns, str(node.address), node_port, bs.protocol, tier)))
+                        view = ctx.gateway_view(ctx.topo.pod(tier[0].pod).pod)
+                        runner = (
+                            listener_runner(ns, str(node.address), node_port, view, bs.port)
+                            if view is not None and bs.protocol == "TCP"
+                            else _runner(ns, str(node.address), node_port, bs.protocol, tier)
+                        )
+                        out.append(Planned(check, runner))
     return out + skips.planned()
 
 

@@ -20,6 +20,7 @@ from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import servicenat
 from crossmesh.model.plan import PodPlan, ServicePlan
+from crossmesh.plan.ingress import gateway_of
 from crossmesh.services.backends import BackendSet, backend_sets
 
 SPREAD_TRIES = 60
@@ -53,6 +54,10 @@ def services(ctx: Context) -> list[Planned]:
                     continue
                 if not bs.all:
                     skips.add("no backend pod", f"{svc.ref} {bs.port}")
+                    continue
+                if any(gateway_of(by_ref[b.pod]) for b in bs.all):
+                    # its pods run HAProxy, not the echo app: `ingress/*` checks it through its load balancer
+                    skips.add("an ingress gateway's Service: the ingress checks cover it", f"{svc.ref} {bs.port}")
                     continue
                 client = next(
                     (

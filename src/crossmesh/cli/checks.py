@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from crossmesh.checks import results, suite
+from crossmesh.checks import ingress, results, suite
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.errors import CrossmeshError, UsageError
@@ -29,7 +29,10 @@ def test(
     every tunnel, pod and VXLAN device as the files `crossmesh render` writes give it. Under topology
     gateways: who carries each site and whether its standbys are ready; with agents, each site's
     active gateway crashed and then blackholed under a stream (loss window, back to the preferred one
-    after), last and one at a time, and no split brain meanwhile.
+    after), last and one at a time, and no split brain meanwhile. With ingress gateways (Gateway API),
+    from the client outside through each load balancer: every route rule answered as `trace` decides,
+    the weighted split over 1,000 requests, header matches, TLS and SNI, nothing else answering on a
+    public address, and a global backend's preferred tier killed under requests (the gap reported).
 
     Expectations come from the plan. Exit code 1 when any check fails.
     """
@@ -44,7 +47,10 @@ def test(
     # Under topology gateways with agents, planned (and rendered) with the active gateways etcd names
     compiled, topo, active = suite.lab_view(state)
     istio = istio_index(compiled.plan, compiled.loaded.manifests) if compiled.plan.istio is not None else None
-    ctx = suite.Context(compiled.plan, topo, state, labs.policy_index(compiled), rendered(compiled), active, istio)
+    gateways = ingress.views(compiled, Path(state.state_dir)) if compiled.plan.ingress else None
+    ctx = suite.Context(
+        compiled.plan, topo, state, labs.policy_index(compiled), rendered(compiled), active, istio, gateways
+    )
     planned = suite.build(ctx, pattern)
     if not planned:
         err.print(f"no check matches {pattern!r}", markup=False)

@@ -10,8 +10,11 @@ is a bridge whose frames skip the router's nftables, as a VPC's own traffic skip
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from ipaddress import IPv4Address
+
 from crossmesh import nft
-from crossmesh.plan.prerequisites import ANYWHERE, InboundRule, Scope, SitePrerequisites
+from crossmesh.plan.prerequisites import ANYWHERE, InboundRule, Scope, SitePrerequisites, Targets
 
 
 def comment(rule: InboundRule) -> str:
@@ -19,21 +22,35 @@ def comment(rule: InboundRule) -> str:
     return nft.comment(f"allow {rule.name}")
 
 
-def inbound_accepts(wan_if: str, prereq: SitePrerequisites | None) -> tuple[nft.Rule, ...]:
+def inbound_accepts(
+    wan_if: str, prereq: SitePrerequisites | None, balancers: Mapping[str, IPv4Address] | None = None
+) -> tuple[nft.Rule, ...]:
     """The accept rules of the router's forward chain for traffic the 1:1 NAT sent to a node
-    (`ct status dnat`: after prerouting the destination is the node's site address)."""
+    (`ct status dnat`: after prerouting the destination is the node's site address).
+
+    A load balancer's rule (targets `ingress`) takes only what was sent to the balancer's own address
+    (`balancers`: gateway ref → address; `ct original ip daddr`): the balancer forwards its listeners
+    to the node port, and a node's own public address does not publish that node port."""
     if prereq is None:
         return ()
     rules = []
+    known = balancers or {}
+    fronts = tuple(sorted({known[lb.gateway] for lb in prereq.load_balancers if lb.gateway in known}))
     for rule in prereq.inbound:
         members = prereq.members(rule.targets)
         if rule.scope is not Scope.INTERNET or not members:
             continue
         source = () if rule.source == ANYWHERE else (nft.Match(nft.Field.IP_SADDR, rule.source),)
+        front = (
+            (nft.Match(nft.Field.CT_ORIGINAL_IP_DADDR, nft.AnonSet(fronts)),)
+            if rule.targets is Targets.INGRESS and fronts
+            else ()
+        )
         exprs = (
             nft.Match(nft.Field.IIFNAME, wan_if),
             nft.Match(nft.Field.CT_STATUS, nft.CtStatus.DNAT),
             nft.Match(nft.Field.IP_DADDR, nft.AnonSet(tuple(address for _, address in members))),
+            *front,
             *source,
             nft.Match(nft.dport(rule.protocol.value), rule.port),
             nft.Verdict.ACCEPT,

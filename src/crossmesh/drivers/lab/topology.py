@@ -499,7 +499,7 @@ def _router_nft(
             (to_wan, nft.Match(F.IP_DADDR, PRIVATE), *_logged_drop(codes.PRIVATE_TO_INTERNET)), "no-private-to-internet"
         ),
         nft.Rule((from_wan, ESTABLISHED, nft.Verdict.ACCEPT)),
-        *firewall.inbound_accepts(wan_if, prereq),
+        *firewall.inbound_accepts(wan_if, prereq, lb_addr),
         nft.Rule((from_wan, *_logged_drop(codes.FIREWALL)), "unsolicited-from-internet"),
     )
     local_in = (
