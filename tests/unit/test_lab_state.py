@@ -28,6 +28,8 @@ BEFORE = {
     "flows_pid": 4500,
     "indices": {"site": {"aws-sg": 0}},
     "inet": "cm-abcd-inet",
+    "ingress": {},
+    "ingress_digests": {},
     "lease_ttl": 3,
     "local": "cm-abcd-local",
     "mesh_ca_pid": 0,

@@ -43,7 +43,8 @@ def test_render_output_format_is_o_and_the_folder_is_output_dir(tmp_path: Path) 
     summary = json.loads(done.output)
     assert summary["files"] == len([p for p in out.rglob("*") if p.is_file()]) - 1  # less the render's own list
     private = [p for p in out.rglob("*") if p.is_file() and p.stat().st_mode & 0o777 == 0o600]
-    # 3 talos.yaml, 3 ClusterMesh Secrets, 3 Istio cacerts (each cluster's intermediate key)
-    assert summary["secrets"] == len(private) == 9 and summary["warnings"] == []
+    # 3 talos.yaml, 3 ClusterMesh Secrets, 3 Istio cacerts (each cluster's intermediate key), and the
+    # ingress gateway's TLS Secret (its listener's key, from the ingress CA)
+    assert summary["secrets"] == len(private) == 10 and summary["warnings"] == []
     old = CliRunner().invoke(app, ["render", str(mesh), "-o", str(tmp_path / "elsewhere")])
     assert old.exit_code == 2 and not (tmp_path / "elsewhere").exists()
