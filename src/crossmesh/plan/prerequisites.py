@@ -144,7 +144,7 @@ def _site(plan: Plan, site: SitePlan, nodes: list[NodePlan]) -> SitePrerequisite
     names = {s.network: s.name for s in plan.sites}
     carried = tuple((r.destination, r.node, names.get(r.destination, "")) for r in routes)
     balancers = _load_balancers(plan, ordered)
-    inbound = [*_wireguard(dialled), *_site_network(plan, site, ordered, carried), *_ingress(balancers)]
+    inbound = [*_wireguard(dialled), *_site_network(plan, site, ordered, carried), *_ingress(site, balancers)]
     return SitePrerequisites(
         site=site,
         mesh=plan.mesh,
@@ -178,19 +178,23 @@ def _load_balancers(plan: Plan, nodes: list[NodePlan]) -> tuple[LoadBalancer, ..
     return tuple(out)
 
 
-def _ingress(balancers: tuple[LoadBalancer, ...]) -> list[InboundRule]:
-    """The node ports a load balancer forwards to, from anywhere: it keeps the client's address, so
-    the nodes' firewall sees the users themselves (AWS NLB client IP preservation, Azure and GCP
-    passthrough balancers)."""
+def _ingress(site: SitePlan, balancers: tuple[LoadBalancer, ...]) -> list[InboundRule]:
+    """The node ports a load balancer forwards to. On AWS, from the site network only: the rendered
+    NLB has client IP preservation off (`preserve_client_ip.enabled=false`), so its targets see its
+    private addresses, and a node's own public address does not publish the node port. Elsewhere
+    from anywhere: Azure's and GCP's passthrough balancers and Octavia keep the client's address,
+    which a firewall rule then has to admit (README "Security model" says what that exposes)."""
+    aws = site.provider == "aws"
     return [
         InboundRule(
             name=f"ingress-{lb.name}-{port}",
             protocol=Protocol.TCP,
             port=node_port,
-            source=ANYWHERE,
+            source=site.network if aws else ANYWHERE,
             targets=Targets.INGRESS,
             scope=Scope.INTERNET,
-            reason=f"{lb.reason}: port {port} of its load balancer forwards to node port {node_port}",
+            reason=f"{lb.reason}: port {port} of its load balancer forwards to node port {node_port}"
+            + (" (from the NLB's private addresses: client IP preservation off)" if aws else ""),
         )
         for lb in balancers
         for port, node_port in lb.listeners

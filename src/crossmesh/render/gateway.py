@@ -65,6 +65,10 @@ LOAD_BALANCER_ANNOTATIONS: dict[Provider, dict[str, str]] = {
         "service.beta.kubernetes.io/aws-load-balancer-type": "external",
         "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "instance",
         "service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing",
+        # Client IP preservation off: the nodes see the NLB's private addresses, so the security group
+        # admits the node port from the VPC only (plan/prerequisites.py) and a node's public address
+        # does not publish it. https://docs.aws.amazon.com/elasticloadbalancing/latest/network/edit-target-group-attributes.html
+        "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes": "preserve_client_ip.enabled=false",
     },
     # cloud-provider-azure: public unless internal is "true"; stated so that a copied manifest
     # does not inherit an internal setting. https://kubernetes-sigs.github.io/cloud-provider-azure/topics/loadbalancer/

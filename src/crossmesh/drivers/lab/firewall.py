@@ -41,6 +41,11 @@ def inbound_accepts(
         if rule.scope is not Scope.INTERNET or not members:
             continue
         source = () if rule.source == ANYWHERE else (nft.Match(nft.Field.IP_SADDR, rule.source),)
+        if rule.targets is Targets.INGRESS:
+            # On AWS the rule admits the balancer's private addresses (client IP preservation off, the
+            # site network as source); the lab's balancer is the router itself, which translates only
+            # the destination: "came through the balancer" is the same test, said by conntrack.
+            source = ()
         front = (
             (nft.Match(nft.Field.CT_ORIGINAL_IP_DADDR, nft.AnonSet(fronts)),)
             if rule.targets is Targets.INGRESS and fronts
