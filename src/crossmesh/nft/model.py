@@ -53,6 +53,7 @@ class Field(StrEnum):
     TH_DPORT = "th dport"
     TCP_DPORT = "tcp dport"
     UDP_DPORT = "udp dport"
+    UDP_SPORT = "udp sport"
     CT_MARK = "ct mark"
     CT_STATE = "ct state"
     CT_STATUS = "ct status"
@@ -150,6 +151,7 @@ class NatKind(StrEnum):
 class Nat:
     kind: NatKind
     to: IPv4Address
+    port: int | None = None  # also rewrite the port (`to <address>:<port>`)
 
 
 @dataclass(frozen=True, slots=True)

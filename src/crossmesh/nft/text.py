@@ -260,7 +260,8 @@ def _expr(e: model.Expr) -> str:  # noqa: PLR0911 - one answer per kind of expre
         value = f"{_key(v.key)} map @{name(v.map)}" if isinstance(v, model.MapLookup) else _value(v)
         return f"{e.target.value} set {value}"
     if isinstance(e, model.Nat):
-        return f"{e.kind.value} to {e.to}"
+        port = "" if e.port is None else f":{_service(e.port)}"
+        return f"{e.kind.value} to {e.to}{port}"
     if isinstance(e, model.RandomDnat):
         if not e.targets:
             raise ValueError("a random DNAT needs a target")
