@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crossmesh.errors import Problem, SpecError
+from crossmesh.errors import Problem, SpecError, StateError, UnsafePath
 from crossmesh.gateway import check as gateway_check
 from crossmesh.gateway import parse as gateway_parse
 from crossmesh.identity import ingress as ingress_certs
@@ -23,6 +23,7 @@ from crossmesh.ipam.allocate import Allocations, allocate
 from crossmesh.istio import parse as istio_parse
 from crossmesh.kv import identities
 from crossmesh.load.mesh import LoadedMesh, load_manifests, load_mesh_model
+from crossmesh.load.yamlpos import Document
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.mesh import Mesh
 from crossmesh.model.plan import Plan
@@ -33,6 +34,7 @@ from crossmesh.plan.workloads import PlacementError
 from crossmesh.policy import parse as policy_parse
 from crossmesh.render.files import RenderedFile
 from crossmesh.render.tree import render as render_tree
+from crossmesh.state import psk
 from crossmesh.state.store import StateStore
 from crossmesh.validate import rules
 
@@ -100,6 +102,7 @@ def check(
     problems = problems + manifest_problems + rules.check(mesh, doc) + _unenforced_policies(mesh, manifests)
     problems += istio_parse.conflicts(manifests) + _cilium_http_under_istio(mesh, manifests)
     problems += gateway_check.conflicts(manifests)
+    problems += _psk_files(base, doc, mesh)
     if not any(p.severity == "error" for p in problems):
         problems += _add_implied(mesh, manifests)
     loaded = LoadedMesh(path=path, doc=doc, mesh=mesh, manifests=manifests)
@@ -111,6 +114,22 @@ def check(
         problems += alloc_problems or _placement_problems(mesh, alloc, manifests)
     loaded.warnings = [p for p in problems if p.severity != "error"]
     return loaded, problems
+
+
+def _psk_files(base: Path, doc: Document, mesh: Mesh) -> list[Problem]:
+    """Each `preSharedKeyFile` is read as render will read it (state/psk.py), so that a missing,
+    readable-by-others or malformed key file is refused by validate, at its line."""
+    out = []
+    for ci, c in enumerate(mesh.spec.vpn_connections):
+        for ti, t in enumerate(c.tunnels):
+            if t.pre_shared_key_file is None:
+                continue
+            try:
+                psk.read_reference(base, t.pre_shared_key_file)
+            except (StateError, UnsafePath) as err:
+                path = ("spec", "vpnConnections", ci, "tunnels", ti, "preSharedKeyFile")
+                out.append(doc.problem(path, str(err)))
+    return out
 
 
 def _check_object(m: Manifest) -> list[policy_parse.Issue]:
@@ -223,6 +242,7 @@ def compile_mesh(
     elif persist:
         store.save_allocations(alloc)
         keys = store.ensure_keys(nodes)
+        store.ensure_psks(_generated_psks(loaded.mesh))
     else:
         keys = store.public_keys(nodes)
     try:
@@ -232,6 +252,16 @@ def compile_mesh(
     except ValueError as err:
         raise SpecError([loaded.doc.problem(("spec",), str(err))]) from err
     return Compiled(loaded=loaded, allocations=alloc, plan=plan, store=store)
+
+
+def _generated_psks(mesh: Mesh) -> list[tuple[str, int]]:
+    """The tunnels whose pre-shared key crossmesh makes: those without a preSharedKeyFile."""
+    return [
+        (c.name, i)
+        for c in mesh.spec.vpn_connections
+        for i, t in enumerate(c.tunnels, start=1)
+        if t.pre_shared_key_file is None
+    ]
 
 
 def plan_against(path: Path, previous: Allocations) -> tuple[LoadedMesh, Allocations, Plan]:

@@ -115,6 +115,8 @@ def _print_plan(data: dict[str, Any], change: dict[str, Any], only: set[str]) ->
         )
     out.print(t)
     _print_datapath(data["clusters"])
+    if data.get("sitePairs"):
+        _print_site_pairs(data)
     if detail:
         _print_nodes(nodes)
     else:
@@ -183,6 +185,53 @@ def _print_datapath(clusters: list[dict[str, Any]]) -> None:
             str(u["value"]),
             u["arithmetic"],
         )
+    out.print(t)
+
+
+def _print_site_pairs(data: dict[str, Any]) -> None:
+    """With hubs: every pair of sites, its transport and MTU budget; the hubs and VPN connections."""
+    t = _table("Site pairs", "sites", "transport", "path", "MTU", "pod MTU", "arithmetic")
+    for p in data["sitePairs"]:
+        transport = p["transport"] + (f" via hub {p['hub']} over {', '.join(p['connections'])}" if p["hub"] else "")
+        pod = p["podMTU"]
+        arithmetic = p["mtu"]["arithmetic"] + (f"; pods: {pod['arithmetic']}" if pod else "")
+        t.add_row(
+            " ⇄ ".join(p["sites"]),
+            transport,
+            escape(p["path"]),
+            str(p["mtu"]["value"]),
+            str(pod["value"]) if pod else "-",
+            arithmetic,
+        )
+    out.print(t)
+    t = _table("Hubs", "hub", "VPC of", "Amazon ASN", "route table", "associations", "routes")
+    for h in data.get("hubs", []):
+        for rt in h["routeTables"]:
+            routes = ", ".join(
+                f"{r['destination']} → {r['attachment']}" + (" (propagated)" if r["propagated"] else "")
+                for r in rt["routes"]
+            )
+            t.add_row(h["name"], h["site"], str(h["amazonSideASN"]), rt["name"], ", ".join(rt["associations"]), routes)
+    out.print(t)
+    t = _table("VPN connections", "connection", "site → hub", "customer gateway", "routing", "tunnel", "inside", "IKE")
+    for c in data.get("vpnConnections", []):
+        cgw = c["customerGateway"]
+        for tun in c["tunnels"]:
+            p1, p2 = tun["phase1"], tun["phase2"]
+            ike = (
+                f"{tun['ikeVersion']}; phase 1 {'/'.join(p1['encryption'])} {'/'.join(p1['integrity'])} "
+                f"DH {','.join(map(str, p1['dhGroups']))}; phase 2 {'/'.join(p2['encryption'])} "
+                f"DH {','.join(map(str, p2['dhGroups']))}; key {tun['preSharedKey']}"
+            )
+            t.add_row(
+                c["name"],
+                f"{c['site']} → {c['hub']}",
+                f"{cgw['publicAddress']} ASN {cgw['asn']}",
+                c["routing"] + (f" ({', '.join(c['customerPrefixes'])})" if c["routing"] == "static" else ""),
+                f"{tun['index']}" + (" (standby)" if tun["standby"] else " (active)"),
+                f"{tun['insideCIDR']}: hub {tun['hubAddress']}, customer {tun['customerAddress']}",
+                escape(ike),
+            )
     out.print(t)
 
 

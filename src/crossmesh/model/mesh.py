@@ -247,6 +247,211 @@ class Istio(_Model):
         return parse_go(self.workload_cert_ttl)
 
 
+# --- site-to-site VPN through a hub (AWS Transit Gateway) ------------------------------------------
+# The values below are AWS's, from the EC2 API reference (VpnTunnelOptionsSpecification,
+# TransitGatewayRequestOptions, CreateCustomerGateway): a file crossmesh accepts is one AWS accepts.
+
+# TransitGatewayRequestOptions.AmazonSideAsn: "A private ASN ... 64512 to 65534 for 16-bit ASNs and
+# 4200000000 to 4294967294 for 32-bit ASNs. The default is 64512."
+AMAZON_ASN_RANGES = ((64512, 65534), (4200000000, 4294967294))
+DEFAULT_AMAZON_ASN = 64512
+# CreateCustomerGateway.BgpAsn: "Default: 65000. Valid values: 1 to 2,147,483,647" (larger ones go in
+# BgpAsnExtended, which crossmesh does not write). The private ranges (RFC 6996) are AWS's own advice.
+CUSTOMER_ASN_RANGE = (1, 2147483647)
+DEFAULT_CUSTOMER_ASN = 65000
+PRIVATE_ASN_RANGES = AMAZON_ASN_RANGES
+# VpnTunnelOptionsSpecification.TunnelInsideCidr: "A size /30 CIDR block from the 169.254.0.0/16 range.
+# The following CIDR blocks are reserved and cannot be used: 169.254.0.0/30, 169.254.1.0/30,
+# 169.254.2.0/30, 169.254.3.0/30, 169.254.4.0/30, 169.254.5.0/30, 169.254.169.252/30".
+INSIDE_RANGE = IPv4Network("169.254.0.0/16")
+RESERVED_INSIDE = tuple(
+    IPv4Network(n)
+    for n in (
+        "169.254.0.0/30",
+        "169.254.1.0/30",
+        "169.254.2.0/30",
+        "169.254.3.0/30",
+        "169.254.4.0/30",
+        "169.254.5.0/30",
+        "169.254.169.252/30",
+    )
+)
+# Phase1/Phase2DhGroupNumbers "Valid values": phase 1 2, 14..24; phase 2 also 5.
+PHASE1_DH_GROUPS = frozenset({2, *range(14, 25)})
+PHASE2_DH_GROUPS = frozenset({2, 5, *range(14, 25)})
+# Phase1/Phase2LifetimeSeconds: phase 1 900..28800 (default 28800), phase 2 900..3600 (default 3600).
+PHASE1_LIFETIME = (900, 28800)
+PHASE2_LIFETIME = (900, 3600)
+
+
+def asn_ranges_text(ranges: tuple[tuple[int, int], ...]) -> str:
+    return " or ".join(f"{low}..{high}" for low, high in ranges)
+
+
+def _amazon_asn(value: int) -> int:
+    if not any(low <= value <= high for low, high in AMAZON_ASN_RANGES):
+        raise ValueError(
+            f"{value} is outside the private ranges AWS takes for a transit gateway's Amazon-side ASN: "
+            f"{asn_ranges_text(AMAZON_ASN_RANGES)} (16-bit or 32-bit private ASNs) — choose one there, "
+            f"or leave it out for AWS's default {DEFAULT_AMAZON_ASN}"
+        )
+    return value
+
+
+def _customer_asn(value: int) -> int:
+    low, high = CUSTOMER_ASN_RANGE
+    if not low <= value <= high:
+        raise ValueError(
+            f"{value} is outside the range AWS takes for a customer gateway's BGP ASN, {low}..{high} — "
+            f"use your network's own ASN, or a private one in {PRIVATE_ASN_RANGES[0][0]}..{PRIVATE_ASN_RANGES[0][1]}"
+            f" (AWS's default {DEFAULT_CUSTOMER_ASN})"
+        )
+    return value
+
+
+def _inside_cidr(value: IPv4Network) -> IPv4Network:
+    if value.prefixlen != 30 or not value.subnet_of(INSIDE_RANGE):
+        raise ValueError(
+            f"{value} is not a /30 inside {INSIDE_RANGE}: AWS takes a tunnel's inside CIDR only from there — "
+            "write one such as 169.254.10.0/30"
+        )
+    if value in RESERVED_INSIDE:
+        raise ValueError(
+            f"{value} is reserved by AWS ({', '.join(map(str, RESERVED_INSIDE))}) — choose another /30 "
+            "in 169.254.0.0/16, such as 169.254.10.0/30"
+        )
+    return value
+
+
+def _ike_version(value: str) -> str:
+    if value != "ikev2":
+        raise ValueError(
+            f"{value[:20]!r}: crossmesh speaks IKEv2 only (AWS's best practice: use IKEv2 unless the device "
+            "cannot) — write ikev2"
+        )
+    return value
+
+
+def _dh_groups(allowed: frozenset[int], phase: int) -> Any:
+    def check(value: list[int]) -> list[int]:
+        bad = [g for g in value if g not in allowed]
+        if bad:
+            raise ValueError(
+                f"Diffie-Hellman group {bad[0]} is not one AWS permits in phase {phase} — use "
+                f"{', '.join(map(str, sorted(allowed)))} (20, ECP-384, is crossmesh's default)"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("a group is listed twice — list each once")
+        return value
+
+    return check
+
+
+AmazonAsn = Annotated[StrictInt, AfterValidator(_amazon_asn)]
+CustomerAsn = Annotated[StrictInt, AfterValidator(_customer_asn)]
+InsideCidr = Annotated[IPv4Network, BeforeValidator(_cidr), AfterValidator(_inside_cidr)]
+
+
+class Encryption(StrEnum):
+    """Phase1/Phase2EncryptionAlgorithms "Valid values: AES128 | AES256 | AES128-GCM-16 | AES256-GCM-16"."""
+
+    AES128 = "AES128"
+    AES256 = "AES256"
+    AES128_GCM_16 = "AES128-GCM-16"
+    AES256_GCM_16 = "AES256-GCM-16"
+
+
+class Integrity(StrEnum):
+    """Phase1/Phase2IntegrityAlgorithms "Valid values: SHA1 | SHA2-256 | SHA2-384 | SHA2-512"."""
+
+    SHA1 = "SHA1"
+    SHA2_256 = "SHA2-256"
+    SHA2_384 = "SHA2-384"
+    SHA2_512 = "SHA2-512"
+
+
+class Routing(StrEnum):
+    BGP = "bgp"  # each tunnel carries an eBGP session; the prefixes are learned
+    STATIC = "static"  # the connection's staticRoutes, on both sides
+
+
+class _Algorithms(_Model):
+    """The algorithms both phases offer (crossmesh's defaults: seed 001's AES-256-GCM)."""
+
+    encryption: list[Encryption] = Field(default_factory=lambda: [Encryption.AES256_GCM_16], min_length=1)
+    integrity: list[Integrity] = Field(default_factory=lambda: [Integrity.SHA2_256], min_length=1)
+
+
+class Phase1(_Algorithms):
+    """IKE SA proposals; DH group 20 (ECP-384) by default."""
+
+    dh_groups: Annotated[list[StrictInt], AfterValidator(_dh_groups(PHASE1_DH_GROUPS, 1))] = Field(
+        default_factory=lambda: [20], min_length=1
+    )
+    lifetime_seconds: StrictInt = Field(default=PHASE1_LIFETIME[1], ge=PHASE1_LIFETIME[0], le=PHASE1_LIFETIME[1])
+
+
+class Phase2(_Algorithms):
+    """ESP (child SA) proposals, with PFS group 20 by default; with a GCM cipher ESP uses no integrity."""
+
+    dh_groups: Annotated[list[StrictInt], AfterValidator(_dh_groups(PHASE2_DH_GROUPS, 2))] = Field(
+        default_factory=lambda: [20], min_length=1
+    )
+    lifetime_seconds: StrictInt = Field(default=PHASE2_LIFETIME[1], ge=PHASE2_LIFETIME[0], le=PHASE2_LIFETIME[1])
+
+
+class VpnTunnel(_Model):
+    inside_cidr: InsideCidr = Field(alias="insideCIDR")
+    ike_version: Annotated[StrictStr, AfterValidator(_ike_version)] = "ikev2"
+    phase1: Phase1 = Field(default_factory=Phase1)
+    phase2: Phase2 = Field(default_factory=Phase2)
+    # A file (relative to the mesh file, inside its folder) holding this tunnel's pre-shared key, e.g.
+    # the one AWS generated; absent: crossmesh generates one into the state directory (0600).
+    pre_shared_key_file: StrictStr | None = None
+
+
+class CustomerGateway(_Model):
+    asn: CustomerAsn = DEFAULT_CUSTOMER_ASN
+    public_address: Address  # the device's static outside address (AWS: CustomerGateway.IpAddress)
+
+
+class VpnConnection(_Model):
+    """A Site-to-Site VPN connection: site `site`'s customer gateway to hub `hub`, two tunnels."""
+
+    name: Name
+    hub: Name
+    site: Name
+    customer_gateway: CustomerGateway
+    routing: Routing = Routing.BGP
+    static_routes: list[Cidr] = Field(default_factory=list)  # routing: static — the customer side's prefixes
+    tunnels: list[VpnTunnel]
+
+
+class HubRoute(_Model):
+    destination: Cidr
+    attachment: Name
+
+
+class RouteTable(_Model):
+    """A transit gateway route table. Attachments are named: the hub's `site` (its VPC attachment) or a
+    VPN connection's name."""
+
+    name: Name
+    associations: list[Name] = Field(default_factory=list)
+    propagations: list[Name] = Field(default_factory=list)
+    routes: list[HubRoute] = Field(default_factory=list)
+
+
+class Hub(_Model):
+    """An AWS Transit Gateway: site `site`'s VPC attaches to it, VPN connections attach to it. Without
+    `routeTables`, AWS's default: one table that every attachment is associated with and propagates to."""
+
+    name: Name
+    site: Name
+    amazon_side_asn: AmazonAsn = Field(default=DEFAULT_AMAZON_ASN, alias="amazonSideASN")
+    route_tables: list[RouteTable] | None = None
+
+
 class MeshSpec(_Model):
     trust_domain: TrustDomain = "cluster.local"
     istio: Istio | None = None
@@ -256,6 +461,8 @@ class MeshSpec(_Model):
     sites: list[Site] = Field(min_length=1)
     clusters: list[Cluster] = Field(min_length=1)
     manifests: list[StrictStr] = Field(default_factory=list)
+    hubs: list[Hub] = Field(default_factory=list)
+    vpn_connections: list[VpnConnection] = Field(default_factory=list)
 
 
 class Mesh(_Model):

@@ -23,6 +23,13 @@ TUNNEL_INTERFACE = "wg-crossmesh"
 MANAGED_DISTRIBUTIONS = frozenset({"eks", "aks", "gke"})
 
 
+class Transport(StrEnum):
+    """What carries the traffic between two sites (plan/hubs.py decides)."""
+
+    WIREGUARD = "wireguard"  # crossmesh's node-to-node (or gateway-to-gateway) WireGuard
+    IPSEC = "ipsec"  # the sites' routers: a Site-to-Site VPN into a hub (transit gateway)
+
+
 class RouteVia(StrEnum):
     WIREGUARD = "wireguard"  # into the node's tunnel interface
     VXLAN = "vxlan"  # the cluster overlay inside a site
@@ -280,6 +287,94 @@ class IngressPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class SitePairPlan:
+    """How two sites reach each other: the transport, for IPsec the hub and connections it crosses, the
+    path in words, and the largest packet between node addresses (`mtu`) and between pods (`pod_mtu`,
+    `mtu` − VXLAN where a cluster's VXLAN crosses the pair; None where none does), with arithmetic."""
+
+    sites: tuple[str, str]  # in name order
+    transport: Transport
+    hub: str | None  # ipsec: the transit gateway
+    connections: tuple[str, ...]  # ipsec: the VPN connections crossed (one, or two from site to site)
+    path: str
+    mtu: Mtu
+    pod_mtu: Mtu | None
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """One IKE phase's proposals, AWS's names (AES256-GCM-16, SHA2-256, DH group numbers)."""
+
+    encryption: tuple[str, ...]
+    integrity: tuple[str, ...]
+    dh_groups: tuple[int, ...]
+    lifetime_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class VpnTunnelPlan:
+    """One of a connection's two tunnels. The inside /30's first host is the hub's end, the second the
+    customer gateway's (AWS's assignment); the BGP session runs between them. Tunnel 1 is active,
+    tunnel 2 standby (the customer side prefers tunnel 1's routes). `psk` says where the pre-shared key
+    is — `state:<path in the state directory>` or `file:<path beside the mesh file>` — never the key."""
+
+    index: int  # 1 | 2
+    inside_cidr: IPv4Network
+    hub_address: IPv4Address
+    customer_address: IPv4Address
+    ike_version: str
+    phase1: Proposal
+    phase2: Proposal
+    psk: str
+    mtu: Mtu  # the largest inner packet this tunnel carries, ESP with NAT-T arithmetic
+    standby: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VpnConnectionPlan:
+    name: str
+    hub: str
+    site: str
+    customer_asn: int
+    customer_address: IPv4Address  # the customer gateway's public (outside) address
+    routing: str  # bgp | static
+    tunnels: tuple[VpnTunnelPlan, ...]
+    customer_prefixes: tuple[IPv4Network, ...]  # what the customer side announces (bgp) or its static routes
+    hub_prefixes: tuple[IPv4Network, ...]  # what the hub routes to it: its route table's other destinations
+
+
+@dataclass(frozen=True, slots=True)
+class HubRoutePlan:
+    destination: IPv4Network
+    attachment: str
+    propagated: bool  # learned from the attachment (propagation), not a static route
+
+
+@dataclass(frozen=True, slots=True)
+class HubRouteTablePlan:
+    name: str
+    associations: tuple[str, ...]
+    propagations: tuple[str, ...]
+    routes: tuple[HubRoutePlan, ...]  # static and propagated, by destination
+
+
+@dataclass(frozen=True, slots=True)
+class HubAttachmentPlan:
+    name: str  # the VPC's site, or the VPN connection
+    kind: str  # vpc | vpn
+    prefixes: tuple[IPv4Network, ...]  # what it propagates
+
+
+@dataclass(frozen=True, slots=True)
+class HubPlan:
+    name: str
+    site: str  # the site whose VPC attaches
+    amazon_asn: int
+    attachments: tuple[HubAttachmentPlan, ...]
+    route_tables: tuple[HubRouteTablePlan, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     mesh: str
     topology: Topology
@@ -291,6 +386,10 @@ class Plan:
     health: HealthPlan = HealthPlan(Probe.TCP, "/", 200, 500, 2, 1)
     istio: IstioPlan | None = None  # None: no service mesh (no `spec.istio`)
     ingress: tuple[IngressPlan, ...] = ()  # the clusters' Gateway API gateways
+    # Site-to-site VPN (spec.hubs, spec.vpnConnections); all empty in a mesh without hubs.
+    hubs: tuple[HubPlan, ...] = ()
+    vpn: tuple[VpnConnectionPlan, ...] = ()
+    site_pairs: tuple[SitePairPlan, ...] = ()  # every pair of sites, with a hub in the mesh
 
     def node(self, name: str) -> NodePlan:
         for n in self.nodes:

@@ -18,16 +18,30 @@ Pods never appear here: they travel in the CNI's VXLAN between node addresses (p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 A = TypeVar("A")  # an address as the caller holds it: IPv4Address (planner) or canonical text (agents)
 
 
-def is_peer(own_site: str, own_natted: bool, other_site: str, other_natted: bool) -> bool:
-    """Every node of every other site, except where both ends are behind NAT: neither can dial."""
-    return other_site != own_site and not (own_natted and other_natted)
+NOT_APART: frozenset[frozenset[str]] = frozenset()
+
+
+def is_peer(
+    own_site: str,
+    own_natted: bool,
+    other_site: str,
+    other_natted: bool,
+    apart: Collection[frozenset[str]] = NOT_APART,
+) -> bool:
+    """Every node of every other site, except where both ends are behind NAT: neither can dial — and
+    except the site pairs in `apart`, which a hub carries over IPsec (plan/hubs.py)."""
+    return (
+        other_site != own_site
+        and not (own_natted and other_natted)
+        and (not apart or frozenset((own_site, other_site)) not in apart)
+    )
 
 
 def carried(tunnel_address: A, address: A) -> tuple[A, A]:
@@ -84,16 +98,21 @@ def active_of(order: Mapping[str, tuple[str, ...]], chosen: Mapping[str, str]) -
 
 
 def gateway_peers(
-    own: Member, natted: Mapping[str, bool], order: Mapping[str, tuple[str, ...]], active: Mapping[str, str]
+    own: Member,
+    natted: Mapping[str, bool],
+    order: Mapping[str, tuple[str, ...]],
+    active: Mapping[str, str],
+    apart: Collection[frozenset[str]] = NOT_APART,
 ) -> list[GatewayPeer]:
     """The peers of gateway `own` (none for a node that is not a gateway): every gateway of every other
-    site that one of the two ends can dial, the remote active first. `natted`: each gateway's NAT."""
+    site that one of the two ends can dial, the remote active first. `natted`: each gateway's NAT;
+    `apart`: site pairs a hub carries over IPsec, which are no WireGuard pairs."""
     if not own.gateway:
         return []
     own_active = active.get(own.site) == own.name
     out = []
     for site in sorted(order):
-        if site == own.site or site not in active:
+        if site == own.site or site not in active or (apart and frozenset((own.site, site)) in apart):
             continue
         remote_active = active[site]
         for gw in (remote_active, *(g for g in order[site] if g != remote_active)):

@@ -15,6 +15,10 @@ Topologies:
 Pods travel in the CNI's VXLAN (UDP 8472) between node addresses, in a site and
 across sites alike: WireGuard carries node addresses, never pod CIDRs (one
 datapath model, README "Datapath"; plan/datapath.py states it per cluster).
+
+Site pairs a hub carries (plan/hubs.py: a VPN connection into a transit gateway) are no WireGuard
+pairs in either topology: their nodes do not peer and route nothing to each other, the sites' routers
+carry them over IPsec, and the cluster's underlay shrinks to that path's MTU where its VXLAN crosses it.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from crossmesh.model.plan import (
     Vxlan,
     VxlanNeighbour,
 )
-from crossmesh.plan import datapath, ingress, workloads
+from crossmesh.plan import datapath, hubs, ingress, workloads
 from crossmesh.plan import peers as peer_rule
 
 # A node before its tunnel and VXLAN are made: (node, cluster, peers, routes of the topology).
@@ -66,6 +70,11 @@ def _host(addr: IPv4Address) -> IPv4Network:
 class _Planner:
     def __init__(self, mesh: Mesh, alloc: Allocations, public_keys: dict[str, str]) -> None:
         self.mesh = mesh
+        # Site pairs the hubs carry over IPsec, and every pair's transport and MTU (only with hubs: a
+        # mesh without any plans exactly as before).
+        links = hubs.links(mesh) if mesh.spec.hubs else {}
+        self.apart = frozenset(frozenset(p) for p in links)
+        self.site_pairs = hubs.site_pairs(mesh, links) if mesh.spec.hubs else ()
         self.alloc = alloc
         self.keys = public_keys
         self.spec = mesh.spec
@@ -154,7 +163,17 @@ class _Planner:
 
     def underlay(self, node: Node, cluster: str, tunnel: Mtu | None, routes: Sequence[Route]) -> Mtu:
         """The smallest network this node's VXLAN packets cross: its tunnel, the tunnel of the gateway
-        it routes other sites through, or its site network. Flannel's VXLAN never leaves the site."""
+        it routes other sites through, or its site network — or an IPsec path through a hub to a site
+        its overlay reaches, when smaller. Flannel's VXLAN leaves the site only through a hub."""
+        mtu = self._wireguard_underlay(node, cluster, tunnel, routes)
+        if self.apart:
+            domain = {n.site for n, _ in self.domains[self.domain_of[cluster]]}
+            ipsec = hubs.underlay_limit(self.mesh, self.site_pairs, node.site, domain)
+            if ipsec is not None and ipsec.value < mtu.value:
+                return ipsec
+        return mtu
+
+    def _wireguard_underlay(self, node: Node, cluster: str, tunnel: Mtu | None, routes: Sequence[Route]) -> Mtu:
         if self.cni[cluster] == "cilium":
             if tunnel is not None:
                 return tunnel
@@ -184,7 +203,7 @@ class _Planner:
                 peers = tuple(
                     self.peer(other, allowed[other.name], keepalive=natted, standby=False)
                     for other, _ in self.nodes
-                    if peer_rule.is_peer(node.site, natted, other.site, other.public_address is None)
+                    if peer_rule.is_peer(node.site, natted, other.site, other.public_address is None, self.apart)
                 )
                 group = groups[node.site, natted] = (peers, tuple(r for p in peers for r in towards[p.node]))
             out.append((node, cluster, *group))
@@ -210,7 +229,7 @@ class _Planner:
             site: tuple(
                 self.route(pfx, RouteVia.GATEWAY, by_name[active[site]].address, active[site])
                 for other_site in sorted(self.by_site)
-                if other_site != site
+                if other_site != site and frozenset((site, other_site)) not in self.apart
                 for pfx in prefixes[other_site]
             )
             for site in self.by_site
@@ -226,7 +245,7 @@ class _Planner:
                     carries=g.carries,
                     standby=g.standby,
                 )
-                for g in peer_rule.gateway_peers(member, natted, order, active)
+                for g in peer_rule.gateway_peers(member, natted, order, active, self.apart)
             )
             routes = [self.route(a, RouteVia.WIREGUARD, None, p.node) for p in peers for a in p.allowed_ips]
             if peer_rule.via_gateway(member, active) is not None:
@@ -325,7 +344,9 @@ def build_plan(
     gateways = mesh.spec.wireguard.topology is Topology.GATEWAYS
     drafts = planner.gateways(active) if gateways else planner.full_mesh()
     node_plans = planner.node_plans(drafts)
-    clusters = datapath.attach(mesh, cluster_plans(mesh, alloc, manifests, placements), node_plans, planner.underlays)
+    clusters = datapath.attach(
+        mesh, cluster_plans(mesh, alloc, manifests, placements), node_plans, planner.underlays, planner.site_pairs
+    )
     hc = mesh.spec.health_check
     return Plan(
         mesh=mesh.metadata.name,
@@ -348,6 +369,9 @@ def build_plan(
         ),
         istio=istio_plan(mesh),
         ingress=ingress.ingress_plans(clusters, manifests),
+        hubs=hubs.hub_plans(mesh),
+        vpn=hubs.vpn_plans(mesh),
+        site_pairs=planner.site_pairs,
     )
 
 

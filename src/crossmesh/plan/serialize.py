@@ -6,7 +6,21 @@ from collections.abc import Callable
 from typing import Any
 
 from crossmesh.model.durations import format_go
-from crossmesh.model.plan import Datapath, IngressPlan, IstioPlan, Mtu, NodePlan, Peer, Plan, Route, VxlanNeighbour
+from crossmesh.model.plan import (
+    Datapath,
+    HubPlan,
+    IngressPlan,
+    IstioPlan,
+    Mtu,
+    NodePlan,
+    Peer,
+    Plan,
+    Proposal,
+    Route,
+    SitePairPlan,
+    VpnConnectionPlan,
+    VxlanNeighbour,
+)
 from crossmesh.services.backends import backend_sets
 
 
@@ -173,6 +187,82 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "nodes": [node_json(n, cache) for n in plan.nodes],
         **({} if plan.istio is None else {"istio": istio_json(plan.istio)}),  # absent: no service mesh
         **({} if not plan.ingress else {"ingress": [ingress_json(g) for g in plan.ingress]}),  # absent: none
+        # absent: no hubs (a mesh without them gives exactly the JSON it gave before)
+        **({} if not plan.site_pairs else {"sitePairs": [site_pair_json(p) for p in plan.site_pairs]}),
+        **({} if not plan.hubs else {"hubs": [hub_json(h) for h in plan.hubs]}),
+        **({} if not plan.vpn else {"vpnConnections": [vpn_json(c) for c in plan.vpn]}),
+    }
+
+
+def site_pair_json(p: SitePairPlan) -> dict[str, Any]:
+    return {
+        "sites": list(p.sites),
+        "transport": p.transport.value,
+        "hub": p.hub,
+        "connections": list(p.connections),
+        "path": p.path,
+        "mtu": _mtu_json(p.mtu),
+        "podMTU": _mtu_json(p.pod_mtu),
+    }
+
+
+def hub_json(h: HubPlan) -> dict[str, Any]:
+    return {
+        "name": h.name,
+        "site": h.site,
+        "amazonSideASN": h.amazon_asn,
+        "attachments": [
+            {"name": a.name, "kind": a.kind, "prefixes": [str(x) for x in a.prefixes]} for a in h.attachments
+        ],
+        "routeTables": [
+            {
+                "name": t.name,
+                "associations": list(t.associations),
+                "propagations": list(t.propagations),
+                "routes": [
+                    {"destination": str(r.destination), "attachment": r.attachment, "propagated": r.propagated}
+                    for r in t.routes
+                ],
+            }
+            for t in h.route_tables
+        ],
+    }
+
+
+def _proposal_json(p: Proposal) -> dict[str, Any]:
+    return {
+        "encryption": list(p.encryption),
+        "integrity": list(p.integrity),
+        "dhGroups": list(p.dh_groups),
+        "lifetimeSeconds": p.lifetime_seconds,
+    }
+
+
+def vpn_json(c: VpnConnectionPlan) -> dict[str, Any]:
+    """A connection as planned. `preSharedKey` is where the key is kept, never the key."""
+    return {
+        "name": c.name,
+        "hub": c.hub,
+        "site": c.site,
+        "customerGateway": {"asn": c.customer_asn, "publicAddress": str(c.customer_address)},
+        "routing": c.routing,
+        "customerPrefixes": [str(x) for x in c.customer_prefixes],
+        "hubPrefixes": [str(x) for x in c.hub_prefixes],
+        "tunnels": [
+            {
+                "index": t.index,
+                "insideCIDR": str(t.inside_cidr),
+                "hubAddress": str(t.hub_address),
+                "customerAddress": str(t.customer_address),
+                "ikeVersion": t.ike_version,
+                "phase1": _proposal_json(t.phase1),
+                "phase2": _proposal_json(t.phase2),
+                "preSharedKey": t.psk,
+                "mtu": _mtu_json(t.mtu),
+                "standby": t.standby,
+            }
+            for t in c.tunnels
+        ],
     }
 
 

@@ -8,6 +8,7 @@
     etcd-pki/             the control plane's etcd CA and its identities' certificates (`crossmesh pki etcd`), 0700
     istio-pki/            the service mesh's Istio root and per-cluster intermediates (see `meshpki`), 0700
     ingress-pki/          the ingress CA and the gateway listeners' certificates (see `ingresspki`), 0700
+    vpn/<connection>.tunnel<N>.psk   Site-to-Site VPN pre-shared keys (see `psk`), 0600 in a 0700 folder
 
 In a full mesh of n nodes every node lists ~n peers and ~3n routes: written out per
 node, applied-plan.json grows as n² (810 MB in the 1,000-node benchmark). They are few distinct
@@ -39,11 +40,12 @@ from crossmesh.identity.ingress import ListenerId
 from crossmesh.identity.svid import Authority
 from crossmesh.ipam.allocate import Allocations
 from crossmesh.model.tls import CertSpec, ClusterMeshTLS, EtcdTLS, IngressCert
-from crossmesh.state import disk, ingresspki, meshpki, pki
+from crossmesh.state import disk, ingresspki, meshpki, pki, psk
 from crossmesh.state import keys as wgkeys
 
-KEYS, PKI, ETCD_PKI, ISTIO_PKI, INGRESS_PKI = "keys", "pki", "etcd-pki", "istio-pki", "ingress-pki"
+KEYS, PKI, ETCD_PKI, ISTIO_PKI, INGRESS_PKI, VPN = "keys", "pki", "etcd-pki", "istio-pki", "ingress-pki", "vpn"
 SUBFOLDERS = {
+    VPN: "VPN pre-shared keys",
     KEYS: "keys",
     PKI: "ClusterMesh CA and certificates",
     ETCD_PKI: "etcd CA and certificates",
@@ -129,17 +131,9 @@ class StateStore:
         return text
 
     def _read_key(self, fd: int, node: str) -> str | None:
-        path = self.private_key_path(node)
-        try:
-            got = disk.read_at(fd, f"{node}.key", path, limit=KEY_FILE_LIMIT)
-        except OSError as err:
-            raise StateError(f"cannot read {path}: {err.strerror}") from err
-        if got is None:
-            return None
-        data, st = got
-        disk.refuse_shared(st, path, bits=0o077, chmod="600")
-        text = data.decode("utf-8", errors="replace").strip()
-        if not wgkeys.is_valid_key(text):
+        text = _read_secret(fd, f"{node}.key", self.private_key_path(node))
+        if text is not None and not wgkeys.is_valid_key(text):
+            path = self.private_key_path(node)
             raise StateError(f"{path} does not hold a WireGuard private key — delete it to generate a new one")
         return text
 
@@ -148,6 +142,37 @@ class StateStore:
         disk.write_private(self.private_key_path(node), text + "\n", folder=fd)
         pub = wgkeys.public_key(text) + "\n"
         disk.write_at(fd, f"{node}.pub", pub.encode(), disk.SHARED, self.key_dir / f"{node}.pub")
+
+    # VPN pre-shared keys ----------------------------------------------------------------
+    def ensure_psks(self, tunnels: Iterable[tuple[str, int]]) -> None:
+        """A pre-shared key (0600) for each (connection, tunnel) that has none yet; kept ones stay."""
+        wanted = sorted(set(tunnels))
+        if not wanted:
+            return
+        with self._folder(VPN) as fd:
+            os.fchmod(fd, disk.PRIVATE_DIR)  # a vpn/ folder left 0755 by hand is tightened
+            for connection, index in wanted:
+                if self._read_psk(fd, connection, index) is None:
+                    name = psk.file_name(connection, index)
+                    disk.write_at(fd, name, (psk.generate() + "\n").encode(), disk.PRIVATE, self.root / VPN / name)
+
+    def psk(self, connection: str, index: int) -> str:
+        """The pre-shared key of tunnel `index` of `connection`, as made by `ensure_psks`."""
+        with self._existing(VPN) as fd:
+            text = None if fd is None else self._read_psk(fd, connection, index)
+        if text is None:
+            path = self.root / VPN / psk.file_name(connection, index)
+            raise StateError(f"no pre-shared key {path} — run `crossmesh plan` or `render` first")
+        return text
+
+    def _read_psk(self, fd: int, connection: str, index: int) -> str | None:
+        name = psk.file_name(connection, index)
+        path = self.root / VPN / name
+        text = _read_secret(fd, name, path)
+        why = None if text is None else psk.problem(text)
+        if why is not None:
+            raise StateError(f"{path} does not hold a pre-shared key ({why}) — delete it to generate a new one")
+        return text
 
     # ClusterMesh PKI --------------------------------------------------------------------
     def clustermesh_tls(self, mesh: str, clusters: Iterable[str], now: datetime) -> dict[str, ClusterMeshTLS]:
@@ -300,6 +325,20 @@ class StateStore:
                 disk.write_at(fd, name, (text + "\n").encode(), disk.SHARED, self.root / name)
         except OSError as err:
             raise StateError(f"cannot write {self.root / name}: {err.strerror}") from err
+
+
+def _read_secret(fd: int, name: str, path: Path) -> str | None:
+    """The text of a secret file `name` of the folder `fd`, which only this user may read; None when
+    it does not exist."""
+    try:
+        got = disk.read_at(fd, name, path, limit=KEY_FILE_LIMIT)
+    except OSError as err:
+        raise StateError(f"cannot read {path}: {err.strerror}") from err
+    if got is None:
+        return None
+    data, st = got
+    disk.refuse_shared(st, path, bits=0o077, chmod="600")
+    return data.decode("utf-8", errors="replace").strip()
 
 
 # packed applied plan ----------------------------------------------------------------------

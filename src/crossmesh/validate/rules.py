@@ -17,7 +17,10 @@ from crossmesh.errors import Problem
 from crossmesh.kv import identities
 from crossmesh.load.yamlpos import Document, PathKey, dotted
 from crossmesh.model.mesh import Distribution, Mesh, Site, Topology
+from crossmesh.plan import hubs as hub_rule
 from crossmesh.plan import peers as peer_rule
+from crossmesh.validate import vpn
+from crossmesh.validate.common import dupes
 
 MAX_PAIR_REPORTS = 20
 
@@ -44,44 +47,33 @@ def check(mesh: Mesh, doc: Document) -> list[Problem]:
         _managed_pod_cidrs,
         _talos_routes,
         _preferred,
+        vpn.check,
     ):
         problems.extend(rule(mesh, doc))
     return problems
 
 
-def _dupes(doc: Document, items: Iterable[tuple[object, PathKey]], what: str, fix: str) -> list[Problem]:
-    seen: dict[object, PathKey] = {}
-    out = []
-    for value, path in items:
-        if value in seen:
-            line = doc.where(seen[value])[0]
-            out.append(doc.problem(path, f"duplicate {what} {value} (first at line {line}) — {fix}"))
-        else:
-            seen[value] = path
-    return out
-
-
 def _unique_names(mesh: Mesh, doc: Document) -> list[Problem]:
     spec = mesh.spec
-    out = _dupes(
+    out = dupes(
         doc,
         ((s.name, ("spec", "sites", i, "name")) for i, s in enumerate(spec.sites)),
         "site name",
         "give each site its own name",
     )
-    out += _dupes(
+    out += dupes(
         doc,
         ((c.name, ("spec", "clusters", i, "name")) for i, c in enumerate(spec.clusters)),
         "cluster name",
         "give each cluster its own name",
     )
-    out += _dupes(
+    out += dupes(
         doc,
         ((c.id, ("spec", "clusters", i, "id")) for i, c in enumerate(spec.clusters) if c.id is not None),
         "cluster id",
         "choose another id in 1..511 or omit it to allocate one",
     )
-    out += _dupes(
+    out += dupes(
         doc,
         (
             (n.name, ("spec", "clusters", ci, "nodes", ni, "name"))
@@ -164,8 +156,17 @@ def _addresses(mesh: Mesh, doc: Document) -> list[Problem]:
                         f"{n.address} is the network or broadcast address of {site.network} — use a host address",
                     )
                 )
-    out += _dupes(doc, per_site, "node address", "each node in a site needs its own address")
-    out += _dupes(doc, public, "public address", "each node needs its own public address")
+    out += dupes(doc, per_site, "node address", "each node in a site needs its own address")
+    out += dupes(doc, public, "public address", "each node needs its own public address")
+    for i, conn in enumerate(mesh.spec.vpn_connections):
+        why = _public_address_problem(conn.customer_gateway.public_address, sites.values())
+        if why is not None:
+            out.append(
+                doc.problem(
+                    ("spec", "vpnConnections", i, "customerGateway", "publicAddress"),
+                    f"{why} — use the customer gateway's static outside address, the one AWS's endpoints dial",
+                )
+            )
     return out
 
 
@@ -293,8 +294,12 @@ def _reachability(mesh: Mesh, doc: Document) -> list[Problem]:
                 gateways[n.site].append(entry)
     out: list[Problem] = []
     sites = sorted(nodes_by_site)
+    # Site pairs a hub carries over IPsec are no WireGuard pairs: no tunnel to dial between them.
+    apart = _apart(mesh)
     if mesh.spec.wireguard.topology is Topology.GATEWAYS:
         for site in sites:
+            if apart and all(frozenset((site, other)) in apart for other in sites if other != site):
+                continue  # every other site is reached through a hub: no WireGuard gateway needed
             if not gateways[site]:
                 first = nodes_by_site[site][0]
                 out.append(
@@ -314,12 +319,15 @@ def _reachability(mesh: Mesh, doc: Document) -> list[Problem]:
     # Pairs of NATed ends in different sites: counted, not enumerated (10,000 NATed nodes make 50 million).
     counts = [len(natted.get(s, [])) for s in sites]
     pairs = (sum(counts) ** 2 - sum(c * c for c in counts)) // 2
+    if apart:  # pairs the hubs carry are not counted
+        pairs -= sum(len(natted.get(a, [])) * len(natted.get(b, [])) for a, b in (tuple(p) for p in apart))
     shown = list(
         islice(
             (
                 (a, na, b, nb)
                 for i, a in enumerate(sites)
                 for b in sites[i + 1 :]
+                if frozenset((a, b)) not in apart
                 for na in natted.get(a, [])
                 for nb in natted.get(b, [])
             ),
@@ -345,15 +353,30 @@ def _reachability(mesh: Mesh, doc: Document) -> list[Problem]:
     return out
 
 
+def _apart(mesh: Mesh) -> frozenset[frozenset[str]]:
+    """The site pairs a hub carries (no WireGuard pair). A connection naming a hub that does not exist
+    is reported once (validate/vpn.py): its site counts as joined to every site, so that the mistake
+    is not reported again as tunnels that cannot be dialled."""
+    if not mesh.spec.vpn_connections:
+        return frozenset()
+    hubs = {h.name for h in mesh.spec.hubs}
+    sites = {s.name for s in mesh.spec.sites}
+    lost = {frozenset((c.site, s)) for c in mesh.spec.vpn_connections if c.hub not in hubs for s in sites}
+    return hub_rule.apart(mesh) | frozenset(p for p in lost if len(p) == 2)
+
+
 def _datapath(mesh: Mesh, doc: Document) -> list[Problem]:
     """Flannel's (and Calico's) VXLAN device is bound to one interface (flannel-iface): its packets to a
     node of another site would leave by that interface's default route, not through wg-crossmesh
     (flannel-io/flannel#895, #2141), so such a cluster cannot span sites. Cilium's VXLAN device is
-    routed by the kernel's table and can (README, "Datapath")."""
+    routed by the kernel's table and can (README, "Datapath"). A cluster whose sites a hub joins
+    pairwise is the exception: the sites' routers carry the VXLAN over IPsec, as in seed 001."""
+    apart = _apart(mesh)
     out = []
     for i, c in enumerate(mesh.spec.clusters):
         sites = sorted({n.site for n in c.nodes})
-        if c.cni.value != "cilium" and len(sites) > 1:
+        joined = all(frozenset((a, b)) in apart for k, a in enumerate(sites) for b in sites[k + 1 :])
+        if c.cni.value != "cilium" and len(sites) > 1 and not joined:
             out.append(
                 doc.problem(
                     ("spec", "clusters", i, "cni"),
