@@ -70,7 +70,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_mesh_mtls import _host_busy, _pct, _ticks  # noqa: E402
 
-from crossmesh.drivers.lab import ingressd, netns, topology  # noqa: E402
+from crossmesh.drivers.lab import firewall, ingressd, netns  # noqa: E402
 from crossmesh.drivers.lab import lab as labs  # noqa: E402
 
 ROOT = HERE.parent
@@ -174,7 +174,7 @@ def _crossmesh(*args: str) -> str:
 
 def load_balancer(st: labs.LabState, gateway: str, port: int) -> str:
     """The gateway's public address: the daddr of its DNAT rule on a site router (by its comment)."""
-    comment = topology.load_balancer_comment(gateway, port)
+    comment = firewall.load_balancer_comment(gateway, port)
     for router in st.sites.values():
         listing = subprocess.run(
             ["ip", "netns", "exec", router, "nft", "-j", "list", "ruleset"], capture_output=True, text=True, check=True

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from crossmesh import nft
-from crossmesh.drivers.lab import meshcapture, topology
+from crossmesh.drivers.lab import firewall, meshcapture, topology
 from crossmesh.errors import SpecError
 from crossmesh.istio.index import principal
 from crossmesh.plan import ingress, prerequisites
@@ -93,7 +93,7 @@ def test_the_lab_router_is_the_load_balancer_on_its_own_public_address(compiled:
     assert router.nft is not None
     text = nft.render(router.nft)
     node = plan.node("azure-talos-1")
-    assert topology.load_balancer_comment(GATEWAY, 443) in text
+    assert firewall.load_balancer_comment(GATEWAY, 443) in text
     assert (
         f"{node.address} . {g.listeners[0].node_port}" in text or f"{node.address}:{g.listeners[0].node_port}" in text
     )

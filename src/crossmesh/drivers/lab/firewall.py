@@ -62,3 +62,24 @@ def inbound_accepts(
         )
         rules.append(nft.Rule(exprs, comment(rule)))
     return tuple(rules)
+
+
+def load_balancer_comment(gateway: str, port: int) -> str:
+    """The comment of a load balancer's DNAT rule, whose counter `trace` and the checks read."""
+    return nft.comment(f"lb {gateway} {port}")
+
+
+def load_balancer_dnats(
+    from_wan: nft.Match, prereq: SitePrerequisites | None, lb_addr: Mapping[str, IPv4Address]
+) -> list[nft.Rule]:
+    """The site's load balancers (plan/prerequisites.py): a listener's port on the balancer's address,
+    DNATed to the gateway's node port on one of its nodes, picked at random per connection (a
+    passthrough balancer keeps the client's address: no source NAT)."""
+    out = []
+    for lb in () if prereq is None else prereq.load_balancers:
+        for port, node_port in lb.listeners:
+            to = nft.RandomDnat(tuple((address, node_port) for _, address in lb.targets))
+            match = (from_wan, nft.Match(nft.Field.IP_DADDR, lb_addr[lb.gateway]), nft.Match(nft.dport("tcp"), port))
+            # counted: `trace --from local` confirms the hop by this rule's packets (a connection's first)
+            out.append(nft.Rule((*match, nft.Counter(), to), load_balancer_comment(lb.gateway, port)))
+    return out

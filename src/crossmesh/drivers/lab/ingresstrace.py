@@ -21,8 +21,9 @@ from typing import Any
 
 from crossmesh import nft
 from crossmesh.drivers.lab import ingressd, netns, tracing
+from crossmesh.drivers.lab.firewall import load_balancer_comment
 from crossmesh.drivers.lab.state import LabError, LabState
-from crossmesh.drivers.lab.topology import LabTopology, load_balancer_comment
+from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.errors import StateError
 from crossmesh.gateway.haproxy import Counters
 from crossmesh.model.plan import Plan

@@ -451,27 +451,6 @@ def _inet_nft() -> nft.Table:
     return nft.Table(servicenat.TABLE, (nft.Chain("forward", forward, servicenat.FILTER_FORWARD),))
 
 
-def load_balancer_comment(gateway: str, port: int) -> str:
-    """The comment of a load balancer's DNAT rule, whose counter `trace` and the checks read."""
-    return nft.comment(f"lb {gateway} {port}")
-
-
-def _load_balancers(
-    from_wan: nft.Match, prereq: SitePrerequisites | None, lb_addr: Mapping[str, IPv4Address]
-) -> list[nft.Rule]:
-    """The site's load balancers (plan/prerequisites.py): a listener's port on the balancer's address,
-    DNATed to the gateway's node port on one of its nodes, picked at random per connection (a
-    passthrough balancer keeps the client's address: no source NAT)."""
-    out = []
-    for lb in () if prereq is None else prereq.load_balancers:
-        for port, node_port in lb.listeners:
-            to = nft.RandomDnat(tuple((address, node_port) for _, address in lb.targets))
-            match = (from_wan, nft.Match(F.IP_DADDR, lb_addr[lb.gateway]), nft.Match(nft.dport("tcp"), port))
-            # counted: `trace --from local` confirms the hop by this rule's packets (a connection's first)
-            out.append(nft.Rule((*match, nft.Counter(), to), load_balancer_comment(lb.gateway, port)))
-    return out
-
-
 def _router_nft(
     wan_if: str,
     wan_addr: IPv4Address,
@@ -483,7 +462,7 @@ def _router_nft(
     stateful inbound firewall: from the internet only answers and what a prerequisite allows. The
     site's load balancers forward their listeners to the gateways' node ports."""
     from_wan, to_wan = nft.Match(F.IIFNAME, wan_if), nft.Match(F.OIFNAME, wan_if)
-    dnat = _load_balancers(from_wan, prereq, lb_addr)
+    dnat = firewall.load_balancer_dnats(from_wan, prereq, lb_addr)
     snat = []
     for n in site_nodes:
         if n.public_address is not None:
