@@ -19,6 +19,7 @@ from crossmesh.drivers.lab import lab as labs
 from crossmesh.errors import CrossmeshError, SpecError, UsageError
 from crossmesh.load.mesh import load_mesh_model
 from crossmesh.model.plan import Plan
+from crossmesh.plan import serialize
 
 app = typer.Typer(
     help="The lab: the whole mesh built for real on this Linux host (network namespaces, wireguard-go, "
@@ -92,19 +93,8 @@ def _gateways(state: labs.LabState, plan: Plan, topo: topology.LabTopology) -> l
     """Each ingress gateway: its load balancer's public address, listeners and HAProxy processes."""
     return [
         {
-            "gateway": g.ref,
+            **serialize.ingress_json(g),
             "address": str(topo.load_balancers.get(g.ref, "")),
-            "listeners": [
-                {
-                    "name": li.name,
-                    "port": li.port,
-                    "protocol": li.protocol,
-                    "hostname": li.hostname,
-                    "nodePort": li.node_port,
-                }
-                for li in g.listeners
-            ],
-            "pods": list(g.pods),
             "haproxy": {p: labs.alive(state.ingress.get(p, 0)) for p in g.pods},
         }
         for g in plan.ingress
