@@ -65,6 +65,15 @@ class BgpPeerSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class KernelTable:
+    """A kernel routing table that receives the routes learned over `sessions` (a transit gateway's
+    route table: the sessions of the connections it propagates)."""
+
+    table: int
+    sessions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class BgpRouterSpec:
     router_id: IPv4Address
     local_as: int
@@ -72,6 +81,8 @@ class BgpRouterSpec:
     peers: tuple[BgpPeerSpec, ...]
     timers: BgpTimers = field(default_factory=BgpTimers)
     bfd: BfdSpec | None = None
+    # Empty: every learned route goes to the main table. Otherwise each table gets its sessions' routes.
+    kernel_tables: tuple[KernelTable, ...] = ()
 
 
 def _prefix_set(prefixes: Sequence[IPv4Network]) -> str:
@@ -129,6 +140,25 @@ def _peer(router: BgpRouterSpec, p: BgpPeerSpec) -> str:
     )
 
 
+def _kernel(router: BgpRouterSpec) -> list[str]:
+    """The kernel protocols: BGP-learned routes only (the originated ones stay in BIRD)."""
+    if not router.kernel_tables:
+        return ["protocol kernel {\n  ipv4 {\n    import none;\n    export where source = RTS_BGP;\n  };\n}\n\n"]
+    known = {p.name for p in router.peers}
+    out = []
+    for k in router.kernel_tables:
+        unknown = set(k.sessions) - known
+        if unknown:
+            raise ValueError(f"kernel table {k.table}: no session {sorted(unknown)}")
+        names = " || ".join(f'proto = "{s}"' for s in sorted(k.sessions))
+        export = f"export where source = RTS_BGP && ({names});" if names else "export none;"
+        out.append(
+            f"protocol kernel kernel{k.table} {{\n  kernel table {k.table};\n"
+            f"  ipv4 {{\n    import none;\n    {export}\n  }};\n}}\n\n"
+        )
+    return out
+
+
 def bird_conf(router: BgpRouterSpec, *, log: PurePosixPath) -> str:
     """bird.conf for `router`; BIRD logs to `log`."""
     _check(router)
@@ -136,8 +166,8 @@ def bird_conf(router: BgpRouterSpec, *, log: PurePosixPath) -> str:
         f'log "{log}" all;\n',
         f"router id {router.router_id};\n\n",
         "protocol device {\n  scan time 1;\n}\n\n",
-        "protocol kernel {\n  ipv4 {\n    import none;\n    export where source = RTS_BGP;\n  };\n}\n\n",
     ]
+    parts.extend(_kernel(router))
     if router.originate:
         routes = "".join(f"  route {n} unreachable;\n" for n in sorted(set(router.originate)))
         parts.append(f"protocol static owned {{\n  ipv4;\n{routes}}}\n\n")
