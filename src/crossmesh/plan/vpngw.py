@@ -181,7 +181,11 @@ def _gateway(
     psks: Mapping[TunnelKey, str],
 ) -> GatewaySpec:
     asns = {h.name: h.amazon_asn for h in plan.hubs}
-    tunnels, keys, peers, static, originate = [], [], [], [], []
+    tunnels: list[ipsec.TunnelSpec] = []
+    keys: list[TunnelKey] = []
+    peers: list[bgp.BgpPeerSpec] = []
+    static: list[StaticRoute] = []
+    originate: list[IPv4Network] = []
     for conn in conns:
         for t in conn.tunnels:
             device = f"ipsec{len(tunnels)}"
