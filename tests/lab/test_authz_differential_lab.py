@@ -189,7 +189,7 @@ def expected_form(pair: gen.Case, allowed: bool, reads_http: bool) -> str:
 
 def make_mesh(tmp: Path) -> tuple[Path, str]:
     """The hybrid example (spec.istio) with WORKLOADS instead of its apps, no policy yet."""
-    mesh, name = copy_example(tmp, "hybrid-openstack-aws")
+    mesh, name = copy_example(tmp, "tests/meshes/hybrid-wireguard")
     for old in (mesh.parent / "apps").iterdir():
         old.unlink()
     (mesh.parent / "apps" / "workloads.yaml").write_text(workloads_yaml())

@@ -59,7 +59,7 @@ def icmp_echo(namespace: str, dst: str, timeout: float = 2.0) -> tuple[str, str]
 
 @pytest.mark.lab
 def test_the_laptop_reaches_public_addresses_only(make_lab: Callable[[str], Lab]) -> None:
-    lab = make_lab("hybrid-openstack-aws")
+    lab = make_lab("tests/meshes/hybrid-wireguard")
     lab.up()
     state = LabState.load(lab.tag)
     assert state is not None and state.local == f"cm-{lab.tag}-local"

@@ -52,7 +52,7 @@ ETH_P_ALL = 0x0003
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    mesh, name = copy_example(tmp_path_factory.mktemp("mtls"), "hybrid-openstack-aws")
+    mesh, name = copy_example(tmp_path_factory.mktemp("mtls"), "tests/meshes/hybrid-wireguard")
     text = mesh.read_text()
     start = text.index("  istio:")
     end = text.index("\n", text.index("workloadCertTTL", start)) + 1

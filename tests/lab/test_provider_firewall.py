@@ -41,7 +41,7 @@ def _dropped(namespace: str) -> int:
 
 
 def test_a_rule_deleted_from_the_prerequisites_cuts_the_tunnel(make_lab: Callable[[str], Lab]) -> None:
-    lab = make_lab("hybrid-openstack-aws")
+    lab = make_lab("tests/meshes/hybrid-wireguard")
     lab.up()
     state = LabState.load(lab.tag)
     assert state is not None

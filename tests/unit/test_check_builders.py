@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "src" / "crossmesh" / "checks"
 CASES = {
     "three-clouds": ROOT / "examples" / "three-clouds",
-    "hybrid": ROOT / "examples" / "hybrid-openstack-aws",
+    "hybrid": ROOT / "tests" / "meshes" / "hybrid-wireguard",
     "gateways": ROOT / "tests" / "golden" / "gateways",
 }
 

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "tests" / "reference" / "cilium" / "v1.20.0"
 MESHES = {
     "three-clouds": REPO / "examples" / "three-clouds" / "mesh.yaml",
-    "hybrid-openstack-aws": REPO / "examples" / "hybrid-openstack-aws" / "mesh.yaml",
+    "hybrid-openstack-aws": REPO / "tests" / "meshes" / "hybrid-wireguard" / "mesh.yaml",
     "golden-gateways": REPO / "tests" / "golden" / "gateways" / "mesh.yaml",
 }
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -111,7 +111,7 @@ def test_unpinned_clusters_let_the_controller_manager_allocate(tmp_path: Path) -
 
 
 def test_k3s_files_carry_cidrs_node_ip_and_pinning(tmp_path: Path) -> None:
-    plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path, pinned=True)
+    plan = plan_of(EXAMPLES.parent / "tests" / "meshes" / "hybrid-wireguard" / "mesh.yaml", tmp_path, pinned=True)
     files = tree(plan)
     cluster = plan.clusters[0]
     assert cluster.distribution == "k3s" and cluster.cni == "cilium"
@@ -136,7 +136,7 @@ def test_k3s_files_carry_cidrs_node_ip_and_pinning(tmp_path: Path) -> None:
 
 
 def test_k3s_with_cilium_disables_flannel_and_keeps_kube_proxy(tmp_path: Path) -> None:
-    plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path, pinned=False)
+    plan = plan_of(EXAMPLES.parent / "tests" / "meshes" / "hybrid-wireguard" / "mesh.yaml", tmp_path, pinned=False)
     cluster = dataclasses.replace(plan.clusters[0], cni="cilium")
     server = k3s.server_config(plan, cluster)
     assert server["flannel-backend"] == "none" and server["disable-network-policy"] is True
@@ -145,7 +145,7 @@ def test_k3s_with_cilium_disables_flannel_and_keeps_kube_proxy(tmp_path: Path) -
 
 
 def test_kubeadm_files(tmp_path: Path) -> None:
-    plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path, pinned=True)
+    plan = plan_of(EXAMPLES.parent / "tests" / "meshes" / "hybrid-wireguard" / "mesh.yaml", tmp_path, pinned=True)
     plan = dataclasses.replace(
         plan, clusters=tuple(dataclasses.replace(c, distribution="kubeadm", cni="cilium") for c in plan.clusters)
     )
@@ -168,7 +168,7 @@ def test_kubeadm_files(tmp_path: Path) -> None:
 
 
 def test_pin_script_patches_only_an_empty_pod_cidr(tmp_path: Path) -> None:
-    plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path, pinned=True)
+    plan = plan_of(EXAMPLES.parent / "tests" / "meshes" / "hybrid-wireguard" / "mesh.yaml", tmp_path, pinned=True)
     cluster = plan.clusters[0]
     text = podcidrs.script(plan, cluster)
     assert text is not None and text == tree(plan)[f"clusters/{cluster.name}/pin-pod-cidrs.sh"]
@@ -203,15 +203,15 @@ def test_pin_script_patches_only_an_empty_pod_cidr(tmp_path: Path) -> None:
 
 
 def test_no_pin_script_without_a_datapath_or_pinning(tmp_path: Path) -> None:
-    plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path)
+    plan = plan_of(EXAMPLES.parent / "tests" / "meshes" / "hybrid-wireguard" / "mesh.yaml", tmp_path)
     assert plan.clusters[0].datapath is not None and plan.clusters[0].datapath.pod_cidrs_pinned  # the planner's
     assert podcidrs.script(dataclasses.replace(plan), dataclasses.replace(plan.clusters[0], datapath=None)) is None
-    plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path, pinned=False)
+    plan = plan_of(EXAMPLES.parent / "tests" / "meshes" / "hybrid-wireguard" / "mesh.yaml", tmp_path, pinned=False)
     assert podcidrs.script(plan, plan.clusters[0]) is None
 
 
 def test_managed_clusters_get_no_distribution_file(tmp_path: Path) -> None:
-    plan = plan_of(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml", tmp_path)
+    plan = plan_of(EXAMPLES.parent / "tests" / "meshes" / "hybrid-wireguard" / "mesh.yaml", tmp_path)
     plan = dataclasses.replace(plan, clusters=tuple(dataclasses.replace(c, distribution="eks") for c in plan.clusters))
     names = {rel.rsplit("/", 1)[1] for rel in tree(plan)}
     assert not names & {"k3s-server.yaml", "k3s-config.yaml", "kubeadm-config.yaml", "kubelet.env", "talos.yaml"}

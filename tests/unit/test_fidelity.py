@@ -16,7 +16,7 @@ from crossmesh.render.files import RenderedFile
 from crossmesh.workspace import compile_mesh, rendered
 
 ROOT = Path(__file__).resolve().parents[2]
-CASES = ["examples/three-clouds", "examples/hybrid-openstack-aws", "tests/golden/gateways"]
+CASES = ["examples/three-clouds", "tests/meshes/hybrid-wireguard", "tests/golden/gateways"]
 
 
 def render_case(case: str, tmp: Path) -> tuple[Plan, dict[str, RenderedFile]]:

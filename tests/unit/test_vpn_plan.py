@@ -33,9 +33,11 @@ def test_seed_001_pair_is_ipsec_through_the_hub_with_its_mtu() -> None:
     (pair,) = plan.site_pairs
     assert pair.sites == ("aws", "openstack")
     assert pair.transport is Transport.IPSEC and pair.hub == "tgw" and pair.connections == ("openstack-vpn",)
-    assert pair.mtu.value == 1438
+    # ESP's budget is 1438, but the rendered gateway's kernel-libipsec TUN device carries 1400.
+    assert pair.mtu.value == 1400
     assert "8 UDP 4500 (NAT-T)" in pair.mtu.arithmetic and "16 ICV (AES256-GCM-16)" in pair.mtu.arithmetic
-    assert pair.pod_mtu is not None and pair.pod_mtu.value == 1388
+    assert "= 1438; kernel-libipsec's TUN device 1400" in pair.mtu.arithmetic
+    assert pair.pod_mtu is not None and pair.pod_mtu.value == 1350
     assert "198.51.100.162" in pair.path and "tunnel 1, standby 2" in pair.path
 
 
@@ -43,7 +45,7 @@ def test_no_wireguard_between_sites_the_hub_joins_and_pods_fit_the_ipsec_path() 
     plan = plan_of(hybrid())
     assert all(n.tunnel is None for n in plan.nodes)
     assert all(r.via.value == "vxlan" for n in plan.nodes for r in n.all_routes())
-    assert {n.pod_mtu.value for n in plan.nodes} == {1388}
+    assert {n.pod_mtu.value for n in plan.nodes} == {1350}
     (cluster,) = plan.clusters
     assert cluster.datapath is not None
     cross = next(k for k in cluster.datapath.classes if k.name == "cross-site")
@@ -138,6 +140,8 @@ def test_esp_figures() -> None:
     cbc = Phase2(encryption=[Encryption.AES256], integrity=[Integrity.SHA2_512])
     assert hubs.esp_mtu(cbc).value == 1406  # 1500 − 20 − 8 − 8 − 16 − 32 = 1416, 1408 by 16, − 2
     assert hubs.esp_mtu(Phase2(), 9001).value == 1446  # AWS's maximum
+    assert hubs.tunnel_mtu(Phase2()).value == 1400  # kernel-libipsec's TUN device
+    assert hubs.tunnel_mtu(cbc).value == 1400
 
 
 def test_plan_json_holds_pairs_hubs_and_connections_only_with_hubs() -> None:
@@ -188,7 +192,9 @@ def test_plan_command_shows_the_pairs_and_makes_the_keys_0600(tmp_path: Path) ->
 
 
 def test_plan_command_of_a_mesh_without_hubs_shows_no_site_pairs(tmp_path: Path) -> None:
-    run = _crossmesh("plan", "--dry-run", str(EXAMPLES / "hybrid-openstack-aws" / "mesh.yaml"), cwd=tmp_path)
+    run = _crossmesh(
+        "plan", "--dry-run", str(EXAMPLES.parent / "tests" / "meshes" / "hybrid-wireguard" / "mesh.yaml"), cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr
     assert "Site pairs" not in run.stdout and "VPN connections" not in run.stdout
 

@@ -57,9 +57,9 @@ def test_tunnel_2_is_standby_both_ways(plan: Plan) -> None:
 def test_hub_route_table_gets_the_connection_s_sessions(plan: Plan) -> None:
     _, hub = ends(plan)
     assert hub.router is not None
-    (table,) = hub.router.kernel_tables
-    assert table.table == vpngw.HUB_TABLE_BASE
-    assert set(table.sessions) == {p.name for p in hub.router.peers}
+    table, own = hub.router.kernel_tables
+    assert table.table == vpngw.HUB_TABLE_BASE and own.table == vpngw.MAIN_TABLE
+    assert set(table.sessions) == set(own.sessions) == {p.name for p in hub.router.peers}
     assert vpngw.vpc_routes(plan.hubs[0]) == (IPv4Network("10.0.1.0/24"),)
 
 

@@ -18,7 +18,9 @@ AES-GCM (RFC 4106): IV 8, ICV 16; AES-CBC (RFC 3602): IV 16, padded to 16, with 
 SHA2-256 16, SHA2-384 24, SHA2-512 32 (RFC 4868). The worst of a tunnel's phase-2 proposals counts:
 either may be negotiated. AES256-GCM-16 gives 1500 − 62 = 1438. AWS documents a maximum of 1446 bytes
 (MSS 1406) for Site-to-Site VPN ("Best practices for your customer gateway device": the same sum
-without the 8 bytes of NAT-T), so a figure is never above 1446 either.
+without the 8 bytes of NAT-T), so a figure is never above 1446 either. And the customer gateway crossmesh
+renders runs ESP in user space (kernel-libipsec), whose TUN device carries 1400 at most (`LIBIPSEC_MTU`):
+every tunnel's figure is 1400, the pods' across it 1350 with VXLAN.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ from crossmesh.model.plan import (
 
 INTERNET_MTU = 1500  # the path between the customer gateway and AWS's tunnel endpoints
 AWS_VPN_MAX_MTU = 1446  # AWS, "Best practices for your customer gateway device": MTU 1446, MSS 1406
+LIBIPSEC_MTU = 1400
+"""The customer gateway crossmesh renders (and the lab runs) does ESP in user space, kernel-libipsec,
+whose TUN device is made with MTU 1400 (TUN_DEFAULT_MTU, strongSwan
+src/libcharon/plugins/kernel_libipsec/kernel_libipsec_plugin.c), not configurable; libipsec reads
+packets into buffers of that size, so raising the device's MTU with `ip link` loses every larger
+packet (measured: a 1401-byte datagram never arrived, 1400 did). Its tunnels carry 1400."""
 OUTER_IPV4, NATT_UDP, ESP_HEADER, ESP_TRAILER = 20, 8, 8, 2
 DEFAULT_ROUTE_TABLE = "default"
 PSK_FOLDER = "vpn"
@@ -201,6 +209,14 @@ def esp_mtu(phase2: Phase2, outer: int = INTERNET_MTU) -> Mtu:
     return Mtu(*worst)
 
 
+def tunnel_mtu(phase2: Phase2) -> Mtu:
+    """What one tunnel of the rendered customer gateway carries: ESP's budget, at most the TUN device's."""
+    esp = esp_mtu(phase2)
+    if esp.value > LIBIPSEC_MTU:
+        return Mtu(LIBIPSEC_MTU, f"{esp.arithmetic}; kernel-libipsec's TUN device {LIBIPSEC_MTU}")
+    return esp
+
+
 def _proposal(p: Phase1 | Phase2) -> Proposal:
     return Proposal(
         encryption=tuple(e.value for e in p.encryption),
@@ -217,7 +233,7 @@ def psk_name(connection: str, index: int) -> str:
 
 def connection_mtu(conn: VpnConnection) -> Mtu:
     """The smaller of the two tunnels' figures: traffic moves to tunnel 2 when tunnel 1 fails."""
-    return min((esp_mtu(t.phase2) for t in conn.tunnels), key=lambda m: m.value)
+    return min((tunnel_mtu(t.phase2) for t in conn.tunnels), key=lambda m: m.value)
 
 
 # --- the plan ---------------------------------------------------------------------------------------
@@ -266,7 +282,7 @@ def vpn_plans(mesh: Mesh) -> tuple[VpnConnectionPlan, ...]:
                     phase1=_proposal(t.phase1),
                     phase2=_proposal(t.phase2),
                     psk=f"file:{t.pre_shared_key_file}" if t.pre_shared_key_file else f"state:{psk_name(conn.name, i)}",
-                    mtu=esp_mtu(t.phase2),
+                    mtu=tunnel_mtu(t.phase2),
                     standby=i > 1,
                 )
             )

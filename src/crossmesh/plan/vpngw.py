@@ -37,6 +37,7 @@ CUSTOMER, HUB = "customer", "hub"
 STANDBY_PREPEND = 2
 ACTIVE_LOCAL_PREF, STANDBY_LOCAL_PREF = 200, 100
 HUB_MED = 100
+MAIN_TABLE = 254
 HUB_TABLE_BASE = 100  # the lab's kernel table of a transit gateway's route table i: 100 + i
 
 # AWS's names (EC2 VpnTunnelOptionsSpecification) → strongSwan's proposal keywords.
@@ -207,7 +208,7 @@ def _gateway(
             local_as=conns[0].customer_asn if side == CUSTOMER else asns[conns[0].hub],
             originate=tuple(sorted(set(originate))),
             peers=tuple(peers),
-            kernel_tables=() if side == CUSTOMER else _kernel_tables(plan, name, conns),
+            kernel_tables=() if side == CUSTOMER else (*_kernel_tables(plan, name, conns), _own_table(peers)),
         )
     return GatewaySpec(side, name, tuple(tunnels), tuple(keys), router, tuple(static))
 
@@ -246,6 +247,12 @@ def _kernel_tables(plan: Plan, hub: str, conns: Sequence[VpnConnectionPlan]) -> 
         )
         for t in hub_tables(found)
     )
+
+
+def _own_table(peers: Sequence[bgp.BgpPeerSpec]) -> bgp.KernelTable:
+    """The hub's main table, for what it sends itself (ICMP errors such as fragmentation needed): every
+    learned route, so that an error about a customer's packet goes back into the tunnel."""
+    return bgp.KernelTable(MAIN_TABLE, tuple(p.name for p in peers))
 
 
 def vpc_routes(hub: HubPlan) -> tuple[IPv4Network, ...]:

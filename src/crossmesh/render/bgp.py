@@ -141,7 +141,9 @@ def _peer(router: BgpRouterSpec, p: BgpPeerSpec) -> str:
 
 
 def _kernel(router: BgpRouterSpec) -> list[str]:
-    """The kernel protocols: BGP-learned routes only (the originated ones stay in BIRD)."""
+    """The kernel protocols: BGP-learned routes only (the originated ones stay in BIRD). BIRD attaches
+    one kernel protocol to a table of its own, so each kernel table gets a BIRD table, filled from
+    master4 by a pipe that passes its sessions' routes."""
     if not router.kernel_tables:
         return ["protocol kernel {\n  ipv4 {\n    import none;\n    export where source = RTS_BGP;\n  };\n}\n\n"]
     known = {p.name for p in router.peers}
@@ -153,8 +155,11 @@ def _kernel(router: BgpRouterSpec) -> list[str]:
         names = " || ".join(f'proto = "{s}"' for s in sorted(k.sessions))
         export = f"export where source = RTS_BGP && ({names});" if names else "export none;"
         out.append(
+            f"ipv4 table t{k.table};\n\n"
+            f"protocol pipe pipe{k.table} {{\n  table master4;\n  peer table t{k.table};\n"
+            f"  import none;\n  {export}\n}}\n\n"
             f"protocol kernel kernel{k.table} {{\n  kernel table {k.table};\n"
-            f"  ipv4 {{\n    import none;\n    {export}\n  }};\n}}\n\n"
+            f"  ipv4 {{\n    table t{k.table};\n    import none;\n    export all;\n  }};\n}}\n\n"
         )
     return out
 

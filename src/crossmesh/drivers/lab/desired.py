@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from crossmesh.drivers.lab import topology
+from crossmesh.drivers.lab.spec import Namespace
 from crossmesh.drivers.lab.state import LAB_ROOT, LabError, LabState
-from crossmesh.drivers.lab.topology import LabTopology, Namespace
+from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.policy.endpoints import mesh_index
 from crossmesh.policy.evaluator import PolicyIndex
 from crossmesh.workspace import Compiled, compile_mesh

@@ -37,8 +37,9 @@ from ipaddress import IPv4Address
 from crossmesh import nft
 from crossmesh.drivers.lab import netns, reconcile, wireguard
 from crossmesh.drivers.lab.desired import compiled_of, topology_of
+from crossmesh.drivers.lab.spec import Namespace
 from crossmesh.drivers.lab.state import LabState
-from crossmesh.drivers.lab.topology import FORWARD_SYSCTLS, LabTopology, Namespace
+from crossmesh.drivers.lab.topology import FORWARD_SYSCTLS, LabTopology
 from crossmesh.errors import UsageError
 from crossmesh.model.plan import Plan
 

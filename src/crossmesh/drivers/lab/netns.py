@@ -48,6 +48,14 @@ def remove(name: str) -> None:
         netns.remove(name)
 
 
+def pids(name: str) -> list[int]:
+    """The processes in namespace `name` (`ip netns pids`)."""
+    import subprocess
+
+    done = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, check=False)
+    return [int(p) for p in done.stdout.split() if p.isdigit()]
+
+
 def listing(prefix: str = "cm-") -> list[str]:
     if not NETNS_DIR.is_dir():
         return []

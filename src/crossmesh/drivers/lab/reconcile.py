@@ -19,7 +19,8 @@ from pyroute2 import NetlinkError, NetNS
 
 from crossmesh import nft
 from crossmesh.drivers.lab import meshcapture, netns
-from crossmesh.drivers.lab.topology import ROUTE_PROTO, Link, Namespace, Route
+from crossmesh.drivers.lab.spec import Link, Namespace, Route
+from crossmesh.drivers.lab.topology import ROUTE_PROTO
 
 OPTIONAL_SYSCTLS = ("net/bridge/",)
 

@@ -29,6 +29,9 @@ from typing import Any
 from crossmesh.errors import CrossmeshError, UsageError
 
 LAB_ROOT = Path("/run/crossmesh")
+# The VPN gateways' folders (drivers/lab/transit.py): not under /run, which each charon replaces with a
+# private one of its own (its pid file's path is compiled in) and would no longer see its configuration.
+VPN_ROOT = Path("/var/lib/crossmesh-lab")
 
 Progress = Callable[[str], None]
 
@@ -98,6 +101,8 @@ class LabState:
     mesh_digest: str = ""  # of what the CA and proxies were started with; a new one restarts them
     ingress: dict[str, int] = field(default_factory=dict)  # gateway pod ref → pid of its haproxy (ingressd.py)
     ingress_digests: dict[str, str] = field(default_factory=dict)  # gateway pod ref → digest of its configuration
+    # VPN gateways (transit.py): customer:<site> | hub:<hub> → digest, folder (under vpn/), namespace
+    vpn: dict[str, dict[str, str]] = field(default_factory=dict)
     sites: dict[str, str] = field(default_factory=dict)  # site → router namespace
     inet: str = ""
     local: str = ""  # the client outside, cm-<tag>-local ("": built before it existed; `lab up` adds it)

@@ -14,7 +14,7 @@ from pathlib import Path
 from crossmesh.drivers.lab import netns, wireguard
 from crossmesh.drivers.lab.control_plane import agent_dir, agent_status
 from crossmesh.drivers.lab.processes import alive, cmdline_has, find_processes, stop_group, wireguard_pids
-from crossmesh.drivers.lab.state import LAB_ROOT, LabState, Progress, quiet
+from crossmesh.drivers.lab.state import LAB_ROOT, VPN_ROOT, LabState, Progress, quiet
 from crossmesh.drivers.lab.topology import LabTopology
 
 
@@ -81,6 +81,17 @@ def down(tag: str | None, *, progress: Progress = quiet) -> list[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     names = [n for n in netns.listing() if n.startswith(marker + "-") or (tag is None and n.startswith("cm-"))]
+    # What else runs inside the lab's namespaces (the VPN gateways' charon and BIRD, whose command lines
+    # do not name the lab) goes with them: a namespace is not freed while a process holds it.
+    inside = [p for name in names for p in netns.pids(name)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in inside:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+                removed.append(f"process {pid}") if sig == signal.SIGTERM else None
+        deadline = time.monotonic() + 2
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(alive(p) for p in inside):
+            time.sleep(0.05)
     for name in names:
         netns.remove(name)
         removed.append(f"namespace {name}")
@@ -88,12 +99,13 @@ def down(tag: str | None, *, progress: Progress = quiet) -> list[str]:
         for sock in wireguard.SOCKET_DIR.glob(f"{marker}*.sock"):
             sock.unlink(missing_ok=True)
             removed.append(f"socket {sock}")
-    if LAB_ROOT.is_dir():
-        for d in LAB_ROOT.glob(f"{marker}*"):
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(f"state {d}")
-        if not any(LAB_ROOT.iterdir()):
-            LAB_ROOT.rmdir()
+    for root in (LAB_ROOT, VPN_ROOT):
+        if root.is_dir():
+            for d in root.glob(f"{marker}*"):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(f"state {d}")
+            if not any(root.iterdir()):
+                root.rmdir()
     etc = Path("/etc/netns")
     if etc.is_dir():
         for d in etc.glob(f"{marker}*"):
@@ -110,6 +122,7 @@ def leftovers(tag: str | None = None) -> list[str]:
     found += [f"process {p}" for p in find_processes(marker)]
     if wireguard.SOCKET_DIR.is_dir():
         found += [f"socket {s}" for s in wireguard.SOCKET_DIR.glob(f"{marker}*.sock")]
-    if LAB_ROOT.is_dir():
-        found += [f"state {d}" for d in LAB_ROOT.glob(f"{marker}*")]
+    for root in (LAB_ROOT, VPN_ROOT):
+        if root.is_dir():
+            found += [f"state {d}" for d in root.glob(f"{marker}*")]
     return found

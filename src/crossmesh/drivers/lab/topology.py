@@ -24,10 +24,11 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from crossmesh import nft
-from crossmesh.drivers.lab import firewall, meshcapture, servicenat
+from crossmesh.drivers.lab import firewall, hubtopo, meshcapture, servicenat
+from crossmesh.drivers.lab.spec import Link, Namespace, Neighbour, Route
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, RouteVia
 from crossmesh.observe import codes
-from crossmesh.plan import outside
+from crossmesh.plan import outside, vpngw
 from crossmesh.plan.prerequisites import SitePrerequisites
 from crossmesh.plan.prerequisites import derive as derive_prerequisites
 from crossmesh.policy import compile as compile_policy
@@ -46,52 +47,6 @@ ROUTE_PROTO = 99  # routes the lab owns carry this protocol number; others are l
 
 def lab_tag(mesh_name: str) -> str:
     return f"{zlib.crc32(mesh_name.encode()) & 0xFFFF:04x}"
-
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    ifname: str
-    kind: str  # veth | bridge | vxlan | tun (wireguard-go's device: only its MTU is ours)
-    mtu: int = 1500
-    master: str | None = None
-    peer: str | None = None  # veth: peer name, created in peer_ns
-    peer_ns: str | None = None
-    peer_mtu: int | None = None
-    vxlan_id: int | None = None
-    vxlan_port: int | None = None
-    vxlan_local: IPv4Address | None = None
-    vxlan_dev: str | None = None
-    mac: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    dst: IPv4Network
-    dev: str
-    gateway: IPv4Address | None = None
-    onlink: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Neighbour:
-    dev: str
-    address: IPv4Address
-    mac: str
-    vtep: IPv4Address  # FDB: where frames for `mac` go
-
-
-@dataclass(frozen=True, slots=True)
-class Namespace:
-    name: str
-    role: str  # inet | router | node | pod | local
-    links: tuple[Link, ...] = ()  # links this namespace creates (veth peers land elsewhere)
-    addresses: tuple[tuple[str, IPv4Interface], ...] = ()
-    routes: tuple[Route, ...] = ()
-    neighbours: tuple[Neighbour, ...] = ()
-    sysctls: tuple[tuple[str, str], ...] = ()
-    nft: nft.Table | None = None  # serialised by `nft.render`
-    owner: str = ""  # node or pod ref / site name this namespace stands for
-    transparent: bool = False  # a mesh pod: the policy route of the proxy's transparent connections (meshcapture)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +80,8 @@ class LabTopology:
     # Each ingress gateway's load balancer: its own public address, held by its site's router.
     load_balancers: dict[str, IPv4Address] = field(default_factory=dict)  # IngressPlan ref → address
     indices: dict[str, dict[str, int]] = field(default_factory=dict)  # name → number in device names
+    hubs: dict[str, hubtopo.HubLink] = field(default_factory=dict)  # transit gateways by hub name
+    vpn_outside: dict[tuple[str, int], IPv4Address] = field(default_factory=dict)  # AWS's tunnel endpoints
 
     def namespace(self, name: str) -> Namespace:
         return next(n for n in self.namespaces if n.name == name)
@@ -151,6 +108,7 @@ def _numbering(names: list[str], kept: dict[str, int]) -> dict[str, int]:
 
 def _public_pool(plan: Plan, count: int, local: IPv4Address) -> list[IPv4Address]:
     used = {n.public_address for n in plan.nodes if n.public_address is not None} | {local}
+    used |= {c.customer_address for c in plan.vpn}
     out: list[IPv4Address] = []
     for net in DOC_RANGES:
         for host in reversed(list(net.hosts())):
@@ -197,11 +155,17 @@ def build(
     local_addr = outside.local_address(plan)
     balancers = {p.site.name: p.load_balancers for p in firewall.values()}
     lb_refs = [lb.gateway for s in sites for lb in balancers.get(s.name, ())]
-    publics = _public_pool(plan, len(sites) + 1 + len(lb_refs), local_addr)
+    tunnel_keys = vpngw.tunnel_keys(plan)
+    publics = _public_pool(plan, len(sites) + 1 + len(lb_refs) + len(tunnel_keys), local_addr)
     inet_addr = publics[0]
     site_wan = {s.name: publics[k + 1] for k, s in enumerate(sites)}
     # After the sites' addresses, so that a gateway coming or going leaves the routers' addresses be.
     lb_addr = {ref: publics[len(sites) + 1 + k] for k, ref in enumerate(lb_refs)}
+    # Hubs: AWS's tunnel outside addresses last; a customer site's router is its customer gateway.
+    endpoints = {key: publics[len(sites) + 1 + len(lb_refs) + k] for k, key in enumerate(tunnel_keys)}
+    customer = hubtopo.customer_addresses(plan)
+    site_wan.update((site, addrs[0]) for site, addrs in customer.items())
+    hub_links = hubtopo.links(plan, prefix)
     inet_ns = f"{prefix}-inet"
     site_ns = {s.name: f"{prefix}-r{site_index[s.name]}" for s in sites}
     node_ns = {n.name: f"{prefix}-n{node_index[n.name]}" for n in nodes}
@@ -223,6 +187,14 @@ def build(
         for n in nodes:
             if n.site == s.name and n.public_address is not None:
                 inet_routes.append(Route(IPv4Network(f"{n.public_address}/32"), inet_if, site_wan[s.name], onlink=True))
+        for extra in customer.get(s.name, [])[1:]:
+            inet_routes.append(Route(IPv4Network(f"{extra}/32"), inet_if, site_wan[s.name], onlink=True))
+    for hl in hub_links.values():
+        inet_links.append(Link(hl.inet_if, "veth", peer=hl.wan_if, peer_ns=hl.namespace))
+        inet_addrs.append((hl.inet_if, IPv4Interface(f"{inet_addr}/32")))
+        for key, addr in endpoints.items():
+            if key[0] in {c.name for c in plan.vpn if c.hub == hl.hub}:
+                inet_routes.append(Route(IPv4Network(f"{addr}/32"), hl.inet_if))
     # The client outside: one more veth of the internet, whose far end is a laptop.
     local_ns, to_local, from_local = f"{prefix}-{outside.LOCAL}", f"{prefix}-li", f"{prefix}-lc"
     inet_links.append(Link(to_local, "veth", peer=from_local, peer_ns=local_ns))
@@ -279,6 +251,8 @@ def build(
                 )
             )
         router_addr = s.network.network_address + 1
+        vpc = [hl for hl in hub_links.values() if hl.site == s.name]
+        links += [Link(hl.router_if, "veth", peer=hl.vpc_if, peer_ns=hl.namespace) for hl in vpc]
         namespaces.append(
             Namespace(
                 ns,
@@ -288,10 +262,18 @@ def build(
                     (bridge, IPv4Interface(f"{router_addr}/{s.network.prefixlen}")),
                     (wan_if, IPv4Interface(f"{site_wan[s.name]}/32")),
                     *((wan_if, IPv4Interface(f"{lb_addr[lb.gateway]}/32")) for lb in balancers.get(s.name, ())),
+                    *((wan_if, IPv4Interface(f"{a}/32")) for a in customer.get(s.name, [])[1:]),
+                    *((hl.router_if, hl.router_address) for hl in vpc),
                 ),
                 routes=(
                     Route(IPv4Network(f"{inet_addr}/32"), wan_if),
                     Route(IPv4Network("0.0.0.0/0"), wan_if, inet_addr, onlink=True),
+                    # The VPC route table's entries to the transit gateway.
+                    *(
+                        Route(dst, hl.router_if, hl.hub_address.ip)
+                        for hl in vpc
+                        for dst in vpngw.vpc_routes(next(h for h in plan.hubs if h.name == hl.hub))
+                    ),
                 ),
                 # A site network is a switch, not a firewall: frames crossing the bridge skip
                 # the router's nftables (the host may have br_netfilter on, which new namespaces inherit).
@@ -300,6 +282,9 @@ def build(
                 owner=s.name,
             )
         )
+
+    # Transit gateways: their outside addresses and the VPC attachment.
+    namespaces += hubtopo.namespaces(plan, hub_links, endpoints, inet_addr, FORWARD_SYSCTLS)
 
     # Nodes.
     pod_eps: list[PodEndpoint] = []
@@ -413,6 +398,8 @@ def build(
         local_ns=local_ns,
         load_balancers=lb_addr,
         local_address=local_addr,
+        hubs=hub_links,
+        vpn_outside=endpoints,
     )
 
 

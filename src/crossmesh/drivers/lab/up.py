@@ -24,6 +24,7 @@ from crossmesh.drivers.lab.meshd import start_mesh
 from crossmesh.drivers.lab.pods import pod_key, start_workloads, wait_pods
 from crossmesh.drivers.lab.processes import wireguard_pids
 from crossmesh.drivers.lab.services import start_flows, start_services
+from crossmesh.drivers.lab.spec import Namespace
 from crossmesh.drivers.lab.state import (
     DeviceEntry,
     LabError,
@@ -35,7 +36,8 @@ from crossmesh.drivers.lab.state import (
     running_labs,
 )
 from crossmesh.drivers.lab.teardown import collect_garbage, down
-from crossmesh.drivers.lab.topology import LabTopology, Namespace
+from crossmesh.drivers.lab.topology import LabTopology
+from crossmesh.drivers.lab.transit import start_transit
 from crossmesh.errors import EnvironmentProblem
 from crossmesh.model.plan import Plan
 from crossmesh.plan.serialize import plan_json
@@ -250,7 +252,9 @@ def _build(
     # changed (a new neighbour on the site's VXLAN, a new address in a policy set) follow once
     # the tunnels are up, so as not to take CPU from the agents converging.
     first = [
-        ns for ns in todo if not changed_only or ns.name not in state.applied or ns.role in ("inet", "local", "router")
+        ns
+        for ns in todo
+        if not changed_only or ns.name not in state.applied or ns.role in ("inet", "local", "router", "hub")
     ]
     state.applied = {k: v for k, v in state.applied.items() if k in digests}
     for ns in todo:  # forgotten until brought to its spec: a failure below leaves it to do again
@@ -338,6 +342,10 @@ def _build(
     state.applied.update((ns.name, digests[ns.name]) for ns in todo)
     state.save()
     lap("links")
+    if compiled.plan.vpn or state.vpn:
+        progress("site-to-site VPN: strongSwan and BIRD at every customer gateway and transit gateway")
+    changes += start_transit(state, topo, compiled)
+    lap("vpn")
     progress("workloads: echo servers in every pod")
     changes += start_workloads(state, topo)
     lap("workloads")

@@ -400,13 +400,14 @@ def start(
     namespace: str,
     folder: Path,
     tunnels: Sequence[ipsec.TunnelSpec],
-    router: bgp.BgpRouterSpec,
+    router: bgp.BgpRouterSpec | None,
     *,
     liveness: ipsec.Liveness | None = None,
     timeout: float = 15,
 ) -> Gateway:
     """Start the gateway's daemons in `namespace` (which must exist, with its outside address) and
-    return it once every daemon answers; tunnels and BGP come up afterwards (`wait_up`)."""
+    return it once every daemon answers; tunnels and BGP come up afterwards (`wait_up`). No `router`:
+    no BIRD (static routing only)."""
     live = liveness or ipsec.Liveness()
     gw = Gateway(namespace, folder)
     try:
@@ -423,9 +424,57 @@ def start(
             charon = Charon(namespace, instance, tunnel)
             gw.charons.append(charon)
             charon.start(timeout)
-        gw.bird = Bird(namespace, folder / "bird", router)
-        gw.bird.start(timeout)
+        if router is not None:
+            gw.bird = Bird(namespace, folder / "bird", router)
+            gw.bird.start(timeout)
     except BaseException:
         gw.stop()
         raise
     return gw
+
+
+def attach(
+    namespace: str,
+    folder: Path,
+    tunnels: Sequence[ipsec.TunnelSpec],
+    router: bgp.BgpRouterSpec | None,
+    *,
+    liveness: ipsec.Liveness | None = None,
+) -> Gateway:
+    """A gateway another process started in `folder`, to read its state (`sas`, `sessions`, `routes`)
+    through its control sockets; `stop_started` stops it."""
+    live = liveness or ipsec.Liveness()
+    gw = Gateway(namespace, folder)
+    for index, tunnel in enumerate(tunnels):
+        gw.charons.append(
+            Charon(namespace, ipsec.CharonInstance(index, PurePosixPath(folder / f"charon-{index}"), live), tunnel)
+        )
+    if router is not None:
+        gw.bird = Bird(namespace, folder / "bird", router)
+    return gw
+
+
+def _pid_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("charon-*/run/charon.pid")) + sorted(folder.glob("bird/bird.pid"))
+
+
+def running_pids(folder: Path) -> list[int]:
+    """The daemons started in `folder` that still run (by their pid files)."""
+    out = []
+    for f in _pid_files(folder):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(f.read_text().strip())
+            if processes.alive(pid):
+                out.append(pid)
+    return out
+
+
+def stop_started(folder: Path, namespace: str) -> None:
+    """Stop every daemon started in `folder` (BIRD first, then the charons) and the port mapping."""
+    for f in reversed(_pid_files(folder)):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(f.read_text().strip())
+            if processes.alive(pid):
+                processes.stop_group(pid)
+        f.unlink(missing_ok=True)
+    netns.run(namespace, ["nft", "delete", "table", "ip", NFT_TABLE])
