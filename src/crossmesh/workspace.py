@@ -74,6 +74,19 @@ class Compiled:
         root, cas = self.store.istio_cas(self.plan.mesh, self.plan.istio.trust_domain, clusters, now)
         return {c: istio_ca(c, root, ca) for c, ca in cas.items()}
 
+    def tunnel_psks(self) -> dict[tuple[str, int], str]:
+        """Every VPN tunnel's pre-shared key: from the state directory (made there by `compile_mesh`)
+        or from the `preSharedKeyFile` beside the mesh file, as the plan's `psk` reference says."""
+        base = self.loaded.path.resolve().parent
+        out = {}
+        for c in self.plan.vpn:
+            for t in c.tunnels:
+                kind, _, ref = t.psk.partition(":")
+                out[c.name, t.index] = (
+                    psk.read_reference(base, ref) if kind == "file" else self.store.psk(c.name, t.index)
+                )
+        return out
+
     def ingress_certs(self, now: datetime) -> dict[ListenerId, IngressCert]:
         """The server certificate of every gateway listener whose TLS is `mesh`, from the state
         directory's ingress CA (made there on first use, see `state.ingresspki`); none, and no CA,
@@ -288,4 +301,7 @@ def rendered(compiled: Compiled) -> dict[str, RenderedFile]:
     tls = compiled.clustermesh_tls(now)
     cas = compiled.istio_cas(now)
     ingress_certs = compiled.ingress_certs(now)
-    return render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key, tls, cas, ingress_certs)
+    psks = compiled.tunnel_psks()
+    return render_tree(
+        compiled.plan, compiled.loaded.manifests, compiled.store.private_key, tls, cas, ingress_certs, psks
+    )
