@@ -162,6 +162,7 @@ def test_files_holding_a_private_key_are_0600(case: str, tmp_path: Path) -> None
     state = state_copy(case, tmp_path)
     out = render(case, tmp_path / "out", state)
     secrets = {p.stem: p.read_text().strip() for p in (state / "keys").glob("*.key")}
+    secrets |= {p.name: p.read_text().strip() for p in (state / "vpn").glob("*.psk")}  # VPN pre-shared keys
     holding = [rel for rel in files(out) if any(k in (out / rel).read_text() for k in secrets.values())]
     assert holding, "no rendered file holds a private key: the golden state is not being used"
     for rel in holding:

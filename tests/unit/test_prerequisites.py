@@ -67,6 +67,21 @@ def test_site_network_rules_and_no_forwarding_or_routes_in_a_full_mesh(tmp_path:
         assert all(r.reason for r in p.inbound)
 
 
+def test_sites_a_hub_joins_admit_each_other_s_cluster_traffic(tmp_path: Path) -> None:
+    """Seed 001: the OpenStack nodes' VXLAN reaches aws-worker-1 from 10.0.1.0/24 through the transit
+    gateway (no WireGuard, no NAT), and the AWS worker's reaches the OpenStack nodes from the VPC
+    through the customer gateway: each site's group must admit the other site's network."""
+    plan = plan_of("tests/meshes/hybrid-tgw", tmp_path)
+    for here, there, net in (("aws", "openstack", "10.0.1.0/24"), ("openstack", "aws", "10.100.0.0/16")):
+        p = site(plan, here)
+        vxlan = rule(p, f"vxlan-from-site-{there}")
+        assert (vxlan.protocol, vxlan.port, vxlan.source) == (Protocol.UDP, 8472, IPv4Network(net))
+        assert (vxlan.targets, vxlan.scope) == (Targets.NODES, Scope.SITE)
+        assert "transit gateway tgw" in vxlan.reason and "openstack-vpn" in vxlan.reason
+        assert rule(p, f"kubernetes-api-from-site-{there}").source == IPv4Network(net)
+        assert p.dialled == () and not any(r.scope is Scope.INTERNET for r in p.inbound)  # no WireGuard at all
+
+
 def test_gateways_forward_and_the_route_table_follows_the_nodes(tmp_path: Path) -> None:
     plan = plan_of("tests/golden/gateways", tmp_path)
     east = site(plan, "dc-east")

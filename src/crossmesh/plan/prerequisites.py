@@ -10,8 +10,11 @@ tables, not by the next hop a VM picks. So, per site, from the plan alone (pure:
   NAT's address, which the mesh file does not know; and, from the site network, what the cluster's
   nodes say to each other there: the CNI's VXLAN, Cilium's health checks, the clustermesh-apiserver's
   node port, the Kubernetes API. Across sites these travel inside WireGuard and never meet the
-  cloud's firewall, except with `topology: gateways`, where the site's gateway puts the other sites'
-  packets on the site network: then the same ports are allowed from those sites' networks too.
+  cloud's firewall, except where a router puts the other sites' packets on the site network: with
+  `topology: gateways` the site's gateway, and for a pair of sites a hub joins (transport `ipsec`)
+  the transit gateway's VPC attachment on the AWS side and the customer gateway on the other. The
+  packets keep the other site's node addresses (nothing NATs them), so the same ports are allowed
+  from those sites' networks too.
 - **forwarding**: source/destination check off and IP forwarding on for nodes that carry others'
   packets (gateways), with the networks they carry (OpenStack's allowed address pairs need them).
 - **routes** for the site's route table: another site's network via the site's active gateway,
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 
-from crossmesh.model.plan import MANAGED_DISTRIBUTIONS, VXLAN_PORT, NodePlan, Plan, RouteVia, SitePlan
+from crossmesh.model.plan import MANAGED_DISTRIBUTIONS, VXLAN_PORT, NodePlan, Plan, RouteVia, SitePlan, Transport
 from crossmesh.model.tls import CLUSTERMESH_NODEPORT, clustermesh_clusters
 
 ANYWHERE = IPv4Network("0.0.0.0/0")
@@ -248,11 +251,25 @@ def _site_network(
     and from the sites whose networks this site's gateway carries onto it."""
     sources = [(site.network, "site", f"nodes of site {site.name}")]
     sources += [(net, f"site-{name}", f"site {name} ({net}) through gateway {gw}") for net, gw, name in carried]
+    sources += _through_hubs(plan, site)
     return [
         InboundRule(f"{service}-from-{label}", protocol, port, net, Targets.NODES, Scope.SITE, f"{what} from {whom}")
         for service, protocol, port, what in _services(plan, nodes)
         for net, label, whom in sources
     ]
+
+
+def _through_hubs(plan: Plan, site: SitePlan) -> list[tuple[IPv4Network, str, str]]:
+    """The networks of the sites a hub joins to this one: (network, label, whom), by site name."""
+    networks = {s.name: s.network for s in plan.sites}
+    out = []
+    for p in plan.site_pairs:
+        if p.transport is not Transport.IPSEC or site.name not in p.sites:
+            continue
+        other = p.sites[0] if p.sites[1] == site.name else p.sites[1]
+        how = f"transit gateway {p.hub}" + (f", IPsec {', '.join(p.connections)}" if p.connections else "")
+        out.append((networks[other], f"site-{other}", f"site {other} ({networks[other]}) through {how}"))
+    return out
 
 
 def _services(plan: Plan, nodes: list[NodePlan]) -> list[tuple[str, Protocol, int, str]]:

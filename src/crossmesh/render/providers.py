@@ -359,20 +359,23 @@ def _openstack(p: SitePrerequisites) -> dict[str, Any]:
             }
             for e in p.routes
         }
-    checks = {ident(f"{f.node}-forwards"): _openstack_pairs(f.node, ports, f.carries, f.reason) for f in p.forwarding}
+    checks = {ident(f"{f.node}-forwards"): openstack_pairs(f.node, ports, f.carries, f.reason) for f in p.forwarding}
     return _module(variables, resources, checks)
 
 
-def _openstack_pairs(node: str, ports: str, carries: tuple[Any, ...], reason: str) -> dict[str, Any]:
+def openstack_pairs(
+    node: str, ports: str, carries: tuple[Any, ...], reason: str, *, port_ref: str | None = None
+) -> dict[str, Any]:
     """Port security drops what a port sends from an address not its own: the gateway's port needs
-    the networks it forwards as allowed address pairs."""
+    the networks it forwards as allowed address pairs. The port is `var.<ports>["<node>"]`, or
+    `port_ref` (a Terraform expression) when given."""
     label = ident(f"{node}-forwarding")
     networks = json.dumps([str(n) for n in carries])
     pairs = f"[for pair in data.openstack_networking_port_v2.{label}.allowed_address_pairs : pair.ip_address]"
     return _check(
         "openstack_networking_port_v2",
         label,
-        {"port_id": f'${{var.{ports}["{node}"]}}'},
+        {"port_id": port_ref or f'${{var.{ports}["{node}"]}}'},
         f"alltrue([for net in {networks} : contains({pairs}, net)])",
         f"Add allowed address pairs {', '.join(str(n) for n in carries)} to the port of {node}: {reason}.",
     )

@@ -42,6 +42,16 @@ observability/grafana-dashboard.json    the mesh's Grafana dashboard: control pl
 observability/prometheus.yml            Prometheus scrape jobs: every agent (:9962) and every node's Hubble (:9965)
 sites/<site>/prerequisites.tf.json      cloud sites: what the cloud must allow and carry (inbound rules, routes,
                                         forwarding checks) as a Terraform/OpenTofu root module (render/providers.py)
+hubs/<hub>/                             spec.hubs: one Terraform/OpenTofu root module per transit gateway
+                                        (docs/hybrid.md deploys it): transit.tf.json (render/transit.py: the
+                                        transit gateway, its VPC attachment, route tables, customer gateways, VPN
+                                        connections with their tunnel options, the VPC's routes to it),
+                                        customer-gateways.tf.json (render/customer_gateway.py: the customer
+                                        gateways' files, which Terraform fills with AWS's tunnel addresses;
+                                        OpenStack security-group rules for IKE, NAT-T and ESP from them),
+                                        templates/<site>/ (those files as templates: charon-<k>/strongswan.conf
+                                        and swanctl.conf per tunnel, bird/bird.conf, port-map.nft),
+                                        psk.auto.tfvars.json (the tunnels' pre-shared keys, 0600)
 
 Managed distributions (eks, aks, gke) get no distribution file: their control plane is the cloud's.
 """
@@ -54,10 +64,11 @@ from crossmesh.identity.ingress import ListenerId
 from crossmesh.model.k8s import Manifest
 from crossmesh.model.plan import Plan
 from crossmesh.model.tls import ClusterMeshTLS, IngressCert, IstioCA, clustermesh_clusters
-from crossmesh.plan import ingress, prerequisites
+from crossmesh.plan import ingress, prerequisites, vpngw
 from crossmesh.render import (
     agent_deploy,
     cilium,
+    customer_gateway,
     etcd,
     gateway,
     grafana,
@@ -69,6 +80,7 @@ from crossmesh.render import (
     providers,
     routes,
     talos,
+    transit,
     wireguard,
 )
 from crossmesh.render.files import RenderedFile, yaml_dump
@@ -92,10 +104,12 @@ def render(
     clustermesh: Mapping[str, ClusterMeshTLS],
     istio_cas: Mapping[str, IstioCA] | None = None,
     ingress_certs: Mapping[ListenerId, IngressCert] | None = None,
+    psks: Mapping[vpngw.TunnelKey, str] | None = None,
 ) -> dict[str, RenderedFile]:
     """`clustermesh`: the TLS material of every Cluster Mesh member (`Compiled.clustermesh_tls`);
     `istio_cas`: with `spec.istio`, every cluster's Istio CA (the mesh root and its intermediate);
-    `ingress_certs`: the certificate of every gateway listener whose TLS is `mesh` (`Compiled.ingress_certs`)."""
+    `ingress_certs`: the certificate of every gateway listener whose TLS is `mesh` (`Compiled.ingress_certs`);
+    `psks`: with `spec.vpnConnections`, every tunnel's pre-shared key (`Compiled.tunnel_psks`)."""
     out: dict[str, RenderedFile] = {}
     cache: dict[int, str] = {}
     agent_names: set[str] = set()
@@ -179,4 +193,39 @@ def render(
         module = providers.render(site)
         if module is not None:
             out[f"sites/{site.site.name}/prerequisites.tf.json"] = RenderedFile(module)
+    out.update(hubs(plan, psks or {}))
+    return out
+
+
+def hubs(plan: Plan, psks: Mapping[vpngw.TunnelKey, str]) -> dict[str, RenderedFile]:
+    """Each hub's folder: one root module (its `*.tf.json` files, Terraform reads them together), the
+    customer gateways' templates, and the keys as a 0600 variables file (render/transit.py says why)."""
+    out: dict[str, RenderedFile] = {}
+    missing = [k for k in vpngw.tunnel_keys(plan) if k not in psks]
+    if missing:
+        raise ValueError(f"no pre-shared key was given to render for tunnels {missing}")
+    for hub in plan.hubs:
+        base = f"hubs/{hub.name}"
+        doc = transit.module(plan, hub)
+        wanted = {"aws": transit.AWS_PROVIDER}
+        gateways = customer_gateway.templates(plan, hub.name)
+        if gateways:
+            wanted["local"] = transit.LOCAL_PROVIDER
+            if any(s.name in gateways and s.provider == "openstack" for s in plan.sites):
+                wanted["openstack"] = providers.PROVIDERS["openstack"]
+            cgw = customer_gateway.module(plan, hub.name, gateways)
+            out[f"{base}/customer-gateways.tf.json"] = RenderedFile(transit.dumps(cgw))
+            for site, files in gateways.items():
+                for rel, f in files.items():
+                    out[f"{base}/{customer_gateway.template_path(site, rel)}"] = RenderedFile(f.template)
+        doc["terraform"] = transit.terraform_block(wanted)
+        out[f"{base}/transit.tf.json"] = RenderedFile(transit.dumps(doc))
+        keys = {
+            transit.psk_variable(c.name, t.index): psks[c.name, t.index]
+            for c in plan.vpn
+            if c.hub == hub.name
+            for t in c.tunnels
+        }
+        if keys:
+            out[f"{base}/{transit.PSK_FILE}"] = RenderedFile(transit.dumps(keys), 0o600, True)
     return out
