@@ -75,14 +75,14 @@ class Compiled:
         return {c: istio_ca(c, root, ca) for c, ca in cas.items()}
 
     def tunnel_psks(self) -> dict[tuple[str, int], str]:
-        """Every VPN tunnel's pre-shared key by (connection, tunnel): its `preSharedKeyFile` beside the
-        mesh file, or the one made in the state directory. Secrets: for the daemons' files, never shown."""
+        """Every VPN tunnel's pre-shared key: from the state directory (made there by `compile_mesh`)
+        or from the `preSharedKeyFile` beside the mesh file, as the plan's `psk` reference says."""
         base = self.loaded.path.resolve().parent
         out = {}
         for c in self.plan.vpn:
             for t in c.tunnels:
                 kind, _, ref = t.psk.partition(":")
-                out[(c.name, t.index)] = (
+                out[c.name, t.index] = (
                     psk.read_reference(base, ref) if kind == "file" else self.store.psk(c.name, t.index)
                 )
         return out
@@ -301,4 +301,7 @@ def rendered(compiled: Compiled) -> dict[str, RenderedFile]:
     tls = compiled.clustermesh_tls(now)
     cas = compiled.istio_cas(now)
     ingress_certs = compiled.ingress_certs(now)
-    return render_tree(compiled.plan, compiled.loaded.manifests, compiled.store.private_key, tls, cas, ingress_certs)
+    psks = compiled.tunnel_psks()
+    return render_tree(
+        compiled.plan, compiled.loaded.manifests, compiled.store.private_key, tls, cas, ingress_certs, psks
+    )

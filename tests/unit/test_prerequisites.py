@@ -41,7 +41,7 @@ def rule(p: SitePrerequisites, name: str) -> prerequisites.InboundRule:
 
 
 def test_wireguard_from_each_public_peer_and_from_anywhere_for_peers_behind_nat(tmp_path: Path) -> None:
-    plan = plan_of("examples/hybrid-openstack-aws", tmp_path)
+    plan = plan_of("tests/meshes/hybrid-wireguard", tmp_path)
     aws = site(plan, "aws")
     assert aws.dialled == (("aws-worker-1", IPv4Address("10.100.2.50"), IPv4Address("203.0.113.69")),)
     master = rule(aws, "wireguard-from-openstack-master")
@@ -106,7 +106,7 @@ def _references(doc: Any) -> set[str]:
     return set(re.findall(r"var\.([A-Za-z0-9_]+)", json.dumps(doc)))
 
 
-@pytest.mark.parametrize("case", ["examples/three-clouds", "examples/hybrid-openstack-aws", "tests/golden/gateways"])
+@pytest.mark.parametrize("case", ["examples/three-clouds", "tests/meshes/hybrid-wireguard", "tests/golden/gateways"])
 def test_terraform_declares_every_variable_it_uses_and_invents_no_ids(case: str, tmp_path: Path) -> None:
     plan = plan_of(case, tmp_path)
     for p in prerequisites.derive(plan):
@@ -145,7 +145,7 @@ def _text(namespace: topology.Namespace) -> str:
 
 
 def test_the_router_admits_exactly_the_internet_rules(tmp_path: Path) -> None:
-    plan = plan_of("examples/hybrid-openstack-aws", tmp_path)
+    plan = plan_of("tests/meshes/hybrid-wireguard", tmp_path)
     text = _text(_router(plan, "aws"))
     assert "ip daddr { 10.100.2.50 } ip saddr 198.51.100.190/32 udp dport 51820 accept" in text
     assert "ip daddr { 10.100.2.50 } udp dport 51820 accept" in text  # from anywhere: the peer behind NAT
@@ -192,7 +192,7 @@ def _admitted(nft: str) -> set[tuple[str, str, int]]:
     reason="loading a ruleset needs root, nft and unshare (the lab's requirements)",
 )
 def test_a_rule_removed_from_the_data_is_no_longer_admitted(tmp_path: Path) -> None:
-    plan = plan_of("examples/hybrid-openstack-aws", tmp_path)
+    plan = plan_of("tests/meshes/hybrid-wireguard", tmp_path)
     full = {p.site.name: p for p in prerequisites.derive(plan)}
     before = _admitted(_text(_router(plan, "aws", full)))
     assert ("198.51.100.190/32", "10.100.2.50", 51820) in before
