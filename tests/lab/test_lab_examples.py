@@ -111,9 +111,10 @@ def test_hybrid_stretched_k3s(make_lab) -> None:  # type: ignore[no-untyped-def]
     # Seed 001's flow: demo-app on OpenStack reaches tkb on AWS, directly and through its service.
     assert any(n.startswith("pod-to-pod/cross-site/http: k3s/demo/demo-app-0 -> k3s/microservices/tkb-") for n in names)
     assert any("-> k3s/microservices/tkb-service" in n for n in names)
-    # The worker behind the OpenStack router's NAT is reached only through its tunnel.
-    assert any(n.startswith("nat/unsolicited-from-internet") and "openstack-worker" in n for n in names)
-    assert any(n.startswith("nat/reached-through-tunnel") for n in names)
+    # Seed 001's transit: the sites are joined by the hub's two IPsec tunnels with BGP over each.
+    assert any(n.startswith("vpn/tunnels-up") for n in names)
+    assert any(n.startswith("bgp/established") for n in names)
+    assert any(n.startswith("vpn/failover") for n in names)
 
 
 def test_kill_moves_service_traffic_and_revive_brings_it_back(make_lab) -> None:  # type: ignore[no-untyped-def]
