@@ -44,6 +44,12 @@ def is_peer(
     )
 
 
+def apart_of(site: str, others: Iterable[str]) -> frozenset[frozenset[str]]:
+    """The pairs `apart` holds for a node of `site` whose intent names `others`: the sites a hub carries
+    its site to (an agent learns only its own site's; the planner holds every pair, plan/hubs.py)."""
+    return frozenset(frozenset((site, other)) for other in others if other != site)
+
+
 def carried(tunnel_address: A, address: A) -> tuple[A, A]:
     """What a peer may carry, each address a host (/32): its tunnel address and its node (site)
     address. The agents hold records' addresses as canonical text and format them without parsing
