@@ -127,20 +127,19 @@ def decode_intent(raw: bytes, key_node: str) -> NodeIntent:
     what = f"intent of {key_node[:63]!r}"
     data = _load(raw, what)
     node = _field(data, "node", (dict,), what)
-    kinds = {f.name: (str,) for f in fields(PlannedNode)} | {
+    kinds = {f.name: (str,) for f in fields(PlannedNode) if f.name != "apart_sites"} | {  # a list: below
         "listen_port": (int,),
         "public_address": (str, type(None)),
         "gateway": (bool,),
         "preferred": (bool,),
-        "apart_sites": (list, tuple),  # JSON's list; the default when left out, a tuple
     }
-    unknown = sorted(set(node) - set(kinds))
+    unknown = sorted(set(node) - set(kinds) - {"apart_sites"})
     if unknown:
         raise IntentError(f"{what}: node has unknown field {unknown[0][:40]!r}")
     given = {**OPTIONAL_PLANNED, **node}
     values = {name: _field(given, name, k, what) for name, k in kinds.items()}
     try:
-        values["apart_sites"] = apart_sites(values["apart_sites"], values["site"])
+        values["apart_sites"] = apart_sites(given["apart_sites"], values["site"])
     except ValueError as err:
         raise IntentError(f"{what}: {err}") from None
     planned = PlannedNode(**values)
