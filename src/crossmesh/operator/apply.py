@@ -204,7 +204,7 @@ def _intents(by_key: dict[bytes, bytes], layout: Layout) -> dict[str, agent_inte
     return out
 
 
-def _expected_peers(intents: dict[str, agent_intents.NodeIntent], chosen: dict[str, str]) -> dict[str, int]:
+def expected_peers(intents: dict[str, agent_intents.NodeIntent], chosen: dict[str, str]) -> dict[str, int]:
     """How many peers the agents give each node: the one peer rule, on their intents (each node's
     sites a hub carries, and under topology gateways each site's active gateway as etcd names it)."""
     planned = {n: i.node for n, i in intents.items()}
@@ -264,7 +264,7 @@ async def status(kv: Kv, mesh: str) -> Status:
         out.leader = publish.leader_id(by_key[layout.leader])
     intents = _intents(by_key, layout)
     chosen = _chosen(by_key, layout, intents)
-    peers = _expected_peers(intents, chosen)
+    peers = expected_peers(intents, chosen)
     out.gateways = chosen
     for name in expected:
         mine = intents.get(name)
