@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from vpn_meshes import HYBRID, hybrid, plan_of, spokes, with_gcp
+from vpn_meshes import HYBRID, hybrid, plan_of, spokes, with_gateways, with_gcp
 
 from crossmesh.model.mesh import Encryption, Integrity, Phase2
 from crossmesh.model.plan import Transport
@@ -101,13 +101,7 @@ def test_spokes_kept_apart_by_route_tables_fall_back_to_wireguard() -> None:
 
 
 def test_topology_gateways_leaves_hub_pairs_to_the_hub() -> None:
-    data = with_gcp(hybrid())
-    data["spec"]["wireguard"] = {"topology": "gateways"}
-    for n in data["spec"]["clusters"][0]["nodes"]:
-        n["gateway"] = n["name"] in ("openstack-master", "aws-worker-1", "gcp-1")
-        if n["name"] == "aws-worker-1":
-            n["publicAddress"] = "203.0.113.69"
-    plan = plan_of(data)
+    plan = plan_of(with_gateways(with_gcp(hybrid())))
     worker = plan.node("openstack-worker")
     routed = {str(r.dst) for r in worker.routes}
     assert routed == {"10.200.0.0/16"}  # GCP via the gateway; AWS through the site router and the hub

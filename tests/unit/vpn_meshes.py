@@ -36,6 +36,18 @@ def with_gcp(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_gateways(data: dict[str, Any]) -> dict[str, Any]:
+    """`with_gcp`'s mesh under `topology: gateways`: one gateway a site (openstack-master, the AWS node
+    made public, gcp-1); openstack-worker routes through its site's gateway."""
+    out = copy.deepcopy(data)
+    out["spec"]["wireguard"] = {"topology": "gateways"}
+    for n in out["spec"]["clusters"][0]["nodes"]:
+        n["gateway"] = n["name"] in ("openstack-master", "aws-worker-1", "gcp-1")
+        if n["name"] == "aws-worker-1":
+            n["publicAddress"] = "203.0.113.69"
+    return out
+
+
 def spokes(data: dict[str, Any]) -> dict[str, Any]:
     """A second customer site, `branch`, with its own connection to the same hub (default route table)."""
     out = copy.deepcopy(data)

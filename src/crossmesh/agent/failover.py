@@ -105,17 +105,19 @@ class Failover:
     def aim(self) -> None:
         """The addresses to probe for each remote site's active gateway, from the intents and the
         active gateways now: (its tunnel address, its node address); nothing for a node that is not
-        a gateway, and no via probe for the active gateway itself (it routes into the tunnel)."""
+        a gateway, no via probe for the active gateway itself (it routes into the tunnel), and no
+        site a hub carries this one to (no tunnel there, no route via the gateway)."""
         planned = self.agent.intent
         me = planned.get(self.agent.node)
         if me is None or not me.gateway:
             self.targets = {}
             return
         view = self._view()
+        apart = records.apart_of(planned, me.name)
         active_here = view.active.get(me.site) == me.name
         out: dict[str, tuple[str | None, str | None]] = {}
         for site, gw in sorted(view.active.items()):
-            if site == me.site:
+            if site == me.site or frozenset((me.site, site)) in apart:
                 continue
             remote = planned[gw]
             reachable = not (me.public_address is None and remote.public_address is None)

@@ -40,8 +40,8 @@ class Following:
         out = cls(cfg.node, cfg.intent_source, cfg.layout, cfg.intent_path)
         if cfg.intent_source == "inline":
             try:
-                out.nodes = {n: records.PlannedNode(**p) for n, p in (cfg.intent or {}).items()}
-            except TypeError as err:
+                out.nodes = {n: records.planned_from(p) for n, p in (cfg.intent or {}).items()}
+            except (TypeError, ValueError) as err:
                 raise ConfigError(f"agent configuration: intent is not the mesh's ({err})") from None
         elif cfg.intent_source == "file":
             out.reload()

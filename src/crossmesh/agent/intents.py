@@ -3,9 +3,9 @@
 others can write, so decoding checks every field and raises IntentError, nothing else.
 
 An intent carries the node's planned record (what its own and everyone's records must agree
-with, `records.PlannedNode`), the tunnel MTU and keepalive, and the desired revision it was
-computed from; a status, the revision the node runs, whether its last apply succeeded and when it
-next rotates its key.
+with, `records.PlannedNode`, with the sites a hub carries its site to), the tunnel MTU and
+keepalive, and the desired revision it was computed from; a status, the revision the node runs,
+whether its last apply succeeded and when it next rotates its key.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from dataclasses import asdict, dataclass, fields
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from crossmesh.agent.records import OPTIONAL_PLANNED, PlannedNode, planned_json
+from crossmesh.agent.records import OPTIONAL_PLANNED, PlannedNode, apart_sites, planned_json
 from crossmesh.agent.untrusted import json_object
+from crossmesh.model.mesh import MAX_SITES
 
-MAX_BYTES = 4096
+# An intent is ~500 bytes; one whose site a hub joins to every other site of the largest mesh, each
+# name 63 characters, holds (MAX_SITES − 1) × 67 more in `apart_sites`.
+MAX_BYTES = 4096 + MAX_SITES * 67
 
 
 class IntentError(ValueError):
@@ -124,17 +127,22 @@ def decode_intent(raw: bytes, key_node: str) -> NodeIntent:
     what = f"intent of {key_node[:63]!r}"
     data = _load(raw, what)
     node = _field(data, "node", (dict,), what)
-    kinds = {f.name: (str,) for f in fields(PlannedNode)} | {
+    kinds = {f.name: (str,) for f in fields(PlannedNode) if f.name != "apart_sites"} | {  # a list: below
         "listen_port": (int,),
         "public_address": (str, type(None)),
         "gateway": (bool,),
         "preferred": (bool,),
     }
-    unknown = sorted(set(node) - set(kinds))
+    unknown = sorted(set(node) - set(kinds) - {"apart_sites"})
     if unknown:
         raise IntentError(f"{what}: node has unknown field {unknown[0][:40]!r}")
     given = {**OPTIONAL_PLANNED, **node}
-    planned = PlannedNode(**{name: _field(given, name, k, what) for name, k in kinds.items()})
+    values = {name: _field(given, name, k, what) for name, k in kinds.items()}
+    try:
+        values["apart_sites"] = apart_sites(given["apart_sites"], values["site"])
+    except ValueError as err:
+        raise IntentError(f"{what}: {err}") from None
+    planned = PlannedNode(**values)
     _addresses(planned, what)
     if planned.name != key_node:
         raise IntentError(f"{what}: names node {planned.name[:63]!r}")

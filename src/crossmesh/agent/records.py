@@ -13,12 +13,14 @@ import bisect
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
 
 from crossmesh.agent.untrusted import json_object, shown
+from crossmesh.model.mesh import MAX_SITES
 from crossmesh.model.plan import NodePlan, Plan
+from crossmesh.plan import hubs as hub_rule
 from crossmesh.plan import peers as peer_rule
 from crossmesh.render.etcd import records_prefix
 from crossmesh.state.keys import is_valid_key
@@ -177,9 +179,17 @@ class PlannedNode:
     gateway: bool = False
     site_network: str = ""
     preferred: bool = False  # the mesh file's preferred gateway of its site
+    # With hubs only (empty otherwise, and left out of intents then): the other sites a hub carries this
+    # node's site to over IPsec (plan/hubs.py) — no WireGuard peers there, no routes via the gateway.
+    apart_sites: tuple[str, ...] = ()
 
 
-OPTIONAL_PLANNED = {"gateway": False, "site_network": "", "preferred": False}  # fields an intent may leave out
+OPTIONAL_PLANNED: dict[str, object] = {  # fields an intent may leave out
+    "gateway": False,
+    "site_network": "",
+    "preferred": False,
+    "apart_sites": (),
+}
 
 BOUND_FIELDS = ("cluster", "site", "address", "pod_cidr", "tunnel_address", "listen_port")
 
@@ -189,10 +199,13 @@ def prefix(mesh: str) -> str:
     return records_prefix(mesh)
 
 
-def planned_of(node: NodePlan, site_network: IPv4Network | None = None) -> PlannedNode:
+def planned_of(
+    node: NodePlan, site_network: IPv4Network | None = None, apart_sites: tuple[str, ...] = ()
+) -> PlannedNode:
     """A node of the plan that runs an agent, as records must match it; `site_network` under
     `topology: gateways` (the node's gateway flag and site network go with it, and a node without a
-    tunnel runs an agent too, for its routes via the site's gateway: no tunnel address, port 0)."""
+    tunnel runs an agent too, for its routes via the site's gateway: no tunnel address, port 0);
+    `apart_sites`, the sites a hub carries its site to."""
     assert node.tunnel is not None or site_network is not None  # noqa: S101 - see intent_of
     return PlannedNode(
         name=node.name,
@@ -206,15 +219,18 @@ def planned_of(node: NodePlan, site_network: IPv4Network | None = None) -> Plann
         gateway=site_network is not None and node.gateway,
         preferred=site_network is not None and node.preferred,
         site_network="" if site_network is None else str(site_network),
+        apart_sites=apart_sites,
     )
 
 
 def intent_of(plan: Plan) -> dict[str, PlannedNode]:
-    """The nodes of the plan that run agents, as records must match them."""
+    """The nodes of the plan that run agents, as records must match them, each told the sites a hub
+    carries its site to (the plan's site pairs: the planner's `apart`)."""
     gateways = plan.topology == "gateways"
     nets = {s.name: s.network for s in plan.sites}
+    partners = hub_rule.partners(plan.site_pairs)
     return {
-        node.name: planned_of(node, nets[node.site] if gateways else None)
+        node.name: planned_of(node, nets[node.site] if gateways else None, partners.get(node.site, ()))
         for node in plan.nodes
         if node.tunnel is not None or gateways
     }
@@ -233,14 +249,37 @@ def encode_intent(intent: dict[str, PlannedNode]) -> str:
     return json.dumps({name: planned_json(p) for name, p in sorted(intent.items())}, indent=0, sort_keys=True)
 
 
+def apart_sites(value: object, site: str) -> tuple[str, ...]:
+    """A node's `apart_sites` as an intent holds it (etcd's, the lab's file, a configuration: written by
+    others) → the sites, or ValueError saying why: a list of at most MAX_SITES site names (DNS-1123
+    labels), the node's own site not among them."""
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"apart_sites is {shown(value)}, not a list of site names")
+    if len(value) > MAX_SITES:
+        raise ValueError(f"apart_sites names {len(value)} sites, over the {MAX_SITES} of a mesh")
+    for other in value:
+        if type(other) is not str or len(other) > 63 or not _DNS1123.fullmatch(other):
+            raise ValueError(f"apart_sites holds {shown(other)}, not a site name (a DNS-1123 label)")
+        if other == site:
+            raise ValueError(f"apart_sites names the node's own site {site!r}")
+    return tuple(value)
+
+
+def planned_from(fields: Mapping[str, Any]) -> PlannedNode:
+    """A planned node from its fields as a file or configuration holds them (JSON: a list where the
+    node holds a tuple); TypeError for missing or unknown fields, ValueError for bad `apart_sites`."""
+    planned = PlannedNode(**fields)
+    return replace(planned, apart_sites=apart_sites(planned.apart_sites, planned.site))
+
+
 def decode_intent(text: str) -> dict[str, PlannedNode]:
     """The intent file the lab (or `crossmesh agent`) wrote; ValueError when it is not one."""
     data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError("the mesh intent is not a JSON object")
     try:
-        out = {name: PlannedNode(**fields) for name, fields in data.items()}
-    except TypeError as err:
+        out = {name: planned_from(fields) for name, fields in data.items()}
+    except (TypeError, ValueError) as err:
         raise ValueError(f"the mesh intent is malformed: {err}") from None
     if any(p.name != name for name, p in out.items()):
         raise ValueError("the mesh intent names a node under another node's key")
@@ -399,13 +438,26 @@ class GatewayView:
         return cls(members, order, peer_rule.active_of(order, chosen), networks)
 
     def routes(self, node: str, planned: Mapping[str, PlannedNode]) -> dict[str, str]:
-        """What `node` routes via its site's active gateway: each other site's network → that
-        gateway's node address ({} for the active gateway itself, and for a node the intents lack)."""
+        """What `node` routes via its site's active gateway: each other site's network but those a hub
+        carries → that gateway's node address ({} for the active gateway itself, and for a node the
+        intents lack)."""
         me = self.members.get(node)
         gw = None if me is None else peer_rule.via_gateway(me, self.active)
         if me is None or gw is None:
             return {}
-        return {net: planned[gw].address for site, net in sorted(self.networks.items()) if site != me.site}
+        apart = apart_of(planned, node)
+        return {
+            net: planned[gw].address
+            for site, net in sorted(self.networks.items())
+            if site != me.site and frozenset((me.site, site)) not in apart
+        }
+
+
+def apart_of(planned: Mapping[str, PlannedNode] | None, node: str) -> frozenset[frozenset[str]]:
+    """The site pairs `node` leaves to the hubs, for the peer rule: from its own intent (the operator's
+    word for this node), none without one — a mesh without hubs, or intents from before them."""
+    me = None if planned is None else planned.get(node)
+    return peer_rule.NOT_APART if me is None else peer_rule.apart_of(me.site, me.apart_sites)
 
 
 def desired_peers(
@@ -416,12 +468,14 @@ def desired_peers(
     chosen: Mapping[str, str] | None = None,
 ) -> list[DesiredPeer]:
     """The planner's own rule (plan/peers.py): a full mesh, or under `topology: gateways` (the intents
-    `planned` say so) the gateway rule with each site's active gateway from `chosen` (etcd's)."""
+    `planned` say so) the gateway rule with each site's active gateway from `chosen` (etcd's); either
+    way no peer in a site a hub carries this node's site to (its intent's `apart_sites`)."""
+    apart = apart_of(planned, own.name)
     if planned is not None and is_gateways(planned) and own.name in planned:
-        return _gateway_peers(own, records, keepalive, planned, GatewayView.of(planned, chosen or {}))
+        return _gateway_peers(own, records, keepalive, planned, GatewayView.of(planned, chosen or {}), apart)
     out = []
     for name, rec in sorted(records.items()):
-        if not peer_rule.is_peer(own.site, own.natted, rec.site, rec.natted):
+        if not peer_rule.is_peer(own.site, own.natted, rec.site, rec.natted, apart):
             continue
         out.append(
             DesiredPeer(
@@ -441,10 +495,11 @@ def _gateway_peers(
     keepalive: int,
     planned: Mapping[str, PlannedNode],
     view: GatewayView,
+    apart: frozenset[frozenset[str]],
 ) -> list[DesiredPeer]:
     natted = {n: m.natted for n, m in view.members.items()}
     out = []
-    for g in peer_rule.gateway_peers(view.members[own.name], natted, view.order, view.active):
+    for g in peer_rule.gateway_peers(view.members[own.name], natted, view.order, view.active, apart):
         rec = records.get(g.node)
         if rec is None:
             continue  # not published (yet), or refused

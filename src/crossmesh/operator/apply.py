@@ -204,25 +204,29 @@ def _intents(by_key: dict[bytes, bytes], layout: Layout) -> dict[str, agent_inte
     return out
 
 
-def _expected_peers(intents: dict[str, agent_intents.NodeIntent], chosen: dict[str, str]) -> dict[str, int]:
-    """How many peers the agents give each node: the one peer rule, on their intents (and under
-    topology gateways each site's active gateway as etcd names it)."""
+def expected_peers(intents: dict[str, agent_intents.NodeIntent], chosen: dict[str, str]) -> dict[str, int]:
+    """How many peers the agents give each node: the one peer rule, on their intents (each node's
+    sites a hub carries, and under topology gateways each site's active gateway as etcd names it)."""
     planned = {n: i.node for n, i in intents.items()}
     if records.is_gateways(planned):
         view = records.GatewayView.of(planned, chosen)
         natted = {n: m.natted for n, m in view.members.items()}
-        return {n: len(peer_rule.gateway_peers(m, natted, view.order, view.active)) for n, m in view.members.items()}
+        return {
+            n: len(peer_rule.gateway_peers(m, natted, view.order, view.active, records.apart_of(planned, n)))
+            for n, m in view.members.items()
+        }
     groups: dict[tuple[str, bool], list[str]] = {}
     for p in planned.values():
         groups.setdefault((p.site, p.public_address is None), []).append(p.name)
-    return {
-        p.name: sum(
+    out = {}
+    for p in planned.values():
+        apart = records.apart_of(planned, p.name)
+        out[p.name] = sum(
             len(names) - (p.name in names)
             for (site, natted), names in groups.items()
-            if peer_rule.is_peer(p.site, p.public_address is None, site, natted)
+            if peer_rule.is_peer(p.site, p.public_address is None, site, natted, apart)
         )
-        for p in planned.values()
-    }
+    return out
 
 
 def _chosen(by_key: dict[bytes, bytes], layout: Layout, intents: dict[str, agent_intents.NodeIntent]) -> dict[str, str]:
@@ -260,7 +264,7 @@ async def status(kv: Kv, mesh: str) -> Status:
         out.leader = publish.leader_id(by_key[layout.leader])
     intents = _intents(by_key, layout)
     chosen = _chosen(by_key, layout, intents)
-    peers = _expected_peers(intents, chosen)
+    peers = expected_peers(intents, chosen)
     out.gateways = chosen
     for name in expected:
         mine = intents.get(name)

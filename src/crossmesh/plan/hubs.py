@@ -174,6 +174,19 @@ def apart(mesh: Mesh) -> frozenset[frozenset[str]]:
     return frozenset(frozenset(p) for p in links(mesh))
 
 
+def partners(pairs: Iterable[SitePairPlan]) -> dict[str, tuple[str, ...]]:
+    """Each site's partners over IPsec (the plan's site pairs whose transport the hubs carry), in name
+    order: what every node's intent tells its agent, so that the agents leave to the hubs the pairs
+    `apart` leaves to them in the plan (agent/records.py)."""
+    out: dict[str, list[str]] = {}
+    for p in pairs:
+        if p.transport is Transport.IPSEC:
+            a, b = p.sites
+            out.setdefault(a, []).append(b)
+            out.setdefault(b, []).append(a)
+    return {site: tuple(sorted(others)) for site, others in out.items()}
+
+
 # --- MTU --------------------------------------------------------------------------------------------
 
 _ICV = {Integrity.SHA1: 12, Integrity.SHA2_256: 16, Integrity.SHA2_384: 24, Integrity.SHA2_512: 32}

@@ -3,15 +3,16 @@ records and intents): who a node peers with, what it lets each peer carry, who k
 open, and — under `topology: gateways` — which gateway carries a site and where the other nodes send
 the other sites' traffic. Property-tested to agree (tests/property/test_agent_peers.py).
 
-Full mesh: every node of every other site. Gateways: a site's gateways in preference order (the
-one marked `preferred`, then public before behind NAT, then by name); one of them is *active* — for
-the planner the preferred one, for the agents the one etcd names (`gateways/<site>`, moved on
-failover). Active gateways peer with every remote
-gateway, and each one's entry for a remote *active* gateway carries that site's network; all other
-entries carry only the peer's tunnel address, so that a standby keeps its handshakes and failover
-waits for none. Every node but its site's active gateway routes the other sites' networks via that
-gateway's node address. WireGuard gives an allowed IP to one peer of a device at a time, which is why
-this is active/standby and why moving a site to a new active is one `wg set` at each remote gateway.
+Neither topology peers two sites a hub carries over IPsec (`apart`: plan/hubs.py for the planner,
+the node's intent for an agent). Full mesh: every node of every other site. Gateways: a site's
+gateways in preference order (the one marked `preferred`, then public before behind NAT, then by
+name); one of them is *active* — for the planner the preferred one, for the agents the one etcd names
+(`gateways/<site>`, moved on failover). Active gateways peer with every remote gateway, and each
+one's entry for a remote *active* gateway carries that site's network; all other entries carry only
+the peer's tunnel address, so that a standby keeps its handshakes and failover waits for none. Every
+node but its site's active gateway routes the other sites' networks via that gateway's node address.
+WireGuard gives an allowed IP to one peer of a device at a time, which is why this is active/standby
+and why moving a site to a new active is one `wg set` at each remote gateway.
 
 Pods never appear here: they travel in the CNI's VXLAN between node addresses (plan/datapath.py).
 """
@@ -42,6 +43,12 @@ def is_peer(
         and not (own_natted and other_natted)
         and (not apart or frozenset((own_site, other_site)) not in apart)
     )
+
+
+def apart_of(site: str, others: Iterable[str]) -> frozenset[frozenset[str]]:
+    """The pairs `apart` holds for a node of `site` whose intent names `others`: the sites a hub carries
+    its site to (an agent learns only its own site's; the planner holds every pair, plan/hubs.py)."""
+    return frozenset(frozenset((site, other)) for other in others if other != site)
 
 
 def carried(tunnel_address: A, address: A) -> tuple[A, A]:
