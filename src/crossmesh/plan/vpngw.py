@@ -170,6 +170,8 @@ def _peer(side: str, conn: VpnConnectionPlan, t: VpnTunnelPlan, device: str, hub
         local_pref=(STANDBY_LOCAL_PREF if t.standby else ACTIVE_LOCAL_PREF) if customer else 100,
         prepend=STANDBY_PREPEND if customer and t.standby else 0,
         med=None if customer else HUB_MED,
+        # A site's connections may come from customer gateways with different ASNs: each session its own.
+        local_as=conn.customer_asn if customer else None,
     )
 
 

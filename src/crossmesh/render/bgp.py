@@ -62,6 +62,7 @@ class BgpPeerSpec:
     local_pref: int = 100
     prepend: int = 0
     med: int | None = None
+    local_as: int | None = None  # this session's own AS when not the router's (a second customer gateway's ASN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,7 @@ def _check(router: BgpRouterSpec) -> None:
     for p in router.peers:
         if not _NAME.match(p.name):
             raise ValueError(f"peer name {p.name!r}: letters, digits and _ only, 32 at most")
-        if p.neighbor_as == router.local_as:
+        if p.neighbor_as == (p.local_as or router.local_as):
             raise ValueError(f"{p.name}: eBGP only, the neighbour's AS {p.neighbor_as} is this router's")
         missing = set(p.export_prefixes) - set(router.originate)
         if missing:
@@ -112,7 +113,7 @@ def _peer(router: BgpRouterSpec, p: BgpPeerSpec) -> str:
         if p.import_prefixes
         else ""
     ) + "      reject;\n"
-    actions = "".join(f"bgp_path.prepend({router.local_as}); " for _ in range(p.prepend))
+    actions = "".join(f"bgp_path.prepend({p.local_as or router.local_as}); " for _ in range(p.prepend))
     if p.med is not None:
         actions += f"bgp_med = {p.med}; "
     exports = (
@@ -121,7 +122,7 @@ def _peer(router: BgpRouterSpec, p: BgpPeerSpec) -> str:
     bfd = "  bfd on;\n" if router.bfd else ""
     return (
         f"protocol bgp {p.name} {{\n"
-        f"  local {p.local_address} as {router.local_as};\n"
+        f"  local {p.local_address} as {p.local_as or router.local_as};\n"
         f"  neighbor {p.neighbor_address} as {p.neighbor_as};\n"
         f'  interface "{p.interface}";\n'
         "  direct;\n"
