@@ -36,6 +36,8 @@ def _pair(ctx: Context, conn: VpnConnectionPlan) -> SitePairPlan | None:
 @register(85)
 def vpn_encrypted(ctx: Context) -> list[Planned]:
     """A marker from the connection's site to its hub's site crosses the internet only as its ESP."""
+    if not ctx.plan.vpn:
+        return []  # vpn_state says why once
     found, skips = connections(ctx, Kind.VPN)
     crossings = underlay.site_crossings(ctx)
     out = []
@@ -106,6 +108,8 @@ def _first_node(ctx: Context, site: str) -> NodePlan | None:
 @register(75)
 def vpn_mtu(ctx: Context) -> list[Planned]:
     """DF probes at the planned MTUs of every connection's site pair, and one byte over."""
+    if not ctx.plan.vpn:
+        return []  # vpn_state says why once
     found, skips = connections(ctx, Kind.VPN)
     out: list[Planned] = []
     for conn, _ in found:
