@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 
 from crossmesh.checks import probes, underlay, wire
 from crossmesh.checks.framework import Context, Planned, Runner, Skips, ports, register
@@ -22,7 +24,7 @@ from crossmesh.checks.mtu import mtu_runner
 from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.checks.vpn import connections
 from crossmesh.drivers.lab.servicesd import ECHO_PORT
-from crossmesh.model.plan import NodePlan, SitePairPlan, VpnConnectionPlan
+from crossmesh.model.plan import Mtu, NodePlan, SitePairPlan, VpnConnectionPlan
 
 
 def _hub_site(ctx: Context, conn: VpnConnectionPlan) -> str:
@@ -120,22 +122,18 @@ def vpn_mtu(ctx: Context) -> list[Planned]:
             continue
         size = pair.mtu.value
         for src, dst in ((a, b), (b, a)):
-            for total, expected, label in ((size, Result.OK, "fits"), (size + 1, Result.MSG_TOO_LONG, "one-byte-over")):
-                check = Check(
-                    name=f"vpn/mtu-{label}: {src.name} -> {dst.name} over {conn.name} ({total} bytes, DF)",
-                    kind=Kind.VPN,
-                    source=src.name,
-                    target=dst.name,
-                    port=f"{ECHO_PORT}/UDP",
-                    expected=expected,
-                    extra={"packetSize": total, "arithmetic": pair.mtu.arithmetic},
-                )
-                out.append(Planned(check, _path_runner(ctx, src, dst, total, size)))
+            out += _sized(
+                f"{src.name} -> {dst.name} over {conn.name}",
+                "",
+                (src.name, dst.name, ECHO_PORT),
+                pair.mtu,
+                partial(_path_runner, ctx, src, dst, planned=size),
+            )
         out += _pod_probes(ctx, conn, pair, skips)
     return out + skips.planned()
 
 
-def _path_runner(ctx: Context, src: NodePlan, dst: NodePlan, total: int, planned: int) -> Runner:
+def _path_runner(ctx: Context, src: NodePlan, dst: NodePlan, total: int, *, planned: int) -> Runner:
     def run(check: Check) -> None:
         got = probes.df_past_the_node(ctx.topo.node_ns[src.name], str(dst.address), ECHO_PORT, total)
         check.actual, check.detail = got.result, got.detail
@@ -172,17 +170,30 @@ def _pod_probes(ctx: Context, conn: VpnConnectionPlan, pair: SitePairPlan, skips
         return []
     src, dst = found
     port = ports(dst, "UDP")[0]
-    size = pair.pod_mtu.value
+    return _sized(
+        f"{src.ref} -> {dst.ref} over {conn.name}",
+        "pods, ",
+        (src.ref, dst.ref, port),
+        pair.pod_mtu,
+        lambda total: mtu_runner(ctx, src, dst, port, total),
+    )
+
+
+def _sized(
+    what: str, note: str, ends: tuple[str, str, int], mtu: Mtu, runner: Callable[[int], Runner]
+) -> list[Planned]:
+    """The planned size with DF, and one byte over."""
     out = []
+    size = mtu.value
     for total, expected, label in ((size, Result.OK, "fits"), (size + 1, Result.MSG_TOO_LONG, "one-byte-over")):
         check = Check(
-            name=f"vpn/mtu-{label}: {src.ref} -> {dst.ref} over {conn.name} (pods, {total} bytes, DF)",
+            name=f"vpn/mtu-{label}: {what} ({note}{total} bytes, DF)",
             kind=Kind.VPN,
-            source=src.ref,
-            target=dst.ref,
-            port=f"{port}/UDP",
+            source=ends[0],
+            target=ends[1],
+            port=f"{ends[2]}/UDP",
             expected=expected,
-            extra={"packetSize": total, "arithmetic": pair.pod_mtu.arithmetic},
+            extra={"packetSize": total, "arithmetic": mtu.arithmetic},
         )
-        out.append(Planned(check, mtu_runner(ctx, src, dst, port, total)))
+        out.append(Planned(check, runner(total)))
     return out
