@@ -8,15 +8,31 @@ import ast
 import dataclasses
 import shutil
 from collections import Counter
+from ipaddress import IPv4Address as A
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
 
-from crossmesh.checks import connectivity, fidelity, framework, mtu, results, service_types, services, suite, underlay
+from crossmesh.checks import (
+    connectivity,
+    fidelity,
+    framework,
+    mtu,
+    results,
+    service_types,
+    services,
+    suite,
+    underlay,
+    vpn,
+    vpnpath,
+    wire,
+)
 from crossmesh.checks.framework import Context, Planned
+from crossmesh.checks.probes import Packet
 from crossmesh.checks.results import Check, Result
-from crossmesh.drivers.lab import topology
+from crossmesh.drivers.lab import topology, transit
+from crossmesh.drivers.lab.state import LabState
 from crossmesh.model.plan import Plan
 from crossmesh.policy.endpoints import mesh_index
 from crossmesh.workspace import compile_mesh, rendered
@@ -27,6 +43,7 @@ CASES = {
     "three-clouds": ROOT / "examples" / "three-clouds",
     "hybrid": ROOT / "tests" / "meshes" / "hybrid-wireguard",
     "gateways": ROOT / "tests" / "golden" / "gateways",
+    "seed001": ROOT / "examples" / "hybrid-openstack-aws",  # hub, IPsec, BGP
 }
 
 
@@ -41,7 +58,10 @@ def context(src: Path, work: Path, edit: tuple[str, str, str] | None = None) -> 
         (work / "mesh.yaml").write_text(text[:at] + text[at:].replace(old, new, 1))
     compiled = compile_mesh(work / "mesh.yaml", work / "state")
     index = mesh_index(compiled.plan, compiled.loaded.manifests)
-    return Context(compiled.plan, topology.build(compiled.plan, "t0", policy=index), None, index, rendered(compiled))
+    topo = topology.build(compiled.plan, "t0", policy=index)
+    lab = LabState(tag="t0", mesh=str(work / "mesh.yaml"), mesh_name=compiled.plan.mesh, state_dir=str(work / "state"))
+    gws = tuple(transit.gateways(lab, topo, compiled))
+    return Context(compiled.plan, topo, None, index, rendered(compiled), vpn=gws)
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +100,16 @@ def test_every_scenario_registers_in_report_order_and_the_facade_builds_them_all
     assert names == [
         "fidelity_checks",
         "gateway_state",
+        "vpn_state",
         "pod_to_pod",
         "pod_to_service",
         "node_ports",
         "headless",
         "tunnel_mtu",
         "mtu",
+        "vpn_mtu",
         "underlay",
+        "vpn_encrypted",
         "nat",
         "anti_spoofing",
         "policy_matrix",
@@ -300,7 +323,7 @@ def test_underlay_and_nat(ctxs: dict[str, Context]) -> None:
     markers = [c for c in planned if c.name.startswith("encryption/marker: ")]
     assert len(markers) == len(sites) * (len(sites) - 1)
     assert {c.name for c in planned} >= {
-        "encryption/internet-carries-only-wireguard",
+        "encryption/internet-carries-only-planned-tunnels",
         "nat/internet-never-sees-a-private-address",
     }
     assert all(c.expected is Result.CLEAN for c in planned)
@@ -316,3 +339,60 @@ def test_underlay_and_nat(ctxs: dict[str, Context]) -> None:
 def test_the_plan_fixture_is_real(ctxs: dict[str, Context]) -> None:
     plan: Plan = ctxs["three-clouds"].plan
     assert {c.cni for c in ctxs["flannel"].plan.clusters} == {"cilium", "flannel"} and len(plan.clusters) == 3
+
+
+def test_seed_001s_vpn_checks_come_from_the_plan_and_skip_without_hubs(ctxs: dict[str, Context]) -> None:
+    """Both tunnels, both BGP sessions, each end's routes, the marker and the MTUs of the hybrid example;
+    a mesh without hubs skips them with the reason."""
+    seed = ctxs["seed001"]
+    names = [c.name for c in checks(vpn.vpn_state(seed) + vpnpath.vpn_mtu(seed) + vpnpath.vpn_encrypted(seed))]
+    assert names == [
+        "vpn/tunnels-up: openstack-vpn tunnel 1 (active)",
+        "vpn/tunnels-up: openstack-vpn tunnel 2 (standby)",
+        "bgp/established: openstack-vpn tunnel 1 (active)",
+        "bgp/established: openstack-vpn tunnel 2 (standby)",
+        "bgp/routes: customer openstack over openstack-vpn",
+        "bgp/routes: hub zta-transit-gateway over openstack-vpn",
+        "vpn/mtu-fits: openstack-master -> aws-worker-1 over openstack-vpn (1400 bytes, DF)",
+        "vpn/mtu-one-byte-over: openstack-master -> aws-worker-1 over openstack-vpn (1401 bytes, DF)",
+        "vpn/mtu-fits: aws-worker-1 -> openstack-master over openstack-vpn (1400 bytes, DF)",
+        "vpn/mtu-one-byte-over: aws-worker-1 -> openstack-master over openstack-vpn (1401 bytes, DF)",
+        "vpn/mtu-fits: k3s/demo/demo-app-0 -> k3s/microservices/tkb-0 over openstack-vpn (pods, 1350 bytes, DF)",
+        "vpn/mtu-one-byte-over: k3s/demo/demo-app-0 -> k3s/microservices/tkb-0 over openstack-vpn "
+        "(pods, 1351 bytes, DF)",
+        "vpn/encrypted: k3s/demo/demo-app-0 -> k3s/microservices/tkb-0 over openstack-vpn",
+    ]
+    bgp = {c.name: c for c in checks(vpn.vpn_state(seed))}
+    assert bgp["bgp/established: openstack-vpn tunnel 1 (active)"].source == "AS65000 169.254.10.2"
+    assert bgp["bgp/established: openstack-vpn tunnel 1 (active)"].target == "AS64512 169.254.10.1"
+    assert bgp["bgp/routes: customer openstack over openstack-vpn"].target == "10.100.0.0/16"
+    assert bgp["bgp/routes: hub zta-transit-gateway over openstack-vpn"].target == "10.0.1.0/24"
+    over = [c for c in checks(vpnpath.vpn_mtu(seed)) if "one-byte-over" in c.name]
+    assert all(c.expected is Result.MSG_TOO_LONG for c in over) and len(over) == 3
+    for name in ("three-clouds", "hybrid"):
+        planned = vpn.vpn_state(ctxs[name]) + vpnpath.vpn_mtu(ctxs[name]) + vpnpath.vpn_encrypted(ctxs[name])
+        assert {(c.name, c.detail.split(":")[0]) for c in checks(planned, skipped=True)} == {
+            ("vpn/skipped: no hubs: the mesh has no site-to-site VPN", "no hubs"),
+        }
+        assert not checks(planned)
+
+
+def test_what_the_internet_may_carry_is_the_plans_tunnels(ctxs: dict[str, Context]) -> None:
+    """IKE, ESP in UDP 4500 and keepalives between the customer gateway and its hub's endpoints pass;
+    the same bytes between other addresses, or ESP on another port, do not."""
+    seed = ctxs["seed001"]
+    allowed = wire.planned(seed.plan, seed.topo)
+    cgw, t1 = A("198.51.100.162"), seed.topo.vpn_outside["openstack-vpn", 1]
+
+    def udp(src: A, dst: A, sport: int, dport: int, payload: bytes) -> Packet:
+        return Packet(src, dst, 17, sport, dport, bytes([0x45]) + bytes(19) + bytes(8) + payload)
+
+    esp = udp(cgw, t1, 4500, 4500, b"\x01\x02\x03\x04" + bytes(40))
+    assert wire.carrier(allowed, esp) == (wire.Carrier.ESP, allowed.ipsec[0])
+    assert wire.carrier(allowed, udp(t1, cgw, 4500, 4500, bytes(4) + b"ike"))[0] is wire.Carrier.IKE  # type: ignore[index]
+    assert wire.carrier(allowed, udp(cgw, t1, 500, 500, b"ike"))[0] is wire.Carrier.IKE  # type: ignore[index]
+    assert wire.carrier(allowed, udp(cgw, t1, 4500, 4500, b"\xff"))[0] is wire.Carrier.KEEPALIVE  # type: ignore[index]
+    assert wire.carrier(allowed, udp(cgw, A("192.0.2.99"), 4500, 4500, b"\x01" * 40)) is None
+    assert wire.carrier(allowed, udp(cgw, t1, 4500, 51820, b"\x01" * 40)) is None
+    assert wire.carrier(allowed, Packet(cgw, t1, 50, 0, 0, bytes(40))) is None  # bare ESP: not what NAT-T sends
+    assert not allowed.wireguard  # seed 001 runs no WireGuard

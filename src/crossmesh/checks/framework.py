@@ -21,6 +21,7 @@ from crossmesh.checks import probes
 from crossmesh.checks.results import Check, Kind, Result
 from crossmesh.drivers.lab.lab import LabState
 from crossmesh.drivers.lab.topology import LabTopology, PodEndpoint
+from crossmesh.drivers.lab.transit import LabGateway
 from crossmesh.gateway.model import Gateway, HTTPRoute, Listener, Protocol
 from crossmesh.istio.index import IstioIndex
 from crossmesh.istio.layer import istio_layer
@@ -34,7 +35,7 @@ DENIED_TIMEOUT = 1.5
 CHECK_PATH = "/crossmesh-check"
 # Captures and staged failures run alone, so that other checks' traffic and kills do not mix in
 # (a gateway's failover stops every cross-site flow of its site for a moment).
-ALONE = ("encryption", "nat", "service", "gateway", "mtls", "ingress")
+ALONE = ("encryption", "nat", "service", "gateway", "mtls", "ingress", "vpn")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class Context:
     active: Mapping[str, str] | None = None
     istio: IstioIndex | None = None  # a mesh with spec.istio: what the destination's mesh proxy does
     ingress: Mapping[str, GatewayView] | None = None  # IngressPlan ref → the gateway (the ingress checks)
+    vpn: tuple[LabGateway, ...] = ()  # every hub's and customer gateway's daemons (drivers/lab/transit.py)
 
     def gateway_view(self, pod: PodPlan) -> GatewayView | None:
         """The gateway `pod` runs (it answers with HAProxy's listeners, not the echo app), or None."""

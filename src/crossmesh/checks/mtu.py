@@ -113,7 +113,7 @@ def mtu(ctx: Context) -> list[Planned]:
                     expected=expected,
                     extra={"packetSize": total, "arithmetic": nodes[a].pod_mtu.arithmetic, "pairClass": kind},
                 )
-                out.append(Planned(check, _mtu_runner(ctx, src, dst, port, total)))
+                out.append(Planned(check, mtu_runner(ctx, src, dst, port, total)))
     for (cluster, kind), case in missed.items():
         if (cluster, kind) not in seen:
             skips.add(f"{kind}: no pod pair with a UDP port the policies let through", case)
@@ -124,7 +124,7 @@ def mtu(ctx: Context) -> list[Planned]:
     return out + skips.planned()
 
 
-def _mtu_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int, total: int) -> Runner:
+def mtu_runner(ctx: Context, src: PodPlan, dst: PodPlan, port: int, total: int) -> Runner:
     def run(check: Check) -> None:
         result, detail = probes.udp_echo(
             ctx.ep(src).namespace, str(dst.address), port, size=total - 28, dont_fragment=True

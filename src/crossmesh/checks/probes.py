@@ -25,6 +25,7 @@ from crossmesh.drivers.lab import netns, tracing
 
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2
+IP_MTU = 14  # getsockopt: the path MTU the kernel knows for a connected socket
 TIMEOUT = 3.0
 
 
@@ -131,6 +132,47 @@ def udp_echo(  # noqa: PLR0913
             except OSError as err:
                 return classify(err), str(err)
         return (Result.OK, "") if data == data_out else (Result.WRONG_ANSWER, f"{len(data)} bytes came back")
+
+    return netns.run_in(ns, run)
+
+
+@dataclass(frozen=True, slots=True)
+class PathProbe:
+    result: Result
+    detail: str
+    path_mtu: int  # what the socket knows afterwards (IP_MTU)
+    refused_on_the_way: bool  # a router's fragmentation-needed, not the node's own device
+
+
+def df_past_the_node(ns: str, ip: str, port: int, total: int, *, timeout: float = TIMEOUT) -> PathProbe:
+    """One DF datagram of `total` IP bytes to a UDP echo, sent with the namespace's learned path MTUs
+    forgotten, so that the node's own device lets it out and only a router on the way can refuse it.
+    A router's fragmentation-needed comes back as EMSGSIZE on the receive (a connected UDP socket's
+    error, RFC 1191) and sets the socket's path MTU; a refusal by the node's own device fails the send."""
+    netns.run(ns, ["ip", "route", "flush", "cache"])  # a path MTU learned by an earlier probe
+
+    def run() -> PathProbe:
+        data = (b"crossmesh-pmtu-" * (total // 15 + 1))[: total - 28]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            s.settimeout(timeout)
+            s.connect((ip, port))
+            try:
+                s.send(data)
+            except OSError as err:
+                mtu = s.getsockopt(socket.IPPROTO_IP, IP_MTU)
+                return PathProbe(classify(err), f"refused by the node itself (device MTU {mtu}): {err}", mtu, False)
+            try:
+                back = s.recv(65536)
+            except OSError as err:
+                mtu = s.getsockopt(socket.IPPROTO_IP, IP_MTU)
+                if err.errno == errno.EMSGSIZE:
+                    return PathProbe(Result.MSG_TOO_LONG, f"fragmentation needed on the way: path MTU {mtu}", mtu, True)
+                return PathProbe(classify(err), str(err), mtu, False)
+            mtu = s.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        if back != data:
+            return PathProbe(Result.WRONG_ANSWER, f"{len(back)} bytes came back", mtu, False)
+        return PathProbe(Result.OK, f"IP packet of {total} bytes crossed with DF", mtu, False)
 
     return netns.run_in(ns, run)
 

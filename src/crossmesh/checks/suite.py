@@ -22,6 +22,8 @@ from crossmesh.checks import (
     service_types,
     services,
     underlay,
+    vpn,
+    vpnpath,
 )
 from crossmesh.checks.framework import CHECK_PATH, Context, Planned, Runner, Skips, build, builders, run
 from crossmesh.checks.gateways import lab_view
@@ -42,6 +44,8 @@ SCENARIOS = (
     service_types,
     services,
     underlay,
+    vpn,
+    vpnpath,
 )
 
 __all__ = [

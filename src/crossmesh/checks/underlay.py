@@ -1,14 +1,16 @@
 """`encryption/…` and `nat/…`: what the internet carries. One capture on the internet router
-while a fresh random marker crosses every site pair (never in clear, only WireGuard between
-public addresses, never a private address); a node behind NAT is reached through its tunnel and
-not from the internet."""
+while a fresh random marker crosses every site pair (never in clear, only the plan's tunnels —
+WireGuard between public addresses, IKE and ESP-in-UDP between customer gateways and their hubs'
+endpoints: checks/wire.py — never a private address); a node behind NAT is reached through its
+tunnel and not from the internet."""
 
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from dataclasses import dataclass
 
-from crossmesh.checks import probes
+from crossmesh.checks import probes, wire
 from crossmesh.checks.connectivity import http_runner
 from crossmesh.checks.framework import Context, Planned, Skips, ports, register
 from crossmesh.checks.results import Check, Kind, Result
@@ -28,6 +30,7 @@ class Crossing:
     address: str
     port: int
     protocol: str
+    sites: tuple[str, str]  # (from, to)
 
 
 def site_crossings(ctx: Context, skips: Skips | None = None) -> list[Crossing]:
@@ -55,7 +58,9 @@ def site_crossings(ctx: Context, skips: Skips | None = None) -> list[Crossing]:
             )
             if pair is not None:
                 s, d = pair
-                out.append(Crossing(s.ref, d.ref, ctx.ep(s).namespace, str(d.address), ports(d, "TCP")[0], "TCP"))
+                out.append(
+                    Crossing(s.ref, d.ref, ctx.ep(s).namespace, str(d.address), ports(d, "TCP")[0], "TCP", (a, b))
+                )
                 continue
             node_a = next(iter(tunnel_nodes.get(a, [])), None)
             tunnel_a = ctx.plan.node(node_a).tunnel if node_a else None
@@ -63,7 +68,9 @@ def site_crossings(ctx: Context, skips: Skips | None = None) -> list[Crossing]:
             node_b = next((p.node for p in peers if p.site == b and not p.standby), None)
             tb = ctx.plan.node(node_b).tunnel if node_a and node_b else None
             if node_a and node_b and tb is not None:
-                out.append(Crossing(node_a, node_b, ctx.topo.node_ns[node_a], str(tb.address), ECHO_PORT, "UDP"))
+                out.append(
+                    Crossing(node_a, node_b, ctx.topo.node_ns[node_a], str(tb.address), ECHO_PORT, "UDP", (a, b))
+                )
             elif skips is not None:
                 skips.add("site pair with neither a pod pair the policies let through nor a tunnel", f"{a} -> {b}")
     return out
@@ -90,12 +97,13 @@ def underlay(ctx: Context) -> list[Planned]:
         )
         for x in pairs
     ]
+    udp = sorted({ctx.plan.listen_port} | ({wire.IKE_PORT, wire.NAT_T_PORT} if ctx.plan.vpn else set()))
     only_wg = Check(
-        name="encryption/internet-carries-only-wireguard",
+        name="encryption/internet-carries-only-planned-tunnels",
         kind=Kind.ENCRYPTION,
         source="internet",
         target="*",
-        port=f"{ctx.plan.listen_port}/UDP",
+        port=",".join(map(str, udp)) + "/UDP",
         expected=Result.CLEAN,
     )
     no_private = Check(
@@ -106,20 +114,12 @@ def underlay(ctx: Context) -> list[Planned]:
         port="*",
         expected=Result.CLEAN,
     )
-    publics = {n.public_address for n in ctx.plan.nodes if n.public_address} | set(ctx.topo.site_wan.values())
-
-    def send(x: Crossing, marker: bytes) -> tuple[Result, str]:
-        if x.protocol == "TCP":
-            result, answer, detail = probes.http(x.namespace, x.address, x.port, body=marker)
-            if result is Result.OK and (answer is None or answer.get("body") != marker.decode()):
-                return Result.WRONG_ANSWER, "the answer did not echo the marker"
-            return result, detail
-        return probes.udp_echo(x.namespace, x.address, x.port, payload=b"crossmesh-marker " + marker)
+    allowed = wire.planned(ctx.plan, ctx.topo)
 
     def run_all(_: Check) -> None:
         markers = {c.name: secrets.token_hex(16).encode() for c in checks}
         with probes.Capture(inet) as cap:
-            answers = {c.name: send(x, markers[c.name]) for c, x in zip(checks, pairs, strict=True)}
+            answers = {c.name: send_marker(x, markers[c.name]) for c, x in zip(checks, pairs, strict=True)}
         if cap.error:
             for c in [*checks, only_wg, no_private]:
                 c.actual, c.detail = Result.ERROR, f"capture failed: {cap.error}"
@@ -133,22 +133,17 @@ def underlay(ctx: Context) -> list[Planned]:
                 c.actual, c.detail = Result.LEAK, f"marker seen in clear in {len(seen)} packets on the internet"
             else:
                 c.actual, c.detail = Result.CLEAN, f"marker crossed; {len(cap.packets)} packets captured, none holds it"
-        bad = [
-            p
-            for p in cap.packets
-            if p.proto != 17
-            or p.src not in publics
-            or p.dst not in publics
-            or ctx.plan.listen_port not in (p.sport, p.dport)
-        ]
-        wg = len(cap.packets) - len(bad)
+        kinds = [wire.carrier(allowed, p) for p in cap.packets]
+        bad = [p for p, k in zip(cap.packets, kinds, strict=True) if k is None]
+        counts = Counter(k[0] for k in kinds if k is not None)
         only_wg.actual = Result.LEAK if bad else Result.CLEAN
         only_wg.detail = (
-            f"{wg} WireGuard packets between public addresses"
+            ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) + " packets between planned peers"
             if not bad
-            else f"{len(bad)} other packets, e.g. proto {bad[0].proto} {bad[0].src}:{bad[0].sport} -> "
-            f"{bad[0].dst}:{bad[0].dport}"
+            else f"{len(bad)} other packets, e.g. {wire.describe(bad[0])}"
         )
+        if not cap.packets:
+            only_wg.detail = "nothing crossed the internet"
         private = [
             p
             for p in cap.packets
@@ -164,6 +159,16 @@ def underlay(ctx: Context) -> list[Planned]:
     # One runner does the capture for all; the other checks are filled in by it.
     group = [*checks, only_wg, no_private]
     return [Planned(group[0], run_all), *[Planned(c, _filled_by_capture) for c in group[1:]], *skips.planned()]
+
+
+def send_marker(x: Crossing, marker: bytes) -> tuple[Result, str]:
+    """Send `marker` over the crossing and say whether it came back."""
+    if x.protocol == "TCP":
+        result, answer, detail = probes.http(x.namespace, x.address, x.port, body=marker)
+        if result is Result.OK and (answer is None or answer.get("body") != marker.decode()):
+            return Result.WRONG_ANSWER, "the answer did not echo the marker"
+        return result, detail
+    return probes.udp_echo(x.namespace, x.address, x.port, payload=b"crossmesh-marker " + marker)
 
 
 def _filled_by_capture(_: Check) -> None:

@@ -12,6 +12,7 @@ from rich.markup import escape
 from crossmesh.checks import ingress, results, suite
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, out
 from crossmesh.drivers.lab import lab as labs
+from crossmesh.drivers.lab import transit
 from crossmesh.errors import CrossmeshError, UsageError
 from crossmesh.istio.index import istio_index
 from crossmesh.workspace import rendered
@@ -49,7 +50,15 @@ def test(
     istio = istio_index(compiled.plan, compiled.loaded.manifests) if compiled.plan.istio is not None else None
     gateways = ingress.views(compiled, Path(state.state_dir)) if compiled.plan.ingress else None
     ctx = suite.Context(
-        compiled.plan, topo, state, labs.policy_index(compiled), rendered(compiled), active, istio, gateways
+        compiled.plan,
+        topo,
+        state,
+        labs.policy_index(compiled),
+        rendered(compiled),
+        active,
+        istio,
+        gateways,
+        tuple(transit.gateways(state, topo, compiled)),
     )
     planned = suite.build(ctx, pattern)
     if not planned:

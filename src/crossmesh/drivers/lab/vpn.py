@@ -15,6 +15,7 @@ of its log (or output) that says why.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -95,6 +96,18 @@ class BgpSession:
 
 
 @dataclass(frozen=True, slots=True)
+class BirdRoute:
+    """A route in BIRD's table as `birdc show route` lists it: the protocol it came from (a BGP
+    session's name, or `owned` for what the gateway originates), whether BIRD chose it (`*`), and the
+    device its next hop is on."""
+
+    prefix: IPv4Network
+    protocol: str
+    best: bool
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
 class KernelRoute:
     dst: IPv4Network
     dev: str
@@ -159,6 +172,34 @@ def parse_bird_protocols(text: str) -> list[BgpSession]:
         if len(parts) >= 5 and parts[1] == "BGP":
             sessions.append(BgpSession(parts[0], parts[3], parts[5] if len(parts) > 5 else ""))
     return sessions
+
+
+_ROUTE_LINE = re.compile(r"^(\S+)?\s+\S+ \[(\S+) [^\]]*\](\s+\*)?")
+_VIA_LINE = re.compile(r"^\s+(?:via \S+ )?on (\S+)")
+
+
+def parse_bird_routes(text: str) -> list[BirdRoute]:
+    """The routes in `birdc show route` output: a prefix line, then one line per further route of the
+    same prefix (no prefix), each followed by its `via … on <device>` line."""
+    routes: list[BirdRoute] = []
+    prefix: IPv4Network | None = None
+    pending: tuple[IPv4Network, str, bool] | None = None
+    for line in text.splitlines():
+        head = _ROUTE_LINE.match(line)
+        if head and not line.startswith("\t"):
+            if pending is not None:
+                routes.append(BirdRoute(*pending, ""))
+            if head.group(1):
+                prefix = IPv4Network(head.group(1))
+            pending = (prefix, head.group(2), bool(head.group(3))) if prefix is not None else None
+            continue
+        via = _VIA_LINE.match(line)
+        if via and pending is not None:
+            routes.append(BirdRoute(*pending, via.group(1)))
+            pending = None
+    if pending is not None:
+        routes.append(BirdRoute(*pending, ""))
+    return routes
 
 
 def _failure_line(*texts: str, first: bool = False) -> str:
@@ -327,6 +368,10 @@ class Bird(_Daemon):
     def sessions(self) -> list[BgpSession]:
         return parse_bird_protocols(self.birdc("show", "protocols").stdout)
 
+    def table(self) -> list[BirdRoute]:
+        """Every route BIRD holds, chosen or not (the standby tunnel's routes are there, unchosen)."""
+        return parse_bird_routes(self.birdc("show", "route").stdout)
+
 
 @dataclass
 class Gateway:
@@ -350,11 +395,14 @@ class Gateway:
     def sessions(self) -> dict[str, BgpSession]:
         return {s.name: s for s in (self.bird.sessions() if self.bird else [])}
 
-    def routes(self) -> list[KernelRoute]:
-        """The routes BIRD put in the kernel (what decides which tunnel carries a packet)."""
-        import json
+    def bird_routes(self) -> list[BirdRoute]:
+        return self.bird.table() if self.bird else []
 
-        done = netns.run(self.namespace, ["ip", "-j", "-4", "route", "show", "proto", "bird"])
+    def routes(self, table: int | None = None) -> list[KernelRoute]:
+        """The routes BIRD put in the kernel, in the main table or `table` (a hub's route table): what
+        decides which tunnel carries a packet."""
+        where = ["table", str(table)] if table is not None else []
+        done = netns.run(self.namespace, ["ip", "-j", "-4", "route", "show", *where, "proto", "bird"])
         routes = []
         for r in json.loads(done.stdout or "[]"):
             dst = r["dst"] if "/" in r["dst"] else f"{r['dst']}/32"
