@@ -30,6 +30,7 @@ BEFORE = {
     "inet": "cm-abcd-inet",
     "ingress": {},
     "ingress_digests": {},
+    "vpn": {},
     "lease_ttl": 3,
     "local": "cm-abcd-local",
     "mesh_ca_pid": 0,

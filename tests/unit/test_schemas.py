@@ -257,7 +257,7 @@ def test_systemd_accepts_every_agent_unit(trees: dict[str, Path], tmp_path: Path
 
 
 def test_systemd_verify_does_reject_wrong_units(trees: dict[str, Path], tmp_path: Path) -> None:
-    unit = next(trees["three-clouds"].rglob("crossmesh-agent.service"))
+    unit = next(trees["golden-hybrid"].rglob("crossmesh-agent.service"))
     text = unit.read_text()
     bad = tmp_path / "crossmesh-agent.service"
     bad.write_text(text.replace("ProtectClock=yes", "ProtectClocks=yes"))

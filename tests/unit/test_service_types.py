@@ -29,7 +29,7 @@ from crossmesh.render import mcs
 from crossmesh.workspace import compile_mesh
 
 REPO = Path(__file__).resolve().parents[2]
-HYBRID = REPO / "examples" / "hybrid-openstack-aws"
+HYBRID = REPO / "tests" / "meshes" / "hybrid-wireguard"
 CIDR = IPv4Network("10.96.0.0/16")
 
 
