@@ -151,9 +151,7 @@ def _inside(conn: VpnConnectionPlan, index: int) -> IPv4Network:
     return next(t.inside_cidr for t in conn.tunnels if t.index == index)
 
 
-def _into_hub(
-    plan: Plan, conn: VpnConnectionPlan, hub: HubPlan, target: NodePlan, add: AddHop, path: HubPath
-) -> None:
+def _into_hub(plan: Plan, conn: VpnConnectionPlan, hub: HubPlan, target: NodePlan, add: AddHop, path: HubPath) -> None:
     """Customer gateway → ESP → the hub's tunnel endpoint."""
     k = _tunnel(path, conn, REQUEST)
     dev = device(plan, conn, k, hub_side=False)

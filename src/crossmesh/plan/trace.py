@@ -13,7 +13,7 @@ translates it to a backend pod (seed 001's step 9).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, Route, RouteVia
@@ -110,15 +110,20 @@ def trace(  # noqa: PLR0913
     target_pod, delivered, headless, sent_to = _target(plan, src, target, port, protocol, node, add, backend)
     dst = target_pod.address
     mtls = identities is not None and src.ref in identities and target_pod.ref in identities
-    if mtls and identities is not None:
-        add(
-            src.ref,
-            f"mesh proxy (outbound capture) opens mTLS as {identities[src.ref]}; it accepts only "
-            f"{identities[target_pod.ref]}",
-            "mesh",
-            node.name,
-            seed=2,
+    if mtls and identities is not None:  # the pod's own proxy, before anything of the node's
+        hops.insert(
+            1,
+            Hop(
+                2,
+                src.ref,
+                f"mesh proxy (outbound capture) opens mTLS as {identities[src.ref]}; it accepts only "
+                f"{identities[target_pod.ref]}",
+                "mesh",
+                node.name,
+                seed=2,
+            ),
         )
+        hops[2:] = [replace(h, step=h.step + 1) for h in hops[2:]]
     for _ in range(MAX_HOPS):
         if node.name == target_pod.node:
             if mtls and identities is not None:
@@ -139,9 +144,7 @@ def trace(  # noqa: PLR0913
             )
             if path.crossed:
                 _answer(plan, src, target_pod, path, add)
-            return Trace(
-                source, target, port, protocol, dst, target_pod.ref, tuple(hops), delivered, headless, sent_to
-            )
+            return Trace(source, target, port, protocol, dst, target_pod.ref, tuple(hops), delivered, headless, sent_to)
         route = _route(node, dst)
         if route is None:
             raise TraceError(f"node {node.name} has no route to {dst}")
@@ -353,7 +356,9 @@ def _node_port(  # noqa: PLR0913
         if s.node_port(bs.port, bs.protocol) == port and bs.protocol == protocol
     ]
     if not found:
-        served = sorted(f"{n}/{proto} ({s.ref})" for s in plan.cluster(target.cluster).services for _, proto, n in s.node_ports)
+        served = sorted(
+            f"{n}/{proto} ({s.ref})" for s in plan.cluster(target.cluster).services for _, proto, n in s.node_ports
+        )
         raise TraceError(
             f"node/{name}: no service of cluster {target.cluster} has node port {port}/{protocol} "
             f"(node ports: {', '.join(served) or 'none'})"

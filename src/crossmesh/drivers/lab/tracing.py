@@ -92,7 +92,9 @@ def _hub_counter(hop: Hop, trace: Trace, plan: Plan, topo: LabTopology) -> Count
         link = topo.hubs[hop.key]
         return Counter("link", link.namespace, link.vpc_if, "tx_packets")
     if hop.device == "vpc-in":  # the VPC router's port to the node
-        return Counter("link", topo.site_ns[topo.hubs[hop.key].site], f"{p}-s{_index(topo.node_ns[hop.peer])}", "tx_packets")
+        return Counter(
+            "link", topo.site_ns[topo.hubs[hop.key].site], f"{p}-s{_index(topo.node_ns[hop.peer])}", "tx_packets"
+        )
     if hop.device == "veth-back":
         ep = topo.pod(trace.source)
         return Counter("link", ep.namespace, ep.ifname, "rx_packets")
@@ -140,7 +142,5 @@ def read(counter: Counter, gateways: Mapping[str, vpn.Gateway] | None = None) ->
         return int(stats[counter.field]) if stats else -1
 
 
-def snapshot(
-    counters: list[Counter | None], gateways: Mapping[str, vpn.Gateway] | None = None
-) -> list[int | None]:
+def snapshot(counters: list[Counter | None], gateways: Mapping[str, vpn.Gateway] | None = None) -> list[int | None]:
     return [None if c is None else read(c, gateways) for c in counters]
