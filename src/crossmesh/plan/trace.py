@@ -109,7 +109,9 @@ def trace(  # noqa: PLR0913
     add(src.ref, f"leaves pod {src.name} ({src.address}) on its veth", "veth", node.name, seed=1)
     target_pod, delivered, headless, sent_to = _target(plan, src, target, port, protocol, node, add, backend)
     dst = target_pod.address
-    mtls = identities is not None and src.ref in identities and target_pod.ref in identities
+    # The mesh proxy captures what is sent to a pod or a ClusterIP; a node port is a node's address, outside
+    # the mesh: its connection leaves unwrapped (seed 001's NodePort clients hold no certificate).
+    mtls = identities is not None and src.ref in identities and target_pod.ref in identities and not sent_to
     if mtls and identities is not None:  # the pod's own proxy, before anything of the node's
         hops.insert(
             1,
