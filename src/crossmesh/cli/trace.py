@@ -15,6 +15,7 @@ from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, friendly, out
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.errors import UsageError
 from crossmesh.identity.spiffe import SpiffeId
+from crossmesh.plan import outside
 from crossmesh.plan.trace import NODE_PREFIX, Trace, TraceError
 from crossmesh.plan.trace import trace as plan_trace
 from crossmesh.policy import trace as policy_trace
@@ -57,7 +58,8 @@ def trace(
     From `local` to a URL: the client outside → internet → the site's load balancer (DNAT) → node
     port → ingress gateway (listener, route rule and why, backendRef by weight) → mesh (mTLS) →
     Service NAT → WireGuard → the pod. When the mesh's lab is running, one real request is sent and
-    each hop is confirmed by its counters (interface packets, WireGuard peer bytes, nft rules, HAProxy).
+    each hop is confirmed by its counters (interface packets, WireGuard peer bytes, nft rules, HAProxy,
+    IPsec CHILD_SAs). Exit 1 when that request is not answered; 2 for bad input.
     """
     if ingress_cli.is_url(target):
         if port:
@@ -83,10 +85,13 @@ def trace(
     decided = _policy(compiled, planned)
     confirmations: list[str] = []
     answer_detail = ""
+    unanswered = False
     running = next((lab for lab in labs.running_labs() if lab.mesh == str(mesh.resolve())), None)
     if probe and running is not None and running.status == "ready":
         done = trace_lab.confirm(plan, running, planned, source, target, number, proto, identities)
         planned, confirmations, answer_detail = done.traced, done.marks, done.summary
+        # The path delivers, but the lab's request was not answered: the destination cannot be reached.
+        unanswered = not done.answered and planned.delivery.verdict == "forwarded" and source != outside.LOCAL
     hops = [
         {
             "step": h.step,
@@ -113,6 +118,8 @@ def trace(
             },
             output,
         )
+        if unanswered:
+            raise typer.Exit(1)
         return
     out.print(f"[bold]{escape(source)} → {escape(target)} {number}/{proto}[/bold] (backend {escape(planned.backend)})")
     for h in hops:
@@ -134,6 +141,8 @@ def trace(
         )
     if answer_detail:
         out.print(answer_detail, markup=False)
+    if unanswered:
+        raise typer.Exit(1)
 
 
 def _policy(compiled: Compiled, planned: Trace) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class Confirmed:
     traced: Trace
     marks: list[str]
     summary: str
+    answered: bool  # the request was answered (by the pod that answered, for TCP)
 
 
 def _tunnel_choices(plan: Plan) -> list[dict[tuple[str, str], int]]:
@@ -94,7 +95,7 @@ def confirm(  # noqa: PLR0913
         summary += "; tunnels by their CHILD_SA counters: " + ", ".join(
             f"{conn} {leg} tunnel {k}" for (conn, leg), k in sorted(tunnels.items())
         )
-    return Confirmed(chosen, marks, summary)
+    return Confirmed(chosen, marks, summary, result is Result.OK)
 
 
 def _destination(plan: Plan, planned: Trace, source: str, target: str, port: int) -> tuple[str, int]:
