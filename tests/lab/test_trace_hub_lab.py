@@ -51,7 +51,7 @@ def confirmed(data: dict[str, Any]) -> dict[int, list[str]]:
 
 
 def action(data: dict[str, Any], device: str) -> str:
-    return next(h["action"] for h in data["hops"] if h["device"] == device)
+    return str(next(h["action"] for h in data["hops"] if h["device"] == device))
 
 
 @pytest.mark.lab
@@ -94,7 +94,8 @@ def test_tunnel_2_is_read_from_the_counters_when_tunnel_1_is_cut(lab: Lab, tmp_p
     )
     assert netns.run(inet, ["nft", "-f", str(rules)]).returncode == 0
     try:
-        deadline, data = time.monotonic() + FAILOVER_S, {}
+        deadline = time.monotonic() + FAILOVER_S
+        data: dict[str, Any] = {}
         while time.monotonic() < deadline:
             code, data = trace(lab, "--to", "node/aws-worker-1", "--port", "30080/TCP")
             if code == 0 and "openstack-vpn request tunnel 2" in data["probe"]:
