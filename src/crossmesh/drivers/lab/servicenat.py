@@ -130,7 +130,8 @@ def services_table(  # noqa: PLR0913 - the parts of a node's table
                 served = _serve(own, proto, node_port, nft.Counter(), to)
                 rules += _logged(nft.Rule(served.exprs, note), NAT_LOG)
                 if others:
-                    from_pods: tuple[nft.Expr, ...] = (*others, nft.Match(nft.dport(proto), node_port), nft.Counter(), to)
+                    port_match = nft.Match(nft.dport(proto), node_port)
+                    from_pods: tuple[nft.Expr, ...] = (*others, port_match, nft.Counter(), to)
                     rules += _logged(nft.Rule(from_pods, note), NAT_LOG)
     # Hairpin: a pod reaching itself through its service would see its own address as
     # source and drop the packet as martian. Cilium translates the source to its service loopback
