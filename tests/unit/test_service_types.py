@@ -234,7 +234,9 @@ def test_every_node_answers_the_node_port_and_source_nats_it(hybrid: Plan) -> No
         own = "{ " + ", ".join(str(a) for a in servicenat.node_addresses(node)) + " }"
         assert str(node.address) in own and str(side) in own
         to = "dnat ip addr . port to numgen random mod 2 map { 0 : 10.42.3.2 . 3000, 1 : 10.42.3.3 . 3000 }"
-        assert f"ip daddr {own} tcp dport 30080 {to}" in text
+        # counted, with a comment `crossmesh trace` finds the counter by (seed 001's step 9)
+        note = 'comment "nodeport k3s/microservices/tkb-service 30080/TCP"'
+        assert f"ip daddr {own} tcp dport 30080 counter {to} {note}" in text
         assert f"ip daddr {tkb(hybrid).cluster_ip} tcp dport 30080 {to}" in text  # type: ignore[attr-defined]
         assert f"ct status dnat ct original ip daddr {own} snat to {side}" in text
         assert text.count("dnat ip addr") == 2  # the headless Service has no rule
@@ -276,9 +278,9 @@ def test_trace_of_a_headless_service_connects_to_the_pod(hybrid: Plan) -> None:
     t = trace(hybrid, "k3s/demo/demo-app-0", "k3s/microservices/tkb-headless", 3000, "TCP")
     assert t.headless and t.delivered_port == 3000 and t.backend == "k3s/microservices/tkb-0"
     assert "headless service k3s/microservices/tkb-headless (no ClusterIP)" in t.hops[1].action
-    assert t.hops[-1].action.endswith("(10.42.3.2:3000/TCP)")
+    assert t.delivery.action.endswith("(10.42.3.2:3000/TCP)")  # then the answer goes back (seed step 12)
     through = trace(hybrid, "k3s/demo/demo-app-0", "k3s/microservices/tkb-service", 30080, "TCP")
-    assert not through.headless and through.hops[-1].action.endswith("(10.42.3.2:3000/TCP)")
+    assert not through.headless and through.delivery.action.endswith("(10.42.3.2:3000/TCP)")
 
 
 def test_a_headless_global_service_is_a_headless_service_import(hybrid: Plan) -> None:

@@ -1,19 +1,23 @@
 """The path a packet takes from a pod to a pod or service, hop by hop, from the plan alone.
 
 In the spirit of seed 001's 12-step request flow: pod → veth → node route →
-VXLAN or WireGuard (peer, endpoint, through which NAT) → remote node → pod. Each
-hop names the namespace role and device that carries it, so the lab can confirm
-it with counters.
+VXLAN or WireGuard (peer, endpoint, through which NAT), or a hub's IPsec tunnel
+(plan/hubtrace.py) → remote node → pod. Each hop names the namespace role and
+device that carries it, so the lab can confirm it with counters, and the seed's
+step it corresponds to (`Hop.seed`; 0: none).
+
+A destination `node/NAME` with a port is that node's NodePort: the service NAT
+translates it to a backend pod (seed 001's step 9).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from crossmesh.model.plan import NodePlan, Plan, PodPlan, Route, RouteVia
-from crossmesh.plan import outside
+from crossmesh.plan import hubtrace, outside
 from crossmesh.services.backends import backend_sets
 
 MAX_HOPS = 16
@@ -33,6 +37,8 @@ class Hop:
     peer: str = ""  # WireGuard peer or VXLAN neighbour
     verdict: str = "forwarded"
     details: tuple[str, ...] = ()  # further lines under the hop (a gateway's reasons for its rule)
+    seed: int = 0  # the step of seed 001's 12-step flow this hop is (0: none)
+    key: str = ""  # what the lab's counter of this hop is found by (a NodePort rule: "SERVICE PORT/PROTO")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,12 @@ class Trace:
     hops: tuple[Hop, ...]
     delivered_port: int = 0  # the port the pod receives on (a service's targetPort); 0: `port`
     headless: bool = False  # a headless Service: the client connects to `destination` itself
+    sent_to: str = ""  # ADDRESS:PORT the client sends to when it is not a pod or a ClusterIP (a node port)
+
+    @property
+    def delivery(self) -> Hop:
+        """The hop that delivers the request to its pod (after it, through a hub, the answer's way back)."""
+        return next((h for h in self.hops[1:] if h.device == "veth"), self.hops[-1])
 
 
 def _pod(plan: Plan, ref: str) -> PodPlan:
@@ -63,34 +75,78 @@ def _route(node: NodePlan, dst: IPv4Address) -> Route | None:
     return best
 
 
-AddHop = Callable[..., None]  # add(where, action, device, node, peer="")
+AddHop = Callable[..., None]  # add(where, action, device, node, peer="", seed=0, key="")
+NODE_PREFIX = "node/"  # `--to node/NAME`: a node port on that node
 
 
-def trace(plan: Plan, source: str, target: str, port: int, protocol: str, *, backend: str | None = None) -> Trace:
-    """Hops from pod `source` to pod or service `target`; for a service, through `backend`
-    when given (the pod that actually answered), else through the first backend of the tier.
-    From `local`, the client outside, the path ends on the internet (`_from_outside`)."""
+def trace(  # noqa: PLR0913
+    plan: Plan,
+    source: str,
+    target: str,
+    port: int,
+    protocol: str,
+    *,
+    backend: str | None = None,
+    hub: hubtrace.HubPath | None = None,
+    identities: Mapping[str, str] | None = None,
+) -> Trace:
+    """Hops from pod `source` to pod or service `target`, or to a node port (`node/NAME`); for a
+    service, through `backend` when given (the pod that actually answered), else through the first
+    backend of the tier. From `local`, the client outside, the path ends on the internet
+    (`_from_outside`). `hub`: which tunnel of a VPN connection carries the request and the reply, and
+    the tunnels' outside addresses (the active tunnel and AWS's words without it). `identities`: pod →
+    SPIFFE id, given when the mesh proxies carry the request in mTLS (seed 001's steps 2 and 10)."""
     if source == outside.LOCAL:
         return _from_outside(plan, source, target, port, protocol)
     src = _pod(plan, source)
     hops: list[Hop] = []
+    path = hub if hub is not None else hubtrace.HubPath()
 
-    def add(where: str, action: str, device: str, node: str, peer: str = "") -> None:  # noqa: PLR0913
-        hops.append(Hop(len(hops) + 1, where, action, device, node, peer))
+    def add(where: str, action: str, device: str, node: str, peer: str = "", seed: int = 0, key: str = "") -> None:  # noqa: PLR0913
+        hops.append(Hop(len(hops) + 1, where, action, device, node, peer, seed=seed, key=key))
 
     node = plan.node(src.node)
-    add(src.ref, f"leaves pod {src.name} ({src.address}) on its veth", "veth", node.name)
-    target_pod, delivered, headless = _target(plan, src, target, port, protocol, node, add, backend)
+    add(src.ref, f"leaves pod {src.name} ({src.address}) on its veth", "veth", node.name, seed=1)
+    target_pod, delivered, headless, sent_to = _target(plan, src, target, port, protocol, node, add, backend)
     dst = target_pod.address
+    # The mesh proxy captures what is sent to a pod or a ClusterIP; a node port is a node's address, outside
+    # the mesh: its connection leaves unwrapped (seed 001's NodePort clients hold no certificate).
+    mtls = identities is not None and src.ref in identities and target_pod.ref in identities and not sent_to
+    if mtls and identities is not None:  # the pod's own proxy, before anything of the node's
+        hops.insert(
+            1,
+            Hop(
+                2,
+                src.ref,
+                f"mesh proxy (outbound capture) opens mTLS as {identities[src.ref]}; it accepts only "
+                f"{identities[target_pod.ref]}",
+                "mesh",
+                node.name,
+                seed=2,
+            ),
+        )
+        hops[2:] = [replace(h, step=h.step + 1) for h in hops[2:]]
     for _ in range(MAX_HOPS):
         if node.name == target_pod.node:
+            if mtls and identities is not None:
+                add(
+                    target_pod.ref,
+                    f"mesh proxy (inbound) of pod {target_pod.name} verifies the client certificate "
+                    f"{identities[src.ref]}, ends mTLS",
+                    "mesh-in",
+                    node.name,
+                    seed=10,
+                )
             add(
                 node.name,
                 f"delivered on the veth of pod {target_pod.name} ({dst}:{delivered}/{protocol})",
                 "veth",
                 node.name,
+                seed=10,
             )
-            return Trace(source, target, port, protocol, dst, target_pod.ref, tuple(hops), delivered, headless)
+            if path.crossed:
+                _answer(plan, src, target_pod, path, add)
+            return Trace(source, target, port, protocol, dst, target_pod.ref, tuple(hops), delivered, headless, sent_to)
         route = _route(node, dst)
         if route is None:
             raise TraceError(f"node {node.name} has no route to {dst}")
@@ -103,8 +159,9 @@ def trace(plan: Plan, source: str, target: str, port: int, protocol: str, *, bac
                 "vxlan",
                 node.name,
                 nxt.name,
+                seed=3,
             )
-            _underlay(plan, node, nxt, add)
+            _underlay(plan, node, nxt, add, path)
         else:
             _step(plan, node, nxt, route.via, add)
         node = nxt
@@ -150,14 +207,29 @@ def _from_outside(plan: Plan, source: str, target: str, port: int, protocol: str
     return Trace(source, target, port, protocol, dst, pod.ref, hops)
 
 
-def _underlay(plan: Plan, node: NodePlan, target: NodePlan, add: AddHop) -> None:
+def _answer(plan: Plan, src: PodPlan, answering: PodPlan, path: hubtrace.HubPath, add: AddHop) -> None:
+    """Seed 001's steps 11 and 12, for a request that crossed a hub: the pod answers, and the answer
+    takes the same path back (its tunnel chosen by the hub and the customer gateway anew)."""
+    add(answering.ref, f"pod {answering.name} answers", "answer", answering.node, seed=11)
+    hubtrace.reply(plan, path, add)
+    add(src.ref, f"the answer arrives on the veth of pod {src.name} ({src.address})", "veth-back", src.node, seed=12)
+
+
+def _underlay(plan: Plan, node: NodePlan, target: NodePlan, add: AddHop, path: hubtrace.HubPath) -> None:
     """The hops of a VXLAN packet from `node` to node `target`'s address: the site network, or
-    across sites through WireGuard (the node's own tunnel, or its site's gateway)."""
+    across sites through WireGuard (the node's own tunnel, or its site's gateway), or through the
+    hub that joins the two sites over IPsec."""
     start = node
     for _ in range(MAX_HOPS):
         if node.site == target.site:
             if node is not start and node.name != target.name:  # a remote gateway hands it on
                 _step(plan, node, target, RouteVia.SITE, add)
+            return
+        if hubtrace.ipsec_pair(plan, node.site, target.site) is not None:
+            try:
+                hubtrace.cross(plan, node, target, add, path)
+            except LookupError as err:
+                raise TraceError(str(err)) from None
             return
         route = _route(node, target.address)
         if route is None:
@@ -215,12 +287,15 @@ def _step(plan: Plan, node: NodePlan, nxt: NodePlan, via: RouteVia, add: AddHop)
 
 def _target(  # noqa: PLR0913
     plan: Plan, src: PodPlan, target: str, port: int, protocol: str, node: NodePlan, add: AddHop, backend: str | None
-) -> tuple[PodPlan, int, bool]:
-    """The pod the request reaches, the port it arrives on, and whether it went through a
-    headless Service's name (no DNAT: the client resolves the name to a pod and connects to it)."""
+) -> tuple[PodPlan, int, bool, str]:
+    """The pod the request reaches, the port it arrives on, whether it went through a headless
+    Service's name (no DNAT: the client resolves the name to a pod and connects to it), and the
+    ADDRESS:PORT sent to when that is a node port."""
     pods = {p.ref: p for p in plan.pods()}
     if target in pods:
-        return pods[target], port, False
+        return pods[target], port, False, ""
+    if target.startswith(NODE_PREFIX):
+        return _node_port(plan, src, target.removeprefix(NODE_PREFIX), port, protocol, node, add, backend)
     parts = target.split("/")
     if len(parts) not in (2, 3):
         raise TraceError(f"{target} is neither CLUSTER/NS/POD, CLUSTER/NS/SERVICE nor NS/SERVICE")
@@ -248,12 +323,65 @@ def _target(  # noqa: PLR0913
             "service",
             node.name,
         )
-        return pods[chosen.pod], chosen.port, True
+        return pods[chosen.pod], chosen.port, True, ""
     add(
         node.name,
         f"service {svc.ref} {svc.cluster_ip}:{port} DNAT to one of {len(tier)} backends: "
         f"{chosen.pod} ({chosen.address}:{chosen.port})",
         "service",
         node.name,
+        seed=9,
     )
-    return pods[chosen.pod], chosen.port, False
+    return pods[chosen.pod], chosen.port, False, ""
+
+
+def _node_port(  # noqa: PLR0913
+    plan: Plan, src: PodPlan, name: str, port: int, protocol: str, node: NodePlan, add: AddHop, backend: str | None
+) -> tuple[PodPlan, int, bool, str]:
+    """`node/NAME` port P: the NodePort P of a service of NAME's cluster. kube-proxy's rule answers
+    every address of every node of the cluster; a pod's connection to another node's node port is
+    translated on the pod's own node (drivers/lab/servicenat.py, as Cilium's socket load balancer
+    does), so the request then travels pod to pod — for seed 001's demo-app, across the hub."""
+    known = {n.name: n for n in plan.nodes}
+    if name not in known:
+        raise TraceError(f"node/{name}: no node {name} — nodes: {', '.join(sorted(known))}")
+    target = known[name]
+    if target.cluster != src.cluster:
+        raise TraceError(
+            f"node/{name} is in cluster {target.cluster}, the source in {src.cluster}: a node port is traced "
+            "from a pod of the node's own cluster"
+        )
+    found = [
+        (s, bs)
+        for s in plan.cluster(target.cluster).services
+        for bs in backend_sets(plan, s)
+        if s.node_port(bs.port, bs.protocol) == port and bs.protocol == protocol
+    ]
+    if not found:
+        served = sorted(
+            f"{n}/{proto} ({s.ref})" for s in plan.cluster(target.cluster).services for _, proto, n in s.node_ports
+        )
+        raise TraceError(
+            f"node/{name}: no service of cluster {target.cluster} has node port {port}/{protocol} "
+            f"(node ports: {', '.join(served) or 'none'})"
+        )
+    svc, bs = found[0]
+    tier = next((t for t in bs.tiers if t), ())
+    if not tier:
+        raise TraceError(f"service {svc.ref} (node port {port}/{protocol}) has no backends")
+    chosen = next((b for b in tier if b.pod == backend), tier[0])
+    where = "here, on the client's node (a pod's connection to a node port is translated where it starts)"
+    add(
+        node.name,
+        f"kube-proxy: NodePort {port}/{protocol} of node {name} ({target.address}) is service {svc.ref}: DNAT "
+        f"to one of {len(tier)} backends, {chosen.pod} ({chosen.address}:{chosen.port}) — {where}",
+        "nodeport-nat",
+        node.name,
+        seed=9,
+        key=f"{svc.ref} {port}/{protocol}",
+    )
+    return plan_pod(plan, chosen.pod), chosen.port, False, f"{target.address}:{port}"
+
+
+def plan_pod(plan: Plan, ref: str) -> PodPlan:
+    return _pod(plan, ref)

@@ -54,6 +54,12 @@ NAT_LOG = nft.Log(codes.GROUP, codes.NAT)
 NO_BACKEND = nft.Log(codes.GROUP, codes.NO_BACKEND)
 
 
+def node_port_comment(key: str) -> str:
+    """The comment of a node port's DNAT rules, `key` "SERVICE PORT/PROTO": `crossmesh trace` reads
+    their counter (how many connections the node port translated) by it."""
+    return nft.comment(f"nodeport {key}")
+
+
 def _serve(daddr: IPv4Address | nft.AnonSet, proto: str, port: int, *also: nft.Expr) -> nft.Rule:
     """`ip daddr <daddr> <proto> dport <port> …`."""
     return nft.Rule((nft.Match(F.IP_DADDR, daddr), nft.Match(nft.dport(proto), port), *also))
@@ -120,9 +126,13 @@ def services_table(  # noqa: PLR0913 - the parts of a node's table
             if svc.cluster_ip is not None:
                 rules += _logged(_serve(svc.cluster_ip, proto, bs.port, to), NAT_LOG)
             if node_port is not None and own is not None:
-                rules += _logged(_serve(own, proto, node_port, to), NAT_LOG)
+                note = node_port_comment(f"{svc.ref} {node_port}/{bs.protocol}")
+                served = _serve(own, proto, node_port, nft.Counter(), to)
+                rules += _logged(nft.Rule(served.exprs, note), NAT_LOG)
                 if others:
-                    rules += _logged(nft.Rule((*others, nft.Match(nft.dport(proto), node_port), to)), NAT_LOG)
+                    port_match = nft.Match(nft.dport(proto), node_port)
+                    from_pods: tuple[nft.Expr, ...] = (*others, port_match, nft.Counter(), to)
+                    rules += _logged(nft.Rule(from_pods, note), NAT_LOG)
     # Hairpin: a pod reaching itself through its service would see its own address as
     # source and drop the packet as martian. Cilium translates the source to its service loopback
     # address (`ipv4-service-loopback-address`, 169.254.42.1), not to the node: so does the lab — a

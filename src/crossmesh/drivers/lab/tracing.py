@@ -5,18 +5,32 @@ when its counter moved (interface packets, WireGuard peer bytes)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from crossmesh.drivers.lab import netns, wireguard
+from crossmesh.drivers.lab import netns, servicenat, vpn, wireguard
 from crossmesh.drivers.lab.topology import LabTopology
 from crossmesh.model.plan import Plan
+from crossmesh.plan import vpngw
 from crossmesh.plan.trace import Hop, Trace
+
+# A hub's hops counted by a tunnel's CHILD_SA at one end (`transit.gateways` key side), in or out.
+SA_HOPS = {
+    "esp-out": (vpngw.CUSTOMER, "out"),
+    "esp-cgw-in": (vpngw.CUSTOMER, "in"),
+    "reply-cgw-in": (vpngw.CUSTOMER, "in"),
+    "reply-cgw-out": (vpngw.CUSTOMER, "out"),
+    "esp-in": (vpngw.HUB, "in"),
+    "esp-hub-out": (vpngw.HUB, "out"),
+    "reply-hub-out": (vpngw.HUB, "out"),
+    "reply-hub-in": (vpngw.HUB, "in"),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Counter:
-    kind: str  # "link", "wg" or "nft"
+    kind: str  # "link", "wg", "nft" or "sa" (a tunnel's CHILD_SA packets; namespace: the gateway's key)
     namespace: str
     device: str  # for "nft": the comment of the rule of table crossmesh whose packets are counted
     field: str  # rx_packets / tx_packets, rx / tx bytes for a WireGuard peer, "packets" for a rule
@@ -33,6 +47,9 @@ def counter_for(hop: Hop, trace: Trace, plan: Plan, topo: LabTopology, first: bo
         return Counter("link", topo.local_ns, f"{p}-lc", "tx_packets")
     if hop.device == "internet":
         return Counter("link", f"{p}-inet", f"{p}-li", "rx_packets")
+    found = _hub_counter(hop, trace, plan, topo)
+    if found is not None:
+        return found
     if hop.device == "veth" and first:
         ep = topo.pod(trace.source)
         return Counter("link", ep.namespace, ep.ifname, "tx_packets")
@@ -56,6 +73,34 @@ def counter_for(hop: Hop, trace: Trace, plan: Plan, topo: LabTopology, first: bo
     return None
 
 
+def _hub_counter(hop: Hop, trace: Trace, plan: Plan, topo: LabTopology) -> Counter | None:
+    """The counters of the hops through a hub (plan/hubtrace.py) and of a node port's DNAT."""
+    p = topo.prefix
+    if hop.device == "nodeport-nat":
+        return Counter("nft", topo.node_ns[hop.node], servicenat.node_port_comment(hop.key), "packets")
+    if hop.device == "ipsec-route":  # the customer gateway's TUN device of the tunnel its route uses
+        return Counter("link", topo.site_ns[hop.where.removeprefix("router ")], hop.key, "tx_packets")
+    if hop.device in SA_HOPS:
+        side, way = SA_HOPS[hop.device]
+        name, index = hop.key.rsplit(":", 1)
+        conn = next(c for c in plan.vpn if c.name == name)
+        gateway = f"customer:{conn.site}" if side == vpngw.CUSTOMER else f"hub:{conn.hub}"
+        return Counter("sa", gateway, vpngw.tunnel_name(name, int(index)), f"packets_{way}")
+    if hop.device == "inet":  # the internet's veth towards the hub's outside addresses
+        return Counter("link", f"{p}-inet", topo.hubs[hop.key].inet_if, "tx_packets")
+    if hop.device == "tgw-vpc":
+        link = topo.hubs[hop.key]
+        return Counter("link", link.namespace, link.vpc_if, "tx_packets")
+    if hop.device == "vpc-in":  # the VPC router's port to the node
+        return Counter(
+            "link", topo.site_ns[topo.hubs[hop.key].site], f"{p}-s{_index(topo.node_ns[hop.peer])}", "tx_packets"
+        )
+    if hop.device == "veth-back":
+        ep = topo.pod(trace.source)
+        return Counter("link", ep.namespace, ep.ifname, "rx_packets")
+    return None
+
+
 def rule_packets(namespace: str, comment: str) -> int:
     """Packets counted by the rules of table crossmesh in `namespace` whose comment is `comment`."""
     done = netns.run(namespace, ["nft", "-j", "list", "table", "ip", "crossmesh"])
@@ -69,7 +114,15 @@ def rule_packets(namespace: str, comment: str) -> int:
     return total
 
 
-def read(counter: Counter) -> int:
+def read(counter: Counter, gateways: Mapping[str, vpn.Gateway] | None = None) -> int:
+    """The counter's value, -1 when it cannot be read. `gateways`: the lab's VPN gateways by key
+    (`transit.gateways`, attached), for "sa" counters."""
+    if counter.kind == "sa":
+        gw = (gateways or {}).get(counter.namespace)
+        sa = gw.sas().get(counter.device) if gw is not None else None
+        if sa is None:
+            return -1
+        return sum(getattr(c, counter.field) for c in sa.children)
     if counter.kind == "nft":
         return rule_packets(counter.namespace, counter.device)
     if counter.kind == "wg":
@@ -89,5 +142,5 @@ def read(counter: Counter) -> int:
         return int(stats[counter.field]) if stats else -1
 
 
-def snapshot(counters: list[Counter | None]) -> list[int | None]:
-    return [None if c is None else read(c) for c in counters]
+def snapshot(counters: list[Counter | None], gateways: Mapping[str, vpn.Gateway] | None = None) -> list[int | None]:
+    return [None if c is None else read(c, gateways) for c in counters]
