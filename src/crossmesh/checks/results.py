@@ -45,6 +45,7 @@ class Kind(StrEnum):
     MTLS = "mtls"  # Istio's mutual TLS between workloads: encrypted, identities, STRICT, rotation (issue 11)
     AUTHZ = "authz"  # Istio's AuthorizationPolicy at the destination's proxy (issue 11)
     INGRESS = "ingress"  # the first hop: the client outside → a gateway's load balancer → backends (issue 12)
+    VPN = "vpn"  # site-to-site VPNs: IPsec tunnels to a hub, their failover (issue 13)
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from crossmesh.checks import (
     service_types,
     services,
     underlay,
+    vpnfailover,
 )
 from crossmesh.checks.framework import CHECK_PATH, Context, Planned, Runner, Skips, build, builders, run
 from crossmesh.checks.gateways import lab_view
@@ -42,6 +43,7 @@ SCENARIOS = (
     service_types,
     services,
     underlay,
+    vpnfailover,
 )
 
 __all__ = [
