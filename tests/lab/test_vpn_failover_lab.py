@@ -82,7 +82,7 @@ def test_cut_tunnel_moves_traffic_to_tunnel_2_and_heal_and_up_bring_it_back(make
     assert _until(lambda: device() == "ipsec0", 20)
 
     code, report = lab.test("--test", "^vpn/failover")
-    [check] = report["checks"]  # type: ignore[index]
+    [check] = report["checks"]
     assert code == 0 and check["actual"] == "ok", check["detail"]
     detail = check["detail"]
     window = re.search(r"loss window (\d+) ms", detail)
