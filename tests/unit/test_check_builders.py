@@ -130,6 +130,7 @@ def test_every_scenario_registers_in_report_order_and_the_facade_builds_them_all
         "services",
         "failover",
         "gateway_failover",
+        "vpn_failover",
     ]
     assert [r.builder for r in framework.builders() if r.together] == [underlay.underlay]
     assert suite.Context is Context and suite.build is framework.build and suite.run is framework.run

@@ -21,6 +21,7 @@ BEFORE = {
     "control_plane": "etcd",
     "created": 1718000000.25,
     "cut_sites": [],
+    "cut_tunnels": [],
     "cut_uplinks": [],
     "etcd_pids": {"cm-abcd-e0": 4100},
     "flow_logs": True,
@@ -104,6 +105,7 @@ def test_round_trip() -> None:
     state.wireguard["cm-abcd-g1"] = DeviceEntry(namespace="cm-abcd-n1", node="n")
     state.indices = {"node": {"n": 1}}
     state.stopped_forwarding, state.cut_uplinks = ["n"], ["m", "n"]
+    state.cut_tunnels = ["openstack-vpn/1"]
     state.flow_logs = False
     assert LabState.from_json(json.loads(_text(state.to_json()))) == state
 
@@ -111,9 +113,10 @@ def test_round_trip() -> None:
 def test_fields_a_lab_json_lacks_take_their_defaults() -> None:
     """A lab.json written before a field existed still reads."""
     lacking = ("cut_sites", "built_digest", "built_from", "overlay", "stopped_forwarding", "cut_uplinks", "flow_logs")
+    lacking += ("cut_tunnels",)
     state = LabState.from_json({k: v for k, v in BEFORE.items() if k not in lacking})
     assert (state.cut_sites, state.built_digest, state.built_from, state.overlay) == ([], "", "", {})
-    assert (state.stopped_forwarding, state.cut_uplinks) == ([], [])
+    assert (state.stopped_forwarding, state.cut_uplinks, state.cut_tunnels) == ([], [], [])
     assert state.flow_logs  # a lab from before the switch logs flows, as it did
 
 

@@ -34,7 +34,7 @@ from crossmesh.policy.model import HttpRequest
 DENIED_TIMEOUT = 1.5
 CHECK_PATH = "/crossmesh-check"
 # Captures and staged failures run alone, so that other checks' traffic and kills do not mix in
-# (a gateway's failover stops every cross-site flow of its site for a moment).
+# (a gateway's failover stops every cross-site flow of its site for a moment; so does a VPN tunnel's).
 ALONE = ("encryption", "nat", "service", "gateway", "mtls", "ingress", "vpn")
 
 

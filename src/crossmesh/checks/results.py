@@ -45,7 +45,7 @@ class Kind(StrEnum):
     MTLS = "mtls"  # Istio's mutual TLS between workloads: encrypted, identities, STRICT, rotation (issue 11)
     AUTHZ = "authz"  # Istio's AuthorizationPolicy at the destination's proxy (issue 11)
     INGRESS = "ingress"  # the first hop: the client outside → a gateway's load balancer → backends (issue 12)
-    VPN = "vpn"  # site-to-site IPsec through a hub: tunnels, what the internet sees, the path MTU (issue 13)
+    VPN = "vpn"  # site-to-site IPsec through a hub: tunnels, what the internet sees, the path MTU, failover (issue 13)
     BGP = "bgp"  # the eBGP sessions over the tunnels and the routes each end learned (issue 13)
 
 

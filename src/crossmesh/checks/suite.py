@@ -23,6 +23,7 @@ from crossmesh.checks import (
     services,
     underlay,
     vpn,
+    vpnfailover,
     vpnpath,
 )
 from crossmesh.checks.framework import CHECK_PATH, Context, Planned, Runner, Skips, build, builders, run
@@ -46,6 +47,7 @@ SCENARIOS = (
     underlay,
     vpn,
     vpnpath,
+    vpnfailover,
 )
 
 __all__ = [

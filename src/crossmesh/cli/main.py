@@ -6,7 +6,7 @@ import typer
 
 from crossmesh import __version__
 from crossmesh.cli import agent as agent_cli
-from crossmesh.cli import checks, control, core, lab, observe, pki, policy, trace
+from crossmesh.cli import checks, control, core, lab, labvpn, observe, pki, policy, trace
 from crossmesh.cli import graph as graph_cli
 from crossmesh.cli import ui as ui_cli
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit
@@ -21,6 +21,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 core.register(app)
+labvpn.register(lab.app)
 app.add_typer(lab.app, name="lab")
 app.add_typer(policy.app, name="policy")
 app.add_typer(pki.app, name="pki")

@@ -112,6 +112,7 @@ class LabState:
     cut_sites: list[str] = field(default_factory=list)  # cut off from the internet: lab cut-site, heal-site
     stopped_forwarding: list[str] = field(default_factory=list)  # nodes: lab stop-forwarding, heal-node
     cut_uplinks: list[str] = field(default_factory=list)  # nodes cut at their site router: lab cut-uplink, heal-node
+    cut_tunnels: list[str] = field(default_factory=list)  # "<connection>/<tunnel>": lab cut-tunnel, heal-tunnel
 
     @property
     def dir(self) -> Path:

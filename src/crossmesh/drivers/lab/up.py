@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crossmesh.drivers.lab import faults, netns, operators, reconcile, topology, wireguard
+from crossmesh.drivers.lab import faults, netns, operators, reconcile, topology, tunnelcut, wireguard
 from crossmesh.drivers.lab.control_plane import start_agents, start_etcd, start_joining_agents
 from crossmesh.drivers.lab.desired import namespace_digest, policy_index, unhealthy_backends
 from crossmesh.drivers.lab.ingressd import start_ingress
@@ -344,6 +344,8 @@ def _build(
     lap("links")
     if compiled.plan.vpn or state.vpn:
         progress("site-to-site VPN: strongSwan and BIRD at every customer gateway and transit gateway")
+    # Every `up` waits for every tunnel and BGP session: a tunnel cut with `lab cut-tunnel` is healed first.
+    changes += tunnelcut.clear(state)
     changes += start_transit(state, topo, compiled)
     lap("vpn")
     progress("workloads: echo servers in every pod")
