@@ -11,10 +11,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from crossmesh.cli import labvpn
 from crossmesh.cli.agent import require_agent_extra
 from crossmesh.cli.common import OUTPUT_OPTION, Output, emit, err, friendly, listeners_text, out
 from crossmesh.drivers import etcd
-from crossmesh.drivers.lab import faults, meshd, netns, topology, tunnelcut, wireguard
+from crossmesh.drivers.lab import faults, meshd, netns, topology, wireguard
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.errors import CrossmeshError, SpecError, UsageError
 from crossmesh.load.mesh import load_mesh_model
@@ -146,6 +147,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
     sites = _sites(state)
     local = {"namespace": topo.local_ns, "address": str(topo.local_address), "up": netns.exists(topo.local_ns)}
     gateways = _gateways(state, compiled.plan, topo)
+    vpn = labvpn.vpn_rows(state, topo, compiled)
     if output is not Output.TABLE:
         emit(
             {
@@ -160,7 +162,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
                 "etcd": members,
                 "operator": operator,
                 "sites": sites,
-                "cutTunnels": {k: tunnelcut.dropped(state).get(k, 0) for k in state.cut_tunnels},
+                "vpn": vpn,
                 "local": local,
                 "gateways": gateways,
                 "flows": {
@@ -209,8 +211,7 @@ def status(mesh: Path | None = MESH_OPTION, output: Output = OUTPUT_OPTION) -> N
         link = s["uplink"] if not s["cut"] else f"{s['uplink']}: cut off (`lab heal-site {s['site']}`)"
         t.add_row(s["site"], s["namespace"], link if link == "up" else f"[red]{link}[/red]")
     out.print(t)
-    for key, dropped in sorted({k: tunnelcut.dropped(state).get(k, 0) for k in state.cut_tunnels}.items()):
-        out.print(f"[red]VPN tunnel {key}: cut on the wire[/red], {dropped} packets dropped (`lab heal-tunnel`)")
+    labvpn.print_vpn(vpn)
     where = "" if local["up"] else " [red](namespace missing: `crossmesh lab up`)[/red]"
     out.print(
         f"client outside: local at {local['address']} on the internet, namespace {local['namespace']}{where} "
