@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from crossmesh.drivers.lab import lab as labs
@@ -58,6 +59,20 @@ def copy_example(tmp: Path, example: str) -> tuple[Path, str]:
     original = next(line for line in text.splitlines() if line.startswith("  name: "))
     mesh.write_text(text.replace(original, f"  name: {name}", 1))
     return mesh, name
+
+
+@contextlib.contextmanager
+def running_lab(tmp: Path, example: str) -> Iterator[Lab]:
+    """A copy of `example` (copy_example) brought up, then taken down however the block ends, and
+    checked for leftovers: what a module's shared lab fixture needs."""
+    mesh, name = copy_example(tmp, example)
+    made = Lab(mesh, name)
+    try:
+        made.up()
+        yield made
+    finally:
+        made.down()
+        assert labs.leftovers(made.tag) == [], f"lab cm-{made.tag} left things behind"
 
 
 def connect(st: labs.LabState, pod: str, address: str, port: int, sport: int) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labkit import Lab, copy_example, crossmesh
+from labkit import Lab, crossmesh, running_lab
 
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import netns
@@ -26,14 +26,8 @@ FAILOVER_S = 30.0  # BGP's hold time is 3 s; the routes move to tunnel 2 soon af
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    mesh, name = copy_example(tmp_path_factory.mktemp("trace-hub"), "hybrid-openstack-aws")
-    made = Lab(mesh, name)
-    try:
-        made.up()
+    with running_lab(tmp_path_factory.mktemp("trace-hub"), "hybrid-openstack-aws") as made:
         yield made
-    finally:
-        made.down()
-        assert labs.leftovers(made.tag) == [], f"lab cm-{made.tag} left things behind"
 
 
 def trace(lab: Lab, *args: str) -> tuple[int, dict[str, Any]]:

@@ -9,9 +9,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from labkit import Lab, copy_example, crossmesh
-
-from crossmesh.drivers.lab import lab as labs
+from labkit import Lab, crossmesh, running_lab
 
 URL = "https://rebels.example.com/x"
 IDENTITY = "spiffe://cluster.local/ns/default/sa/rebels-istio"
@@ -19,14 +17,8 @@ IDENTITY = "spiffe://cluster.local/ns/default/sa/rebels-istio"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    mesh, name = copy_example(tmp_path_factory.mktemp("trace-ingress"), "three-clouds")
-    made = Lab(mesh, name)
-    try:
-        made.up()
+    with running_lab(tmp_path_factory.mktemp("trace-ingress"), "three-clouds") as made:
         yield made
-    finally:
-        made.down()
-        assert labs.leftovers(made.tag) == [], f"lab cm-{made.tag} left things behind"
 
 
 def trace(lab: Lab, *args: str) -> tuple[int, dict[str, object]]:
