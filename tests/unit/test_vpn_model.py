@@ -221,3 +221,22 @@ def test_flannel_across_sites_needs_the_hub_and_nat_is_fine_through_it() -> None
     problems = problems_of(data)
     assert any("flannel's VXLAN is bound to one interface" in p for p in problems)
     assert any("both lack a publicAddress" in p for p in problems)
+
+
+def test_a_site_joined_to_two_hubs_is_warned_that_render_writes_no_gateway_for_it() -> None:
+    data = spokes(hybrid())
+    data["spec"]["sites"].append({"name": "aws2", "provider": "aws", "network": "10.101.0.0/16"})
+    data["spec"]["hubs"].append({"name": "tgw2", "site": "aws2", "amazonSideASN": 64513})
+    data["spec"]["vpnConnections"].append(
+        {
+            "name": "openstack-vpn2",
+            "hub": "tgw2",
+            "site": "openstack",
+            "customerGateway": {"asn": 65000, "publicAddress": "198.51.100.162"},
+            "tunnels": [{"insideCIDR": "169.254.50.0/30"}, {"insideCIDR": "169.254.60.0/30"}],
+        }
+    )
+    (warning,) = problems_of(data)  # the mesh is valid: only the warning
+    assert "warning: spec.vpnConnections[2].hub" in warning
+    assert "go into hubs tgw and tgw2" in warning and "`render` writes no customer gateway files" in warning
+    assert all("go into hubs" not in p for p in problems_of(spokes(hybrid())))  # one hub each: no warning

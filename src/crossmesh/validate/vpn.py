@@ -21,7 +21,8 @@ def check(mesh: Mesh, doc: Document) -> list[Problem]:
     if not mesh.spec.hubs and not mesh.spec.vpn_connections:
         return []
     problems: list[Problem] = []
-    for rule in (_names, _references, _tunnels, _inside_cidrs, _asns, _routing, _route_tables, _hub_paths):
+    rules = (_names, _references, _tunnels, _inside_cidrs, _asns, _routing, _route_tables, _hub_paths, _one_hub)
+    for rule in rules:
         problems.extend(rule(mesh, doc))
     return problems
 
@@ -180,6 +181,27 @@ def _asns(mesh: Mesh, doc: Document) -> list[Problem]:
                     f"customer gateway ASN {c.customer_gateway.asn} equals hub {hub.name}'s Amazon-side ASN: the "
                     "BGP sessions over the tunnels are eBGP and need two different ASNs — choose another "
                     "(seed 001: 65000 for the customer, 64512 for the hub)",
+                )
+            )
+    return out
+
+
+def _one_hub(mesh: Mesh, doc: Document) -> list[Problem]:
+    """A warning where a site's connections go into two hubs: the lab runs one customer gateway for all of
+    them, but each hub renders its own Terraform module, and neither can write one gateway's files for
+    both (render/customer_gateway.py), so `render` writes none for that site."""
+    out = []
+    first: dict[str, str] = {}
+    for i, c in enumerate(mesh.spec.vpn_connections):
+        hub = first.setdefault(c.site, c.hub)
+        if hub != c.hub:
+            out.append(
+                doc.problem(
+                    ("spec", "vpnConnections", i, "hub"),
+                    f"site {c.site}'s VPN connections go into hubs {hub} and {c.hub}: `render` writes no customer "
+                    f"gateway files for {c.site} (each hub is its own Terraform module) — join {c.site} to one "
+                    "hub, or write its gateway's configuration yourself",
+                    severity="warning",
                 )
             )
     return out
