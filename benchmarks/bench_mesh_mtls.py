@@ -3,7 +3,8 @@
     sudo python3 benchmarks/bench_mesh_mtls.py [--rounds 4] [--workloads 16] [--mb-across 30]
         [--mb-same 200] [--requests 200] [--keepalive 500] [--conn-seconds 3] [--concurrency 16]
 
-ONE lab of examples/hybrid-openstack-aws, copied to a temporary directory under its own name (so
+ONE lab of tests/meshes/hybrid-wireguard (the hybrid example's nodes and apps joined by WireGuard, as it was when
+these numbers were first taken), copied to a temporary directory under its own name (so
 its own lab tag) and removed by that tag at the end, also on failure. The example has spec.istio
 and a mesh-wide STRICT PeerAuthentication; the copy runs `--workloads` replicas of tkb on
 aws-worker-1 (the rotation's "node with N workloads") and no flow logs (`--no-flow-logs`: the
@@ -150,10 +151,10 @@ asyncio.run(main())
 # --- the lab and its two states -------------------------------------------------------------------
 def _mesh(tmp: Path, workloads: int) -> tuple[Path, str]:
     target = tmp / "mesh"
-    shutil.copytree(ROOT / "examples/hybrid-openstack-aws", target, ignore=shutil.ignore_patterns(".crossmesh"))
+    shutil.copytree(ROOT / "tests/meshes/hybrid-wireguard", target, ignore=shutil.ignore_patterns(".crossmesh"))
     name = f"b{uuid.uuid4().hex[:10]}"
     mesh = target / "mesh.yaml"
-    mesh.write_text(mesh.read_text().replace("  name: hybrid-openstack-aws", f"  name: {name}", 1))
+    mesh.write_text(mesh.read_text().replace("  name: hybrid-wireguard", f"  name: {name}", 1))
     demo = target / "apps" / "demo.yaml"
     text = demo.read_text()
     tkb = text.index("  name: tkb\n")
