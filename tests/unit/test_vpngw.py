@@ -77,3 +77,17 @@ def test_names_fit_the_daemons() -> None:
     assert len(vpngw.tunnel_name(long, 1)) <= 32 and vpngw.tunnel_name(long, 1) != vpngw.tunnel_name(long, 2)
     assert vpngw.session_name("openstack-vpn", 2) == "openstack_vpn_2"
     assert vpngw.session_name("1st", 1)[0].isalpha()
+
+
+def test_flannel_is_told_the_tunnel_s_mtu_and_the_lab_builds_the_same(plan: Plan) -> None:
+    """Flannel would take the site interface's MTU (1500 on AWS); across the hub the rendered K3s node
+    gets the plan's underlay instead, which is what the lab gives its VXLAN device (+ 50)."""
+    from crossmesh.render import k3s
+
+    (cluster,) = plan.clusters
+    for node in plan.nodes:
+        conf = k3s.flannel_net_conf(plan, cluster, node)
+        assert conf is not None and node.vxlan is not None
+        assert conf["Backend"] == {"Type": "vxlan", "MTU": 1400} == {"Type": "vxlan", "MTU": node.vxlan.mtu.value + 50}
+        assert conf["Network"] == "10.42.0.0/16"
+        assert k3s.node_config(node, flannel_conf=True)["flannel-conf"] == k3s.FLANNEL_CONF

@@ -33,6 +33,8 @@ nodes/<node>/wg-crossmesh.conf          other distributions: wg-quick file (0600
 nodes/<node>/routes.sh                  other distributions: routes beyond wg-quick and the CNI (other
                                         clusters in the site, gateways topology), IP forwarding on gateways
 nodes/<node>/k3s-config.yaml            distribution k3s: the node's config.yaml (node-ip, node-name)
+nodes/<node>/flannel-net-conf.json      distribution k3s, Flannel across a hub: Flannel's net-conf with the
+                                        planned MTU (its `flannel-conf`, /etc/rancher/k3s/flannel-net-conf.json)
 nodes/<node>/kubelet.env                distribution kubeadm: KUBELET_EXTRA_ARGS (node-ip)
 nodes/<node>/crossmesh-agent.service    other distributions, nodes that run an agent: its systemd unit (after
                                         wg-quick on tunnel nodes)
@@ -58,6 +60,7 @@ Managed distributions (eks, aks, gke) get no distribution file: their control pl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 
 from crossmesh.identity.ingress import ListenerId
@@ -177,7 +180,10 @@ def render(
         if route_script is not None:
             out[f"{base}/routes.sh"] = RenderedFile(route_script, 0o755)
         if cluster.distribution == "k3s":
-            out[f"{base}/k3s-config.yaml"] = RenderedFile(yaml_dump(k3s.node_config(node)))
+            net_conf = k3s.flannel_net_conf(plan, cluster, node)
+            if net_conf is not None:
+                out[f"{base}/flannel-net-conf.json"] = RenderedFile(json.dumps(net_conf, indent=2) + "\n")
+            out[f"{base}/k3s-config.yaml"] = RenderedFile(yaml_dump(k3s.node_config(node, flannel_conf=bool(net_conf))))
         elif cluster.distribution == "kubeadm":
             out[f"{base}/kubelet.env"] = RenderedFile(kubeadm.kubelet_env(plan, node))
         if node.name in agent_names:
