@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -250,7 +251,9 @@ def test_nodeport_on_every_node_and_a_headless_service_without_vip(make_lab) -> 
         assert (
             dnat[1].startswith("ip daddr {")
             and f"{address}" in dnat[1].split("}")[0].replace(",", " ").split()
-            and "tcp dport 30080 dnat" in dnat[1]
+            # the node port's rules are counted (`crossmesh trace` reads them) and named by a comment
+            and re.search(r"tcp dport 30080 counter packets \d+ bytes \d+ dnat", dnat[1])
+            and 'comment "nodeport k3s/microservices/tkb-service 30080/TCP"' in dnat[1]
         ), dnat
         assert all(". 3000" in rule for rule in dnat), dnat  # to the tkb pods' container port
 
