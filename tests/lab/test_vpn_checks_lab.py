@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from crossmesh.drivers.lab import transit
 from crossmesh.drivers.lab.state import VPN_ROOT
 
 pytestmark = pytest.mark.lab
@@ -57,8 +58,9 @@ def test_seed_001s_vpn_checks_pass_and_catch_a_dead_tunnel_endpoint(make_lab) ->
     assert over["detail"] == "fragmentation needed on the way: path MTU 1400"
     assert "via ipsec0 (tunnel 1)" in str(checks["bgp/routes: customer openstack over openstack-vpn"]["detail"])
 
-    # The hub's end of tunnel 1 dies: its charon, by its pid file (h0: the lab's first hub).
-    pid_file = VPN_ROOT / f"cm-{lab.tag}" / "h0" / "charon-0" / "run" / "charon.pid"
+    # The hub's end of tunnel 1 dies: its charon, by its pid file.
+    hub_folder = transit.folder_name("hub:zta-transit-gateway")
+    pid_file = VPN_ROOT / f"cm-{lab.tag}" / hub_folder / "charon-0" / "run" / "charon.pid"
     os.kill(int(Path(pid_file).read_text().strip()), signal.SIGKILL)
     expected = {
         f"vpn/tunnels-up: {TUNNEL_1}",

@@ -15,6 +15,7 @@ import hashlib
 import shutil
 import subprocess
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +45,20 @@ def gateways(state: LabState, topo: LabTopology, compiled: Compiled) -> list[Lab
         return []
     psks = compiled.tunnel_psks()
     out = []
-    for k, (name, spec) in enumerate(sorted(vpngw.hub_gateways(plan, topo.vpn_outside, psks).items())):
-        out.append(LabGateway(f"hub:{name}", topo.hubs[name].namespace, vpn_dir(state) / f"h{k}", spec))
-    for k, (site, spec) in enumerate(sorted(vpngw.customer_gateways(plan, topo.vpn_outside, psks).items())):
-        out.append(LabGateway(f"customer:{site}", topo.site_ns[site], vpn_dir(state) / f"c{k}", spec))
+    for name, spec in sorted(vpngw.hub_gateways(plan, topo.vpn_outside, psks).items()):
+        key = f"hub:{name}"
+        out.append(LabGateway(key, topo.hubs[name].namespace, vpn_dir(state) / folder_name(key), spec))
+    for site, spec in sorted(vpngw.customer_gateways(plan, topo.vpn_outside, psks).items()):
+        key = f"customer:{site}"
+        out.append(LabGateway(key, topo.site_ns[site], vpn_dir(state) / folder_name(key), spec))
     return out
+
+
+def folder_name(key: str) -> str:
+    """A gateway's folder: fixed by its key, so that a hub or site joining a running lab moves no other
+    gateway's folder (whose running daemons would otherwise be started a second time), and short, for
+    the control sockets' 108-byte paths."""
+    return f"{key[0]}{zlib.crc32(key.encode()) & 0xFFFFFF:06x}"
 
 
 def _folder(state: LabState, name: str) -> Path | None:
