@@ -84,14 +84,16 @@ def down(tag: str | None, *, progress: Progress = quiet) -> list[str]:
     # What else runs inside the lab's namespaces (the VPN gateways' charon and BIRD, whose command lines
     # do not name the lab) goes with them: a namespace is not freed while a process holds it.
     inside = [p for name in names for p in netns.pids(name)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in inside:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-                removed.append(f"process {pid}") if sig == signal.SIGTERM else None
-        deadline = time.monotonic() + 2
-        while sig == signal.SIGTERM and time.monotonic() < deadline and any(alive(p) for p in inside):
-            time.sleep(0.05)
+    for pid in inside:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            removed.append(f"process {pid}")
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and any(alive(p) for p in inside):
+        time.sleep(0.05)
+    for pid in inside:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     for name in names:
         netns.remove(name)
         removed.append(f"namespace {name}")
