@@ -53,10 +53,6 @@ class TableRoute:
     gateway: IPv4Address | None = None
 
 
-def tunnel_count(plan: Plan) -> int:
-    return len(vpngw.tunnel_keys(plan))
-
-
 def links(plan: Plan, prefix: str) -> dict[str, HubLink]:
     taken = [t.inside_cidr for c in plan.vpn for t in c.tunnels]
     free = (n for n in LINK_POOL.subnets(new_prefix=30) if not any(n.overlaps(t) for t in taken))
