@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from crossmesh.drivers.lab import lab as labs
@@ -62,10 +62,13 @@ def copy_example(tmp: Path, example: str) -> tuple[Path, str]:
 
 
 @contextlib.contextmanager
-def running_lab(tmp: Path, example: str) -> Iterator[Lab]:
+def running_lab(tmp: Path, example: str, prepare: Callable[[Path], None] | None = None) -> Iterator[Lab]:
     """A copy of `example` (copy_example) brought up, then taken down however the block ends, and
-    checked for leftovers: what a module's shared lab fixture needs."""
+    checked for leftovers: what a module's shared lab fixture needs. `prepare` edits the copy (its
+    mesh file's path) before it is brought up."""
     mesh, name = copy_example(tmp, example)
+    if prepare is not None:
+        prepare(mesh)
     made = Lab(mesh, name)
     try:
         made.up()

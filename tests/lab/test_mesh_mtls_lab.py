@@ -16,9 +16,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from labkit import Lab, copy_example, crossmesh
+from labkit import Lab, crossmesh, running_lab
 
 from crossmesh.drivers.lab import lab as labs
 from crossmesh.drivers.lab import netns
@@ -52,19 +53,15 @@ ETH_P_ALL = 0x0003
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    mesh, name = copy_example(tmp_path_factory.mktemp("mtls"), "tests/meshes/hybrid-wireguard")
-    text = mesh.read_text()
-    start = text.index("  istio:")
-    end = text.index("\n", text.index("workloadCertTTL", start)) + 1
-    mesh.write_text(text[:start] + "  istio:\n    workloadCertTTL: 1h\n" + text[end:])
-    (mesh.parent / "apps" / "istio.yaml").write_text(STRICT)
-    made = Lab(mesh, name)
-    try:
-        made.up()
+    def prepare(mesh: Path) -> None:
+        text = mesh.read_text()
+        start = text.index("  istio:")
+        end = text.index("\n", text.index("workloadCertTTL", start)) + 1
+        mesh.write_text(text[:start] + "  istio:\n    workloadCertTTL: 1h\n" + text[end:])
+        (mesh.parent / "apps" / "istio.yaml").write_text(STRICT)
+
+    with running_lab(tmp_path_factory.mktemp("mtls"), "tests/meshes/hybrid-wireguard", prepare) as made:
         yield made
-    finally:
-        made.down()
-        assert labs.leftovers(made.tag) == [], f"lab cm-{made.tag} left things behind"
 
 
 def _state(lab: Lab) -> labs.LabState:
